@@ -1,0 +1,89 @@
+"""svmsim's command line: ``svmsim run KERNEL ...`` boots a Multiboot kernel
+the way ``qemu-system-x86_64 -kernel KERNEL -serial stdio -device
+isa-debug-exit,iobase=0xf4,iosize=4`` does, and exits with the same status."""
+import argparse
+import sys
+
+from .errors import SvmsimError
+
+
+def _module_arg(text):
+    path, _, args = text.partition(" ")
+    return (path, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="svmsim", description="AMD64 + SVM + SEV machine simulator")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="boot a Multiboot kernel (as qemu -kernel does)")
+    r.add_argument("kernel", help="Multiboot v1 kernel (ELF32, a.out kludge, or ELF64)")
+    r.add_argument("--append", default="", help="kernel command line")
+    r.add_argument("--module", action="append", default=[], metavar="'FILE [ARGS]'",
+                   help="a Multiboot module (repeatable); text after the first space is its command line")
+    r.add_argument("-m", "--memory", default="128M", help="RAM size (default 128M; QEMU syntax)")
+    r.add_argument("--smp", type=int, default=1, help="number of CPUs")
+    r.add_argument("--cpu", default="epyc", help="CPU profile (default epyc)")
+    r.add_argument("--max-insns", type=int, default=None, help="stop after this many instructions")
+    r.add_argument("--timeout", type=float, default=None, help="stop after this many host seconds")
+    r.add_argument("--serial-out", default=None, help="write COM1 output to FILE instead of stdout")
+    r.add_argument("--serial-in", default=None, help="read COM1 input from FILE")
+    r.add_argument("--quiet", "-q", action="store_true", help="no run report on stderr")
+    r.add_argument("--report", action="store_true", help="print the full run report on stderr")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+    except SvmsimError as e:
+        print(f"svmsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("svmsim: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .machine import Machine, MachineConfig
+    out = open(args.serial_out, "wb") if args.serial_out else sys.stdout.buffer
+    inp = None
+    if args.serial_in:
+        try:
+            inp = open(args.serial_in, "rb")
+        except OSError as e:
+            raise SvmsimError(f"cannot open --serial-in file: {e.strerror}: {args.serial_in}") from None
+    if args.smp < 1:
+        raise SvmsimError("--smp must be at least 1")
+    cfg = MachineConfig(mem_size=args.memory, smp=args.smp, cpu=args.cpu, serial_out=out,
+                        serial_in=inp, max_insns=args.max_insns, timeout=args.timeout)
+    m = Machine(cfg)
+    m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module])
+    result = m.run()
+    out.flush()
+    if not args.quiet:
+        _report(m, result, full=args.report)
+    return result.status
+
+
+def _report(m, result, full=False) -> None:
+    line = (f"svmsim: {result.reason} after {result.instructions} instructions "
+            f"in {result.wall_time:.2f} s ({result.insns_per_second / 1e6:.2f} M/s)")
+    if result.kind == "debug-exit":
+        if full:
+            print(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+    if result.unimplemented:
+        names = ", ".join(f"{k} x{v}" for k, v in sorted(result.unimplemented.items()))
+        print(f"svmsim: instructions not implemented (raised #UD): {names}", file=sys.stderr)
+    for n in m.notes:
+        print(f"svmsim: note: {n}", file=sys.stderr)
+    if full:
+        print(f"svmsim: stats: {result.stats}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The execution engine: translate basic blocks once, run them many times.
+
+A block is a run of instructions decoded once with iced-x86, ending at the
+first control transfer or mode change, at a page boundary, or after
+``MAX_BLOCK`` instructions.  Blocks are cached by (linear RIP, CPU mode key)
+and validated against the RAM page they were decoded from, so a remapped
+page or a write to code drops them.
+
+Faults are precise: a handler raises before changing state, the engine
+rewinds RIP to that instruction, counts only the instructions that retired,
+and hands the exception to ``interrupts.deliver_exception``.
+"""
+import iced_x86
+
+from . import ops
+from .decoder import build_insn
+from .exceptions import CpuException, PF_I
+from .flags import TF, IF
+from .segments import CS
+from . import interrupts
+
+MAX_BLOCK = 64
+HOT_THRESHOLD = 50       # executions before a block is compiled to Python source
+PAGE = 0x1000
+
+
+class Block:
+    __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled")
+
+
+class Engine:
+    """Block cache and run loop, shared by every CPU of a machine."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.bus = machine.bus
+        self.blocks: dict = {}
+        self.code_pages = machine.code_pages      # RAM page offset -> set of block keys
+        self.bus.write_watchers.append(self._on_ram_write)
+        ops.load_all()
+        self.stats = {"blocks_translated": 0, "blocks_invalidated": 0, "blocks_compiled": 0}
+        self.hot_threshold = HOT_THRESHOLD
+        self.compile = self._compile
+
+    def _compile(self, blk, cpu):
+        """Tier 2: generated Python source for a hot block, or None."""
+        try:
+            from . import codegen
+        except ImportError:
+            return None
+        fn = codegen.compile_block(blk, cpu)
+        if fn is not None:
+            self.stats["blocks_compiled"] += 1
+        return fn
+
+    # ---------------------------------------------------------------- translation
+    def translate(self, cpu, lin, key, max_len=MAX_BLOCK) -> Block:
+        """Decode a block starting at linear address ``lin``.
+
+        The first page's fetch translation happens in the caller (it may
+        raise #PF for the first instruction).  An instruction that crosses
+        into a page that cannot be fetched ends the block before it, unless
+        it is the first one, in which case the fault is raised (precise).
+        """
+        bits = cpu.bits
+        rip = cpu.rip
+        spa = cpu.fetch_spa(lin)
+        page_off = self.bus.ram_offset(spa & ~0xFFF)
+        avail = PAGE - (lin & 0xFFF)
+        data = self.bus.read_bytes(spa, avail)
+        page2 = None
+        if avail < 15:
+            try:
+                spa2 = cpu.fetch_spa((lin + avail) & cpu.lin_mask)
+                data += self.bus.read_bytes(spa2, 15)
+                page2 = self.bus.ram_offset(spa2 & ~0xFFF)
+            except CpuException:
+                if self._insn_len(data, bits, rip) is None:
+                    raise
+        dec = iced_x86.Decoder(bits, data, ip=rip)
+        insns = []
+        sets_rip = False
+        for i in dec:
+            if i.len == 0 or (i.code == iced_x86.Code.INVALID and dec.last_error == iced_x86.DecoderError.NO_MORE_BYTES):
+                break
+            end = (i.next_ip - rip) & cpu.lin_mask
+            if end > avail and (insns or page2 is None):
+                break                              # crosses the page: next block
+            ins = build_insn(i, bits)
+            ins.fn, ins.ends_block = ops.lookup(ins)
+            insns.append(ins)
+            if ins.ends_block:
+                sets_rip = True
+                break
+            if end >= avail or len(insns) >= max_len:
+                break
+        if not insns:
+            # Not even one instruction fits: fetch faults on the next page.
+            cpu.fetch_spa((lin + avail) & cpu.lin_mask)
+            raise AssertionError("unreachable: instruction crosses into a fetchable page")
+        if not (insns[-1].next_ip - rip) & cpu.lin_mask > avail:
+            page2 = None
+        blk = Block()
+        blk.insns = tuple(insns)
+        blk.n = len(insns)
+        blk.end_ip = insns[-1].next_ip
+        blk.page = page_off
+        blk.page2 = page2
+        blk.sets_rip = sets_rip
+        blk.key = key
+        blk.heat = 0
+        blk.compiled = None
+        self._register_code(blk, page_off)
+        if page2 is not None:
+            self._register_code(blk, page2)
+        self.blocks[key] = blk
+        self.stats["blocks_translated"] += 1
+        return blk
+
+    @staticmethod
+    def _insn_len(data, bits, rip):
+        i = iced_x86.Decoder(bits, data, ip=rip).decode()
+        if i.code == iced_x86.Code.INVALID:
+            return None
+        return i.len
+
+    # ---------------------------------------------------------------- self-modifying code
+    def _register_code(self, blk, page_off):
+        if page_off is None:
+            return
+        keys = self.code_pages.get(page_off >> 12)
+        if keys is None:
+            keys = self.code_pages[page_off >> 12] = set()
+            # This page just became code: no CPU may write it on the fast path.
+            for cpu in self.machine.cpus:
+                for per_user in cpu.tlb.fast:
+                    per_user[1].clear()
+        keys.add(blk.key)
+
+    def _on_ram_write(self, spa_page):
+        off = self.bus.ram_offset(spa_page << 12)
+        if off is None:
+            return
+        keys = self.code_pages.pop(off >> 12, None)
+        if keys:
+            for k in keys:
+                if self.blocks.pop(k, None) is not None:
+                    self.stats["blocks_invalidated"] += 1
+
+    def flush(self):
+        self.blocks.clear()
+        self.code_pages.clear()
+
+    # ---------------------------------------------------------------- running
+    def run(self, cpu, budget: int) -> int:
+        """Run ``cpu`` for about ``budget`` instructions; returns how many retired.
+
+        Stops early when the CPU halts or the machine is asked to stop.
+        """
+        done = [0]
+        try:
+            self._run(cpu, budget, done)
+        finally:
+            cpu.retired += done[0]
+        return done[0]
+
+    def _run(self, cpu, budget, done):
+        executed = 0
+        blocks = self.blocks
+        machine = self.machine
+        try:
+            while executed < budget and not machine.stopping:
+                if cpu.pending:
+                    interrupts.service(cpu)
+                    if cpu.halted or cpu.wait_for_sipi:
+                        break
+                if cpu.rflags & TF or cpu.step_once:
+                    executed += self.step(cpu)
+                    continue
+                rip = cpu.rip
+                lin = (cpu.ebase[CS] + rip) & cpu.lin_mask
+                key = (lin, cpu.mode_key)
+                blk = blocks.get(key)
+                page = cpu.fx.get(lin >> 12)
+                try:
+                    if page is None:
+                        cpu.fetch_spa(lin)
+                        page = cpu.fx.get(lin >> 12)
+                    if blk is None or blk.page != page or page is None:
+                        blk = self.translate(cpu, lin, key)
+                except CpuException as e:
+                    interrupts.deliver_exception(cpu, e)
+                    continue
+                fn = blk.compiled
+                if fn is not None:
+                    # Tier 2: generated Python for the whole block (codegen.py).
+                    try:
+                        executed += fn(cpu, budget - executed)
+                    except CpuException as e:
+                        executed += cpu.fault_n
+                        cpu.rip = cpu.fault_ip
+                        interrupts.deliver_exception(cpu, e)
+                    continue
+                n = 0
+                try:
+                    for ins in blk.insns:
+                        ins.fn(cpu, ins)
+                        n += 1
+                except CpuException as e:
+                    cpu.rip = blk.insns[n].ip
+                    executed += n
+                    interrupts.deliver_exception(cpu, e)
+                    continue
+                executed += n
+                if not blk.sets_rip:
+                    cpu.rip = blk.end_ip
+                blk.heat += 1
+                if blk.heat == self.hot_threshold:
+                    blk.compiled = self.compile(blk, cpu)
+        finally:
+            done[0] = executed
+
+    def step(self, cpu) -> int:
+        """Execute exactly one instruction (single-step, interrupt shadow).
+
+        Handles RFLAGS.TF: a #DB trap after the instruction if TF was set
+        before it (APM vol 2, 13.1.4).
+        """
+        cpu.step_once = False
+        tf = cpu.rflags & TF
+        rip = cpu.rip
+        lin = (cpu.ebase[CS] + rip) & cpu.lin_mask
+        key = (lin, cpu.mode_key, 1)
+        try:
+            blk = self.blocks.get(key)
+            page = cpu.fx.get(lin >> 12)
+            if page is None:
+                cpu.fetch_spa(lin)
+                page = cpu.fx.get(lin >> 12)
+            if blk is None or blk.page != page:
+                blk = self.translate(cpu, lin, key, max_len=1)
+            ins = blk.insns[0]
+            ins.fn(cpu, ins)
+        except CpuException as e:
+            interrupts.deliver_exception(cpu, e)
+            return 0
+        if not blk.sets_rip:
+            cpu.rip = blk.end_ip
+        if tf:
+            interrupts.single_step_trap(cpu)
+        return 1

@@ -1,0 +1,262 @@
+"""Delivering exceptions and interrupts through the IVT/IDT (APM vol 2, ch. 8).
+
+``deliver_event`` pushes the frame and enters the handler for one event;
+``deliver_exception`` adds the double-fault rules (APM 8.2.9, table 8-7):
+a contributory fault or #PF raised while delivering a contributory fault or
+#PF becomes #DF, and a fault while delivering #DF is a triple fault, which
+puts the processor into shutdown.  ``service`` runs between blocks and takes
+pending NMIs and external interrupts.
+
+Delivery is all-or-nothing for registers: if a fault occurs part way, the
+CPU state is restored before the fault is handled, as if the delivery never
+started (memory already written stays written, as on hardware).
+"""
+from .exceptions import (CpuException, Shutdown, DE, DB, NMI, BP, DF, TS, NP, SS, GP, PF,
+                         CONTRIBUTORY, HAS_ERROR_CODE)
+from .flags import IF, TF, NT, RF, VM, AC
+from .segments import Segment, CS, SS as SS_SEG, A_L, A_DB, A_P, T_CODE, T_CONFORMING
+from .descriptors import read_descriptor, to_segment
+from ..errors import NotModelled
+
+# Event kinds (they decide the saved RIP, the gate-DPL check and the EXT bit).
+EXTINT, NMI_EV, HWEXC, SWINT, SWEXC, ICEBP = range(6)
+
+
+# ---------------------------------------------------------------- between blocks
+def service(cpu) -> None:
+    """Take a pending INIT, NMI or maskable interrupt, if one is deliverable."""
+    cpu.pending = False
+    machine = cpu.machine
+    if cpu.init_pending:
+        machine.do_init(cpu)
+        return
+    if cpu.wait_for_sipi:
+        return
+    if cpu.shadow:
+        # The instruction after STI / MOV SS runs before any interrupt (APM 8.1.x).
+        cpu.shadow = False
+        cpu.step_once = True
+        cpu.pending = True
+        return
+    if cpu.nmi_pending and not cpu.nmi_blocked:
+        cpu.nmi_pending = False
+        cpu.nmi_blocked = True
+        cpu.halted = False
+        deliver_exception(cpu, CpuException(NMI), kind=NMI_EV)
+        return
+    if cpu.rflags & IF:
+        vector = machine.interrupt_acknowledge(cpu)
+        if vector is not None:
+            cpu.halted = False
+            deliver_with_escalation(cpu, vector, EXTINT, None)
+            cpu.pending = True          # another may be waiting
+
+
+def single_step_trap(cpu) -> None:
+    """#DB after an instruction executed with RFLAGS.TF=1 (DR6.BS, APM 13.1.4)."""
+    cpu.dr[6] |= 1 << 14
+    deliver_with_escalation(cpu, DB, HWEXC, None)
+
+
+# ---------------------------------------------------------------- faults
+def deliver_exception(cpu, e: CpuException, kind=HWEXC) -> None:
+    """Deliver a fault raised by an instruction (RIP already at that instruction)."""
+    if e.vector == PF and e.cr2 is not None:
+        cpu.cr2 = e.cr2
+    cpu.machine.trace_exception(cpu, e)
+    deliver_with_escalation(cpu, e.vector, kind, e.error_code)
+
+
+def _double_fault(first: int, second: int) -> bool:
+    if first in CONTRIBUTORY and second in CONTRIBUTORY:
+        return True
+    return first == PF and (second == PF or second in CONTRIBUTORY)
+
+
+def deliver_with_escalation(cpu, vector, kind, error_code) -> None:
+    """Deliver one event; resolve faults raised during its delivery."""
+    while True:
+        try:
+            deliver_event(cpu, vector, kind, error_code)
+            return
+        except CpuException as e2:
+            if e2.vector == PF and e2.cr2 is not None:
+                cpu.cr2 = e2.cr2
+            cpu.machine.trace_exception(cpu, e2)
+            if vector == DF:
+                raise Shutdown(f"triple fault: {e2} while delivering #DF")
+            if kind in (HWEXC, NMI_EV, EXTINT) and _double_fault(vector, e2.vector):
+                vector, kind, error_code = DF, HWEXC, 0
+            else:
+                vector, kind, error_code = e2.vector, HWEXC, e2.error_code
+
+
+def deliver_event(cpu, vector, kind, error_code) -> None:
+    """Enter the handler for one event, or raise the fault that prevents it."""
+    cpu.machine.on_event(cpu, vector, kind, error_code)   # SVM intercepts hook in here
+    snapshot = _snapshot(cpu)
+    try:
+        if not cpu.cr0 & 1:
+            _deliver_real(cpu, vector)
+        elif cpu.efer & (1 << 10):
+            _deliver_long(cpu, vector, kind, error_code)
+        elif cpu.rflags & VM:
+            raise NotModelled("interrupt delivery from virtual-8086 mode")
+        else:
+            _deliver_protected(cpu, vector, kind, error_code)
+    except CpuException:
+        _restore(cpu, snapshot)
+        raise
+    cpu.halted = False
+    if kind == NMI_EV:
+        cpu.nmi_blocked = True
+
+
+def _snapshot(cpu):
+    return (list(cpu.regs), cpu.rip, cpu.get_rflags(), [s.copy() for s in cpu.segs], cpu.cpl)
+
+
+def _restore(cpu, snap):
+    regs, rip, rflags, segs, cpl = snap
+    cpu.regs[:] = regs
+    cpu.rip = rip
+    cpu.set_rflags(rflags)
+    cpu.segs[:] = segs
+    cpu.cpl = cpl
+    cpu.update_mode()
+
+
+def _ext(kind) -> int:
+    """The EXT bit of a selector error code: the event came from outside."""
+    return 1 if kind in (EXTINT, NMI_EV, HWEXC) else 0
+
+
+def _return_rip(cpu, kind):
+    return cpu.rip  # INTn/INT3/INTO handlers already set RIP past the instruction
+
+
+# ---------------------------------------------------------------- real mode
+def _deliver_real(cpu, vector):
+    """Real mode: the IVT entry is CS:IP at IDTR.base + 4*vector (APM 8.7.x)."""
+    if vector * 4 + 3 > cpu.idtr_limit:
+        raise CpuException(GP, 0, detail="vector beyond real-mode IDT limit")
+    entry = cpu.read_sys((cpu.idtr_base + vector * 4) & 0xFFFFFFFF, 4)
+    flags = cpu.get_rflags()
+    cpu.push(flags & 0xFFFF, 2)
+    cpu.push(cpu.segs[CS].sel, 2)
+    cpu.push(cpu.rip & 0xFFFF, 2)
+    cpu.set_rflags(flags & ~(IF | TF | AC | RF))
+    sel = entry >> 16
+    cpu.segs[CS] = Segment(sel, sel << 4, cpu.segs[CS].limit, cpu.segs[CS].attr)
+    cpu.rip = entry & 0xFFFF
+    cpu.update_mode()
+
+
+# ---------------------------------------------------------------- protected mode
+def _read_gate(cpu, vector, size, kind):
+    err = vector * 8 + 2 + _ext(kind)
+    if vector * size + size - 1 > cpu.idtr_limit:
+        raise CpuException(GP, err, detail=f"vector {vector} beyond IDT limit")
+    base = (cpu.idtr_base + vector * size) & cpu.lin_mask_sys
+    lo = cpu.read_sys(base, 4)
+    hi = cpu.read_sys(base + 4, 4)
+    upper = cpu.read_sys(base + 8, 4) if size == 16 else 0
+    gtype = (hi >> 8) & 0x1F
+    dpl = (hi >> 13) & 3
+    if kind in (SWINT, SWEXC) and dpl < cpu.cpl:
+        raise CpuException(GP, err, detail=f"INT {vector}: gate DPL {dpl} < CPL {cpu.cpl}")
+    if not hi & 0x8000:
+        raise CpuException(NP, err, detail=f"IDT gate {vector} not present")
+    return lo, hi, upper, gtype, err
+
+
+def _target_cs(cpu, sel, kind, need_long):
+    ext = _ext(kind)
+    if sel & ~3 == 0:
+        raise CpuException(GP, ext, detail="null code selector in gate")
+    lo, hi = read_descriptor(cpu, sel, GP, ext)
+    seg = to_segment(sel, lo, hi)
+    a = seg.attr
+    if not a & 0x10 or not a & T_CODE or seg.dpl > cpu.cpl:
+        raise CpuException(GP, (sel & ~3) | ext, detail=f"gate target {sel:#x} is not a usable code segment")
+    if need_long and (not a & A_L or a & A_DB):
+        raise CpuException(GP, (sel & ~3) | ext, detail="long-mode gate target is not a 64-bit code segment")
+    if not a & A_P:
+        raise CpuException(NP, (sel & ~3) | ext, detail=f"code segment {sel:#x} not present")
+    return seg
+
+
+def _deliver_protected(cpu, vector, kind, error_code):
+    lo, hi, _, gtype, err = _read_gate(cpu, vector, 8, kind)
+    if gtype == 0x05:
+        raise NotModelled("task gates in the IDT (hardware task switch)")
+    if gtype not in (0x06, 0x07, 0x0E, 0x0F):
+        raise CpuException(GP, err, detail=f"IDT entry {vector} is not an interrupt/trap gate (type {gtype:#x})")
+    gate32 = gtype & 8
+    offset = (lo & 0xFFFF) | (hi & 0xFFFF0000 if gate32 else 0)
+    seg = _target_cs(cpu, (lo >> 16) & 0xFFFF, kind, False)
+    new_cpl = cpu.cpl if seg.attr & T_CONFORMING else seg.dpl
+    size = 4 if gate32 else 2
+    flags = cpu.get_rflags()
+    old_cs, old_ss, old_rsp = cpu.segs[CS].sel, cpu.segs[SS_SEG].sel, cpu.regs[4]
+    if new_cpl < cpu.cpl:
+        from .farxfer_support import tss_stack_32
+        ss_seg, esp = tss_stack_32(cpu, new_cpl, _ext(kind))
+        cpu.segs[SS_SEG] = ss_seg
+        cpu.regs[4] = esp
+        cpu.cpl = new_cpl
+        cpu.update_mode()
+        cpu.push(old_ss, size)
+        cpu.push(old_rsp & (0xFFFFFFFF if size == 4 else 0xFFFF), size)
+    cpu.push(flags & (0xFFFFFFFF if size == 4 else 0xFFFF), size)
+    cpu.push(old_cs, size)
+    cpu.push(cpu.rip & (0xFFFFFFFF if size == 4 else 0xFFFF), size)
+    if error_code is not None and kind == HWEXC and vector in HAS_ERROR_CODE:
+        cpu.push(error_code, size)
+    _enter(cpu, seg, new_cpl, offset, flags, gtype)
+
+
+def _enter(cpu, seg, new_cpl, offset, flags, gtype):
+    seg.sel = (seg.sel & ~3) | new_cpl
+    cpu.segs[CS] = seg
+    cpu.cpl = new_cpl
+    clear = TF | NT | RF | VM
+    if gtype & 1 == 0:                    # interrupt gate (not trap gate) clears IF
+        clear |= IF
+    cpu.set_rflags(flags & ~clear)
+    cpu.rip = offset
+    cpu.update_mode()
+
+
+# ---------------------------------------------------------------- long mode
+def _deliver_long(cpu, vector, kind, error_code):
+    """Long mode: 16-byte gates, 64-bit frames, IST (APM vol 2, 8.9)."""
+    lo, hi, upper, gtype, err = _read_gate(cpu, vector, 16, kind)
+    if gtype not in (0x0E, 0x0F):
+        raise CpuException(GP, err, detail=f"IDT entry {vector} is not a 64-bit interrupt/trap gate (type {gtype:#x})")
+    offset = (lo & 0xFFFF) | (hi & 0xFFFF0000) | (upper << 32)
+    seg = _target_cs(cpu, (lo >> 16) & 0xFFFF, kind, True)
+    new_cpl = cpu.cpl if seg.attr & T_CONFORMING else seg.dpl
+    ist = hi & 7
+    flags = cpu.get_rflags()
+    old_cs, old_ss, old_rsp = cpu.segs[CS].sel, cpu.segs[SS_SEG].sel, cpu.regs[4]
+    from .farxfer_support import tss_rsp_64
+    if ist:
+        rsp = tss_rsp_64(cpu, ist=ist)
+    elif new_cpl < cpu.cpl:
+        rsp = tss_rsp_64(cpu, cpl=new_cpl)
+    else:
+        rsp = old_rsp
+    rsp &= ~0xF                            # the new stack is 16-byte aligned
+    frame = [old_ss, old_rsp, flags, old_cs, cpu.rip]
+    if error_code is not None and kind == HWEXC and vector in HAS_ERROR_CODE:
+        frame.append(error_code)
+    if new_cpl < cpu.cpl:
+        cpu.segs[SS_SEG] = Segment(new_cpl, 0, 0, 0)    # NULL SS with RPL = new CPL
+    cpu.cpl = new_cpl
+    cpu.segs[CS] = seg
+    cpu.update_mode()                      # now in 64-bit mode at the new CPL
+    for i, v in enumerate(frame):
+        cpu.write(SS_SEG, (rsp - 8 * (i + 1)) & ((1 << 64) - 1), 8, v)
+    cpu.regs[4] = (rsp - 8 * len(frame)) & ((1 << 64) - 1)
+    _enter(cpu, seg, new_cpl, offset, flags, gtype)

@@ -1,0 +1,203 @@
+"""Page-table walks for every legacy and long paging mode (APM vol 2, ch. 5).
+
+``walk()`` computes a translation; it does not cache it.  Caching is the
+TLB's job (``svmsim.cpu.tlb``), so the rules for when a translation may be
+reused live in one place.  The walker sets Accessed bits on every level it
+uses and the Dirty bit on the final entry for writes (APM 5.4.2), raising
+#PF with the architectural error code when something is wrong.
+"""
+from .exceptions import CpuException, PF, PF_P, PF_W, PF_U, PF_RSV, PF_I
+
+P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100
+NX = 1 << 63
+
+# CR0/CR4/EFER bits the walker needs.
+CR0_WP = 1 << 16
+CR4_PSE, CR4_PAE, CR4_PGE, CR4_PCIDE, CR4_SMEP, CR4_SMAP, CR4_LA57, CR4_PKE = (
+    1 << 4, 1 << 5, 1 << 7, 1 << 17, 1 << 20, 1 << 21, 1 << 12, 1 << 22)
+EFER_NXE = 1 << 11
+
+
+class Translation:
+    """The outcome of a walk: what the TLB caches for one linear page.
+
+    ``spa`` is the physical address of the 4 KiB frame holding ``lin``; large
+    pages are split into 4 KiB TLB entries (hardware may do this too).
+    ``rw``/``us`` are the AND of all levels; ``nx`` the OR.
+    """
+    __slots__ = ("spa", "rw", "us", "nx", "g", "d", "size", "steps")
+
+    def __init__(self, spa, rw, us, nx, g, d, size, steps=None):
+        self.spa, self.rw, self.us, self.nx, self.g, self.d, self.size = spa, rw, us, nx, g, d, size
+        self.steps = steps
+
+
+class Walker:
+    """Walks the guest-visible page tables of one CPU through physical memory.
+
+    ``read_pte(spa, size)`` and ``write_pte(spa, size, value)`` access page
+    tables; nested paging replaces them with functions that translate GPAs.
+    """
+
+    def __init__(self, read_pte, write_pte, maxphyaddr: int = 48):
+        self.read_pte = read_pte
+        self.write_pte = write_pte
+        self.set_maxphyaddr(maxphyaddr)
+
+    def set_maxphyaddr(self, bits: int) -> None:
+        self.maxphyaddr = bits
+        # Bits 51:MAXPHYADDR of an entry are reserved (APM 5.3.x tables).
+        self.rsvd_hi = ((1 << 52) - 1) & ~((1 << bits) - 1)
+        self.addr_mask = ((1 << bits) - 1) & ~0xFFF
+
+    # -- public ------------------------------------------------------------
+    def walk(self, lin, cr0, cr3, cr4, efer, access, record=False):
+        """Translate ``lin``; ``access`` is a #PF error code (W, U, I bits).
+
+        Returns a Translation.  Permission checks against the *current*
+        privilege happen in ``check_access`` so a cached Translation can be
+        rechecked without walking.  Reserved-bit and not-present faults are
+        raised here.
+        """
+        steps = [] if record else None
+        if cr4 & CR4_PAE == 0:
+            return self._walk32(lin, cr3, cr4, access, steps)
+        nxe = bool(efer & EFER_NXE)
+        if efer & (1 << 10):  # LMA
+            levels = 5 if cr4 & CR4_LA57 else 4
+            return self._walk_long(lin, cr3 & self.addr_mask, levels, nxe, access, steps)
+        return self._walk_pae(lin, cr3, nxe, access, steps)
+
+    # -- modes ---------------------------------------------------------------
+    def _walk32(self, lin, cr3, cr4, access, steps):
+        """32-bit (non-PAE) paging, 4 KiB and 4 MiB pages (APM 5.3)."""
+        pde_addr = (cr3 & 0xFFFFF000) | ((lin >> 20) & 0xFFC)
+        pde = self._read(pde_addr, 4, steps, "PDE")
+        if not pde & P:
+            raise self._pf(lin, access, 0, "PDE not present")
+        if pde & PS and cr4 & CR4_PSE:
+            # PSE-36/40: PDE bits 20:13 give physical address bits 39:32.
+            if pde & (1 << 21):
+                raise self._pf(lin, access, PF_P | PF_RSV, "reserved bit 21 in 4 MiB PDE")
+            hi = ((pde >> 13) & 0xFF) << 32
+            if hi >> self.maxphyaddr:
+                raise self._pf(lin, access, PF_P | PF_RSV, "4 MiB PDE address beyond MAXPHYADDR")
+            self._set_ad(pde_addr, pde, 4, access, final=True)
+            spa = hi | (pde & 0xFFC00000) | (lin & 0x3FF000)
+            return Translation(spa, pde & RW, pde & US, 0, pde & G, access & PF_W or pde & D, 1 << 22, steps)
+        self._set_ad(pde_addr, pde, 4, access, final=False)
+        pte_addr = (pde & 0xFFFFF000) | ((lin >> 10) & 0xFFC)
+        pte = self._read(pte_addr, 4, steps, "PTE")
+        if not pte & P:
+            raise self._pf(lin, access, 0, "PTE not present")
+        self._set_ad(pte_addr, pte, 4, access, final=True)
+        return Translation(pte & 0xFFFFF000, pde & pte & RW, pde & pte & US, 0, pte & G,
+                           access & PF_W or pte & D, 4096, steps)
+
+    def _walk_pae(self, lin, cr3, nxe, access, steps):
+        """Legacy-mode PAE paging: 4 PDPTEs, then PDE, PTE (APM 5.3.3)."""
+        pdpte_addr = (cr3 & 0xFFFFFFE0) | ((lin >> 27) & 0x18)
+        pdpte = self._read(pdpte_addr, 8, steps, "PDPTE")
+        if not pdpte & P:
+            raise self._pf(lin, access, 0, "PDPTE not present")
+        if pdpte & (self.rsvd_hi | 0x1E6 | NX):
+            raise self._pf(lin, access, PF_P | PF_RSV, "reserved bit in PDPTE")
+        return self._walk_tail(lin, pdpte & self.addr_mask, RW, US, 0, nxe, access, steps)
+
+    def _walk_long(self, lin, table, levels, nxe, access, steps):
+        """4- and 5-level long-mode paging (APM 5.3.3-5.3.6)."""
+        rw, us, nx = RW, US, 0
+        for level in range(levels, 3, -1):       # PML5E (if LA57), PML4E
+            name = "PML%dE" % level
+            addr = table | ((lin >> (12 + 9 * (level - 1))) & 0x1FF) << 3
+            e = self._read(addr, 8, steps, name)
+            self._check_entry(lin, e, nxe, access, name, ps_ok=False)
+            self._set_ad(addr, e, 8, access, final=False)
+            rw, us, nx = rw & e, us & e, nx | (e & NX if nxe else 0)
+            table = e & self.addr_mask
+        addr = table | ((lin >> 30) & 0x1FF) << 3
+        e = self._read(addr, 8, steps, "PDPE")
+        self._check_entry(lin, e, nxe, access, "PDPE", ps_ok=True)
+        rw, us, nx = rw & e, us & e, nx | (e & NX if nxe else 0)
+        if e & PS:                                 # 1 GiB page
+            if e & 0x3FFFE000:
+                raise self._pf(lin, access, PF_P | PF_RSV, "reserved bits 29:13 in 1 GiB PDPE")
+            self._set_ad(addr, e, 8, access, final=True)
+            spa = (e & self.addr_mask & ~0x3FFFFFFF) | (lin & 0x3FFFF000)
+            return Translation(spa, rw, us, nx, e & G, access & PF_W or e & D, 1 << 30, steps)
+        self._set_ad(addr, e, 8, access, final=False)
+        return self._walk_tail(lin, e & self.addr_mask, rw, us, nx, nxe, access, steps)
+
+    def _walk_tail(self, lin, table, rw, us, nx, nxe, access, steps):
+        """PDE and PTE levels, common to PAE and long mode."""
+        pde_addr = table | ((lin >> 21) & 0x1FF) << 3
+        pde = self._read(pde_addr, 8, steps, "PDE")
+        self._check_entry(lin, pde, nxe, access, "PDE", ps_ok=True)
+        rw, us, nx = rw & pde, us & pde, nx | (pde & NX if nxe else 0)
+        if pde & PS:                               # 2 MiB page
+            if pde & 0x1FE000:
+                raise self._pf(lin, access, PF_P | PF_RSV, "reserved bits 20:13 in 2 MiB PDE")
+            self._set_ad(pde_addr, pde, 8, access, final=True)
+            spa = (pde & self.addr_mask & ~0x1FFFFF) | (lin & 0x1FF000)
+            return Translation(spa, rw, us, nx, pde & G, access & PF_W or pde & D, 1 << 21, steps)
+        self._set_ad(pde_addr, pde, 8, access, final=False)
+        pte_addr = (pde & self.addr_mask) | ((lin >> 12) & 0x1FF) << 3
+        pte = self._read(pte_addr, 8, steps, "PTE")
+        self._check_entry(lin, pte, nxe, access, "PTE", ps_ok=True)
+        self._set_ad(pte_addr, pte, 8, access, final=True)
+        return Translation(pte & self.addr_mask, rw & pte, us & pte, nx | (pte & NX if nxe else 0),
+                           pte & G, access & PF_W or pte & D, 4096, steps)
+
+    # -- helpers -------------------------------------------------------------
+    def _read(self, addr, size, steps, name):
+        value = self.read_pte(addr, size)
+        if steps is not None:
+            steps.append((name, addr, value))
+        return value
+
+    def _check_entry(self, lin, e, nxe, access, name, ps_ok):
+        if not e & P:
+            raise self._pf(lin, access, 0, f"{name} not present")
+        rsvd = self.rsvd_hi
+        if not nxe:
+            rsvd |= NX
+        if not ps_ok:
+            rsvd |= PS        # PS is reserved in PML4E/PML5E (APM 5.3.3)
+        if e & rsvd:
+            raise self._pf(lin, access, PF_P | PF_RSV, f"reserved bit set in {name} {e:#x}")
+
+    def _set_ad(self, addr, e, size, access, final):
+        """Set A on every level used, D on the final one for writes (APM 5.4.2)."""
+        new = e | A
+        if final and access & PF_W:
+            new |= D
+        if new != e:
+            self.write_pte(addr, size, new)
+
+    @staticmethod
+    def _pf(lin, access, bits, detail):
+        return CpuException(PF, (access & (PF_W | PF_U | PF_I)) | bits, cr2=lin, detail=detail)
+
+
+def check_access(t: Translation, lin, access, cr0, cr4, efer, rflags_ac) -> None:
+    """Raise #PF if ``access`` is not allowed by translation ``t`` (APM 5.6).
+
+    ``access`` bits: PF_W write, PF_U user-mode access, PF_I instruction fetch.
+    Supervisor-implicit accesses (descriptor tables, TSS) pass PF_U clear.
+    """
+    user = access & PF_U
+    if user:
+        if not t.us:
+            raise CpuException(PF, access | PF_P, cr2=lin, detail="user access to supervisor page")
+        if access & PF_W and not t.rw:
+            raise CpuException(PF, access | PF_P, cr2=lin, detail="user write to read-only page")
+    else:
+        if access & PF_W and not t.rw and cr0 & CR0_WP:
+            raise CpuException(PF, access | PF_P, cr2=lin, detail="supervisor write to read-only page (CR0.WP=1)")
+        if t.us:
+            if access & PF_I and cr4 & CR4_SMEP:
+                raise CpuException(PF, access | PF_P, cr2=lin, detail="SMEP: supervisor fetch from user page")
+            if not access & PF_I and cr4 & CR4_SMAP and not rflags_ac:
+                raise CpuException(PF, access | PF_P, cr2=lin, detail="SMAP: supervisor data access to user page")
+    if access & PF_I and t.nx:
+        raise CpuException(PF, access | PF_P, cr2=lin, detail="fetch from no-execute page")

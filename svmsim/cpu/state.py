@@ -1,0 +1,370 @@
+"""One AMD64 logical processor: architectural state and the memory path.
+
+The memory path is the hot part of the simulator: segmentation (legacy modes
+only), then the fast cache of the TLB, then (on a miss) the architectural TLB
+and the page walker.  ``read``/``write`` take a segment index (ES..GS) and an
+offset already masked to the address size; ``read_lin``/``write_lin`` take a
+linear address.  Everything that can fault raises before changing state.
+"""
+from .exceptions import CpuException, GP, SS as SS_VEC, PF_W, PF_U, PF_I, gp
+from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as F_AC, VM as F_VM
+from .paging import Walker, Translation, check_access, CR4_PGE, CR4_PCIDE
+from .segments import Segment, ES, CS, SS, DS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
+from .tlb import Tlb, R, W, X
+
+MASK64 = (1 << 64) - 1
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = (
+    1, 2, 4, 8, 0x10, 0x20, 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31)
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE, EFER_SVME, EFER_LMSLE, EFER_FFXSR, EFER_TCE = (
+    1, 1 << 8, 1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15)
+
+_IDENTITY = None  # placeholder for identity translations when paging is off
+
+
+class Cpu:
+    """Architectural state of one CPU plus its memory-access path."""
+
+    def __init__(self, machine, index: int):
+        self.machine = machine
+        self.index = index
+        self.bus = machine.bus
+        self.ram = machine.bus.ram.buf
+        self.io = machine.io
+        self.lapic = None
+        self.tlb = Tlb()
+        self.walker = Walker(self._pt_read, self._pt_write)
+        self.fr, self.fw, self.fx = self.tlb.fast[0]
+        self.reset()
+
+    # ------------------------------------------------------------------ reset
+    def reset(self) -> None:
+        """Processor state after RESET (APM vol 2, 14.1.3, table 14-1)."""
+        self.regs = [0] * 16
+        self.regs[2] = self.machine.profile.reset_edx if hasattr(self.machine, "profile") else 0
+        self.rip = 0xFFF0
+        self.rflags = FIXED1
+        self.lf = None
+        self.segs = [Segment(0, 0, 0xFFFF, 0x93) for _ in range(6)]
+        self.segs[CS] = Segment(0xF000, 0xFFFF0000, 0xFFFF, 0x9B)
+        self.ldtr = Segment(0, 0, 0xFFFF, 0x82)
+        self.tr = Segment(0, 0, 0xFFFF, 0x8B)
+        self.gdtr_base, self.gdtr_limit = 0, 0xFFFF
+        self.idtr_base, self.idtr_limit = 0, 0xFFFF
+        self.cr0 = CR0_ET | CR0_CD | CR0_NW
+        self.cr2 = self.cr3 = self.cr4 = 0
+        self.efer = 0
+        self.xcr0 = 1
+        self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        self.msr = {}              # MSRs without side effects, by index
+        self.cpl = 0
+        self.halted = False
+        self.wait_for_sipi = False
+        self.shadow = False        # STI / MOV SS interrupt shadow
+        self.nmi_pending = False
+        self.nmi_blocked = False
+        self.pending = True        # something may need attention between blocks
+        self.step_once = False     # run one instruction before the next interrupt check
+        self.init_pending = False
+        self.retired = 0
+        self.pdptrs = None         # PAE PDPTE registers (legacy PAE mode only)
+        self.tlb.flush_all("reset")
+        self.update_mode()
+
+    # ------------------------------------------------------------------ flags
+    def get_rflags(self) -> int:
+        lf = self.lf
+        if lf is None:
+            return self.rflags
+        return (self.rflags & ~ARITH) | arith_flags(lf)
+
+    def set_rflags(self, value: int) -> None:
+        old_vm_ac = self.rflags & (F_VM | F_AC)
+        self.lf = None
+        self.rflags = (value & WRITABLE) | FIXED1
+        if (self.rflags & (F_VM | F_AC)) != old_vm_ac:
+            self.update_mode()
+
+    def flags_settle(self) -> int:
+        """Materialise lazy flags into ``rflags`` and return it."""
+        if self.lf is not None:
+            self.rflags = (self.rflags & ~ARITH) | arith_flags(self.lf)
+            self.lf = None
+        return self.rflags
+
+    def cond(self, cc: int) -> bool:
+        return cond_from_flags(self.get_rflags() if self.lf is not None else self.rflags, cc)
+
+    # ------------------------------------------------------------------ modes
+    def update_mode(self) -> None:
+        """Recompute everything derived from CR0, CR4, EFER, CS and CPL.
+
+        Called after any change to those; it picks the code size the
+        decoder uses, the linear-address mask, effective segment bases and
+        which segments need limit checks, and selects the fast TLB caches
+        for the current privilege.
+        """
+        cs = self.segs[CS]
+        lma = self.efer & EFER_LMA
+        if not self.cr0 & CR0_PE:
+            bits = 16
+        elif self.rflags & F_VM:
+            bits = 16
+        elif lma and cs.attr & A_L:
+            bits = 64
+        else:
+            bits = 32 if cs.attr & A_DB else 16
+        self.bits = bits
+        self.long64 = bits == 64
+        self.lin_mask = MASK64 if bits == 64 else 0xFFFFFFFF
+        self.lin_mask_sys = MASK64 if lma else 0xFFFFFFFF
+        if bits == 64:
+            self.ebase = [0, 0, 0, 0, self.segs[FS].base, self.segs[GS].base]
+            self.seg_chk = [False] * 6
+        else:
+            self.ebase = [s.base & 0xFFFFFFFF for s in self.segs]
+            self.seg_chk = [not self._flat(s, i) for i, s in enumerate(self.segs)]
+        ss = self.segs[SS]
+        self.stack_bits = 64 if bits == 64 else (32 if ss.attr & A_DB else 16)
+        self.paging = bool(self.cr0 & CR0_PG)
+        user = self.cpl == 3
+        self.user_access = PF_U if user else 0
+        self.fr, self.fw, self.fx = self.tlb.fast[1 if user else 0]
+        # The block cache is keyed by this: anything that changes how bytes
+        # decode or which checks a translated block bakes in belongs here.
+        self.mode_key = (bits, self.cpl, self.stack_bits)
+
+    def _flat(self, s: Segment, i: int) -> bool:
+        """A segment that can never fail a limit or type check for data."""
+        if not self.cr0 & CR0_PE or self.rflags & F_VM:
+            return s.base == 0 and s.limit == 0xFFFFFFFF
+        if i == CS:
+            return False   # CS is not used for data except with an override
+        a = s.attr
+        return (s.base == 0 and s.limit == 0xFFFFFFFF and a & A_P and a & A_S
+                and not a & T_CODE and a & T_WRITABLE and not a & T_EXPAND_DOWN)
+
+    def set_cpl(self, cpl: int) -> None:
+        if cpl != self.cpl:
+            self.cpl = cpl
+            self.update_mode()
+
+    # ------------------------------------------------------------------ segmentation
+    def seg_check(self, seg: int, off: int, size: int, write: bool) -> None:
+        """Limit and type checks of a data access in legacy modes (APM 4.11, 4.12)."""
+        s = self.segs[seg]
+        vec = SS_VEC if seg == SS else GP
+        protected = self.cr0 & CR0_PE and not self.rflags & F_VM
+        if protected:
+            a = s.attr
+            if not a & A_P:
+                raise CpuException(vec, 0, detail=f"{'es cs ss ds fs gs'.split()[seg]} segment not usable")
+            if write and (a & T_CODE or not a & T_WRITABLE):
+                raise CpuException(vec, 0, detail="write to a non-writable segment")
+            if not write and a & T_CODE and not a & T_READABLE:
+                raise CpuException(vec, 0, detail="read of an execute-only segment")
+            if a & T_EXPAND_DOWN and not a & T_CODE:
+                top = 0xFFFFFFFF if a & A_DB else 0xFFFF
+                if off <= s.limit or off + size - 1 > top:
+                    raise CpuException(vec, 0, detail="expand-down segment limit")
+                return
+        if off + size - 1 > s.limit:
+            raise CpuException(vec, 0, detail=f"offset {off:#x} beyond segment limit {s.limit:#x}")
+
+    # ------------------------------------------------------------------ memory: segment-relative
+    def read(self, seg: int, off: int, size: int) -> int:
+        if self.seg_chk[seg]:
+            self.seg_check(seg, off, size, False)
+        lin = (self.ebase[seg] + off) & self.lin_mask
+        o = lin & 0xFFF
+        if o + size <= 0x1000:
+            b = self.fr.get(lin >> 12)
+            if b is not None:
+                b += o
+                return int.from_bytes(self.ram[b:b + size], "little")
+        return self.read_lin_slow(lin, size, self.user_access, seg == SS)
+
+    def write(self, seg: int, off: int, size: int, value: int) -> None:
+        if self.seg_chk[seg]:
+            self.seg_check(seg, off, size, True)
+        lin = (self.ebase[seg] + off) & self.lin_mask
+        o = lin & 0xFFF
+        if o + size <= 0x1000:
+            b = self.fw.get(lin >> 12)
+            if b is not None:
+                b += o
+                self.ram[b:b + size] = (value & ((1 << (size << 3)) - 1)).to_bytes(size, "little")
+                return
+        self.write_lin_slow(lin, size, value, self.user_access, seg == SS)
+
+    def check_write(self, seg: int, off: int, size: int) -> None:
+        """Probe a write without doing it (instructions that must not fault
+        half-way, e.g. a far call pushing several values)."""
+        if self.seg_chk[seg]:
+            self.seg_check(seg, off, size, True)
+        lin = (self.ebase[seg] + off) & self.lin_mask
+        self.translate(lin, PF_W | self.user_access, seg == SS)
+        if (lin & 0xFFF) + size > 0x1000:
+            self.translate((lin | 0xFFF) + 1 & self.lin_mask, PF_W | self.user_access, seg == SS)
+
+    def linear(self, seg: int, off: int) -> int:
+        return (self.ebase[seg] + off) & self.lin_mask
+
+    # ------------------------------------------------------------------ memory: linear
+    def read_lin(self, lin: int, size: int, user=None) -> int:
+        return self.read_lin_slow(lin, size, self.user_access if user is None else user, False)
+
+    def write_lin(self, lin: int, size: int, value: int, user=None) -> None:
+        self.write_lin_slow(lin, size, value, self.user_access if user is None else user, False)
+
+    def read_sys(self, lin: int, size: int) -> int:
+        """Implicit supervisor read (descriptor tables, TSS, IDT: APM 5.6.x)."""
+        return self.read_lin_slow(lin, size, 0, False)
+
+    def write_sys(self, lin: int, size: int, value: int) -> None:
+        self.write_lin_slow(lin, size, value, 0, False)
+
+    def read_lin_slow(self, lin, size, user, stack):
+        o = lin & 0xFFF
+        if o + size <= 0x1000:
+            spa = self.translate(lin, user, stack)
+            return self.bus.read(spa, size)
+        first = 0x1000 - o
+        spa1 = self.translate(lin, user, stack)
+        spa2 = self.translate((lin + first) & self.lin_mask, user, stack)
+        lo = self.bus.read(spa1, first) if first in (1, 2, 4, 8) else int.from_bytes(self.bus.read_bytes(spa1, first), "little")
+        rest = size - first
+        hi = self.bus.read(spa2, rest) if rest in (1, 2, 4, 8) else int.from_bytes(self.bus.read_bytes(spa2, rest), "little")
+        return lo | (hi << (first * 8))
+
+    def write_lin_slow(self, lin, size, value, user, stack):
+        o = lin & 0xFFF
+        access = user | PF_W
+        value &= (1 << (size * 8)) - 1
+        if o + size <= 0x1000:
+            spa = self.translate(lin, access, stack)
+            self.bus.write(spa, size, value)
+            return
+        first = 0x1000 - o
+        spa1 = self.translate(lin, access, stack)
+        spa2 = self.translate((lin + first) & self.lin_mask, access, stack)
+        data = value.to_bytes(size, "little")
+        self.bus.write_bytes(spa1, data[:first])
+        self.bus.write_bytes(spa2, data[first:])
+
+    def fetch_spa(self, lin: int) -> int:
+        """Translate an instruction-fetch address (APM 5.6: I/D bit)."""
+        return self.translate(lin, PF_I | self.user_access, False)
+
+    # ------------------------------------------------------------------ translation
+    def translate(self, lin: int, access: int, stack: bool = False) -> int:
+        """Linear -> system physical address for an access, or raise.
+
+        ``access`` is #PF error-code style: PF_W, PF_U, PF_I.  Fills the fast
+        caches when the target is plain RAM.
+        """
+        if self.long64 or self.efer & EFER_LMA:
+            top = lin >> 47
+            if top and top != 0x1FFFF and not (self.cr4 & (1 << 12) and lin >> 56 in (0, 0xFF)):
+                raise CpuException(SS_VEC if stack else GP, 0, detail=f"non-canonical address {lin:#x}")
+        vpn = lin >> 12
+        if not self.paging:
+            spa = lin & 0xFFFFFFFF & ~0xFFF
+            t = None
+        else:
+            tlb = self.tlb
+            t = tlb.lookup(vpn)
+            if t is None or (access & PF_W and not t.d):
+                tlb.stats["misses"] += 1
+                t = self.walker.walk(lin, self.cr0, self.cr3, self.cr4, self.efer, access)
+                tlb.insert(vpn, t)
+            check_access(t, lin, access, self.cr0, self.cr4, self.efer, self.rflags & F_AC)
+            spa = t.spa
+        self._fill_fast(vpn, spa, t, access)
+        return spa | (lin & 0xFFF)
+
+    def _fill_fast(self, vpn, spa, t, access):
+        off = self.bus.ram_offset(spa)
+        if off is None:
+            return
+        user = 1 if access & PF_U else 0
+        fast = self.tlb.fast[user]
+        if t is None:
+            fast[R][vpn] = off
+            fast[X][vpn] = off
+            if spa >> 12 not in self.machine.code_pages:
+                fast[W][vpn] = off
+            return
+        # Cache only what a recheck would allow without a fault, so the fast
+        # path never needs to look at permissions.
+        if self.cr4 & (1 << 21) and t.us and not user:
+            return                      # SMAP depends on RFLAGS.AC: always recheck
+        fast[R][vpn] = off
+        if not t.nx and not (t.us and not user and self.cr4 & (1 << 20)):
+            fast[X][vpn] = off
+        if t.d and (t.rw or (not user and not self.cr0 & CR0_WP)) and spa >> 12 not in self.machine.code_pages:
+            fast[W][vpn] = off
+
+    def _pt_read(self, spa, size):
+        return self.bus.read(spa, size)
+
+    def _pt_write(self, spa, size, value):
+        self.bus.write(spa, size, value)
+
+    # ------------------------------------------------------------------ stack
+    def push(self, value: int, size: int) -> None:
+        bits = self.stack_bits
+        rsp = self.regs[4]
+        if bits == 64:
+            new = (rsp - size) & MASK64
+            self.write(SS, new, size, value)
+            self.regs[4] = new
+        elif bits == 32:
+            new = (rsp - size) & 0xFFFFFFFF
+            self.write(SS, new, size, value)
+            self.regs[4] = new          # 32-bit stack writes ESP (zero-extends: fine in legacy)
+        else:
+            new = (rsp - size) & 0xFFFF
+            self.write(SS, new, size, value)
+            self.regs[4] = (rsp & ~0xFFFF) | new
+
+    def pop(self, size: int) -> int:
+        bits = self.stack_bits
+        rsp = self.regs[4]
+        if bits == 64:
+            v = self.read(SS, rsp, size)
+            self.regs[4] = (rsp + size) & MASK64
+        elif bits == 32:
+            v = self.read(SS, rsp & 0xFFFFFFFF, size)
+            self.regs[4] = (rsp + size) & 0xFFFFFFFF
+        else:
+            v = self.read(SS, rsp & 0xFFFF, size)
+            self.regs[4] = (rsp & ~0xFFFF) | ((rsp + size) & 0xFFFF)
+        return v
+
+    def kick(self) -> None:
+        """Something changed (an interrupt line, a signal): re-check between blocks."""
+        self.pending = True
+
+    # ------------------------------------------------------------------ signals from the APIC
+    def signal_init(self) -> None:
+        """INIT: reset most state and wait for a SIPI (APM vol 2, 14.1.4)."""
+        self.init_pending = True
+        self.kick()
+
+    def signal_sipi(self, vector: int) -> None:
+        """STARTUP IPI: a CPU waiting for SIPI starts in real mode at vector:0000."""
+        if not self.wait_for_sipi:
+            return                      # ignored unless in wait-for-SIPI (APM 16.5)
+        self.wait_for_sipi = False
+        self.halted = False
+        self.segs[CS] = Segment((vector & 0xFF) << 8, (vector & 0xFF) << 12, 0xFFFF, 0x9B)
+        self.rip = 0
+        self.update_mode()
+        self.kick()
+
+    def signal_nmi(self) -> None:
+        self.nmi_pending = True
+        self.kick()
+
+    def signal_smi(self) -> None:
+        self.machine.note("SMI signalled: system management mode is not modelled; ignored")

@@ -1,0 +1,100 @@
+"""The translation lookaside buffer (APM vol 2, 5.5) and the fast access caches.
+
+Two layers, kept apart on purpose:
+
+* ``Tlb.entries`` is the *architectural* TLB: linear page -> Translation,
+  filled only by page walks and emptied only when the manual says a flush
+  happens (MOV CR3, INVLPG, CR4/CR0 paging-bit changes, INVLPGA, TLB_CONTROL
+  ...).  A kernel that forgets an INVLPG keeps seeing the stale entry, as on
+  hardware.  Entries are tagged by (ASID, PCID); global entries by ASID only.
+* ``fast`` dicts are a host-side acceleration: linear page -> RAM offset,
+  per privilege (supervisor/user) and access kind (read/write/fetch), filled
+  from an architectural entry after its permission check.  They are derived
+  data and may be dropped at any time without changing guest-visible
+  behaviour.
+"""
+R, W, X = 0, 1, 2
+
+
+class Tlb:
+    def __init__(self):
+        self.asid = 0
+        self.pcid = 0
+        self._tagged: dict = {}       # (asid, pcid) -> {vpn: Translation}
+        self._global: dict = {}       # asid -> {vpn: Translation}
+        self.entries: dict = self._tagged.setdefault((0, 0), {})
+        self.globals: dict = self._global.setdefault(0, {})
+        self.fast = [[{}, {}, {}], [{}, {}, {}]]   # [user][R/W/X]
+        self.stats = {"hits": 0, "misses": 0, "flushes": {}}
+
+    # -- lookup --------------------------------------------------------------
+    def lookup(self, vpn):
+        t = self.entries.get(vpn)
+        if t is None:
+            t = self.globals.get(vpn)
+        return t
+
+    def insert(self, vpn, t) -> None:
+        if t.g:
+            self.globals[vpn] = t
+        else:
+            self.entries[vpn] = t
+
+    # -- tags ----------------------------------------------------------------
+    def switch(self, asid: int, pcid: int) -> None:
+        """Make (asid, pcid) current without flushing anything."""
+        if (asid, pcid) != (self.asid, self.pcid):
+            self.asid, self.pcid = asid, pcid
+            self.entries = self._tagged.setdefault((asid, pcid), {})
+            self.globals = self._global.setdefault(asid, {})
+            self.drop_fast()
+
+    # -- flushes (each names its architectural cause for the statistics) -------
+    def _count(self, cause):
+        f = self.stats["flushes"]
+        f[cause] = f.get(cause, 0) + 1
+
+    def flush_nonglobal(self, cause: str, pcid=None) -> None:
+        """MOV CR3 without PCID preservation: drop this tag's non-global entries."""
+        self._count(cause)
+        if pcid is None or pcid == self.pcid:
+            self.entries.clear()
+        else:
+            self._tagged.pop((self.asid, pcid), None)
+        self.drop_fast()
+
+    def flush_asid(self, cause: str, asid=None, keep_global=False) -> None:
+        """Every entry of one ASID (TLB_CONTROL 3/7, CR4.PGE toggles, INVPCID all)."""
+        self._count(cause)
+        asid = self.asid if asid is None else asid
+        for tag in [t for t in self._tagged if t[0] == asid]:
+            self._tagged[tag].clear()
+        if not keep_global:
+            self._global.get(asid, {}).clear()
+        self.drop_fast()
+
+    def flush_all(self, cause: str) -> None:
+        """Everything, every ASID (TLB_CONTROL 1, a CR0.PG toggle...)."""
+        self._count(cause)
+        for d in self._tagged.values():
+            d.clear()
+        for d in self._global.values():
+            d.clear()
+        self.drop_fast()
+
+    def flush_page(self, vpn: int, cause: str, asid=None, all_pcids=True) -> None:
+        """INVLPG / INVLPGA: one linear page, global entries included (APM 5.5.2)."""
+        self._count(cause)
+        asid = self.asid if asid is None else asid
+        for tag, d in self._tagged.items():
+            if tag[0] == asid and (all_pcids or tag[1] == self.pcid):
+                d.pop(vpn, None)
+        self._global.get(asid, {}).pop(vpn, None)
+        for per_user in self.fast:
+            for d in per_user:
+                d.pop(vpn, None)
+
+    def drop_fast(self) -> None:
+        for per_user in self.fast:
+            for d in per_user:
+                d.clear()

@@ -1,0 +1,257 @@
+"""The simulated PC: CPUs, memory, devices, and the run loop.
+
+CPUs interleave deterministically: each round every runnable CPU executes a
+quantum of instructions in index order, then virtual time advances by one
+quantum and due timers fire.  With every CPU halted, time jumps to the next
+timer deadline.  Given the same kernel and options, a run is reproducible
+instruction for instruction.
+"""
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, NotModelled, SvmsimError
+from .memory.bus import PhysBus, IoBus
+from .devices.clock import VirtualClock
+from .cpu.state import Cpu
+from .cpu.engine import Engine
+from .cpu.exceptions import Shutdown
+
+# Exit statuses for run endings other than isa-debug-exit (which gives the
+# odd (V << 1) | 1, as QEMU does).  All even, so they never collide with it.
+STATUS_SHUTDOWN = 2        # triple fault / shutdown (QEMU -no-reboot would exit 0)
+STATUS_HALTED = 4          # every CPU halted with nothing left to wake it
+STATUS_BUDGET = 6          # --max-insns exhausted
+STATUS_TIMEOUT = 8         # --timeout (host wall-clock seconds) reached
+STATUS_RESET = 10          # the guest asked for a reset (port 0xCF9 / 0x92 / 0x64)
+STATUS_NOT_MODELLED = 12   # the guest used something svmsim does not model yet
+STATUS_INTERNAL = 70       # a bug in svmsim (EX_SOFTWARE); the message says where
+
+QUANTUM = 1000
+
+
+def parse_size(text) -> int:
+    """'128M', '4g', '65536k' or a byte count -> bytes (QEMU's -m syntax; plain = MiB)."""
+    if isinstance(text, int):
+        return text
+    t = str(text).strip().lower()
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t) << 20                    # QEMU: a bare number is MiB
+    except ValueError:
+        raise ConfigError(f"bad memory size {text!r} (use e.g. 128M or 4G)") from None
+
+
+@dataclass
+class MachineConfig:
+    mem_size: int = 128 << 20
+    smp: int = 1
+    cpu: str = "epyc"
+    serial_out: object = None          # binary file-like; None = stdout
+    serial_in: object = None           # binary file-like or None
+    max_insns: int = None
+    timeout: float = None
+    append: str = ""
+
+
+@dataclass
+class RunResult:
+    status: int
+    reason: str
+    kind: str
+    instructions: int
+    wall_time: float
+    unimplemented: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def insns_per_second(self) -> float:
+        return self.instructions / self.wall_time if self.wall_time else 0.0
+
+
+class Machine:
+    """An AMD64 PC.  Build it, ``load_kernel()``, then ``run()``."""
+
+    def __init__(self, config: MachineConfig = None, **kw):
+        self.pic = None
+        self.ioapic = None
+        self.config = config or MachineConfig(**kw)
+        cfg = self.config
+        cfg.mem_size = parse_size(cfg.mem_size)
+        if cfg.mem_size < (2 << 20) or cfg.mem_size % 4096:
+            raise ConfigError("memory size must be at least 2 MiB and a multiple of 4 KiB")
+        if not 1 <= cfg.smp <= 64:
+            raise ConfigError("--smp must be between 1 and 64")
+        from .cpu import profiles
+        self.profile = profiles.get(cfg.cpu)
+        self.clock = VirtualClock()
+        self.bus = PhysBus(cfg.mem_size)
+        self.io = IoBus()
+        self.code_pages: dict = {}
+        self.stopping = False
+        self.stop_status = None
+        self.stop_reason = ""
+        self.stop_kind = ""
+        self.notes: list = []
+        self.listeners: list = []            # trace sinks: callables(event dict)
+        self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
+        for cpu in self.cpus[1:]:
+            cpu.wait_for_sipi = True         # APs wait for INIT-SIPI (APM 16.x, MP spec)
+        self.current_cpu = self.cpus[0]
+        self.engine = Engine(self)
+        from .devices import pc
+        pc.attach(self)
+
+    # ---------------------------------------------------------------- loading
+    def load_kernel(self, path: str, append: str = "", modules=()):
+        """Load a Multiboot kernel as QEMU's -kernel does; returns the BootInfo."""
+        from .boot import multiboot
+        info = multiboot.load_multiboot(self.bus, path, append, list(modules), mem_size=self.config.mem_size,
+                                        amd_ht_hole=self.profile.vendor == "AuthenticAMD")
+        from .boot.entry import apply_entry_state
+        apply_entry_state(self.cpus[0], info)
+        for w in info.warnings:
+            self.note(w)
+        self.config.append = append
+        if hasattr(self, "fw_cfg"):
+            self.fw_cfg.set_cmdline(append)
+        return info
+
+    # ---------------------------------------------------------------- device services
+    def raise_irq(self, line: int, level: bool) -> None:
+        if self.pic is not None:
+            self.pic.set_irq(line, level)
+        if self.ioapic is not None:
+            self.ioapic.set_irq(2 if line == 0 else line, level)
+
+    def interrupt_acknowledge(self, cpu):
+        """The vector of the highest-priority deliverable maskable interrupt, or None.
+
+        An ExtINT from the 8259 (through LINT0 in virtual-wire mode) is taken
+        first and bypasses the APIC's priority logic (MP spec 3.6.2.2)."""
+        lapic = cpu.lapic
+        pic = self.pic
+        if lapic is None:
+            if pic is not None and cpu.index == 0 and pic.has_interrupt():
+                return pic.acknowledge()
+            return None
+        if pic is not None and lapic.extint_pending():
+            return pic.acknowledge()
+        if lapic.has_interrupt():
+            return lapic.acknowledge()
+        return None
+
+    def request_stop(self, status: int, reason: str, kind: str = "debug-exit") -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_status, self.stop_reason, self.stop_kind = status, reason, kind
+
+    def request_reset(self, reason: str) -> None:
+        self.request_stop(STATUS_RESET, reason, "reset")
+
+    def do_init(self, cpu) -> None:
+        """Apply INIT to a CPU: reset state, keep it waiting for SIPI (APM 14.1.4)."""
+        cpu.init_pending = False
+        lapic = cpu.lapic
+        cpu.reset()
+        cpu.lapic = lapic
+        if lapic is not None and hasattr(lapic, "init"):
+            lapic.init()
+        cpu.wait_for_sipi = True
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    # ---------------------------------------------------------------- tracing hooks
+    def emit(self, event: dict) -> None:
+        for sink in self.listeners:
+            sink(event)
+
+    def trace_exception(self, cpu, e) -> None:
+        if self.listeners:
+            self.emit({"type": "exception", "cpu": cpu.index, "vector": e.vector,
+                       "error_code": e.error_code, "rip": cpu.rip, "detail": str(e)})
+
+    def on_event(self, cpu, vector, kind, error_code) -> None:
+        """Called before every event delivery (the SVM intercept check hooks in)."""
+
+    # ---------------------------------------------------------------- running
+    def tsc(self, cpu) -> int:
+        return self.clock.now_ns
+
+    def run(self, max_insns: int = None, timeout: float = None) -> RunResult:
+        """Run until the guest exits, shuts down, deadlocks, or a limit is hit."""
+        max_insns = max_insns if max_insns is not None else self.config.max_insns
+        timeout = timeout if timeout is not None else self.config.timeout
+        start = time.monotonic()
+        total = 0
+        try:
+            total = self._loop(max_insns, timeout, start)
+        except Shutdown as e:
+            self.request_stop(STATUS_SHUTDOWN, f"shutdown: {e}", "shutdown")
+        except NotModelled as e:
+            self.request_stop(STATUS_NOT_MODELLED, f"not modelled: {e}", "not-modelled")
+        except SvmsimError:
+            raise
+        except Exception as e:   # a bug in svmsim: report it, never a raw traceback
+            import traceback
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            self.request_stop(STATUS_INTERNAL, f"internal error: {type(e).__name__}: {e} "
+                              f"(at {where.filename.split('svmsim/')[-1]}:{where.lineno})", "internal-error")
+        total = sum(c.retired for c in self.cpus)
+        from .cpu.ops import UNIMPLEMENTED_SEEN
+        return RunResult(self.stop_status, self.stop_reason, self.stop_kind, total,
+                         time.monotonic() - start, dict(UNIMPLEMENTED_SEEN), self.stats())
+
+    def _loop(self, max_insns, timeout, start):
+        engine, clock, cpus = self.engine, self.clock, self.cpus
+        total = 0
+        rounds = 0
+        while not self.stopping:
+            ran = False
+            for cpu in cpus:
+                if (cpu.halted or cpu.wait_for_sipi) and not cpu.pending:
+                    continue
+                self.current_cpu = cpu
+                n = engine.run(cpu, QUANTUM)
+                total += n
+                ran = ran or n > 0
+                if self.stopping:
+                    break
+            if ran:
+                clock.advance(QUANTUM * clock.ns_per_insn)
+            elif not any(c.pending for c in cpus):
+                if clock.next_deadline == float("inf"):
+                    self._stop_deadlocked()
+                    break
+                clock.now_ns = max(clock.now_ns, clock.next_deadline)
+            if clock.next_deadline <= clock.now_ns:
+                clock.run_due()
+            rounds += 1
+            if max_insns is not None and total >= max_insns:
+                self.request_stop(STATUS_BUDGET, f"instruction budget of {max_insns} exhausted", "budget")
+            if timeout is not None and rounds % 64 == 0 and time.monotonic() - start > timeout:
+                self.request_stop(STATUS_TIMEOUT, f"timeout after {timeout:g} s", "timeout")
+            if rounds % 256 == 0:
+                self.poll_devices()
+        return total
+
+    def poll_devices(self) -> None:
+        uart = getattr(self, "uart", None)
+        if uart is not None and hasattr(uart, "poll_input"):
+            uart.poll_input()
+
+    def _stop_deadlocked(self):
+        from .cpu.flags import IF
+        bsp = self.cpus[0]
+        if all(not (c.rflags & IF) for c in self.cpus if c.halted):
+            self.request_stop(STATUS_HALTED, f"CPU halted with interrupts disabled at rip={bsp.rip:#x}", "halted")
+        else:
+            self.request_stop(STATUS_HALTED, "all CPUs halted and no timer or device can wake them", "halted")
+
+    def stats(self) -> dict:
+        tlb = {"misses": sum(c.tlb.stats["misses"] for c in self.cpus)}
+        return {"engine": dict(self.engine.stats), "tlb": tlb, "virtual_ns": self.clock.now_ns}

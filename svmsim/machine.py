@@ -177,6 +177,9 @@ class Machine:
 
     def on_event(self, cpu, vector, kind, error_code) -> None:
         """Called before every event delivery (the SVM intercept check hooks in)."""
+        if self.listeners:
+            self.emit({"type": "deliver", "cpu": cpu.index, "vector": vector, "kind": kind,
+                       "error_code": error_code, "rip": cpu.rip})
 
     # ---------------------------------------------------------------- running
     def tsc(self, cpu) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from svmsim.machine import Machine
 from svmsim.cpu.segments import Segment, ES, CS, SS, DS, FS, GS
 from svmsim.cpu.exceptions import Shutdown
+from svmsim.cpu.interrupts import HWEXC
 
 CODE_ADDR = 0x100000
 STACK_TOP = 0x80000
@@ -108,7 +109,7 @@ def run_code(code: bytes, mode="long64", regs=None, rflags=None, mem=None, max_i
 
     def on_event(ev):
         result.events.append(ev)
-        if ev["type"] == "exception" and result.exception is None:
+        if ev["type"] == "deliver" and ev["kind"] == HWEXC and result.exception is None:
             result.exception = (ev["vector"], ev["error_code"], ev["rip"], cpu.cr2 if ev["vector"] == 14 else None)
             m.request_stop(0, "exception", "exception")
     m.listeners.append(on_event)

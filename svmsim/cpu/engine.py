@@ -14,8 +14,9 @@ import iced_x86
 
 from . import ops
 from .decoder import build_insn
-from .exceptions import CpuException, PF_I
-from .flags import TF, IF
+from .exceptions import CpuException, PF_I, DB as DB_VEC
+from .flags import TF, IF, RF
+from . import debug
 from .segments import CS
 from . import interrupts
 
@@ -172,9 +173,9 @@ class Engine:
             while executed < budget and not machine.stopping:
                 if cpu.pending:
                     interrupts.service(cpu)
-                    if cpu.halted or cpu.wait_for_sipi:
-                        break
-                if cpu.rflags & TF or cpu.step_once:
+                if cpu.halted or cpu.wait_for_sipi:
+                    break
+                if cpu.rflags & TF or cpu.step_once or cpu.dr[7] & 0xFF:
                     executed += self.step(cpu)
                     continue
                 rip = cpu.rip
@@ -221,15 +222,26 @@ class Engine:
             done[0] = executed
 
     def step(self, cpu) -> int:
-        """Execute exactly one instruction (single-step, interrupt shadow).
+        """Execute exactly one instruction (single-step, breakpoints, interrupt shadow).
 
-        Handles RFLAGS.TF: a #DB trap after the instruction if TF was set
-        before it (APM vol 2, 13.1.4).
+        Order (APM vol 2, 13.1.x): an instruction breakpoint is a fault taken
+        before the instruction unless RFLAGS.RF is set; after the instruction,
+        data-breakpoint hits and a TF single-step (DR6.BS) are reported
+        together as one #DB trap.  RF is cleared once an instruction completes.
         """
         cpu.step_once = False
         tf = cpu.rflags & TF
         rip = cpu.rip
         lin = (cpu.ebase[CS] + rip) & cpu.lin_mask
+        if cpu.dr[7] & 0xFF or cpu.watch:
+            debug.sync(cpu)
+            if not cpu.rflags & RF:
+                hits = debug.insn_hits(cpu, lin)
+                if hits:
+                    cpu.dr[6] = (cpu.dr[6] & ~0xF) | hits
+                    interrupts.deliver_with_escalation(cpu, DB_VEC, interrupts.HWEXC, None)
+                    return 0
+        cpu.db_hits = 0
         key = (lin, cpu.mode_key, 1)
         try:
             blk = self.blocks.get(key)
@@ -240,12 +252,16 @@ class Engine:
             if blk is None or blk.page != page:
                 blk = self.translate(cpu, lin, key, max_len=1)
             ins = blk.insns[0]
+            rf_before = cpu.rflags & RF
             ins.fn(cpu, ins)
         except CpuException as e:
             interrupts.deliver_exception(cpu, e)
             return 0
         if not blk.sets_rip:
             cpu.rip = blk.end_ip
-        if tf:
-            interrupts.single_step_trap(cpu)
+        if rf_before and cpu.rflags & RF:
+            cpu.rflags &= ~RF
+        if cpu.db_hits or tf:
+            cpu.dr[6] = (cpu.dr[6] & ~0xF) | cpu.db_hits | (0x4000 if tf else 0)
+            interrupts.deliver_with_escalation(cpu, DB_VEC, interrupts.HWEXC, None)
         return 1

@@ -52,12 +52,6 @@ def service(cpu) -> None:
             cpu.pending = True          # another may be waiting
 
 
-def single_step_trap(cpu) -> None:
-    """#DB after an instruction executed with RFLAGS.TF=1 (DR6.BS, APM 13.1.4)."""
-    cpu.dr[6] |= 1 << 14
-    deliver_with_escalation(cpu, DB, HWEXC, None)
-
-
 # ---------------------------------------------------------------- faults
 def deliver_exception(cpu, e: CpuException, kind=HWEXC) -> None:
     """Deliver a fault raised by an instruction (RIP already at that instruction)."""

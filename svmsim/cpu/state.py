@@ -11,6 +11,7 @@ from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as 
 from .paging import Walker, Translation, check_access, CR4_PGE, CR4_PCIDE
 from .segments import Segment, ES, CS, SS, DS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
 from .tlb import Tlb, R, W, X
+from . import debug
 
 MASK64 = (1 << 64) - 1
 CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = (
@@ -63,6 +64,8 @@ class Cpu:
         self.nmi_pending = False
         self.nmi_blocked = False
         self.pending = True        # something may need attention between blocks
+        self.watch = ()            # armed data breakpoints (debug.sync)
+        self.db_hits = 0           # DR6 B0-B3 bits hit by the current instruction
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
         self.retired = 0
@@ -224,6 +227,8 @@ class Cpu:
         self.write_lin_slow(lin, size, value, 0, False)
 
     def read_lin_slow(self, lin, size, user, stack):
+        if self.watch:
+            debug.check_data(self, lin, size, False)
         o = lin & 0xFFF
         if o + size <= 0x1000:
             spa = self.translate(lin, user, stack)
@@ -237,6 +242,8 @@ class Cpu:
         return lo | (hi << (first * 8))
 
     def write_lin_slow(self, lin, size, value, user, stack):
+        if self.watch:
+            debug.check_data(self, lin, size, True)
         o = lin & 0xFFF
         access = user | PF_W
         value &= (1 << (size * 8)) - 1
@@ -262,9 +269,10 @@ class Cpu:
         ``access`` is #PF error-code style: PF_W, PF_U, PF_I.  Fills the fast
         caches when the target is plain RAM.
         """
-        if self.long64 or self.efer & EFER_LMA:
-            top = lin >> 47
-            if top and top != 0x1FFFF and not (self.cr4 & (1 << 12) and lin >> 56 in (0, 0xFF)):
+        if self.efer & EFER_LMA:
+            # Canonical: the bits above the linear width copy its top bit (APM 2.2.1).
+            top = lin >> 56 if self.cr4 & (1 << 12) else lin >> 47
+            if top and top != (0xFF if self.cr4 & (1 << 12) else 0x1FFFF):
                 raise CpuException(SS_VEC if stack else GP, 0, detail=f"non-canonical address {lin:#x}")
         vpn = lin >> 12
         if not self.paging:
@@ -284,7 +292,7 @@ class Cpu:
 
     def _fill_fast(self, vpn, spa, t, access):
         off = self.bus.ram_offset(spa)
-        if off is None:
+        if off is None or self.watch:
             return
         user = 1 if access & PF_U else 0
         fast = self.tlb.fast[user]

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=None, help="stop after this many host seconds")
     r.add_argument("--serial-out", default=None, help="write COM1 output to FILE instead of stdout")
     r.add_argument("--serial-in", default=None, help="read COM1 input from FILE")
+    r.add_argument("--trace", default=None, metavar="CATS",
+                   help="print events on stderr: comma list of exceptions, interrupts, all")
+    r.add_argument("--trace-file", default=None, metavar="FILE.jsonl",
+                   help="write events as JSON lines (all categories unless --trace narrows them)")
     r.add_argument("--quiet", "-q", action="store_true", help="no run report on stderr")
     r.add_argument("--report", action="store_true", help="print the full run report on stderr")
     d = sub.add_parser("demo", help="build the bundled smoke kernel from source and boot it")
@@ -65,6 +69,11 @@ def cmd_run(args) -> int:
     cfg = MachineConfig(mem_size=args.memory, smp=args.smp, cpu=args.cpu, serial_out=out,
                         serial_in=inp, max_insns=args.max_insns, timeout=args.timeout)
     m = Machine(cfg)
+    if args.trace or args.trace_file:
+        from .trace import Tracer
+        jsonl = open(args.trace_file, "w") if args.trace_file else None
+        cats = args.trace.split(",") if args.trace else ["all"]
+        m.listeners.append(Tracer(cats, sys.stderr if args.trace else None, jsonl))
     m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module])
     result = m.run()
     out.flush()

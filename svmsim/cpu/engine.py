@@ -78,7 +78,7 @@ class Engine:
             except CpuException:
                 if self._insn_len(data, bits, rip) is None:
                     raise
-        dec = iced_x86.Decoder(bits, data, ip=rip)
+        dec = iced_x86.Decoder(bits, data, iced_x86.DecoderOptions.AMD, ip=rip)
         insns = []
         sets_rip = False
         for i in dec:
@@ -120,7 +120,7 @@ class Engine:
 
     @staticmethod
     def _insn_len(data, bits, rip):
-        i = iced_x86.Decoder(bits, data, ip=rip).decode()
+        i = iced_x86.Decoder(bits, data, iced_x86.DecoderOptions.AMD, ip=rip).decode()
         if i.code == iced_x86.Code.INVALID:
             return None
         return i.len

@@ -74,6 +74,11 @@ def deliver_with_escalation(cpu, vector, kind, error_code) -> None:
             deliver_event(cpu, vector, kind, error_code)
             return
         except CpuException as e2:
+            if kind in (SWINT, SWEXC, ICEBP):
+                # A fault while delivering INT n/INT3/INTO/INT1 is reported on
+                # the instruction itself (SDM vol 3, 6.5): let the engine rewind
+                # RIP to it and deliver the fault.
+                raise
             if e2.vector == PF and e2.cr2 is not None:
                 cpu.cr2 = e2.cr2
             cpu.machine.trace_exception(cpu, e2)

@@ -270,8 +270,12 @@ def xadd(cpu, ins):
     a = ins.get0(cpu)
     b = ins.get1(cpu)
     r = a + b
-    ins.set0(cpu, r)
-    ins.set1(cpu, a)
+    if ins.ea is not None:        # memory destination first: a fault leaves the register alone
+        ins.set0(cpu, r)
+        ins.set1(cpu, a)
+    else:                         # XADD r, r with the same register: the sum wins (dest written last)
+        ins.set1(cpu, a)
+        ins.set0(cpu, r)
     cpu.lf = (OP_ADD, ins.osize << 3, a, b, r, 0)
 
 

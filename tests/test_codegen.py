@@ -1,0 +1,441 @@
+"""Tier-2 compiled blocks (svmsim/cpu/codegen.py) against the interpreter.
+
+Every test runs the same code twice through the real engine: once with
+compilation disabled (the handlers in svmsim/cpu/ops are the reference) and
+once with the block compiled before its first execution.  Registers,
+RFLAGS, memory, RIP, the retired count and any exception (vector, error
+code, RIP, CR2) must be identical.
+"""
+import random
+
+import pytest
+
+from cpuharness import make_machine, asm, CODE_ADDR, DATA_ADDR, STACK_TOP, PD
+from svmsim.cpu import codegen, interrupts
+from svmsim.cpu.segments import FS
+
+SLOT = 512                    # bytes per assembled test block
+DATA_LEN = 0x2000             # scratch: two 4 KiB pages from DATA_ADDR
+
+
+class Runner:
+    """One reusable machine per mode; each case resets the state it uses."""
+
+    def __init__(self, mode, monkeypatch):
+        self.m = make_machine(mode)
+        self.cpu = self.m.cpus[0]
+        self.faults = []
+        self.real_deliver = interrupts.deliver_exception
+        monkeypatch.setattr(interrupts, "deliver_exception", self._record)
+
+    def _record(self, cpu, e, *a, **kw):
+        if cpu.machine is not self.m:
+            return self.real_deliver(cpu, e, *a, **kw)
+        self.faults.append((e.vector, e.error_code, cpu.rip, getattr(e, "cr2", None)))
+        cpu.machine.request_stop(0, "exception", "exception")
+
+    def run(self, code, regs, mem, flags, budget, compiled, setup=None, warm=0):
+        m, cpu = self.m, self.cpu
+        m.stopping = False
+        m.engine.flush()
+        m.bus.write_bytes(CODE_ADDR, code)
+        m.bus.write_bytes(DATA_ADDR, mem)
+        m.bus.write_bytes(STACK_TOP - 0x100, bytes(0x100))
+        cpu.regs[:] = regs
+        cpu.rip = CODE_ADDR
+        cpu.halted = False
+        if isinstance(flags, tuple):
+            cpu.set_rflags(0x202)
+            cpu.lf = flags
+        else:
+            cpu.set_rflags(flags)
+        if setup:
+            setup(m, cpu)
+        self.faults = []
+        m.engine.hot_threshold = 5 if compiled == "hot" else 10 ** 9
+        cpu.pending = False
+        if compiled is True:
+            lin = CODE_ADDR
+            blk = m.engine.translate(cpu, lin, (lin, cpu.mode_key))
+            blk.compiled = codegen.compile_block(blk, cpu, defer=0)
+            assert blk.compiled is not None, "block declined by codegen"
+        n = m.engine.run(cpu, budget)
+        return {"n": n, "regs": list(cpu.regs), "rflags": cpu.get_rflags(), "rip": cpu.rip,
+                "mem": bytes(m.bus.read_bytes(DATA_ADDR, DATA_LEN)),
+                "stack": bytes(m.bus.read_bytes(STACK_TOP - 0x100, 0x100)),
+                "faults": list(self.faults)}
+
+
+@pytest.fixture
+def runners(monkeypatch):
+    cache = {}
+
+    def get(mode):
+        if mode not in cache:
+            cache[mode] = (Runner(mode, monkeypatch), Runner(mode, monkeypatch))
+        return cache[mode]
+    return get
+
+
+def compare(runners, mode, code, regs, mem, flags, budget, setup=None, label=""):
+    interp, comp = runners(mode)
+    a = interp.run(code, regs, mem, flags, budget, False, setup)
+    b = comp.run(code, regs, mem, flags, budget, True, setup)
+    for key in a:
+        assert a[key] == b[key], f"{label}: {key} differs: interpreter {a[key]!r} compiled {b[key]!r}"
+    return a
+
+
+# ---------------------------------------------------------------- random blocks
+R64 = {8: "rax rcx rdx rbp r8 r9 r10 r11 r12 r13".split(),
+       4: "eax ecx edx ebp r8d r9d r10d r11d r12d r13d".split(),
+       2: "ax cx dx bp r8w r9w r10w r11w r12w r13w".split(),
+       1: "al cl dl r8b r9b r10b r11b r12b r13b".split()}
+R32 = {4: "eax ecx edx ebp".split(), 2: "ax cx dx bp".split(), 1: "al cl dl ah ch dh".split()}
+PTR = {1: "byte", 2: "word", 4: "dword", 8: "qword"}
+CCS = "o no b ae e ne be a s ns p np l ge le g".split()
+GENERIC = ["xchg {r}, {r2}", "bswap {r64}", "imul {r}, {r2}", "cmc", "stc", "clc", "xadd {r}, {r2}"]
+
+
+def _mem(rng, size, bits):
+    if bits == 64:
+        form = rng.choice(["[rsi+{d}]", "[rbx+rdi*4+{d}]", "[rsi+rdi*8+{d}]", "[rbx-{e}]",
+                           "[rsi+{x}]", "[rsi]"])
+    else:
+        form = rng.choice(["[esi+{d}]", "[ebx+edi*4+{d}]", "[ebx-{e}]", "[esi+{x}]"])
+    d = rng.randrange(0, 0x800)
+    x = 0x1000 - rng.randrange(1, size + 1)            # crosses into the next page
+    return f"{PTR[size]} ptr " + form.format(d=d, e=rng.randrange(0, 0x400), x=x)
+
+
+def _insn(rng, bits):
+    regs = R64 if bits == 64 else R32
+    size = rng.choice([8, 4, 4, 2, 1] if bits == 64 else [4, 4, 2, 1])
+    r = rng.choice(regs[size])
+    r2 = rng.choice(regs[size])
+    if "h" in r and bits == 32 and size == 1:
+        r2 = rng.choice(["al", "cl", "dl", "ah"])
+    m = _mem(rng, size, bits)
+    imm = rng.choice([0, 1, 0x7F, -1, -0x80, 0x12345678 & ((1 << (8 * min(size, 4) - 1)) - 1)])
+    kind = rng.random()
+    op = rng.choice("add sub adc sbb cmp and or xor test mov".split())
+    if kind < 0.45:
+        form = rng.choice(["{r}, {r2}", "{r}, {imm}", "{r}, {m}", "{m}, {r}", "{m}, {imm}"])
+        if op == "test" and form == "{r}, {m}":
+            form = "{m}, {r}"
+        return f"{op} " + form.format(r=r, r2=r2, m=m, imm=imm)
+    if kind < 0.55:
+        return rng.choice("inc dec neg not".split()) + " " + rng.choice([r, m])
+    if kind < 0.62:
+        if size == 8 or size == 4:
+            src = rng.choice([rng.choice(regs[1]).replace("ah", "al").replace("ch", "cl").replace("dh", "dl")
+                              if "r" in r else rng.choice(regs[1]), _mem(rng, 2, bits)])
+            return f"{rng.choice(['movzx', 'movsx'])} {r}, {src}"
+        if bits == 64:
+            return f"movsxd {rng.choice(R64[8])}, {rng.choice([rng.choice(R64[4]), _mem(rng, 4, bits)])}"
+        return "nop"
+    if kind < 0.68:
+        dst = rng.choice(regs[8 if bits == 64 else 4])
+        return f"lea {dst}, {_mem(rng, 8, bits)[10:]}"
+    if kind < 0.74 and size in (2, 4, 8) and not (bits == 64 and size == 4):
+        pr = rng.choice(regs[size])
+        return rng.choice([f"push {pr}", f"pop {pr}", f"push {imm & 0x7F}"])
+    if kind < 0.82:
+        width = 64 if size == 8 else 32
+        return f"{rng.choice(['shl', 'shr', 'sar'])} {r}, {rng.choice([0, 1, 2, 7, width - 1])}"
+    if kind < 0.88:
+        cc = rng.choice(CCS)
+        if rng.random() < 0.5:
+            return f"set{cc} {rng.choice([rng.choice(regs[1]), _mem(rng, 1, bits)])}"
+        if size == 1:
+            size = 4
+            r = rng.choice(regs[4])
+        return f"cmov{cc} {r}, {rng.choice([rng.choice(regs[size]), _mem(rng, size, bits)])}"
+    if kind < 0.93:
+        g = rng.choice(GENERIC)
+        size = 4 if bits == 32 else rng.choice([4, 8])
+        return g.format(r=rng.choice(regs[size]), r2=rng.choice(regs[size]),
+                        r64=rng.choice(regs[8 if bits == 64 else 4]))
+    return "nop"
+
+
+def _random_case(rng, bits):
+    n = rng.randrange(1, 12)
+    body = [_insn(rng, bits) for _ in range(n)]
+    body.append(f"j{rng.choice(CCS)} 1f")
+    return body
+
+
+def _assemble_cases(cases, bits):
+    src = []
+    for body in cases:
+        src.append(f".balign {SLOT}, 0xf4")
+        src += body
+        src += ["hlt", "1: hlt"]
+    src.append(f".balign {SLOT}, 0xf4")
+    blob = asm("\n".join(src), bits=bits)
+    return [blob[i * SLOT:(i + 1) * SLOT] for i in range(len(cases))]
+
+
+def _random_state(rng, bits):
+    vals = [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+            (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+    regs = [rng.choice(vals) if rng.random() < 0.4 else rng.getrandbits(64) for _ in range(16)]
+    if bits == 32:
+        regs = [v & 0xFFFFFFFF for v in regs]
+    regs[4] = STACK_TOP - 0x80
+    regs[6] = DATA_ADDR                   # rsi
+    regs[3] = DATA_ADDR + 0x800           # rbx
+    regs[7] = rng.randrange(0, 0x40)      # rdi: small index
+    mem = bytes(rng.getrandbits(8) for _ in range(DATA_LEN))
+    if rng.random() < 0.5:
+        flags = 0x202 | rng.choice([0, 1, 0x40, 0x80, 0x800, 0x8D5, 0x45])
+    else:
+        a, b = rng.getrandbits(32), rng.getrandbits(32)
+        flags = rng.choice([(0, 32, a, b, a + b, 0), (1, 32, a, b, a - b, 0),
+                            (4, 8, a & 0xFF, 1, (a & 0xFF) - 1, 1), (2, 16, 0, 0, b & 0xFFFF, 0)])
+    return regs, mem, flags
+
+
+@pytest.mark.parametrize("mode,bits,count,seed", [("long64", 64, 160, 1), ("prot32", 32, 70, 2)])
+def test_random_blocks_match_interpreter(runners, mode, bits, count, seed):
+    rng = random.Random(seed)
+    cases = [_random_case(rng, bits) for _ in range(count)]
+    blobs = _assemble_cases(cases, bits)
+    faults = 0
+    for body, code in zip(cases, blobs):
+        regs, mem, flags = _random_state(rng, bits)
+        if bits == 64 and rng.random() < 0.3:
+            regs[3] = 0x2_0000_0800           # rbx-based operands fault with #PF
+        r = compare(runners, mode, code, regs, mem, flags, len(body), label="; ".join(body))
+        faults += bool(r["faults"])
+    assert bits == 32 or faults > 10
+
+
+@pytest.mark.parametrize("mode,bits,count,seed", [("long64", 64, 60, 3), ("prot32", 32, 30, 4)])
+def test_random_self_loops_match_interpreter(runners, mode, bits, count, seed):
+    """Loops whose first instructions read the previous iteration's flags,
+    with budgets that end them mid-way, and faults in later iterations."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        body = [_insn(rng, bits) for _ in range(rng.randrange(1, 8))]
+        body = [b for b in body if not b.startswith(("push", "pop"))] or ["nop"]
+        if rng.random() < 0.5:
+            body.insert(0, rng.choice(["adc eax, edx", "sbb ecx, 3", "setb dl", "cmovl eax, ebp",
+                                       "inc ebp", "dec ebp"]))
+        counter = "r14" if bits == 64 else "edi"
+        cases.append(["1:"] + body + [f"dec {counter}", "jnz 1b"])
+    blobs = _assemble_cases(cases, bits)
+    for body, code in zip(cases, blobs):
+        regs, mem, flags = _random_state(rng, bits)
+        regs[14 if bits == 64 else 7] = rng.randrange(1, 30)
+        if bits == 64 and rng.random() < 0.3:
+            regs[3] = 0x2_0000_0800           # rbx-based operands fault with #PF
+        budget = rng.choice([len(body) - 1, 17, 100, 1000])
+        compare(runners, mode, code, regs, mem, flags, budget, label=f"{budget}: " + "; ".join(body))
+
+
+# ---------------------------------------------------------------- the benchmark loop
+LOOP = """
+1:
+mov rax, [rsi]
+add rax, rcx
+xor rax, rdx
+mov [rsi], rax
+add [rsi+8], rax
+mov rdx, [rsi+8]
+xor rdx, rcx
+add rdx, 0x5bd1e995
+dec rcx
+jnz 1b
+hlt
+"""
+
+
+def _regs(**kw):
+    names = "rax rcx rdx rbx rsp rbp rsi rdi r8 r9 r10 r11 r12 r13 r14 r15".split()
+    regs = [0] * 16
+    regs[4] = STACK_TOP - 0x80
+    for k, v in kw.items():
+        regs[names.index(k)] = v
+    return regs
+
+
+@pytest.mark.parametrize("budget", [1, 9, 10, 11, 333, 1000, 5000])
+def test_self_loop_respects_budget(runners, budget):
+    code = asm(LOOP)
+    r = compare(runners, "long64", code, _regs(rcx=150, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, budget)
+    done = r["n"] - (r["n"] == 1501)                # after the loop: HLT
+    assert done == min(1500, -(-budget // 10) * 10)
+
+
+def test_self_loop_stops_on_pending_and_stopping(runners):
+    interp, comp = runners("long64")
+    m, cpu = comp.m, comp.cpu
+    comp.run(asm(LOOP), _regs(rcx=100, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, 10, True)
+    blk = m.engine.blocks[(CODE_ADDR, cpu.mode_key)]
+    fn = blk.compiled
+    cpu.rip = CODE_ADDR
+    cpu.pending = True
+    assert fn(cpu, 10 ** 6) == 10 and cpu.rip == CODE_ADDR
+    cpu.pending = False
+    m.stopping = True
+    assert fn(cpu, 10 ** 6) == 10
+    m.stopping = False
+    assert fn(cpu, 10 ** 6) == 970 and cpu.rip == CODE_ADDR + len(asm(LOOP)) - 1
+    assert cpu.regs[1] == 0
+
+
+def test_fault_in_fourth_instruction_is_precise(runners):
+    code = asm("""
+        add rax, rcx
+        sub rdx, 5
+        xor rbp, rax
+        mov r8, [r12+8]
+        inc rax
+        jmp 1f
+        1: hlt
+    """)
+    regs = _regs(rax=5, rcx=7, rdx=3, rbp=0x55, r12=0x2_0000_0000)   # beyond the 4 GiB mapped
+    r = compare(runners, "long64", code, regs, bytes(DATA_LEN), 0x202, 6)
+    assert r["n"] == 3
+    vector, err, rip, cr2 = r["faults"][0]
+    assert (vector, rip, cr2) == (14, CODE_ADDR + len(asm("add rax, rcx\nsub rdx, 5\nxor rbp, rax")),
+                                  0x2_0000_0008)
+    assert r["regs"][5] == 0x55 ^ 12 and r["regs"][8] == 0
+
+
+def test_fault_in_later_loop_iteration(runners):
+    """#PF on the third iteration: counts and flags as of the previous instruction."""
+    def unmap(m, cpu):
+        m.bus.write(PD + 8 * 2, 8, 0)           # 4-6 MiB not present
+        cpu.tlb.flush_all("test")
+    code = asm("""
+    1:
+        add rax, rsi
+        mov rdx, [rsi]
+        add rsi, 0x100000
+        cmp rcx, rax
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    r = compare(runners, "long64", code, _regs(rcx=10, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202,
+                1000, setup=unmap)
+    assert r["n"] == 13 and r["faults"][0][0] == 14 and r["faults"][0][3] == 0x400000
+
+
+def test_write_fault_in_rmw_keeps_state(runners):
+    """A read-modify-write whose write faults (read-only page) changes nothing."""
+    def readonly(m, cpu):
+        m.bus.write(PD + 8 * 1, 8, (1 << 21) | 0x81)     # 2-4 MiB present, read-only
+        cpu.tlb.flush_all("test")
+        cpu.read(3, DATA_ADDR, 8)                          # the page is in the read cache
+    code = asm("add rax, 1\nadd [rsi], rax\ninc rcx\njmp 1f\n1: hlt")
+    r = compare(runners, "long64", code, _regs(rax=1, rcx=2, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, 4,
+                setup=readonly)
+    assert r["n"] == 1 and r["faults"][0][:2] == (14, 3)
+
+
+def test_block_ending_in_generic_handler(runners):
+    """LOOP has no template: the compiled block calls its handler, which sets RIP."""
+    code = asm("""
+    1:
+        add rax, rcx
+        xchg rdx, rax
+        bswap rdx
+        loop 1b
+        hlt
+    """)
+    for budget in (4, 40, 400):
+        compare(runners, "long64", code, _regs(rax=3, rcx=50, rdx=9), bytes(DATA_LEN), 0x202, budget)
+
+
+def test_push_pop_call_ret(runners):
+    code = asm("""
+        push rax
+        push 0x7f
+        pop rdx
+        call 2f
+        hlt
+    2:  pop r8
+        push r8
+        add r8, 1
+        ret
+    """)
+    for budget in (4, 9):
+        compare(runners, "long64", code, _regs(rax=0x1234), bytes(DATA_LEN), 0x202, budget)
+    code32 = asm("push eax\npop edx\ncall 2f\nhlt\n2: ret 4", bits=32)
+    compare(runners, "prot32", code32, _regs(rax=0x1234), bytes(DATA_LEN), 0x202, 5)
+
+
+def test_fs_segment_base_in_long_mode(runners):
+    def fs(m, cpu):
+        cpu.segs[FS].base = DATA_ADDR + 0x100
+        cpu.update_mode()
+    code = asm("mov rax, fs:[rsi+8]\nadd fs:[rsi], rax\nmov [rsi+0x10], rax\njmp 1f\n1: hlt")
+    r = compare(runners, "long64", code, _regs(rsi=0), bytes(range(256)) * 32, 0x202, 4, setup=fs)
+    assert r["regs"][0] == int.from_bytes(bytes(range(8, 16)), "little")
+
+
+def test_self_modifying_loop(runners):
+    """A loop that rewrites an immediate in its own code: the next iteration sees it."""
+    code = asm("""
+    1:
+        mov eax, 1
+        add rdx, rax
+        inc dword ptr [rip + 1b + 1]
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    r = compare(runners, "long64", code, _regs(rcx=20), bytes(DATA_LEN), 0x202, 1000)
+    assert r["regs"][2] == sum(range(1, 21))
+
+
+def test_source_cache_and_decline():
+    from svmsim.cpu.engine import Block
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    code = asm(LOOP)
+    m.bus.write_bytes(CODE_ADDR, code)
+    m.bus.write_bytes(CODE_ADDR + 0x1000, code)
+    cpu.rip = CODE_ADDR
+    b1 = m.engine.translate(cpu, CODE_ADDR, (CODE_ADDR, cpu.mode_key))
+    hits = codegen.stats["cache_hits"]
+    f1 = codegen.compile_block(b1, cpu, defer=0)
+    size = len(codegen._CACHE)
+    f2 = codegen.compile_block(b1, cpu, defer=0)
+    assert f1 is not f2 and len(codegen._CACHE) == size and codegen.stats["cache_hits"] > hits
+    assert "fr" in f1.source and "U8(ram" in f1.source     # the inline fast path
+    # A block of nothing but generic instructions is left to the interpreter.
+    m.bus.write_bytes(CODE_ADDR + 0x2000, asm("cmc\nstc\nhlt"))
+    cpu.rip = CODE_ADDR + 0x2000
+    b3 = m.engine.translate(cpu, cpu.rip, (cpu.rip, cpu.mode_key))
+    assert isinstance(b3, Block) and codegen.compile_block(b3, cpu, defer=0) is None
+
+
+def test_deferred_compilation_matches_interpreter(runners):
+    """Through the engine's own hook: interpreted, trampoline, then compiled."""
+    interp, comp = runners("long64")
+    code = asm(LOOP)
+    regs = _regs(rcx=codegen.DEFER + 100, rsi=DATA_ADDR)
+    a = interp.run(code, regs, bytes(DATA_LEN), 0x202, 10 ** 6, False)
+    b = comp.run(code, regs, bytes(DATA_LEN), 0x202, 10 ** 6, "hot")
+    assert a == b and a["n"] == 10 * (codegen.DEFER + 100) + 1
+    blk = comp.m.engine.blocks[(CODE_ADDR, comp.cpu.mode_key)]
+    assert blk.compiled.source is not None
+
+
+def test_hot_threshold_compiles_through_engine():
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    m.bus.write_bytes(CODE_ADDR, asm(LOOP))
+    cpu.regs[1], cpu.regs[6] = 2000, DATA_ADDR
+    cpu.rip = CODE_ADDR
+    m.engine.run(cpu, 20000)
+    assert m.engine.stats["blocks_compiled"] == 1
+    blk = m.engine.blocks[(CODE_ADDR, cpu.mode_key)]
+    assert blk.compiled.source is not None          # past the deferral: real code
+    assert cpu.regs[1] == 0 and cpu.rip == CODE_ADDR + len(asm(LOOP)) - 1

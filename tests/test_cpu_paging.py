@@ -84,3 +84,108 @@ def test_page_crossing_access_checks_both_pages():
     r = run_code(asm(f"mov rax, [{VA + 0xFFC:#x}]"), setup=map_pages([P | RW, 0]))
     vec, err, rip, cr2 = r.exception
     assert vec == 14 and cr2 == VA + 0x1000 and r.regs[0] == 0
+
+
+# ---------------------------------------------------------------- other paging modes
+def _legacy_paging(pae, tables):
+    """setup() turning on 32-bit or PAE paging in protected mode with ``tables``
+    (physical address -> 4- or 8-byte entries) and CR3 = first table."""
+    def setup(m, cpu):
+        cr3 = None
+        for addr, entries in tables:
+            cr3 = addr if cr3 is None else cr3
+            for i, e in enumerate(entries):
+                m.bus.write(addr + (8 if pae else 4) * i, 8 if pae else 4, e)
+        cpu.cr3 = cr3
+        cpu.cr4 |= (1 << 5) if pae else (1 << 4)      # PAE, or PSE for 4 MiB pages
+        cpu.cr0 |= 1 << 31
+        cpu.tlb.flush_all("test")
+        cpu.update_mode()
+    return setup
+
+
+def test_32bit_paging_4m_and_4k_pages():
+    """Non-PAE paging (APM 5.3): a 4 MiB PSE page and a 4 KiB page."""
+    pd, pt = 0x20000, 0x21000
+    pde = [0] * 1024
+    pde[0] = 0x83                           # 0-4M identity (P, RW, PS): code and stack
+    pde[0x100] = pt | 3                     # VA 0x40000000 -> 4 KiB table
+    pde[0x101] = 0x00400000 | 0x83          # VA 0x40400000 -> 4 MiB page at 4 MiB
+    tables = [(pd, pde), (pt, [FRAME | 3])]
+
+    def setup(m, cpu):
+        _legacy_paging(False, tables)(m, cpu)
+        m.bus.write(FRAME + 4, 4, 0xCAFE)
+        m.bus.write(0x00400000 + 0x123458, 4, 0xBEEF)
+    code = asm("mov eax, [0x40000004]\nmov ebx, [0x40523458]\nmov ecx, [0x40800000]", bits=32)
+    r = run_code(code, mode="prot32", setup=setup, addr=0x8000)
+    assert r.regs[0] == 0xCAFE and r.regs[3] == 0xBEEF
+    vec, err, rip, cr2 = r.exception                # PDE 0x102 not present
+    assert (vec, err, cr2) == (14, 0, 0x40800000)
+
+
+def test_pae_paging_2m_page_and_nx_reserved_without_nxe():
+    """Legacy PAE (APM 5.3.3): 2 MiB pages; NX set while EFER.NXE=0 is a
+    reserved-bit fault (error code P|RSV)."""
+    pdpt, pd = 0x20000, 0x21000
+    pds = [0] * 512
+    pds[0] = 0x83
+    pds[1] = 0x00400000 | 0x83 | (1 << 63)   # NX with NXE clear: reserved
+    tables = [(pdpt, [pd | 1, 0, 0, 0]), (pd, pds)]
+    code = asm("mov eax, [0x100000]\nmov ebx, [0x200010]", bits=32)
+    r = run_code(code, mode="prot32", setup=_legacy_paging(True, tables), addr=0x8000)
+    vec, err, rip, cr2 = r.exception
+    assert (vec, err, cr2) == (14, 0x9, 0x200010)
+
+
+def test_1g_page_in_long_mode():
+    def setup(m, cpu):
+        m.bus.write(PDPT + 8 * 3, 8, 0x83)    # VA 3 GiB -> PA 0 via a 1 GiB page
+        cpu.tlb.flush_all("test")
+    r = run_code(asm("mov rax, 0xC0000000 + 0x300000\nmov rax, [rax]"),
+                 setup=lambda m, cpu: (setup(m, cpu), m.bus.write(0x300000, 8, 77)))
+    assert r.regs[0] == 77
+
+
+def test_five_level_paging():
+    """LA57 (APM 5.3.6): a fifth table level in front of the PML4."""
+    pml5 = 0x18000
+
+    def setup(m, cpu):
+        m.bus.write(pml5, 8, 0x10000 | 3)    # PML5[0] -> the harness's PML4
+        cpu.cr3 = pml5
+        cpu.cr4 |= 1 << 12
+        cpu.tlb.flush_all("test")
+        cpu.update_mode()
+        m.bus.write(0x300000, 8, 0x5)
+    r = run_code(asm("mov rax, [0x300000]\nmov rbx, 0x0080000000000000\nmov rbx, [rbx]"), setup=setup)
+    assert r.regs[0] == 5
+    vec, err, rip, cr2 = r.exception          # PML5[128] not present (bit 55 is below the 57-bit limit)
+    assert (vec, err, cr2) == (14, 0, 0x0080000000000000)
+
+
+def test_non_canonical_access_is_gp_not_pf():
+    r = run_code(asm("mov rax, 0x0000800000000000\nmov rax, [rax]"))
+    assert r.exception[:2] == (13, 0)
+
+
+def test_invlpg_of_any_address_drops_every_slice_of_a_large_page():
+    """APM 5.5.2: INVLPG invalidates the whole large page containing the address,
+    even when svmsim caches it as 4 KiB slices."""
+    code = asm(f"""
+        mov rax, [{VA:#x}]              # caches slice 0 of the 2 MiB page at VA
+        mov rdi, {PD1:#x}
+        mov rbx, {0x600000 | 0x83:#x}
+        mov [rdi], rbx                  # remap the 2 MiB page
+        invlpg [{VA + 0x1FF000:#x}]     # an address in the same large page, not cached
+        mov rcx, [{VA:#x}]
+    """)
+
+    def setup(m, cpu):
+        m.bus.write(PDPT + 8, 8, PD1 | P | RW)
+        m.bus.write(PD1, 8, 0x400000 | P | RW | PS)
+        m.bus.write(0x400000, 8, 0x44)
+        m.bus.write(0x600000, 8, 0x66)
+        cpu.tlb.flush_all("test")
+    r = run_code(code, setup=setup)
+    assert r.regs[0] == 0x44 and r.regs[1] == 0x66

@@ -1,22 +1,214 @@
-"""CPU models as flat data (placeholder until the system-instruction work lands)."""
+"""CPU models as flat data: one base dict plus one flat diff per model.
+
+A profile says what the *modelled* processor reports through CPUID and which
+optional architectural features (CR4 bits, EFER bits, MSRs) exist.  Feature
+bits are named; ``FEATURE_BITS`` maps each name to its CPUID leaf, register
+and bit (AMD APM vol 3, appendix E "Obtaining Processor Information Via the
+CPUID Instruction"; AMD CPUID Specification #25481).  ``svmsim.cpu.cpuid``
+builds the register values and drops features whose instructions svmsim does
+not implement yet, so software never sees a feature it cannot use.
+
+Models:
+
+* ``epyc`` (alias ``epyc-milan``): AMD EPYC 7003 "Milan", family 19h model
+  01h stepping 1 (CPUID 00A00F11h), the feature set of QEMU's EPYC-Milan
+  model (target/i386/cpu.c builtin_x86_defs) restricted to what svmsim models.
+  Caches: 32 KiB 8-way L1I/L1D, 512 KiB 8-way L2, 32 MiB 16-way L3, 64-byte
+  lines (PPR for AMD Family 19h Model 01h; QEMU epyc_milan_cache_info).
+* ``epyc-genoa``: AMD EPYC 9004 "Genoa", family 19h model 11h stepping 1
+  (CPUID 00A10F11h), 1 MiB L2.
+* ``amd64-base``: a minimal AMD64 processor in the spirit of QEMU's
+  ``qemu64`` (family 0Fh model 6Bh stepping 1), without SVM.
+"""
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
+# name -> (leaf, subleaf, register, bit).  Subleaf None = leaf has no subleaves.
+FEATURE_BITS = {
+    # Fn0000_0001_EDX
+    "fpu": (1, None, "edx", 0), "vme": (1, None, "edx", 1), "de": (1, None, "edx", 2),
+    "pse": (1, None, "edx", 3), "tsc": (1, None, "edx", 4), "msr": (1, None, "edx", 5),
+    "pae": (1, None, "edx", 6), "mce": (1, None, "edx", 7), "cx8": (1, None, "edx", 8),
+    "apic": (1, None, "edx", 9), "sep": (1, None, "edx", 11), "mtrr": (1, None, "edx", 12),
+    "pge": (1, None, "edx", 13), "mca": (1, None, "edx", 14), "cmov": (1, None, "edx", 15),
+    "pat": (1, None, "edx", 16), "pse36": (1, None, "edx", 17), "clfsh": (1, None, "edx", 19),
+    "mmx": (1, None, "edx", 23), "fxsr": (1, None, "edx", 24), "sse": (1, None, "edx", 25),
+    "sse2": (1, None, "edx", 26), "htt": (1, None, "edx", 28),
+    # Fn0000_0001_ECX
+    "sse3": (1, None, "ecx", 0), "pclmulqdq": (1, None, "ecx", 1), "monitor": (1, None, "ecx", 3),
+    "ssse3": (1, None, "ecx", 9), "fma": (1, None, "ecx", 12), "cx16": (1, None, "ecx", 13),
+    "pcid": (1, None, "ecx", 17),
+    "sse41": (1, None, "ecx", 19), "sse42": (1, None, "ecx", 20), "x2apic": (1, None, "ecx", 21),
+    "movbe": (1, None, "ecx", 22), "popcnt": (1, None, "ecx", 23),
+    "tsc_deadline": (1, None, "ecx", 24), "aes": (1, None, "ecx", 25),
+    "xsave": (1, None, "ecx", 26), "avx": (1, None, "ecx", 28), "f16c": (1, None, "ecx", 29),
+    "rdrand": (1, None, "ecx", 30),
+    # Fn0000_0006_EAX
+    "arat": (6, None, "eax", 2),
+    # Fn0000_0007_x0
+    "fsgsbase": (7, 0, "ebx", 0), "bmi1": (7, 0, "ebx", 3), "avx2": (7, 0, "ebx", 5),
+    "smep": (7, 0, "ebx", 7), "bmi2": (7, 0, "ebx", 8), "erms": (7, 0, "ebx", 9),
+    "invpcid": (7, 0, "ebx", 10), "rdseed": (7, 0, "ebx", 18), "adx": (7, 0, "ebx", 19),
+    "smap": (7, 0, "ebx", 20), "clflushopt": (7, 0, "ebx", 23), "clwb": (7, 0, "ebx", 24),
+    "sha": (7, 0, "ebx", 29),
+    "umip": (7, 0, "ecx", 2), "pku": (7, 0, "ecx", 3), "la57": (7, 0, "ecx", 16),
+    "rdpid": (7, 0, "ecx", 22), "fsrm": (7, 0, "edx", 4),
+    # Fn0000_000D_x1
+    "xsaveopt": (0xD, 1, "eax", 0), "xsavec": (0xD, 1, "eax", 1),
+    "xgetbv1": (0xD, 1, "eax", 2), "xsaves": (0xD, 1, "eax", 3),
+    # Fn8000_0001_ECX
+    "lahf_lm": (0x80000001, None, "ecx", 0), "svm": (0x80000001, None, "ecx", 2),
+    "cr8_legacy": (0x80000001, None, "ecx", 4), "abm": (0x80000001, None, "ecx", 5),
+    "sse4a": (0x80000001, None, "ecx", 6), "prefetchw": (0x80000001, None, "ecx", 8),
+    "osvw": (0x80000001, None, "ecx", 9), "skinit": (0x80000001, None, "ecx", 12),
+    "tce": (0x80000001, None, "ecx", 17), "topoext": (0x80000001, None, "ecx", 22),
+    "perfctr_core": (0x80000001, None, "ecx", 23),
+    # Fn8000_0001_EDX (AMD-only bits; the leaf-1 aliases are added by cpuid.py)
+    "syscall": (0x80000001, None, "edx", 11), "nx": (0x80000001, None, "edx", 20),
+    "mmxext": (0x80000001, None, "edx", 22), "ffxsr": (0x80000001, None, "edx", 25),
+    "page1gb": (0x80000001, None, "edx", 26), "rdtscp": (0x80000001, None, "edx", 27),
+    "lm": (0x80000001, None, "edx", 29),
+    # Fn8000_0007_EDX
+    "invariant_tsc": (0x80000007, None, "edx", 8),
+    # Fn8000_0008_EBX
+    "clzero": (0x80000008, None, "ebx", 0), "xsaveerptr": (0x80000008, None, "ebx", 2),
+    "wbnoinvd": (0x80000008, None, "ebx", 9), "ibpb": (0x80000008, None, "ebx", 12),
+    "ibrs": (0x80000008, None, "ebx", 14), "stibp": (0x80000008, None, "ebx", 15),
+    "amd_ssbd": (0x80000008, None, "ebx", 24),
+}
+
+# Fn0000_0001_EDX bits that AMD repeats in Fn8000_0001_EDX (APM vol 3, E.4.2).
+AMD_EDX_ALIASES = ("fpu", "vme", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic",
+                   "mtrr", "pge", "mca", "cmov", "pat", "pse36", "mmx", "fxsr")
+
+_LEGACY64 = frozenset({
+    "fpu", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic", "sep", "mtrr", "pge",
+    "mca", "cmov", "pat", "pse36", "clfsh", "mmx", "fxsr", "sse", "sse2",
+    "syscall", "nx", "lm", "lahf_lm",
+})
+
+# The base: what every profile starts from.  Each model below is ONE flat
+# diff applied to this dict (no chains).
+BASE = {
+    "vendor": "AuthenticAMD",
+    "family": 0xF, "model": 0x6B, "stepping": 1,
+    "brand": "AMD64 processor (svmsim, simulated)",
+    "max_basic": 0xD,
+    "max_ext": 0x8000000A,
+    "phys_bits": 40, "lin_bits": 48,
+    "features": _LEGACY64,
+    "patch_level": 0,
+    # (size KiB, associativity, line bytes, lines per tag)
+    "l1d": (64, 2, 64, 1), "l1i": (64, 2, 64, 1),
+    "l2": (512, 16, 64, 1), "l3": (0, 0, 0, 0),
+    # 0x80000005 EAX/EBX and 0x80000006 EAX/EBX (TLB descriptors, raw).
+    "tlb_l1": (0xFF01FF01, 0xFF20FF20), "tlb_l2": (0x00000000, 0x42004200),
+    "pkg_type": 0,
+    "mcg_banks": 4,
+}
+
+_MILAN_FEATURES = _LEGACY64 | {
+    "htt", "monitor", "x2apic", "movbe", "popcnt", "xsave", "rdrand",
+    "sse3", "pclmulqdq", "ssse3", "cx16", "sse41", "sse42", "aes", "pcid",
+    "arat", "fsgsbase", "bmi1", "smep", "bmi2", "erms", "invpcid", "rdseed", "adx",
+    "smap", "clflushopt", "clwb", "sha", "rdpid", "fsrm",
+    "xsaveopt", "xsavec",
+    "svm", "abm", "sse4a", "prefetchw", "osvw", "tce", "perfctr_core",
+    "mmxext", "ffxsr", "page1gb", "rdtscp",
+    "invariant_tsc",
+    "clzero", "xsaveerptr", "wbnoinvd", "ibpb", "ibrs", "stibp", "amd_ssbd",
+}
+
+MODELS = {
+    "epyc": {
+        "family": 0x19, "model": 0x01, "stepping": 1,
+        "brand": "AMD EPYC-Milan (svmsim, simulated)",
+        "max_basic": 0xD, "max_ext": 0x8000001F,
+        "phys_bits": 48, "lin_bits": 48,
+        "features": _MILAN_FEATURES,
+        "patch_level": 0x0A001173,
+        "l1d": (32, 8, 64, 1), "l1i": (32, 8, 64, 1),
+        "l2": (512, 8, 64, 1), "l3": (32 * 1024, 16, 64, 1),
+        "tlb_l1": (0xFF40FF40, 0xFF40FF40), "tlb_l2": (0x26002200, 0x26002200),
+        "pkg_type": 4,                       # SP3 socket (PPR 19h, Fn8000_0001_EBX)
+    },
+    "epyc-genoa": {
+        "family": 0x19, "model": 0x11, "stepping": 1,
+        "brand": "AMD EPYC-Genoa (svmsim, simulated)",
+        "max_basic": 0xD, "max_ext": 0x8000001F,
+        "phys_bits": 48, "lin_bits": 48,
+        "features": _MILAN_FEATURES,
+        "patch_level": 0x0A101144,
+        "l1d": (32, 8, 64, 1), "l1i": (32, 8, 64, 1),
+        "l2": (1024, 8, 64, 1), "l3": (32 * 1024, 16, 64, 1),
+        "tlb_l1": (0xFF48FF40, 0xFF48FF40), "tlb_l2": (0x26002200, 0x26002200),
+        "pkg_type": 4,
+    },
+    "amd64-base": {},
+}
+ALIASES = {"epyc-milan": "epyc"}
+
+
+def signature(family: int, model: int, stepping: int) -> int:
+    """Fn0000_0001_EAX: family/model/stepping encoding (APM vol 3, E.3.2).
+
+    Family above 0Fh is BaseFamily=Fh plus ExtFamily=family-Fh; the model's
+    high nibble goes to ExtModel when BaseFamily is Fh.
+    """
+    base_fam = min(family, 0xF)
+    ext_fam = family - 0xF if family > 0xF else 0
+    return (ext_fam << 20) | ((model >> 4) << 16) | (base_fam << 8) | ((model & 0xF) << 4) | (stepping & 0xF)
+
 
 @dataclass
 class Profile:
+    """One CPU model.  ``has(name)`` tests a feature of FEATURE_BITS."""
     name: str
-    reset_edx: int
-    vendor: str = "AuthenticAMD"
-    cpuid: dict = field(default_factory=dict)
+    vendor: str
+    family: int
+    model: int
+    stepping: int
+    brand: str
+    max_basic: int
+    max_ext: int
+    phys_bits: int
+    lin_bits: int
+    features: frozenset
+    patch_level: int
+    l1d: tuple
+    l1i: tuple
+    l2: tuple
+    l3: tuple
+    tlb_l1: tuple
+    tlb_l2: tuple
+    pkg_type: int
+    mcg_banks: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def reset_edx(self) -> int:
+        """EDX after RESET holds the processor signature (APM vol 2, 14.1.3)."""
+        return signature(self.family, self.model, self.stepping)
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
 
 
-PROFILES = {"epyc": Profile("epyc", 0x00A00F11)}
+def _build(name: str) -> Profile:
+    data = dict(BASE)
+    data.update(MODELS[name])
+    data["features"] = frozenset(data["features"])
+    return Profile(name=name, **data)
+
+
+PROFILES = {n: _build(n) for n in MODELS}
 
 
 def get(name: str) -> Profile:
+    key = ALIASES.get(name.lower(), name.lower())
     try:
-        return PROFILES[name]
+        return PROFILES[key]
     except KeyError:
-        raise ConfigError(f"unknown CPU profile {name!r} (known: {', '.join(sorted(PROFILES))})") from None
+        known = sorted(set(PROFILES) | set(ALIASES))
+        raise ConfigError(f"unknown CPU profile {name!r} (known: {', '.join(known)})") from None

@@ -11,7 +11,7 @@ from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as 
 from .paging import Walker, Translation, check_access, CR4_PGE, CR4_PCIDE
 from .segments import Segment, ES, CS, SS, DS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
 from .tlb import Tlb, R, W, X
-from . import debug
+from . import debug, fpu_state
 
 MASK64 = (1 << 64) - 1
 CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = (
@@ -69,7 +69,12 @@ class Cpu:
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
         self.retired = 0
-        self.pdptrs = None         # PAE PDPTE registers (legacy PAE mode only)
+        self.tsc_offset = 0        # set by WRMSR TSC (msr.py)
+        profile = getattr(self.machine, "profile", None)
+        if profile is not None:
+            self.maxphyaddr = profile.phys_bits
+            self.walker.set_maxphyaddr(profile.phys_bits)
+        fpu_state.reset(self)
         self.tlb.flush_all("reset")
         self.update_mode()
 

@@ -25,6 +25,9 @@ class Tlb:
         self.entries: dict = self._tagged.setdefault((0, 0), {})
         self.globals: dict = self._global.setdefault(0, {})
         self.fast = [[{}, {}, {}], [{}, {}, {}]]   # [user][R/W/X]
+        # Large pages are cached as 4 KiB slices; INVLPG of any address in a
+        # large page drops every slice (APM 5.5.2), so remember them by page.
+        self._large: dict = {}        # (asid, size, first vpn) -> {vpn}
         self.stats = {"hits": 0, "misses": 0, "flushes": {}}
 
     # -- lookup --------------------------------------------------------------
@@ -35,6 +38,9 @@ class Tlb:
         return t
 
     def insert(self, vpn, t) -> None:
+        if t.size > 4096:
+            first = vpn & ~((t.size >> 12) - 1)
+            self._large.setdefault((self.asid, t.size, first), set()).add(vpn)
         if t.g:
             self.globals[vpn] = t
         else:
@@ -80,19 +86,28 @@ class Tlb:
             d.clear()
         for d in self._global.values():
             d.clear()
+        self._large.clear()
         self.drop_fast()
 
     def flush_page(self, vpn: int, cause: str, asid=None, all_pcids=True) -> None:
-        """INVLPG / INVLPGA: one linear page, global entries included (APM 5.5.2)."""
+        """INVLPG / INVLPGA: one linear page, global entries included; for a
+        large page, every 4 KiB slice of it (APM 5.5.2)."""
         self._count(cause)
         asid = self.asid if asid is None else asid
+        vpns = {vpn}
+        for size in (1 << 21, 1 << 22, 1 << 30):
+            vpns |= self._large.pop((asid, size, vpn & ~((size >> 12) - 1)), set())
         for tag, d in self._tagged.items():
             if tag[0] == asid and (all_pcids or tag[1] == self.pcid):
-                d.pop(vpn, None)
-        self._global.get(asid, {}).pop(vpn, None)
+                for v in vpns:
+                    d.pop(v, None)
+        glob = self._global.get(asid, {})
+        for v in vpns:
+            glob.pop(v, None)
         for per_user in self.fast:
             for d in per_user:
-                d.pop(vpn, None)
+                for v in vpns:
+                    d.pop(v, None)
 
     def drop_fast(self) -> None:
         for per_user in self.fast:

@@ -14,8 +14,11 @@ def attach(machine) -> None:
     machine.pic = None
     machine.ioapic = IoApic(machine)
     machine.bus.add_mmio(0xFEC00000, 0x1000, machine.ioapic, "ioapic")
+    from ..cpu.cpuid import features
+    has = features(machine)
     for cpu in machine.cpus:
-        cpu.lapic = LocalApic(machine, cpu)
+        # The APIC offers what the CPU model reports (AMD parts have no TSC-deadline mode).
+        cpu.lapic = LocalApic(machine, cpu, x2apic="x2apic" in has, tsc_deadline="tsc_deadline" in has)
     machine.bus.add_mmio(0xFEE00000, 0x1000, ApicMmioRouter(machine), "lapic")
     machine.cpus[0].lapic.firmware_setup()     # what SeaBIOS leaves for a -kernel boot
     pc_legacy.attach(machine)

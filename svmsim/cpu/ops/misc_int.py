@@ -122,14 +122,9 @@ def salc(cpu, ins):
 
 
 def _smap_check(cpu, ins):
-    """CLAC/STAC: #UD unless SMAP is supported and CPL is 0 (APM vol 3 CLAC).
-
-    SMAP support is read from the CPU profile's CPUID leaf 7 EBX[20] when
-    the profile provides it; a profile without CPUID data is treated as
-    supporting SMAP (every EPYC does)."""
-    cpuid = getattr(getattr(cpu.machine, "profile", None), "cpuid", None) or {}
-    leaf7 = cpuid.get((7, 0)) or cpuid.get(7)
-    if isinstance(leaf7, (tuple, list)) and not (leaf7[1] >> 20) & 1:
+    """CLAC/STAC: #UD unless the CPU reports SMAP and CPL is 0 (APM vol 3 CLAC)."""
+    from ..cpuid import has
+    if not has(cpu, "smap"):
         raise ud("SMAP not supported by this CPU profile")
     if cpu.cpl != 0:
         raise ud(f"{ins.name.upper()} at CPL {cpu.cpl}")

@@ -1,0 +1,227 @@
+"""The CPUID instruction's results, built from the CPU profile (AMD APM vol 3,
+appendix E; AMD CPUID Specification #25481).
+
+``cpuid(cpu, leaf, subleaf)`` returns (eax, ebx, ecx, edx).  The static part
+of each leaf comes from the profile and is computed once per machine; the
+per-CPU and per-state bits are patched in at each call: the initial APIC ID
+(= cpu.index), OSXSAVE (= CR4.OSXSAVE), APIC (= IA32_APIC_BASE.EN), the
+x2APIC ID of leaf 0Bh, and the XSAVE area size for the current XCR0.
+
+AMD processors return zero in all four registers for a leaf above the
+maximum of its range (reserved functions); they do not repeat the highest
+basic leaf as Intel processors do (KVM documents the same difference in
+kvm_cpuid()).  So there are no 4000_0000h hypervisor leaves on the physical
+CPU (seed S7) and Fn0000_0001_ECX[31] is 0 (seed S8).
+
+Features whose instructions svmsim does not implement yet are removed: each
+entry of ``NEEDS`` names the mnemonics a feature requires; the feature is
+reported only when all of them have handlers.  The profile keeps what the
+real chip has; CPUID reports what the simulator can honour.
+"""
+import iced_x86
+
+from .profiles import FEATURE_BITS, AMD_EDX_ALIASES
+
+# Feature -> mnemonics that must all have handlers before it is advertised.
+NEEDS = {
+    "cx8": ("CMPXCHG8B",), "cmov": ("CMOVE",), "sep": ("SYSENTER", "SYSEXIT"),
+    "mmx": ("PADDB", "EMMS"), "mmxext": ("PSHUFW",),
+    "sse3": ("ADDSUBPS", "HADDPS", "MOVDDUP", "LDDQU"), "pclmulqdq": ("PCLMULQDQ",),
+    "ssse3": ("PSHUFB", "PALIGNR"), "cx16": ("CMPXCHG16B",),
+    "sse41": ("PBLENDW", "PTEST", "PMINUD"), "sse42": ("PCMPESTRI", "CRC32"),
+    "movbe": ("MOVBE",), "popcnt": ("POPCNT",), "aes": ("AESENC", "AESDEC"),
+    "fsgsbase": ("RDFSBASE", "WRGSBASE"), "bmi1": ("ANDN", "BEXTR", "BLSR", "TZCNT"),
+    "bmi2": ("BZHI", "MULX", "PDEP", "PEXT", "RORX", "SHLX"), "erms": ("MOVSB", "STOSB"),
+    "adx": ("ADCX", "ADOX"), "sha": ("SHA1RNDS4", "SHA256RNDS2"),
+    "lahf_lm": ("LAHF", "SAHF"), "abm": ("LZCNT", "POPCNT"),
+    "sse4a": ("EXTRQ", "INSERTQ"), "prefetchw": ("PREFETCHW",),
+    "syscall": ("SYSCALL", "SYSRET"), "rdtscp": ("RDTSCP",), "clzero": ("CLZERO",),
+    "sse": ("MOVAPS",), "sse2": ("MOVDQA",), "fxsr": ("FXSAVE", "FXRSTOR"),
+    "xsave": ("XSAVE", "XRSTOR", "XGETBV", "XSETBV"), "xsaveopt": ("XSAVEOPT",),
+    "xsavec": ("XSAVEC",), "rdrand": ("RDRAND",), "rdseed": ("RDSEED",),
+    "invpcid": ("INVPCID",), "clflushopt": ("CLFLUSHOPT",), "clwb": ("CLWB",),
+    "wbnoinvd": ("WBNOINVD",), "rdpid": ("RDPID",), "monitor": ("MONITOR", "MWAIT"),
+    "smap": ("CLAC", "STAC"),
+}
+# Never advertised: svmsim does not model the feature at all (not only an instruction).
+UNMODELLED = frozenset({"vme", "avx", "avx2", "fma", "f16c", "pku", "la57", "umip",
+                        "xsaves", "xgetbv1", "topoext", "skinit", "cr8_legacy"})
+
+# XSAVE components svmsim implements: x87 (bit 0) and SSE (bit 1).
+XCR0_SUPPORTED = 0b11
+XSAVE_LEGACY_SIZE = 512 + 64        # legacy region + XSAVE header (APM vol 1, 11.5.2)
+
+_REGS = ("eax", "ebx", "ecx", "edx")
+
+
+def effective_features(profile) -> frozenset:
+    """The profile's features minus those svmsim cannot honour yet."""
+    from . import ops
+    ops.load_all()
+    have = set(ops.BY_MNEMONIC)
+    out = set()
+    for f in profile.features:
+        if f in UNMODELLED:
+            continue
+        need = NEEDS.get(f, ())
+        if all(getattr(iced_x86.Mnemonic, m) in have for m in need):
+            out.add(f)
+    return frozenset(out)
+
+
+def features(machine) -> frozenset:
+    """Cached effective feature set of a machine's profile."""
+    fs = getattr(machine, "_cpuid_features", None)
+    if fs is None:
+        fs = effective_features(machine.profile)
+        try:
+            machine._cpuid_features = fs
+        except AttributeError:
+            pass
+    return fs
+
+
+def has(cpu, feature: str) -> bool:
+    """Does this CPU report ``feature`` (name from profiles.FEATURE_BITS)?"""
+    return feature in features(cpu.machine)
+
+
+def _smp(machine) -> int:
+    cfg = getattr(machine, "config", None)
+    return getattr(cfg, "smp", None) or len(getattr(machine, "cpus", ())) or 1
+
+
+def _table(machine) -> dict:
+    t = getattr(machine, "_cpuid_table", None)
+    if t is None:
+        t = build_table(machine.profile, features(machine), _smp(machine))
+        try:
+            machine._cpuid_table = t
+        except AttributeError:
+            pass
+    return t
+
+
+def _str_regs(s: str, n: int):
+    b = s.encode("ascii")[:4 * n].ljust(4 * n, b"\0")
+    return [int.from_bytes(b[i:i + 4], "little") for i in range(0, 4 * n, 4)]
+
+
+def _l1(size, assoc, line, lpt):
+    """L1 cache descriptor of Fn8000_0005_ECX/EDX (APM vol 3, E.4.4)."""
+    return (size << 24) | ((0xFF if assoc == 0 else assoc) << 16) | (lpt << 8) | line
+
+
+_L2_ASSOC = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 8: 6, 16: 8, 32: 0xA, 48: 0xB, 64: 0xC, 96: 0xD,
+             128: 0xE}
+
+
+def _l2(size_kib, assoc, line, lpt):
+    """Fn8000_0006_ECX: L2 size in KiB, encoded associativity (E.4.5)."""
+    return (size_kib << 16) | (_L2_ASSOC.get(assoc, 0xF) << 12) | (lpt << 8) | line
+
+
+def _l3(size_kib, assoc, line, lpt):
+    """Fn8000_0006_EDX: L3 size in 512 KiB units."""
+    if not size_kib:
+        return 0
+    return ((size_kib // 512) << 18) | (_L2_ASSOC.get(assoc, 0xF) << 12) | (lpt << 8) | line
+
+
+def build_table(profile, fs, smp: int) -> dict:
+    """{(leaf, subleaf or None): [eax, ebx, ecx, edx]} for the static parts."""
+    t = {}
+
+    def leaf(lf, sub=None):
+        return t.setdefault((lf, sub), [0, 0, 0, 0])
+
+    for f in fs:
+        lf, sub, reg, bit = FEATURE_BITS[f]
+        leaf(lf, sub)[_REGS.index(reg)] |= 1 << bit
+    if smp > 1:
+        leaf(1)[3] |= 1 << 28                          # HTT: EBX[23:16] is valid
+    else:
+        leaf(1)[3] &= ~(1 << 28)
+    ext1 = leaf(0x80000001)
+    for f in AMD_EDX_ALIASES:
+        if f in fs:
+            ext1[3] |= 1 << FEATURE_BITS[f][3]
+    sig = profile.reset_edx
+    v = _str_regs(profile.vendor, 3)                   # EBX, EDX, ECX order
+    t[(0, None)] = [profile.max_basic, v[0], v[2], v[1]]
+    l1 = leaf(1)
+    l1[0] = sig
+    l1[1] = (8 << 8) | ((smp & 0xFF) << 16)            # CLFLUSH size 8 qwords (64 B)
+    leaf(5)[:] = [64, 64, 0x3, 0] if "monitor" in fs else [0, 0, 0, 0]
+    if profile.max_basic >= 0xB:
+        shift = max(smp - 1, 0).bit_length()
+        t[(0xB, 0)] = [0, 1, 0x100, 0]                 # SMT level: 1 thread per core
+        t[(0xB, 1)] = [shift, smp, 0x201, 0]           # core level
+    if "xsave" in fs:
+        t[(0xD, 0)] = [XCR0_SUPPORTED, XSAVE_LEGACY_SIZE, XSAVE_LEGACY_SIZE, 0]
+        leaf(0xD, 1)
+    ext0 = [profile.max_ext, v[0], v[2], v[1]]
+    t[(0x80000000, None)] = ext0
+    ext1[0] = sig
+    ext1[1] = profile.pkg_type << 28
+    for i, lf in enumerate((0x80000002, 0x80000003, 0x80000004)):
+        t[(lf, None)] = _str_regs(profile.brand[16 * i:16 * (i + 1)], 4) if len(profile.brand) > 16 * i else [0] * 4
+    t[(0x80000005, None)] = [profile.tlb_l1[0], profile.tlb_l1[1], _l1(*profile.l1d), _l1(*profile.l1i)]
+    t[(0x80000006, None)] = [profile.tlb_l2[0], profile.tlb_l2[1], _l2(*profile.l2), _l3(*profile.l3)]
+    leaf(0x80000007)
+    apic_id_size = max(smp - 1, 0).bit_length()
+    e8 = leaf(0x80000008)
+    e8[0] = profile.phys_bits | (profile.lin_bits << 8)
+    e8[2] = ((smp - 1) & 0xFF) | (apic_id_size << 12)
+    if profile.max_ext >= 0x8000000A:
+        leaf(0x8000000A)                               # SVM details: filled by the SVM work
+    if profile.max_ext >= 0x8000001F:
+        leaf(0x8000001F)                               # SME/SEV: filled by the SEV work
+    return t
+
+
+def cpuid(cpu, leaf: int, subleaf: int = 0):
+    """(eax, ebx, ecx, edx) of CPUID with EAX=leaf, ECX=subleaf on ``cpu``."""
+    machine = cpu.machine
+    profile = machine.profile
+    leaf &= 0xFFFFFFFF
+    if leaf >= 0x80000000:
+        if leaf > profile.max_ext:
+            return (0, 0, 0, 0)
+    elif leaf > profile.max_basic:
+        return (0, 0, 0, 0)
+    t = _table(machine)
+    r = t.get((leaf, None))
+    if r is None:
+        r = t.get((leaf, subleaf & 0xFFFFFFFF))
+    r = list(r) if r is not None else [0, 0, 0, 0]
+    if leaf == 1:
+        r[1] = (r[1] & 0x00FFFFFF) | ((cpu.index & 0xFF) << 24)
+        if cpu.cr4 & (1 << 18):
+            r[2] |= 1 << 27                              # OSXSAVE mirrors CR4.OSXSAVE
+        if not _apic_enabled(cpu):
+            r[3] &= ~(1 << 9)                            # APIC bit follows APIC_BASE.EN
+        r[2] &= ~(1 << 31)                               # hypervisor bit: 0 on the physical CPU (S8)
+    elif leaf == 0x80000001:
+        if not _apic_enabled(cpu):
+            r[3] &= ~(1 << 9)
+    elif leaf == 0xB:
+        if (leaf, subleaf & 0xFFFFFFFF) not in t:
+            r = [0, 0, subleaf & 0xFF, 0]              # invalid level: type 0, ECX[7:0] echoes
+        r[3] = cpu.index                               # x2APIC ID
+    elif leaf == 0xD and subleaf == 0 and r[0]:
+        r[1] = _xsave_size(cpu.xcr0)
+    return tuple(x & 0xFFFFFFFF for x in r)
+
+
+def _xsave_size(xcr0: int) -> int:
+    """Fn0000_000D_EBX_x0: size for the components enabled in XCR0 (x87/SSE
+    live in the 512-byte legacy region, so it is 576 for any valid XCR0)."""
+    return XSAVE_LEGACY_SIZE
+
+
+def _apic_enabled(cpu) -> bool:
+    lapic = getattr(cpu, "lapic", None)
+    if lapic is not None:
+        return bool(lapic.read_apic_base() & (1 << 11))
+    return bool(cpu.msr.get(0x1B, 0xFEE00900) & (1 << 11))

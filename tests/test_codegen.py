@@ -11,7 +11,8 @@ import random
 import pytest
 
 from cpuharness import make_machine, asm, CODE_ADDR, DATA_ADDR, STACK_TOP, PD
-from svmsim.cpu import codegen, interrupts
+from svmsim.cpu import codegen
+from svmsim.cpu.engine import HOT_THRESHOLD, interrupts
 from svmsim.cpu.segments import FS
 
 SLOT = 512                    # bytes per assembled test block
@@ -57,7 +58,7 @@ class Runner:
         if compiled is True:
             lin = CODE_ADDR
             blk = m.engine.translate(cpu, lin, (lin, cpu.mode_key))
-            blk.compiled = codegen.compile_block(blk, cpu, defer=0)
+            blk.compiled = codegen.compile_block(blk, cpu)
             assert blk.compiled is not None, "block declined by codegen"
         n = m.engine.run(cpu, budget)
         return {"n": n, "regs": list(cpu.regs), "rflags": cpu.get_rflags(), "rip": cpu.rip,
@@ -404,26 +405,26 @@ def test_source_cache_and_decline():
     cpu.rip = CODE_ADDR
     b1 = m.engine.translate(cpu, CODE_ADDR, (CODE_ADDR, cpu.mode_key))
     hits = codegen.stats["cache_hits"]
-    f1 = codegen.compile_block(b1, cpu, defer=0)
+    f1 = codegen.compile_block(b1, cpu)
     size = len(codegen._CACHE)
-    f2 = codegen.compile_block(b1, cpu, defer=0)
+    f2 = codegen.compile_block(b1, cpu)
     assert f1 is not f2 and len(codegen._CACHE) == size and codegen.stats["cache_hits"] > hits
     assert "fr" in f1.source and "U8(ram" in f1.source     # the inline fast path
     # A block of nothing but generic instructions is left to the interpreter.
     m.bus.write_bytes(CODE_ADDR + 0x2000, asm("cmc\nstc\nhlt"))
     cpu.rip = CODE_ADDR + 0x2000
     b3 = m.engine.translate(cpu, cpu.rip, (cpu.rip, cpu.mode_key))
-    assert isinstance(b3, Block) and codegen.compile_block(b3, cpu, defer=0) is None
+    assert isinstance(b3, Block) and codegen.compile_block(b3, cpu) is None
 
 
-def test_deferred_compilation_matches_interpreter(runners):
-    """Through the engine's own hook: interpreted, trampoline, then compiled."""
+def test_compilation_through_the_engine_matches_interpreter(runners):
+    """Through the engine's own hook: interpreted until hot, then compiled."""
     interp, comp = runners("long64")
     code = asm(LOOP)
-    regs = _regs(rcx=codegen.DEFER + 100, rsi=DATA_ADDR)
+    regs = _regs(rcx=HOT_THRESHOLD + 100, rsi=DATA_ADDR)
     a = interp.run(code, regs, bytes(DATA_LEN), 0x202, 10 ** 6, False)
     b = comp.run(code, regs, bytes(DATA_LEN), 0x202, 10 ** 6, "hot")
-    assert a == b and a["n"] == 10 * (codegen.DEFER + 100) + 1
+    assert a == b and a["n"] == 10 * (HOT_THRESHOLD + 100) + 1
     blk = comp.m.engine.blocks[(CODE_ADDR, comp.cpu.mode_key)]
     assert blk.compiled.source is not None
 
@@ -437,5 +438,5 @@ def test_hot_threshold_compiles_through_engine():
     m.engine.run(cpu, 20000)
     assert m.engine.stats["blocks_compiled"] == 1
     blk = m.engine.blocks[(CODE_ADDR, cpu.mode_key)]
-    assert blk.compiled.source is not None          # past the deferral: real code
+    assert blk.compiled.source is not None
     assert cpu.regs[1] == 0 and cpu.rip == CODE_ADDR + len(asm(LOOP)) - 1

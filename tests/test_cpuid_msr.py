@@ -4,7 +4,7 @@ instructions where the rule is about the instruction."""
 import iced_x86
 import pytest
 
-from cpuharness import run_code, asm, make_machine
+from cpuharness import CODE_ADDR, run_code, asm, make_machine
 from svmsim.cpu import cpuid as cpuid_mod, msr, profiles
 from svmsim.cpu.cpuid import cpuid
 from svmsim.cpu.exceptions import CpuException, GP
@@ -280,13 +280,51 @@ def test_perf_counters_alias_and_rdpmc():
     assert r.exception[:2] == (GP, 0)
 
 
-def test_debugctl_sets_lbr_flag_and_reserved_bits_fault():
+def test_debugctl_reserved_bits_fault_and_lbr_msrs_are_read_only():
     cpu = make_machine().cpus[0]
     msr.wrmsr(cpu, msr.DEBUGCTL, 1)
-    assert cpu.lbr_enabled
+    assert msr.rdmsr(cpu, msr.DEBUGCTL) == 1
     gp_of(msr.wrmsr, cpu, msr.DEBUGCTL, 1 << 8)
     gp_of(msr.wrmsr, cpu, msr.LBR_FROM, 0)
     assert msr.rdmsr(cpu, msr.LBR_FROM) == 0
+
+
+def test_lbr_records_the_last_taken_branch():
+    """DEBUGCTL.LBR=1: LastBranchFromIP/ToIP hold the last taken branch (APM 13.1.1.4)."""
+    code = asm("""
+        mov ecx, 0x1d9
+        mov eax, 1
+        xor edx, edx
+        wrmsr
+        jmp 1f
+        nop
+    1:  mov eax, 2
+        cmp eax, 3
+        je 2f                      # not taken: must not be recorded
+    2:  mov ecx, 0x1db
+        rdmsr
+        mov ebx, eax
+        mov ecx, 0x1dc
+        rdmsr
+    """)
+    r = run_code(code)
+    jmp_at = CODE_ADDR + 5 + 5 + 2 + 2
+    assert r.regs[3] == jmp_at and r.regs[0] == jmp_at + 3
+
+
+def test_lbr_records_the_last_exception_source_and_target():
+    """LastExceptionFromIP/ToIP: the interrupted RIP and the handler (APM 13.1.1.4)."""
+    from svmsim.cpu.interrupts import deliver_with_escalation, SWINT
+    r = run_code(asm("mov ecx, 0x1d9; mov eax, 1; xor edx, edx; wrmsr"))
+    cpu = r.cpu
+    cpu.idtr_base, cpu.idtr_limit = 0x3000, 0xFFF      # gate 0x40 -> 0x100800
+    lo = 0x0800 | (0x08 << 16)
+    hi = 0x8E00 | (0x0010 << 16)
+    r.machine.bus.write(0x3000 + 0x40 * 16, 8, lo | (hi << 32))
+    r.machine.bus.write(0x3000 + 0x40 * 16 + 8, 8, 0)
+    cpu.rip = 0x100123
+    deliver_with_escalation(cpu, 0x40, SWINT, None)
+    assert msr.rdmsr(cpu, msr.LER_FROM) == 0x100123 and msr.rdmsr(cpu, msr.LER_TO) == 0x100800
 
 
 def test_spec_ctrl_pred_cmd_mcg_and_patch_level():

@@ -986,53 +986,13 @@ def generate(blk, cpu):
     return src, line_of, g.ns, g.templated
 
 
-# Generating and compiling costs ~100-250 us per instruction on CPython 3.11
-# (mostly the parser), and saves ~1.5 us per executed instruction: a block
-# pays back after ~150 executions.  The engine asks after HOT_THRESHOLD (50),
-# so the first DEFER executions after that still run the handlers (through a
-# small trampoline) and only blocks that stay hot get compiled.
-DEFER = 150
-
-
-def compile_block(blk, cpu, defer=None):
+def compile_block(blk, cpu):
     """The engine's tier-2 hook: ``fn(cpu, budget) -> retired`` or None.
 
-    ``defer`` (default DEFER) executions run the handlers first; then the
-    block is compiled and ``blk.compiled`` replaced (by None if declined).
-    ``defer=0`` compiles at once."""
-    defer = DEFER if defer is None else defer
-    if defer <= 0:
-        return compile_now(blk, cpu)
-    if not blk.n or (isinstance(blk.key, tuple) and len(blk.key) >= 2 and blk.key[1][0] == 16):
-        stats["declined"] += 1
-        return None
-    return _trampoline(blk, defer)
-
-
-def _trampoline(blk, count):
-    """Run the block as the engine's interpreter does (engine._run), and
-    compile it after ``count`` executions."""
-    insns, end_ip, sets_rip = blk.insns, blk.end_ip, blk.sets_rip
-    left = [count]
-
-    def interpret(cpu, budget):
-        n = 0
-        try:
-            for ins in insns:
-                ins.fn(cpu, ins)
-                n += 1
-        except CpuException:
-            cpu.fault_n = n
-            cpu.fault_ip = insns[n].ip
-            raise
-        if not sets_rip:
-            cpu.rip = end_ip
-        left[0] -= 1
-        if left[0] <= 0:
-            blk.compiled = compile_now(blk, cpu)
-        return n
-    interpret.source = None
-    return interpret
+    Generating and compiling costs ~100-250 us per instruction on CPython
+    3.11 (mostly the parser) and saves ~1.5 us per executed instruction, so
+    the engine asks only after a block ran HOT_THRESHOLD (200) times."""
+    return compile_now(blk, cpu)
 
 
 def compile_now(blk, cpu):

@@ -21,7 +21,7 @@ from .segments import CS
 from . import interrupts
 
 MAX_BLOCK = 64
-HOT_THRESHOLD = 50       # executions before a block is compiled to Python source
+HOT_THRESHOLD = 200      # executions before a block is compiled to Python source (pays back ~150)
 PAGE = 0x1000
 
 
@@ -175,7 +175,7 @@ class Engine:
                     interrupts.service(cpu)
                 if cpu.halted or cpu.wait_for_sipi:
                     break
-                if cpu.rflags & TF or cpu.step_once or cpu.dr[7] & 0xFF:
+                if cpu.rflags & TF or cpu.step_once or cpu.dr[7] & 0xFF or cpu.debugctl:
                     executed += self.step(cpu)
                     continue
                 rip = cpu.rip
@@ -261,6 +261,12 @@ class Engine:
             cpu.rip = blk.end_ip
         if rf_before and cpu.rflags & RF:
             cpu.rflags &= ~RF
+        branched = ins.ends_block and cpu.rip != ins.next_ip
+        if branched and cpu.debugctl & 1:
+            # DEBUGCTL.LBR: the last taken branch's source and target (APM 13.1.1.4).
+            cpu.msr[0x1DB], cpu.msr[0x1DC] = ins.ip, cpu.rip
+        if tf and cpu.debugctl & 2 and not branched:
+            tf = 0                      # DEBUGCTL.BTF: single-step on branches only (13.1.1.3)
         if cpu.db_hits or tf:
             cpu.dr[6] = (cpu.dr[6] & ~0xF) | cpu.db_hits | (0x4000 if tf else 0)
             interrupts.deliver_with_escalation(cpu, DB_VEC, interrupts.HWEXC, None)

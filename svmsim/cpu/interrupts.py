@@ -109,6 +109,9 @@ def deliver_event(cpu, vector, kind, error_code) -> None:
     cpu.halted = False
     if kind == NMI_EV:
         cpu.nmi_blocked = True
+    if cpu.debugctl & 1:
+        # Last exception/interrupt: where it was taken and where it went (APM 13.1.1.4).
+        cpu.msr[0x1DD], cpu.msr[0x1DE] = snapshot[1], cpu.rip
 
 
 def _snapshot(cpu):

@@ -275,11 +275,8 @@ def debugctl_write(cpu, idx, value):
     if value & ~0x3F:
         raise gp(0, "WRMSR DEBUGCTL: reserved bits")
     cpu.msr[idx] = value
-    cpu.lbr_enabled = bool(value & 1)
-    if value & 2:
-        cpu.machine.note("DEBUGCTL.BTF (single-step on branches) is not modelled: ignored")
-    if value & 1:
-        cpu.machine.note("DEBUGCTL.LBR: last-branch recording is not modelled yet; LBR MSRs read 0")
+    # LBR recording and BTF run the CPU one instruction at a time (Engine.step).
+    cpu.debugctl = value & 3
 
 
 # -- performance counters ------------------------------------------------------------

@@ -66,6 +66,7 @@ class Cpu:
         self.pending = True        # something may need attention between blocks
         self.watch = ()            # armed data breakpoints (debug.sync)
         self.db_hits = 0           # DR6 B0-B3 bits hit by the current instruction
+        self.debugctl = 0          # DEBUGCTL.LBR (bit 0) and BTF (bit 1) as the engine sees them
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
         self.retired = 0

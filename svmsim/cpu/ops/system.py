@@ -9,7 +9,7 @@ Anything that can change how code decodes calls ``cpu.update_mode()`` and
 drops the block cache.
 
 Not modelled (documented): CR4.VME/PVI (virtual interrupt flags),
-DEBUGCTL.LBR recording (cpu.lbr_enabled is set for a future hook), MWAIT
+MWAIT
 sleeping (treated as a hint that returns at once, so a MONITOR/MWAIT idle
 loop spins instead of sleeping forever on a store svmsim would not notice).
 """

@@ -12,9 +12,16 @@ def _module_arg(text):
     return (path, args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr and status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="svmsim", description="AMD64 + SVM + SEV machine simulator")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="svmsim", description="AMD64 + SVM + SEV machine simulator")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="boot a Multiboot kernel (as qemu -kernel does)")
     r.add_argument("kernel", help="Multiboot v1 kernel (ELF32, a.out kludge, or ELF64)")
     r.add_argument("--append", default="", help="kernel command line")

@@ -82,3 +82,17 @@ def test_smoke_kernel_matches_qemu_via_cli():
                    "--smp", str(run["smp"]), "-q", timeout=600)
     assert p.stdout == expected_transcript("smoke")
     assert p.returncode == STATUS_PASS, p.stderr.decode()
+
+
+def test_bad_option_is_a_one_line_error():
+    p = svmsim_cli("run", "k.elf", "--smp", "two")
+    assert p.returncode == 2
+    assert len(p.stderr.decode().strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_readme_demo_command_passes():
+    """The README's first command (`svmsim demo`) boots the bundled kernel to a PASS."""
+    p = svmsim_cli("demo", timeout=900)
+    assert p.returncode == 0, p.stderr.decode()[-500:]
+    assert b"smoke: PASS" in p.stdout

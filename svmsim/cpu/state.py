@@ -10,7 +10,7 @@ from .exceptions import CpuException, GP, SS as SS_VEC, PF_W, PF_U, PF_I, gp
 from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as F_AC, VM as F_VM
 from .paging import Walker, Translation, check_access, CR4_PGE, CR4_PCIDE
 from .segments import Segment, ES, CS, SS, DS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
-from .tlb import Tlb, R, W, X
+from .tlb import Tlb, R, W, X, MMIO_R, MMIO_W
 from . import debug, fpu_state
 
 MASK64 = (1 << 64) - 1
@@ -34,7 +34,7 @@ class Cpu:
         self.lapic = None
         self.tlb = Tlb()
         self.walker = Walker(self._pt_read, self._pt_write)
-        self.fr, self.fw, self.fx = self.tlb.fast[0]
+        self.fr, self.fw, self.fx = self.tlb.fast[0][:3]
         self.reset()
 
     # ------------------------------------------------------------------ reset
@@ -137,7 +137,7 @@ class Cpu:
         self.paging = bool(self.cr0 & CR0_PG)
         user = self.cpl == 3
         self.user_access = PF_U if user else 0
-        self.fr, self.fw, self.fx = self.tlb.fast[1 if user else 0]
+        self.fr, self.fw, self.fx = self.tlb.fast[1 if user else 0][:3]
         # The block cache is keyed by this: anything that changes how bytes
         # decode or which checks a translated block bakes in belongs here.
         self.mode_key = (bits, self.cpl, self.stack_bits)
@@ -237,7 +237,8 @@ class Cpu:
             debug.check_data(self, lin, size, False)
         o = lin & 0xFFF
         if o + size <= 0x1000:
-            spa = self.translate(lin, user, stack)
+            page = self.tlb.fast[1 if user else 0][MMIO_R].get(lin >> 12)
+            spa = self.translate(lin, user, stack) if page is None else page | o
             return self.bus.read(spa, size)
         first = 0x1000 - o
         spa1 = self.translate(lin, user, stack)
@@ -254,7 +255,8 @@ class Cpu:
         access = user | PF_W
         value &= (1 << (size * 8)) - 1
         if o + size <= 0x1000:
-            spa = self.translate(lin, access, stack)
+            page = self.tlb.fast[1 if user else 0][MMIO_W].get(lin >> 12)
+            spa = self.translate(lin, access, stack) if page is None else page | o
             self.bus.write(spa, size, value)
             return
         first = 0x1000 - o
@@ -297,11 +299,18 @@ class Cpu:
         return spa | (lin & 0xFFF)
 
     def _fill_fast(self, vpn, spa, t, access):
-        off = self.bus.ram_offset(spa)
-        if off is None or self.watch:
+        if self.watch:
             return
         user = 1 if access & PF_U else 0
         fast = self.tlb.fast[user]
+        off = self.bus.ram_offset(spa)
+        if off is None:
+            # MMIO or unbacked: cache the translation only; the device sees every access.
+            if t is None or not (self.cr4 & (1 << 21) and t.us and not user):
+                fast[MMIO_R][vpn] = spa
+                if t is None or (t.d and (t.rw or (not user and not self.cr0 & CR0_WP))):
+                    fast[MMIO_W][vpn] = spa
+            return
         if t is None:
             fast[R][vpn] = off
             fast[X][vpn] = off

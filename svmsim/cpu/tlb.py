@@ -14,6 +14,7 @@ Two layers, kept apart on purpose:
   behaviour.
 """
 R, W, X = 0, 1, 2
+MMIO_R, MMIO_W = 3, 4      # linear page -> SPA page of an MMIO (non-RAM) target
 
 
 class Tlb:
@@ -24,7 +25,7 @@ class Tlb:
         self._global: dict = {}       # asid -> {vpn: Translation}
         self.entries: dict = self._tagged.setdefault((0, 0), {})
         self.globals: dict = self._global.setdefault(0, {})
-        self.fast = [[{}, {}, {}], [{}, {}, {}]]   # [user][R/W/X]
+        self.fast = [[{}, {}, {}, {}, {}], [{}, {}, {}, {}, {}]]   # [user][R/W/X/MMIO_R/MMIO_W]
         # Large pages are cached as 4 KiB slices; INVLPG of any address in a
         # large page drops every slice (APM 5.5.2), so remember them by page.
         self._large: dict = {}        # (asid, size, first vpn) -> {vpn}

@@ -6,7 +6,6 @@ quantum and due timers fire.  With every CPU halted, time jumps to the next
 timer deadline.  Given the same kernel and options, a run is reproducible
 instruction for instruction.
 """
-import sys
 import time
 from dataclasses import dataclass, field
 

@@ -787,7 +787,7 @@ def _target_ok(g, target):
 
 def _check_cs_limit(g, target_src, ind):
     g.emit(f"if {target_src} > cpu.segs[{CS}].limit:", ind)
-    g.emit(f"raise _gp(0, 'branch target beyond CS limit')", ind + 1)
+    g.emit("raise _gp(0, 'branch target beyond CS limit')", ind + 1)
 
 
 def t_jcc(g, ins, k, is_last):

@@ -14,8 +14,8 @@ import iced_x86
 
 from . import ops
 from .decoder import build_insn
-from .exceptions import CpuException, PF_I, DB as DB_VEC
-from .flags import TF, IF, RF
+from .exceptions import CpuException, DB as DB_VEC
+from .flags import TF, RF
 from . import debug
 from .segments import CS
 from . import interrupts

@@ -77,3 +77,21 @@ def carry(lf) -> int:
     if op == OP_LOGIC:
         return 0
     return 1 if lf[5] else 0
+
+
+def szp(value: int, bits: int) -> int:
+    """PF, ZF and SF of ``value`` taken as a ``bits``-wide result."""
+    v = value & ((1 << bits) - 1)
+    f = PARITY[v & 0xFF]
+    if v == 0:
+        f |= ZF
+    if v >> (bits - 1):
+        f |= SF
+    return f
+
+
+def set_arith(cpu, f: int) -> None:
+    """Replace CF/PF/AF/ZF/SF/OF by ``f`` eagerly (instructions without a lazy form).
+    The other RFLAGS bits in ``cpu.rflags`` are valid even while flags are lazy."""
+    cpu.rflags = (cpu.rflags & ~ARITH) | f
+    cpu.lf = None

@@ -11,8 +11,7 @@ Delivery is all-or-nothing for registers: if a fault occurs part way, the
 CPU state is restored before the fault is handled, as if the delivery never
 started (memory already written stays written, as on hardware).
 """
-from .exceptions import (CpuException, Shutdown, DE, DB, NMI, BP, DF, TS, NP, SS, GP, PF,
-                         CONTRIBUTORY, HAS_ERROR_CODE)
+from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, CONTRIBUTORY, HAS_ERROR_CODE
 from .flags import IF, TF, NT, RF, VM, AC
 from .segments import Segment, CS, SS as SS_SEG, A_L, A_DB, A_P, T_CODE, T_CONFORMING
 from .descriptors import read_descriptor, to_segment

@@ -6,10 +6,10 @@ and the page walker.  ``read``/``write`` take a segment index (ES..GS) and an
 offset already masked to the address size; ``read_lin``/``write_lin`` take a
 linear address.  Everything that can fault raises before changing state.
 """
-from .exceptions import CpuException, GP, SS as SS_VEC, PF_W, PF_U, PF_I, gp
+from .exceptions import CpuException, GP, SS as SS_VEC, PF_W, PF_U, PF_I
 from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as F_AC, VM as F_VM
-from .paging import Walker, Translation, check_access, CR4_PGE, CR4_PCIDE
-from .segments import Segment, ES, CS, SS, DS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
+from .paging import Walker, check_access
+from .segments import Segment, CS, SS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
 from .tlb import Tlb, R, W, X, MMIO_R, MMIO_W
 from . import debug, fpu_state
 

@@ -6,7 +6,7 @@ leaves undefined follow QEMU TCG (and so Unicorn), the differential oracle.
 """
 from . import handles
 from ..exceptions import CpuException, DE
-from ..flags import OP_ADD, OP_SUB, OP_LOGIC, OP_INC, OP_DEC, ARITH, CF, OF, ZF, SF, PF, AF, PARITY, carry
+from ..flags import OP_ADD, OP_SUB, OP_LOGIC, OP_INC, OP_DEC, CF, OF, ZF, carry, szp, set_arith
 
 
 def _cf(cpu):
@@ -114,21 +114,6 @@ def not_(cpu, ins):
     ins.set0(cpu, ~ins.get0(cpu))
 
 
-def set_arith(cpu, f: int) -> None:
-    """Set CF/PF/AF/ZF/SF/OF eagerly (non-lazy instructions)."""
-    cpu.rflags = (cpu.rflags & ~ARITH) | f
-    cpu.lf = None
-
-
-def _szp(value: int, bits: int) -> int:
-    mask = (1 << bits) - 1
-    v = value & mask
-    f = PARITY[v & 0xFF]
-    if v == 0:
-        f |= ZF
-    if v >> (bits - 1):
-        f |= SF
-    return f
 
 
 def _signed(v, bits):
@@ -162,7 +147,7 @@ def mul(cpu, ins):
     r = a * ins.get0(cpu)
     lo, hi = r & ((1 << bits) - 1), r >> bits
     _write_pair(cpu, size, lo, hi)
-    set_arith(cpu, (CF | OF if hi else 0) | _szp(lo, bits))
+    set_arith(cpu, (CF | OF if hi else 0) | szp(lo, bits))
 
 
 @handles("IMUL")
@@ -184,7 +169,7 @@ def imul(cpu, ins):
         lo = r & mask
         ins.set0(cpu, lo)
     overflow = r != _signed(lo, bits)
-    set_arith(cpu, (CF | OF if overflow else 0) | _szp(lo, bits))
+    set_arith(cpu, (CF | OF if overflow else 0) | szp(lo, bits))
 
 
 @handles("DIV")

@@ -23,21 +23,9 @@ Flags the APM leaves undefined follow QEMU TCG (the differential oracle):
   wrong: the APM sets CF when the source is NOT zero.)
 """
 from . import handles
-from ..flags import ARITH, CF, ZF, SF, PARITY
+from ..flags import CF, ZF, SF, PARITY, szp, set_arith
 
 
-def _set_all(cpu, f):
-    cpu.rflags = (cpu.get_rflags() & ~ARITH) | f
-    cpu.lf = None
-
-
-def _szp(r, bits):
-    f = PARITY[r & 0xFF]
-    if r == 0:
-        f |= ZF
-    if r >> (bits - 1):
-        f |= SF
-    return f
 
 
 # ---------------------------------------------------------------- BT family
@@ -115,7 +103,7 @@ def bsf(cpu, ins):
     src = ins.get1(cpu)
     if src:
         ins.set0(cpu, (src & -src).bit_length() - 1)
-    _set_all(cpu, _scan_flags(src, bits))
+    set_arith(cpu, _scan_flags(src, bits))
 
 
 @handles("BSR")
@@ -124,7 +112,7 @@ def bsr(cpu, ins):
     src = ins.get1(cpu)
     if src:
         ins.set0(cpu, src.bit_length() - 1)
-    _set_all(cpu, _scan_flags(src, bits))
+    set_arith(cpu, _scan_flags(src, bits))
 
 
 def _count_flags(src, r, bits):
@@ -142,7 +130,7 @@ def tzcnt(cpu, ins):
     src = ins.get1(cpu)
     r = (src & -src).bit_length() - 1 if src else bits
     ins.set0(cpu, r)
-    _set_all(cpu, _count_flags(src, r, bits))
+    set_arith(cpu, _count_flags(src, r, bits))
 
 
 @handles("LZCNT")
@@ -151,7 +139,7 @@ def lzcnt(cpu, ins):
     src = ins.get1(cpu)
     r = bits - src.bit_length()
     ins.set0(cpu, r)
-    _set_all(cpu, _count_flags(src, r, bits))
+    set_arith(cpu, _count_flags(src, r, bits))
 
 
 @handles("POPCNT")
@@ -159,7 +147,7 @@ def popcnt(cpu, ins):
     """ZF = (source == 0); OF, SF, AF, CF, PF cleared (APM vol 3 POPCNT)."""
     src = ins.get1(cpu)
     ins.set0(cpu, bin(src).count("1"))
-    _set_all(cpu, 0 if src else ZF)
+    set_arith(cpu, 0 if src else ZF)
 
 
 # ---------------------------------------------------------------- BMI1
@@ -168,7 +156,7 @@ def andn(cpu, ins):
     bits = ins.osize << 3
     r = ~ins.get1(cpu) & ins.get2(cpu) & ((1 << bits) - 1)
     ins.set0(cpu, r)
-    _set_all(cpu, _szp(r, bits))
+    set_arith(cpu, szp(r, bits))
 
 
 @handles("BEXTR")
@@ -181,7 +169,7 @@ def bextr(cpu, ins):
     src = ins.get1(cpu)
     r = (src >> start) & ((1 << length) - 1) if start < bits else 0
     ins.set0(cpu, r)
-    _set_all(cpu, _szp(r, bits))
+    set_arith(cpu, szp(r, bits))
 
 
 def _bls_flags(r, bits, cf):
@@ -200,7 +188,7 @@ def blsi(cpu, ins):
     src = ins.get1(cpu)
     r = src & -src
     ins.set0(cpu, r)
-    _set_all(cpu, _bls_flags(r, bits, src != 0))
+    set_arith(cpu, _bls_flags(r, bits, src != 0))
 
 
 @handles("BLSMSK")
@@ -211,7 +199,7 @@ def blsmsk(cpu, ins):
     src = ins.get1(cpu)
     r = (src ^ (src - 1)) & mask
     ins.set0(cpu, r)
-    _set_all(cpu, _bls_flags(r, bits, src == 0))
+    set_arith(cpu, _bls_flags(r, bits, src == 0))
 
 
 @handles("BLSR")
@@ -222,4 +210,4 @@ def blsr(cpu, ins):
     src = ins.get1(cpu)
     r = src & (src - 1) & mask
     ins.set0(cpu, r)
-    _set_all(cpu, _bls_flags(r, bits, src == 0))
+    set_arith(cpu, _bls_flags(r, bits, src == 0))

@@ -7,7 +7,7 @@ instructions; they are registered by iced Code there and take precedence.
 """
 from . import handles
 from ..decoder import SEG_OF
-from ..flags import CF, DF, ARITH, OP_LOGIC
+from ..flags import CF, DF
 from ..segments import SS
 
 MASK64 = (1 << 64) - 1

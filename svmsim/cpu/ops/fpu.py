@@ -21,7 +21,7 @@ from iced_x86 import OpKind, Register as R
 
 from . import handles
 from .. import fpu_state as fs
-from ..exceptions import CpuException, NM, UD, gp, ud
+from ..exceptions import CpuException, NM, gp, ud
 
 CR0_MP, CR0_EM, CR0_TS = 2, 4, 8
 CR4_OSFXSR, CR4_OSXSAVE = 1 << 9, 1 << 18

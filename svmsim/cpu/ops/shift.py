@@ -26,25 +26,10 @@ Common rules (APM vol 3, "SHL", "RCL", ...):
   differently (e.g. AF after shifts); software must not rely on them.
 """
 from . import handles
-from ..flags import ARITH, CF, OF, ZF, SF, PARITY
+from ..flags import CF, OF, szp, set_arith
 
 MASK64 = (1 << 64) - 1
 
-
-def _szp(r, bits):
-    """PF/ZF/SF of a result already masked to ``bits``."""
-    f = PARITY[r & 0xFF]
-    if r == 0:
-        f |= ZF
-    if r >> (bits - 1):
-        f |= SF
-    return f
-
-
-def _set_all(cpu, f):
-    """Replace CF/PF/AF/ZF/SF/OF by ``f`` (non-lazy)."""
-    cpu.rflags = (cpu.get_rflags() & ~ARITH) | f
-    cpu.lf = None
 
 
 def _set_cf_of(cpu, f):
@@ -78,7 +63,7 @@ def shl(cpu, ins):
     ins.set0(cpu, r)
     cf = last >> (bits - 1)
     of = OF if (last ^ r) >> (bits - 1) else 0
-    _set_all(cpu, cf | of | _szp(r, bits))
+    set_arith(cpu, cf | of | szp(r, bits))
 
 
 @handles("SHR")
@@ -92,7 +77,7 @@ def shr(cpu, ins):
     r = last >> 1
     ins.set0(cpu, r)
     of = OF if (last ^ r) >> (bits - 1) & 1 else 0   # MSB(original) for count 1
-    _set_all(cpu, (last & 1) | of | _szp(r, bits))
+    set_arith(cpu, (last & 1) | of | szp(r, bits))
 
 
 @handles("SAR")
@@ -107,7 +92,7 @@ def sar(cpu, ins):
     last = s >> (c - 1)
     r = (last >> 1) & mask
     ins.set0(cpu, r)
-    _set_all(cpu, (last & 1) | _szp(r, bits))          # OF = 0
+    set_arith(cpu, (last & 1) | szp(r, bits))          # OF = 0
 
 
 # ---------------------------------------------------------------- rotates
@@ -214,7 +199,7 @@ def shld(cpu, ins):
     ins.set0(cpu, r)
     cf = last >> (bits - 1)
     of = OF if (last ^ r) >> (bits - 1) else 0
-    _set_all(cpu, cf | of | _szp(r & mask, bits))
+    set_arith(cpu, cf | of | szp(r & mask, bits))
 
 
 @handles("SHRD")
@@ -237,4 +222,4 @@ def shrd(cpu, ins):
     r = (v >> c) & mask
     ins.set0(cpu, r)
     of = OF if (last ^ r) >> (bits - 1) else 0
-    _set_all(cpu, (last & 1) | of | _szp(r, bits))
+    set_arith(cpu, (last & 1) | of | szp(r, bits))

@@ -163,6 +163,8 @@ class Engine:
             self._run(cpu, budget, done)
         finally:
             cpu.retired += done[0]
+            # Time a PAUSE took beyond this quantum is owed to the next one.
+            cpu.stall = max(0, done[0] + cpu.stall - budget)
         return done[0]
 
     def _run(self, cpu, budget, done):
@@ -170,7 +172,7 @@ class Engine:
         blocks = self.blocks
         machine = self.machine
         try:
-            while executed < budget and not machine.stopping:
+            while executed + cpu.stall < budget and not machine.stopping:
                 if cpu.pending:
                     interrupts.service(cpu)
                 if cpu.halted or cpu.wait_for_sipi:

@@ -70,6 +70,7 @@ class Cpu:
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
         self.retired = 0
+        self.stall = 0             # virtual ns owed beyond 1 ns per instruction (PAUSE)
         self.tsc_offset = 0        # set by WRMSR TSC (msr.py)
         profile = getattr(self.machine, "profile", None)
         if profile is not None:

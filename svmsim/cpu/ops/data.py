@@ -37,10 +37,22 @@ def lea(cpu, ins):
     ins.set0(cpu, ins.ea(cpu))
 
 
-@handles("NOP", "PAUSE", "PREFETCHW", "PREFETCHNTA", "PREFETCHT0", "PREFETCHT1", "PREFETCHT2",
+@handles("NOP", "PREFETCHW", "PREFETCHNTA", "PREFETCHT0", "PREFETCHT1", "PREFETCHT2",
          "LFENCE", "MFENCE", "SFENCE", "ENDBR64", "ENDBR32")
 def nop(cpu, ins):
     pass
+
+
+PAUSE_NS = 64      # virtual time a PAUSE takes (a timing model, not architecture)
+
+
+@handles("PAUSE", ends_block=True)
+def pause(cpu, ins):
+    """PAUSE: a spin-wait hint (APM vol 3).  It takes PAUSE_NS of virtual time
+    instead of 1 ns, so a guest's busy-wait loop reaches its deadline in fewer
+    simulated instructions; it ends the block so the engine sees the time."""
+    cpu.stall += PAUSE_NS - 1
+    cpu.rip = ins.next_ip
 
 
 @handles("XCHG")

@@ -189,3 +189,30 @@ def test_invlpg_of_any_address_drops_every_slice_of_a_large_page():
         cpu.tlb.flush_all("test")
     r = run_code(code, setup=setup)
     assert r.regs[0] == 0x44 and r.regs[1] == 0x66
+
+
+def test_instruction_straddling_a_remapped_page_is_decoded_again():
+    """A block whose instruction crosses into the next page must follow that
+    page's mapping, like any instruction fetch (APM 5.5: fetches are translated)."""
+    # mov rax, imm64 (10 bytes) placed to straddle VA+0xFFC .. VA+0x1005; then jmp back.
+    insn = bytes.fromhex("48b8") + (0x1122334455667788).to_bytes(8, "little")
+
+    def setup(m, cpu):
+        map_pages([P | RW, P | RW, P | RW])(m, cpu)
+        m.bus.write_bytes(FRAME + 0xFFC, insn[:4])
+        m.bus.write_bytes(FRAME + 0x1000, insn[4:] + b"\xc3")          # ... ret
+        alt = bytearray(insn[4:]); alt[-1] = 0x99                         # same bytes but the top one
+        m.bus.write_bytes(FRAME + 0x2000, bytes(alt) + b"\xc3")
+    code = asm(f"""
+        mov rbx, {VA + 0xFFC:#x}
+        call rbx                         # rax = 0x1122334455667788 through page 2
+        mov rcx, rax
+        mov rdi, {PT1 + 8:#x}
+        mov rdx, {FRAME + 0x2000 | 3:#x}
+        mov [rdi], rdx                   # remap the second page ...
+        invlpg [{VA + 0x1000:#x}]        # ... and flush it
+        call rbx                         # the straddling instruction now reads 0x99...
+    """)
+    r = run_code(code, setup=setup)
+    assert r.regs[1] == 0x1122334455667788
+    assert r.regs[0] == 0x9922334455667788

@@ -119,6 +119,13 @@ class Engine:
         return blk
 
     @staticmethod
+    def _page2_ok(cpu, blk, lin):
+        """A block whose last instruction runs into the next page is valid only
+        while that page still maps to the RAM it was decoded from."""
+        nxt = ((lin | 0xFFF) + 1) & cpu.lin_mask
+        return cpu.fx.get(nxt >> 12) == blk.page2
+
+    @staticmethod
     def _insn_len(data, bits, rip):
         i = iced_x86.Decoder(bits, data, iced_x86.DecoderOptions.AMD, ip=rip).decode()
         if i.code == iced_x86.Code.INVALID:
@@ -189,7 +196,8 @@ class Engine:
                     if page is None:
                         cpu.fetch_spa(lin)
                         page = cpu.fx.get(lin >> 12)
-                    if blk is None or blk.page != page or page is None:
+                    if (blk is None or blk.page != page or page is None
+                            or blk.page2 is not None and not self._page2_ok(cpu, blk, lin)):
                         blk = self.translate(cpu, lin, key)
                 except CpuException as e:
                     interrupts.deliver_exception(cpu, e)
@@ -251,7 +259,7 @@ class Engine:
             if page is None:
                 cpu.fetch_spa(lin)
                 page = cpu.fx.get(lin >> 12)
-            if blk is None or blk.page != page:
+            if blk is None or blk.page != page or blk.page2 is not None and not self._page2_ok(cpu, blk, lin):
                 blk = self.translate(cpu, lin, key, max_len=1)
             ins = blk.insns[0]
             rf_before = cpu.rflags & RF

@@ -94,6 +94,7 @@ class Machine:
         self.stop_reason = ""
         self.stop_kind = ""
         self.notes: list = []
+        self.unimplemented: dict = {}        # mnemonic -> times it raised #UD
         self.listeners: list = []            # trace sinks: callables(event dict)
         self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
         for cpu in self.cpus[1:]:
@@ -204,9 +205,8 @@ class Machine:
             self.request_stop(STATUS_INTERNAL, f"internal error: {type(e).__name__}: {e} "
                               f"(at {where.filename.split('svmsim/')[-1]}:{where.lineno})", "internal-error")
         total = sum(c.retired for c in self.cpus)
-        from .cpu.ops import UNIMPLEMENTED_SEEN
         return RunResult(self.stop_status, self.stop_reason, self.stop_kind, total,
-                         time.monotonic() - start, dict(UNIMPLEMENTED_SEEN), self.stats())
+                         time.monotonic() - start, dict(self.unimplemented), self.stats())
 
     def _loop(self, max_insns, timeout, start):
         engine, clock, cpus = self.engine, self.clock, self.cpus

@@ -39,12 +39,10 @@ def handles(*names, codes=(), ends_block=False):
     return deco
 
 
-UNIMPLEMENTED_SEEN: dict = {}
-
-
 def unimplemented(cpu, ins):
     """#UD for an instruction svmsim does not implement yet (named in the report)."""
-    UNIMPLEMENTED_SEEN[ins.name] = UNIMPLEMENTED_SEEN.get(ins.name, 0) + 1
+    seen = cpu.machine.unimplemented
+    seen[ins.name] = seen.get(ins.name, 0) + 1
     raise CpuException(UD, detail=f"instruction not implemented in svmsim: {ins.iced}")
 
 

@@ -349,33 +349,9 @@ def rdpmc(cpu, ins):
 
 # ================================================================ TLB and caches
 def invlpg_linear(cpu, lin, cause="invlpg"):
-    """Drop the translation of ``lin`` whatever its page size, globals included.
-
-    The TLB stores large pages as 4 KiB slices; if a cached slice of this
-    address belongs to a 2 MiB / 1 GiB page, every slice of it is dropped.
-    (Slices of a large page not containing ``lin`` are only found if ``lin``
-    itself is cached: a limitation of the sliced TLB.)
-    """
-    tlb = cpu.tlb
-    vpn = lin >> 12
-    t = tlb.lookup(vpn)
-    if t is not None and t.size > 4096:
-        first = (lin & ~(t.size - 1)) >> 12
-        last = first + (t.size >> 12)
-        for d in _tlb_dicts(tlb):
-            for k in [k for k in d if first <= k < last]:
-                del d[k]
-        tlb.drop_fast()
-    tlb.flush_page(vpn, cause)
-
-
-def _tlb_dicts(tlb):
-    asid = tlb.asid
-    out = [d for tag, d in tlb._tagged.items() if tag[0] == asid]
-    g = tlb._global.get(asid)
-    if g is not None:
-        out.append(g)
-    return out
+    """Drop the translation of ``lin`` whatever its page size, globals included
+    (APM 5.5.2); Tlb.flush_page drops every 4 KiB slice of a large page."""
+    cpu.tlb.flush_page(lin >> 12, cause)
 
 
 @handles("INVLPG")

@@ -1,0 +1,1 @@
+"""AMD Secure Virtual Machine (APM vol 2, chapter 15)."""

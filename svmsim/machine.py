@@ -218,15 +218,16 @@ class Machine:
                 if (cpu.halted or cpu.wait_for_sipi) and not cpu.pending:
                     continue
                 self.current_cpu = cpu
+                busy = cpu.stall > 0             # still paying for a PAUSE or a long REP
                 n = engine.run(cpu, QUANTUM)
                 total += n
-                ran = ran or n > 0
+                ran = ran or n > 0 or busy
                 if self.stopping:
                     break
             if ran:
                 clock.advance(QUANTUM * clock.ns_per_insn)
             elif not any(c.pending for c in cpus):
-                if clock.next_deadline == float("inf"):
+                if clock.next_deadline == float("inf") or self._only_nmi_can_wake():
                     self._stop_deadlocked()
                     break
                 clock.now_ns = max(clock.now_ns, clock.next_deadline)
@@ -235,7 +236,7 @@ class Machine:
             rounds += 1
             if max_insns is not None and total >= max_insns:
                 self.request_stop(STATUS_BUDGET, f"instruction budget of {max_insns} exhausted", "budget")
-            if timeout is not None and rounds % 64 == 0 and time.monotonic() - start > timeout:
+            if timeout is not None and time.monotonic() - start > timeout:
                 self.request_stop(STATUS_TIMEOUT, f"timeout after {timeout:g} s", "timeout")
             if rounds % 256 == 0:
                 self.poll_devices()
@@ -245,6 +246,13 @@ class Machine:
         uart = getattr(self, "uart", None)
         if uart is not None and hasattr(uart, "poll_input"):
             uart.poll_input()
+
+    def _only_nmi_can_wake(self) -> bool:
+        """Every CPU is halted with RFLAGS.IF = 0 (or waits for a SIPI nobody can
+        send): timers may still tick, but no maskable interrupt can end the halt."""
+        from .cpu.flags import IF
+        return all(c.wait_for_sipi or (c.halted and not c.rflags & IF and not c.nmi_pending)
+                   for c in self.cpus)
 
     def _stop_deadlocked(self):
         from .cpu.flags import IF

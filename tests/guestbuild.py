@@ -65,7 +65,8 @@ BASE_LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-z", "max-page-size=0x1000",
 
 #: The kernels under tests/guests/<name>.c.  Their test bodies live in
 #: tests/guests/suites/*.c (linked into every kernel) so `smoke` reuses them.
-KERNELS = ("hello", "exceptions", "apic_timer", "smp", "loop", "smoke")
+KERNELS = ("hello", "exceptions", "apic_timer", "smp", "loop", "smoke",
+           "svm_basic", "svm_invalid", "svm_intercepts")
 
 #: How each kernel is booted to produce tests/guests/expected/<name>.txt;
 #: svmsim's own tests should boot the same way and compare the same text.
@@ -77,6 +78,9 @@ KERNEL_RUNS = {
     "smp": {"append": "", "smp": 2},
     "loop": {"append": "", "smp": 1},          # default 10,000,000 iterations
     "smoke": {"append": "smoke", "smp": 2},
+    "svm_basic": {"append": "", "smp": 1},
+    "svm_invalid": {"append": "", "smp": 1},
+    "svm_intercepts": {"append": "", "smp": 1},
 }
 
 

@@ -119,3 +119,17 @@ def test_unimplemented_instruction_is_ud_and_named_in_the_report():
     r = run_code(bytes.fromhex("c5fc58c1"))          # vaddps ymm0, ymm0, ymm1 (AVX: not modelled)
     assert r.exception[0] == 6
     assert r.machine.unimplemented == {"vaddps": 1}
+
+
+def test_cli_hlt_ends_the_run_even_while_timers_tick():
+    """A CPU halted with IF=0 can only be woken by NMI/INIT/SMI: the run ends
+    with the 'halted' status although the PIT keeps ticking (README statuses)."""
+    from cpuharness import make_machine, CODE_ADDR
+    from svmsim.machine import STATUS_HALTED
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    m.bus.write_bytes(CODE_ADDR, bytes.fromhex("faf4"))     # cli; hlt
+    cpu.rip = CODE_ADDR
+    r = m.run(max_insns=10_000, timeout=30)
+    assert r.status == STATUS_HALTED and "interrupts disabled" in r.reason
+    assert r.wall_time < 5

@@ -69,6 +69,7 @@ svmsim's readings where the manual is open to interpretation:
 The VMCB is read through a tiny protocol: ``vmcb[name] -> int`` with the
 field names below (F_*), so any mapping or VMCB view works.
 """
+from .exits import eventinj_problem
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------- VMCB names
@@ -304,24 +305,9 @@ def _iopm_range(vmcb, caps, host):
     return _table_range(vmcb, caps, "IOPM_RANGE", F_IOPM_BASE_PA, IOPM_SIZE, "I/O permission map")
 
 
-def eventinj_problem(evt: int, caps: CpuCaps) -> str | None:
-    """Why an EVENTINJ value is illegal (APM vol 2, 15.20), or None."""
-    if not evt & EVENTINJ_V:
-        return None                         # V = 0: nothing is injected, nothing checked
-    typ, vector = (evt >> 8) & 7, evt & 0xFF
-    if typ not in EVENT_TYPES:
-        return f"TYPE {typ} is reserved (legal: 0 INTR, 2 NMI, 3 exception, 4 software interrupt)"
-    if typ == TYPE_EXCEPTION and vector not in caps.exception_vectors:
-        what = "is the NMI vector" if vector == 2 else "is not an exception vector"
-        return f"TYPE 3 (exception) with vector {vector:#x}, which {what}"
-    if evt & EVENTINJ_RESERVED:
-        return f"reserved bits 30:12 are set ({evt & EVENTINJ_RESERVED:#x})"
-    return None
-
-
 def _eventinj(vmcb, caps, host):
     evt = vmcb[F_EVENTINJ]
-    problem = eventinj_problem(evt, caps)
+    problem = eventinj_problem(evt, caps.exception_vectors)
     if problem:
         return _reason("EVENTINJ", F_EVENTINJ, evt, SEC_EVENTINJ, f"illegal event injection: {problem}")
 

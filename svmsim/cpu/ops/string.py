@@ -209,8 +209,10 @@ def _run(cpu, ins, one, size, bulk=None, cond=None):
         todo = min(count, MAX_FAST)
         done = bulk(cpu, ins, size, am, todo, step)
         cpu.rip = ins.next_ip if done == count else ins.ip
+        cpu.stall += (count - (regs[RCX] & am)) >> 3     # bulk copies: 8 elements per ns
         return
     todo = min(count, MAX_SLOW)
+    cpu.stall += todo - 1                                 # each element takes 1 ns of virtual time
     for _ in range(todo):
         one(cpu, ins, size, am, step)
         count -= 1

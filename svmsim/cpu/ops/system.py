@@ -542,7 +542,10 @@ def _string_io(cpu, ins, size, inp):
     idx = 7 if inp else 6
     seg = ES if inp else ins.seg
     count = cpu.regs[1] & amask if ins.rep or ins.repne else None
-    while count is None or count:
+    todo = None if count is None else min(count, MAX_REP_IO)
+    if todo:
+        cpu.stall += todo - 1            # each element takes 1 ns of virtual time
+    while count is None or todo:
         off = cpu.regs[idx] & amask
         if inp:
             cpu.check_write(seg, off, size)
@@ -553,15 +556,21 @@ def _string_io(cpu, ins, size, inp):
         if count is None:
             break
         count -= 1
+        todo -= 1
         _areg_set(cpu, 1, count, asize)
+    # A long REP INS/OUTS resumes at the same instruction (interrupts can come in).
+    cpu.rip = ins.ip if count else ins.next_ip
 
 
-@handles("INSB", "INSW", "INSD")
+MAX_REP_IO = 1 << 12     # elements per execution of REP INS/OUTS
+
+
+@handles("INSB", "INSW", "INSD", ends_block=True)
 def ins_(cpu, ins):
     _string_io(cpu, ins, {"insb": 1, "insw": 2, "insd": 4}[ins.name], True)
 
 
-@handles("OUTSB", "OUTSW", "OUTSD")
+@handles("OUTSB", "OUTSW", "OUTSD", ends_block=True)
 def outs(cpu, ins):
     _string_io(cpu, ins, {"outsb": 1, "outsw": 2, "outsd": 4}[ins.name], False)
 

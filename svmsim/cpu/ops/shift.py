@@ -135,9 +135,9 @@ def _rc_count(ins, cpu, bits):
     return c
 
 
-@handles("RCL")
-def rcl(cpu, ins):
-    """Rotate through carry: CF:dest is a (bits+1)-bit value rotated left."""
+def _rotate_through_carry(cpu, ins, left):
+    """RCL/RCR: CF:dest is a (bits+1)-bit value rotated left or right (APM vol 3);
+    OF = MSB(result) XOR MSB(dest) as QEMU computes it for every count."""
     bits = ins.osize << 3
     c = _rc_count(ins, cpu, bits)
     a = ins.get0(cpu)
@@ -146,30 +146,24 @@ def rcl(cpu, ins):
     f = cpu.get_rflags()
     w = bits + 1
     v = ((f & CF) << bits) | a
-    v = ((v << c) | (v >> (w - c))) & ((1 << w) - 1)
+    if left:
+        v = ((v << c) | (v >> (w - c))) & ((1 << w) - 1)
+    else:
+        v = ((v >> c) | (v << (w - c))) & ((1 << w) - 1)
     r = v & ((1 << bits) - 1)
     ins.set0(cpu, r)
-    cf = v >> bits
-    cpu.rflags = (f & ~(CF | OF)) | cf | (OF if (a ^ r) >> (bits - 1) else 0)
+    cpu.rflags = (f & ~(CF | OF)) | (v >> bits) | (OF if (a ^ r) >> (bits - 1) else 0)
     cpu.lf = None
+
+
+@handles("RCL")
+def rcl(cpu, ins):
+    return _rotate_through_carry(cpu, ins, True)
 
 
 @handles("RCR")
 def rcr(cpu, ins):
-    bits = ins.osize << 3
-    c = _rc_count(ins, cpu, bits)
-    a = ins.get0(cpu)
-    if c == 0:
-        return _write_back_unchanged(cpu, ins, a)
-    f = cpu.get_rflags()
-    w = bits + 1
-    v = ((f & CF) << bits) | a
-    v = ((v >> c) | (v << (w - c))) & ((1 << w) - 1)
-    r = v & ((1 << bits) - 1)
-    ins.set0(cpu, r)
-    cf = v >> bits
-    cpu.rflags = (f & ~(CF | OF)) | cf | (OF if (a ^ r) >> (bits - 1) else 0)
-    cpu.lf = None
+    return _rotate_through_carry(cpu, ins, False)
 
 
 # ---------------------------------------------------------------- double shifts

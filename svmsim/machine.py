@@ -143,6 +143,14 @@ class Machine:
             return lapic.acknowledge()
         return None
 
+    def interrupt_pending(self, cpu) -> bool:
+        """A maskable interrupt is waiting for ``cpu`` (INTR asserted), without
+        acknowledging it: an intercepted INTR stays pending (APM 15.21.1)."""
+        lapic, pic = cpu.lapic, self.pic
+        if lapic is None:
+            return pic is not None and cpu.index == 0 and pic.has_interrupt()
+        return (pic is not None and lapic.extint_pending()) or lapic.has_interrupt()
+
     def request_stop(self, status: int, reason: str, kind: str = "debug-exit") -> None:
         if not self.stopping:
             self.stopping = True
@@ -180,6 +188,11 @@ class Machine:
         if self.listeners:
             self.emit({"type": "deliver", "cpu": cpu.index, "vector": vector, "kind": kind,
                        "error_code": error_code, "rip": cpu.rip})
+
+    def svm_event(self, cpu, what: str, data: dict) -> None:
+        """VMRUN, #VMEXIT and event injection, for the trace (svmsim.trace)."""
+        if self.listeners:
+            self.emit({"type": what, "cpu": cpu.index, "insns": cpu.retired, **data})
 
     # ---------------------------------------------------------------- running
     def tsc(self, cpu) -> int:

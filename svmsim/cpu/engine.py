@@ -19,6 +19,7 @@ from .flags import TF, RF
 from . import debug
 from .segments import CS
 from . import interrupts
+from ..svm import guards
 
 MAX_BLOCK = 64
 HOT_THRESHOLD = 200      # executions before a block is compiled to Python source (pays back ~150)
@@ -81,6 +82,7 @@ class Engine:
         dec = iced_x86.Decoder(bits, data, iced_x86.DecoderOptions.AMD, ip=rip)
         insns = []
         sets_rip = False
+        guest = cpu.svm_guest          # instruction intercepts (APM 15.7.1)
         for i in dec:
             if i.len == 0 or (i.code == iced_x86.Code.INVALID and dec.last_error == iced_x86.DecoderError.NO_MORE_BYTES):
                 break
@@ -89,6 +91,8 @@ class Engine:
                 break                              # crosses the page: next block
             ins = build_insn(i, bits)
             ins.fn, ins.ends_block = ops.lookup(ins)
+            if guest:
+                ins.fn = guards.wrap(ins, ins.fn)
             insns.append(ins)
             if ins.ends_block:
                 sets_rip = True
@@ -249,7 +253,7 @@ class Engine:
                 hits = debug.insn_hits(cpu, lin)
                 if hits:
                     cpu.dr[6] = (cpu.dr[6] & ~0xF) | hits
-                    interrupts.deliver_with_escalation(cpu, DB_VEC, interrupts.HWEXC, None)
+                    interrupts.deliver(cpu, DB_VEC, interrupts.HWEXC, None)
                     return 0
         cpu.db_hits = 0
         key = (lin, cpu.mode_key, 1)
@@ -279,5 +283,5 @@ class Engine:
             tf = 0                      # DEBUGCTL.BTF: single-step on branches only (13.1.1.3)
         if cpu.db_hits or tf:
             cpu.dr[6] = (cpu.dr[6] & ~0xF) | cpu.db_hits | (0x4000 if tf else 0)
-            interrupts.deliver_with_escalation(cpu, DB_VEC, interrupts.HWEXC, None)
+            interrupts.deliver(cpu, DB_VEC, interrupts.HWEXC, None)
         return 1

@@ -23,10 +23,20 @@ EXTINT, NMI_EV, HWEXC, SWINT, SWEXC, ICEBP = range(6)
 
 # ---------------------------------------------------------------- between blocks
 def service(cpu) -> None:
-    """Take a pending INIT, NMI or maskable interrupt, if one is deliverable."""
+    """Take a pending INIT, NMI or maskable interrupt, if one is deliverable.
+
+    GIF = 0 holds INIT, NMI and INTR pending (APM vol 2, 15.17); in guest
+    mode the SVM rules decide (``svm.events``: intercepts, V_INTR_MASKING,
+    virtual interrupts)."""
     cpu.pending = False
     machine = cpu.machine
+    if not cpu.gif:
+        return
     if cpu.init_pending:
+        if cpu.svm_guest:
+            from ..svm import events
+            events.init_in_guest(cpu)
+            return
         machine.do_init(cpu)
         return
     if cpu.wait_for_sipi:
@@ -37,27 +47,55 @@ def service(cpu) -> None:
         cpu.step_once = True
         cpu.pending = True
         return
+    if cpu.svm_guest:
+        from ..svm import events
+        events.service_guest(cpu)
+        return
     if cpu.nmi_pending and not cpu.nmi_blocked:
-        cpu.nmi_pending = False
-        cpu.nmi_blocked = True
-        cpu.halted = False
-        deliver_exception(cpu, CpuException(NMI), kind=NMI_EV)
+        take_nmi(cpu)
         return
     if cpu.rflags & IF:
         vector = machine.interrupt_acknowledge(cpu)
         if vector is not None:
-            cpu.halted = False
-            deliver_with_escalation(cpu, vector, EXTINT, None)
-            cpu.pending = True          # another may be waiting
+            take_interrupt(cpu, vector)
+
+
+def take_nmi(cpu) -> None:
+    cpu.nmi_pending = False
+    cpu.nmi_blocked = True
+    cpu.halted = False
+    deliver_exception(cpu, CpuException(NMI), kind=NMI_EV)
+
+
+def take_interrupt(cpu, vector) -> None:
+    cpu.halted = False
+    deliver(cpu, vector, EXTINT, None)
+    cpu.pending = True          # another may be waiting
+
+
+def deliver(cpu, vector, kind, error_code, cr2=None) -> None:
+    """Deliver an event; an intercept on the way becomes a #VMEXIT."""
+    try:
+        deliver_with_escalation(cpu, vector, kind, error_code, cr2)
+    except CpuException as e:
+        if e.vector != -1:
+            raise
+        from ..svm.world import vmexit_from
+        vmexit_from(cpu, e)
 
 
 # ---------------------------------------------------------------- faults
 def deliver_exception(cpu, e: CpuException, kind=HWEXC) -> None:
-    """Deliver a fault raised by an instruction (RIP already at that instruction)."""
-    if e.vector == PF and e.cr2 is not None:
-        cpu.cr2 = e.cr2
+    """Deliver a fault raised by an instruction (RIP already at that instruction).
+
+    A ``VmExit`` (vector -1: an intercept raised by the instruction or by
+    its event delivery) performs the #VMEXIT instead."""
+    if e.vector == -1:
+        from ..svm.world import vmexit_from
+        vmexit_from(cpu, e)
+        return
     cpu.machine.trace_exception(cpu, e)
-    deliver_with_escalation(cpu, e.vector, kind, e.error_code)
+    deliver(cpu, e.vector, kind, e.error_code, e.cr2)
 
 
 def _double_fault(first: int, second: int) -> bool:
@@ -66,32 +104,63 @@ def _double_fault(first: int, second: int) -> bool:
     return first == PF and (second == PF or second in CONTRIBUTORY)
 
 
-def deliver_with_escalation(cpu, vector, kind, error_code) -> None:
-    """Deliver one event; resolve faults raised during its delivery."""
+def deliver_with_escalation(cpu, vector, kind, error_code, cr2=None, injected=None) -> None:
+    """Deliver one event; resolve faults raised during its delivery.
+
+    ``injected`` is the EVENTINJ value when VMRUN injects this event: an
+    injected event is not itself subject to exception intercepts, but a
+    fault during its delivery is, and then EXITINTINFO names it (APM 15.20,
+    15.7.2).  ``cr2`` is written only when a #PF is actually delivered, so an
+    intercepted #PF leaves the guest's CR2 alone (APM 15.12)."""
+    outer = None                # the event whose delivery raised this one
+    check = injected is None
     while True:
         try:
-            deliver_event(cpu, vector, kind, error_code)
+            deliver_event(cpu, vector, kind, error_code, cr2, outer, check)
             return
         except CpuException as e2:
+            if e2.vector == -1:
+                raise                                   # an intercept: #VMEXIT
+            this = injected if injected is not None and outer is None else (vector, kind, error_code)
             if kind in (SWINT, SWEXC, ICEBP):
                 # A fault while delivering INT n/INT3/INTO/INT1 is reported on
                 # the instruction itself (SDM vol 3, 6.5): let the engine rewind
                 # RIP to it and deliver the fault.
+                if cpu.svm_guest:
+                    from ..svm import events
+                    events.check_exception(cpu, e2.vector, e2.error_code, e2.cr2, this)
                 raise
-            if e2.vector == PF and e2.cr2 is not None:
-                cpu.cr2 = e2.cr2
             cpu.machine.trace_exception(cpu, e2)
             if vector == DF:
-                raise Shutdown(f"triple fault: {e2} while delivering #DF")
+                shutdown(cpu, f"triple fault: {e2} while delivering #DF")
+            outer, check, cr2 = this, True, e2.cr2
             if kind in (HWEXC, NMI_EV, EXTINT) and _double_fault(vector, e2.vector):
-                vector, kind, error_code = DF, HWEXC, 0
+                vector, kind, error_code, cr2 = DF, HWEXC, 0, None
             else:
                 vector, kind, error_code = e2.vector, HWEXC, e2.error_code
 
 
-def deliver_event(cpu, vector, kind, error_code) -> None:
-    """Enter the handler for one event, or raise the fault that prevents it."""
-    cpu.machine.on_event(cpu, vector, kind, error_code)   # SVM intercepts hook in here
+def shutdown(cpu, why: str):
+    """Enter the shutdown state, or #VMEXIT(SHUTDOWN) when a guest's shutdown
+    is intercepted (APM 15.7 table, 8.2.9)."""
+    if cpu.svm_guest:
+        from ..svm import events
+        events.check_shutdown(cpu, why)
+    raise Shutdown(why)
+
+
+def deliver_event(cpu, vector, kind, error_code, cr2=None, outer=None, check=True) -> None:
+    """Enter the handler for one event, or raise the fault that prevents it.
+
+    In guest mode an intercepted exception exits here, before CR2 or any
+    stack is written (APM 15.12); ``outer`` is the event whose delivery
+    raised this one (EXITINTINFO)."""
+    if check and cpu.svm_guest and kind in (HWEXC, SWEXC, ICEBP):
+        from ..svm import events
+        events.check_exception(cpu, vector, error_code, cr2, outer, kind)
+    if cr2 is not None:
+        cpu.cr2 = cr2
+    cpu.machine.on_event(cpu, vector, kind, error_code)
     snapshot = _snapshot(cpu)
     try:
         if not cpu.cr0 & 1:

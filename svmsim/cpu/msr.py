@@ -159,7 +159,10 @@ def canonical_write(cpu, idx, value):
 # -- TSC ------------------------------------------------------------------------
 def tsc_value(cpu) -> int:
     """TSC = the machine's virtual-time counter + this CPU's offset."""
-    return (cpu.machine.tsc(cpu) + getattr(cpu, "tsc_offset", 0)) & MASK64
+    tsc = cpu.machine.tsc(cpu) + getattr(cpu, "tsc_offset", 0)
+    if cpu.svm_guest:
+        tsc += cpu.svm.tsc_offset              # VMCB TSC_OFFSET (APM 15.30.5)
+    return tsc & MASK64
 
 
 def tsc_read(cpu, idx):

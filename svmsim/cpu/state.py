@@ -69,6 +69,10 @@ class Cpu:
         self.debugctl = 0          # DEBUGCTL.LBR (bit 0) and BTF (bit 1) as the engine sees them
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
+        self.gif = True            # global interrupt flag (APM vol 2, 15.17)
+        self.svm_guest = False     # running a guest between VMRUN and #VMEXIT
+        from ..svm.state import SvmState
+        self.svm = SvmState()
         self.retired = 0
         self.stall = 0             # virtual ns owed beyond 1 ns per instruction (PAUSE)
         self.tsc_offset = 0        # set by WRMSR TSC (msr.py)
@@ -141,7 +145,7 @@ class Cpu:
         self.fr, self.fw, self.fx = self.tlb.fast[1 if user else 0][:3]
         # The block cache is keyed by this: anything that changes how bytes
         # decode or which checks a translated block bakes in belongs here.
-        self.mode_key = (bits, self.cpl, self.stack_bits)
+        self.mode_key = (bits, self.cpl, self.stack_bits, self.svm_guest)
 
     def _flat(self, s: Segment, i: int) -> bool:
         """A segment that can never fail a limit or type check for data."""

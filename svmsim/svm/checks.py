@@ -415,7 +415,7 @@ def _vmrun_rax(cpu, asize):
     return cpu.regs[0] & ((1 << (8 * asize)) - 1)
 
 
-def check_vmrun_instruction(cpu, asize: int | None = None):
+def check_vmrun_instruction(cpu, asize: int | None = None, name: str = "VMRUN", rax: bool = True):
     """The checks of APM vol 3 "VMRUN", in its pseudocode order, before the
     VMRUN intercept check: returns (vector, error_code, detail) or None.
 
@@ -424,19 +424,23 @@ def check_vmrun_instruction(cpu, asize: int | None = None):
     #UD.  3. CPL != 0 -> #GP(0).  4. rAX not 4 KiB aligned, or beyond the
     physical address width -> #GP(0).  ``asize`` is the instruction's
     address size in bytes (Insn.asize); by default 8 in 64-bit mode, else 4.
+    VMLOAD and VMSAVE have the same checks; STGI, CLGI and INVLPGA the
+    first three (``rax=False``).
     """
     if not cpu.efer & EFER_SVME:
-        return UD_VECTOR, None, "VMRUN with EFER.SVME = 0"
+        return UD_VECTOR, None, f"{name} with EFER.SVME = 0"
     if not cpu.cr0 & CR0_PE:
-        return UD_VECTOR, None, "VMRUN outside protected mode (real mode)"
+        return UD_VECTOR, None, f"{name} outside protected mode (real mode)"
     if cpu.rflags & RFLAGS_VM:
-        return UD_VECTOR, None, "VMRUN outside protected mode (virtual-8086 mode)"
+        return UD_VECTOR, None, f"{name} outside protected mode (virtual-8086 mode)"
     if cpu.cpl != 0:
-        return GP_VECTOR, 0, f"VMRUN at CPL {cpu.cpl}"
-    rax = _vmrun_rax(cpu, asize)
-    if rax & 0xFFF:
-        return GP_VECTOR, 0, f"VMRUN: rAX = {rax:#x} is not 4 KiB aligned"
+        return GP_VECTOR, 0, f"{name} at CPL {cpu.cpl}"
+    if not rax:
+        return None
+    value = _vmrun_rax(cpu, asize)
+    if value & 0xFFF:
+        return GP_VECTOR, 0, f"{name}: rAX = {value:#x} is not 4 KiB aligned"
     phys = getattr(cpu, "maxphyaddr", None) or cpu.machine.profile.phys_bits
-    if rax >> phys:
-        return GP_VECTOR, 0, f"VMRUN: rAX = {rax:#x} is beyond the {phys}-bit physical address space"
+    if value >> phys:
+        return GP_VECTOR, 0, f"{name}: rAX = {value:#x} is beyond the {phys}-bit physical address space"
     return None

@@ -1,0 +1,97 @@
+"""The SVM instructions (APM vol 3: VMRUN, VMLOAD, VMSAVE, STGI, CLGI,
+VMMCALL, INVLPGA, SKINIT; vol 2, 15.5-15.17).
+
+In guest mode each is first checked against the guest's intercepts
+(``svmsim.svm.guards``, installed when a block is translated in guest
+mode); what reaches these handlers executes.
+"""
+from . import handles, unimplemented
+from ..exceptions import CpuException, ud
+from ..segments import Segment, FS, GS
+from ...svm import checks, world
+from ...svm.vmcb import VmcbView
+
+MSR_STATE = (("KERNEL_GS_BASE", 0xC0000102), ("STAR", 0xC0000081), ("LSTAR", 0xC0000082),
+             ("CSTAR", 0xC0000083), ("SFMASK", 0xC0000084), ("SYSENTER_CS", 0x174),
+             ("SYSENTER_ESP", 0x175), ("SYSENTER_EIP", 0x176))
+
+
+def svm_checks(cpu, ins, name, rax=True):
+    """#UD / #GP checks shared by the SVM instructions (APM vol 3)."""
+    bad = checks.check_vmrun_instruction(cpu, ins.asize, name, rax)
+    if bad is not None:
+        vector, code, detail = bad
+        raise CpuException(vector, code, detail=detail)
+
+
+def _rax(cpu, ins):
+    return cpu.regs[0] & ((1 << (8 * ins.asize)) - 1)
+
+
+@handles("VMRUN", ends_block=True)
+def vmrun(cpu, ins):
+    svm_checks(cpu, ins, "VMRUN")
+    world.vmrun(cpu, ins)
+
+
+@handles("VMLOAD")
+def vmload(cpu, ins):
+    """Load FS, GS, TR, LDTR (with their hidden state), KernelGSBase, the
+    SYSCALL and SYSENTER MSRs from the VMCB at rAX (APM vol 3 VMLOAD)."""
+    svm_checks(cpu, ins, "VMLOAD")
+    v = VmcbView(cpu.bus, _rax(cpu, ins))
+    for name, idx in (("FS", FS), ("GS", GS)):
+        sel, attr, limit, base = v.segment(name)
+        cpu.segs[idx] = Segment(sel, base, limit, attr)
+    for name in ("TR", "LDTR"):
+        sel, attr, limit, base = v.segment(name)
+        setattr(cpu, name.lower(), Segment(sel, base, limit, attr))
+    for name, idx in MSR_STATE:
+        cpu.msr[idx] = v[name]
+    cpu.update_mode()
+
+
+@handles("VMSAVE")
+def vmsave(cpu, ins):
+    """Store the VMLOAD state into the VMCB at rAX (APM vol 3 VMSAVE)."""
+    svm_checks(cpu, ins, "VMSAVE")
+    v = VmcbView(cpu.bus, _rax(cpu, ins))
+    for name, seg in (("FS", cpu.segs[FS]), ("GS", cpu.segs[GS]), ("TR", cpu.tr), ("LDTR", cpu.ldtr)):
+        v.set_segment(name, seg.sel, seg.attr, seg.limit, seg.base)
+    for name, idx in MSR_STATE:
+        v[name] = cpu.msr.get(idx, 0)
+
+
+@handles("STGI", ends_block=True)
+def stgi(cpu, ins):
+    """GIF = 1: held interrupts, NMIs and INIT may now be taken (APM 15.17)."""
+    svm_checks(cpu, ins, "STGI", rax=False)
+    cpu.gif = True
+    cpu.kick()
+    cpu.rip = ins.next_ip
+
+
+@handles("CLGI")
+def clgi(cpu, ins):
+    svm_checks(cpu, ins, "CLGI", rax=False)
+    cpu.gif = False
+
+
+@handles("VMMCALL")
+def vmmcall(cpu, ins):
+    """Not intercepted: #UD (APM vol 3 VMMCALL)."""
+    raise ud("VMMCALL not intercepted")
+
+
+@handles("INVLPGA")
+def invlpga(cpu, ins):
+    """Invalidate the page at rAX in the ASID in ECX (APM vol 3 INVLPGA)."""
+    svm_checks(cpu, ins, "INVLPGA", rax=False)
+    cpu.tlb.flush_page(_rax(cpu, ins) >> 12, "invlpga", asid=cpu.regs[1] & 0xFFFFFFFF)
+
+
+@handles("SKINIT")
+def skinit(cpu, ins):
+    """Secure init is not modelled (CPUID hides SKINIT): #UD, named in the report."""
+    svm_checks(cpu, ins, "SKINIT", rax=False)
+    unimplemented(cpu, ins)

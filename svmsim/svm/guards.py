@@ -1,0 +1,360 @@
+"""Instruction intercepts: a guard runs before an instruction in guest mode.
+
+APM vol 2, 15.7.1: instruction intercepts are checked after the simple
+exceptions the instruction raises on its own (#UD for a bad form or mode,
+#GP for the wrong CPL) and before exceptions that depend on memory accesses
+or operand values.  So each guard repeats the instruction's mode/CPL checks,
+then raises ``VmExit`` if the intercept is set (with EXITINFO1/2 and NRIP as
+the manual defines them for that exit), else lets the handler run.
+
+Guards are installed when a block is translated in guest mode (the block
+key carries ``cpu.svm_guest``), so host code pays nothing; they read the
+intercept words cached at VMRUN on every execution, so a hypervisor can
+change intercepts between VMRUNs without invalidating blocks.
+"""
+import iced_x86
+
+from ..cpu.exceptions import CpuException, gp, ud
+from ..cpu.flags import VM
+from ..cpu.segments import ES
+from ..cpu.state import EFER_SVME, CR0_PE, CR0_TS, CR0_MP
+from . import exits, intercepts
+from .exits import ExitCode
+from .state import VmExit
+
+M = iced_x86.Mnemonic
+C = iced_x86.Code
+R = iced_x86.Register
+OpKind = iced_x86.OpKind
+
+CR, DR, EXC, MISC1, MISC2, MISC3 = range(6)
+DECODE_MOV = 1 << 63          # EXITINFO1 bit 63: the access was a MOV CRx/DRx (15.33.2)
+
+
+def _exit(cpu, ins, code, info1=0, info2=0, detail=""):
+    raise VmExit(code, info1, info2, ins.next_ip, detail=detail)
+
+
+def _hit(cpu, word, bit):
+    return cpu.svm.words[word] >> bit & 1
+
+
+def _decode(cpu):
+    from . import features
+    return features.enabled(cpu, "decode_assists")
+
+
+def _cpl0(cpu, name):
+    if cpu.cpl:
+        raise gp(0, f"{name} at CPL {cpu.cpl}")
+
+
+def _gpr_number(reg):
+    """iced register -> GPR number 0-15 (RAX..R15) for decode assists."""
+    return iced_x86.RegisterInfo(reg).full_register - R.RAX if reg != R.NONE else 0
+
+
+# ---------------------------------------------------------------- CR / DR (15.9, 15.33.2)
+def _cr_index(ins, reg):
+    n = reg - R.CR0
+    return 8 if n == 0 and ins.lock else n
+
+
+def mov_to_cr(cpu, ins):
+    n = _cr_index(ins, ins.regs[0])
+    if n not in (0, 2, 3, 4, 8):
+        return                                        # the handler raises #UD
+    _cpl0(cpu, "MOV CRn")
+    info1 = (DECODE_MOV | _gpr_number(ins.regs[1])) if _decode(cpu) else 0
+    if _hit(cpu, CR, 16 + n):
+        _exit(cpu, ins, ExitCode.CR0_WRITE + n, info1)
+    if n == 0 and _hit(cpu, MISC1, 5):
+        new = ins.get1(cpu)
+        if (new ^ cpu.cr0) & ~(CR0_TS | CR0_MP) & 0xFFFFFFFF:
+            _exit(cpu, ins, ExitCode.CR0_SEL_WRITE, info1, detail="CR0 write changes bits other than TS/MP")
+
+
+def mov_from_cr(cpu, ins):
+    n = _cr_index(ins, ins.regs[1])
+    if n not in (0, 2, 3, 4, 8):
+        return
+    _cpl0(cpu, "MOV from CRn")
+    if _hit(cpu, CR, n):
+        info1 = (DECODE_MOV | _gpr_number(ins.regs[0])) if _decode(cpu) else 0
+        _exit(cpu, ins, ExitCode.CR0_READ + n, info1)
+
+
+def clts(cpu, ins):
+    """CLTS is a CR0 write (intercept bit 16); it changes only TS, so the
+    selective CR0 write intercept never fires for it (15.9.1)."""
+    _cpl0(cpu, "CLTS")
+    if _hit(cpu, CR, 16):
+        _exit(cpu, ins, ExitCode.CR0_WRITE)
+
+
+def lmsw(cpu, ins):
+    """LMSW: a CR0 write; selective when it changes PE or EM (15.9.1)."""
+    _cpl0(cpu, "LMSW")
+    if _hit(cpu, CR, 16):
+        _exit(cpu, ins, ExitCode.CR0_WRITE)
+    if _hit(cpu, MISC1, 5):
+        v = ins.get0(cpu) & 0xF
+        new = (cpu.cr0 & ~0xE) | v | (cpu.cr0 & CR0_PE)
+        if (new ^ cpu.cr0) & ~(CR0_TS | CR0_MP):
+            _exit(cpu, ins, ExitCode.CR0_SEL_WRITE)
+
+
+def smsw(cpu, ins):
+    """SMSW reads CR0 (intercept bit 0)."""
+    if _hit(cpu, CR, 0):
+        _exit(cpu, ins, ExitCode.CR0_READ)
+
+
+def _dr_prechecks(cpu, ins, reg):
+    n = reg - R.DR0
+    if n > 7 or n in (4, 5) and cpu.cr4 & 8:
+        return None                                   # the handler raises #UD
+    _cpl0(cpu, "MOV DRn")
+    return n
+
+
+def mov_to_dr(cpu, ins):
+    n = _dr_prechecks(cpu, ins, ins.regs[0])
+    if n is not None and _hit(cpu, DR, 16 + n):
+        info1 = (DECODE_MOV | _gpr_number(ins.regs[1])) if _decode(cpu) else 0
+        _exit(cpu, ins, ExitCode.DR0_WRITE + n, info1)
+
+
+def mov_from_dr(cpu, ins):
+    n = _dr_prechecks(cpu, ins, ins.regs[1])
+    if n is not None and _hit(cpu, DR, n):
+        info1 = (DECODE_MOV | _gpr_number(ins.regs[0])) if _decode(cpu) else 0
+        _exit(cpu, ins, ExitCode.DR0_READ + n, info1)
+
+
+# ---------------------------------------------------------------- simple word-3/4/5 intercepts
+def _simple(word, bit, code, pre=None):
+    def guard(cpu, ins):
+        if pre is not None:
+            pre(cpu, ins)
+        if _hit(cpu, word, bit):
+            _exit(cpu, ins, code)
+    guard.__name__ = f"guard_{code.name.lower()}"
+    return guard
+
+
+def _pre_cpl0(cpu, ins):
+    _cpl0(cpu, ins.name.upper())
+
+
+def _pre_umip(cpu, ins):
+    if cpu.cr4 & (1 << 11) and cpu.cpl:
+        raise gp(0, f"{ins.name.upper()} with CR4.UMIP at CPL {cpu.cpl}")
+
+
+def _pre_protected(cpu, ins):
+    if not cpu.cr0 & CR0_PE or cpu.rflags & VM:
+        raise ud(f"{ins.name.upper()} outside protected mode")
+    _cpl0(cpu, ins.name.upper())
+
+
+def _pre_tsd(cpu, ins):
+    if cpu.cr4 & 4 and cpu.cpl:
+        raise gp(0, f"{ins.name.upper()} at CPL > 0 with CR4.TSD=1")
+
+
+def _pre_pce(cpu, ins):
+    if cpu.cpl and not cpu.cr4 & 0x100:
+        raise gp(0, "RDPMC at CPL > 0 with CR4.PCE=0")
+
+
+def _pre_v86_iopl(cpu, ins):
+    if cpu.rflags & VM and (cpu.rflags >> 12) & 3 < 3:
+        raise gp(0, f"{ins.name.upper()} in virtual-8086 mode with IOPL < 3")
+
+
+def _pre_svm(name, rax=True):
+    def pre(cpu, ins):
+        from . import checks
+        bad = checks.check_vmrun_instruction(cpu, ins.asize, name, rax)
+        if bad is not None:
+            raise CpuException(bad[0], bad[1], detail=bad[2])
+    return pre
+
+
+def swint(cpu, ins):
+    """INT n (not INT3/INTO/INT1): EXITINFO1 = the vector with decode assists."""
+    _pre_v86_iopl(cpu, ins)
+    if _hit(cpu, MISC1, 21):
+        _exit(cpu, ins, ExitCode.SWINT, ins.imm & 0xFF if _decode(cpu) else 0)
+
+
+def invlpg(cpu, ins):
+    """EXITINFO1 = the linear address with decode assists (15.33.2)."""
+    _cpl0(cpu, "INVLPG")
+    if _hit(cpu, MISC1, 25):
+        info1 = cpu.linear(ins.seg, ins.ea(cpu)) if _decode(cpu) else 0
+        _exit(cpu, ins, ExitCode.INVLPG, info1)
+
+
+def pause(cpu, ins):
+    """PAUSE intercept with the pause filter (APM 15.14.4): a nonzero
+    PAUSE_FILTER_COUNT is decremented by each PAUSE and the exit happens when
+    it reaches zero; with PAUSE_FILTER_THRESHOLD nonzero, a PAUSE more than
+    that many cycles after the previous one reloads the count first.
+    svmsim counts cycles as virtual nanoseconds (1 GHz)."""
+    if not _hit(cpu, MISC1, 23):
+        return
+    s = cpu.svm
+    if s.pause_initial:
+        now = cpu.machine.clock.now_ns + cpu.stall
+        if s.pause_threshold and s.pause_last is not None and now - s.pause_last > s.pause_threshold:
+            s.pause_count = s.pause_initial
+        s.pause_last = now
+        if s.pause_count > 1:
+            s.pause_count -= 1
+            return
+        s.pause_count = 0
+    _exit(cpu, ins, ExitCode.PAUSE)
+
+
+# ---------------------------------------------------------------- IOIO (15.10)
+def _io_common(cpu, ins, port, size, is_in, string, seg):
+    from ..cpu.ops.system import io_check
+    io_check(cpu, port, size)
+    if not _hit(cpu, MISC1, 27):
+        return
+    if not intercepts.io_intercepted(cpu.bus.read_bytes, cpu.svm.iopm_pa, port, size):
+        return
+    info1 = exits.ioio_exitinfo1(port, size, is_in, string, bool(ins.rep or ins.repne),
+                                 ins.asize, seg)
+    # EXITINFO2 = the RIP of the next instruction (APM 15.10.2).
+    _exit(cpu, ins, ExitCode.IOIO, info1, ins.next_ip)
+
+
+def io_in(cpu, ins):
+    port = ins.imm & 0xFF if ins.imm is not None else cpu.regs[2] & 0xFFFF
+    _io_common(cpu, ins, port, ins.opsz[0], True, False, 0)
+
+
+def io_out(cpu, ins):
+    port = ins.imm & 0xFF if ins.imm is not None else cpu.regs[2] & 0xFFFF
+    _io_common(cpu, ins, port, ins.opsz[1], False, False, 0)
+
+
+_STR_SIZE = {"insb": 1, "insw": 2, "insd": 4, "outsb": 1, "outsw": 2, "outsd": 4}
+
+
+def io_string(cpu, ins):
+    is_in = ins.name.startswith("ins")
+    seg = ES if is_in else ins.seg
+    _io_common(cpu, ins, cpu.regs[2] & 0xFFFF, _STR_SIZE[ins.name], is_in, True, seg)
+
+
+# ---------------------------------------------------------------- MSR (15.11)
+def msr(cpu, ins):
+    _cpl0(cpu, ins.name.upper())
+    if not _hit(cpu, MISC1, 28):
+        return
+    write = ins.mnemonic == M.WRMSR
+    if intercepts.msr_intercepted(cpu.bus.read_bytes, cpu.svm.msrpm_pa, cpu.regs[1], write):
+        _exit(cpu, ins, ExitCode.MSR, 1 if write else 0)
+
+
+# ---------------------------------------------------------------- SVM instructions in the guest
+def vmmcall(cpu, ins):
+    if _hit(cpu, MISC2, 1):
+        _exit(cpu, ins, ExitCode.VMMCALL)
+
+
+def mwait(cpu, ins):
+    _pre_monitor(cpu, ins)
+    if _hit(cpu, MISC2, 11):
+        _exit(cpu, ins, ExitCode.MWAIT)
+    if _hit(cpu, MISC2, 12) and getattr(cpu, "monitor_armed", False):
+        _exit(cpu, ins, ExitCode.MWAIT_COND)
+
+
+def _pre_monitor(cpu, ins):
+    if cpu.cpl:
+        raise ud(f"{ins.name.upper()} at CPL {cpu.cpl}")
+
+
+def _pre_xsetbv(cpu, ins):
+    if not cpu.cr4 & (1 << 18):
+        raise ud("XSETBV with CR4.OSXSAVE=0")
+    _cpl0(cpu, "XSETBV")
+
+
+GUARDS_BY_CODE = {
+    C.MOV_CR_R32: mov_to_cr, C.MOV_CR_R64: mov_to_cr,
+    C.MOV_R32_CR: mov_from_cr, C.MOV_R64_CR: mov_from_cr,
+    C.MOV_DR_R32: mov_to_dr, C.MOV_DR_R64: mov_to_dr,
+    C.MOV_R32_DR: mov_from_dr, C.MOV_R64_DR: mov_from_dr,
+}
+for _c in (C.SIDT_M1632_16, C.SIDT_M1632, C.SIDT_M1664):
+    GUARDS_BY_CODE[_c] = _simple(MISC1, 6, ExitCode.IDTR_READ, _pre_umip)
+for _c in (C.SGDT_M1632_16, C.SGDT_M1632, C.SGDT_M1664):
+    GUARDS_BY_CODE[_c] = _simple(MISC1, 7, ExitCode.GDTR_READ, _pre_umip)
+for _c in (C.LIDT_M1632_16, C.LIDT_M1632, C.LIDT_M1664):
+    GUARDS_BY_CODE[_c] = _simple(MISC1, 10, ExitCode.IDTR_WRITE, _pre_cpl0)
+for _c in (C.LGDT_M1632_16, C.LGDT_M1632, C.LGDT_M1664):
+    GUARDS_BY_CODE[_c] = _simple(MISC1, 11, ExitCode.GDTR_WRITE, _pre_cpl0)
+
+GUARDS = {
+    M.CLTS: clts, M.LMSW: lmsw, M.SMSW: smsw,
+    M.SLDT: _simple(MISC1, 8, ExitCode.LDTR_READ, _pre_umip),
+    M.STR: _simple(MISC1, 9, ExitCode.TR_READ, _pre_umip),
+    M.LLDT: _simple(MISC1, 12, ExitCode.LDTR_WRITE, _pre_protected),
+    M.LTR: _simple(MISC1, 13, ExitCode.TR_WRITE, _pre_protected),
+    M.RDTSC: _simple(MISC1, 14, ExitCode.RDTSC, _pre_tsd),
+    M.RDPMC: _simple(MISC1, 15, ExitCode.RDPMC, _pre_pce),
+    M.PUSHF: _simple(MISC1, 16, ExitCode.PUSHF, _pre_v86_iopl),
+    M.PUSHFD: _simple(MISC1, 16, ExitCode.PUSHF, _pre_v86_iopl),
+    M.PUSHFQ: _simple(MISC1, 16, ExitCode.PUSHF, _pre_v86_iopl),
+    M.POPF: _simple(MISC1, 17, ExitCode.POPF, _pre_v86_iopl),
+    M.POPFD: _simple(MISC1, 17, ExitCode.POPF, _pre_v86_iopl),
+    M.POPFQ: _simple(MISC1, 17, ExitCode.POPF, _pre_v86_iopl),
+    M.CPUID: _simple(MISC1, 18, ExitCode.CPUID),
+    M.RSM: _simple(MISC1, 19, ExitCode.RSM),
+    M.IRET: _simple(MISC1, 20, ExitCode.IRET),
+    M.IRETD: _simple(MISC1, 20, ExitCode.IRET),
+    M.IRETQ: _simple(MISC1, 20, ExitCode.IRET),
+    M.INT: swint,
+    M.INVD: _simple(MISC1, 22, ExitCode.INVD, _pre_cpl0),
+    M.PAUSE: pause,
+    M.HLT: _simple(MISC1, 24, ExitCode.HLT, _pre_cpl0),
+    M.INVLPG: invlpg,
+    M.INVLPGA: _simple(MISC1, 26, ExitCode.INVLPGA, _pre_svm("INVLPGA", rax=False)),
+    M.IN: io_in, M.OUT: io_out,
+    M.INSB: io_string, M.INSW: io_string, M.INSD: io_string,
+    M.OUTSB: io_string, M.OUTSW: io_string, M.OUTSD: io_string,
+    M.RDMSR: msr, M.WRMSR: msr,
+    M.VMRUN: _simple(MISC2, 0, ExitCode.VMRUN, _pre_svm("VMRUN")),
+    M.VMMCALL: vmmcall,
+    M.VMLOAD: _simple(MISC2, 2, ExitCode.VMLOAD, _pre_svm("VMLOAD")),
+    M.VMSAVE: _simple(MISC2, 3, ExitCode.VMSAVE, _pre_svm("VMSAVE")),
+    M.STGI: _simple(MISC2, 4, ExitCode.STGI, _pre_svm("STGI", rax=False)),
+    M.CLGI: _simple(MISC2, 5, ExitCode.CLGI, _pre_svm("CLGI", rax=False)),
+    M.SKINIT: _simple(MISC2, 6, ExitCode.SKINIT, _pre_svm("SKINIT", rax=False)),
+    M.RDTSCP: _simple(MISC2, 7, ExitCode.RDTSCP, _pre_tsd),
+    M.INT1: _simple(MISC2, 8, ExitCode.ICEBP),
+    M.WBINVD: _simple(MISC2, 9, ExitCode.WBINVD, _pre_cpl0),
+    M.WBNOINVD: _simple(MISC2, 9, ExitCode.WBINVD, _pre_cpl0),
+    M.MONITOR: _simple(MISC2, 10, ExitCode.MONITOR, _pre_monitor),
+    M.MWAIT: mwait,
+    M.XSETBV: _simple(MISC2, 13, ExitCode.XSETBV, _pre_xsetbv),
+    M.INVPCID: _simple(MISC3, 2, ExitCode.INVPCID, _pre_cpl0),
+}
+
+
+def wrap(ins, fn):
+    """The handler to run for ``ins`` in guest mode: ``fn`` behind its guard."""
+    guard = GUARDS_BY_CODE.get(ins.code) or GUARDS.get(ins.mnemonic)
+    if guard is None:
+        return fn
+
+    def guarded(cpu, ins):
+        guard(cpu, ins)
+        fn(cpu, ins)
+    return guarded

@@ -1,0 +1,68 @@
+"""Per-CPU SVM state that lives inside the processor, not in memory.
+
+While a guest runs, hardware works from copies of VMCB fields it loaded at
+VMRUN (the intercept vectors, the IOPM/MSRPM bases, the virtual-interrupt
+controls, the TSC offset), and writes the ones the guest can change back at
+#VMEXIT (APM vol 2, 15.5 and 15.6).  This class is that copy.  ``gif`` and
+``guest`` themselves are attributes of the Cpu (``cpu.gif``,
+``cpu.svm_guest``) because the hot paths test them.
+"""
+from dataclasses import dataclass, field
+
+from ..cpu.exceptions import CpuException
+
+
+class VmExit(CpuException):
+    """An intercept fired: raised inside an instruction (before it changes
+    state, APM 15.7.1) or by event delivery, and turned into a #VMEXIT where
+    the engine would deliver a fault.  ``trap`` exits (CR/EFER write traps)
+    happen after the instruction: the guest RIP saved is ``nrip``.
+    """
+
+    def __init__(self, code: int, info1: int = 0, info2: int = 0, nrip: int = 0,
+                 trap: bool = False, detail: str = "", insn: bytes = b""):
+        super().__init__(-1, None, detail=detail)
+        self.code, self.info1, self.info2 = code, info1, info2
+        self.nrip, self.trap, self.insn = nrip, trap, insn
+        self.exitintinfo = 0
+
+    def __str__(self):
+        from .exits import exit_name
+        return f"#VMEXIT({exit_name(self.code)})" + (f": {self.detail}" if self.detail else "")
+
+
+@dataclass
+class SvmState:
+    """What VMRUN loaded and #VMEXIT needs (APM vol 2, 15.5-15.6)."""
+    vmcb_pa: int = 0
+    words: tuple = (0, 0, 0, 0, 0, 0)        # intercept words 000h-014h
+    iopm_pa: int = 0
+    msrpm_pa: int = 0
+    asid: int = 0
+    tsc_offset: int = 0
+    v_tpr: int = 0
+    v_irq: bool = False
+    v_intr_prio: int = 0
+    v_ign_tpr: bool = False
+    v_intr_masking: bool = False
+    v_intr_vector: int = 0
+    v_gif_enable: bool = False
+    v_gif: bool = True
+    v_nmi_enable: bool = False
+    v_nmi_pending: bool = False
+    v_nmi_blocking: bool = False
+    host_if: bool = False                     # host RFLAGS.IF at VMRUN (V_INTR_MASKING)
+    pause_initial: int = 0                    # pause filter (15.14.4): the VMCB's count
+    pause_count: int = 0                      # ... and what is left of it
+    pause_threshold: int = 0
+    pause_last: object = None                      # virtual ns of the previous PAUSE
+    np_enable: bool = False
+    lbr_virt: bool = False
+    v_vmsave_vmload: bool = False
+    clean_cache: dict = field(default_factory=dict)   # last VMCB's cached fields
+    exits: dict = field(default_factory=dict)         # exit code -> count (the run's summary)
+    vmruns: int = 0
+    last_invalid: object = None               # InvalidReason of the last VMEXIT_INVALID
+
+    def intercepted(self, word: int, bit: int) -> bool:
+        return bool(self.words[word] >> bit & 1)

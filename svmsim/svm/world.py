@@ -1,0 +1,292 @@
+"""The world switch: VMRUN (APM vol 2, 15.5; vol 3 "VMRUN") and #VMEXIT (15.6).
+
+VMRUN saves the host state into the page at VM_HSAVE_PA, loads the control
+area into the processor (``cpu.svm``, an SvmState), checks the guest state
+(``checks.check_guest_state``: a failure is #VMEXIT(VMEXIT_INVALID) with a
+named reason), loads the guest state, runs the TLB_CONTROL command, sets
+GIF and injects EVENTINJ.  #VMEXIT writes the guest state and the exit
+information back to the VMCB, clears GIF and reloads the host state.
+
+The host save area's format is implementation-specific (APM 15.5.1,
+"VM_HSAVE_PA"); svmsim uses the VMCB's own save-area layout, as QEMU does,
+so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
+"""
+from ..cpu.exceptions import CpuException
+from ..cpu.segments import Segment, ES, CS, SS, DS
+from ..cpu.flags import IF, TF, RF, VM
+from ..cpu.state import EFER_LME, EFER_LMA, EFER_SVME, CR0_PE, CR0_PG
+from ..cpu import interrupts
+from . import checks, exits
+from .exits import ExitCode
+from .vmcb import VmcbView
+from .intercepts import read_words
+from .state import VmExit
+
+MASK64 = (1 << 64) - 1
+VM_HSAVE_PA = 0xC0010117
+SWITCHED_SEGS = (("ES", ES), ("CS", CS), ("SS", SS), ("DS", DS))
+
+# EVENTINJ TYPE -> the delivery kind of svmsim's interrupt logic (APM 15.20).
+_INJECT_KIND = {exits.EVENT_INTR: interrupts.EXTINT, exits.EVENT_NMI: interrupts.NMI_EV,
+                exits.EVENT_EXCEPTION: interrupts.HWEXC, exits.EVENT_SWINT: interrupts.SWINT}
+
+
+# ---------------------------------------------------------------- state transfer
+def _save_segments(cpu, v):
+    for name, idx in SWITCHED_SEGS:
+        s = cpu.segs[idx]
+        v.set_segment(name, s.sel, s.attr, s.limit, s.base)
+    v.set_segment("GDTR", 0, 0, cpu.gdtr_limit, cpu.gdtr_base)
+    v.set_segment("IDTR", 0, 0, cpu.idtr_limit, cpu.idtr_base)
+
+
+def _load_segments(cpu, v):
+    for name, idx in SWITCHED_SEGS:
+        sel, attr, limit, base = v.segment(name)
+        if idx != CS and idx != SS or not cpu.efer & EFER_LMA:
+            base &= MASK64
+        cpu.segs[idx] = Segment(sel, base, limit, attr)
+    cpu.gdtr_limit, cpu.gdtr_base = v["GDTR.LIMIT"], v["GDTR.BASE"]
+    cpu.idtr_limit, cpu.idtr_base = v["IDTR.LIMIT"], v["IDTR.BASE"]
+
+
+def save_host(cpu, hsave: VmcbView, next_rip: int) -> None:
+    """VMRUN step "save host state" (APM vol 3 VMRUN: ES CS SS DS, GDTR,
+    IDTR, EFER, CR0, CR4, CR3, RFLAGS, RIP of the next instruction, RSP, RAX)."""
+    _save_segments(cpu, hsave)
+    for name, value in (("EFER", cpu.efer), ("CR0", cpu.cr0), ("CR4", cpu.cr4), ("CR3", cpu.cr3),
+                        ("RFLAGS", cpu.get_rflags()), ("RIP", next_rip),
+                        ("RSP", cpu.regs[4]), ("RAX", cpu.regs[0])):
+        hsave[name] = value
+
+
+def restore_host(cpu, hsave: VmcbView) -> None:
+    """#VMEXIT "reload host state" (APM 15.6): the saved registers, CPL 0,
+    CR0.PE forced to 1, DR7 = 400h (all breakpoints off), RFLAGS.TF kept."""
+    cpu.efer = hsave["EFER"]
+    cpu.cr0 = hsave["CR0"] | CR0_PE
+    cpu.cr4 = hsave["CR4"]
+    cpu.cr3 = hsave["CR3"]
+    _load_segments(cpu, hsave)
+    cpu.cpl = 0
+    cpu.set_rflags(hsave["RFLAGS"] & ~VM)
+    cpu.rip = hsave["RIP"]
+    cpu.regs[4] = hsave["RSP"]
+    cpu.regs[0] = hsave["RAX"]
+    cpu.dr[7] = 0x400
+    cpu.debugctl = cpu.msr.get(0x1D9, 0) & 3
+
+
+def _load_guest(cpu, v: VmcbView) -> None:
+    """Guest state from the VMCB save area (APM vol 3 VMRUN, "load guest state")."""
+    efer = v["EFER"]
+    cr0 = v["CR0"]
+    # LMA follows LME and paging: svmsim never holds an LMA that contradicts them.
+    efer = efer & ~EFER_LMA | (EFER_LMA if efer & EFER_LME and cr0 & CR0_PG else 0)
+    cpu.efer = efer
+    cpu.cr0 = cr0
+    cpu.cr4 = v["CR4"]
+    cpu.cr3 = v["CR3"]
+    cpu.cr2 = v["CR2"]
+    _load_segments(cpu, v)
+    rflags = v["RFLAGS"]
+    cpu.set_rflags(rflags)
+    cpu.rip = v["RIP"]
+    cpu.regs[4] = v["RSP"]
+    cpu.regs[0] = v["RAX"]
+    cpu.dr[7] = (v["DR7"] & 0xFFFFFFFF) | 0x400
+    cpu.dr[6] = (v["DR6"] & 0xFFFFFFFF)
+    cpl = v["CPL"] & 3
+    if not cr0 & CR0_PE:
+        cpl = 0
+    elif rflags & VM:
+        cpl = 3
+    cpu.cpl = cpl
+
+
+def _save_guest(cpu, v: VmcbView, rip: int) -> None:
+    """#VMEXIT "save guest state to VMCB" (APM 15.6)."""
+    _save_segments(cpu, v)
+    for name, value in (("EFER", cpu.efer), ("CR0", cpu.cr0), ("CR2", cpu.cr2), ("CR3", cpu.cr3),
+                        ("CR4", cpu.cr4), ("RFLAGS", cpu.get_rflags()), ("RIP", rip),
+                        ("RSP", cpu.regs[4]), ("RAX", cpu.regs[0]), ("DR7", cpu.dr[7]),
+                        ("DR6", cpu.dr[6]), ("CPL", cpu.cpl)):
+        v[name] = value
+
+
+# ---------------------------------------------------------------- control area
+def _load_control(cpu, v: VmcbView):
+    s = cpu.svm
+    s.words = read_words(v)
+    s.iopm_pa = v["IOPM_BASE_PA"] & ~0xFFF
+    s.msrpm_pa = v["MSRPM_BASE_PA"] & ~0xFFF
+    s.asid = v["GUEST_ASID"]
+    s.tsc_offset = v["TSC_OFFSET"]
+    s.v_tpr = v["V_TPR"] & 0xF
+    s.v_irq = bool(v["V_IRQ"])
+    s.v_intr_prio = v["V_INTR_PRIO"]
+    s.v_ign_tpr = bool(v["V_IGN_TPR"])
+    s.v_intr_masking = bool(v["V_INTR_MASKING"])
+    s.v_intr_vector = v["V_INTR_VECTOR"]
+    s.pause_initial = s.pause_count = v["PAUSE_FILTER_COUNT"]
+    s.pause_threshold = v["PAUSE_FILTER_THRESHOLD"]
+    s.pause_last = None
+    s.np_enable = bool(v["NP_ENABLE"])
+
+
+def _write_back_control(cpu, v: VmcbView):
+    """Fields the guest can change that #VMEXIT writes back (APM 15.6, 15.21)."""
+    s = cpu.svm
+    v["V_TPR"] = s.v_tpr
+    v["V_IRQ"] = int(s.v_irq)
+    v["INTERRUPT_SHADOW"] = int(cpu.shadow)
+    v["PAUSE_FILTER_COUNT"] = s.pause_count
+
+
+def _tlb_control(cpu, value: int, asid: int) -> None:
+    """TLB_CONTROL (APM 15.16.1): 0 nothing, 1 flush every ASID, 3 this
+    guest's ASID, 7 this guest's non-global entries; other values are
+    reserved (svmsim flushes everything for them, the safe reading)."""
+    tlb = cpu.tlb
+    if value == 0:
+        return
+    if value == 3:
+        tlb.flush_asid("tlb_control", asid)
+    elif value == 7:
+        tlb.flush_asid("tlb_control", asid, keep_global=True)
+    else:
+        if value != 1:
+            cpu.machine.note(f"VMRUN with reserved TLB_CONTROL {value:#x}: svmsim flushes the whole TLB")
+        tlb.flush_all("tlb_control")
+
+
+# ---------------------------------------------------------------- VMRUN
+def vmrun(cpu, ins) -> None:
+    """Execute VMRUN (its #UD/#GP checks and the guest-mode intercept have
+    already been applied by the caller)."""
+    asize = ins.asize
+    vmcb_pa = cpu.regs[0] & ((1 << (8 * asize)) - 1)
+    hsave_pa = cpu.msr.get(VM_HSAVE_PA, 0)
+    bus = cpu.bus
+    v = VmcbView(bus, vmcb_pa)
+    hsave = VmcbView(bus, hsave_pa)
+    s = cpu.svm
+    s.vmcb_pa = vmcb_pa
+    s.host_if = bool(cpu.rflags & IF)
+    save_host(cpu, hsave, ins.next_ip)
+    s.vmruns += 1
+    reason = checks.check_guest_state(v, checks.CpuCaps.from_cpu(cpu), cpu)
+    if reason is not None:
+        invalid_exit(cpu, v, hsave, reason)
+        return
+    _load_control(cpu, v)
+    _load_guest(cpu, v)
+    cpu.svm_guest = True
+    cpu.shadow = bool(v["INTERRUPT_SHADOW"])
+    cpu.halted = False
+    tlb = cpu.tlb
+    pcid = cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0
+    tlb.switch(s.asid, pcid)
+    _tlb_control(cpu, v["TLB_CONTROL"], s.asid)
+    tlb.drop_fast()
+    cpu.update_mode()
+    cpu.gif = True
+    cpu.pending = True
+    cpu.machine.svm_event(cpu, "vmrun", {"vmcb": vmcb_pa, "asid": s.asid, "rip": cpu.rip,
+                                         "eventinj": v["EVENTINJ"]})
+    eventinj = v["EVENTINJ"]
+    if eventinj & exits.EVENT_V:
+        inject(cpu, eventinj)
+
+
+def inject(cpu, value: int) -> None:
+    """Deliver EVENTINJ through the guest IDT (APM 15.20).  Injection ignores
+    RFLAGS.IF and the interrupt shadow; faults during delivery are handled as
+    for any event (an intercepted one exits with EXITINTINFO = this event)."""
+    ev = exits.decode_event(value)
+    kind = _INJECT_KIND[ev.type]
+    cpu.machine.svm_event(cpu, "inject", {"event": value, "rip": cpu.rip})
+    try:
+        interrupts.deliver_with_escalation(cpu, ev.vector, kind, ev.error_code, injected=value)
+    except VmExit as e:
+        vmexit_from(cpu, e)
+    except CpuException as e:
+        # A fault while delivering an injected software interrupt: reported
+        # at the guest RIP like the instruction's own fault.
+        interrupts.deliver_exception(cpu, e)
+
+
+# ---------------------------------------------------------------- #VMEXIT
+def invalid_exit(cpu, v: VmcbView, hsave: VmcbView, reason) -> None:
+    """#VMEXIT(VMEXIT_INVALID): nothing of the guest was loaded; the host
+    continues after VMRUN with GIF = 0 (APM 15.5.1).  svmsim records why."""
+    cpu.svm.last_invalid = reason
+    v["EXITCODE"] = exits.to_vmcb(ExitCode.INVALID)
+    v["EXITINFO1"] = 0
+    v["EXITINFO2"] = 0
+    v["EXITINTINFO"] = 0
+    _count(cpu, int(ExitCode.INVALID))
+    cpu.machine.svm_event(cpu, "vmexit", {"code": int(ExitCode.INVALID), "name": "INVALID",
+                                          "info1": 0, "info2": 0, "rip": v["RIP"],
+                                          "asid": v["GUEST_ASID"], "reason": reason.as_dict(),
+                                          "message": str(reason)})
+    restore_host(cpu, hsave)
+    cpu.gif = False
+    cpu.update_mode()
+
+
+def _count(cpu, code):
+    ex = cpu.svm.exits
+    ex[code] = ex.get(code, 0) + 1
+
+
+def vmexit_from(cpu, e: VmExit) -> None:
+    """#VMEXIT for an intercept raised as a VmExit (RIP at the instruction
+    for faults, after it for traps)."""
+    rip = e.nrip if e.trap else cpu.rip
+    vmexit(cpu, e.code, e.info1, e.info2, rip=rip, nrip=e.nrip, exitintinfo=e.exitintinfo,
+           insn=e.insn, detail=e.detail)
+
+
+def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: int = 0,
+           exitintinfo: int = 0, insn: bytes = b"", detail: str = "") -> None:
+    """Leave the guest (APM 15.6)."""
+    from . import features
+    s = cpu.svm
+    bus = cpu.bus
+    v = VmcbView(bus, s.vmcb_pa)
+    guest_rip = cpu.rip if rip is None else rip
+    _save_guest(cpu, v, guest_rip)
+    _write_back_control(cpu, v)
+    v["EXITCODE"] = exits.to_vmcb(code)
+    v["EXITINFO1"] = info1 & MASK64
+    v["EXITINFO2"] = info2 & MASK64
+    v["EXITINTINFO"] = exitintinfo
+    v["EVENTINJ"] = v["EVENTINJ"] & ~exits.EVENT_V
+    if features.enabled(cpu, "nrips"):
+        v["NRIP"] = nrip
+    if features.enabled(cpu, "decode_assists"):
+        v["INSN_LEN"] = len(insn)
+        if insn:
+            v["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
+    _count(cpu, code)
+    cpu.machine.svm_event(cpu, "vmexit", {"code": code, "name": exits.exit_name(code), "info1": info1,
+                                          "info2": info2, "exitintinfo": exitintinfo,
+                                          "rip": guest_rip, "asid": s.asid, "detail": detail})
+    cpu.svm_guest = False
+    cpu.gif = False
+    cpu.shadow = False
+    cpu.halted = False
+    restore_host(cpu, VmcbView(bus, cpu.msr.get(VM_HSAVE_PA, 0)))
+    cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0)
+    cpu.tlb.drop_fast()
+    cpu.update_mode()
+    cpu.pending = True
+
+
+def shutdown_intercepted(cpu) -> bool:
+    """A guest triple fault / shutdown exits instead when SHUTDOWN is intercepted (15.7)."""
+    return cpu.svm_guest and cpu.svm.intercepted(3, 31)
+
+
+__all__ = ["vmrun", "vmexit", "vmexit_from", "inject", "EFER_SVME"]

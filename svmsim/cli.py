@@ -35,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--serial-out", default=None, help="write COM1 output to FILE instead of stdout")
     r.add_argument("--serial-in", default=None, help="read COM1 input from FILE")
     r.add_argument("--trace", default=None, metavar="CATS",
-                   help="print events on stderr: comma list of exceptions, interrupts, all")
+                   help="print events on stderr: comma list of exceptions, interrupts, vmexit (VMRUN, #VMEXIT, injection), all")
     r.add_argument("--trace-file", default=None, metavar="FILE.jsonl",
                    help="write events as JSON lines (all categories unless --trace narrows them)")
     r.add_argument("--quiet", "-q", action="store_true", help="no run report on stderr")
     r.add_argument("--report", action="store_true", help="print the full run report on stderr")
-    d = sub.add_parser("demo", help="build the bundled smoke kernel from source and boot it")
-    d.add_argument("--smp", type=int, default=2)
+    d = sub.add_parser("demo", help="build a bundled kernel from source and boot it (default: the SVM hypervisor)")
+    d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
+                   help="hypervisor (default) or smoke")
+    d.add_argument("--smp", type=int, default=None)
     d.add_argument("--timeout", type=float, default=600)
     return p
 
@@ -89,11 +91,22 @@ def cmd_run(args) -> int:
     return result.status
 
 
-def cmd_demo(args) -> int:
-    """Boot tests/guests/smoke.c (built with the machine's gcc) on svmsim.
+DEMOS = {
+    # name: (kernel under tests/guests, -append, CPUs, what it shows)
+    "hypervisor": ("svm_basic", "", 1, "a bare-metal SVM hypervisor and its 64-bit, 32-bit and real-mode guests"),
+    "smoke": ("smoke", "smoke", 2, "exceptions, APIC timer, a second CPU (issue 2's smoke kernel)"),
+}
 
-    The demo kernels live with their sources in the repository's
-    tests/guests (an editable install, as the README's first command makes).
+
+def cmd_demo(args) -> int:
+    """Build a bundled kernel from source with the machine's gcc and boot it.
+
+    The default demo is a small hypervisor (tests/guests/svm_basic.c): it
+    enables SVM, runs a guest, intercepts CPUID, I/O, MSRs, VMMCALL, #UD and
+    HLT, injects an interrupt and an exception, and prints every exit; svmsim
+    adds its own exit summary.  The kernels live with their sources in the
+    repository's tests/guests (an editable install, as the README's first
+    command makes).
     """
     import pathlib
     import time
@@ -102,15 +115,20 @@ def cmd_demo(args) -> int:
         raise SvmsimError("the demo needs the svmsim source tree (pip install -e . from a checkout)")
     sys.path.insert(0, str(tests))
     import guestbuild
-    print("svmsim demo: building tests/guests/smoke.c with gcc ...", file=sys.stderr)
-    kernel = guestbuild.build_guest("smoke")
-    print(f"svmsim demo: booting it as `qemu-system-x86_64 -kernel` would, --smp {args.smp}", file=sys.stderr)
+    name, append, smp, what = DEMOS[args.which]
+    smp = args.smp or smp
+    print(f"svmsim demo: {what}", file=sys.stderr)
+    print(f"svmsim demo: building tests/guests/{name}.c with gcc ...", file=sys.stderr)
+    kernel = guestbuild.build_guest(name)
+    print(f"svmsim demo: booting it as `qemu-system-x86_64 -kernel` would, --smp {smp}", file=sys.stderr)
     from .machine import Machine
-    m = Machine(mem_size="128M", smp=args.smp, serial_out=sys.stdout.buffer)
-    m.load_kernel(str(kernel), "smoke")
+    m = Machine(mem_size="128M", smp=smp, serial_out=sys.stdout.buffer)
+    m.load_kernel(str(kernel), append)
     t = time.monotonic()
     result = m.run(timeout=args.timeout)
     sys.stdout.flush()
+    if result.svm:
+        print(format_svm_summary(result.svm), file=sys.stderr)
     verdict = "PASS" if result.status == guestbuild.STATUS_PASS else "FAIL"
     print(f"svmsim demo: {verdict}: {result.reason}; {result.instructions} instructions in "
           f"{time.monotonic() - t:.1f} s; exit status {result.status}", file=sys.stderr)
@@ -128,10 +146,25 @@ def _report(m, result, full=False) -> None:
     if result.unimplemented:
         names = ", ".join(f"{k} x{v}" for k, v in sorted(result.unimplemented.items()))
         print(f"svmsim: instructions not implemented (raised #UD): {names}", file=sys.stderr)
+    if result.svm:
+        print(format_svm_summary(result.svm), file=sys.stderr)
     for n in m.notes:
         print(f"svmsim: note: {n}", file=sys.stderr)
     if full:
         print(f"svmsim: stats: {result.stats}", file=sys.stderr)
+
+
+def format_svm_summary(svm: dict) -> str:
+    """The exit summary every run that used SVM ends with (issue 3, item 10)."""
+    total = sum(svm["exits"].values())
+    lines = [f"svmsim: SVM: {svm['vmruns']} VMRUN, {total} #VMEXIT"]
+    for name, n in svm["exits"].items():
+        code = svm["exit_codes"][name]
+        shown = "-1" if code == -1 or code == (1 << 64) - 1 else f"{code:#05x}"
+        lines.append(f"svmsim:   {shown:>5} {name}: {n}")
+    for r in svm["invalid"]:
+        lines.append(f"svmsim:   VMEXIT_INVALID [{r['rule']}]: {r['message']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

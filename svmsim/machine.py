@@ -64,6 +64,7 @@ class RunResult:
     wall_time: float
     unimplemented: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    svm: dict = field(default_factory=dict)    # VMRUNs, exits by name, VMEXIT_INVALID reasons
 
     @property
     def insns_per_second(self) -> float:
@@ -192,7 +193,7 @@ class Machine:
     def svm_event(self, cpu, what: str, data: dict) -> None:
         """VMRUN, #VMEXIT and event injection, for the trace (svmsim.trace)."""
         if self.listeners:
-            self.emit({"type": what, "cpu": cpu.index, "insns": cpu.retired, **data})
+            self.emit({"type": what, "cpu": cpu.index, "insns": cpu.retired + cpu.q_exec, **data})
 
     # ---------------------------------------------------------------- running
     def tsc(self, cpu) -> int:
@@ -219,7 +220,8 @@ class Machine:
                               f"(at {where.filename.split('svmsim/')[-1]}:{where.lineno})", "internal-error")
         total = sum(c.retired for c in self.cpus)
         return RunResult(self.stop_status, self.stop_reason, self.stop_kind, total,
-                         time.monotonic() - start, dict(self.unimplemented), self.stats())
+                         time.monotonic() - start, dict(self.unimplemented), self.stats(),
+                         self.svm_summary())
 
     def _loop(self, max_insns, timeout, start):
         engine, clock, cpus = self.engine, self.clock, self.cpus
@@ -274,6 +276,22 @@ class Machine:
             self.request_stop(STATUS_HALTED, f"CPU halted with interrupts disabled at rip={bsp.rip:#x}", "halted")
         else:
             self.request_stop(STATUS_HALTED, "all CPUs halted and no timer or device can wake them", "halted")
+
+    def svm_summary(self) -> dict:
+        """What the guests' hypervisor did: VMRUNs, #VMEXITs by exit name (in
+        exit-code order), and every VMEXIT_INVALID's reason; {} if SVM was unused."""
+        from .svm.exits import exit_name
+        runs = sum(c.svm.vmruns for c in self.cpus)
+        if not runs:
+            return {}
+        counts: dict = {}
+        for c in self.cpus:
+            for code, n in c.svm.exits.items():
+                counts[code] = counts.get(code, 0) + n
+        order = sorted(counts, key=lambda k: k & ((1 << 64) - 1))
+        return {"vmruns": runs, "exits": {exit_name(k): counts[k] for k in order},
+                "exit_codes": {exit_name(k): k for k in order},
+                "invalid": [r.as_dict() for c in self.cpus for r in c.svm.invalid]}
 
     def stats(self) -> dict:
         tlb = {"misses": sum(c.tlb.stats["misses"] for c in self.cpus)}

@@ -189,6 +189,7 @@ class Engine:
                 if cpu.halted or cpu.wait_for_sipi:
                     break
                 if cpu.rflags & TF or cpu.step_once or cpu.dr[7] & 0xFF or cpu.debugctl:
+                    cpu.q_exec = executed
                     executed += self.step(cpu)
                     continue
                 rip = cpu.rip
@@ -206,6 +207,7 @@ class Engine:
                 except CpuException as e:
                     interrupts.deliver_exception(cpu, e)
                     continue
+                cpu.q_exec = executed
                 fn = blk.compiled
                 if fn is not None:
                     # Tier 2: generated Python for the whole block (codegen.py).
@@ -213,6 +215,7 @@ class Engine:
                         executed += fn(cpu, budget - executed)
                     except CpuException as e:
                         executed += cpu.fault_n
+                        cpu.q_exec = executed
                         cpu.rip = cpu.fault_ip
                         interrupts.deliver_exception(cpu, e)
                     continue
@@ -224,6 +227,7 @@ class Engine:
                 except CpuException as e:
                     cpu.rip = blk.insns[n].ip
                     executed += n
+                    cpu.q_exec = executed
                     interrupts.deliver_exception(cpu, e)
                     continue
                 executed += n
@@ -234,6 +238,7 @@ class Engine:
                     blk.compiled = self.compile(blk, cpu)
         finally:
             done[0] = executed
+            cpu.q_exec = 0
 
     def step(self, cpu) -> int:
         """Execute exactly one instruction (single-step, breakpoints, interrupt shadow).

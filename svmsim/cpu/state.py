@@ -74,6 +74,7 @@ class Cpu:
         from ..svm.state import SvmState
         self.svm = SvmState()
         self.retired = 0
+        self.q_exec = 0            # instructions retired in the current engine quantum so far
         self.stall = 0             # virtual ns owed beyond 1 ns per instruction (PAUSE)
         self.tsc_offset = 0        # set by WRMSR TSC (msr.py)
         profile = getattr(self.machine, "profile", None)

@@ -62,7 +62,7 @@ class SvmState:
     clean_cache: dict = field(default_factory=dict)   # last VMCB's cached fields
     exits: dict = field(default_factory=dict)         # exit code -> count (the run's summary)
     vmruns: int = 0
-    last_invalid: object = None               # InvalidReason of the last VMEXIT_INVALID
+    invalid: list = field(default_factory=list)   # InvalidReason of each VMEXIT_INVALID
 
     def intercepted(self, word: int, bit: int) -> bool:
         return bool(self.words[word] >> bit & 1)

@@ -220,7 +220,7 @@ def inject(cpu, value: int) -> None:
 def invalid_exit(cpu, v: VmcbView, hsave: VmcbView, reason) -> None:
     """#VMEXIT(VMEXIT_INVALID): nothing of the guest was loaded; the host
     continues after VMRUN with GIF = 0 (APM 15.5.1).  svmsim records why."""
-    cpu.svm.last_invalid = reason
+    cpu.svm.invalid.append(reason)
     v["EXITCODE"] = exits.to_vmcb(ExitCode.INVALID)
     v["EXITINFO1"] = 0
     v["EXITINFO2"] = 0

@@ -7,11 +7,21 @@ Every event is a dict with a ``type``; the machine emits:
   kind, error code, RIP).  Kinds are named below.
 * ``exception``: a fault raised by an instruction, with svmsim's explanation
   of why (real hardware gives none).
+* ``vmrun``: VMRUN entered a guest (VMCB address, ASID, guest RIP, EVENTINJ).
+* ``vmexit``: #VMEXIT (exit code and name, EXITINFO1/2, EXITINTINFO, guest
+  RIP, ASID; for VMEXIT_INVALID the rule that failed, with field, value and
+  the APM section).
+* ``inject``: VMRUN delivers EVENTINJ into the guest.
+
+Every event carries ``cpu`` and, for the SVM ones, ``insns``: the CPU's
+instructions retired so far.
 """
 import json
 
 KIND_NAMES = {0: "interrupt", 1: "nmi", 2: "exception", 3: "int-n", 4: "int3/into", 5: "int1"}
-CATEGORIES = {"exceptions": {"exception"}, "interrupts": {"deliver"}, "all": None}
+CATEGORIES = {"exceptions": {"exception"}, "interrupts": {"deliver"},
+              "vmexit": {"vmrun", "vmexit", "inject"}, "svm": {"vmrun", "vmexit", "inject"},
+              "all": None}
 
 
 class Tracer:
@@ -51,4 +61,29 @@ def format_event(e: dict) -> str:
         err = "" if e["error_code"] is None else f" error={e['error_code']:#x}"
         return (f"[cpu{e['cpu']}] deliver {KIND_NAMES.get(e['kind'], e['kind'])} "
                 f"vector={e['vector']:#x}{err} rip={e['rip']:#x}")
+    if t == "vmexit":
+        return format_vmexit(e)
+    if t == "vmrun":
+        inj = ""
+        if e.get("eventinj", 0) >> 31 & 1:
+            from ..svm.exits import describe_event
+            inj = f" inject={describe_event(e['eventinj'])}"
+        return (f"[cpu{e['cpu']}] VMRUN vmcb={e['vmcb']:#x} asid={e['asid']} "
+                f"rip={e['rip']:#x}{inj} insns={e['insns']}")
+    if t == "inject":
+        from ..svm.exits import describe_event
+        return f"[cpu{e['cpu']}] inject {describe_event(e['event'])} rip={e['rip']:#x}"
     return json.dumps(e)
+
+
+def format_vmexit(e: dict) -> str:
+    head = f"[cpu{e['cpu']}] #VMEXIT {e['name']}"
+    if "reason" in e:
+        r = e["reason"]
+        return f"[cpu{e['cpu']}] #VMEXIT VMEXIT_INVALID insns={e['insns']}: [{r['rule']}] {r['message']}"
+    text = (f"{head} ({e['code']:#x}) info1={e['info1']:#x} info2={e['info2']:#x} "
+            f"rip={e['rip']:#x} asid={e['asid']} insns={e['insns']}")
+    if e.get("exitintinfo"):
+        from ..svm.exits import describe_event
+        text += f" exitintinfo={describe_event(e['exitintinfo'])}"
+    return text

@@ -161,7 +161,11 @@ def tsc_value(cpu) -> int:
     """TSC = the machine's virtual-time counter + this CPU's offset."""
     tsc = cpu.machine.tsc(cpu) + getattr(cpu, "tsc_offset", 0)
     if cpu.svm_guest:
-        tsc += cpu.svm.tsc_offset              # VMCB TSC_OFFSET (APM 15.30.5)
+        # Guest TSC = host TSC * TSC_RATIO + VMCB TSC_OFFSET (APM vol 2, 15.30.5).
+        ratio = cpu.msr.get(TSC_RATIO, TSC_RATIO_ONE)
+        if ratio != TSC_RATIO_ONE:
+            tsc = ((tsc & MASK64) * ratio) >> 32
+        tsc += cpu.svm.tsc_offset
     return tsc & MASK64
 
 
@@ -325,6 +329,24 @@ def svm_key_write(cpu, idx, value):
         cpu.msr[VM_CR] = vm_cr & ~VM_CR_LOCK
 
 
+TSC_RATIO = 0xC0000104
+TSC_RATIO_ONE = 1 << 32                # 8.32 fixed point; the reset value is 1.0
+
+
+def tsc_ratio_read(cpu, idx):
+    if not _has(cpu, "svm"):
+        raise gp(0, "RDMSR TSC_RATIO: SVM TSC ratio not supported")
+    return cpu.msr.get(idx, TSC_RATIO_ONE)
+
+
+def tsc_ratio_write(cpu, idx, value):
+    """TSC_RATIO (APM vol 2, 15.30.5): integer part 39:32, fraction 31:0;
+    bits 63:40 are reserved and must be zero."""
+    if not _has(cpu, "svm") or value >> 40:
+        raise gp(0, f"WRMSR TSC_RATIO {value:#x}: reserved bits 63:40 must be zero")
+    cpu.msr[idx] = value
+
+
 def hsave_write(cpu, idx, value):
     """VM_HSAVE_PA: 4 KiB aligned and within the physical address width."""
     if value & 0xFFF or value >> _maxphy(cpu):
@@ -434,6 +456,7 @@ TABLE = {
     MMIO_CONF_BASE: ("MMIO_CONF_BASE", plain_read, plain_write),
     VM_CR: ("VM_CR", plain_read, vm_cr_write),
     VM_HSAVE_PA: ("VM_HSAVE_PA", plain_read, hsave_write),
+    TSC_RATIO: ("TSC_RATIO", tsc_ratio_read, tsc_ratio_write),
     SVM_KEY: ("SVM_KEY", svm_key_read, svm_key_write),
     OSVW_ID_LENGTH: ("OSVW_ID_LENGTH", osvw_read, plain_write),
     OSVW_STATUS: ("OSVW_STATUS", osvw_read, plain_write),

@@ -16,7 +16,7 @@
 from ..cpu.exceptions import PF, NMI as NMI_VECTOR
 from ..cpu.flags import IF
 from ..cpu import interrupts
-from . import exits
+from . import exits, features
 from .exits import ExitCode
 from .state import VmExit
 
@@ -52,10 +52,30 @@ def check_exception(cpu, vector, error_code, cr2, outer, kind=interrupts.HWEXC) 
     # INT3 / INTO / INT1 are checked after the instruction advanced RIP: NRIP
     # is the next instruction and the exit reports the instruction itself.
     nrip = cpu.rip if kind in (interrupts.SWEXC, interrupts.ICEBP) else 0
+    insn = fetch_insn_bytes(cpu) if vector == PF and features.enabled(cpu, "decode_assists") else b""
     e = VmExit(exits.exception_exit(vector), error_code or 0, info2, nrip,
-               detail=f"exception {vector} intercepted")
+               detail=f"exception {vector} intercepted", insn=insn)
     e.exitintinfo = encode_outer(outer)
     raise e
+
+
+def fetch_insn_bytes(cpu) -> bytes:
+    """Decode assists for #PF (and #NPF): up to 15 bytes at the guest's CS:RIP,
+    as far as they can be fetched without a fault (APM 15.33.2: INSN_LEN
+    says how many were fetched)."""
+    from ..cpu.exceptions import CpuException
+    from ..cpu.segments import CS
+    lin = (cpu.ebase[CS] + cpu.rip) & cpu.lin_mask
+    out = b""
+    while len(out) < 15:
+        try:
+            spa = cpu.fetch_spa(lin)
+        except CpuException:
+            break
+        n = min(15 - len(out), 0x1000 - (lin & 0xFFF))
+        out += cpu.bus.read_bytes(spa, n)
+        lin = (lin + n) & cpu.lin_mask
+    return out
 
 
 def check_shutdown(cpu, why: str) -> None:

@@ -348,13 +348,47 @@ GUARDS = {
 }
 
 
+# ---------------------------------------------------------------- write traps (after the write)
+def _trap(cpu, ins, code, value):
+    raise VmExit(code, value, 0, ins.next_ip, trap=True, detail="write trap")
+
+
+def cr_write_trap(cpu, ins):
+    """CRn write traps (word 4 bits 31:16): the write completed; EXITINFO1 is
+    the new value and the guest RIP is the next instruction (APM 15.7, used
+    by SEV-ES hypervisors)."""
+    n = _cr_index(ins, ins.regs[0]) if ins.mnemonic == M.MOV else 0
+    if _hit(cpu, MISC2, 16 + n):
+        value = {0: cpu.cr0, 2: cpu.cr2, 3: cpu.cr3, 4: cpu.cr4}.get(n)
+        if value is None:
+            from ..cpu.ops.system import read_cr8
+            value = read_cr8(cpu)
+        _trap(cpu, ins, ExitCode.CR0_WRITE_TRAP + n, value)
+
+
+def efer_write_trap(cpu, ins):
+    if ins.mnemonic == M.WRMSR and cpu.regs[1] & 0xFFFFFFFF == 0xC0000080 and _hit(cpu, MISC2, 15):
+        _trap(cpu, ins, ExitCode.EFER_WRITE_TRAP, cpu.efer)
+
+
+POST_GUARDS_BY_CODE = {C.MOV_CR_R32: cr_write_trap, C.MOV_CR_R64: cr_write_trap}
+POST_GUARDS = {M.CLTS: cr_write_trap, M.LMSW: cr_write_trap, M.WRMSR: efer_write_trap}
+
+
 def wrap(ins, fn):
-    """The handler to run for ``ins`` in guest mode: ``fn`` behind its guard."""
+    """The handler to run for ``ins`` in guest mode: ``fn`` between its guard
+    and, for CR/EFER writes, its write-trap check."""
     guard = GUARDS_BY_CODE.get(ins.code) or GUARDS.get(ins.mnemonic)
+    post = POST_GUARDS_BY_CODE.get(ins.code) or POST_GUARDS.get(ins.mnemonic)
     if guard is None:
         return fn
-
-    def guarded(cpu, ins):
-        guard(cpu, ins)
-        fn(cpu, ins)
+    if post is None:
+        def guarded(cpu, ins):
+            guard(cpu, ins)
+            fn(cpu, ins)
+    else:
+        def guarded(cpu, ins):
+            guard(cpu, ins)
+            fn(cpu, ins)
+            post(cpu, ins)
     return guarded

@@ -58,8 +58,10 @@ class SvmState:
     pause_last: object = None                      # virtual ns of the previous PAUSE
     np_enable: bool = False
     lbr_virt: bool = False
+    host_lbr: dict = field(default_factory=dict)      # host LBR MSRs while a guest runs (15.23)
     v_vmsave_vmload: bool = False
-    clean_cache: dict = field(default_factory=dict)   # last VMCB's cached fields
+    clean_cache: dict = field(default_factory=dict)   # cached VMCB fields (clean bits, 15.15.3)
+    cache_pa: object = None                   # the VMCB the cache belongs to
     exits: dict = field(default_factory=dict)         # exit code -> count (the run's summary)
     vmruns: int = 0
     invalid: list = field(default_factory=list)   # InvalidReason of each VMEXIT_INVALID

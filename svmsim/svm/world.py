@@ -16,7 +16,7 @@ from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, TF, RF, VM
 from ..cpu.state import EFER_LME, EFER_LMA, EFER_SVME, CR0_PE, CR0_PG
 from ..cpu import interrupts
-from . import checks, exits
+from . import checks, clean, exits
 from .exits import ExitCode
 from .vmcb import VmcbView
 from .intercepts import read_words
@@ -132,6 +132,8 @@ def _load_control(cpu, v: VmcbView):
     s.pause_threshold = v["PAUSE_FILTER_THRESHOLD"]
     s.pause_last = None
     s.np_enable = bool(v["NP_ENABLE"])
+    from . import features
+    s.lbr_virt = bool(v["LBR_VIRTUALIZATION_ENABLE"]) and features.enabled(cpu, "lbrv")
 
 
 def _write_back_control(cpu, v: VmcbView):
@@ -141,6 +143,21 @@ def _write_back_control(cpu, v: VmcbView):
     v["V_IRQ"] = int(s.v_irq)
     v["INTERRUPT_SHADOW"] = int(cpu.shadow)
     v["PAUSE_FILTER_COUNT"] = s.pause_count
+
+
+LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),
+            ("LASTEXCP_FROM", 0x1DD), ("LASTEXCP_TO", 0x1DE))
+
+
+def _lbr_switch(cpu, load, store) -> None:
+    """LBR virtualization (APM 15.23): DebugCtl and the last-branch/last-
+    exception records are guest state: ``store`` receives the current values,
+    ``load`` supplies the new ones (each a name -> value mapping)."""
+    for name, idx in LBR_MSRS:
+        store[name] = cpu.msr.get(idx, 0)
+    for name, idx in LBR_MSRS:
+        cpu.msr[idx] = load[name]
+    cpu.debugctl = cpu.msr[0x1D9] & 3
 
 
 def _tlb_control(cpu, value: int, asid: int) -> None:
@@ -168,7 +185,7 @@ def vmrun(cpu, ins) -> None:
     vmcb_pa = cpu.regs[0] & ((1 << (8 * asize)) - 1)
     hsave_pa = cpu.msr.get(VM_HSAVE_PA, 0)
     bus = cpu.bus
-    v = VmcbView(bus, vmcb_pa)
+    v = clean.view_for_vmrun(cpu, vmcb_pa)
     hsave = VmcbView(bus, hsave_pa)
     s = cpu.svm
     s.vmcb_pa = vmcb_pa
@@ -177,10 +194,14 @@ def vmrun(cpu, ins) -> None:
     s.vmruns += 1
     reason = checks.check_guest_state(v, checks.CpuCaps.from_cpu(cpu), cpu)
     if reason is not None:
-        invalid_exit(cpu, v, hsave, reason)
+        clean.forget(cpu)
+        invalid_exit(cpu, VmcbView(bus, vmcb_pa), hsave, reason)
         return
     _load_control(cpu, v)
     _load_guest(cpu, v)
+    if s.lbr_virt:
+        s.host_lbr = {}
+        _lbr_switch(cpu, v, s.host_lbr)
     cpu.svm_guest = True
     cpu.shadow = bool(v["INTERRUPT_SHADOW"])
     cpu.halted = False
@@ -254,10 +275,12 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     from . import features
     s = cpu.svm
     bus = cpu.bus
-    v = VmcbView(bus, s.vmcb_pa)
+    v = clean.view_for_exit(cpu)
     guest_rip = cpu.rip if rip is None else rip
     _save_guest(cpu, v, guest_rip)
     _write_back_control(cpu, v)
+    if s.lbr_virt:
+        _lbr_switch(cpu, s.host_lbr, v)
     v["EXITCODE"] = exits.to_vmcb(code)
     v["EXITINFO1"] = info1 & MASK64
     v["EXITINFO2"] = info2 & MASK64

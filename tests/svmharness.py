@@ -60,7 +60,9 @@ class SvmRig:
         bus, v = self.m.bus, self.vmcb
         for vec in range(256):
             stub = STUBS + 32 * vec
-            code = asm(f"mov dword ptr [{REC}], {vec}\nmov qword ptr [{REC + 8}], rsp\nhlt")
+            # mov dword ptr [REC], vec ; mov qword ptr [REC + 8], rsp ; hlt
+            code = (b"\xc7\x04\x25" + REC.to_bytes(4, "little") + vec.to_bytes(4, "little")
+                    + b"\x48\x89\x24\x25" + (REC + 8).to_bytes(4, "little") + b"\xf4")
             bus.write_bytes(stub, code)
             lo = (stub & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((stub >> 16) & 0xFFFF) << 48
             bus.write(IDT + 16 * vec, 8, lo)

@@ -249,6 +249,9 @@ class Engine:
         together as one #DB trap.  RF is cleared once an instruction completes.
         """
         cpu.step_once = False
+        # The instruction in an STI / MOV SS shadow: the shadow ends with it
+        # (in_shadow lets a #VMEXIT in the middle report INTERRUPT_SHADOW).
+        cpu.in_shadow, cpu.shadow = cpu.shadow, False
         tf = cpu.rflags & TF
         rip = cpu.rip
         lin = (cpu.ebase[CS] + rip) & cpu.lin_mask
@@ -276,6 +279,8 @@ class Engine:
         except CpuException as e:
             interrupts.deliver_exception(cpu, e)
             return 0
+        finally:
+            cpu.in_shadow = False
         if not blk.sets_rip:
             cpu.rip = blk.end_ip
         if rf_before and cpu.rflags & RF:

@@ -42,8 +42,8 @@ def service(cpu) -> None:
     if cpu.wait_for_sipi:
         return
     if cpu.shadow:
-        # The instruction after STI / MOV SS runs before any interrupt (APM 8.1.x).
-        cpu.shadow = False
+        # The instruction after STI / MOV SS runs before any interrupt (APM 8.1.x);
+        # Engine.step ends the shadow once it completes.
         cpu.step_once = True
         cpu.pending = True
         return
@@ -175,6 +175,7 @@ def deliver_event(cpu, vector, kind, error_code, cr2=None, outer=None, check=Tru
         _restore(cpu, snapshot)
         raise
     cpu.halted = False
+    cpu.shadow = False
     if kind == NMI_EV:
         cpu.nmi_blocked = True
     if cpu.debugctl & 1:

@@ -141,7 +141,7 @@ def _write_back_control(cpu, v: VmcbView):
     s = cpu.svm
     v["V_TPR"] = s.v_tpr
     v["V_IRQ"] = int(s.v_irq)
-    v["INTERRUPT_SHADOW"] = int(cpu.shadow)
+    v["INTERRUPT_SHADOW"] = int(cpu.shadow or cpu.in_shadow)
     v["PAUSE_FILTER_COUNT"] = s.pause_count
 
 

@@ -62,10 +62,10 @@ def test_qemu_divergences_take_the_apm_value(runs, name):
 def test_cpuid_8000_000a_and_host_hypervisor_bit(runs):
     """APM vol 3 E.4.9: revision 1, NASID, the implemented feature bits (LbrVirt,
     NRIPS, TscRateMsr, VmcbClean, FlushByAsid, DecodeAssists, PauseFilter,
-    PauseFilterThreshold = 0x14fa); the
+    PauseFilterThreshold, vGIF, vNMI = 0x20114fa); the
     physical CPU reports CPUID 1 ECX[31] = 0 (seed S8)."""
     out = runs["svm_basic"].out
-    assert "[cpu] CPUID 8000_000A: revision 1, 32768 ASIDs, features EDX=0x14fa\n" in out
+    assert "[cpu] CPUID 8000_000A: revision 1, 32768 ASIDs, features EDX=0x20114fa\n" in out
     assert "[cpu] host CPUID 1 ECX[31] = 0\n" in out
 
 

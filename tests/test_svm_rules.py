@@ -432,3 +432,35 @@ def test_lbr_virtualization_swaps_debugctl():
     assert r.exitcode == ExitCode.CPUID
     assert r.cpu.regs[3] == 0x3C and r.vmcb["DBGCTL"] == 0x3C   # the guest read its own
     assert r.cpu.msr[0x1D9] == 0                      # host value back
+
+
+# ---------------------------------------------------------------- vGIF (15.33.2), vNMI (15.21.10)
+def test_vgif_guest_clgi_holds_virtual_interrupts():
+    """With V_GIF_ENABLE the guest's CLGI/STGI (not intercepted) move V_GIF,
+    and V_GIF = 0 holds a pending virtual interrupt."""
+    r = SvmRig("clgi\nsti\nnop\nnop\ncpuid\nstgi\nnop\nhlt", idt=True,
+               intercepts=[ExitCode.CPUID], V_GIF_ENABLE=1, V_GIF=1, V_IRQ=1,
+               V_INTR_VECTOR=0x52, V_IGN_TPR=1, V_INTR_MASKING=1)
+    r.run()
+    assert r.exitcode == ExitCode.CPUID and r.recorded() is None
+    assert r.vmcb["V_GIF"] == 0 and r.vmcb["V_IRQ"] == 1 and r.cpu.gif is False
+    r.vmcb["RIP"] = r.vmcb["NRIP"]
+    r.run()
+    assert r.recorded() == 0x52
+
+
+def test_vnmi_delivered_blocked_and_unblocked_by_iret():
+    r = SvmRig("nop\nhlt", idt=True, V_NMI_ENABLE=1, V_NMI_PENDING=1)
+    set_intercept(r.vmcb, ExitCode.HLT)
+    r.run()
+    # Delivered through the guest IDT (vector 2); its handler halted.
+    assert r.exitcode == ExitCode.HLT and r.m.bus.read(REC, 4) == 2
+    assert r.vmcb["V_NMI_PENDING"] == 0 and r.vmcb["V_NMI_BLOCKING"] == 1
+    assert not r.cpu.nmi_blocked                       # the physical blocking is untouched
+
+
+def test_vnmi_blocked_while_v_nmi_blocking():
+    r = SvmRig("nop\ncpuid\nhlt", idt=True, intercepts=[ExitCode.CPUID],
+               V_NMI_ENABLE=1, V_NMI_PENDING=1, V_NMI_BLOCKING=1).run()
+    assert r.exitcode == ExitCode.CPUID and r.recorded() is None
+    assert r.vmcb["V_NMI_PENDING"] == 1

@@ -9,6 +9,9 @@
   RFLAGS.IF (as at VMRUN) masks them and the guest's IF masks only virtual
   interrupts; with 0, the guest's IF masks both.  An intercepted INTR is not
   acknowledged: it stays pending for the host.
+* vNMI (15.21.10) and the virtual GIF (15.33.2): V_NMI_PENDING is taken when
+  V_NMI_BLOCKING is 0; with V_GIF_ENABLE the guest's STGI/CLGI set V_GIF,
+  and V_GIF = 0 holds virtual NMIs and virtual interrupts.
 * Virtual interrupts (15.21.2-4): V_IRQ is taken when the guest's IF is 1,
   no interrupt shadow, and V_IGN_TPR = 1 or V_INTR_PRIO > V_TPR; taking it
   clears V_IRQ; the VINTR intercept exits instead of taking it.
@@ -108,6 +111,10 @@ def service_guest(cpu) -> None:
             return
         interrupts.take_nmi(cpu)
         return
+    v_gif = s.v_gif or not s.v_gif_enable
+    if s.v_nmi_pending and not s.v_nmi_blocking and v_gif:
+        take_virtual_nmi(cpu)
+        return
     guest_if = cpu.rflags & IF
     if machine.interrupt_pending(cpu):
         physical_if = s.host_if if s.v_intr_masking else guest_if
@@ -120,12 +127,25 @@ def service_guest(cpu) -> None:
                 if vector is not None:
                     interrupts.take_interrupt(cpu, vector)
                     return
-    if s.v_irq and guest_if and (s.v_ign_tpr or s.v_intr_prio > s.v_tpr):
+    if s.v_irq and guest_if and v_gif and (s.v_ign_tpr or s.v_intr_prio > s.v_tpr):
         if s.intercepted(MISC1, BIT_VINTR):
             _exit(cpu, ExitCode.VINTR, "virtual interrupt")
             return
         s.v_irq = False
         interrupts.take_interrupt(cpu, s.v_intr_vector)
+
+
+def take_virtual_nmi(cpu) -> None:
+    """vNMI (APM 15.21.10): V_NMI_PENDING is delivered as an NMI through the
+    guest IDT when V_NMI_BLOCKING is 0 (and the virtual GIF is 1); delivery
+    sets V_NMI_BLOCKING and the guest's IRET clears it.  The physical NMI
+    blocking is not involved."""
+    s = cpu.svm
+    s.v_nmi_pending = False
+    s.v_nmi_blocking = True
+    physical = cpu.nmi_blocked
+    interrupts.deliver(cpu, NMI_VECTOR, interrupts.NMI_EV, None)
+    cpu.nmi_blocked = physical
 
 
 __all__ = ["check_exception", "check_shutdown", "service_guest", "init_in_guest", "NMI_VECTOR"]

@@ -133,6 +133,11 @@ def _load_control(cpu, v: VmcbView):
     s.pause_last = None
     s.np_enable = bool(v["NP_ENABLE"])
     from . import features
+    s.v_gif_enable = bool(v["V_GIF_ENABLE"]) and features.enabled(cpu, "vgif")
+    s.v_gif = bool(v["V_GIF"])
+    s.v_nmi_enable = bool(v["V_NMI_ENABLE"]) and features.enabled(cpu, "vnmi")
+    s.v_nmi_pending = s.v_nmi_enable and bool(v["V_NMI_PENDING"])
+    s.v_nmi_blocking = s.v_nmi_enable and bool(v["V_NMI_BLOCKING"])
     s.lbr_virt = bool(v["LBR_VIRTUALIZATION_ENABLE"]) and features.enabled(cpu, "lbrv")
 
 
@@ -142,6 +147,11 @@ def _write_back_control(cpu, v: VmcbView):
     v["V_TPR"] = s.v_tpr
     v["V_IRQ"] = int(s.v_irq)
     v["INTERRUPT_SHADOW"] = int(cpu.shadow or cpu.in_shadow)
+    if s.v_gif_enable:
+        v["V_GIF"] = int(s.v_gif)
+    if s.v_nmi_enable:
+        v["V_NMI_PENDING"] = int(s.v_nmi_pending)
+        v["V_NMI_BLOCKING"] = int(s.v_nmi_blocking)
     v["PAUSE_FILTER_COUNT"] = s.pause_count
 
 
@@ -226,6 +236,9 @@ def inject(cpu, value: int) -> None:
     for any event (an intercepted one exits with EXITINTINFO = this event)."""
     ev = exits.decode_event(value)
     kind = _INJECT_KIND[ev.type]
+    s = cpu.svm
+    if ev.type == exits.EVENT_NMI and s.v_nmi_enable:
+        s.v_nmi_blocking = True          # an injected NMI blocks virtual NMIs (15.21.10)
     cpu.machine.svm_event(cpu, "inject", {"event": value, "rip": cpu.rip})
     try:
         interrupts.deliver_with_escalation(cpu, ev.vector, kind, ev.error_code, injected=value)

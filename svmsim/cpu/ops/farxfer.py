@@ -401,7 +401,11 @@ def _merge_flags(cpu, new, size, mask):
 
 
 def _iret_done(cpu):
-    cpu.nmi_blocked = False             # IRET ends NMI blocking (APM vol 2, 8.2.2)
+    if cpu.svm_guest and cpu.svm.v_nmi_enable:
+        cpu.svm.v_nmi_blocking = False  # vNMI: IRET ends the virtual NMI blocking (APM 15.21.10)
+        cpu.kick()
+    else:
+        cpu.nmi_blocked = False         # IRET ends NMI blocking (APM vol 2, 8.2.2)
     if cpu.rflags & IF:
         cpu.kick()
 

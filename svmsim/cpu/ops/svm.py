@@ -66,7 +66,10 @@ def vmsave(cpu, ins):
 def stgi(cpu, ins):
     """GIF = 1: held interrupts, NMIs and INIT may now be taken (APM 15.17)."""
     svm_checks(cpu, ins, "STGI", rax=False)
-    cpu.gif = True
+    if cpu.svm_guest and cpu.svm.v_gif_enable:
+        cpu.svm.v_gif = True            # virtual GIF (APM 15.33.2)
+    else:
+        cpu.gif = True
     cpu.kick()
     cpu.rip = ins.next_ip
 
@@ -74,7 +77,10 @@ def stgi(cpu, ins):
 @handles("CLGI")
 def clgi(cpu, ins):
     svm_checks(cpu, ins, "CLGI", rax=False)
-    cpu.gif = False
+    if cpu.svm_guest and cpu.svm.v_gif_enable:
+        cpu.svm.v_gif = False
+    else:
+        cpu.gif = False
 
 
 @handles("VMMCALL")

@@ -464,3 +464,22 @@ def test_vnmi_blocked_while_v_nmi_blocking():
                V_NMI_ENABLE=1, V_NMI_PENDING=1, V_NMI_BLOCKING=1).run()
     assert r.exitcode == ExitCode.CPUID and r.recorded() is None
     assert r.vmcb["V_NMI_PENDING"] == 1
+
+
+def test_task_switch_intercept_far_jmp_to_tss():
+    """A 32-bit guest's far JMP to a TSS exits with TASK_SWITCH: EXITINFO1 =
+    the TSS selector, EXITINFO2 bit 38 = JMP (APM 15.14)."""
+    from cpuharness import GDT
+    code = asm("jmp fword ptr [0x410000]", bits=32)
+    r = SvmRig(code, intercepts=[ExitCode.TASK_SWITCH])
+    r.m.bus.write(GDT + 8 * 7, 8, 0x0000_8900_0000_0067 | (0x420000 & 0xFFFFFF) << 16)  # TSS, base 0x420000
+    r.m.bus.write(0x410000, 4, 0)
+    r.m.bus.write(0x410004, 2, 0x38)
+    v = r.vmcb
+    v["GDTR.LIMIT"] = 8 * 8 - 1
+    v["EFER"] = 1 << 12
+    v["CR0"], v["CR4"] = 0x11, 0
+    v.set_segment("CS", 0x18, 0xC9B, 0xFFFFFFFF, 0)
+    r.run()
+    assert r.exitcode == ExitCode.TASK_SWITCH
+    assert r.vmcb["EXITINFO1"] == 0x38 and r.vmcb["EXITINFO2"] == 1 << 38

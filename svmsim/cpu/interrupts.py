@@ -119,9 +119,12 @@ def deliver_with_escalation(cpu, vector, kind, error_code, cr2=None, injected=No
             deliver_event(cpu, vector, kind, error_code, cr2, outer, check)
             return
         except CpuException as e2:
-            if e2.vector == -1:
-                raise                                   # an intercept: #VMEXIT
             this = injected if injected is not None and outer is None else (vector, kind, error_code)
+            if e2.vector == -1:                         # an intercept: #VMEXIT
+                if e2.during_delivery and not e2.exitintinfo:
+                    from ..svm.events import encode_outer
+                    e2.exitintinfo = encode_outer(this)
+                raise
             if kind in (SWINT, SWEXC, ICEBP):
                 # A fault while delivering INT n/INT3/INTO/INT1 is reported on
                 # the instruction itself (SDM vol 3, 6.5): let the engine rewind
@@ -171,8 +174,10 @@ def deliver_event(cpu, vector, kind, error_code, cr2=None, outer=None, check=Tru
             raise NotModelled("interrupt delivery from virtual-8086 mode")
         else:
             _deliver_protected(cpu, vector, kind, error_code)
-    except CpuException:
+    except CpuException as e:
         _restore(cpu, snapshot)
+        if e.vector == -1:
+            e.during_delivery = True        # an intercept in the middle: EXITINTINFO
         raise
     cpu.halted = False
     cpu.shadow = False
@@ -260,6 +265,10 @@ def _target_cs(cpu, sel, kind, need_long):
 def _deliver_protected(cpu, vector, kind, error_code):
     lo, hi, _, gtype, err = _read_gate(cpu, vector, 8, kind)
     if gtype == 0x05:
+        if cpu.svm_guest:
+            from ..svm import events
+            ec = error_code if kind == HWEXC and vector in HAS_ERROR_CODE else None
+            events.check_task_switch(cpu, (lo >> 16) & 0xFFFF, error_code=ec)
         raise NotModelled("task gates in the IDT (hardware task switch)")
     if gtype not in (0x06, 0x07, 0x0E, 0x0F):
         raise CpuException(GP, err, detail=f"IDT entry {vector} is not an interrupt/trap gate (type {gtype:#x})")

@@ -61,7 +61,8 @@ class Cpu:
         self.halted = False
         self.wait_for_sipi = False
         self.shadow = False        # STI / MOV SS interrupt shadow
-        self.in_shadow = False     # executing the instruction in that shadow (Engine.step)
+        self.in_shadow = False
+        self.monitor_armed = False  # MONITOR executed, no MWAIT since     # executing the instruction in that shadow (Engine.step)
         self.nmi_pending = False
         self.nmi_blocked = False
         self.pending = True        # something may need attention between blocks

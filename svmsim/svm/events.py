@@ -25,7 +25,7 @@ from .state import VmExit
 
 MISC1 = 3
 BIT_INTR, BIT_NMI, BIT_INIT, BIT_VINTR = 0, 1, 3, 4
-BIT_SHUTDOWN = 31
+BIT_TASK_SWITCH, BIT_SHUTDOWN = 29, 31
 
 _EVENT_TYPE = {interrupts.EXTINT: exits.EVENT_INTR, interrupts.NMI_EV: exits.EVENT_NMI,
                interrupts.HWEXC: exits.EVENT_EXCEPTION, interrupts.SWEXC: exits.EVENT_EXCEPTION,
@@ -79,6 +79,19 @@ def fetch_insn_bytes(cpu) -> bytes:
         out += cpu.bus.read_bytes(spa, n)
         lin = (lin + n) & cpu.lin_mask
     return out
+
+
+def check_task_switch(cpu, selector, iret=False, jmp=False, error_code=None) -> None:
+    """TASK_SWITCH intercept (APM 15.14.x): EXITINFO1 = the target TSS
+    selector; EXITINFO2 bit 36 = by IRET, bit 38 = by far JMP, bit 44 = an
+    error code is pushed (in bits 31:0).  Without the intercept svmsim stops
+    the run: hardware task switches are not modelled."""
+    if not cpu.svm.intercepted(MISC1, BIT_TASK_SWITCH):
+        return
+    info2 = (1 << 36 if iret else 0) | (1 << 38 if jmp else 0)
+    if error_code is not None:
+        info2 |= 1 << 44 | error_code & 0xFFFFFFFF
+    raise VmExit(ExitCode.TASK_SWITCH, selector, info2, detail="task switch")
 
 
 def check_shutdown(cpu, why: str) -> None:

@@ -268,6 +268,8 @@ def vmmcall(cpu, ins):
 
 
 def mwait(cpu, ins):
+    """MWAIT intercept (word 4 bit 11) exits always; MWAIT_COND (bit 12) only
+    when the monitor is armed, i.e. MWAIT would wait (APM 15.7)."""
     _pre_monitor(cpu, ins)
     if _hit(cpu, MISC2, 11):
         _exit(cpu, ins, ExitCode.MWAIT)

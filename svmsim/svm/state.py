@@ -25,6 +25,7 @@ class VmExit(CpuException):
         self.code, self.info1, self.info2 = code, info1, info2
         self.nrip, self.trap, self.insn = nrip, trap, insn
         self.exitintinfo = 0
+        self.during_delivery = False        # raised while an event was being delivered
 
     def __str__(self):
         from .exits import exit_name

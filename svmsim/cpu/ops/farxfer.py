@@ -150,7 +150,7 @@ def _check_direct_code(cpu, seg, sel):
         raise CpuException(NP, err, detail=f"code segment {sel:#x} not present")
 
 
-def _read_gate(cpu, sel, seg):
+def _read_gate(cpu, sel, seg, jmp=False):
     """Checks a far JMP/CALL's system descriptor; returns (target selector,
     offset, parameter count, gate size).  Long mode knows only 16-byte
     64-bit call gates (APM vol 2, 4.8.3); TSS and task-gate targets mean a
@@ -159,6 +159,10 @@ def _read_gate(cpu, sel, seg):
     err = sel_error(sel)
     lm = long_mode(cpu)
     if not lm and t in (SYS_TSS16_AVAIL, SYS_TSS_AVAIL, SYS_TASK):
+        if cpu.svm_guest:
+            from ...svm import events
+            tss = seg.base & 0xFFFF if t == SYS_TASK else sel
+            events.check_task_switch(cpu, tss, jmp=jmp)
         raise NotModelled("hardware task switch (far JMP/CALL to a TSS or task gate)")
     if t != SYS_CALL32 and (lm or t != SYS_CALL16):
         raise CpuException(GP, err, detail=f"far transfer to system descriptor type {t:#x}")
@@ -218,7 +222,7 @@ def jmp_far(cpu, ins):
             raise gp(sel_error(sel), f"far JMP to data segment {sel:#x}")
         _check_direct_code(cpu, seg, sel)
     else:
-        target, off, _, _ = _read_gate(cpu, sel, seg)
+        target, off, _, _ = _read_gate(cpu, sel, seg, jmp=True)
         seg, hi = _gate_target(cpu, target, False)
         sel = target
     code_offset_ok(cpu, seg, off)
@@ -454,6 +458,9 @@ def _iret_protected(cpu, size):
     if cpu.get_rflags() & NT:
         if long_mode(cpu):
             raise gp(0, "IRET with NT=1 in long mode")
+        if cpu.svm_guest:
+            from ...svm import events
+            events.check_task_switch(cpu, cpu.read_sys(cpu.tr.base, 2), iret=True)
         raise NotModelled("hardware task switch (IRET with NT=1)")
     old_cpl = cpu.cpl
     old_flags = cpu.get_rflags()

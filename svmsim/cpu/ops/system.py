@@ -636,6 +636,7 @@ def monitor(cpu, ins):
     seg = ins.seg if ins.seg is not None else DS
     amask = (1 << (8 * ins.asize)) - 1
     cpu.translate(cpu.linear(seg, cpu.regs[0] & amask), cpu.user_access)
+    cpu.monitor_armed = True                  # MWAIT would wait (SVM MWAIT_COND intercept)
 
 
 @handles("MWAIT")
@@ -646,6 +647,7 @@ def mwait(cpu, ins):
         raise ud("MWAIT at CPL > 0")
     if cpu.regs[1] & ~1 & 0xFFFFFFFF:
         raise gp(0, "MWAIT: unsupported ECX extensions")
+    cpu.monitor_armed = False
 
 
 @handles("RDFSBASE", "RDGSBASE")

@@ -71,10 +71,14 @@ class SvmRig:
         bus.write(REC, 4, 0xFFFFFFFF)
 
     # -- running -------------------------------------------------------------
-    def run(self, max_insns=200_000):
-        """Start (or restart) the host stub; returns self after the run stops."""
+    def run(self, max_insns=200_000, at_vmrun=False):
+        """Start (or restart) the host stub; returns self after the run stops.
+        ``at_vmrun`` starts at the VMRUN itself (RAX already = VMCB)."""
         cpu, m = self.cpu, self.m
         cpu.rip = CODE_ADDR
+        if at_vmrun:
+            cpu.regs[0] = VMCB
+            cpu.rip = CODE_ADDR + len(HOST_STUB) - 4
         cpu.halted = False
         done = 0
         while not cpu.halted and not m.stopping and done < max_insns:

@@ -483,3 +483,22 @@ def test_task_switch_intercept_far_jmp_to_tss():
     r.run()
     assert r.exitcode == ExitCode.TASK_SWITCH
     assert r.vmcb["EXITINFO1"] == 0x38 and r.vmcb["EXITINFO2"] == 1 << 38
+
+
+def test_single_stepped_vmrun_traps_in_the_host_after_the_exit():
+    """Host RFLAGS.TF = 1 at VMRUN: the guest runs at full speed (its own TF is
+    the VMCB's) and the single-step #DB of VMRUN reaches the host after the
+    #VMEXIT, at the instruction that follows VMRUN."""
+    from svmharness import HOST_STUB
+    from cpuharness import CODE_ADDR
+    r = SvmRig("nop\nnop\ncpuid\nhlt", intercepts=[ExitCode.CPUID])
+    seen = []
+    r.m.listeners.append(lambda e: seen.append(e) if e["type"] == "deliver" else None)
+    r.cpu.rflags |= 1 << 8
+    from svmsim.cpu.exceptions import Shutdown
+    with pytest.raises(Shutdown):                        # the host stub has no IDT
+        r.run(max_insns=50, at_vmrun=True)
+    assert r.exitcode == ExitCode.CPUID
+    vmrun_next = CODE_ADDR + len(HOST_STUB) - 1          # the HLT after VMRUN
+    assert (seen[0]["vector"], seen[0]["rip"]) == (1, vmrun_next)
+    assert r.cpu.dr[6] & 0x4000

@@ -275,12 +275,18 @@ class Engine:
                 blk = self.translate(cpu, lin, key, max_len=1)
             ins = blk.insns[0]
             rf_before = cpu.rflags & RF
+            world = cpu.svm_guest
             ins.fn(cpu, ins)
         except CpuException as e:
             interrupts.deliver_exception(cpu, e)
             return 0
         finally:
             cpu.in_shadow = False
+        if cpu.svm_guest != world:
+            # VMRUN entered a guest: RF and TF now are the guest's.  A
+            # single-stepped VMRUN traps in the host after the #VMEXIT.
+            cpu.svm.host_step = bool(tf)
+            return 1
         if not blk.sets_rip:
             cpu.rip = blk.end_ip
         if rf_before and cpu.rflags & RF:

@@ -52,6 +52,7 @@ class SvmState:
     v_nmi_enable: bool = False
     v_nmi_pending: bool = False
     v_nmi_blocking: bool = False
+    host_step: bool = False                   # VMRUN was single-stepped: #DB after #VMEXIT
     host_if: bool = False                     # host RFLAGS.IF at VMRUN (V_INTR_MASKING)
     pause_initial: int = 0                    # pause filter (15.14.4): the VMCB's count
     pause_count: int = 0                      # ... and what is left of it

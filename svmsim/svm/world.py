@@ -318,6 +318,12 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     cpu.tlb.drop_fast()
     cpu.update_mode()
     cpu.pending = True
+    if s.host_step:
+        # The single-step trap of VMRUN is taken in the host, on the
+        # instruction after VMRUN, once the guest has exited.
+        s.host_step = False
+        cpu.dr[6] |= 0x4000                  # DR6.BS
+        interrupts.deliver(cpu, 1, interrupts.HWEXC, None)
 
 
 def shutdown_intercepted(cpu) -> bool:

@@ -265,15 +265,27 @@ class Machine:
     def _only_nmi_can_wake(self) -> bool:
         """Every CPU is halted with RFLAGS.IF = 0 (or waits for a SIPI nobody can
         send): timers may still tick, but no maskable interrupt can end the halt."""
-        from .cpu.flags import IF
-        return all(c.wait_for_sipi or (c.halted and not c.rflags & IF and not c.nmi_pending)
+        return all(c.wait_for_sipi or (c.halted and not self._can_take_intr(c) and not c.nmi_pending)
                    for c in self.cpus)
 
-    def _stop_deadlocked(self):
+    @staticmethod
+    def _can_take_intr(cpu) -> bool:
+        """Could a maskable interrupt end this CPU's halt?  In a guest with
+        V_INTR_MASKING the host's IF (at VMRUN) decides (APM 15.21.1); GIF = 0
+        holds every interrupt."""
         from .cpu.flags import IF
+        if not cpu.gif:
+            return False
+        if cpu.svm_guest and cpu.svm.v_intr_masking:
+            return cpu.svm.host_if
+        return bool(cpu.rflags & IF)
+
+    def _stop_deadlocked(self):
         bsp = self.cpus[0]
-        if all(not (c.rflags & IF) for c in self.cpus if c.halted):
-            self.request_stop(STATUS_HALTED, f"CPU halted with interrupts disabled at rip={bsp.rip:#x}", "halted")
+        if all(not self._can_take_intr(c) for c in self.cpus if c.halted):
+            where = " in guest mode" if bsp.svm_guest else ""
+            self.request_stop(STATUS_HALTED, f"CPU halted with interrupts disabled at rip={bsp.rip:#x}{where}",
+                              "halted")
         else:
             self.request_stop(STATUS_HALTED, "all CPUs halted and no timer or device can wake them", "halted")
 

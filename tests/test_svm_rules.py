@@ -3,7 +3,7 @@ the host executes VMRUN on a VMCB built from Python, the guest runs real
 machine code, and the test reads the VMCB the #VMEXIT wrote (APM vol 2, ch. 15)."""
 import pytest
 
-from svmharness import SvmRig, GUEST_CODE, GUEST_STACK, IDT, REC, VMCB, MSRPM, IOPM
+from svmharness import SvmRig, GUEST_CODE, IDT, REC, VMCB, MSRPM, IOPM
 from cpuharness import run_code, asm
 from svmsim.svm.exits import ExitCode, encode_event, EVENT_INTR, EVENT_EXCEPTION
 from svmsim.svm.intercepts import set_intercept
@@ -502,3 +502,21 @@ def test_single_stepped_vmrun_traps_in_the_host_after_the_exit():
     vmrun_next = CODE_ADDR + len(HOST_STUB) - 1          # the HLT after VMRUN
     assert (seen[0]["vector"], seen[0]["rip"]) == (1, vmrun_next)
     assert r.cpu.dr[6] & 0x4000
+
+
+def test_smi_intercept():
+    r = SvmRig("nop\nnop\nhlt", intercepts=[ExitCode.SMI])
+    r.cpu.gif = False
+    r.cpu.rip = 0                       # (signal while the guest runs: raise it at VMRUN time)
+    r.m.listeners.append(lambda e: r.cpu.signal_smi() if e["type"] == "vmrun" else None)
+    r.run()
+    assert r.exitcode == ExitCode.SMI and r.vmcb["RIP"] == GUEST_CODE
+
+
+def test_nested_paging_is_refused_by_name():
+    """NPT is issue 4: NP_ENABLE = 1 ends the run with a named reason, never
+    a guest silently running without nested paging."""
+    from svmsim.errors import NotModelled
+    r = SvmRig("hlt", NP_ENABLE=1, N_CR3=0x600000)
+    with pytest.raises(NotModelled, match="nested paging"):
+        r.run()

@@ -71,6 +71,7 @@ class Cpu:
         self.debugctl = 0          # DEBUGCTL.LBR (bit 0) and BTF (bit 1) as the engine sees them
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
+        self.smi_pending = False
         self.gif = True            # global interrupt flag (APM vol 2, 15.17)
         self.svm_guest = False     # running a guest between VMRUN and #VMEXIT
         from ..svm.state import SvmState
@@ -398,4 +399,10 @@ class Cpu:
         self.kick()
 
     def signal_smi(self) -> None:
+        """SMI: system management mode is not modelled, but a guest's SMI
+        intercept is (APM 15.13.3): the SMI then exits to the hypervisor."""
+        if self.svm_guest and self.svm.intercepted(3, 2):
+            self.smi_pending = True
+            self.kick()
+            return
         self.machine.note("SMI signalled: system management mode is not modelled; ignored")

@@ -118,6 +118,10 @@ def service_guest(cpu) -> None:
     """The between-instructions interrupt check in guest mode (GIF = 1)."""
     s = cpu.svm
     machine = cpu.machine
+    if cpu.smi_pending:
+        cpu.smi_pending = False
+        _exit(cpu, ExitCode.SMI, "SMI")
+        return
     if cpu.nmi_pending and not cpu.nmi_blocked:
         if s.intercepted(MISC1, BIT_NMI):
             _exit(cpu, ExitCode.NMI, "NMI")

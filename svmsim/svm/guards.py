@@ -17,7 +17,7 @@ import iced_x86
 from ..cpu.exceptions import CpuException, gp, ud
 from ..cpu.flags import VM
 from ..cpu.segments import ES
-from ..cpu.state import EFER_SVME, CR0_PE, CR0_TS, CR0_MP
+from ..cpu.state import CR0_PE, CR0_TS, CR0_MP
 from . import exits, intercepts
 from .exits import ExitCode
 from .state import VmExit

@@ -13,8 +13,8 @@ so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
 """
 from ..cpu.exceptions import CpuException
 from ..cpu.segments import Segment, ES, CS, SS, DS
-from ..cpu.flags import IF, TF, RF, VM
-from ..cpu.state import EFER_LME, EFER_LMA, EFER_SVME, CR0_PE, CR0_PG
+from ..cpu.flags import IF, VM
+from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
 from . import checks, clean, exits
 from .exits import ExitCode
@@ -170,6 +170,20 @@ def _lbr_switch(cpu, load, store) -> None:
     cpu.debugctl = cpu.msr[0x1D9] & 3
 
 
+# Control bits whose features svmsim does not implement yet: a guest that
+# needs them must not silently run without them.
+_UNMODELLED = (("NP_ENABLE", "nested paging (NP_ENABLE)"), ("SEV_ENABLE", "SEV (SEV_ENABLE)"),
+               ("SEV_ES_ENABLE", "SEV-ES (SEV_ES_ENABLE)"), ("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"),
+               ("X2AVIC_ENABLE", "x2AVIC"), ("V_VMSAVE_VMLOAD_ENABLE", "virtual VMSAVE/VMLOAD"))
+
+
+def _refuse_unmodelled(cpu, v) -> None:
+    from ..errors import NotModelled
+    for name, what in _UNMODELLED:
+        if v[name]:
+            raise NotModelled(f"{what} in the VMCB at {cpu.svm.vmcb_pa:#x}")
+
+
 def _tlb_control(cpu, value: int, asid: int) -> None:
     """TLB_CONTROL (APM 15.16.1): 0 nothing, 1 flush every ASID, 3 this
     guest's ASID, 7 this guest's non-global entries; other values are
@@ -208,6 +222,7 @@ def vmrun(cpu, ins) -> None:
         invalid_exit(cpu, VmcbView(bus, vmcb_pa), hsave, reason)
         return
     _load_control(cpu, v)
+    _refuse_unmodelled(cpu, v)
     _load_guest(cpu, v)
     if s.lbr_virt:
         s.host_lbr = {}
@@ -331,4 +346,4 @@ def shutdown_intercepted(cpu) -> bool:
     return cpu.svm_guest and cpu.svm.intercepted(3, 31)
 
 
-__all__ = ["vmrun", "vmexit", "vmexit_from", "inject", "EFER_SVME"]
+__all__ = ["vmrun", "vmexit", "vmexit_from", "inject"]

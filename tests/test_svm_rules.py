@@ -520,3 +520,13 @@ def test_nested_paging_is_refused_by_name():
     r = SvmRig("hlt", NP_ENABLE=1, N_CR3=0x600000)
     with pytest.raises(NotModelled, match="nested paging"):
         r.run()
+
+
+def test_injected_event_with_ev_pushes_its_error_code():
+    """EVENTINJ.EV = 1 pushes the error code even for a vector that has none
+    (APM 15.20: EV says whether to push it)."""
+    r = SvmRig("hlt", idt=True)
+    r.vmcb["EVENTINJ"] = encode_event(6, EVENT_EXCEPTION, 0x77)
+    r.run()
+    rsp = r.m.bus.read(REC + 8, 8)
+    assert r.recorded() == 6 and r.m.bus.read(rsp, 8) == 0x77

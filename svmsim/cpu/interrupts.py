@@ -112,9 +112,17 @@ def deliver_with_escalation(cpu, vector, kind, error_code, cr2=None, injected=No
     fault during its delivery is, and then EXITINTINFO names it (APM 15.20,
     15.7.2).  ``cr2`` is written only when a #PF is actually delivered, so an
     intercepted #PF leaves the guest's CR2 alone (APM 15.12)."""
+    try:
+        _escalate(cpu, vector, kind, error_code, cr2, injected)
+    finally:
+        cpu.inject_ev = False
+
+
+def _escalate(cpu, vector, kind, error_code, cr2, injected) -> None:
     outer = None                # the event whose delivery raised this one
     check = injected is None
     while True:
+        cpu.inject_ev = injected is not None and outer is None and error_code is not None
         try:
             deliver_event(cpu, vector, kind, error_code, cr2, outer, check)
             return
@@ -200,6 +208,14 @@ def _restore(cpu, snap):
     cpu.segs[:] = segs
     cpu.cpl = cpl
     cpu.update_mode()
+
+
+def _pushes_error_code(cpu, vector, kind, error_code) -> bool:
+    """Exceptions with an error code push it; an event injected by VMRUN with
+    EVENTINJ.EV = 1 pushes its error code whatever the vector (APM 15.20)."""
+    if error_code is None:
+        return False
+    return kind == HWEXC and vector in HAS_ERROR_CODE or cpu.inject_ev
 
 
 def _ext(kind) -> int:
@@ -291,7 +307,7 @@ def _deliver_protected(cpu, vector, kind, error_code):
     cpu.push(flags & (0xFFFFFFFF if size == 4 else 0xFFFF), size)
     cpu.push(old_cs, size)
     cpu.push(cpu.rip & (0xFFFFFFFF if size == 4 else 0xFFFF), size)
-    if error_code is not None and kind == HWEXC and vector in HAS_ERROR_CODE:
+    if _pushes_error_code(cpu, vector, kind, error_code):
         cpu.push(error_code, size)
     _enter(cpu, seg, new_cpl, offset, flags, gtype)
 
@@ -329,7 +345,7 @@ def _deliver_long(cpu, vector, kind, error_code):
         rsp = old_rsp
     rsp &= ~0xF                            # the new stack is 16-byte aligned
     frame = [old_ss, old_rsp, flags, old_cs, cpu.rip]
-    if error_code is not None and kind == HWEXC and vector in HAS_ERROR_CODE:
+    if _pushes_error_code(cpu, vector, kind, error_code):
         frame.append(error_code)
     if new_cpl < cpu.cpl:
         cpu.segs[SS_SEG] = Segment(new_cpl, 0, 0, 0)    # NULL SS with RPL = new CPL

@@ -72,6 +72,7 @@ class Cpu:
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
         self.smi_pending = False
+        self.inject_ev = False     # delivering an EVENTINJ event with EV = 1
         self.gif = True            # global interrupt flag (APM vol 2, 15.17)
         self.svm_guest = False     # running a guest between VMRUN and #VMEXIT
         from ..svm.state import SvmState

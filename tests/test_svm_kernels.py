@@ -17,7 +17,7 @@ import guestbuild as gb
 from test_svm_guests_qemu import apm_lines
 from svmsim.machine import Machine
 
-KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts")
+KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop")
 
 
 class Run:
@@ -49,7 +49,7 @@ def test_kernel_passes_with_qemus_apm_lines(runs, name):
 def test_qemu_divergences_take_the_apm_value(runs, name):
     """Every ``[qemu] ... = X (APM: Y)`` line shows X == Y on svmsim."""
     lines = [l for l in runs[name].out.splitlines() if l.startswith("[qemu] ")]
-    assert lines or name == "svm_intercepts"
+    assert lines or name in ("svm_intercepts", "svm_loop")
     for line in lines:
         m = re.search(r"= (\S+) \(APM: (\S+)\)$", line)
         if m:
@@ -145,3 +145,11 @@ def test_cli_trace_vmexit_and_jsonl(tmp_path):
     events = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert {e["type"] for e in events} <= {"vmrun", "vmexit", "inject"}
     assert sum(e["type"] == "vmexit" for e in events) == sum(e["type"] == "vmrun" for e in events)
+
+
+def test_svm_loop_guest_computes_loop_checksum(runs):
+    """The benchmark guest's 10-instruction loop gives loop.c's checksum."""
+    from test_guests_qemu import loop_checksum
+    r = runs["svm_loop"]
+    assert f"checksum=0x{loop_checksum(100000):016x}" in r.out
+    assert r.result.svm["exits"] == {"CPUID": 1000, "HLT": 1}

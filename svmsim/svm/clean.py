@@ -11,23 +11,34 @@ The copy belongs to one VMCB: a VMRUN of any other VMCB address on this CPU
 (or a VMEXIT_INVALID) discards it, so clean bits are then ignored, as the
 APM requires for a VMCB the processor has not cached.
 """
-from .vmcb import VmcbView, CLEAN_BIT_NAMES
+from .vmcb import VmcbView, CLEAN_BIT_NAMES, field
 
 
 class CachedVmcb(VmcbView):
     """A VmcbView that reads clean fields from the CPU's cache and keeps the
     cache current with every value read from or written to the VMCB."""
-    __slots__ = ("cache", "clean", "cpu")
+    __slots__ = ("cache", "clean", "cpu", "memo")
 
-    def __init__(self, mem, pa, cache: dict, clean: int, cpu):
+    def __init__(self, mem, pa, cache: dict, clean: int, cpu, memo: bool = False):
         super().__init__(mem, pa)
         self.cache, self.clean, self.cpu = cache, clean, cpu
+        # VMRUN reads some fields several times (checks, then load): remember them.
+        self.memo = {} if memo else None
+
+    def __getitem__(self, name):
+        memo = self.memo
+        if memo is None:
+            return self.read(field(name))
+        value = memo.get(name)
+        if value is None:
+            value = memo[name] = self.read(field(name))
+        return value
 
     def read(self, f):
+        memory = VmcbView.read(self, f)
         c = f.clean
         if c is None:
-            return VmcbView.read(self, f)
-        memory = VmcbView.read(self, f)
+            return memory
         if self.clean >> c & 1 and f.name in self.cache:
             cached = self.cache[f.name]
             if cached != memory:
@@ -50,23 +61,23 @@ class CachedVmcb(VmcbView):
                                                             "vmcb": memory, "clean_bit": f.clean})
 
 
-def view_for_vmrun(cpu, vmcb_pa: int) -> CachedVmcb:
+def view_for_vmrun(cpu, vmcb_pa: int, page: bytearray) -> CachedVmcb:
     """The VMCB as this VMRUN sees it (clean bits apply only to the VMCB this
-    CPU ran last)."""
+    CPU ran last); ``page`` is a copy of the VMCB page."""
     s = cpu.svm
     if s.cache_pa != vmcb_pa:
         s.clean_cache = {}
         s.cache_pa = vmcb_pa
         clean = 0
     else:
-        clean = VmcbView(cpu.bus, vmcb_pa)["VMCB_CLEAN"]
-    return CachedVmcb(cpu.bus, vmcb_pa, s.clean_cache, clean, cpu)
+        clean = VmcbView(page)["VMCB_CLEAN"]
+    return CachedVmcb(page, 0, s.clean_cache, clean, cpu, memo=True)
 
 
-def view_for_exit(cpu) -> CachedVmcb:
-    """The VMCB #VMEXIT writes: every written field refreshes the cache."""
-    s = cpu.svm
-    return CachedVmcb(cpu.bus, s.vmcb_pa, s.clean_cache, 0, cpu)
+def view_for_exit(cpu, page: bytearray) -> CachedVmcb:
+    """The VMCB #VMEXIT writes (into ``page``, a copy written back after):
+    every written field refreshes the cache."""
+    return CachedVmcb(page, 0, cpu.svm.clean_cache, 0, cpu)
 
 
 def forget(cpu) -> None:

@@ -44,19 +44,16 @@ class Field:
     parent: str | None = None     # containing field of a sub-field
     group: str = ""
 
+    def __post_init__(self):
+        # Precomputed: a world switch reads and writes ~100 fields.
+        object.__setattr__(self, "nbytes", (self.bit + self.width + 7) // 8)   # bytes from offset
+        object.__setattr__(self, "mask", (1 << self.width) - 1)
+        object.__setattr__(self, "end", self.offset + self.nbytes)
+
     @property
     def first_bit(self) -> int:
         """Absolute bit number of the lowest bit in the VMCB page."""
         return self.offset * 8 + self.bit
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes from ``offset`` that hold the field."""
-        return (self.bit + self.width + 7) // 8
-
-    @property
-    def mask(self) -> int:
-        return (1 << self.width) - 1
 
 
 # ---------------------------------------------------------------- the table
@@ -309,20 +306,29 @@ class VmcbView:
     Reads and writes go straight to memory: nothing is cached here, so the
     view always sees what the hypervisor last wrote.
     """
-    __slots__ = ("mem", "pa")
+    __slots__ = ("mem", "pa", "buf")
 
     def __init__(self, mem, pa: int = 0):
         self.mem = _adapt(mem)
         self.pa = pa
+        # A VMCB page copied into a bytearray (pa 0) is read by slicing.
+        self.buf = mem if isinstance(mem, bytearray) and pa == 0 else None
 
     def read(self, f: Field) -> int:
-        raw = self.mem.read(self.pa + f.offset, f.nbytes)
+        buf = self.buf
+        if buf is not None:
+            raw = int.from_bytes(buf[f.offset:f.end], "little")
+        else:
+            raw = self.mem.read(self.pa + f.offset, f.nbytes)
         return (raw >> f.bit) & f.mask
 
     def write(self, f: Field, value: int) -> None:
         n, mask = f.nbytes, f.mask << f.bit
         if f.bit == 0 and f.width == n * 8:
-            self.mem.write(self.pa + f.offset, n, value & f.mask)
+            if self.buf is not None:
+                self.buf[f.offset:f.end] = (value & f.mask).to_bytes(n, "little")
+            else:
+                self.mem.write(self.pa + f.offset, n, value & f.mask)
             return
         # Sub-field: read-modify-write so neighbouring bits are kept.
         raw = self.mem.read(self.pa + f.offset, n)

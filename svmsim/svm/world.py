@@ -18,7 +18,7 @@ from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
 from . import checks, clean, exits
 from .exits import ExitCode
-from .vmcb import VmcbView
+from .vmcb import VmcbView, VMCB_SIZE
 from .intercepts import read_words
 from .state import VmExit
 
@@ -32,6 +32,13 @@ _INJECT_KIND = {exits.EVENT_INTR: interrupts.EXTINT, exits.EVENT_NMI: interrupts
 
 
 # ---------------------------------------------------------------- state transfer
+# A world switch touches about a hundred VMCB fields: they are read from and
+# written to a copy of the 4 KiB page, which is written back in one go.
+def _page(bus, pa) -> bytearray:
+    return bytearray(bus.read_bytes(pa, VMCB_SIZE))
+
+
+
 def _save_segments(cpu, v):
     for name, idx in SWITCHED_SEGS:
         s = cpu.segs[idx]
@@ -209,17 +216,23 @@ def vmrun(cpu, ins) -> None:
     vmcb_pa = cpu.regs[0] & ((1 << (8 * asize)) - 1)
     hsave_pa = cpu.msr.get(VM_HSAVE_PA, 0)
     bus = cpu.bus
-    v = clean.view_for_vmrun(cpu, vmcb_pa)
-    hsave = VmcbView(bus, hsave_pa)
+    page = _page(bus, vmcb_pa)
+    v = clean.view_for_vmrun(cpu, vmcb_pa, page)
+    hpage = _page(bus, hsave_pa)
+    hsave = VmcbView(hpage)
     s = cpu.svm
     s.vmcb_pa = vmcb_pa
     s.host_if = bool(cpu.rflags & IF)
     save_host(cpu, hsave, ins.next_ip)
+    bus.write_bytes(hsave_pa, hpage)
     s.vmruns += 1
-    reason = checks.check_guest_state(v, checks.CpuCaps.from_cpu(cpu), cpu)
+    if s.caps is None:
+        s.caps = checks.CpuCaps.from_cpu(cpu)
+    reason = checks.check_guest_state(v, s.caps, cpu)
     if reason is not None:
         clean.forget(cpu)
-        invalid_exit(cpu, VmcbView(bus, vmcb_pa), hsave, reason)
+        invalid_exit(cpu, VmcbView(page), hsave, reason)
+        bus.write_bytes(vmcb_pa, page)
         return
     _load_control(cpu, v)
     _refuse_unmodelled(cpu, v)
@@ -303,7 +316,8 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     from . import features
     s = cpu.svm
     bus = cpu.bus
-    v = clean.view_for_exit(cpu)
+    page = _page(bus, s.vmcb_pa)
+    v = clean.view_for_exit(cpu, page)
     guest_rip = cpu.rip if rip is None else rip
     _save_guest(cpu, v, guest_rip)
     _write_back_control(cpu, v)
@@ -320,6 +334,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         v["INSN_LEN"] = len(insn)
         if insn:
             v["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
+    bus.write_bytes(s.vmcb_pa, page)
     _count(cpu, code)
     cpu.machine.svm_event(cpu, "vmexit", {"code": code, "name": exits.exit_name(code), "info1": info1,
                                           "info2": info2, "exitintinfo": exitintinfo,
@@ -328,7 +343,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     cpu.gif = False
     cpu.shadow = False
     cpu.halted = False
-    restore_host(cpu, VmcbView(bus, cpu.msr.get(VM_HSAVE_PA, 0)))
+    restore_host(cpu, VmcbView(_page(bus, cpu.msr.get(VM_HSAVE_PA, 0))))
     cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0)
     cpu.tlb.drop_fast()
     cpu.update_mode()

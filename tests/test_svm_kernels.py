@@ -17,7 +17,7 @@ import guestbuild as gb
 from test_svm_guests_qemu import apm_lines
 from svmsim.machine import Machine
 
-KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop")
+KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world")
 
 
 class Run:
@@ -153,3 +153,18 @@ def test_svm_loop_guest_computes_loop_checksum(runs):
     r = runs["svm_loop"]
     assert f"checksum=0x{loop_checksum(100000):016x}" in r.out
     assert r.result.svm["exits"] == {"CPUID": 1000, "HLT": 1}
+
+
+def test_world_pf_decode_assist_bytes(runs):
+    """APM 15.33.2: a #PF intercept with decode assists saves the bytes fetched
+    at the guest RIP (INSN_LEN, up to 15): here `mov (%rax), %rbx` = 48 8b 18."""
+    assert "[cpu]   decode assists: INSN_LEN=15 first bytes 48 8b 18\n" in runs["svm_world"].out
+
+
+def test_world_np_error_code_and_ioio_segment(runs):
+    out = runs["svm_world"].out
+    # #NP error code: vector 41h in bits 15:3, IDT (bit 1), EXT (bit 0) (APM 8.4.1).
+    assert "[qemu]   #NP error code in EXITINFO1 = 0x20b (APM: 0x20b)\n" in out
+    # IOIO EXITINFO1 bits 12:10 = the effective segment of OUTS (DS, FS override), ES for INS.
+    assert out.count("bits 12:7 = 0xe00 (APM: 0xe00)") == 1
+    assert out.count("bits 12:7 = 0x1200 (APM: 0x1200)") == 1

@@ -348,14 +348,12 @@ def test_svm_instructions_in_the_guest_are_intercepted(insn, code):
 
 
 def test_guest_svm_instruction_with_svme_clear_is_ud():
-    """#UD (EFER.SVME = 0) comes before the intercept check (vol 3 VMLOAD)."""
-    r = SvmRig("xor eax, eax\nvmload\nhlt", intercepts=[ExitCode.VMLOAD, ExitCode.EXCP_UD])
-    r.vmcb["EFER"] &= ~(1 << 12)
-    r.vmcb["EFER"] |= 0                     # the guest's own EFER without SVME
-    # VMRUN needs the guest's EFER.SVME = 1 (15.5.1), so clear it inside the guest.
+    """#UD (EFER.SVME = 0) comes before the intercept check (vol 3 VMLOAD).
+    VMRUN needs the guest's EFER.SVME = 1 (15.5.1), so the guest clears it."""
     r = SvmRig("mov ecx, 0xC0000080\nrdmsr\nbtr eax, 12\nwrmsr\nxor eax, eax\nvmload\nhlt",
                intercepts=[ExitCode.VMLOAD, ExitCode.EXCP_UD]).run()
     assert r.exitcode == ExitCode.EXCP_UD
+    assert r.vmcb["RIP"] == GUEST_CODE + len(asm("mov ecx, 0xC0000080\nrdmsr\nbtr eax, 12\nwrmsr\nxor eax, eax"))
 
 
 def _svm_host(code):

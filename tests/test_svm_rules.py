@@ -528,3 +528,20 @@ def test_injected_event_with_ev_pushes_its_error_code():
     r.run()
     rsp = r.m.bus.read(REC + 8, 8)
     assert r.recorded() == 6 and r.m.bus.read(rsp, 8) == 0x77
+
+
+@pytest.mark.parametrize("event", [encode_event(0x80, exits.EVENT_SWINT),
+                                   encode_event(3, EVENT_EXCEPTION)])
+def test_injected_software_event_returns_to_nrip(event):
+    """With NRIP save, an injected software interrupt or #BP/#OF pushes the
+    VMCB's NRIP (the instruction after the emulated INT n), not its RIP."""
+    r = SvmRig("hlt\nnop\nnop\nhlt", idt=True, EVENTINJ=event, NRIP=GUEST_CODE + 2).run()
+    rsp = r.m.bus.read(REC + 8, 8)
+    assert r.recorded() == event & 0xFF and r.m.bus.read(rsp, 8) == GUEST_CODE + 2
+
+
+def test_injected_interrupt_returns_to_rip():
+    r = SvmRig("hlt\nnop\nnop\nhlt", idt=True, EVENTINJ=encode_event(0x41, EVENT_INTR),
+               NRIP=GUEST_CODE + 2).run()
+    rsp = r.m.bus.read(REC + 8, 8)
+    assert r.m.bus.read(rsp, 8) == GUEST_CODE

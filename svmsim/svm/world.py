@@ -255,26 +255,38 @@ def vmrun(cpu, ins) -> None:
                                          "eventinj": v["EVENTINJ"]})
     eventinj = v["EVENTINJ"]
     if eventinj & exits.EVENT_V:
-        inject(cpu, eventinj)
+        inject(cpu, eventinj, v["NRIP"])
 
 
-def inject(cpu, value: int) -> None:
+def inject(cpu, value: int, nrip: int = 0) -> None:
     """Deliver EVENTINJ through the guest IDT (APM 15.20).  Injection ignores
     RFLAGS.IF and the interrupt shadow; faults during delivery are handled as
-    for any event (an intercepted one exits with EXITINTINFO = this event)."""
+    for any event (an intercepted one exits with EXITINTINFO = this event).
+
+    A software interrupt (TYPE 4) or a software exception (#BP, #OF) pushes
+    the VMCB's RIP as its return address, or with NRIP save the VMCB's
+    NRIP: the hypervisor leaves RIP at the INT instruction and puts the next
+    RIP in NRIP (as KVM does on NRIPS hardware)."""
+    from . import features
     ev = exits.decode_event(value)
     kind = _INJECT_KIND[ev.type]
     s = cpu.svm
     if ev.type == exits.EVENT_NMI and s.v_nmi_enable:
         s.v_nmi_blocking = True          # an injected NMI blocks virtual NMIs (15.21.10)
-    cpu.machine.svm_event(cpu, "inject", {"event": value, "rip": cpu.rip})
+    soft = ev.type == exits.EVENT_SWINT or ev.type == exits.EVENT_EXCEPTION and ev.vector in (3, 4)
+    rip = cpu.rip
+    if soft and features.enabled(cpu, "nrips"):
+        cpu.rip = nrip
+    cpu.machine.svm_event(cpu, "inject", {"event": value, "rip": rip})
     try:
         interrupts.deliver_with_escalation(cpu, ev.vector, kind, ev.error_code, injected=value)
     except VmExit as e:
+        cpu.rip = rip
         vmexit_from(cpu, e)
     except CpuException as e:
         # A fault while delivering an injected software interrupt: reported
         # at the guest RIP like the instruction's own fault.
+        cpu.rip = rip
         interrupts.deliver_exception(cpu, e)
 
 

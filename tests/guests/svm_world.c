@@ -157,6 +157,9 @@ static void test_inject(const char *what, uint64_t event, uint64_t vector, uint6
 {
     guest_at(gw_hlt);
     VMCB_U64(vmcb, VMCB_EVENTINJ) = event;
+    /* A software interrupt returns to RIP, or with NRIP save to NRIP (15.20,
+     * 15.7.1): the RIP of the instruction after the INT n being emulated. */
+    VMCB_U64(vmcb, VMCB_NRIP) = (uint64_t)gw_hlt;
     uint64_t code = run();
     kprintf("inject %s: exit %s, EVENTINJ.V after = %lu\n", what, svm_exit_name(code),
             (VMCB_U64(vmcb, VMCB_EVENTINJ) >> 31) & 1);

@@ -103,3 +103,42 @@ class SvmRig:
 
     def guest_label(self, offset: int) -> int:
         return GUEST_CODE + offset
+
+
+class NestedTables:
+    """Nested page tables (host long-mode format) built from Python: 4-level,
+    4 KiB and 2 MiB leaves, allocated from ``base`` upward."""
+
+    def __init__(self, bus, base=0x1000000):
+        self.bus, self.next = bus, base
+        self.root = self._alloc()
+
+    def _alloc(self):
+        a = self.next
+        self.next += 0x1000
+        self.bus.write_bytes(a, bytes(4096))
+        return a
+
+    def entry_addr(self, gpa, level):
+        """Address of the entry that maps ``gpa`` at ``level`` (4 = PML4 .. 1 = PTE),
+        creating the tables above it."""
+        table = self.root
+        for lv in range(4, level, -1):
+            addr = table + ((gpa >> (12 + 9 * (lv - 1))) & 0x1FF) * 8
+            e = self.bus.read(addr, 8)
+            if not e & 1:
+                e = self._alloc() | 7
+                self.bus.write(addr, 8, e)
+            table = e & 0x000FFFFFFFFFF000
+        return table + ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) * 8
+
+    def map(self, gpa, spa, size=4096, flags=7):
+        """Map one page; ``flags`` = P|RW|US (7) by default, NX with 1 << 63."""
+        if size == 4096:
+            self.bus.write(self.entry_addr(gpa, 1), 8, spa | flags)
+        else:
+            self.bus.write(self.entry_addr(gpa, 2), 8, spa | flags | 0x80)
+
+    def identity(self, start, end, size=1 << 21):
+        for a in range(start, end, size):
+            self.map(a, a, size)

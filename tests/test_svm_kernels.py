@@ -17,7 +17,7 @@ import guestbuild as gb
 from test_svm_guests_qemu import apm_lines
 from svmsim.machine import Machine
 
-KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world")
+KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world", "svm_events")
 
 
 class Run:
@@ -60,12 +60,12 @@ def test_qemu_divergences_take_the_apm_value(runs, name):
 
 
 def test_cpuid_8000_000a_and_host_hypervisor_bit(runs):
-    """APM vol 3 E.4.9: revision 1, NASID, the implemented feature bits (LbrVirt,
+    """APM vol 3 E.4.9: revision 1, NASID, the implemented feature bits (NP, LbrVirt,
     NRIPS, TscRateMsr, VmcbClean, FlushByAsid, DecodeAssists, PauseFilter,
-    PauseFilterThreshold, vGIF, vNMI = 0x20114fa); the
+    PauseFilterThreshold, vGIF, vNMI = 0x20114fb); the
     physical CPU reports CPUID 1 ECX[31] = 0 (seed S8)."""
     out = runs["svm_basic"].out
-    assert "[cpu] CPUID 8000_000A: revision 1, 32768 ASIDs, features EDX=0x20114fa\n" in out
+    assert "[cpu] CPUID 8000_000A: revision 1, 32768 ASIDs, features EDX=0x20114fb\n" in out
     assert "[cpu] host CPUID 1 ECX[31] = 0\n" in out
 
 
@@ -78,12 +78,13 @@ def test_ioio_address_size_bits(runs):
 
 
 def test_decode_assists_report_the_gpr(runs):
-    """APM 15.33.2 (decode assists): MOV CRx/DRx exits set EXITINFO1 bit 63 and
-    the GPR number in bits 3:0; INVLPG gives the linear address, INT n the vector."""
+    """APM 15.33.2 (decode assists): MOV CRx exits set EXITINFO1 bit 63 (a MOV,
+    not LMSW/CLTS/SMSW) and the GPR number in bits 3:0; MOV DRx exits give the
+    GPR number; INVLPG gives the linear address, INT n the vector."""
     got = re.findall(r"^\[cpu\]   info1=(\S+) \(decode assists: yes\)$", runs["svm_intercepts"].out, re.M)
     mov = 1 << 63
     assert [int(x, 16) for x in got] == [mov | 0, mov | 0, mov | 3, mov | 3, mov | 1, mov | 1,
-                                         mov | 2, mov | 2, 0x200000, 0x30]
+                                         2, 2, 0x200000, 0x30]
 
 
 def test_invd_exits_as_invd(runs):

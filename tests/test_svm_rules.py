@@ -511,15 +511,6 @@ def test_smi_intercept():
     assert r.exitcode == ExitCode.SMI and r.vmcb["RIP"] == GUEST_CODE
 
 
-def test_nested_paging_is_refused_by_name():
-    """NPT is issue 4: NP_ENABLE = 1 ends the run with a named reason, never
-    a guest silently running without nested paging."""
-    from svmsim.errors import NotModelled
-    r = SvmRig("hlt", NP_ENABLE=1, N_CR3=0x600000)
-    with pytest.raises(NotModelled, match="nested paging"):
-        r.run()
-
-
 def test_injected_event_with_ev_pushes_its_error_code():
     """EVENTINJ.EV = 1 pushes the error code even for a vector that has none
     (APM 15.20: EV says whether to push it)."""

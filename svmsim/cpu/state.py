@@ -77,6 +77,7 @@ class Cpu:
         self.svm_guest = False     # running a guest between VMRUN and #VMEXIT
         from ..svm.state import SvmState
         self.svm = SvmState()
+        self.npt = None            # svm.npt.NestedMmu while a guest runs with nested paging
         self.retired = 0
         self.q_exec = 0            # instructions retired in the current engine quantum so far
         self.stall = 0             # virtual ns owed beyond 1 ns per instruction (PAUSE)
@@ -287,6 +288,8 @@ class Cpu:
         ``access`` is #PF error-code style: PF_W, PF_U, PF_I.  Fills the fast
         caches when the target is plain RAM.
         """
+        if self.npt is not None:
+            return self.npt.translate(lin, access, stack)     # a guest with nested paging
         if self.efer & EFER_LMA:
             # Canonical: the bits above the linear width copy its top bit (APM 2.2.1).
             top = lin >> 56 if self.cr4 & (1 << 12) else lin >> 47

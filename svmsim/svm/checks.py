@@ -161,6 +161,7 @@ class CpuCaps:
         """Capabilities of a svmsim Cpu (profile, CR4 and EFER write masks)."""
         from ..cpu.cpuid import has
         from ..cpu.ops.system import cr4_supported
+        from . import features
         efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
         for feat, bit in (("svm", EFER_SVME), ("ffxsr", EFER_FFXSR), ("tce", EFER_TCE)):
             if has(cpu, feat):
@@ -168,7 +169,7 @@ class CpuCaps:
         phys = getattr(cpu, "maxphyaddr", None) or cpu.machine.profile.phys_bits
         return cls(phys_bits=phys, long_mode=has(cpu, "lm"),
                        cr4_supported=cr4_supported(cpu), efer_supported=efer,
-                       npt=True)
+                       npt=features.enabled(cpu, "npt"))
 
 
 # ---------------------------------------------------------------- helpers

@@ -19,7 +19,7 @@ EDX_BITS = {
 BY_NAME = {name: bit for bit, name in EDX_BITS.items()}
 
 # Implemented and advertised.
-IMPLEMENTED = frozenset({"lbrv", "nrips", "tsc_scale", "vmcb_clean", "flush_by_asid",
+IMPLEMENTED = frozenset({"npt", "lbrv", "nrips", "tsc_scale", "vmcb_clean", "flush_by_asid",
                          "decode_assists", "pause_filter", "pause_filter_threshold",
                          "vgif", "vnmi"})
 

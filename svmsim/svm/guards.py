@@ -3,7 +3,9 @@
 APM vol 2, 15.7.1: instruction intercepts are checked after the simple
 exceptions the instruction raises on its own (#UD for a bad form or mode,
 #GP for the wrong CPL) and before exceptions that depend on memory accesses
-or operand values.  So each guard repeats the instruction's mode/CPL checks,
+or operand values.  CPUID, INT n, PUSHF/POPF, IRET, PAUSE, RSM, ICEBP and
+XSETBV exit before any of their checks (KVM's emulator encodes the same
+order in its intercept table).  So each guard repeats the instruction's mode/CPL checks,
 then raises ``VmExit`` if the intercept is set (with EXITINFO1/2 and NRIP as
 the manual defines them for that exit), else lets the handler run.
 
@@ -28,7 +30,8 @@ R = iced_x86.Register
 OpKind = iced_x86.OpKind
 
 CR, DR, EXC, MISC1, MISC2, MISC3 = range(6)
-DECODE_MOV = 1 << 63          # EXITINFO1 bit 63: the access was a MOV CRx/DRx (15.33.2)
+DECODE_MOV = 1 << 63          # EXITINFO1 bit 63: the CR access was a MOV (15.33.2); DR exits
+                              # carry only the GPR number (DRs have no other access form)
 
 
 def _exit(cpu, ins, code, info1=0, info2=0, detail=""):
@@ -121,14 +124,14 @@ def _dr_prechecks(cpu, ins, reg):
 def mov_to_dr(cpu, ins):
     n = _dr_prechecks(cpu, ins, ins.regs[0])
     if n is not None and _hit(cpu, DR, 16 + n):
-        info1 = (DECODE_MOV | _gpr_number(ins.regs[1])) if _decode(cpu) else 0
+        info1 = _gpr_number(ins.regs[1]) if _decode(cpu) else 0
         _exit(cpu, ins, ExitCode.DR0_WRITE + n, info1)
 
 
 def mov_from_dr(cpu, ins):
     n = _dr_prechecks(cpu, ins, ins.regs[1])
     if n is not None and _hit(cpu, DR, n):
-        info1 = (DECODE_MOV | _gpr_number(ins.regs[0])) if _decode(cpu) else 0
+        info1 = _gpr_number(ins.regs[0]) if _decode(cpu) else 0
         _exit(cpu, ins, ExitCode.DR0_READ + n, info1)
 
 
@@ -183,8 +186,8 @@ def _pre_svm(name, rax=True):
 
 
 def swint(cpu, ins):
-    """INT n (not INT3/INTO/INT1): EXITINFO1 = the vector with decode assists."""
-    _pre_v86_iopl(cpu, ins)
+    """INT n (not INT3/INTO/INT1): EXITINFO1 = the vector with decode assists.
+    Checked before any of INT n's own faults, the gate-DPL #GP included."""
     if _hit(cpu, MISC1, 21):
         _exit(cpu, ins, ExitCode.SWINT, ins.imm & 0xFF if _decode(cpu) else 0)
 
@@ -282,12 +285,6 @@ def _pre_monitor(cpu, ins):
         raise ud(f"{ins.name.upper()} at CPL {cpu.cpl}")
 
 
-def _pre_xsetbv(cpu, ins):
-    if not cpu.cr4 & (1 << 18):
-        raise ud("XSETBV with CR4.OSXSAVE=0")
-    _cpl0(cpu, "XSETBV")
-
-
 GUARDS_BY_CODE = {
     C.MOV_CR_R32: mov_to_cr, C.MOV_CR_R64: mov_to_cr,
     C.MOV_R32_CR: mov_from_cr, C.MOV_R64_CR: mov_from_cr,
@@ -311,12 +308,12 @@ GUARDS = {
     M.LTR: _simple(MISC1, 13, ExitCode.TR_WRITE, _pre_protected),
     M.RDTSC: _simple(MISC1, 14, ExitCode.RDTSC, _pre_tsd),
     M.RDPMC: _simple(MISC1, 15, ExitCode.RDPMC, _pre_pce),
-    M.PUSHF: _simple(MISC1, 16, ExitCode.PUSHF, _pre_v86_iopl),
-    M.PUSHFD: _simple(MISC1, 16, ExitCode.PUSHF, _pre_v86_iopl),
-    M.PUSHFQ: _simple(MISC1, 16, ExitCode.PUSHF, _pre_v86_iopl),
-    M.POPF: _simple(MISC1, 17, ExitCode.POPF, _pre_v86_iopl),
-    M.POPFD: _simple(MISC1, 17, ExitCode.POPF, _pre_v86_iopl),
-    M.POPFQ: _simple(MISC1, 17, ExitCode.POPF, _pre_v86_iopl),
+    M.PUSHF: _simple(MISC1, 16, ExitCode.PUSHF),
+    M.PUSHFD: _simple(MISC1, 16, ExitCode.PUSHF),
+    M.PUSHFQ: _simple(MISC1, 16, ExitCode.PUSHF),
+    M.POPF: _simple(MISC1, 17, ExitCode.POPF),
+    M.POPFD: _simple(MISC1, 17, ExitCode.POPF),
+    M.POPFQ: _simple(MISC1, 17, ExitCode.POPF),
     M.CPUID: _simple(MISC1, 18, ExitCode.CPUID),
     M.RSM: _simple(MISC1, 19, ExitCode.RSM),
     M.IRET: _simple(MISC1, 20, ExitCode.IRET),
@@ -345,7 +342,7 @@ GUARDS = {
     M.WBNOINVD: _simple(MISC2, 9, ExitCode.WBINVD, _pre_cpl0),
     M.MONITOR: _simple(MISC2, 10, ExitCode.MONITOR, _pre_monitor),
     M.MWAIT: mwait,
-    M.XSETBV: _simple(MISC2, 13, ExitCode.XSETBV, _pre_xsetbv),
+    M.XSETBV: _simple(MISC2, 13, ExitCode.XSETBV),
     M.INVPCID: _simple(MISC3, 2, ExitCode.INVPCID, _pre_cpl0),
 }
 

@@ -138,8 +138,8 @@ def _load_control(cpu, v: VmcbView):
     s.pause_initial = s.pause_count = v["PAUSE_FILTER_COUNT"]
     s.pause_threshold = v["PAUSE_FILTER_THRESHOLD"]
     s.pause_last = None
-    s.np_enable = bool(v["NP_ENABLE"])
     from . import features
+    s.np_enable = bool(v["NP_ENABLE"]) and features.enabled(cpu, "npt")
     s.v_gif_enable = bool(v["V_GIF_ENABLE"]) and features.enabled(cpu, "vgif")
     s.v_gif = bool(v["V_GIF"])
     s.v_nmi_enable = bool(v["V_NMI_ENABLE"]) and features.enabled(cpu, "vnmi")
@@ -179,7 +179,7 @@ def _lbr_switch(cpu, load, store) -> None:
 
 # Control bits whose features svmsim does not implement yet: a guest that
 # needs them must not silently run without them.
-_UNMODELLED = (("NP_ENABLE", "nested paging (NP_ENABLE)"), ("SEV_ENABLE", "SEV (SEV_ENABLE)"),
+_UNMODELLED = (("SEV_ENABLE", "SEV (SEV_ENABLE)"),
                ("SEV_ES_ENABLE", "SEV-ES (SEV_ES_ENABLE)"), ("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"),
                ("X2AVIC_ENABLE", "x2AVIC"), ("V_VMSAVE_VMLOAD_ENABLE", "virtual VMSAVE/VMLOAD"))
 
@@ -236,7 +236,11 @@ def vmrun(cpu, ins) -> None:
         return
     _load_control(cpu, v)
     _refuse_unmodelled(cpu, v)
+    host_cr4, host_efer = cpu.cr4, cpu.efer
     _load_guest(cpu, v)
+    if s.np_enable:
+        from . import npt
+        npt.setup(cpu, v, host_cr4, host_efer)
     if s.lbr_virt:
         s.host_lbr = {}
         _lbr_switch(cpu, v, s.host_lbr)
@@ -343,6 +347,9 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     if features.enabled(cpu, "nrips"):
         v["NRIP"] = nrip
     if features.enabled(cpu, "decode_assists"):
+        if code == ExitCode.NPF and not insn:
+            from .events import fetch_insn_bytes
+            insn = fetch_insn_bytes(cpu)
         v["INSN_LEN"] = len(insn)
         if insn:
             v["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
@@ -352,6 +359,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
                                           "info2": info2, "exitintinfo": exitintinfo,
                                           "rip": guest_rip, "asid": s.asid, "detail": detail})
     cpu.svm_guest = False
+    cpu.npt = None
     cpu.gif = False
     cpu.shadow = False
     cpu.halted = False

@@ -1,0 +1,164 @@
+"""Nested paging: the two-dimensional walk (APM vol 2, 15.25).
+
+With NP_ENABLE, a guest linear address is translated by the guest's page
+tables into a guest-physical address (gPA), and every gPA -- the final one
+and the address of each guest page-table entry -- is translated by the nested
+page tables (rooted at N_CR3, in the host's paging format as at VMRUN) into a
+system-physical address.  Rules used here (APM 15.25.5-15.25.6):
+
+* Nested accesses are user accesses: a nested entry with U/S = 0 faults.
+* Guest page-table reads are nested reads, their A/D updates nested writes.
+* A nested fault is #VMEXIT(NPF): EXITINFO1 = a #PF-style error code (P, RW,
+  US, RSV, ID) plus bit 32 (fault on the final gPA) or bit 33 (fault on a
+  guest page-table access); EXITINFO2 = the faulting gPA (byte address).
+* A guest fault stays a guest #PF with the guest's CR2.
+* GMET (guest-mode execute trap, 15.25.7): with GMET_ENABLE, a fetch at
+  guest CPL 0-2 from a nested page whose U/S = 1 faults (#NPF, P and ID set).
+
+The TLB caches the combined translation (linear -> SPA) tagged by the
+guest's ASID, with the nested permissions kept apart so that a nested
+violation found on a TLB hit is still an #NPF, not a guest #PF.
+"""
+from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_I
+from ..cpu.paging import Walker, Translation, check_access
+from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
+from .exits import ExitCode
+from .state import VmExit
+
+NPF_FINAL = 1 << 32           # the fault was on the final guest-physical address
+NPF_TABLE = 1 << 33           # ... on an access to a guest page table
+HOST_CR0_PG = 1 << 31
+
+
+class NestedTranslation(Translation):
+    """A combined translation: guest permissions plus the nested ones."""
+    __slots__ = ("gpa", "n_rw", "n_us", "n_nx", "n_d")
+
+
+class NestedMmu:
+    """Per-CPU nested-paging state, set up at VMRUN."""
+
+    def __init__(self, cpu, n_cr3, host_cr4, host_efer, gmet):
+        self.cpu = cpu
+        self.n_cr3 = n_cr3
+        self.host_cr4 = host_cr4
+        self.host_efer = host_efer
+        self.gmet = gmet
+        bus = cpu.bus
+        self.nested = Walker(bus.read, bus.write, cpu.maxphyaddr)
+        self.guest = Walker(self._guest_pt_read, self._guest_pt_write, cpu.maxphyaddr)
+
+    # -- nested (gPA -> SPA) ----------------------------------------------------
+    def nested_walk(self, gpa, access, where):
+        """gPA -> nested Translation for ``access`` (W/I bits), or #NPF."""
+        user_access = (access & (PF_W | PF_I)) | PF_U
+        try:
+            t = self.nested.walk(gpa, HOST_CR0_PG, self.n_cr3, self.host_cr4, self.host_efer,
+                                 user_access)
+            self._check_nested(t, gpa, access)
+        except CpuException as e:
+            if e.vector != PF:
+                raise
+            raise self._npf(gpa, e.error_code, where, e.detail) from None
+        return t
+
+    def _check_nested(self, t, gpa, access):
+        check_access(t, gpa, (access & (PF_W | PF_I)) | PF_U, HOST_CR0_PG, 0, self.host_efer, 0)
+        if self.gmet and access & PF_I and not access & PF_U and t.us:
+            raise CpuException(PF, PF_P | PF_I, cr2=gpa,
+                               detail="GMET: supervisor fetch from a user nested page")
+
+    @staticmethod
+    def _npf(gpa, code, where, detail):
+        info1 = (code & 0x1F) | PF_U | where
+        e = VmExit(ExitCode.NPF, info1, gpa, detail=f"nested page fault: {detail}")
+        return e
+
+    def _guest_pt_read(self, gpa, size):
+        t = self.nested_walk(gpa, 0, NPF_TABLE)
+        return self.cpu.bus.read(t.spa | (gpa & 0xFFF), size)
+
+    def _guest_pt_write(self, gpa, size, value):
+        t = self.nested_walk(gpa, PF_W, NPF_TABLE)
+        self.cpu.bus.write(t.spa | (gpa & 0xFFF), size, value)
+
+    # -- the whole translation ----------------------------------------------------
+    def translate(self, lin, access, stack):
+        """Linear -> SPA for the running guest (Cpu.translate's NPT branch)."""
+        cpu = self.cpu
+        if cpu.efer & (1 << 10):
+            top = lin >> 56 if cpu.cr4 & (1 << 12) else lin >> 47
+            if top and top != (0xFF if cpu.cr4 & (1 << 12) else 0x1FFFF):
+                raise CpuException(SS if stack else GP, 0, detail=f"non-canonical address {lin:#x}")
+        vpn = lin >> 12
+        tlb = cpu.tlb
+        t = tlb.lookup(vpn)
+        if t is None or t.__class__ is not NestedTranslation or access & PF_W and not (t.d and t.n_d):
+            tlb.stats["misses"] += 1
+            t = self._walk(lin, access)
+            tlb.insert(vpn, t)
+        if cpu.paging:
+            check_access(t, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
+        self._check_combined(t, access, lin)
+        self._fill_fast(vpn, t, access)
+        return t.spa | (lin & 0xFFF)
+
+    def _walk(self, lin, access):
+        cpu = self.cpu
+        if cpu.paging:
+            g = self.guest.walk(lin, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, access)
+        else:
+            # Guest paging off: the linear address is the gPA (32-bit).
+            g = Translation(lin & 0xFFFFF000, 2, 4, 0, 0, 1, 4096)
+        gpa = g.spa | (lin & 0xFFF) if cpu.paging else lin & 0xFFFFFFFF
+        n = self.nested_walk(gpa, access, NPF_FINAL)
+        t = NestedTranslation(n.spa, g.rw, g.us, g.nx, g.g, g.d, g.size)
+        t.gpa, t.n_rw, t.n_us, t.n_nx, t.n_d = gpa & ~0xFFF, n.rw, n.us, n.nx, n.d
+        return t
+
+    def _check_combined(self, t, access, lin):
+        """Nested permissions of a cached combined translation (#NPF)."""
+        bad = 0
+        if access & PF_W and not t.n_rw:
+            bad = PF_P | PF_W
+        elif access & PF_I and t.n_nx:
+            bad = PF_P | PF_I
+        elif self.gmet and access & PF_I and not access & PF_U and t.n_us:
+            bad = PF_P | PF_I
+        if bad:
+            raise self._npf(t.gpa | (lin & 0xFFF), bad | (access & (PF_W | PF_I)), NPF_FINAL,
+                            "nested permissions of the final guest-physical page")
+
+    def _fill_fast(self, vpn, t, access):
+        """Fast caches hold only what needs no further check of either level."""
+        cpu = self.cpu
+        if cpu.watch:
+            return
+        user = 1 if access & PF_U else 0
+        fast = cpu.tlb.fast[user]
+        off = cpu.bus.ram_offset(t.spa)
+        guest_w = t.rw or (cpu.paging and not user and not cpu.cr0 & (1 << 16)) or not cpu.paging
+        writable = t.d and t.n_d and t.n_rw and guest_w
+        smap = cpu.paging and cpu.cr4 & (1 << 21) and t.us and not user
+        if smap:
+            return
+        exec_ok = not t.nx and not t.n_nx and not (self.gmet and not user and t.n_us) and \
+            not (cpu.paging and t.us and not user and cpu.cr4 & (1 << 20))
+        if off is None:
+            fast[MMIO_R][vpn] = t.spa
+            if writable:
+                fast[MMIO_W][vpn] = t.spa
+            return
+        fast[R][vpn] = off
+        if exec_ok:
+            fast[X][vpn] = off
+        if writable and t.spa >> 12 not in cpu.machine.code_pages:
+            fast[W][vpn] = off
+
+
+def setup(cpu, v, host_cr4, host_efer) -> None:
+    """At VMRUN with NP_ENABLE (APM 15.25.3): the nested tables are walked in
+    the host's paging mode as it is at VMRUN."""
+    from . import features
+    gmet = bool(v["GMET_ENABLE"]) and features.enabled(cpu, "gmet")
+    cpu.npt = NestedMmu(cpu, v["N_CR3"], host_cr4, host_efer, gmet)

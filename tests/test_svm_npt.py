@@ -63,12 +63,13 @@ def test_npf_fetch_from_no_execute_nested_page():
 
 
 def test_npf_on_a_guest_page_table_access():
-    """The guest's CR3 (a gPA) is not mapped: bit 33, EXITINFO2 = the gPA of the entry."""
+    """The guest's CR3 (a gPA) is not mapped: bit 33, EXITINFO2 = the gPA of the
+    entry; the walk's access is a nested write (it may set A), so RW = 1."""
     r = npt_rig("hlt")
     r.vmcb["CR3"] = 0x3000000                            # beyond the 16 MiB nested map
     r.run()
     assert r.exitcode == ExitCode.NPF
-    assert r.vmcb["EXITINFO1"] == TABLE | 4
+    assert r.vmcb["EXITINFO1"] == TABLE | 4 | 2
     assert r.vmcb["EXITINFO2"] == 0x3000000 + ((GUEST_CODE >> 39) & 0x1FF) * 8
 
 

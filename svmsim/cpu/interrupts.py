@@ -146,7 +146,9 @@ def _escalate(cpu, vector, kind, error_code, cr2, injected) -> None:
                 shutdown(cpu, f"triple fault: {e2} while delivering #DF")
             outer, check, cr2 = this, True, e2.cr2
             if kind in (HWEXC, NMI_EV, EXTINT) and _double_fault(vector, e2.vector):
-                vector, kind, error_code, cr2 = DF, HWEXC, 0, None
+                # An intercepted #DF is not an exit during event delivery:
+                # no EXITINTINFO (Bochs; APM 15.7.2).
+                vector, kind, error_code, cr2, outer = DF, HWEXC, 0, None, None
             else:
                 vector, kind, error_code = e2.vector, HWEXC, e2.error_code
 

@@ -7,7 +7,9 @@ page tables (rooted at N_CR3, in the host's paging format as at VMRUN) into a
 system-physical address.  Rules used here (APM 15.25.5-15.25.6):
 
 * Nested accesses are user accesses: a nested entry with U/S = 0 faults.
-* Guest page-table reads are nested reads, their A/D updates nested writes.
+* Guest page-table accesses are nested *writes*: the walk may set A/D bits,
+  so an #NPF on a guest table reports RW = 1 (as QEMU does, and as KVM
+  expects from hardware).
 * A nested fault is #VMEXIT(NPF): EXITINFO1 = a #PF-style error code (P, RW,
   US, RSV, ID) plus bit 32 (fault on the final gPA) or bit 33 (fault on a
   guest page-table access); EXITINFO2 = the faulting gPA (byte address).
@@ -75,7 +77,7 @@ class NestedMmu:
         return e
 
     def _guest_pt_read(self, gpa, size):
-        t = self.nested_walk(gpa, 0, NPF_TABLE)
+        t = self.nested_walk(gpa, PF_W, NPF_TABLE)
         return self.cpu.bus.read(t.spa | (gpa & 0xFFF), size)
 
     def _guest_pt_write(self, gpa, size, value):

@@ -154,12 +154,12 @@ def _write_back_control(cpu, v: VmcbView):
     v["V_TPR"] = s.v_tpr
     v["V_IRQ"] = int(s.v_irq)
     v["INTERRUPT_SHADOW"] = int(cpu.shadow or cpu.in_shadow)
+    # The pause-filter count is internal: VMRUN reloads it, nothing writes it back.
     if s.v_gif_enable:
         v["V_GIF"] = int(s.v_gif)
     if s.v_nmi_enable:
         v["V_NMI_PENDING"] = int(s.v_nmi_pending)
         v["V_NMI_BLOCKING"] = int(s.v_nmi_blocking)
-    v["PAUSE_FILTER_COUNT"] = s.pause_count
 
 
 LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),

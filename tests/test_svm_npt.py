@@ -207,3 +207,58 @@ def test_guest_page_table_access_npf_on_read_only_table_when_setting_accessed():
     r = _legacy_guest("nop\nhlt", 0, 0x700000, tables, nested).run()
     assert r.exitcode == ExitCode.NPF
     assert r.vmcb["EXITINFO1"] == TABLE | 4 | 2 | 1 and r.vmcb["EXITINFO2"] == 0x700004   # the PDE
+
+
+def test_npf_reserved_bit_in_a_nested_entry():
+    """A reserved bit (here 51, above MAXPHYADDR 48) in a nested entry: #NPF with
+    P and RSV set (APM 15.25.6)."""
+    r = npt_rig("mov eax, [0x600000]\nhlt", identity_to=0x600000)
+    r.nt.map(0x600000, 0x600000 | 1 << 51)
+    r.run()
+    assert r.exitcode == ExitCode.NPF and r.vmcb["EXITINFO1"] == FINAL | 8 | 4 | 1
+
+
+def test_nested_1gib_page_and_guest_memory_beyond_host_ram():
+    """A 1 GiB nested page maps gPAs 64 GiB.. onto host RAM at 0: the guest's
+    physical space is larger than the host's 32 MiB."""
+    r = npt_rig("mov rax, 0x1000600000\nmov eax, [rax]\ncpuid\nhlt")
+    pdpte = r.nt.entry_addr(0x1000000000, 3)
+    r.m.bus.write(pdpte, 8, 0 | 0x87)                       # 1 GiB page at SPA 0
+    r.m.bus.write(0x600000, 4, 0x6060)
+    # The guest's own tables must map linear 0x1000600000 -> gPA 0x1000600000.
+    pdpt = r.m.bus.read(PML4, 8) & ~0xFFF
+    r.m.bus.write(pdpt + 8 * 64, 8, 0x1000000000 | 0x83)   # guest 1 GiB page, identity
+    r.run()
+    assert r.exitcode == ExitCode.CPUID and r.vmcb["RAX"] == 0x6060
+
+
+def test_invlpga_from_the_host_flushes_one_guest_page():
+    """INVLPGA rAX=address, ECX=ASID drops that guest translation only (APM vol 3).
+    The two pages lie in different 2 MiB guest pages (INVLPGA drops a whole
+    large page, like INVLPG)."""
+    r = npt_rig("mov eax, [0x600000]\nmov ebx, [0x800000]\ncpuid\nhlt", identity_to=0x600000)
+    r.nt.identity(0xA00000, 0x1000000)
+    for gpa, spa, val in ((0x600000, 0x1800000, 1), (0x800000, 0x1801000, 2)):
+        r.nt.map(gpa, spa)
+        r.m.bus.write(spa, 4, val)
+        r.m.bus.write(spa + 0x10000, 4, val + 10)
+    r.run()
+    assert (r.vmcb["RAX"], r.cpu.regs[3]) == (1, 2)
+    r.nt.map(0x600000, 0x1810000)
+    r.nt.map(0x800000, 0x1811000)
+    r.cpu.regs[0], r.cpu.regs[1] = 0x600000, 1
+    from svmsim.cpu.ops.svm import invlpga
+    invlpga(r.cpu, type("I", (), {"asize": 8})())              # INVLPGA rAX=0x600000, ECX=1
+    r.vmcb["RIP"] = GUEST_CODE
+    r.run()
+    assert r.vmcb["RAX"] == 11 and r.cpu.regs[3] == 2          # 0x800000 still stale
+
+
+def test_guest_invlpg_flushes_only_the_guest_asid():
+    """The host's translation of the same linear page (ASID 0) survives a
+    guest INVLPG (ASID 1)."""
+    r = npt_rig("invlpg [0x600000]\ncpuid\nhlt", identity_to=0x1000000)
+    r.cpu.translate(0x600000, 0)                               # host entry, ASID 0
+    host_entry = r.cpu.tlb._tagged[(0, 0)].get(0x600)
+    r.run()
+    assert host_entry is not None and r.cpu.tlb._tagged[(0, 0)].get(0x600) is host_entry

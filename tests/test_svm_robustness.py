@@ -41,3 +41,28 @@ def test_random_vmcb_never_crashes(seed):
         pass
     # Wherever it ended, the CPU state is consistent enough to describe.
     assert isinstance(r.cpu.rip, int) and 0 <= r.cpu.cpl <= 3
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.slow) if s >= 40 else s
+                                  for s in range(400)])
+def test_random_nested_tables_never_crash(seed):
+    """Nested tables with random entries under a guest that touches memory:
+    every outcome is architectural (#NPF, guest fault, exit, shutdown)."""
+    from svmharness import NestedTables
+    rng = random.Random(seed)
+    guest = ("mov rax, 0x600000\nmov ebx, [rax]\nmov dword ptr [rax + 0x1000], 5\n"
+             "mov rcx, 0x1234000\nmov edx, [rcx]\nhlt")
+    r = SvmRig(guest, NP_ENABLE=1)
+    nt = NestedTables(r.m.bus)
+    nt.identity(0, 0x600000)
+    nt.identity(0x600000, 0x800000, size=4096)
+    nt.identity(0x800000, 0x1000000)
+    for _ in range(rng.randrange(1, 12)):
+        table = rng.randrange(nt.root, nt.next, 0x1000)
+        r.m.bus.write(table + 8 * rng.randrange(512), 8, rng.getrandbits(64))
+    r.vmcb["N_CR3"] = nt.root if rng.random() < 0.9 else rng.getrandbits(52) & ~0xFFF
+    try:
+        r.run(max_insns=2000)
+    except (NotModelled, Shutdown):
+        pass
+    assert isinstance(r.cpu.rip, int)

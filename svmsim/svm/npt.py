@@ -14,8 +14,10 @@ system-physical address.  Rules used here (APM 15.25.5-15.25.6):
   US, RSV, ID) plus bit 32 (fault on the final gPA) or bit 33 (fault on a
   guest page-table access); EXITINFO2 = the faulting gPA (byte address).
 * A guest fault stays a guest #PF with the guest's CR2.
-* GMET (guest-mode execute trap, 15.25.7): with GMET_ENABLE, a fetch at
-  guest CPL 0-2 from a nested page whose U/S = 1 faults (#NPF, P and ID set).
+* GMET (guest-mode execute trap): with GMET_ENABLE, a fetch at guest CPL
+  0-2 from a nested page whose U/S = 1 faults (#NPF, P and ID set), and the
+  nested U/S bit stops restricting data accesses (svmsim's reading: pages
+  a hypervisor marks supervisor, U/S = 0, must stay usable by the guest).
 
 The TLB caches the combined translation (linear -> SPA) tagged by the
 guest's ASID, with the nested permissions kept apart so that a nested
@@ -30,6 +32,7 @@ from .state import VmExit
 NPF_FINAL = 1 << 32           # the fault was on the final guest-physical address
 NPF_TABLE = 1 << 33           # ... on an access to a guest page table
 HOST_CR0_PG = 1 << 31
+CR0_WP = 1 << 16
 
 
 class NestedTranslation(Translation):
@@ -65,8 +68,13 @@ class NestedMmu:
         return t
 
     def _check_nested(self, t, gpa, access):
-        check_access(t, gpa, (access & (PF_W | PF_I)) | PF_U, HOST_CR0_PG, 0, self.host_efer, 0)
-        if self.gmet and access & PF_I and not access & PF_U and t.us:
+        if not self.gmet:
+            check_access(t, gpa, (access & (PF_W | PF_I)) | PF_U, HOST_CR0_PG, 0, self.host_efer, 0)
+            return
+        # GMET: the nested U/S bit no longer restricts data accesses; it marks
+        # pages that guest supervisor code may not execute (like SMEP).
+        check_access(t, gpa, access & (PF_W | PF_I), HOST_CR0_PG | CR0_WP, 0, self.host_efer, 0)
+        if access & PF_I and not access & PF_U and t.us:
             raise CpuException(PF, PF_P | PF_I, cr2=gpa,
                                detail="GMET: supervisor fetch from a user nested page")
 

@@ -95,11 +95,11 @@ def test_extended_features_svm_lm_nx_and_brand():
     assert "EPYC" in brand and "simulated" in brand
     assert run_cpuid(0x80000007)[3] >> 8 & 1        # invariant TSC
     # SVM revision 1, 32768 ASIDs, nested paging | LBR virtualization | NRIPS | TSC ratio | VMCB
-    # clean | flush by ASID | decode assists | pause filter | threshold | vGIF |
-    # GMET | vNMI (APM vol 3, E.4.9): what svmsim implements.
+    # clean | flush by ASID | decode assists | pause filter | threshold | virtual
+    # VMSAVE/VMLOAD | vGIF | GMET | vNMI (APM vol 3, E.4.9): what svmsim implements.
     a, b, c, d = run_cpuid(0x8000000A)
     assert (a, b, c) == (1, 32768, 0)
-    assert d == sum(1 << b for b in (0, 1, 3, 4, 5, 6, 7, 10, 12, 16, 17, 25))
+    assert d == sum(1 << b for b in (0, 1, 3, 4, 5, 6, 7, 10, 12, 15, 16, 17, 25))
     assert run_cpuid(0x8000001F) == [0, 0, 0, 0]
 
 

@@ -297,3 +297,19 @@ def test_without_gmet_supervisor_nested_pages_fault():
     r.vmcb["N_CR3"] = nt.root
     r.run()
     assert r.exitcode == ExitCode.NPF and r.vmcb["EXITINFO1"] & 1     # present, U/S violation
+
+
+@pytest.mark.parametrize("virtual,where", [(1, 0x1800000), (0, 0x600000)])
+def test_virtual_vmsave_uses_a_guest_physical_address(virtual, where):
+    """V_VMSAVE_VMLOAD_ENABLE with nested paging: the guest's VMSAVE (not
+    intercepted) takes rAX as a gPA and writes through the nested tables
+    (APM 15.33.1); without it rAX is a system-physical address."""
+    r = npt_rig("mov ecx, 0xC0000081\nmov eax, 0x5151\nxor edx, edx\nwrmsr\n"
+                "mov rax, 0x600000\nvmsave\ncpuid\nhlt", identity_to=0x600000,
+                V_VMSAVE_VMLOAD_ENABLE=virtual)
+    r.nt.identity(0x800000, 0x1000000)
+    r.nt.map(0x600000, 0x1800000)
+    r.run()
+    from svmsim.svm.vmcb import VmcbView
+    assert r.exitcode == ExitCode.CPUID
+    assert VmcbView(r.m.bus, where)["STAR"] == 0x5151

@@ -146,6 +146,9 @@ def _load_control(cpu, v: VmcbView):
     s.v_nmi_pending = s.v_nmi_enable and bool(v["V_NMI_PENDING"])
     s.v_nmi_blocking = s.v_nmi_enable and bool(v["V_NMI_BLOCKING"])
     s.lbr_virt = bool(v["LBR_VIRTUALIZATION_ENABLE"]) and features.enabled(cpu, "lbrv")
+    # Virtual VMSAVE/VMLOAD works only with nested paging (APM 15.33.1).
+    s.v_vmsave_vmload = (bool(v["V_VMSAVE_VMLOAD_ENABLE"]) and s.np_enable
+                         and features.enabled(cpu, "v_vmsave_vmload"))
 
 
 def _write_back_control(cpu, v: VmcbView):
@@ -181,7 +184,7 @@ def _lbr_switch(cpu, load, store) -> None:
 # needs them must not silently run without them.
 _UNMODELLED = (("SEV_ENABLE", "SEV (SEV_ENABLE)"),
                ("SEV_ES_ENABLE", "SEV-ES (SEV_ES_ENABLE)"), ("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"),
-               ("X2AVIC_ENABLE", "x2AVIC"), ("V_VMSAVE_VMLOAD_ENABLE", "virtual VMSAVE/VMLOAD"))
+               ("X2AVIC_ENABLE", "x2AVIC"))
 
 
 def _refuse_unmodelled(cpu, v) -> None:

@@ -28,6 +28,18 @@ def _rax(cpu, ins):
     return cpu.regs[0] & ((1 << (8 * ins.asize)) - 1)
 
 
+def _vmcb_spa(cpu, ins, write):
+    """rAX as a system-physical address.  In a guest with virtual VMSAVE/
+    VMLOAD (APM 15.33.1: V_VMSAVE_VMLOAD_ENABLE with nested paging) it is a
+    guest-physical address, translated by the nested tables (#NPF if not)."""
+    pa = _rax(cpu, ins)
+    if cpu.svm_guest and cpu.svm.v_vmsave_vmload and cpu.npt is not None:
+        from ...svm.npt import NPF_FINAL
+        from ..exceptions import PF_W
+        return cpu.npt.nested_walk(pa, PF_W if write else 0, NPF_FINAL).spa
+    return pa
+
+
 @handles("VMRUN", ends_block=True)
 def vmrun(cpu, ins):
     svm_checks(cpu, ins, "VMRUN")
@@ -39,7 +51,7 @@ def vmload(cpu, ins):
     """Load FS, GS, TR, LDTR (with their hidden state), KernelGSBase, the
     SYSCALL and SYSENTER MSRs from the VMCB at rAX (APM vol 3 VMLOAD)."""
     svm_checks(cpu, ins, "VMLOAD")
-    v = VmcbView(cpu.bus, _rax(cpu, ins))
+    v = VmcbView(cpu.bus, _vmcb_spa(cpu, ins, False))
     for name, idx in (("FS", FS), ("GS", GS)):
         sel, attr, limit, base = v.segment(name)
         cpu.segs[idx] = Segment(sel, base, limit, attr)
@@ -55,7 +67,7 @@ def vmload(cpu, ins):
 def vmsave(cpu, ins):
     """Store the VMLOAD state into the VMCB at rAX (APM vol 3 VMSAVE)."""
     svm_checks(cpu, ins, "VMSAVE")
-    v = VmcbView(cpu.bus, _rax(cpu, ins))
+    v = VmcbView(cpu.bus, _vmcb_spa(cpu, ins, True))
     for name, seg in (("FS", cpu.segs[FS]), ("GS", cpu.segs[GS]), ("TR", cpu.tr), ("LDTR", cpu.ldtr)):
         v.set_segment(name, seg.sel, seg.attr, seg.limit, seg.base)
     for name, idx in MSR_STATE:

@@ -536,3 +536,10 @@ def test_injected_interrupt_returns_to_rip():
                NRIP=GUEST_CODE + 2).run()
     rsp = r.m.bus.read(REC + 8, 8)
     assert r.m.bus.read(rsp, 8) == GUEST_CODE
+
+
+def test_host_rf_is_clear_after_the_exit():
+    r = SvmRig("cpuid\nhlt", intercepts=[ExitCode.CPUID])
+    r.cpu.rflags |= 1 << 16
+    r.run(at_vmrun=True)
+    assert r.exitcode == ExitCode.CPUID and not r.cpu.get_rflags() & (1 << 16)

@@ -13,7 +13,7 @@ so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
 """
 from ..cpu.exceptions import CpuException
 from ..cpu.segments import Segment, ES, CS, SS, DS
-from ..cpu.flags import IF, VM
+from ..cpu.flags import IF, VM, RF
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
 from . import checks, clean, exits
@@ -69,14 +69,15 @@ def save_host(cpu, hsave: VmcbView, next_rip: int) -> None:
 
 def restore_host(cpu, hsave: VmcbView) -> None:
     """#VMEXIT "reload host state" (APM 15.6): the saved registers, CPL 0,
-    CR0.PE forced to 1, DR7 = 400h (all breakpoints off), RFLAGS.TF kept."""
+    CR0.PE forced to 1, DR7 = 400h (all breakpoints off), RFLAGS.TF kept,
+    RF clear (the VMRUN instruction has completed)."""
     cpu.efer = hsave["EFER"]
     cpu.cr0 = hsave["CR0"] | CR0_PE
     cpu.cr4 = hsave["CR4"]
     cpu.cr3 = hsave["CR3"]
     _load_segments(cpu, hsave)
     cpu.cpl = 0
-    cpu.set_rflags(hsave["RFLAGS"] & ~VM)
+    cpu.set_rflags(hsave["RFLAGS"] & ~(VM | RF))     # VMRUN completed: RF is 0 after it
     cpu.rip = hsave["RIP"]
     cpu.regs[4] = hsave["RSP"]
     cpu.regs[0] = hsave["RAX"]

@@ -97,6 +97,9 @@ class Machine:
         self.notes: list = []
         self.unimplemented: dict = {}        # mnemonic -> times it raised #UD
         self.listeners: list = []            # trace sinks: callables(event dict)
+        from .memory.encryption import EncryptionEngine
+        sev = self.profile.extra.get("sev") or {}
+        self.mem_engine = EncryptionEngine(sev.get("max_asid", 0))   # keys: the AMD-SP's to load
         self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
         for cpu in self.cpus[1:]:
             cpu.wait_for_sipi = True         # APs wait for INIT-SIPI (APM 16.x, MP spec)

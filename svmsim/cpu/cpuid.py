@@ -176,7 +176,14 @@ def build_table(profile, fs, smp: int) -> dict:
     if profile.max_ext >= 0x8000000A:
         leaf(0x8000000A)                               # SVM details: filled by the SVM work
     if profile.max_ext >= 0x8000001F:
-        leaf(0x8000001F)                               # SME/SEV: filled by the SEV work
+        sev = profile.extra.get("sev")
+        if sev:
+            # SME (0), SEV (1), SEV needs a 64-bit host (11); C-bit position,
+            # address-bit reduction; encrypted guests; first SEV ASID (seed S14, S18).
+            t[(0x8000001F, None)] = [(1 << 0) | (1 << 1) | (1 << 11), sev["c_bit"] | sev["reduction"] << 6,
+                                     sev["max_asid"], sev["min_sev_asid"]]
+        else:
+            leaf(0x8000001F)
     return t
 
 

@@ -69,12 +69,12 @@ class Engine:
         spa = cpu.fetch_spa(lin)
         page_off = self.bus.ram_offset(spa & ~0xFFF)
         avail = PAGE - (lin & 0xFFF)
-        data = self.bus.read_bytes(spa, avail)
+        data = cpu.pread_bytes(spa, avail)
         page2 = None
         if avail < 15:
             try:
                 spa2 = cpu.fetch_spa((lin + avail) & cpu.lin_mask)
-                data += self.bus.read_bytes(spa2, 15)
+                data += cpu.pread_bytes(spa2, 15)
                 page2 = self.bus.ram_offset(spa2 & ~0xFFF)
             except CpuException:
                 if self._insn_len(data, bits, rip) is None:

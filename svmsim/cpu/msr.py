@@ -367,9 +367,14 @@ def hwcr_write(cpu, idx, value):
 
 
 def syscfg_write(cpu, idx, value):
+    """SYSCFG: bit 23 MemEncryptionModEn turns on SME/SEV address handling
+    (APM vol 2, 7.10.1) on CPUs that have it (CPUID 8000_001F)."""
     if value >> 32:
         raise gp(0, "WRMSR SYSCFG: reserved bits 63:32")
+    old = cpu.msr.get(idx, 0)
     cpu.msr[idx] = value
+    if (old ^ value) & SYSCFG_MEM_ENCRYPTION_MOD_EN:
+        cpu.set_mem_encryption(bool(value & SYSCFG_MEM_ENCRYPTION_MOD_EN))
 
 
 # -- machine check (APM vol 2, 9.3) ----------------------------------------------------

@@ -44,11 +44,17 @@ class Walker:
         self.write_pte = write_pte
         self.set_maxphyaddr(maxphyaddr)
 
-    def set_maxphyaddr(self, bits: int) -> None:
+    def set_maxphyaddr(self, bits: int, c_bit: int = 0, reduction: int = 0) -> None:
+        """With memory encryption on (SYSCFG.MemEncryptionModEn), the top
+        ``reduction`` address bits are cut: they become reserved, except the
+        C-bit, which frame addresses keep so the memory path knows which key
+        applies (APM vol 2, 7.10.1; seed S14)."""
         self.maxphyaddr = bits
+        eff = bits - reduction
+        c_mask = 1 << c_bit if c_bit else 0
         # Bits 51:MAXPHYADDR of an entry are reserved (APM 5.3.x tables).
-        self.rsvd_hi = ((1 << 52) - 1) & ~((1 << bits) - 1)
-        self.addr_mask = ((1 << bits) - 1) & ~0xFFF
+        self.rsvd_hi = ((1 << 52) - 1) & ~((1 << eff) - 1) & ~c_mask
+        self.addr_mask = (((1 << eff) - 1) | c_mask) & ~0xFFF
 
     # -- public ------------------------------------------------------------
     def walk(self, lin, cr0, cr3, cr4, efer, access, record=False):

@@ -20,6 +20,7 @@ EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE, EFER_SVME, EFER_LMSLE, EFER_FFXSR, EFER_
     1, 1 << 8, 1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15)
 
 _IDENTITY = None  # placeholder for identity translations when paging is off
+GUEST_KEY = 1 << 62   # svmsim-internal frame flag: access with the SEV guest's key
 
 
 class Cpu:
@@ -78,6 +79,9 @@ class Cpu:
         from ..svm.state import SvmState
         self.svm = SvmState()
         self.npt = None            # svm.npt.NestedMmu while a guest runs with nested paging
+        self.c_bit = 0             # memory encryption: the C-bit position, 0 when off
+        self.enc_mask = 0          # address bits that route an access through the engine
+        self.sev_asid = 0          # the key slot of the running SEV guest (0: none)
         self.retired = 0
         self.q_exec = 0            # instructions retired in the current engine quantum so far
         self.stall = 0             # virtual ns owed beyond 1 ns per instruction (PAUSE)
@@ -250,13 +254,13 @@ class Cpu:
         if o + size <= 0x1000:
             page = self.tlb.fast[1 if user else 0][MMIO_R].get(lin >> 12)
             spa = self.translate(lin, user, stack) if page is None else page | o
-            return self.bus.read(spa, size)
+            return self.pread(spa, size)
         first = 0x1000 - o
         spa1 = self.translate(lin, user, stack)
         spa2 = self.translate((lin + first) & self.lin_mask, user, stack)
-        lo = self.bus.read(spa1, first) if first in (1, 2, 4, 8) else int.from_bytes(self.bus.read_bytes(spa1, first), "little")
+        lo = self.pread(spa1, first) if first in (1, 2, 4, 8) else int.from_bytes(self.pread_bytes(spa1, first), "little")
         rest = size - first
-        hi = self.bus.read(spa2, rest) if rest in (1, 2, 4, 8) else int.from_bytes(self.bus.read_bytes(spa2, rest), "little")
+        hi = self.pread(spa2, rest) if rest in (1, 2, 4, 8) else int.from_bytes(self.pread_bytes(spa2, rest), "little")
         return lo | (hi << (first * 8))
 
     def write_lin_slow(self, lin, size, value, user, stack):
@@ -268,14 +272,14 @@ class Cpu:
         if o + size <= 0x1000:
             page = self.tlb.fast[1 if user else 0][MMIO_W].get(lin >> 12)
             spa = self.translate(lin, access, stack) if page is None else page | o
-            self.bus.write(spa, size, value)
+            self.pwrite(spa, size, value)
             return
         first = 0x1000 - o
         spa1 = self.translate(lin, access, stack)
         spa2 = self.translate((lin + first) & self.lin_mask, access, stack)
         data = value.to_bytes(size, "little")
-        self.bus.write_bytes(spa1, data[:first])
-        self.bus.write_bytes(spa2, data[first:])
+        self.pwrite_bytes(spa1, data[:first])
+        self.pwrite_bytes(spa2, data[first:])
 
     def fetch_spa(self, lin: int) -> int:
         """Translate an instruction-fetch address (APM 5.6: I/D bit)."""
@@ -341,10 +345,60 @@ class Cpu:
             fast[W][vpn] = off
 
     def _pt_read(self, spa, size):
-        return self.bus.read(spa, size)
+        return self.pread(spa, size)
 
     def _pt_write(self, spa, size, value):
+        self.pwrite(spa, size, value)
+
+    # ------------------------------------------------------------------ physical memory
+    # With memory encryption on, a frame address may carry the C-bit (the
+    # host's SME key) or GUEST_KEY (an SEV guest's key, svmsim's internal
+    # flag); such accesses go through the memory controller's engine.
+    def pread(self, spa, size):
+        if spa & self.enc_mask:
+            return int.from_bytes(self._enc_read(spa, size), "little")
+        return self.bus.read(spa, size)
+
+    def pwrite(self, spa, size, value):
+        if spa & self.enc_mask:
+            self._enc_write(spa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+            return
         self.bus.write(spa, size, value)
+
+    def pread_bytes(self, spa, n):
+        if spa & self.enc_mask:
+            return self._enc_read(spa, n)
+        return self.bus.read_bytes(spa, n)
+
+    def pwrite_bytes(self, spa, data):
+        if spa & self.enc_mask:
+            self._enc_write(spa, data)
+            return
+        self.bus.write_bytes(spa, data)
+
+    def _key_slot(self, spa):
+        return self.sev_asid if spa & GUEST_KEY else 0
+
+    def _enc_read(self, spa, n):
+        bus = self.bus
+        return self.machine.mem_engine.read(bus.read_bytes, spa & ~self.enc_mask, n, self._key_slot(spa))
+
+    def _enc_write(self, spa, data):
+        bus = self.bus
+        self.machine.mem_engine.write(bus.read_bytes, bus.write_bytes, spa & ~self.enc_mask, data,
+                                      self._key_slot(spa))
+
+    def set_mem_encryption(self, on: bool) -> None:
+        """SYSCFG.MemEncryptionModEn (APM 7.10.1): the C-bit becomes meaningful
+        and the physical-address width shrinks (seed S14, S16)."""
+        sev = getattr(self.machine.profile, "extra", {}).get("sev") or {}
+        if on and sev:
+            self.c_bit, reduction = sev["c_bit"], sev["reduction"]
+            self.enc_mask = (1 << self.c_bit) | GUEST_KEY
+        else:
+            self.c_bit, reduction, self.enc_mask = 0, 0, 0
+        self.walker.set_maxphyaddr(self.maxphyaddr, self.c_bit, reduction)
+        self.tlb.flush_all("syscfg.mem_encryption")
 
     # ------------------------------------------------------------------ stack
     def push(self, value: int, size: int) -> None:

@@ -26,6 +26,7 @@ violation found on a TLB hit is still an #NPF, not a guest #PF.
 from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_I
 from ..cpu.paging import Walker, Translation, check_access
 from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
+from ..cpu.state import GUEST_KEY
 from .exits import ExitCode
 from .state import VmExit
 
@@ -36,22 +37,31 @@ CR0_WP = 1 << 16
 
 
 class NestedTranslation(Translation):
-    """A combined translation: guest permissions plus the nested ones."""
-    __slots__ = ("gpa", "n_rw", "n_us", "n_nx", "n_d")
+    """A combined translation: guest permissions plus the nested ones; ``gc``
+    is the guest's C-bit (an SEV guest's private page)."""
+    __slots__ = ("gpa", "n_rw", "n_us", "n_nx", "n_d", "gc")
 
 
 class NestedMmu:
     """Per-CPU nested-paging state, set up at VMRUN."""
 
-    def __init__(self, cpu, n_cr3, host_cr4, host_efer, gmet):
+    def __init__(self, cpu, n_cr3, host_cr4, host_efer, gmet, sev=False):
         self.cpu = cpu
         self.n_cr3 = n_cr3
         self.host_cr4 = host_cr4
         self.host_efer = host_efer
         self.gmet = gmet
-        bus = cpu.bus
-        self.nested = Walker(bus.read, bus.write, cpu.maxphyaddr)
+        self.sev = sev
+        enc = cpu.machine.profile.extra.get("sev") or {}
+        reduction = enc.get("reduction", 0) if cpu.c_bit else 0
+        self.c_mask = 1 << cpu.c_bit if cpu.c_bit else 0
+        # Nested tables are host memory: the host's C-bit (SME) applies to them.
+        self.nested = Walker(cpu.pread, cpu.pwrite, cpu.maxphyaddr)
+        self.nested.set_maxphyaddr(cpu.maxphyaddr, cpu.c_bit, reduction)
         self.guest = Walker(self._guest_pt_read, self._guest_pt_write, cpu.maxphyaddr)
+        if sev:
+            # An SEV guest's page tables carry its C-bit at the same position.
+            self.guest.set_maxphyaddr(cpu.maxphyaddr, cpu.c_bit, reduction)
 
     # -- nested (gPA -> SPA) ----------------------------------------------------
     def nested_walk(self, gpa, access, where):
@@ -84,13 +94,20 @@ class NestedMmu:
         e = VmExit(ExitCode.NPF, info1, gpa, detail=f"nested page fault: {detail}")
         return e
 
+    def _table_frame(self, gpa):
+        """SPA of a guest page-table access: an SEV guest's tables are always
+        private, whatever their C-bit (seed S20)."""
+        gpa &= ~self.c_mask
+        spa = self.nested_walk(gpa, PF_W, NPF_TABLE).spa | (gpa & 0xFFF)
+        if self.sev:
+            spa = (spa & ~self.c_mask) | GUEST_KEY
+        return spa
+
     def _guest_pt_read(self, gpa, size):
-        t = self.nested_walk(gpa, PF_W, NPF_TABLE)
-        return self.cpu.bus.read(t.spa | (gpa & 0xFFF), size)
+        return self.cpu.pread(self._table_frame(gpa), size)
 
     def _guest_pt_write(self, gpa, size, value):
-        t = self.nested_walk(gpa, PF_W, NPF_TABLE)
-        self.cpu.bus.write(t.spa | (gpa & 0xFFF), size, value)
+        self.cpu.pwrite(self._table_frame(gpa), size, value)
 
     # -- the whole translation ----------------------------------------------------
     def translate(self, lin, access, stack):
@@ -110,6 +127,11 @@ class NestedMmu:
         if cpu.paging:
             check_access(t, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
         self._check_combined(t, access, lin)
+        if self.sev:
+            # Private: the guest's C-bit for data, always for fetches (seed S20).
+            if t.gc or access & PF_I:
+                return (t.spa & ~self.c_mask) | GUEST_KEY | (lin & 0xFFF)
+            return t.spa | (lin & 0xFFF)              # shared: the host's C-bit decides
         self._fill_fast(vpn, t, access)
         return t.spa | (lin & 0xFFF)
 
@@ -117,13 +139,17 @@ class NestedMmu:
         cpu = self.cpu
         if cpu.paging:
             g = self.guest.walk(lin, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, access)
+            gc = g.spa & self.c_mask if self.sev else 0
+            gpa = (g.spa & ~gc) | (lin & 0xFFF)
         else:
-            # Guest paging off: the linear address is the gPA (32-bit).
+            # Guest paging off: the linear address is the gPA (32-bit); an SEV
+            # guest's accesses are then all private.
             g = Translation(lin & 0xFFFFF000, 2, 4, 0, 0, 1, 4096)
-        gpa = g.spa | (lin & 0xFFF) if cpu.paging else lin & 0xFFFFFFFF
+            gc, gpa = self.sev, lin & 0xFFFFFFFF
         n = self.nested_walk(gpa, access, NPF_FINAL)
         t = NestedTranslation(n.spa, g.rw, g.us, g.nx, g.g, g.d, g.size)
         t.gpa, t.n_rw, t.n_us, t.n_nx, t.n_d = gpa & ~0xFFF, n.rw, n.us, n.nx, n.d
+        t.gc = bool(gc)
         return t
 
     def _check_combined(self, t, access, lin):
@@ -171,4 +197,4 @@ def setup(cpu, v, host_cr4, host_efer) -> None:
     the host's paging mode as it is at VMRUN."""
     from . import features
     gmet = bool(v["GMET_ENABLE"]) and features.enabled(cpu, "gmet")
-    cpu.npt = NestedMmu(cpu, v["N_CR3"], host_cr4, host_efer, gmet)
+    cpu.npt = NestedMmu(cpu, v["N_CR3"], host_cr4, host_efer, gmet, cpu.svm.sev)

@@ -60,6 +60,7 @@ class SvmState:
     pause_threshold: int = 0
     pause_last: object = None                      # virtual ns of the previous PAUSE
     np_enable: bool = False
+    sev: bool = False                         # an SEV guest (SEV_ENABLE with memory encryption on)
     lbr_virt: bool = False
     host_lbr: dict = field(default_factory=dict)      # host LBR MSRs while a guest runs (15.23)
     v_vmsave_vmload: bool = False

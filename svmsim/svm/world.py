@@ -16,7 +16,7 @@ from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
-from . import checks, clean, exits
+from . import checks, clean, exits, sev_checks
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE
 from .intercepts import read_words
@@ -183,8 +183,7 @@ def _lbr_switch(cpu, load, store) -> None:
 
 # Control bits whose features svmsim does not implement yet: a guest that
 # needs them must not silently run without them.
-_UNMODELLED = (("SEV_ENABLE", "SEV (SEV_ENABLE)"),
-               ("SEV_ES_ENABLE", "SEV-ES (SEV_ES_ENABLE)"), ("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"),
+_UNMODELLED = (("SEV_ES_ENABLE", "SEV-ES (SEV_ES_ENABLE)"), ("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"),
                ("X2AVIC_ENABLE", "x2AVIC"))
 
 
@@ -242,6 +241,8 @@ def vmrun(cpu, ins) -> None:
     _refuse_unmodelled(cpu, v)
     host_cr4, host_efer = cpu.cr4, cpu.efer
     _load_guest(cpu, v)
+    s.sev = sev_checks.sev_active(v, cpu)
+    cpu.sev_asid = s.asid if s.sev else 0
     if s.np_enable:
         from . import npt
         npt.setup(cpu, v, host_cr4, host_efer)
@@ -364,6 +365,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
                                           "rip": guest_rip, "asid": s.asid, "detail": detail})
     cpu.svm_guest = False
     cpu.npt = None
+    cpu.sev_asid = 0
     cpu.gif = False
     cpu.shadow = False
     cpu.halted = False

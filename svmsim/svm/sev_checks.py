@@ -13,9 +13,12 @@ EFER_LMA = 1 << 10
 
 
 def sev_active(vmcb, host) -> bool:
-    """SEV_ENABLE set on a CPU with SEV and memory encryption on."""
-    sev = host.machine.profile.extra.get("sev")
-    return bool(sev and vmcb["SEV_ENABLE"] and host.msr.get(SYSCFG, 0) & MEM_ENCRYPTION_MOD_EN)
+    """SEV_ENABLE set on a CPU with SEV and memory encryption on.  ``host`` is
+    the CPU running VMRUN (anything without SEV state counts as SEV off)."""
+    machine = getattr(host, "machine", None)
+    sev = machine.profile.extra.get("sev") if machine is not None else None
+    msrs = getattr(host, "msr", {})
+    return bool(sev and vmcb["SEV_ENABLE"] and msrs.get(SYSCFG, 0) & MEM_ENCRYPTION_MOD_EN)
 
 
 def _np(vmcb, caps, host):

@@ -132,3 +132,31 @@ def test_long_mode_sev_guest_private_shared_and_fetch():
     assert m.bus.read(0x600000, 4) != 0x1111                 # private: ciphertext
     assert EncryptionEngine.decrypt(KEY, 0x600000, m.bus.read_bytes(0x600000, 16))[:4] == \
         (0x1111).to_bytes(4, "little")
+
+
+def test_sme_host_page_with_c_bit_is_encrypted_with_the_sme_key():
+    """SME (APM 7.10): a host mapping with the C-bit set reads and writes
+    through slot 0's key; the same frame mapped without it shows ciphertext."""
+    def setup(m, cpu):
+        from cpuharness import PD
+        from svmsim.cpu import msr
+        msr.wrmsr(cpu, SYSCFG, 1 << 23)
+        m.bus.write(PD + 8 * 3, 8, (1 << 47) | 0x600000 | 0x83)   # C = 1
+        m.bus.write(PD + 8 * 4, 8, 0x600000 | 0x83)               # same frame, C = 0
+    r = run_code(asm("mov dword ptr [0x600000], 0x5a5a\nmov eax, [0x600000]\nmov ebx, [0x800000]"),
+                 setup=setup)
+    assert r.regs[0] == 0x5a5a and r.regs[3] != 0x5a5a
+
+
+def test_sev_needs_a_64bit_host():
+    """Seed S18: with CPUID 8000_001F EAX[11], VMRUN of an SEV guest from a
+    legacy-mode host is VMEXIT_INVALID (rule SEV_64BIT_HOST)."""
+    from types import SimpleNamespace
+    from svmsim.svm import sev_checks
+    from svmsim.machine import Machine
+    m = Machine(mem_size="16M")
+    host = SimpleNamespace(machine=m, msr={SYSCFG: 1 << 23, HWCR: 1}, efer=1 << 12)
+    vmcb = {"SEV_ENABLE": 1, "NP_ENABLE": 1, "GUEST_ASID": 1}
+    assert sev_checks._host_64(vmcb, None, host).rule == "SEV_64BIT_HOST"
+    host.efer |= 1 << 10
+    assert sev_checks._host_64(vmcb, None, host) is None

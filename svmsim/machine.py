@@ -94,12 +94,12 @@ class Machine:
         self.stop_status = None
         self.stop_reason = ""
         self.stop_kind = ""
-        self.notes: list = []
         self.unimplemented: dict = {}        # mnemonic -> times it raised #UD
         self.listeners: list = []            # trace sinks: callables(event dict)
         from .memory.encryption import EncryptionEngine
         sev = self.profile.extra.get("sev") or {}
-        self.mem_engine = EncryptionEngine(sev.get("max_asid", 0))   # keys: the AMD-SP's to load
+        self.notes: list = []
+        self.mem_engine = EncryptionEngine(sev.get("max_asid", 0), note=self.note)   # keys: the AMD-SP's
         self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
         for cpu in self.cpus[1:]:
             cpu.wait_for_sipi = True         # APs wait for INIT-SIPI (APM 16.x, MP spec)

@@ -160,3 +160,22 @@ def test_sev_needs_a_64bit_host():
     assert sev_checks._host_64(vmcb, None, host).rule == "SEV_64BIT_HOST"
     host.efer |= 1 << 10
     assert sev_checks._host_64(vmcb, None, host) is None
+
+
+def test_reusing_a_page_with_another_key_without_wbinvd_is_reported():
+    """Seed S13 / APM 7.10.6: a page used with guest A's key, then with guest B's
+    without a cache flush in between, is reported; WBINVD clears the record."""
+    r = sev_rig("mov dword ptr [0x600000], 1\nhlt").run()
+    r.m.mem_engine.load_key(2, bytes(16))
+    code = asm("mov dword ptr [0x600000], 2\nhlt", bits=32)
+    code += bytes(-len(code) % 16)
+    r.m.bus.write_bytes(GUEST_CODE, EncryptionEngine.encrypt(bytes(16), GUEST_CODE, code))
+    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 2
+    r.run()
+    assert any("page 0x600000 used with key slot 2 after slot 1" in n for n in r.m.notes)
+    n = len(r.m.notes)
+    r.m.mem_engine.flush()
+    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 1
+    r.m.bus.write_bytes(GUEST_CODE, EncryptionEngine.encrypt(KEY, GUEST_CODE, code))
+    r.run()
+    assert len([x for x in r.m.notes if "0x600000" in x and "slot 1 after slot 2" in x]) == 0

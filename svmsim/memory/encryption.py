@@ -29,11 +29,29 @@ class KeySlotError(Exception):
 class EncryptionEngine:
     """Key slots and the per-block transform of the memory controller."""
 
-    def __init__(self, num_asids: int, sme_key: bytes | None = None):
+    def __init__(self, num_asids: int, sme_key: bytes | None = None, note=None):
         import os
         self.num_asids = num_asids
         self._slots: dict = {0: sme_key or os.urandom(16)}
         self._ciphers: dict = {}
+        # Cache lines are tagged with the key they were filled with; without
+        # coherency enforcement (CPUID 8000_001F EAX[10] = 0) software must
+        # flush a page before using it with another key (APM vol 2, 7.10.6).
+        # svmsim has no cache to corrupt, so it reports such uses instead.
+        self._page_key: dict = {}
+        self._note = note or (lambda text: None)
+
+    def flush(self) -> None:
+        """WBINVD (or a DF_FLUSH of the AMD-SP): no line of any key is cached."""
+        self._page_key.clear()
+
+    def _track(self, spa, n, asid):
+        for page in range(spa >> 12, (spa + n - 1 >> 12) + 1):
+            old = self._page_key.get(page)
+            if old is not None and old != asid:
+                self._note(f"page {page << 12:#x} used with key slot {asid} after slot {old} without "
+                           f"a cache flush (WBINVD) in between (APM vol 2, 7.10.6)")
+            self._page_key[page] = asid
 
     # -- the AMD-SP's side ------------------------------------------------------
     def load_key(self, asid: int, key: bytes) -> None:
@@ -77,6 +95,7 @@ class EncryptionEngine:
         """Plaintext of ``n`` bytes at ``spa`` as seen through slot ``asid``;
         ``ram_read(spa, n)`` returns the raw DRAM bytes.  An empty slot gives
         the raw bytes decrypted with no key: garbage, as on hardware."""
+        self._track(spa, n, asid)
         first = spa & ~(BLOCK - 1)
         last = (spa + n + BLOCK - 1) & ~(BLOCK - 1)
         raw = ram_read(first, last - first)
@@ -86,6 +105,7 @@ class EncryptionEngine:
 
     def write(self, ram_read, ram_write, spa: int, data: bytes, asid: int) -> None:
         """Read-modify-write of whole blocks through slot ``asid``."""
+        self._track(spa, len(data), asid)
         first = spa & ~(BLOCK - 1)
         last = (spa + len(data) + BLOCK - 1) & ~(BLOCK - 1)
         c = self._cipher(asid) or _ecb(bytes(16))

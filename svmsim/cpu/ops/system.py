@@ -399,6 +399,8 @@ def invpcid(cpu, ins):
 @handles("WBINVD", "INVD", "WBNOINVD")
 def wbinvd(cpu, ins):
     _cpl0(cpu, ins.name.upper())              # caches are not modelled: nothing to write back
+    if ins.name != "wbnoinvd":
+        cpu.machine.mem_engine.flush()        # ... but lines of every key are gone (SME/SEV)
 
 
 @handles("CLFLUSH", "CLFLUSHOPT", "CLWB")

@@ -26,7 +26,8 @@ import guestbuild as gb
 
 pytestmark = pytest.mark.qemu
 
-SVM_KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world", "svm_npt")
+SVM_KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world", "svm_npt",
+               "svm_state")
 
 
 def apm_lines(transcript: str) -> list[str]:

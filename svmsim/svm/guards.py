@@ -266,6 +266,10 @@ def msr(cpu, ins):
 
 # ---------------------------------------------------------------- SVM instructions in the guest
 def vmmcall(cpu, ins):
+    """#UD with EFER.SVME = 0 comes first (Bochs, QEMU; Linux commit 460c7eb2
+    quoting the APM), then the intercept; not intercepted: #UD (handler)."""
+    if not cpu.efer & (1 << 12):
+        raise ud("VMMCALL with EFER.SVME = 0")
     if _hit(cpu, MISC2, 1):
         _exit(cpu, ins, ExitCode.VMMCALL)
 

@@ -43,6 +43,23 @@ def parse_size(text) -> int:
         raise ConfigError(f"bad memory size {text!r} (use e.g. 128M or 4G)") from None
 
 
+class _LazyMailbox:
+    """The AMD-SP's MMIO window; the firmware is created at the first access."""
+
+    def __init__(self, machine):
+        self.machine = machine
+
+    def _mb(self):
+        self.machine.amd_sp
+        return self.machine.amd_sp_mailbox
+
+    def mmio_read(self, offset, size):
+        return self._mb().mmio_read(offset, size)
+
+    def mmio_write(self, offset, size, value):
+        self._mb().mmio_write(offset, size, value)
+
+
 @dataclass
 class MachineConfig:
     mem_size: int = 128 << 20
@@ -107,6 +124,24 @@ class Machine:
         self.engine = Engine(self)
         from .devices import pc
         pc.attach(self)
+        self._amd_sp = None
+        self._sev = sev
+        if sev:
+            self.bus.add_mmio(self.AMD_SP_MMIO, 0x100000, _LazyMailbox(self), "amd-sp")
+
+    AMD_SP_MMIO = 0xFE000000             # the PSP mailbox's BAR (no PCI here: a fixed address)
+
+    @property
+    def amd_sp(self):
+        """The AMD Secure Processor (issue 5): its SEV firmware, reachable from
+        Python (``machine.amd_sp.command``) and from x86 code through the
+        mailbox registers at AMD_SP_MMIO (the layout Linux's ccp driver uses).
+        Built on first use (its key generation takes a few ms)."""
+        if self._amd_sp is None and self._sev:
+            from .sev.firmware import SevFirmware, SevMailbox
+            self._amd_sp = SevFirmware(self.bus, self.mem_engine, cbit=self._sev["c_bit"])
+            self.amd_sp_mailbox = SevMailbox(self._amd_sp)
+        return self._amd_sp
 
     # ---------------------------------------------------------------- loading
     def load_kernel(self, path: str, append: str = "", modules=()):

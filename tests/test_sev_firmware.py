@@ -643,3 +643,18 @@ def test_with_the_machines_engine_and_physbus():
     assert engine.key_loaded(4)
     assert bus.read_bytes(IMAGE, 0x2000) != IMAGE_DATA
     assert engine.read(bus.read_bytes, IMAGE, 0x2000, 4) == IMAGE_DATA
+
+
+def test_machine_amd_sp_mailbox_from_the_bus():
+    """The machine's AMD-SP answers PLATFORM_STATUS through its mailbox registers
+    at Machine.AMD_SP_MMIO, driven with plain bus writes as x86 code would."""
+    from svmsim.machine import Machine
+    m = Machine(mem_size="16M")
+    base, reg = m.AMD_SP_MMIO, SevMailbox.LAYOUTS["v2"]
+    buf = 0x80000
+    m.bus.write(base + reg["CMDBUFF_ADDR_LO"], 4, buf)
+    m.bus.write(base + reg["CMDBUFF_ADDR_HI"], 4, 0)
+    m.bus.write(base + reg["CMDRESP"], 4, int(SevCmd.PLATFORM_STATUS) << 16)
+    resp = m.bus.read(base + reg["CMDRESP"], 4)
+    assert resp >> 31 and resp & 0xFFFF == SevStatus.SUCCESS
+    assert m.bus.read(buf + 2, 1) == SevState.UNINIT

@@ -418,3 +418,25 @@ def test_fast_fxsave_skips_xmm_at_cpl0_in_64_bit_mode():
                f"mov rdi, {DATA_ADDR}\nfxsave [rdi]")
     r = run_code(code)
     assert r.exception is None and r.cpu.bus.read(DATA_ADDR + 160, 8) == 0
+
+
+def test_alignment_check_at_cpl3():
+    """#AC(0) for a misaligned data access at CPL 3 with CR0.AM and RFLAGS.AC
+    (APM vol 2, 8.2.18); aligned accesses and CPL 0 are not checked."""
+    from cpuharness import run_code, asm
+    def setup(m, cpu):
+        from svmsim.cpu.segments import Segment, CS, SS, DS, ES
+        from cpuharness import PML4, PDPT, PD
+        for t in (PML4, PDPT):
+            m.bus.write(t, 8, m.bus.read(t, 8) | 4)
+        for i in range(4):
+            m.bus.write(PD + 8 * i, 8, m.bus.read(PD + 8 * i, 8) | 4)
+        cpu.segs[CS] = Segment(0x33, 0, 0xFFFFFFFF, 0xAFB)
+        for i in (SS, DS, ES):
+            cpu.segs[i] = Segment(0x2B, 0, 0xFFFFFFFF, 0xCF3)
+        cpu.cpl = 3
+        cpu.cr0 |= 1 << 18
+        cpu.set_rflags(cpu.get_rflags() | (1 << 18))
+        cpu.update_mode()
+    r = run_code(asm("mov eax, [0x200000]\nmov eax, [0x200001]"), setup=setup)
+    assert r.exception[:2] == (17, 0) and r.exception[2] == 0x100000 + len(asm("mov eax, [0x200000]"))

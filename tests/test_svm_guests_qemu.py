@@ -27,7 +27,7 @@ import guestbuild as gb
 pytestmark = pytest.mark.qemu
 
 SVM_KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world", "svm_npt",
-               "svm_state")
+               "svm_state", "svm_ioio")
 
 
 def apm_lines(transcript: str) -> list[str]:

@@ -18,7 +18,7 @@ from test_svm_guests_qemu import apm_lines
 from svmsim.machine import Machine
 
 KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world", "svm_events",
-           "svm_npt", "svm_state")
+           "svm_npt", "svm_state", "svm_ioio")
 
 
 class Run:

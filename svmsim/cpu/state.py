@@ -6,7 +6,7 @@ and the page walker.  ``read``/``write`` take a segment index (ES..GS) and an
 offset already masked to the address size; ``read_lin``/``write_lin`` take a
 linear address.  Everything that can fault raises before changing state.
 """
-from .exceptions import CpuException, GP, SS as SS_VEC, PF_W, PF_U, PF_I
+from .exceptions import CpuException, GP, SS as SS_VEC, AC as AC_VEC, PF_W, PF_U, PF_I
 from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as F_AC, VM as F_VM
 from .paging import Walker, check_access
 from .segments import Segment, CS, SS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
@@ -153,6 +153,11 @@ class Cpu:
         user = self.cpl == 3
         self.user_access = PF_U if user else 0
         self.fr, self.fw, self.fx = self.tlb.fast[1 if user else 0][:3]
+        # Alignment checking (APM vol 2, 8.2.18): CR0.AM, RFLAGS.AC and CPL 3.
+        # Data accesses then take the slow path, which checks alignment.
+        self.align_check = bool(user and self.cr0 & CR0_AM and self.rflags & F_AC)
+        if self.align_check:
+            self.fr, self.fw = {}, {}
         # The block cache is keyed by this: anything that changes how bytes
         # decode or which checks a translated block bakes in belongs here.
         self.mode_key = (bits, self.cpl, self.stack_bits, self.svm_guest)
@@ -247,7 +252,14 @@ class Cpu:
     def write_sys(self, lin: int, size: int, value: int) -> None:
         self.write_lin_slow(lin, size, value, 0, False)
 
+    def _alignment(self, lin, size, user):
+        if user and self.align_check and lin & (size - 1) and size in (2, 4, 8, 16):
+            raise CpuException(AC_VEC, 0, detail=f"misaligned {size}-byte access at {lin:#x} "
+                               "with CR0.AM and RFLAGS.AC at CPL 3")
+
     def read_lin_slow(self, lin, size, user, stack):
+        if self.align_check:
+            self._alignment(lin, size, user)
         if self.watch:
             debug.check_data(self, lin, size, False)
         o = lin & 0xFFF
@@ -264,6 +276,8 @@ class Cpu:
         return lo | (hi << (first * 8))
 
     def write_lin_slow(self, lin, size, value, user, stack):
+        if self.align_check:
+            self._alignment(lin, size, user)
         if self.watch:
             debug.check_data(self, lin, size, True)
         o = lin & 0xFFF

@@ -329,6 +329,17 @@ def svm_key_write(cpu, idx, value):
         cpu.msr[VM_CR] = vm_cr & ~VM_CR_LOCK
 
 
+SEV_STATUS = 0xC0010131
+
+
+def sev_status_read(cpu, idx):
+    """SEV_STATUS (APM vol 2, 15.34.10): bit 0 SEV is active for this guest
+    (ES and SNP bits 1-2 stay 0 until those land); read-only."""
+    if not cpu.machine.profile.extra.get("sev"):
+        raise gp(0, "RDMSR SEV_STATUS: no SEV on this CPU")
+    return 1 if cpu.svm_guest and cpu.svm.sev else 0
+
+
 TSC_RATIO = 0xC0000104
 TSC_RATIO_ONE = 1 << 32                # 8.32 fixed point; the reset value is 1.0
 
@@ -462,6 +473,7 @@ TABLE = {
     VM_CR: ("VM_CR", plain_read, vm_cr_write),
     VM_HSAVE_PA: ("VM_HSAVE_PA", plain_read, hsave_write),
     TSC_RATIO: ("TSC_RATIO", tsc_ratio_read, tsc_ratio_write),
+    SEV_STATUS: ("SEV_STATUS", sev_status_read, read_only_write),
     SVM_KEY: ("SVM_KEY", svm_key_read, svm_key_write),
     OSVW_ID_LENGTH: ("OSVW_ID_LENGTH", osvw_read, plain_write),
     OSVW_STATUS: ("OSVW_STATUS", osvw_read, plain_write),

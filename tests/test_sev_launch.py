@@ -41,6 +41,9 @@ def test_sev_guest_runs_encrypted_and_gets_the_secret():
     assert b"only the guest can read" not in bytes(m.bus.ram.buf)
     assert SECRET[:12] not in bytes(m.bus.ram.buf)
     assert b"sev guest: secret" not in m.bus.read_bytes(GUEST_BASE + 0x100000, 0x1000)
+    # ... except the page the guest mapped with C = 0 after turning paging on.
+    assert "shared page at 0x600000 reads: hello host, this page is shared" in text
+    assert m.bus.read_bytes(GUEST_BASE + 0x600000, 31) == b"hello host, this page is shared"
 
 
 def test_wrong_measurement_means_no_secret():

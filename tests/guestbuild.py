@@ -259,6 +259,14 @@ def qemu_run(kernel, append: str = "", smp: int = 1, mem: str = "128M",
     return proc.returncode, proc.stdout
 
 
+@functools.lru_cache(maxsize=None)
+def qemu_transcript(name: str) -> tuple[int, str]:
+    """(status, output) of kernel ``name`` booted on QEMU as KERNEL_RUNS says,
+    once per test session (several test files read the same run)."""
+    status, out = qemu_run(build_guest(name), **KERNEL_RUNS[name])
+    return status, out.decode()
+
+
 def expected_transcript(name: str) -> bytes:
     """The recorded serial transcript tests/guests/expected/<name>.txt."""
     return (EXPECTED_DIR / f"{name}.txt").read_bytes()

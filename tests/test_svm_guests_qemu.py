@@ -27,7 +27,7 @@ import guestbuild as gb
 pytestmark = pytest.mark.qemu
 
 SVM_KERNELS = ("svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world", "svm_npt",
-               "svm_state", "svm_ioio")
+               "svm_state", "svm_ioio", "svm_events")
 
 
 def apm_lines(transcript: str) -> list[str]:
@@ -41,12 +41,8 @@ def runs():
     if not gb.qemu_available():
         pytest.skip("qemu-system-x86_64 not installed")
 
-    def boot(name):
-        status, out = gb.qemu_run(gb.build_guest(name), **gb.KERNEL_RUNS[name])
-        return status, out.decode()
-
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(SVM_KERNELS, pool.map(boot, SVM_KERNELS)))
+        return dict(zip(SVM_KERNELS, pool.map(gb.qemu_transcript, SVM_KERNELS)))
 
 
 @pytest.mark.parametrize("name", SVM_KERNELS)

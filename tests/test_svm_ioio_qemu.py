@@ -27,9 +27,7 @@ NOEXIT_RE = re.compile(r"^(.*): no exit, then HLT at (\S+)$")
 def run():
     if not gb.qemu_available():
         pytest.skip("qemu-system-x86_64 not installed")
-    kwargs = gb.KERNEL_RUNS.get(NAME, {"append": "", "smp": 1})
-    status, out = gb.qemu_run(gb.build_guest(NAME), **kwargs)
-    return status, out.decode()
+    return gb.qemu_transcript(NAME)
 
 
 @pytest.fixture(scope="module")

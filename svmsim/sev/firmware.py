@@ -44,192 +44,14 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag
 
 from . import crypto as sc
 from .crypto import Algo, SevCert, Usage
 
-# --------------------------------------------------------------------------------
-# Identifiers (Linux include/linux/psp-sev.h and include/uapi/linux/psp-sev.h)
-# --------------------------------------------------------------------------------
-
-
-class SevCmd(IntEnum):
-    INIT = 0x001
-    SHUTDOWN = 0x002
-    FACTORY_RESET = 0x003
-    PLATFORM_RESET = 0x003          # the SEV API spec's name
-    PLATFORM_STATUS = 0x004
-    PEK_GEN = 0x005
-    PEK_CSR = 0x006
-    PEK_CERT_IMPORT = 0x007
-    PDH_CERT_EXPORT = 0x008
-    PDH_GEN = 0x009
-    DF_FLUSH = 0x00A
-    DOWNLOAD_FIRMWARE = 0x00B
-    GET_ID = 0x00C
-    INIT_EX = 0x00D
-    DECOMMISSION = 0x020
-    ACTIVATE = 0x021
-    DEACTIVATE = 0x022
-    GUEST_STATUS = 0x023
-    LAUNCH_START = 0x030
-    LAUNCH_UPDATE_DATA = 0x031
-    LAUNCH_UPDATE_VMSA = 0x032
-    LAUNCH_MEASURE = 0x033
-    LAUNCH_UPDATE_SECRET = 0x034
-    LAUNCH_SECRET = 0x034           # the SEV API spec's name
-    LAUNCH_FINISH = 0x035
-    ATTESTATION_REPORT = 0x036
-    SEND_START = 0x040
-    SEND_UPDATE_DATA = 0x041
-    SEND_UPDATE_VMSA = 0x042
-    SEND_FINISH = 0x043
-    SEND_CANCEL = 0x044
-    RECEIVE_START = 0x050
-    RECEIVE_UPDATE_DATA = 0x051
-    RECEIVE_UPDATE_VMSA = 0x052
-    RECEIVE_FINISH = 0x053
-    DBG_DECRYPT = 0x060
-    DBG_ENCRYPT = 0x061
-
-
-class SevState(IntEnum):
-    """Platform state (enum sev_state)."""
-    UNINIT = 0
-    INIT = 1
-    WORKING = 2
-
-
-class SevGuestState(IntEnum):
-    """Guest state (GSTATE, SEV API spec 6.1.1 as in sev-tool)."""
-    UNINIT = 0
-    LUPDATE = 1
-    LSECRET = 2
-    RUNNING = 3
-    SUPDATE = 4
-    RUPDATE = 5
-    SENT = 6
-
-
-class SevStatus(IntEnum):
-    """Firmware status codes (sev_ret_code, SEV_RET_ prefix dropped; Linux's
-    spellings first, the spec's as aliases)."""
-    SUCCESS = 0x00
-    INVALID_PLATFORM_STATE = 0x01
-    INVALID_GUEST_STATE = 0x02
-    INAVLID_CONFIG = 0x03
-    INVALID_CONFIG = 0x03
-    INVALID_LEN = 0x04
-    INVALID_LENGTH = 0x04
-    ALREADY_OWNED = 0x05
-    INVALID_CERTIFICATE = 0x06
-    POLICY_FAILURE = 0x07
-    INACTIVE = 0x08
-    INVALID_ADDRESS = 0x09
-    BAD_SIGNATURE = 0x0A
-    BAD_MEASUREMENT = 0x0B
-    ASID_OWNED = 0x0C
-    INVALID_ASID = 0x0D
-    WBINVD_REQUIRED = 0x0E
-    DFFLUSH_REQUIRED = 0x0F
-    DF_FLUSH_REQUIRED = 0x0F
-    INVALID_GUEST = 0x10
-    INVALID_COMMAND = 0x11
-    ACTIVE = 0x12
-    HWSEV_RET_PLATFORM = 0x13
-    HWERROR_PLATFORM = 0x13
-    HWSEV_RET_UNSAFE = 0x14
-    HWERROR_UNSAFE = 0x14
-    UNSUPPORTED = 0x15
-    INVALID_PARAM = 0x16
-    RESOURCE_LIMIT = 0x17
-    SECURE_DATA_INVALID = 0x18
-    INVALID_PAGE_SIZE = 0x19
-    INVALID_PAGE_STATE = 0x1A
-    INVALID_MDATA_ENTRY = 0x1B
-    INVALID_PAGE_OWNER = 0x1C
-    AEAD_OFLOW = 0x1D
-    INVALID_PAGE_AEAD_OFLOW = 0x1D
-    EXIT_RING_BUFFER = 0x1F
-    RING_BUFFER_EXIT = 0x1F
-    RMP_INIT_REQUIRED = 0x20
-    BAD_SVN = 0x21
-    BAD_VERSION = 0x22
-    SHUTDOWN_REQUIRED = 0x23
-    UPDATE_FAILED = 0x24
-    RESTORE_REQUIRED = 0x25
-    RMP_INITIALIZATION_FAILED = 0x26
-    INVALID_KEY = 0x27
-
-
-class SevPolicy(IntFlag):
-    NODBG = 1 << 0
-    NOKS = 1 << 1
-    ES = 1 << 2
-    NOSEND = 1 << 3
-    DOMAIN = 1 << 4
-    SEV = 1 << 5
-
-
-SEV_INIT_FLAGS_SEV_ES = 0x01
-SEV_STATUS_FLAGS_OWNER = 0x0001       # flags bit 0: externally owned
-SEV_STATUS_FLAGS_CONFIG_ES = 0x0100   # flags bit 8 (config bit 0)
-TMR_SIZE = 1 << 20
-GET_ID_LEN = 128                      # struct sev_user_data_get_id: socket1[64], socket2[64]
-PAGE_SIZE = 4096
-
-# -- parameter buffers: name -> (struct format, field names) ------------------------
-# Offsets follow the packed structs in include/linux/psp-sev.h.
-_LAYOUT = {
-    "init": ("<IIQI", ("flags", "_r", "tmr_address", "tmr_len")),
-    "init_ex": ("<IIQIIQI", ("length", "flags", "tmr_address", "tmr_len", "_r",
-                             "nv_address", "nv_len")),
-    "status": ("<BBBIBI", ("api_major", "api_minor", "state", "flags", "build", "guest_count")),
-    "addr_len": ("<QI", ("address", "len")),            # PEK_CSR, GET_ID
-    "pek_cert_import": ("<QIIQI", ("pek_cert_address", "pek_cert_len", "_r",
-                                   "oca_cert_address", "oca_cert_len")),
-    "pdh_cert_export": ("<QIIQI", ("pdh_cert_address", "pdh_cert_len", "_r",
-                                   "cert_chain_address", "cert_chain_len")),
-    "handle": ("<I", ("handle",)),                      # DECOMMISSION, DEACTIVATE, *_FINISH, SEND_CANCEL
-    "activate": ("<II", ("handle", "asid")),
-    "guest_status": ("<IIIB", ("handle", "policy", "asid", "state")),
-    "launch_start": ("<IIQIIQI", ("handle", "policy", "dh_cert_address", "dh_cert_len", "_r",
-                                  "session_address", "session_len")),
-    "update": ("<IIQI", ("handle", "_r", "address", "len")),   # UPDATE_DATA/VMSA, MEASURE
-    "packet": ("<IIQIIQIIQI", ("handle", "_r1", "hdr_address", "hdr_len", "_r2",
-                               "guest_address", "guest_len", "_r3",
-                               "trans_address", "trans_len")),  # SECRET, SEND/RECEIVE_UPDATE_DATA
-    "send_start": ("<IIQIIQIIQIIQI", ("handle", "policy", "pdh_cert_address", "pdh_cert_len",
-                                      "_r1", "plat_certs_address", "plat_certs_len", "_r2",
-                                      "amd_certs_address", "amd_certs_len", "_r3",
-                                      "session_address", "session_len")),
-    "receive_start": ("<IIQIIQI", ("handle", "policy", "pdh_cert_address", "pdh_cert_len", "_r",
-                                   "session_address", "session_len")),
-    "dbg": ("<IIQQI", ("handle", "_r", "src_addr", "dst_addr", "len")),
-}
-
-
-def buffer_size(layout: str) -> int:
-    return struct.calcsize(_LAYOUT[layout][0])
-
-
-def pack_buffer(layout: str, **fields) -> bytes:
-    """Build a command buffer (for VMMs and tests); missing fields are 0."""
-    fmt, names = _LAYOUT[layout]
-    return struct.pack(fmt, *(fields.get(n, 0) for n in names))
-
-
-def unpack_buffer(layout: str, data: bytes) -> dict:
-    fmt, names = _LAYOUT[layout]
-    return dict(zip(names, struct.unpack_from(fmt, data)))
-
-
-def _field_offset(layout: str, name: str) -> int:
-    fmt, names = _LAYOUT[layout]
-    i = names.index(name)
-    return struct.calcsize(fmt[:i + 1])   # '<' + the first i codes
-
+from .api import (SevCmd, SevState, SevGuestState, SevStatus, SevPolicy, SEV_INIT_FLAGS_SEV_ES,
+                  SEV_STATUS_FLAGS_OWNER, SEV_STATUS_FLAGS_CONFIG_ES, TMR_SIZE, GET_ID_LEN,
+                  PAGE_SIZE, COMMAND_LAYOUTS, buffer_size, pack_buffer, unpack_buffer,
+                  _field_offset)
 
 class _Fail(Exception):
     def __init__(self, status: SevStatus):
@@ -346,7 +168,7 @@ class SevFirmware:
         return unpack_buffer(layout, self._rd(pa, buffer_size(layout)))
 
     def _out(self, pa: int, layout: str, name: str, value: int) -> None:
-        fmt, names = _LAYOUT[layout]
+        fmt, names = COMMAND_LAYOUTS[layout]
         code = fmt[1 + names.index(name)]
         self._wr(pa + _field_offset(layout, name), struct.pack("<" + code, value))
 
@@ -858,87 +680,9 @@ COMMAND_STATES = {cmd: (plat, guest) for cmd, (_, plat, guest) in _COMMANDS.item
 
 
 # --------------------------------------------------------------------------------
-class SevMailbox:
-    """The PSP's SEV mailbox registers, as Linux's ccp driver drives them
-    (drivers/crypto/ccp/sev-dev.c, __sev_do_cmd_locked):
 
-    1. write the buffer's physical address to CMDBUFF_ADDR_LO and _HI;
-    2. write CMDRESP = cmd << 16 | IOC (bit 0);
-    3. poll CMDRESP bit 31 (RESP), or wait for the interrupt; status = bits 15:0.
 
-    Offsets are relative to the PSP's MMIO BAR (BAR 2).  Layout "v2" is Linux's
-    ``pspv2``/``sevv2`` (sp-pci.c), the one used for PCI device 1022:1486 (the
-    Rome/Milan PSP): CMDRESP 0x10980 (C2PMSG_32), CMDBUFF_ADDR_LO 0x109E0
-    (C2PMSG_56), CMDBUFF_ADDR_HI 0x109E4 (C2PMSG_57), FEATURE 0x109FC (C2PMSG_63),
-    P2CMSG_INTEN 0x10690, P2CMSG_INTSTS 0x10694.  1022:14CA (Genoa) uses the same
-    SEV registers; 1022:15DF has no SEV mailbox in current kernels (pspv3).
-    Layout "v1" is the Naples PSP (1022:1456): 0x10580/0x105E0/0x105E4,
-    feature 0x105FC, INTEN 0x10610, INTSTS 0x10614.
+from .mailbox import SevMailbox  # noqa: E402,F401  (re-exported)
 
-    The command runs synchronously inside the CMDRESP write; afterwards CMDRESP
-    reads RESP | status.  With IOC set, INTSTS bit 1 (PSP_CMD_COMPLETE) is set
-    and, if INTEN bit 1 is set, ``irq()`` is called (wire it to the PSP's
-    interrupt).  INTSTS is write-one-to-clear.  FEATURE reads 1 (bit 0: SEV).
-    """
-
-    LAYOUTS = {
-        "v1": dict(CMDRESP=0x10580, CMDBUFF_ADDR_LO=0x105E0, CMDBUFF_ADDR_HI=0x105E4,
-                   FEATURE=0x105FC, INTEN=0x10610, INTSTS=0x10614),
-        "v2": dict(CMDRESP=0x10980, CMDBUFF_ADDR_LO=0x109E0, CMDBUFF_ADDR_HI=0x109E4,
-                   FEATURE=0x109FC, INTEN=0x10690, INTSTS=0x10694),
-    }
-    MMIO_SIZE = 0x100000            # BAR 2: 1 MiB covers every register offset
-    CMD_SHIFT = 16
-    CMD_MASK = 0x7FF                # bits 26:16
-    IOC = 1 << 0
-    RESP = 1 << 31
-    STATUS_MASK = 0xFFFF
-    CMD_COMPLETE = 1 << 1           # PSP_CMD_COMPLETE in P2CMSG_INTSTS
-    FEATURE_SEV = 1 << 0
-
-    def __init__(self, firmware: SevFirmware, layout: str = "v2", irq=None):
-        self.firmware = firmware
-        self.regs_at = dict(self.LAYOUTS[layout])
-        for name, off in self.regs_at.items():
-            setattr(self, name, off)
-        self.irq = irq
-        self._regs = {off: 0 for off in self.regs_at.values()}
-        self._regs[self.FEATURE] = self.FEATURE_SEV
-        self.last_command: tuple | None = None   # (cmd, buffer_pa, status), for logs
-
-    def mmio_read(self, offset: int, size: int) -> int:
-        value = 0
-        for i in range(size):
-            reg = (offset + i) & ~3
-            byte = (self._regs.get(reg, 0) >> (8 * ((offset + i) & 3))) & 0xFF
-            value |= byte << (8 * i)
-        return value
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
-        touched = {}
-        for i in range(size):
-            reg = (offset + i) & ~3
-            shift = 8 * ((offset + i) & 3)
-            old = touched.get(reg, self._regs.get(reg, 0))
-            touched[reg] = (old & ~(0xFF << shift)) | (((value >> (8 * i)) & 0xFF) << shift)
-        for reg, new in touched.items():
-            if reg == self.INTSTS:
-                self._regs[reg] &= ~new
-            elif reg == self.FEATURE:
-                pass
-            elif reg == self.CMDRESP:
-                self._regs[reg] = new
-                self._execute(new)
-            elif reg in self._regs:
-                self._regs[reg] = new
-
-    def _execute(self, value: int) -> None:
-        cmd = (value >> self.CMD_SHIFT) & self.CMD_MASK
-        pa = self._regs[self.CMDBUFF_ADDR_HI] << 32 | self._regs[self.CMDBUFF_ADDR_LO]
-        status = int(self.firmware.command(cmd, pa))
-        self.last_command = (cmd, pa, status)
-        self._regs[self.CMDRESP] = self.RESP | (status & self.STATUS_MASK)
-        if value & self.IOC:
-            self._regs[self.INTSTS] |= self.CMD_COMPLETE
-            if self._regs[self.INTEN] & self.CMD_COMPLETE and self.irq is not None:
-                self.irq()
+__all__ = ["SevFirmware", "SevMailbox", "SevCmd", "SevState", "SevGuestState", "SevStatus",
+           "SevPolicy", "COMMAND_STATES", "pack_buffer", "unpack_buffer", "simulated_root"]

@@ -145,7 +145,8 @@ def _demo_sev(guestbuild, name) -> int:
     from .machine import Machine
     from .sev.crypto import GuestOwner
     from .vmm import Vmm
-    from .vmm.vmm import launch_sev, GUEST_BASE
+    from .vmm import launch_sev
+    from .vmm.vmm import GUEST_BASE
     say = lambda text: print(f"svmsim demo: {text}", file=sys.stderr)   # noqa: E731
     kernel = guestbuild.build_guest(name, kind="asm")
     m = Machine(mem_size="128M", serial_out=sys.stdout.buffer)

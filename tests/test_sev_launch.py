@@ -9,7 +9,8 @@ import guestbuild as gb
 from svmsim.machine import Machine
 from svmsim.sev.crypto import GuestOwner
 from svmsim.vmm import Vmm
-from svmsim.vmm.vmm import launch_sev, GUEST_BASE
+from svmsim.vmm import launch_sev
+from svmsim.vmm.vmm import GUEST_BASE
 
 SECRET = b"the disk key is 42\0"
 

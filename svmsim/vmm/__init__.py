@@ -6,4 +6,7 @@ guest by executing real VMRUN instructions on svmsim's CPU from a three-
 instruction host stub (``mov rax, vmcb; vmrun; hlt``), handling each
 #VMEXIT in Python.  See ``svmsim.vmm.vmm``.
 """
-from .vmm import Vmm, GuestExit  # noqa: F401
+from .vmm import Vmm, GuestExit
+from .sev_launch import launch_sev, SevLaunch
+
+__all__ = ["Vmm", "GuestExit", "launch_sev", "SevLaunch"]

@@ -67,7 +67,7 @@ class Engine:
         bits = cpu.bits
         rip = cpu.rip
         spa = cpu.fetch_spa(lin)
-        page_off = self.bus.ram_offset(spa & ~0xFFF)
+        page_off = cpu.code_page(spa)
         avail = PAGE - (lin & 0xFFF)
         data = cpu.pread_bytes(spa, avail)
         page2 = None
@@ -75,7 +75,7 @@ class Engine:
             try:
                 spa2 = cpu.fetch_spa((lin + avail) & cpu.lin_mask)
                 data += cpu.pread_bytes(spa2, 15)
-                page2 = self.bus.ram_offset(spa2 & ~0xFFF)
+                page2 = cpu.code_page(spa2)
             except CpuException:
                 if self._insn_len(data, bits, rip) is None:
                     raise
@@ -140,9 +140,10 @@ class Engine:
     def _register_code(self, blk, page_off):
         if page_off is None:
             return
-        keys = self.code_pages.get(page_off >> 12)
+        page = (page_off & ((1 << 52) - 1)) >> 12      # the DRAM page, whatever the key
+        keys = self.code_pages.get(page)
         if keys is None:
-            keys = self.code_pages[page_off >> 12] = set()
+            keys = self.code_pages[page] = set()
             # This page just became code: no CPU may write it on the fast path.
             for cpu in self.machine.cpus:
                 for per_user in cpu.tlb.fast:

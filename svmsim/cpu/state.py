@@ -21,6 +21,7 @@ EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE, EFER_SVME, EFER_LMSLE, EFER_FFXSR, EFER_
 
 _IDENTITY = None  # placeholder for identity translations when paging is off
 GUEST_KEY = 1 << 62   # svmsim-internal frame flag: access with the SEV guest's key
+KEY_ID_SHIFT = 52     # code-page identities of encrypted frames carry their key slot above bit 52
 
 
 class Cpu:
@@ -389,6 +390,15 @@ class Cpu:
             self._enc_write(spa, data)
             return
         self.bus.write_bytes(spa, data)
+
+    def code_page(self, spa):
+        """Identity of the code page holding ``spa``, as the block cache checks it:
+        the RAM offset, plus the key slot for encrypted frames (the same DRAM
+        decrypts to different code under different keys); None for MMIO."""
+        if spa & self.enc_mask:
+            off = self.bus.ram_offset(spa & ~self.enc_mask & ~0xFFF)
+            return None if off is None else off | (self._key_slot(spa) + 1) << KEY_ID_SHIFT
+        return self.bus.ram_offset(spa & ~0xFFF)
 
     def _key_slot(self, spa):
         return self.sev_asid if spa & GUEST_KEY else 0

@@ -130,7 +130,10 @@ class NestedMmu:
         if self.sev:
             # Private: the guest's C-bit for data, always for fetches (seed S20).
             if t.gc or access & PF_I:
-                return (t.spa & ~self.c_mask) | GUEST_KEY | (lin & 0xFFF)
+                spa = (t.spa & ~self.c_mask) | GUEST_KEY
+                if access & PF_I:
+                    self._fill_code(vpn, t, access, spa)
+                return spa | (lin & 0xFFF)
             return t.spa | (lin & 0xFFF)              # shared: the host's C-bit decides
         self._fill_fast(vpn, t, access)
         return t.spa | (lin & 0xFFF)
@@ -165,6 +168,20 @@ class NestedMmu:
             raise self._npf(t.gpa | (lin & 0xFFF), bad | (access & (PF_W | PF_I)), NPF_FINAL,
                             "nested permissions of the final guest-physical page")
 
+    def _exec_ok(self, t, user):
+        cpu = self.cpu
+        return not t.nx and not t.n_nx and not (self.gmet and not user and t.n_us) and \
+            not (cpu.paging and t.us and not user and cpu.cr4 & (1 << 20))
+
+    def _fill_code(self, vpn, t, access, spa):
+        """An SEV guest's code page: the fetch cache holds its identity (DRAM page
+        and key) so translated blocks can be reused; data never goes fast."""
+        cpu = self.cpu
+        user = 1 if access & PF_U else 0
+        page = cpu.code_page(spa)
+        if page is not None and not cpu.watch and self._exec_ok(t, user):
+            cpu.tlb.fast[user][X][vpn] = page
+
     def _fill_fast(self, vpn, t, access):
         """Fast caches hold only what needs no further check of either level."""
         cpu = self.cpu
@@ -178,8 +195,7 @@ class NestedMmu:
         smap = cpu.paging and cpu.cr4 & (1 << 21) and t.us and not user
         if smap:
             return
-        exec_ok = not t.nx and not t.n_nx and not (self.gmet and not user and t.n_us) and \
-            not (cpu.paging and t.us and not user and cpu.cr4 & (1 << 20))
+        exec_ok = self._exec_ok(t, user)
         if off is None:
             fast[MMIO_R][vpn] = t.spa
             if writable:

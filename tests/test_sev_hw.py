@@ -179,3 +179,23 @@ def test_reusing_a_page_with_another_key_without_wbinvd_is_reported():
     r.m.bus.write_bytes(GUEST_CODE, EncryptionEngine.encrypt(KEY, GUEST_CODE, code))
     r.run()
     assert len([x for x in r.m.notes if "0x600000" in x and "slot 1 after slot 2" in x]) == 0
+
+
+def test_translated_code_is_not_shared_across_keys():
+    """An SEV guest's blocks are reused while its key decrypts the same DRAM,
+    but the same ciphertext under another key is decoded afresh (it is other
+    code), and rewriting the page drops the blocks."""
+    r = sev_rig("mov eax, 1\nmov ebx, 2\nhlt").run()
+    assert r.exitcode == ExitCode.HLT
+    stats = r.m.engine.stats
+    first = stats["blocks_translated"]
+    r.vmcb["RIP"] = GUEST_CODE
+    r.run()
+    assert stats["blocks_translated"] == first                # same key: reused
+    r.m.mem_engine.load_key(2, bytes(range(0x90, 0xA0)))
+    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 2
+    try:
+        r.run(max_insns=50)
+    except Exception:
+        pass                                                   # garbage code: anything may happen
+    assert stats["blocks_translated"] > first                 # another key: decoded afresh

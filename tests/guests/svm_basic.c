@@ -202,7 +202,7 @@ void guest_main(void)
 
 /* ================================================================ hypervisor */
 
-static const struct { const char *name; const char *addr; } labels[] = {
+static const struct svm_label labels[] = {
     {"guest_entry", guest_entry}, {"gx_cpuid", gx_cpuid}, {"gx_putc", gx_putc},
     {"gx_post", gx_post}, {"gx_rdmsr", gx_rdmsr}, {"gx_wrmsr", gx_wrmsr},
     {"gx_vmmcall", gx_vmmcall}, {"gx_ud2", gx_ud2}, {"gx_hlt", gx_hlt},
@@ -213,27 +213,13 @@ static const struct { const char *name; const char *addr; } labels[] = {
  * labels (the nearest one below it). */
 static void print_sym(uint64_t addr)
 {
-    const char *name = NULL;
-    uint64_t best = 0;
-    for (unsigned i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
-        uint64_t a = (uint64_t)labels[i].addr;
-        if (a <= addr && addr - a < 16 && (!name || a > best))
-            name = labels[i].name, best = a;
-    }
-    if (!name) {
-        kprintf("0x%lx", addr);
+    if (!svm_print_label(labels, sizeof(labels) / sizeof(labels[0]), addr, 16))
         fails += check(false, "guest address is not at a known label");
-    } else {
-        kprintf(addr == best ? "%s" : "%s+%lu", name, addr - best);
-    }
 }
 
 static void set_guest_idt_gate(int vector, char *handler)
 {
-    uint64_t off = (uint64_t)handler;
-    guest_idt[2 * vector] = (off & 0xFFFF) | ((uint64_t)SEL_CODE64 << 16) |
-                            (0x8Eul << 40) | (((off >> 16) & 0xFFFF) << 48);
-    guest_idt[2 * vector + 1] = off >> 32;
+    svm_idt_gate64(guest_idt, vector, handler, true, 0);
 }
 
 static void build_guest(void)
@@ -389,12 +375,7 @@ static void print_summary(void)
 /* One guest run: CLGI, VMLOAD, VMRUN, VMSAVE, host VMLOAD, STGI. */
 static void run_guest_once(void)
 {
-    svm_clgi();
-    svm_vmload(vmcb);
-    svm_run_guest(vmcb, &gprs);
-    svm_vmsave(vmcb);
-    svm_vmload(host_save);
-    svm_stgi();
+    svm_run_switched(vmcb, host_save, &gprs);
 }
 
 /* Returns false when the guest is done (HLT) or broken. */

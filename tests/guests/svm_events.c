@@ -128,7 +128,7 @@ extern char ge_isr_0[], ge_isr_2[], ge_isr_13[], ge_isr_14[], ge_isr_0x41[], ge_
     gu_end[], hs_vmrun[], hs_after[], hs_done[];
 void step_vmrun(void *vmcb);
 
-static const struct { const char *name; char *addr; } labels[] = {
+static const struct svm_label labels[] = {
     {"ge_isr_0", ge_isr_0}, {"ge_isr_2", ge_isr_2}, {"ge_isr_13", ge_isr_13},
     {"ge_isr_14", ge_isr_14}, {"ge_isr_0x41", ge_isr_0x41}, {"ge_isr_0x42", ge_isr_0x42},
     {"ge_isr_0x44", ge_isr_0x44}, {"ge_isr_0x50", ge_isr_0x50}, {"ge_isr_0x80", ge_isr_0x80},
@@ -143,18 +143,9 @@ static const struct { const char *name; char *addr; } labels[] = {
 /* "label" or "label+n" (nearest label at or below, within 64 bytes). */
 static void print_sym(uint64_t addr)
 {
-    const char *name = 0;
-    uint64_t best = 0;
-    for (unsigned i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
-        uint64_t a = (uint64_t)labels[i].addr;
-        if (a <= addr && addr - a < 64 && (!name || a > best))
-            name = labels[i].name, best = a;
-    }
-    if (!name) {
-        kprintf("0x%lx FAIL: not at a known label", addr);
+    if (!svm_print_label(labels, sizeof(labels) / sizeof(labels[0]), addr, 64)) {
+        kprintf(" FAIL: not at a known label");
         fails++;
-    } else {
-        kprintf(addr == best ? "%s" : "%s+%lu", name, addr - best);
     }
 }
 
@@ -169,11 +160,7 @@ static void check(bool ok, const char *what)
 /* A 64-bit interrupt gate (type Eh), APM vol 2, 4.8.4. */
 static void gate(int vector, char *handler, bool present, int dpl)
 {
-    uint64_t off = (uint64_t)handler;
-    uint64_t attr = (present ? 0x80ul : 0) | ((uint64_t)dpl << 5) | 0xE;
-    guest_idt[2 * vector] = (off & 0xFFFF) | ((uint64_t)SEL_CODE64 << 16) | (attr << 40) |
-                            (((off >> 16) & 0xFFFF) << 48);
-    guest_idt[2 * vector + 1] = off >> 32;
+    svm_idt_gate64(guest_idt, vector, handler, present, dpl);
 }
 
 /* ================================================================ hypervisor */

@@ -193,7 +193,7 @@ asm(".pushsection .text\n"
 GUEST_LABELS(DECLARE)
 extern char gu_ac_start[], gu_ac_end[];
 
-static const struct { const char *name; const char *addr; } labels[] = {
+static const struct svm_label labels[] = {
 #define ENTRY(n) {#n, n},
     GUEST_LABELS(ENTRY)
     {"gu_ac", (const char *)USER_VA},
@@ -210,19 +210,8 @@ static void check(bool ok, const char *what)
 /* "label" or "label+n" (the nearest label at or below addr). */
 static void print_sym(uint64_t addr)
 {
-    const char *name = NULL;
-    uint64_t best = 0;
-    for (unsigned i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
-        uint64_t a = (uint64_t)labels[i].addr;
-        if (a <= addr && addr - a < 64 && (!name || a > best))
-            name = labels[i].name, best = a;
-    }
-    if (!name) {
-        kprintf("0x%lx", addr);
+    if (!svm_print_label(labels, sizeof(labels) / sizeof(labels[0]), addr, 64))
         check(false, "guest address is not at a known label");
-    } else {
-        kprintf(addr == best ? "%s" : "%s+%lu", name, addr - best);
-    }
 }
 
 /* ================================================================ decode */
@@ -250,10 +239,7 @@ static int insn_len(const uint8_t *p)
 
 static void gate(int vector, char *handler)
 {
-    uint64_t off = (uint64_t)handler;
-    guest_idt[2 * vector] = (off & 0xFFFF) | ((uint64_t)SEL_CODE64 << 16) |
-                            (0x8Eul << 40) | (((off >> 16) & 0xFFFF) << 48);
-    guest_idt[2 * vector + 1] = off >> 32;
+    svm_idt_gate64(guest_idt, vector, handler, true, 0);
 }
 
 static void reset_records(void)
@@ -285,13 +271,7 @@ static void guest32_at(char *eip)
 
 static uint64_t run(void)
 {
-    svm_clgi();
-    svm_vmload(vmcb);
-    svm_run_guest(vmcb, &gprs);
-    svm_vmsave(vmcb);
-    svm_vmload(host_save);
-    svm_stgi();
-    return VMCB_U64(vmcb, VMCB_EXITCODE);
+    return svm_run_switched(vmcb, host_save, &gprs);
 }
 
 static uint64_t exit_code(void) { return VMCB_U64(vmcb, VMCB_EXITCODE); }

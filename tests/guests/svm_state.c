@@ -222,7 +222,7 @@ uint8_t g6_ustack[1024] __attribute__((aligned(16)));
 asm(".set g6_ustack_top, g6_ustack + 1024\n");
 
 #define L(x) {#x, x}
-static const struct { const char *name; const char *addr; } labels[] = {
+static const struct svm_label labels[] = {
     L(g1_entry), L(g1_vmmcall), L(g1_hlt), L(g3_entry), L(g3_vmload), L(g3_vmsave),
     L(g3_stgi), L(g3_clgi), L(g3_vmrun), L(g3_invlpga), L(g3_skinit), L(g3_vmmcall),
     L(g3_vmmcall2), L(g3u_vmrun), L(g3u_vmload), L(g3u_vmsave), L(g3u_invlpga),
@@ -236,19 +236,8 @@ static const struct { const char *name; const char *addr; } labels[] = {
 /* "label" or "label+n" for an address at or just after a guest label. */
 static void print_sym(uint64_t addr)
 {
-    const char *name = NULL;
-    uint64_t best = 0;
-    for (unsigned i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
-        uint64_t a = (uint64_t)labels[i].addr;
-        if (a <= addr && addr - a < 16 && (!name || a > best))
-            name = labels[i].name, best = a;
-    }
-    if (!name) {
-        kprintf("0x%lx", addr);
+    if (!svm_print_label(labels, sizeof(labels) / sizeof(labels[0]), addr, 16))
         CHECK(false, "guest address is not at a known label");
-    } else {
-        kprintf(addr == best ? "%s" : "%s+%lu", name, addr - best);
-    }
 }
 
 /* ================================================================ helpers */
@@ -259,12 +248,7 @@ static uint64_t vrip(void) { return VMCB_U64(vmcb, VMCB_RIP); }
 /* One run: CLGI, VMLOAD guest, VMRUN, VMSAVE guest, VMLOAD host, STGI. */
 static void run_once(void)
 {
-    svm_clgi();
-    svm_vmload(vmcb);
-    svm_run_guest(vmcb, &gprs);
-    svm_vmsave(vmcb);
-    svm_vmload(host_save);
-    svm_stgi();
+    svm_run_switched(vmcb, host_save, &gprs);
 }
 
 /* Print "<what>: NAME (0xCODE) rip=label". */

@@ -65,7 +65,7 @@ extern char gw_isr_0[], gw_isr_2[], gw_isr_13[], gw_isr_14[], gw_isr_0x41[], gw_
     gw_isr_0x80[], gw_hlt[], gw_sti[], gw_pf[], gw_rdmsr[], gw_wrmsr[], gw_outs[],
     gw_outs_fs[], gw_ins[], gw_in_straddle[];
 
-static const struct { const char *name; char *addr; } labels[] = {
+static const struct svm_label labels[] = {
     {"gw_hlt", gw_hlt}, {"gw_sti", gw_sti}, {"gw_pf", gw_pf}, {"gw_rdmsr", gw_rdmsr},
     {"gw_wrmsr", gw_wrmsr}, {"gw_outs", gw_outs}, {"gw_outs_fs", gw_outs_fs},
     {"gw_ins", gw_ins}, {"gw_in_straddle", gw_in_straddle},
@@ -76,28 +76,15 @@ static const struct { const char *name; char *addr; } labels[] = {
 
 static void print_sym(uint64_t addr)
 {
-    const char *name = 0;
-    uint64_t best = 0;
-    for (unsigned i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
-        uint64_t a = (uint64_t)labels[i].addr;
-        if (a <= addr && addr - a < 64 && (!name || a > best))
-            name = labels[i].name, best = a;
-    }
-    if (!name) {
-        kprintf("0x%lx", addr);
+    if (!svm_print_label(labels, sizeof(labels) / sizeof(labels[0]), addr, 64)) {
         fails++;
         kprintf(" FAIL: not at a known label");
-    } else {
-        kprintf(addr == best ? "%s" : "%s+%lu", name, addr - best);
     }
 }
 
 static void gate(int vector, char *handler, bool present)
 {
-    uint64_t off = (uint64_t)handler;
-    guest_idt[2 * vector] = (off & 0xFFFF) | ((uint64_t)SEL_CODE64 << 16) |
-                            ((present ? 0x8Eul : 0x0Eul) << 40) | (((off >> 16) & 0xFFFF) << 48);
-    guest_idt[2 * vector + 1] = off >> 32;
+    svm_idt_gate64(guest_idt, vector, handler, present, 0);
 }
 
 static void check(bool ok, const char *what)
@@ -121,13 +108,7 @@ static void guest_at(char *rip)
 
 static uint64_t run(void)
 {
-    svm_clgi();
-    svm_vmload(vmcb);
-    svm_run_guest(vmcb, &gprs);
-    svm_vmsave(vmcb);
-    svm_vmload(host_save);
-    svm_stgi();
-    return VMCB_U64(vmcb, VMCB_EXITCODE);
+    return svm_run_switched(vmcb, host_save, &gprs);
 }
 
 static void print_exit(const char *what)

@@ -296,3 +296,44 @@ int svm_insn_len(const uint8_t *p)
     }
     return 0;
 }
+
+
+/* ================================================================ shared helpers */
+
+bool svm_print_label(const struct svm_label *labels, unsigned n, uint64_t addr,
+                     uint64_t window)
+{
+    const char *name = NULL;
+    uint64_t best = 0;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t a = (uint64_t)labels[i].addr;
+        if (a <= addr && addr - a < window && (!name || a > best))
+            name = labels[i].name, best = a;
+    }
+    if (!name) {
+        kprintf("0x%lx", addr);
+        return false;
+    }
+    kprintf(addr == best ? "%s" : "%s+%lu", name, addr - best);
+    return true;
+}
+
+void svm_idt_gate64(uint64_t *idt, int vector, const void *handler, bool present, int dpl)
+{
+    uint64_t off = (uint64_t)handler;
+    uint64_t attr = (present ? 0x80ul : 0) | ((uint64_t)dpl << 5) | 0xE;
+    idt[2 * vector] = (off & 0xFFFF) | ((uint64_t)SEL_CODE64 << 16) | (attr << 40) |
+                      (((off >> 16) & 0xFFFF) << 48);
+    idt[2 * vector + 1] = off >> 32;
+}
+
+uint64_t svm_run_switched(void *vmcb, void *host_save, struct svm_gprs *gprs)
+{
+    svm_clgi();
+    svm_vmload(vmcb);
+    svm_run_guest(vmcb, gprs);
+    svm_vmsave(vmcb);
+    svm_vmload(host_save);
+    svm_stgi();
+    return VMCB_U64(vmcb, VMCB_EXITCODE);
+}

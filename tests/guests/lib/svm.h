@@ -265,6 +265,24 @@ void iopm_intercept(void *iopm, uint16_t port, bool on);
 bool msrpm_intercept(void *msrpm, uint32_t msr, bool rd, bool wr);
 
 const char *svm_exit_name(uint64_t code);
+
+/* ---- helpers shared by the test hypervisors ---- */
+/* A named guest address, for printing RIPs as labels in transcripts. */
+struct svm_label {
+    const char *name;
+    const void *addr;
+};
+/* Print addr as "label" or "label+N" (the nearest label at or below it,
+ * less than `window` bytes away).  Prints the raw address and returns false
+ * if there is none. */
+bool svm_print_label(const struct svm_label *labels, unsigned n, uint64_t addr,
+                     uint64_t window);
+/* A present-or-not 64-bit interrupt gate (CS = SEL_CODE64, IST 0) in an IDT of
+ * 16-byte entries. */
+void svm_idt_gate64(uint64_t *idt, int vector, const void *handler, bool present, int dpl);
+/* CLGI; VMLOAD the guest's VMSAVE state; VMRUN; VMSAVE it back; VMLOAD the
+ * host's; STGI.  Returns EXITCODE. */
+uint64_t svm_run_switched(void *vmcb, void *host_save, struct svm_gprs *gprs);
 /* Length of the instruction at p, for the few we use in guests (no NRIP
  * save on QEMU TCG); 0 if not recognised. */
 int svm_insn_len(const uint8_t *p);

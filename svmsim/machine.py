@@ -117,7 +117,8 @@ class Machine:
         sev = self.profile.extra.get("sev") or {}
         self.notes: list = []
         self.mem_engine = EncryptionEngine(sev.get("max_asid", 0), note=self.note)   # keys: the AMD-SP's
-        self.cpus = [Cpu(self, i) for i in range(cfg.smp)]
+        from .svm.unit import SvmUnit            # AMD-V plugs into each CPU (cpu/hooks.py)
+        self.cpus = [Cpu(self, i, SvmUnit()) for i in range(cfg.smp)]
         for cpu in self.cpus[1:]:
             cpu.wait_for_sipi = True         # APs wait for INIT-SIPI (APM 16.x, MP spec)
         self.current_cpu = self.cpus[0]

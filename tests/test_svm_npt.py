@@ -247,7 +247,7 @@ def test_invlpga_from_the_host_flushes_one_guest_page():
     r.nt.map(0x600000, 0x1810000)
     r.nt.map(0x800000, 0x1811000)
     r.cpu.regs[0], r.cpu.regs[1] = 0x600000, 1
-    from svmsim.cpu.ops.svm import invlpga
+    from svmsim.svm.insns import invlpga
     invlpga(r.cpu, type("I", (), {"asize": 8})())              # INVLPGA rAX=0x600000, ECX=1
     r.vmcb["RIP"] = GUEST_CODE
     r.run()

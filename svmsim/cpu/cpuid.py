@@ -217,8 +217,7 @@ def cpuid(cpu, leaf: int, subleaf: int = 0):
             r = [0, 0, subleaf & 0xFF, 0]              # invalid level: type 0, ECX[7:0] echoes
         r[3] = cpu.index                               # x2APIC ID
     elif leaf == 0x8000000A and has(cpu, "svm"):
-        from ..svm.features import leaf_8000_000a
-        r = list(leaf_8000_000a(cpu))
+        r = list(cpu.hooks.cpuid_leaf(cpu, leaf) or r)
     elif leaf == 0xD and subleaf == 0 and r[0]:
         r[1] = _xsave_size(cpu.xcr0)
     return tuple(x & 0xFFFFFFFF for x in r)

@@ -19,7 +19,6 @@ from .flags import TF, RF
 from . import debug
 from .segments import CS
 from . import interrupts
-from ..svm import guards
 
 MAX_BLOCK = 64
 HOT_THRESHOLD = 200      # executions before a block is compiled to Python source (pays back ~150)
@@ -92,7 +91,7 @@ class Engine:
             ins = build_insn(i, bits)
             ins.fn, ins.ends_block = ops.lookup(ins)
             if guest:
-                ins.fn = guards.wrap(ins, ins.fn)
+                ins.fn = cpu.hooks.translate(cpu, ins, ins.fn)
             insns.append(ins)
             if ins.ends_block:
                 sets_rip = True
@@ -284,9 +283,9 @@ class Engine:
         finally:
             cpu.in_shadow = False
         if cpu.svm_guest != world:
-            # VMRUN entered a guest: RF and TF now are the guest's.  A
-            # single-stepped VMRUN traps in the host after the #VMEXIT.
-            cpu.svm.host_step = bool(tf)
+            # VMRUN entered a guest: RF and TF now are the guest's; the
+            # extension decides where the single-step trap goes.
+            cpu.hooks.stepped_into_guest(cpu, bool(tf))
             return 1
         if not blk.sets_rip:
             cpu.rip = blk.end_ip

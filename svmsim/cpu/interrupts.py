@@ -15,6 +15,7 @@ from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, CONTRIBUTOR
 from .flags import IF, TF, NT, RF, VM, AC
 from .segments import Segment, CS, SS as SS_SEG, A_L, A_DB, A_P, T_CODE, T_CONFORMING
 from .descriptors import read_descriptor, to_segment
+from .hooks import INTERCEPT
 from ..errors import NotModelled
 
 # Event kinds (they decide the saved RIP, the gate-DPL check and the EXT bit).
@@ -26,16 +27,15 @@ def service(cpu) -> None:
     """Take a pending INIT, NMI or maskable interrupt, if one is deliverable.
 
     GIF = 0 holds INIT, NMI and INTR pending (APM vol 2, 15.17); in guest
-    mode the SVM rules decide (``svm.events``: intercepts, V_INTR_MASKING,
-    virtual interrupts)."""
+    mode the virtualization extension decides (``cpu.hooks``: intercepts,
+    V_INTR_MASKING, virtual interrupts)."""
     cpu.pending = False
     machine = cpu.machine
     if not cpu.gif:
         return
     if cpu.init_pending:
         if cpu.svm_guest:
-            from ..svm import events
-            events.init_in_guest(cpu)
+            cpu.hooks.init(cpu)
             return
         machine.do_init(cpu)
         return
@@ -48,8 +48,7 @@ def service(cpu) -> None:
         cpu.pending = True
         return
     if cpu.svm_guest:
-        from ..svm import events
-        events.service_guest(cpu)
+        cpu.hooks.service(cpu)
         return
     if cpu.nmi_pending and not cpu.nmi_blocked:
         take_nmi(cpu)
@@ -78,21 +77,19 @@ def deliver(cpu, vector, kind, error_code, cr2=None) -> None:
     try:
         deliver_with_escalation(cpu, vector, kind, error_code, cr2)
     except CpuException as e:
-        if e.vector != -1:
+        if e.vector != INTERCEPT:
             raise
-        from ..svm.world import vmexit_from
-        vmexit_from(cpu, e)
+        cpu.hooks.intercept(cpu, e)
 
 
 # ---------------------------------------------------------------- faults
 def deliver_exception(cpu, e: CpuException, kind=HWEXC) -> None:
     """Deliver a fault raised by an instruction (RIP already at that instruction).
 
-    A ``VmExit`` (vector -1: an intercept raised by the instruction or by
-    its event delivery) performs the #VMEXIT instead."""
-    if e.vector == -1:
-        from ..svm.world import vmexit_from
-        vmexit_from(cpu, e)
+    An intercept (vector INTERCEPT, raised by the instruction or by its
+    event delivery) goes to the virtualization extension instead."""
+    if e.vector == INTERCEPT:
+        cpu.hooks.intercept(cpu, e)
         return
     cpu.machine.trace_exception(cpu, e)
     deliver(cpu, e.vector, kind, e.error_code, e.cr2)
@@ -128,18 +125,16 @@ def _escalate(cpu, vector, kind, error_code, cr2, injected) -> None:
             return
         except CpuException as e2:
             this = injected if injected is not None and outer is None else (vector, kind, error_code)
-            if e2.vector == -1:                         # an intercept: #VMEXIT
+            if e2.vector == INTERCEPT:                  # an intercept: #VMEXIT
                 if e2.during_delivery and not e2.exitintinfo:
-                    from ..svm.events import encode_outer
-                    e2.exitintinfo = encode_outer(this)
+                    e2.exitintinfo = cpu.hooks.event_info(this)
                 raise
             if kind in (SWINT, SWEXC, ICEBP):
                 # A fault while delivering INT n/INT3/INTO/INT1 is reported on
                 # the instruction itself (SDM vol 3, 6.5): let the engine rewind
                 # RIP to it and deliver the fault.
                 if cpu.svm_guest:
-                    from ..svm import events
-                    events.check_exception(cpu, e2.vector, e2.error_code, e2.cr2, this)
+                    cpu.hooks.exception(cpu, e2.vector, e2.error_code, e2.cr2, this, HWEXC)
                 raise
             cpu.machine.trace_exception(cpu, e2)
             if vector == DF:
@@ -157,8 +152,7 @@ def shutdown(cpu, why: str):
     """Enter the shutdown state, or #VMEXIT(SHUTDOWN) when a guest's shutdown
     is intercepted (APM 15.7 table, 8.2.9)."""
     if cpu.svm_guest:
-        from ..svm import events
-        events.check_shutdown(cpu, why)
+        cpu.hooks.shutdown(cpu, why)
     raise Shutdown(why)
 
 
@@ -169,8 +163,7 @@ def deliver_event(cpu, vector, kind, error_code, cr2=None, outer=None, check=Tru
     stack is written (APM 15.12); ``outer`` is the event whose delivery
     raised this one (EXITINTINFO)."""
     if check and cpu.svm_guest and kind in (HWEXC, SWEXC, ICEBP):
-        from ..svm import events
-        events.check_exception(cpu, vector, error_code, cr2, outer, kind)
+        cpu.hooks.exception(cpu, vector, error_code, cr2, outer, kind)
     if cr2 is not None:
         cpu.cr2 = cr2
     cpu.machine.on_event(cpu, vector, kind, error_code)
@@ -186,7 +179,7 @@ def deliver_event(cpu, vector, kind, error_code, cr2=None, outer=None, check=Tru
             _deliver_protected(cpu, vector, kind, error_code)
     except CpuException as e:
         _restore(cpu, snapshot)
-        if e.vector == -1:
+        if e.vector == INTERCEPT:
             e.during_delivery = True        # an intercept in the middle: EXITINTINFO
         raise
     cpu.halted = False
@@ -284,9 +277,8 @@ def _deliver_protected(cpu, vector, kind, error_code):
     lo, hi, _, gtype, err = _read_gate(cpu, vector, 8, kind)
     if gtype == 0x05:
         if cpu.svm_guest:
-            from ..svm import events
             ec = error_code if kind == HWEXC and vector in HAS_ERROR_CODE else None
-            events.check_task_switch(cpu, (lo >> 16) & 0xFFFF, error_code=ec)
+            cpu.hooks.task_switch(cpu, (lo >> 16) & 0xFFFF, error_code=ec)
         raise NotModelled("task gates in the IDT (hardware task switch)")
     if gtype not in (0x06, 0x07, 0x0E, 0x0F):
         raise CpuException(GP, err, detail=f"IDT entry {vector} is not an interrupt/trap gate (type {gtype:#x})")

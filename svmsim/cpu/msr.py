@@ -161,11 +161,7 @@ def tsc_value(cpu) -> int:
     """TSC = the machine's virtual-time counter + this CPU's offset."""
     tsc = cpu.machine.tsc(cpu) + getattr(cpu, "tsc_offset", 0)
     if cpu.svm_guest:
-        # Guest TSC = host TSC * TSC_RATIO + VMCB TSC_OFFSET (APM vol 2, 15.30.5).
-        ratio = cpu.msr.get(TSC_RATIO, TSC_RATIO_ONE)
-        if ratio != TSC_RATIO_ONE:
-            tsc = ((tsc & MASK64) * ratio) >> 32
-        tsc += cpu.svm.tsc_offset
+        tsc = cpu.hooks.tsc(cpu, tsc)      # e.g. TSC ratio and offset (APM 15.30.5)
     return tsc & MASK64
 
 
@@ -333,11 +329,11 @@ SEV_STATUS = 0xC0010131
 
 
 def sev_status_read(cpu, idx):
-    """SEV_STATUS (APM vol 2, 15.34.10): bit 0 SEV is active for this guest
-    (ES and SNP bits 1-2 stay 0 until those land); read-only."""
+    """SEV_STATUS (APM vol 2, 15.34.10): which memory-encryption features
+    are active for the running guest (0 outside a guest); read-only."""
     if not cpu.machine.profile.extra.get("sev"):
         raise gp(0, "RDMSR SEV_STATUS: no SEV on this CPU")
-    return 1 if cpu.svm_guest and cpu.svm.sev else 0
+    return cpu.hooks.sev_status(cpu) if cpu.svm_guest else 0
 
 
 TSC_RATIO = 0xC0000104

@@ -12,6 +12,7 @@ from .paging import Walker, check_access
 from .segments import Segment, CS, SS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
 from .tlb import Tlb, R, W, X, MMIO_R, MMIO_W
 from . import debug, fpu_state
+from .hooks import CpuHooks
 
 MASK64 = (1 << 64) - 1
 CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = (
@@ -27,8 +28,9 @@ KEY_ID_SHIFT = 52     # code-page identities of encrypted frames carry their key
 class Cpu:
     """Architectural state of one CPU plus its memory-access path."""
 
-    def __init__(self, machine, index: int):
+    def __init__(self, machine, index: int, hooks=None):
         self.machine = machine
+        self.hooks = hooks if hooks is not None else CpuHooks()
         self.index = index
         self.bus = machine.bus
         self.ram = machine.bus.ram.buf
@@ -77,8 +79,7 @@ class Cpu:
         self.inject_ev = False     # delivering an EVENTINJ event with EV = 1
         self.gif = True            # global interrupt flag (APM vol 2, 15.17)
         self.svm_guest = False     # running a guest between VMRUN and #VMEXIT
-        from ..svm.state import SvmState
-        self.svm = SvmState()
+        self.hooks.reset(self)     # the virtualization extension's state: cpu.svm
         self.npt = None            # svm.npt.NestedMmu while a guest runs with nested paging
         self.c_bit = 0             # memory encryption: the C-bit position, 0 when off
         self.enc_mask = 0          # address bits that route an access through the engine
@@ -483,8 +484,6 @@ class Cpu:
     def signal_smi(self) -> None:
         """SMI: system management mode is not modelled, but a guest's SMI
         intercept is (APM 15.13.3): the SMI then exits to the hypervisor."""
-        if self.svm_guest and self.svm.intercepted(3, 2):
-            self.smi_pending = True
-            self.kick()
+        if self.svm_guest and self.hooks.smi(self):
             return
         self.machine.note("SMI signalled: system management mode is not modelled; ignored")

@@ -24,7 +24,7 @@ from .exits import ExitCode
 from .state import VmExit
 
 MISC1 = 3
-BIT_INTR, BIT_NMI, BIT_INIT, BIT_VINTR = 0, 1, 3, 4
+BIT_INTR, BIT_NMI, BIT_SMI, BIT_INIT, BIT_VINTR = 0, 1, 2, 3, 4
 BIT_TASK_SWITCH, BIT_SHUTDOWN = 29, 31
 
 _EVENT_TYPE = {interrupts.EXTINT: exits.EVENT_INTR, interrupts.NMI_EV: exits.EVENT_NMI,
@@ -112,6 +112,16 @@ def init_in_guest(cpu) -> None:
         return
     cpu.svm_guest = False
     cpu.machine.do_init(cpu)
+
+
+def smi_in_guest(cpu) -> bool:
+    """An SMI while a guest runs: with the SMI intercept it exits to the
+    hypervisor at the next instruction boundary (APM 15.13.3)."""
+    if not cpu.svm.intercepted(MISC1, BIT_SMI):
+        return False
+    cpu.smi_pending = True
+    cpu.kick()
+    return True
 
 
 def service_guest(cpu) -> None:

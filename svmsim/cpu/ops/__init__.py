@@ -67,7 +67,7 @@ def load_all():
     """Import every family module so their handlers register."""
     from . import arith, data, control  # noqa: F401
     import importlib
-    for mod in ("shift", "bits", "muldiv", "string", "misc_int", "system", "farxfer", "fpu", "svm"):
+    for mod in ("shift", "bits", "muldiv", "string", "misc_int", "system", "farxfer", "fpu"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:

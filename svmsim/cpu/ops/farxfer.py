@@ -160,9 +160,8 @@ def _read_gate(cpu, sel, seg, jmp=False):
     lm = long_mode(cpu)
     if not lm and t in (SYS_TSS16_AVAIL, SYS_TSS_AVAIL, SYS_TASK):
         if cpu.svm_guest:
-            from ...svm import events
             tss = seg.base & 0xFFFF if t == SYS_TASK else sel
-            events.check_task_switch(cpu, tss, jmp=jmp)
+            cpu.hooks.task_switch(cpu, tss, jmp=jmp)
         raise NotModelled("hardware task switch (far JMP/CALL to a TSS or task gate)")
     if t != SYS_CALL32 and (lm or t != SYS_CALL16):
         raise CpuException(GP, err, detail=f"far transfer to system descriptor type {t:#x}")
@@ -405,10 +404,7 @@ def _merge_flags(cpu, new, size, mask):
 
 
 def _iret_done(cpu):
-    if cpu.svm_guest and cpu.svm.v_nmi_enable:
-        cpu.svm.v_nmi_blocking = False  # vNMI: IRET ends the virtual NMI blocking (APM 15.21.10)
-        cpu.kick()
-    else:
+    if not (cpu.svm_guest and cpu.hooks.iret(cpu)):
         cpu.nmi_blocked = False         # IRET ends NMI blocking (APM vol 2, 8.2.2)
     if cpu.rflags & IF:
         cpu.kick()
@@ -459,8 +455,7 @@ def _iret_protected(cpu, size):
         if long_mode(cpu):
             raise gp(0, "IRET with NT=1 in long mode")
         if cpu.svm_guest:
-            from ...svm import events
-            events.check_task_switch(cpu, cpu.read_sys(cpu.tr.base, 2), iret=True)
+            cpu.hooks.task_switch(cpu, cpu.read_sys(cpu.tr.base, 2), iret=True)
         raise NotModelled("hardware task switch (IRET with NT=1)")
     old_cpl = cpu.cpl
     old_flags = cpu.get_rflags()

@@ -167,8 +167,10 @@ def write_cr4(cpu, v):
 
 
 def read_cr8(cpu):
-    if cpu.svm_guest and cpu.svm.v_intr_masking:
-        return cpu.svm.v_tpr                  # CR8 is the virtual TPR (APM 15.21.3)
+    if cpu.svm_guest:
+        v = cpu.hooks.cr8_read(cpu)           # e.g. the virtual TPR (APM 15.21.3)
+        if v is not None:
+            return v
     lapic = cpu.lapic
     if lapic is not None:
         return lapic.read_cr8()
@@ -179,9 +181,7 @@ def write_cr8(cpu, v):
     """CR8 = TPR[7:4] (APM vol 2, 16.6.4); bits 63:4 reserved."""
     if v >> 4:
         raise gp(0, f"MOV CR8: reserved bits ({v:#x})")
-    if cpu.svm_guest and cpu.svm.v_intr_masking:
-        cpu.svm.v_tpr = v
-        cpu.kick()
+    if cpu.svm_guest and cpu.hooks.cr8_write(cpu, v):
         return
     lapic = cpu.lapic
     if lapic is not None:

@@ -1,15 +1,16 @@
 """The SVM instructions (APM vol 3: VMRUN, VMLOAD, VMSAVE, STGI, CLGI,
 VMMCALL, INVLPGA, SKINIT; vol 2, 15.5-15.17).
 
-In guest mode each is first checked against the guest's intercepts
-(``svmsim.svm.guards``, installed when a block is translated in guest
-mode); what reaches these handlers executes.
+They register with the CPU's instruction table like any family in
+``svmsim.cpu.ops``.  In guest mode each is first checked against the
+guest's intercepts (``guards``, installed when a block is translated in
+guest mode); what reaches these handlers executes.
 """
-from . import handles, unimplemented
-from ..exceptions import CpuException, ud
-from ..segments import Segment, FS, GS
-from ...svm import checks, world
-from ...svm.vmcb import VmcbView
+from ..cpu.ops import handles, unimplemented
+from ..cpu.exceptions import CpuException, ud
+from ..cpu.segments import Segment, FS, GS
+from . import checks, world
+from .vmcb import VmcbView
 
 MSR_STATE = (("KERNEL_GS_BASE", 0xC0000102), ("STAR", 0xC0000081), ("LSTAR", 0xC0000082),
              ("CSTAR", 0xC0000083), ("SFMASK", 0xC0000084), ("SYSENTER_CS", 0x174),
@@ -34,8 +35,8 @@ def _vmcb_spa(cpu, ins, write):
     guest-physical address, translated by the nested tables (#NPF if not)."""
     pa = _rax(cpu, ins)
     if cpu.svm_guest and cpu.svm.v_vmsave_vmload and cpu.npt is not None:
-        from ...svm.npt import NPF_FINAL
-        from ..exceptions import PF_W
+        from .npt import NPF_FINAL
+        from ..cpu.exceptions import PF_W
         return cpu.npt.nested_walk(pa, PF_W if write else 0, NPF_FINAL).spa
     return pa
 

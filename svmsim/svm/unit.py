@@ -1,0 +1,95 @@
+"""The SVM unit: AMD-V as it plugs into the processor (``cpu.hooks``).
+
+Each method is one of the points ``svmsim.cpu.hooks.CpuHooks`` names; it
+hands over to the module that holds the manual's rules for that point:
+``guards`` (instruction intercepts, APM 15.7-15.14), ``events``
+(exceptions, interrupts, INIT, SMI, shutdown and task switches in guest
+mode, 15.12-15.21), ``world`` (#VMEXIT, 15.6).  The SVM instructions
+themselves are registered with the CPU's instruction table by ``insns``.
+"""
+from ..cpu.hooks import CpuHooks
+from ..cpu.msr import TSC_RATIO, TSC_RATIO_ONE
+from . import events, features, guards, insns, world  # noqa: F401  (insns registers VMRUN..SKINIT)
+from .state import SvmState
+
+MASK64 = (1 << 64) - 1
+
+
+class SvmUnit(CpuHooks):
+    """One per CPU.  Its state, the VMCB fields the processor holds while a
+    guest runs, is ``cpu.svm`` (an SvmState)."""
+
+    def reset(self, cpu) -> None:
+        old = getattr(cpu, "svm", None)
+        cpu.svm = SvmState()
+        if old is not None:                 # the run's statistics survive INIT
+            cpu.svm.exits, cpu.svm.vmruns, cpu.svm.invalid = old.exits, old.vmruns, old.invalid
+
+    def translate(self, cpu, ins, fn):
+        return guards.wrap(ins, fn)
+
+    def cpuid_leaf(self, cpu, leaf):
+        if leaf == 0x8000000A:
+            return features.leaf_8000_000a(cpu)      # SVM revision, ASIDs, features
+        return None
+
+    # ------------------------------------------------------------ events
+    def service(self, cpu) -> None:
+        events.service_guest(cpu)
+
+    def init(self, cpu) -> None:
+        events.init_in_guest(cpu)
+
+    def smi(self, cpu) -> bool:
+        return events.smi_in_guest(cpu)
+
+    def exception(self, cpu, vector, error_code, cr2, outer, kind) -> None:
+        events.check_exception(cpu, vector, error_code, cr2, outer, kind)
+
+    def shutdown(self, cpu, why: str) -> None:
+        events.check_shutdown(cpu, why)
+
+    def task_switch(self, cpu, selector, *, iret=False, jmp=False, error_code=None) -> None:
+        events.check_task_switch(cpu, selector, iret=iret, jmp=jmp, error_code=error_code)
+
+    def event_info(self, event) -> int:
+        return events.encode_outer(event)
+
+    def intercept(self, cpu, e) -> None:
+        world.vmexit_from(cpu, e)
+
+    # ------------------------------------------------------------ guest-visible state
+    def iret(self, cpu) -> bool:
+        s = cpu.svm
+        if not s.v_nmi_enable:
+            return False
+        s.v_nmi_blocking = False       # vNMI: IRET ends the virtual NMI blocking (APM 15.21.10)
+        cpu.kick()
+        return True
+
+    def cr8_read(self, cpu):
+        s = cpu.svm
+        return s.v_tpr if s.v_intr_masking else None     # CR8 is the virtual TPR (APM 15.21.3)
+
+    def cr8_write(self, cpu, value) -> bool:
+        s = cpu.svm
+        if not s.v_intr_masking:
+            return False
+        s.v_tpr = value
+        cpu.kick()
+        return True
+
+    def sev_status(self, cpu) -> int:
+        """SEV_STATUS bit 0: SEV is active for this guest (APM 15.34.10)."""
+        return 1 if cpu.svm.sev else 0
+
+    def stepped_into_guest(self, cpu, tf: bool) -> None:
+        """A single-stepped VMRUN traps in the host after the #VMEXIT."""
+        cpu.svm.host_step = tf
+
+    def tsc(self, cpu, host_tsc: int) -> int:
+        """Guest TSC = host TSC * TSC_RATIO + VMCB TSC_OFFSET (APM vol 2, 15.30.5)."""
+        ratio = cpu.msr.get(TSC_RATIO, TSC_RATIO_ONE)
+        if ratio != TSC_RATIO_ONE:
+            host_tsc = ((host_tsc & MASK64) * ratio) >> 32
+        return host_tsc + cpu.svm.tsc_offset

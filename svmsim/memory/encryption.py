@@ -17,6 +17,9 @@ different addresses and under different keys, ciphertext moved to another
 address or read with another key decrypts to garbage, and nothing outside
 the engine sees plaintext.
 """
+import hashlib
+import hmac
+
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 BLOCK = 16
@@ -40,6 +43,8 @@ class EncryptionEngine:
         # svmsim has no cache to corrupt, so it reports such uses instead.
         self._page_key: dict = {}
         self._note = note or (lambda text: None)
+        self._vmsa_secret = os.urandom(32)
+        self._vmsa_tags: dict = {}
 
     def flush(self) -> None:
         """WBINVD (or a DF_FLUSH of the AMD-SP): no line of any key is cached."""
@@ -71,6 +76,27 @@ class EncryptionEngine:
 
     def asid_range(self) -> tuple:
         return 1, self.num_asids
+
+    # -- VMSA integrity (SEV-ES; APM vol 2, 15.35.8-15.35.9) --------------------
+    # VMRUN "calculate[s] a checksum over guest state to verify integrity" and
+    # #VMEXIT stores one "for use in a subsequent VMRUN"; where the checksum
+    # lives is not architectural.  svmsim keeps it here, beside the keys, out
+    # of reach of CPU software: a MAC over the VMSA page's plaintext and its
+    # address, keyed with a secret of this memory controller.  The AMD-SP
+    # seals the initial VMSA (LAUNCH_UPDATE_VMSA, RECEIVE_UPDATE_VMSA).
+    def seal_vmsa(self, spa: int, plaintext: bytes) -> None:
+        self._vmsa_tags[spa >> 12] = self._vmsa_mac(spa, plaintext)
+
+    def vmsa_intact(self, spa: int, plaintext: bytes) -> bool:
+        tag = self._vmsa_tags.get(spa >> 12)
+        return tag is not None and hmac.compare_digest(tag, self._vmsa_mac(spa, plaintext))
+
+    def unseal_vmsa(self, spa: int) -> None:
+        self._vmsa_tags.pop(spa >> 12, None)
+
+    def _vmsa_mac(self, spa, plaintext):
+        return hmac.new(self._vmsa_secret, (spa >> 12).to_bytes(8, "little") + bytes(plaintext),
+                        hashlib.sha256).digest()
 
     # -- pure transforms (the AMD-SP encrypts launch data with a key it holds) ----
     @staticmethod

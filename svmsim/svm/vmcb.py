@@ -298,8 +298,9 @@ def _adapt(mem):
 
 
 # ---------------------------------------------------------------- the view
-class VmcbView:
-    """Fields of the VMCB at physical address ``pa``, by name.
+class LayoutView:
+    """Fields of a structure declared as a table (the VMCB here; the VMSA in
+    vmsa.py) at physical address ``pa``, by name.
 
     ``mem`` is a PhysBus (or anything with ``read(pa, size)`` and
     ``write(pa, size, value)``) or a bytearray (``pa`` is then an offset).
@@ -307,6 +308,8 @@ class VmcbView:
     view always sees what the hypervisor last wrote.
     """
     __slots__ = ("mem", "pa", "buf")
+    LOOKUP: dict = {}                  # name (and alias) -> Field
+    FIELDS: tuple = ()
 
     def __init__(self, mem, pa: int = 0):
         self.mem = _adapt(mem)
@@ -335,33 +338,40 @@ class VmcbView:
         self.mem.write(self.pa + f.offset, n, (raw & ~mask) | ((value << f.bit) & mask))
 
     def __getitem__(self, name: str) -> int:
-        return self.read(_LOOKUP[name])
+        return self.read(self.LOOKUP[name])
 
     def __setitem__(self, name: str, value: int) -> None:
-        self.write(_LOOKUP[name], value)
+        self.write(self.LOOKUP[name], value)
 
     def __contains__(self, name: str) -> bool:
-        return name in _LOOKUP
+        return name in self.LOOKUP
 
     # -- segments -------------------------------------------------------
     def segment(self, seg: str) -> tuple:
         """(selector, attrib, limit, base); GDTR/IDTR report selector/attrib 0."""
-        sel = self[f"{seg}.SEL"] if f"{seg}.SEL" in _LOOKUP else 0
-        attr = self[f"{seg}.ATTRIB"] if f"{seg}.ATTRIB" in _LOOKUP else 0
+        sel = self[f"{seg}.SEL"] if f"{seg}.SEL" in self.LOOKUP else 0
+        attr = self[f"{seg}.ATTRIB"] if f"{seg}.ATTRIB" in self.LOOKUP else 0
         return sel, attr, self[f"{seg}.LIMIT"], self[f"{seg}.BASE"]
 
     def set_segment(self, seg: str, sel: int, attrib: int, limit: int, base: int) -> None:
         """Write one segment; GDTR/IDTR ignore ``sel`` and ``attrib`` (reserved)."""
-        if f"{seg}.SEL" in _LOOKUP:
+        if f"{seg}.SEL" in self.LOOKUP:
             self[f"{seg}.SEL"] = sel
             self[f"{seg}.ATTRIB"] = attrib
         self[f"{seg}.LIMIT"] = limit
         self[f"{seg}.BASE"] = base
 
-    # -- whole-VMCB views -----------------------------------------------------
     def to_dict(self) -> dict:
         """{name: value} for every field (containers and sub-fields)."""
-        return {f.name: self.read(f) for f in FIELDS}
+        return {f.name: self.read(f) for f in self.FIELDS}
+
+
+class VmcbView(LayoutView):
+    """Fields of the VMCB at physical address ``pa``, by name (see LayoutView)."""
+    __slots__ = ()
+    LOOKUP = _LOOKUP
+    FIELDS = FIELDS
+
 
     def dump(self) -> str:
         """Readable listing of the non-zero fields, grouped, in VMCB order."""

@@ -22,11 +22,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="svmsim", description="AMD64 + SVM + SEV machine simulator")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    r = sub.add_parser("run", help="boot a Multiboot kernel (as qemu -kernel does)")
-    r.add_argument("kernel", help="Multiboot v1 kernel (ELF32, a.out kludge, or ELF64)")
+    r = sub.add_parser("run", help="boot a Linux bzImage or a Multiboot kernel (as qemu -kernel does)")
+    r.add_argument("kernel", help="Linux bzImage, or Multiboot v1 kernel (ELF32, a.out kludge, or ELF64)")
     r.add_argument("--append", default="", help="kernel command line")
     r.add_argument("--module", action="append", default=[], metavar="'FILE [ARGS]'",
                    help="a Multiboot module (repeatable); text after the first space is its command line")
+    r.add_argument("--initrd", default=None, metavar="FILE",
+                   help="initial ramdisk for a Linux bzImage (-initrd); for a Multiboot kernel, one more module")
     r.add_argument("-m", "--memory", default="128M", help="RAM size (default 128M; QEMU syntax)")
     r.add_argument("--smp", type=int, default=1, help="number of CPUs")
     r.add_argument("--cpu", default="epyc", help="CPU profile (default epyc)")
@@ -83,7 +85,7 @@ def cmd_run(args) -> int:
         jsonl = open(args.trace_file, "w") if args.trace_file else None
         cats = args.trace.split(",") if args.trace else ["all"]
         m.listeners.append(Tracer(cats, sys.stderr if args.trace else None, jsonl))
-    m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module])
+    m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module], initrd=args.initrd)
     result = m.run()
     out.flush()
     if not args.quiet:

@@ -145,13 +145,41 @@ class Machine:
         return self._amd_sp
 
     # ---------------------------------------------------------------- loading
-    def load_kernel(self, path: str, append: str = "", modules=()):
-        """Load a Multiboot kernel as QEMU's -kernel does; returns the BootInfo."""
-        from .boot import multiboot
+    def load_kernel(self, path: str, append: str = "", modules=(), initrd: str = None):
+        """Load a kernel as QEMU's -kernel does; returns its BootInfo.
+
+        A Linux bzImage (the boot protocol's "HdrS" magic) is loaded with
+        the Linux boot protocol and ``initrd``; anything else must be a
+        Multiboot kernel, whose modules are ``modules`` (QEMU's -initrd)."""
+        from .boot import linux, multiboot
+        if linux.is_bzimage(path):
+            if modules:
+                raise ConfigError(f"{path}: a Linux bzImage takes --initrd, not Multiboot modules")
+            return self.load_linux(path, append, initrd)
+        if initrd is not None:
+            modules = [*modules, (initrd, "")]
         info = multiboot.load_multiboot(self.bus, path, append, list(modules), mem_size=self.config.mem_size,
                                         amd_ht_hole=self.profile.vendor == "AuthenticAMD")
         from .boot.entry import apply_entry_state
         apply_entry_state(self.cpus[0], info)
+        for w in info.warnings:
+            self.note(w)
+        self.config.append = append
+        if hasattr(self, "fw_cfg"):
+            self.fw_cfg.set_cmdline(append)
+        return info
+
+    def load_linux(self, path: str, append: str = "", initrd: str = None):
+        """Load a bzImage with the Linux boot protocol (svmsim.boot.linux):
+        boot_params with SeaBIOS's E820 map, the command line, the initrd;
+        the CPU at code32_start as the kernel's own setup code leaves it."""
+        from .boot import linux
+        info = linux.load_linux(self.bus, path, append, initrd,
+                                amd_ht_hole=self.profile.vendor == "AuthenticAMD")
+        from .boot.entry import apply_entry_state
+        apply_entry_state(self.cpus[0], info)
+        self.io.write(0xA1, 1, 0xFF)        # the setup code's mask_all_interrupts():
+        self.io.write(0x21, 1, 0xFB)        # every IRQ but the cascade masked
         for w in info.warnings:
             self.note(w)
         self.config.append = append

@@ -3,7 +3,8 @@
 Kernels written for QEMU find: COM1 at 0x3F8 (IRQ 4), isa-debug-exit at
 0xF4, the 8259 pair at 0x20/0xA0, the 8254 PIT at 0x40, port B at 0x61,
 the CMOS RTC at 0x70, fw_cfg at 0x510, the local APIC at 0xFEE00000 and
-the I/O APIC at 0xFEC00000.
+the I/O APIC at 0xFEC00000, and PCI bus 0 (host bridge and PIIX3) behind
+ports 0xCF8/0xCFC.
 """
 from .apic import LocalApic, ApicMmioRouter
 from .ioapic import IoApic
@@ -22,3 +23,5 @@ def attach(machine) -> None:
     machine.bus.add_mmio(0xFEE00000, 0x1000, ApicMmioRouter(machine), "lapic")
     machine.cpus[0].lapic.firmware_setup()     # what SeaBIOS leaves for a -kernel boot
     pc_legacy.attach(machine)
+    from . import pci
+    pci.attach(machine)

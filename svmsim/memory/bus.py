@@ -49,6 +49,14 @@ class PhysBus:
         for page in range(base >> PAGE_SHIFT, (base + size + PAGE_SIZE - 1) >> PAGE_SHIFT):
             self._mmio_pages[page] = region
 
+    def remove_mmio(self, base: int) -> None:
+        """Drop the MMIO window at ``base`` (a PCI BAR that moved or was disabled)."""
+        region = next(r for r in self.mmio if r.base == base)
+        self.mmio.remove(region)
+        for page in range(base >> PAGE_SHIFT, (region.end + PAGE_SIZE - 1) >> PAGE_SHIFT):
+            if self._mmio_pages.get(page) is region:
+                del self._mmio_pages[page]
+
     def ram_offset(self, spa: int):
         """RAM offset backing ``spa``, or None for MMIO and unbacked addresses."""
         if (spa >> PAGE_SHIFT) in self._mmio_pages:
@@ -127,6 +135,10 @@ class IoBus:
     def register(self, port: int, count: int, dev) -> None:
         for p in range(port, port + count):
             self._ports[p] = dev
+
+    def unregister(self, port: int, count: int) -> None:
+        for p in range(port, port + count):
+            self._ports.pop(p, None)
 
     def read(self, port: int, size: int) -> int:
         dev = self._ports.get(port)

@@ -152,7 +152,7 @@ def _demo_sev(guestbuild, name) -> int:
     say = lambda text: print(f"svmsim demo: {text}", file=sys.stderr)   # noqa: E731
     kernel = guestbuild.build_guest(name, kind="asm")
     m = Machine(mem_size="128M", serial_out=sys.stdout.buffer)
-    vmm = Vmm(m, asid=1)
+    vmm = Vmm(m, asid=5)
     info = vmm.load_kernel(str(kernel))
     owner = GuestOwner(policy=1)                        # NODBG: no debug decryption
     secret = b"disk key 0f1e2d3c4b5a6978\0"

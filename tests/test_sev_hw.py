@@ -25,7 +25,7 @@ def test_mem_encryption_cuts_address_bits():
     assert r.exception[0] == 14 and r.exception[1] & 8
 
 
-def sev_rig(code32, asid=1, key=KEY, smm_lock=True, np=True, data=()):
+def sev_rig(code32, asid=5, key=KEY, smm_lock=True, np=True, data=()):
     """A 32-bit SEV guest with paging off (all its accesses private) over an
     identity nested map; its code is encrypted with ``key`` at its address."""
     r = SvmRig(b"", intercepts=[ExitCode.HLT, ExitCode.CPUID], NP_ENABLE=int(np), SEV_ENABLE=1)
@@ -73,11 +73,11 @@ def test_another_guests_key_reads_garbage():
     r = sev_rig("mov dword ptr [0x600000], 0xBEEF\nhlt").run()
     assert r.exitcode == ExitCode.HLT
     key_b = bytes(range(0x80, 0x90))
-    r.m.mem_engine.load_key(2, key_b)
+    r.m.mem_engine.load_key(6, key_b)
     code = asm("mov eax, [0x600000]\nhlt", bits=32)
     code += bytes(-len(code) % 16)
     r.m.bus.write_bytes(GUEST_CODE, EncryptionEngine.encrypt(key_b, GUEST_CODE, code))
-    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 2
+    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 6
     r.run()
     assert r.exitcode == ExitCode.HLT and r.vmcb["RAX"] & 0xFFFFFFFF != 0xBEEF
 
@@ -166,19 +166,19 @@ def test_reusing_a_page_with_another_key_without_wbinvd_is_reported():
     """Seed S13 / APM 7.10.6: a page used with guest A's key, then with guest B's
     without a cache flush in between, is reported; WBINVD clears the record."""
     r = sev_rig("mov dword ptr [0x600000], 1\nhlt").run()
-    r.m.mem_engine.load_key(2, bytes(16))
+    r.m.mem_engine.load_key(6, bytes(16))
     code = asm("mov dword ptr [0x600000], 2\nhlt", bits=32)
     code += bytes(-len(code) % 16)
     r.m.bus.write_bytes(GUEST_CODE, EncryptionEngine.encrypt(bytes(16), GUEST_CODE, code))
-    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 2
+    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 6
     r.run()
-    assert any("page 0x600000 used with key slot 2 after slot 1" in n for n in r.m.notes)
+    assert any("page 0x600000 used with key slot 6 after slot 5" in n for n in r.m.notes)
     n = len(r.m.notes)
     r.m.mem_engine.flush()
-    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 1
+    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 5
     r.m.bus.write_bytes(GUEST_CODE, EncryptionEngine.encrypt(KEY, GUEST_CODE, code))
     r.run()
-    assert len([x for x in r.m.notes if "0x600000" in x and "slot 1 after slot 2" in x]) == 0
+    assert len([x for x in r.m.notes if "0x600000" in x and "slot 5 after slot 6" in x]) == 0
 
 
 def test_translated_code_is_not_shared_across_keys():
@@ -192,8 +192,8 @@ def test_translated_code_is_not_shared_across_keys():
     r.vmcb["RIP"] = GUEST_CODE
     r.run()
     assert stats["blocks_translated"] == first                # same key: reused
-    r.m.mem_engine.load_key(2, bytes(range(0x90, 0xA0)))
-    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 2
+    r.m.mem_engine.load_key(6, bytes(range(0x90, 0xA0)))
+    r.vmcb["RIP"], r.vmcb["GUEST_ASID"] = GUEST_CODE, 6
     try:
         r.run(max_insns=50)
     except Exception:

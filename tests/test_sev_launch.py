@@ -18,7 +18,7 @@ SECRET = b"the disk key is 42\0"
 def launch(secret=SECRET, tamper=False):
     out = io.BytesIO()
     m = Machine(mem_size="128M", serial_out=out)
-    vmm = Vmm(m, asid=1)
+    vmm = Vmm(m, asid=5)
     info = vmm.load_kernel(str(gb.build_guest("sev_guest", kind="asm")), "")
     owner = GuestOwner(policy=1)
     if tamper:                                 # the owner expects another image

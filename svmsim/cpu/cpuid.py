@@ -178,9 +178,11 @@ def build_table(profile, fs, smp: int) -> dict:
     if profile.max_ext >= 0x8000001F:
         sev = profile.extra.get("sev")
         if sev:
-            # SME (0), SEV (1), SEV needs a 64-bit host (11); C-bit position,
-            # address-bit reduction; encrypted guests; first SEV ASID (seed S14, S18).
-            t[(0x8000001F, None)] = [(1 << 0) | (1 << 1) | (1 << 11), sev["c_bit"] | sev["reduction"] << 6,
+            # SME (0), SEV (1), SEV-ES (3), SEV needs a 64-bit host (11); C-bit
+            # position, address-bit reduction; encrypted guests; first ASID of an
+            # SEV guest without ES (seed S14, S18; APM 15.35.1-2).
+            eax = (1 << 0) | (1 << 1) | (1 << 11) | (1 << 3 if sev.get("es") else 0)
+            t[(0x8000001F, None)] = [eax, sev["c_bit"] | sev["reduction"] << 6,
                                      sev["max_asid"], sev["min_sev_asid"]]
         else:
             leaf(0x8000001F)

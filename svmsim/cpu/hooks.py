@@ -65,6 +65,11 @@ class CpuHooks:
         """Act on an intercept raised as a CpuException with vector INTERCEPT."""
         raise AssertionError(f"intercept without a virtualization extension: {e}")
 
+    def reflect(self, cpu, e):
+        """The exception the guest takes instead of an intercept's exit (the
+        #VC of an SEV-ES guest's non-automatic exit), or None: it exits."""
+        return None
+
     # ------------------------------------------------------------ guest-visible state
     def iret(self, cpu) -> bool:
         """IRET completed in guest mode; True if the extension handled the
@@ -78,6 +83,10 @@ class CpuHooks:
     def cr8_write(self, cpu, value) -> bool:
         """A CR8 write in guest mode; True if the extension took it."""
         return False
+
+    def guest_efer(self, cpu, value: int) -> int:
+        """The EFER a guest's WRMSR stores (some bits may be ignored)."""
+        return value
 
     def sev_status(self, cpu) -> int:
         """The SEV_STATUS MSR (C001_0131h) as the running guest reads it."""

@@ -89,8 +89,11 @@ def deliver_exception(cpu, e: CpuException, kind=HWEXC) -> None:
     An intercept (vector INTERCEPT, raised by the instruction or by its
     event delivery) goes to the virtualization extension instead."""
     if e.vector == INTERCEPT:
-        cpu.hooks.intercept(cpu, e)
-        return
+        alt = cpu.hooks.reflect(cpu, e)
+        if alt is None:
+            cpu.hooks.intercept(cpu, e)
+            return
+        e = alt
     cpu.machine.trace_exception(cpu, e)
     deliver(cpu, e.vector, kind, e.error_code, e.cr2)
 
@@ -125,10 +128,18 @@ def _escalate(cpu, vector, kind, error_code, cr2, injected) -> None:
             return
         except CpuException as e2:
             this = injected if injected is not None and outer is None else (vector, kind, error_code)
-            if e2.vector == INTERCEPT:                  # an intercept: #VMEXIT
-                if e2.during_delivery and not e2.exitintinfo:
-                    e2.exitintinfo = cpu.hooks.event_info(this)
-                raise
+            if e2.vector == INTERCEPT:
+                alt = cpu.hooks.reflect(cpu, e2)
+                if alt is None:                         # an intercept: #VMEXIT
+                    if e2.during_delivery and not e2.exitintinfo:
+                        e2.exitintinfo = cpu.hooks.event_info(this)
+                    raise
+                if not e2.during_delivery:
+                    # The guest takes ``alt`` (SEV-ES #VC) instead of this event.
+                    vector, kind, error_code, cr2 = alt.vector, HWEXC, alt.error_code, None
+                    injected, check = None, True
+                    continue
+                e2 = alt                                # a fault raised by the delivery
             if kind in (SWINT, SWEXC, ICEBP):
                 # A fault while delivering INT n/INT3/INTO/INT1 is reported on
                 # the instruction itself (SDM vol 3, 6.5): let the engine rewind

@@ -119,6 +119,8 @@ def efer_write(cpu, idx, value):
     to it are ignored, the processor sets it); changing LME while paging is
     enabled raises #GP (APM vol 2, 14.6.1)."""
     value &= ~EFER_LMA
+    if cpu.svm_guest:
+        value = cpu.hooks.guest_efer(cpu, value)
     bad = value & ~efer_writable(cpu)
     if bad:
         raise gp(0, f"WRMSR EFER: reserved or unsupported bits {bad:#x}")
@@ -326,6 +328,21 @@ def svm_key_write(cpu, idx, value):
 
 
 SEV_STATUS = 0xC0010131
+GHCB = 0xC0010130
+
+
+def ghcb_read(cpu, idx):
+    """GHCB MSR (APM vol 2, 15.35.7): the guest-physical address of the GHCB;
+    "can be read/written only in guest mode, attempts to access this MSR in
+    host mode will result in a #GP"; VMRUN/#VMEXIT load and save it."""
+    if not cpu.svm_guest or not (cpu.machine.profile.extra.get("sev") or {}).get("es"):
+        raise gp(0, "GHCB MSR accessed outside guest mode")
+    return cpu.msr.get(idx, 0)
+
+
+def ghcb_write(cpu, idx, value):
+    ghcb_read(cpu, idx)
+    cpu.msr[idx] = value & MASK64
 
 
 def sev_status_read(cpu, idx):
@@ -470,6 +487,7 @@ TABLE = {
     VM_HSAVE_PA: ("VM_HSAVE_PA", plain_read, hsave_write),
     TSC_RATIO: ("TSC_RATIO", tsc_ratio_read, tsc_ratio_write),
     SEV_STATUS: ("SEV_STATUS", sev_status_read, read_only_write),
+    GHCB: ("GHCB", ghcb_read, ghcb_write),
     SVM_KEY: ("SVM_KEY", svm_key_read, svm_key_write),
     OSVW_ID_LENGTH: ("OSVW_ID_LENGTH", osvw_read, plain_write),
     OSVW_STATUS: ("OSVW_STATUS", osvw_read, plain_write),

@@ -223,12 +223,15 @@ def pause(cpu, ins):
 
 # ---------------------------------------------------------------- IOIO (15.10)
 def _io_common(cpu, ins, port, size, is_in, string, seg):
+    """In an SEV-ES guest "all IO port accesses are unconditionally
+    intercepted" (APM 15.36.23), whatever the IOPM says."""
     from ..cpu.ops.system import io_check
     io_check(cpu, port, size)
-    if not _hit(cpu, MISC1, 27):
-        return
-    if not intercepts.io_intercepted(cpu.bus.read_bytes, cpu.svm.iopm_pa, port, size):
-        return
+    if not cpu.svm.es:
+        if not _hit(cpu, MISC1, 27):
+            return
+        if not intercepts.io_intercepted(cpu.bus.read_bytes, cpu.svm.iopm_pa, port, size):
+            return
     info1 = exits.ioio_exitinfo1(port, size, is_in, string, bool(ins.rep or ins.repne),
                                  ins.asize, seg)
     # EXITINFO2 = the RIP of the next instruction (APM 15.10.2).
@@ -272,6 +275,23 @@ def vmmcall(cpu, ins):
         raise ud("VMMCALL with EFER.SVME = 0")
     if _hit(cpu, MISC2, 1):
         _exit(cpu, ins, ExitCode.VMMCALL)
+
+
+def cpuid(cpu, ins):
+    """CPUID exits first (15.7.1); in an SEV-ES guest "the CPUID instruction
+    ... [is] unconditionally intercepted" (APM 15.36.23)."""
+    if cpu.svm.es or _hit(cpu, MISC1, 18):
+        _exit(cpu, ins, ExitCode.CPUID)
+
+
+def vmgexit(cpu, ins):
+    """VMGEXIT (F3 0F 01 D9; APM 15.35.6): in an SEV-ES guest an automatic
+    exit that "behaves like a trap so that upon a subsequent VMRUN,
+    execution resumes following the VMGEXIT", with no intercept bit; in any
+    other guest it "will behave exactly like a VMMCALL"."""
+    if cpu.svm.es:
+        raise VmExit(ExitCode.VMGEXIT, 0, 0, ins.next_ip, trap=True, detail="VMGEXIT")
+    vmmcall(cpu, ins)
 
 
 def mwait(cpu, ins):
@@ -318,7 +338,7 @@ GUARDS = {
     M.POPF: _simple(MISC1, 17, ExitCode.POPF),
     M.POPFD: _simple(MISC1, 17, ExitCode.POPF),
     M.POPFQ: _simple(MISC1, 17, ExitCode.POPF),
-    M.CPUID: _simple(MISC1, 18, ExitCode.CPUID),
+    M.CPUID: cpuid,
     M.RSM: _simple(MISC1, 19, ExitCode.RSM),
     M.IRET: _simple(MISC1, 20, ExitCode.IRET),
     M.IRETD: _simple(MISC1, 20, ExitCode.IRET),
@@ -335,6 +355,7 @@ GUARDS = {
     M.RDMSR: msr, M.WRMSR: msr,
     M.VMRUN: _simple(MISC2, 0, ExitCode.VMRUN, _pre_svm("VMRUN")),
     M.VMMCALL: vmmcall,
+    M.VMGEXIT: vmgexit,
     M.VMLOAD: _simple(MISC2, 2, ExitCode.VMLOAD, _pre_svm("VMLOAD")),
     M.VMSAVE: _simple(MISC2, 3, ExitCode.VMSAVE, _pre_svm("VMSAVE")),
     M.STGI: _simple(MISC2, 4, ExitCode.STGI, _pre_svm("STGI", rax=False)),
@@ -358,10 +379,11 @@ def _trap(cpu, ins, code, value):
 
 def cr_write_trap(cpu, ins):
     """CRn write traps (word 4 bits 31:16): the write completed; EXITINFO1 is
-    the new value and the guest RIP is the next instruction (APM 15.7, used
-    by SEV-ES hypervisors)."""
+    the new value and the guest RIP is the next instruction.  APM 15.35.10:
+    "CR write traps are only supported for SEV-ES guests"; other guests
+    ignore the bits."""
     n = _cr_index(ins, ins.regs[0]) if ins.mnemonic == M.MOV else 0
-    if _hit(cpu, MISC2, 16 + n):
+    if cpu.svm.es and _hit(cpu, MISC2, 16 + n):
         value = {0: cpu.cr0, 2: cpu.cr2, 3: cpu.cr3, 4: cpu.cr4}.get(n)
         if value is None:
             from ..cpu.ops.system import read_cr8
@@ -370,7 +392,9 @@ def cr_write_trap(cpu, ins):
 
 
 def efer_write_trap(cpu, ins):
-    if ins.mnemonic == M.WRMSR and cpu.regs[1] & 0xFFFFFFFF == 0xC0000080 and _hit(cpu, MISC2, 15):
+    """EFER_WRITE_TRAP, an SEV-ES feature like the CR write traps (15.35.10)."""
+    if (cpu.svm.es and ins.mnemonic == M.WRMSR and cpu.regs[1] & 0xFFFFFFFF == 0xC0000080
+            and _hit(cpu, MISC2, 15)):
         _trap(cpu, ins, ExitCode.EFER_WRITE_TRAP, cpu.efer)
 
 

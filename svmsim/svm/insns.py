@@ -8,13 +8,10 @@ guest mode); what reaches these handlers executes.
 """
 from ..cpu.ops import handles, unimplemented
 from ..cpu.exceptions import CpuException, ud
-from ..cpu.segments import Segment, FS, GS
 from . import checks, world
 from .vmcb import VmcbView
+from .vmstate import load_state, save_state
 
-MSR_STATE = (("KERNEL_GS_BASE", 0xC0000102), ("STAR", 0xC0000081), ("LSTAR", 0xC0000082),
-             ("CSTAR", 0xC0000083), ("SFMASK", 0xC0000084), ("SYSENTER_CS", 0x174),
-             ("SYSENTER_ESP", 0x175), ("SYSENTER_EIP", 0x176))
 
 
 def svm_checks(cpu, ins, name, rax=True):
@@ -52,27 +49,14 @@ def vmload(cpu, ins):
     """Load FS, GS, TR, LDTR (with their hidden state), KernelGSBase, the
     SYSCALL and SYSENTER MSRs from the VMCB at rAX (APM vol 3 VMLOAD)."""
     svm_checks(cpu, ins, "VMLOAD")
-    v = VmcbView(cpu.bus, _vmcb_spa(cpu, ins, False))
-    for name, idx in (("FS", FS), ("GS", GS)):
-        sel, attr, limit, base = v.segment(name)
-        cpu.segs[idx] = Segment(sel, base, limit, attr)
-    for name in ("TR", "LDTR"):
-        sel, attr, limit, base = v.segment(name)
-        setattr(cpu, name.lower(), Segment(sel, base, limit, attr))
-    for name, idx in MSR_STATE:
-        cpu.msr[idx] = v[name]
-    cpu.update_mode()
+    load_state(cpu, VmcbView(cpu.bus, _vmcb_spa(cpu, ins, False)))
 
 
 @handles("VMSAVE")
 def vmsave(cpu, ins):
     """Store the VMLOAD state into the VMCB at rAX (APM vol 3 VMSAVE)."""
     svm_checks(cpu, ins, "VMSAVE")
-    v = VmcbView(cpu.bus, _vmcb_spa(cpu, ins, True))
-    for name, seg in (("FS", cpu.segs[FS]), ("GS", cpu.segs[GS]), ("TR", cpu.tr), ("LDTR", cpu.ldtr)):
-        v.set_segment(name, seg.sel, seg.attr, seg.limit, seg.base)
-    for name, idx in MSR_STATE:
-        v[name] = cpu.msr.get(idx, 0)
+    save_state(cpu, VmcbView(cpu.bus, _vmcb_spa(cpu, ins, True)))
 
 
 @handles("STGI", ends_block=True)
@@ -96,10 +80,12 @@ def clgi(cpu, ins):
         cpu.gif = False
 
 
-@handles("VMMCALL")
+@handles("VMMCALL", "VMGEXIT")
 def vmmcall(cpu, ins):
-    """Not intercepted: #UD (APM vol 3 VMMCALL)."""
-    raise ud("VMMCALL not intercepted")
+    """Not intercepted: #UD (APM vol 3 VMMCALL).  VMGEXIT outside an SEV-ES
+    guest "will behave exactly like a VMMCALL" (APM 15.35.6); inside one its
+    guard always exits."""
+    raise ud(f"{ins.name.upper()} not intercepted")
 
 
 @handles("INVLPGA")

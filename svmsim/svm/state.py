@@ -61,6 +61,9 @@ class SvmState:
     pause_last: object = None                      # virtual ns of the previous PAUSE
     np_enable: bool = False
     sev: bool = False                         # an SEV guest (SEV_ENABLE with memory encryption on)
+    es: bool = False                          # an SEV-ES guest: its state lives in the VMSA (15.35)
+    vmsa_pa: int = 0                          # the VMSA page (system-physical) of the running ES guest
+    vmsa: bytearray = None                    # its plaintext as VMRUN read it (fields svmsim does not hold)
     lbr_virt: bool = False
     host_lbr: dict = field(default_factory=dict)      # host LBR MSRs while a guest runs (15.23)
     v_vmsave_vmload: bool = False

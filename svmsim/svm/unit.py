@@ -9,10 +9,11 @@ themselves are registered with the CPU's instruction table by ``insns``.
 """
 from ..cpu.hooks import CpuHooks
 from ..cpu.msr import TSC_RATIO, TSC_RATIO_ONE
-from . import events, features, guards, insns, world  # noqa: F401  (insns registers VMRUN..SKINIT)
+from . import events, features, guards, insns, sev_es, world  # noqa: F401  (insns registers VMRUN..SKINIT)
 from .state import SvmState
 
 MASK64 = (1 << 64) - 1
+EFER_SVME = 1 << 12
 
 
 class SvmUnit(CpuHooks):
@@ -58,6 +59,12 @@ class SvmUnit(CpuHooks):
     def intercept(self, cpu, e) -> None:
         world.vmexit_from(cpu, e)
 
+    def reflect(self, cpu, e):
+        """SEV-ES: a non-automatic exit is a #VC in the guest (APM 15.35.4-5)."""
+        if cpu.svm.es and not sev_es.automatic(e.code, e.info1):
+            return sev_es.vc_for(e)
+        return None
+
     # ------------------------------------------------------------ guest-visible state
     def iret(self, cpu) -> bool:
         s = cpu.svm
@@ -79,9 +86,16 @@ class SvmUnit(CpuHooks):
         cpu.kick()
         return True
 
+    def guest_efer(self, cpu, value: int) -> int:
+        """"writes by SEV-ES guests to EFER.SVME are always ignored" (15.35.10)."""
+        if cpu.svm.es:
+            return value & ~EFER_SVME | cpu.efer & EFER_SVME
+        return value
+
     def sev_status(self, cpu) -> int:
-        """SEV_STATUS bit 0: SEV is active for this guest (APM 15.34.10)."""
-        return 1 if cpu.svm.sev else 0
+        """SEV_STATUS bits 0 and 1: SEV and SEV-ES active for this guest (APM 15.34.10)."""
+        s = cpu.svm
+        return (1 if s.sev else 0) | (2 if s.es else 0)
 
     def stepped_into_guest(self, cpu, tf: bool) -> None:
         """A single-stepped VMRUN traps in the host after the #VMEXIT."""

@@ -16,7 +16,7 @@ from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
-from . import checks, clean, exits, sev_checks
+from . import checks, clean, exits, sev_checks, sev_es
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE
 from .intercepts import read_words
@@ -24,6 +24,7 @@ from .state import VmExit
 
 MASK64 = (1 << 64) - 1
 VM_HSAVE_PA = 0xC0010117
+GHCB_MSR = 0xC0010130
 SWITCHED_SEGS = (("ES", ES), ("CS", CS), ("SS", SS), ("DS", DS))
 
 # EVENTINJ TYPE -> the delivery kind of svmsim's interrupt logic (APM 15.20).
@@ -183,8 +184,7 @@ def _lbr_switch(cpu, load, store) -> None:
 
 # Control bits whose features svmsim does not implement yet: a guest that
 # needs them must not silently run without them.
-_UNMODELLED = (("SEV_ES_ENABLE", "SEV-ES (SEV_ES_ENABLE)"), ("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"),
-               ("X2AVIC_ENABLE", "x2AVIC"))
+_UNMODELLED = (("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"), ("X2AVIC_ENABLE", "x2AVIC"))
 
 
 def _refuse_unmodelled(cpu, v) -> None:
@@ -231,7 +231,11 @@ def vmrun(cpu, ins) -> None:
     s.vmruns += 1
     if s.caps is None:
         s.caps = checks.CpuCaps.from_cpu(cpu)
-    reason = checks.check_guest_state(v, s.caps, cpu)
+    g, reason = v, None          # g: where the guest state is (the VMSA for SEV-ES)
+    if sev_checks.es_requested(v, cpu):
+        g, reason = sev_es.enter(cpu, v)
+    if reason is None:
+        reason = checks.check_guest_state(g, s.caps, cpu)
     if reason is not None:
         clean.forget(cpu)
         invalid_exit(cpu, VmcbView(page), hsave, reason)
@@ -240,15 +244,21 @@ def vmrun(cpu, ins) -> None:
     _load_control(cpu, v)
     _refuse_unmodelled(cpu, v)
     host_cr4, host_efer = cpu.cr4, cpu.efer
-    _load_guest(cpu, v)
+    _load_guest(cpu, g)
     s.sev = sev_checks.sev_active(v, cpu)
+    s.es = g is not v
     cpu.sev_asid = s.asid if s.sev else 0
+    if s.es:
+        s.vmsa_pa = sev_es.vmsa_spa(cpu, v)
+        sev_es.load_guest(cpu, g)
+    if cpu.machine.profile.extra.get("sev", {}).get("es"):
+        cpu.msr[GHCB_MSR] = v["GHCB_GPA"]                 # 15.35.7
     if s.np_enable:
         from . import npt
-        npt.setup(cpu, v, host_cr4, host_efer)
+        npt.setup(cpu, g, host_cr4, host_efer)
     if s.lbr_virt:
         s.host_lbr = {}
-        _lbr_switch(cpu, v, s.host_lbr)
+        _lbr_switch(cpu, g, s.host_lbr)
     cpu.svm_guest = True
     cpu.shadow = bool(v["INTERRUPT_SHADOW"])
     cpu.halted = False
@@ -339,19 +349,28 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     bus = cpu.bus
     page = _page(bus, s.vmcb_pa)
     v = clean.view_for_exit(cpu, page)
+    g = sev_es.exit_view(cpu, v) if s.es else v
     guest_rip = cpu.rip if rip is None else rip
-    _save_guest(cpu, v, guest_rip)
+    if s.es and code in sev_es.ADVANCES_RIP:
+        guest_rip = nrip                           # table 15-33: "HW Advances RIP"
+    _save_guest(cpu, g, guest_rip)
     _write_back_control(cpu, v)
     if s.lbr_virt:
-        _lbr_switch(cpu, s.host_lbr, v)
+        _lbr_switch(cpu, s.host_lbr, g)
+    if s.es:
+        sev_es.save_guest(cpu, g)
+        sev_es.write_back(cpu)
+    if GHCB_MSR in cpu.msr:
+        v["GHCB_GPA"] = cpu.msr[GHCB_MSR]
     v["EXITCODE"] = exits.to_vmcb(code)
     v["EXITINFO1"] = info1 & MASK64
     v["EXITINFO2"] = info2 & MASK64
     v["EXITINTINFO"] = exitintinfo
     v["EVENTINJ"] = v["EVENTINJ"] & ~exits.EVENT_V
-    if features.enabled(cpu, "nrips"):
+    if features.enabled(cpu, "nrips") and not s.es:
         v["NRIP"] = nrip
-    if features.enabled(cpu, "decode_assists"):
+    # An SEV-ES guest's instruction bytes are never saved (15.35.4).
+    if features.enabled(cpu, "decode_assists") and not s.es:
         if code == ExitCode.NPF and not insn:
             from .events import fetch_insn_bytes
             insn = fetch_insn_bytes(cpu)
@@ -369,7 +388,11 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     cpu.gif = False
     cpu.shadow = False
     cpu.halted = False
-    restore_host(cpu, VmcbView(_page(bus, cpu.msr.get(VM_HSAVE_PA, 0))))
+    hpage = _page(bus, cpu.msr.get(VM_HSAVE_PA, 0))
+    restore_host(cpu, VmcbView(hpage))
+    if s.es:
+        sev_es.restore_host(cpu, hpage)
+        s.es, s.vmsa = False, None
     cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0)
     cpu.tlb.drop_fast()
     cpu.update_mode()

@@ -19,7 +19,9 @@ implemented by AMDESE sev-tool and virtee/sev, which reproduce AMD's vectors):
   the MEASURE term only from API 0.17 on.
 
 Not verified against a spec (no AMD PDF was available): the MAC of the
-SEND/RECEIVE_UPDATE_DATA packets, here HMAC(TIK, LE32(FLAGS) || IV || trans).
+SEND/RECEIVE_UPDATE_DATA packets, here HMAC(TIK, LE32(FLAGS) || IV || trans),
+and of the SEND/RECEIVE_UPDATE_VMSA packets, the same prefixed with "VMSA" so
+that a hypervisor cannot pass a data packet off as a VMSA (or the reverse).
 Both ends of a migration are svmsim firmwares, so it only has to agree with
 itself.
 """
@@ -132,9 +134,10 @@ def secret_mac(tik: bytes, flags: int, iv: bytes, guest_len: int, trans: bytes,
     return hmac_sha256(tik, msg)
 
 
-def transport_mac(tik: bytes, flags: int, iv: bytes, trans: bytes) -> bytes:
-    """MAC of a SEND_UPDATE_DATA / RECEIVE_UPDATE_DATA packet (svmsim's choice, see the module doc)."""
-    return hmac_sha256(tik, struct.pack("<I", flags) + iv + trans)
+def transport_mac(tik: bytes, flags: int, iv: bytes, trans: bytes, vmsa: bool = False) -> bytes:
+    """MAC of a SEND/RECEIVE_UPDATE_DATA packet, or with ``vmsa`` of a
+    SEND/RECEIVE_UPDATE_VMSA packet (svmsim's choice, see the module doc)."""
+    return hmac_sha256(tik, (b"VMSA" if vmsa else b"") + struct.pack("<I", flags) + iv + trans)
 
 
 # -- structures -------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The AMD Secure Processor (AMD-SP/PSP) and its SEV firmware API, legacy SEV
-(SEV-ES and SEV-SNP come later; seed S13, S15, S16; issue 5 item 4).
+"""The AMD Secure Processor (AMD-SP/PSP) and its SEV firmware API: SEV and
+SEV-ES (SEV-SNP comes later; seed S13, S15, S16; issue 5 item 4, issue 9
+item 4).
 
 ``SevFirmware.command(cmd, buffer_pa)`` executes one SEV API command whose
 parameter buffer (Linux ``struct sev_data_*``, include/linux/psp-sev.h) lies
@@ -33,9 +34,18 @@ Deliberate simplifications (each a documented deviation):
 * WBINVD before DF_FLUSH is not tracked (WBINVD_REQUIRED is never returned).
 * No compression (packet flag COMPRESSED -> UNSUPPORTED), no DOWNLOAD_FIRMWARE
   (UNSUPPORTED), no ATTESTATION and no SNP commands (INVALID_COMMAND).
-* LAUNCH_UPDATE_VMSA / SEND_ and RECEIVE_UPDATE_VMSA are placeholders: UNSUPPORTED
-  for non-ES guests; for an ES guest LAUNCH_UPDATE_VMSA encrypts the page and
-  extends the digest, the migration VMSA commands stay UNSUPPORTED.
+
+SEV-ES (policy bit ES, platform config ES from INIT's SEV_INIT_FLAGS_SEV_ES
+with its 1 MiB trusted memory region): a VMSA is one 4 KiB page.
+LAUNCH_UPDATE_VMSA encrypts it in place with the VEK, extends the launch
+digest with its plaintext and has the memory controller seal it (the
+integrity checksum VMRUN verifies, APM vol 2, 15.35.8: ``engine.seal_vmsa``).
+SEND_UPDATE_VMSA sends a sealed VMSA transport-encrypted as
+SEND_UPDATE_DATA sends data (a VMSA whose checksum fails is refused);
+RECEIVE_UPDATE_VMSA re-encrypts it under the receiver's VEK and seals it.
+Where the public text gives no status code, svmsim's choices are: POLICY_FAILURE
+for a VMSA command on a guest without the ES policy bit, SECURE_DATA_INVALID
+for SEND_UPDATE_VMSA of a VMSA whose checksum fails (docs/DESIGN.md).
 """
 from __future__ import annotations
 
@@ -70,6 +80,7 @@ class _Guest:
     asid: int = 0
     digest: object = field(default_factory=hashlib.sha256)
     measure: bytes = b""
+    vmsas: set = field(default_factory=set)     # SPAs of the VMSA pages sealed for it
 
 
 # -- the simulated root of trust ------------------------------------------------------
@@ -198,6 +209,31 @@ class SevFirmware:
         if length == 0 or length & 15:
             raise _Fail(SevStatus.INVALID_LENGTH)
 
+    # -- SEV-ES VMSA pages ------------------------------------------------------------
+    @staticmethod
+    def _need_es(g: _Guest) -> None:
+        if not g.policy & SevPolicy.ES:
+            raise _Fail(SevStatus.POLICY_FAILURE)
+
+    def _vmsa_page(self, address: int, length: int) -> int:
+        """The SPA of a VMSA page given to a *_UPDATE_VMSA command: one whole,
+        page-aligned 4 KiB page (the VMSA pointer names a page, APM 15.35.8)."""
+        spa = address & self.addr_mask
+        if spa & (PAGE_SIZE - 1):
+            raise _Fail(SevStatus.INVALID_ADDRESS)
+        if length != PAGE_SIZE:
+            raise _Fail(SevStatus.INVALID_LENGTH)
+        return spa
+
+    def _seal(self, g: _Guest, spa: int, plain: bytes) -> None:
+        self.engine.seal_vmsa(spa, plain)
+        g.vmsas.add(spa)
+
+    def _forget_vmsas(self, g: _Guest) -> None:
+        for spa in g.vmsas:
+            self.engine.unseal_vmsa(spa)
+        g.vmsas.clear()
+
     def _read_cert(self, pa: int, length: int, usage: int | None) -> SevCert:
         if length < sc.CERT_LEN:
             raise _Fail(SevStatus.INVALID_LENGTH)
@@ -250,6 +286,7 @@ class SevFirmware:
     def _shutdown(self, pa):
         for g in list(self.guests.values()):
             self._unbind(g)
+            self._forget_vmsas(g)
         self.guests.clear()
         self._asid_dirty.clear()
         self.state = SevState.UNINIT
@@ -396,6 +433,7 @@ class SevFirmware:
     def _decommission(self, pa, g):
         if g.asid:
             return SevStatus.ACTIVE
+        self._forget_vmsas(g)
         del self.guests[g.handle]
         if not self.guests:
             self.state = SevState.INIT
@@ -441,14 +479,16 @@ class SevFirmware:
         return SevStatus.SUCCESS
 
     def _launch_update_vmsa(self, pa, g):
-        if not g.policy & SevPolicy.ES:
-            return SevStatus.UNSUPPORTED
+        """Encrypt a vCPU's initial VMSA in place, measure its plaintext and
+        seal it (KVM: __sev_launch_update_vmsa, after every UPDATE_DATA)."""
+        self._need_es(g)
         p = self._buf(pa, "update")
-        if p["address"] & (PAGE_SIZE - 1):
-            return SevStatus.INVALID_ADDRESS
-        if p["len"] != PAGE_SIZE:
-            return SevStatus.INVALID_LENGTH
-        return self._launch_update_data(pa, g)
+        spa = self._vmsa_page(p["address"], p["len"])
+        plain = self._rd(spa, PAGE_SIZE)
+        g.digest.update(plain)
+        self._wr(spa, self.engine.encrypt(g.vek, spa, plain))
+        self._seal(g, spa, plain)
+        return SevStatus.SUCCESS
 
     def _launch_measure(self, pa, g):
         p = self._buf(pa, "update")
@@ -564,22 +604,40 @@ class SevFirmware:
 
     def _send_update_data(self, pa, g):
         p = self._buf(pa, "packet")
+        self._check_packet_room(pa, p, p["guest_len"])
         self._check_block_range(p["guest_address"], p["guest_len"])
-        if p["hdr_len"] < sc.PACKET_HEADER_LEN or p["trans_len"] < p["guest_len"]:
+        self._send_packet(pa, p, g, self._guest_read(g, p["guest_address"], p["guest_len"]))
+        return SevStatus.SUCCESS
+
+    def _send_update_vmsa(self, pa, g):
+        """A sealed VMSA, transport-encrypted for the receiving firmware.  A
+        VMSA whose checksum no longer matches (the hypervisor changed its
+        ciphertext) is not sent: migration must not launder it."""
+        self._need_es(g)
+        p = self._buf(pa, "packet")
+        self._check_packet_room(pa, p, PAGE_SIZE)
+        spa = self._vmsa_page(p["guest_address"], p["guest_len"])
+        plain = self._guest_read(g, spa, PAGE_SIZE)
+        if spa not in g.vmsas or not self.engine.vmsa_intact(spa, plain):
+            return SevStatus.SECURE_DATA_INVALID
+        self._send_packet(pa, p, g, plain, vmsa=True)
+        return SevStatus.SUCCESS
+
+    def _check_packet_room(self, pa, p: dict, trans_len: int) -> None:
+        """Too small a header or transport buffer: report the lengths needed
+        (how KVM queries them, with every other field 0) and fail."""
+        if p["hdr_len"] < sc.PACKET_HEADER_LEN or p["trans_len"] < trans_len:
             self._out(pa, "packet", "hdr_len", sc.PACKET_HEADER_LEN)
-            self._out(pa, "packet", "trans_len", p["guest_len"])
-            return SevStatus.INVALID_LENGTH
-        plain = self._guest_read(g, p["guest_address"], p["guest_len"])
+            self._out(pa, "packet", "trans_len", trans_len)
+            raise _Fail(SevStatus.INVALID_LENGTH)
+
+    def _send_packet(self, pa, p: dict, g: _Guest, plain: bytes, vmsa: bool = False) -> None:
         iv = self.rng(16)
         trans = sc.aes128_ctr(g.tek, iv, plain)
-        hdr = sc.PacketHeader(0, iv, sc.transport_mac(g.tik, 0, iv, trans))
+        hdr = sc.PacketHeader(0, iv, sc.transport_mac(g.tik, 0, iv, trans, vmsa))
         self._wr(p["hdr_address"], hdr.pack())
         self._wr(p["trans_address"], trans)
         self._out(pa, "packet", "trans_len", len(trans))
-        return SevStatus.SUCCESS
-
-    def _update_vmsa_unsupported(self, pa, g):
-        return SevStatus.UNSUPPORTED
 
     def _send_finish(self, pa, g):
         g.state = SevGuestState.SENT
@@ -596,8 +654,8 @@ class SevFirmware:
         p = self._buf(pa, "receive_start")
         policy = p["policy"]
         self._check_policy_version(policy)
-        if policy & SevPolicy.ES:
-            return SevStatus.UNSUPPORTED
+        if policy & SevPolicy.ES and not self.config_es:
+            return SevStatus.POLICY_FAILURE
         vek = self._vek_for(p["handle"], policy)
         sender = self._read_cert(p["pdh_cert_address"], p["pdh_cert_len"], Usage.PDH)
         if p["session_len"] < sc.SESSION_LEN:
@@ -616,11 +674,26 @@ class SevFirmware:
     def _receive_update_data(self, pa, g):
         p = self._buf(pa, "packet")
         self._check_block_range(p["guest_address"], p["guest_len"])
-        hdr, trans = self._read_packet(p)
-        if not hmac.compare_digest(sc.transport_mac(g.tik, hdr.flags, hdr.iv, trans), hdr.mac):
-            return SevStatus.BAD_MEASUREMENT
-        self._guest_write(g, p["guest_address"], sc.aes128_ctr(g.tek, hdr.iv, trans))
+        self._guest_write(g, p["guest_address"], self._open_packet(p, g))
         return SevStatus.SUCCESS
+
+    def _receive_update_vmsa(self, pa, g):
+        """A VMSA from the sending firmware, encrypted under this guest's VEK
+        in place at ``guest_address`` and sealed there."""
+        self._need_es(g)
+        p = self._buf(pa, "packet")
+        spa = self._vmsa_page(p["guest_address"], p["guest_len"])
+        plain = self._open_packet(p, g, vmsa=True)
+        self._wr(spa, self.engine.encrypt(g.vek, spa, plain))
+        self._seal(g, spa, plain)
+        return SevStatus.SUCCESS
+
+    def _open_packet(self, p: dict, g: _Guest, vmsa: bool = False) -> bytes:
+        """The plaintext of a migration packet whose MAC verifies."""
+        hdr, trans = self._read_packet(p)
+        if not hmac.compare_digest(sc.transport_mac(g.tik, hdr.flags, hdr.iv, trans, vmsa), hdr.mac):
+            raise _Fail(SevStatus.BAD_MEASUREMENT)
+        return sc.aes128_ctr(g.tek, hdr.iv, trans)
 
     def _receive_finish(self, pa, g):
         g.state = SevGuestState.RUNNING
@@ -663,11 +736,11 @@ _COMMANDS = {
     SevCmd.LAUNCH_FINISH: (F._launch_finish, _UP, (_GS.LSECRET,)),
     SevCmd.SEND_START: (F._send_start, _UP, (_GS.RUNNING,)),
     SevCmd.SEND_UPDATE_DATA: (F._send_update_data, _UP, (_GS.SUPDATE,)),
-    SevCmd.SEND_UPDATE_VMSA: (F._update_vmsa_unsupported, _UP, (_GS.SUPDATE,)),
+    SevCmd.SEND_UPDATE_VMSA: (F._send_update_vmsa, _UP, (_GS.SUPDATE,)),
     SevCmd.SEND_FINISH: (F._send_finish, _UP, (_GS.SUPDATE,)),
     SevCmd.SEND_CANCEL: (F._send_cancel, _UP, (_GS.SUPDATE,)),
     SevCmd.RECEIVE_UPDATE_DATA: (F._receive_update_data, _UP, (_GS.RUPDATE,)),
-    SevCmd.RECEIVE_UPDATE_VMSA: (F._update_vmsa_unsupported, _UP, (_GS.RUPDATE,)),
+    SevCmd.RECEIVE_UPDATE_VMSA: (F._receive_update_vmsa, _UP, (_GS.RUPDATE,)),
     SevCmd.RECEIVE_FINISH: (F._receive_finish, _UP, (_GS.RUPDATE,)),
     SevCmd.DBG_DECRYPT: (F._dbg_decrypt, _UP, _ALL_G),
     SevCmd.DBG_ENCRYPT: (F._dbg_encrypt, _UP, _ALL_G),

@@ -229,6 +229,8 @@ def test_migration_of_the_vmsas():
     a, b, h, d = _started_migration()
     st, out = a.run(C.SEND_UPDATE_VMSA, "packet", handle=h)          # KVM's length query
     assert st == S.INVALID_LENGTH and (out["hdr_len"], out["trans_len"]) == (0x34, 0x1000)
+    st, out = a.run(C.SEND_UPDATE_DATA, "packet", handle=h)          # (and QEMU's for data)
+    assert st == S.INVALID_LENGTH and out["hdr_len"] == 0x34
     packets = [_send_vmsa(a, h, spa) for spa in (VMSA, VMSA2)]
     for (hdr, trans), page in zip(packets, (BSP_VMSA, AP_VMSA)):
         assert page[:0x670] not in trans

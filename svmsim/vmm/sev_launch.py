@@ -2,10 +2,10 @@
 as KVM's SEV ioctls drive it, for the reference VMM."""
 from dataclasses import dataclass
 
-from .vmm import GUEST_BASE, GuestExit, Vmm
+from .psp import SEV_DATA, Psp
+from .vmm import GUEST_BASE, Vmm
 
 
-SEV_SCRATCH = 0x98000        # host RAM for AMD-SP command buffers (0x98000-0x9FFFF)
 SYSCFG, HWCR = 0xC0010010, 0xC0010015
 
 
@@ -27,32 +27,13 @@ def launch_sev(vmm: "Vmm", owner, secret: bytes = b"", secret_gpa: int = 0, regi
     LAUNCH_MEASURE checked by ``owner``, LAUNCH_SECRET (only if the
     measurement is right), LAUNCH_FINISH, ACTIVATE; then memory encryption
     on (SYSCFG), SmmLock, and SEV_ENABLE in the VMCB."""
-    from ..sev.firmware import SevCmd as C, SevStatus, SevState, pack_buffer, unpack_buffer
+    from ..sev.firmware import SevCmd as C
     from ..sev import crypto
     m = vmm.m
-    fw, bus = m.amd_sp, m.bus
-    if fw is None:
-        raise GuestExit("this CPU model has no AMD Secure Processor (no SEV)")
-    cmd_pa, a = SEV_SCRATCH, SEV_SCRATCH + 0x100
-
-    def call(cmd, layout, **fields):
-        bus.write_bytes(cmd_pa, pack_buffer(layout, **fields))
-        status = fw.command(cmd, cmd_pa)
-        if status != SevStatus.SUCCESS:
-            raise GuestExit(f"AMD-SP {C(cmd).name} failed: {SevStatus(status).name}")
-        return unpack_buffer(layout, bus.read_bytes(cmd_pa, 128))
-
-    if fw.state == SevState.UNINIT:
-        call(C.INIT, "init")
-    pdh, chain = a, a + 0x1000
-    call(C.PDH_CERT_EXPORT, "pdh_cert_export", pdh_cert_address=pdh, pdh_cert_len=0x824,
-         cert_chain_address=chain, cert_chain_len=3 * 0x824)
-    godh, session = owner.start(bus.read_bytes(pdh, 0x824))
-    bus.write_bytes(a, godh)
-    bus.write_bytes(a + 0x1000, session)
-    handle = call(C.LAUNCH_START, "launch_start", policy=owner.policy, dh_cert_address=a,
-                  dh_cert_len=len(godh), session_address=a + 0x1000,
-                  session_len=len(session))["handle"]
+    bus, psp = m.bus, Psp(m)
+    fw, call, a = psp.firmware, psp.call, SEV_DATA
+    psp.init_platform()
+    handle = psp.launch_start(owner)
     plain = []
     for gpa, length in regions:
         length = (length + 15) & ~15

@@ -68,7 +68,9 @@ class _GuestMemory:
 class Vmm:
     """Run one guest on CPU 0 of ``machine`` (which must have SVM)."""
 
-    def __init__(self, machine, guest_mem: int = 32 << 20, asid: int = 1):
+    GUEST_MEM = 32 << 20
+
+    def __init__(self, machine, guest_mem: int = GUEST_MEM, asid: int = 1):
         if GUEST_BASE + guest_mem > machine.bus.low_top:
             raise GuestExit(f"the machine needs at least {(GUEST_BASE + guest_mem) >> 20} MiB of RAM")
         self.m = machine
@@ -133,6 +135,15 @@ class Vmm:
         level = 2 if size == 1 << 21 else 1
         bus.write(table + ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) * 8, 8,
                   spa | 7 | (0x80 if level == 2 else 0))
+
+    def map_region(self, gpa, spa, size):
+        """Map host memory at ``spa`` to guest-physical ``gpa`` (a firmware
+        image, say), with 2 MiB pages where both sides are aligned."""
+        end = gpa + size
+        while gpa < end:
+            step = 1 << 21 if not (gpa | spa) & ((1 << 21) - 1) and end - gpa >= 1 << 21 else 0x1000
+            self._map(self.n_cr3, gpa, spa, step)
+            gpa, spa = gpa + step, spa + step
 
     def _nested_tables(self):
         root = self._alloc()

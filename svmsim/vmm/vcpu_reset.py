@@ -72,7 +72,7 @@ VCPU_TYPES = {
     **_versions("EPYC", 23, 1, 2, (1, 2, 3, 4)),
     "EPYC-IBPB": VcpuType("EPYC-IBPB", 23, 1, 2),
     **_versions("EPYC-Rome", 23, 49, 0, (1, 2, 3, 4)),
-    **_versions("EPYC-Milan", 25, 1, 1, (1, 2, 3)),
+    **_versions("EPYC-Milan", 25, 1, 1, (1, 2)),
     **_versions("EPYC-Genoa", 25, 17, 0, (1,)),
 }
 

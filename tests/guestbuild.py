@@ -65,7 +65,7 @@ BASE_LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-z", "max-page-size=0x1000",
 
 #: The kernels under tests/guests/<name>.c.  Their test bodies live in
 #: tests/guests/suites/*.c (linked into every kernel) so `smoke` reuses them.
-KERNELS = ("hello", "exceptions", "apic_timer", "smp", "loop", "smoke",
+KERNELS = ("hello", "exceptions", "apic_timer", "smp", "smp_burst", "loop", "smoke",
            "svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world",
            "svm_events", "svm_npt", "svm_state", "svm_ioio")
 
@@ -77,6 +77,7 @@ KERNEL_RUNS = {
     "exceptions": {"append": "", "smp": 1},
     "apic_timer": {"append": "", "smp": 1},
     "smp": {"append": "", "smp": 2},
+    "smp_burst": {"append": "", "smp": 4},
     "loop": {"append": "", "smp": 1},          # default 10,000,000 iterations
     "smoke": {"append": "smoke", "smp": 2},
     "svm_basic": {"append": "", "smp": 1},

@@ -462,9 +462,20 @@ class Cpu:
 
     # ------------------------------------------------------------------ signals from the APIC
     def signal_init(self) -> None:
-        """INIT: reset most state and wait for a SIPI (APM vol 2, 14.1.4)."""
+        """INIT: reset most state and wait for a SIPI (APM vol 2, 14.1.4).
+
+        A CPU takes INIT at its next instruction boundary.  CPUs run one at a
+        time here, so every CPU but the sender is at one: it takes the INIT
+        at once, as hardware does within nanoseconds, and a STARTUP sent
+        right after it (kvm-unit-tests sends INIT, then STARTUP with no
+        delay) finds it waiting for a SIPI (MP spec 1.4, B.4.2: a STARTUP IPI
+        is accepted "after an INIT IPI reception").  Held by GIF = 0 or
+        handled by the SVM rules in guest mode, INIT stays pending."""
         self.init_pending = True
-        self.kick()
+        if self is not self.machine.current_cpu and self.gif and not self.svm_guest:
+            self.machine.do_init(self)
+        else:
+            self.kick()
 
     def signal_sipi(self, vector: int) -> None:
         """STARTUP IPI: a CPU waiting for SIPI starts in real mode at vector:0000."""

@@ -22,6 +22,8 @@
 #define CR0_PG 0x80000000
 #define CR4_PAE 0x00000020
 #define MSR_EFER 0xC0000080
+#define MAX_CPUS 8                   /* as rt.h */
+#define AP_STACK_SHIFT 14            /* 16 KiB per AP: rt.c ap_stacks */
 #define EFER_LME 0x00000100
 
 #define PG_P 0x001
@@ -157,11 +159,16 @@ bsp_entry64:
 
 ap_entry64:
     LOAD_DATA_SEGMENTS
-    mov ap_stack_top(%rip), %rsp     /* set by start_ap() before the SIPI */
     mov $1, %eax                     /* CPUID Fn0000_0001 EBX[31:24]: initial */
     cpuid                            /* APIC ID of this processor */
     shr $24, %ebx
+    cmp $MAX_CPUS, %ebx              /* no stack for it: halt */
+    jae 5f
     mov %ebx, %edi
+    lea 1(%rbx), %eax                /* each AP its own stack, so several */
+    shl $AP_STACK_SHIFT, %rax        /* may start at once (one broadcast */
+    lea ap_stacks(%rip), %rsp        /* STARTUP, as kvm-unit-tests sends) */
+    add %rax, %rsp
     call rt_ap_main
 5:  cli
     hlt
@@ -220,11 +227,10 @@ gdt_desc:
     .word gdt_end - gdt - 1
     .quad gdt
 
-    .globl mb_magic, mb_info, ap_stack_top
+    .globl mb_magic, mb_info
 mb_magic: .long 0
 mb_info: .long 0
     .balign 8
-ap_stack_top: .quad 0
 
     .bss
     .balign 4096

@@ -303,7 +303,8 @@ extern struct { uint16_t limit; uint64_t base; } __attribute__((packed)) gdt_des
 static struct tss tss[MAX_CPUS] __attribute__((aligned(16)));
 static uint8_t int_stack[MAX_CPUS][KSTACK] __attribute__((aligned(16)));
 static uint8_t df_stack[MAX_CPUS][KSTACK] __attribute__((aligned(16)));
-static uint8_t ap_stacks[MAX_CPUS][16384] __attribute__((aligned(16)));
+/* AP i's stack is ap_stacks[i]: boot64.S finds it from the APIC ID (1 << AP_STACK_SHIFT). */
+uint8_t ap_stacks[MAX_CPUS][16384] __attribute__((aligned(16)));
 
 /* A 16-byte system descriptor, type 9 = available 64-bit TSS (APM vol 2,
  * 4.8.3, Figure 4-22). */
@@ -580,7 +581,6 @@ void delay_us(uint32_t us)
 }
 
 extern char ap_tramp_start[], ap_tramp_end[];
-extern volatile uint64_t ap_stack_top;
 volatile uint32_t ap_started;
 
 #define TRAMPOLINE_BASE 0x8000ul
@@ -597,7 +597,6 @@ bool start_ap(uint32_t apic_id)
     if (apic_id >= MAX_CPUS)
         return false;
     memcpy((void *)TRAMPOLINE_BASE, ap_tramp_start, ap_tramp_end - ap_tramp_start);
-    ap_stack_top = (uint64_t)&ap_stacks[apic_id][sizeof(ap_stacks[0])];
     uint32_t before = ap_started;
     lapic_write(LAPIC_ESR, 0);
     lapic_send_ipi(apic_id, ICR_INIT | ICR_ASSERT | ICR_LEVEL);
@@ -642,9 +641,7 @@ static void pic_spurious(struct trap_frame *f)
 
 /* ================================================================ entry */
 
-__attribute__((weak)) void ap_main(int apic_id)
-{
-}
+void (*volatile ap_main)(int apic_id);
 
 void rt_bsp_main(uint32_t magic, uint32_t mbi)
 {
@@ -667,5 +664,6 @@ void rt_ap_main(uint32_t apic_id)
     idt_load();
     lapic_enable();
     atomic_xadd(&ap_started, 1);
-    ap_main(apic_id);
+    if (ap_main)
+        ap_main(apic_id);
 }

@@ -38,7 +38,7 @@ typedef _Bool bool;
 
 /* ---- entry points ---- */
 int kmain(uint32_t magic, uint32_t mbi);   /* provided by each kernel */
-void ap_main(int apic_id);                  /* provided by kernels using APs (weak default) */
+extern void (*volatile ap_main)(int apic_id);   /* what each AP runs once started (NULL: halt) */
 
 /* ---- string/memory (gcc may emit calls to these) ---- */
 void *memset(void *d, int c, size_t n);
@@ -203,6 +203,6 @@ static inline uint32_t atomic_xadd(volatile uint32_t *p, uint32_t v)
     asm volatile("lock xaddl %0, %1" : "+r"(v), "+m"(*p) : : "memory");
     return v;
 }
-extern volatile uint32_t ap_started;   /* bumped by each AP before ap_main */
+extern volatile uint32_t ap_started;   /* bumped by each AP before ap_main() */
 
 #endif

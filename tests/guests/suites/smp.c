@@ -9,7 +9,7 @@
 
 static volatile uint32_t counter, go, ap_hello, ap_done;
 
-void ap_main(int apic_id)
+static void smp_ap_main(int apic_id)
 {
     kprintf("AP %d online\n", apic_id);
     atomic_xadd(&ap_hello, 1);
@@ -33,6 +33,7 @@ int t_smp(void)
     int fails = 0;
     kputs("smp: start");
     lapic_enable();
+    ap_main = smp_ap_main;
     kprintf("smp: BSP apic id %u\n", lapic_id());
     bool started = start_ap(1) && wait_flag(&ap_hello, 1000);
     kprintf("smp: AP 1 started by INIT-SIPI-SIPI: %s\n", started ? "yes" : "no");

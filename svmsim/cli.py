@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial ramdisk for a Linux bzImage (-initrd); for a Multiboot kernel, one more module")
     r.add_argument("-m", "--memory", default="128M", help="RAM size (default 128M; QEMU syntax)")
     r.add_argument("--smp", type=int, default=1, help="number of CPUs")
-    r.add_argument("--cpu", default="epyc", help="CPU profile (default epyc)")
+    r.add_argument("--cpu", default="epyc",
+                   help="CPU model and features, QEMU's syntax: epyc (default), epyc-genoa, amd64-base, "
+                        "max; then +feature/-feature, e.g. max,+svm,-npt,-rdtscp")
     r.add_argument("--max-insns", type=int, default=None, help="stop after this many instructions")
     r.add_argument("--timeout", type=float, default=None, help="stop after this many host seconds")
     r.add_argument("--serial-out", default=None, help="write COM1 output to FILE instead of stdout")

@@ -70,6 +70,7 @@ class MachineConfig:
     max_insns: int = None
     timeout: float = None
     append: str = ""
+    devices: tuple = ()                # optional devices by QEMU name, e.g. ("pc-testdev",)
 
 
 @dataclass

@@ -20,7 +20,7 @@ real chip has; CPUID reports what the simulator can honour.
 """
 import iced_x86
 
-from .profiles import FEATURE_BITS, AMD_EDX_ALIASES
+from .profiles import FEATURE_BITS, AMD_EDX_ALIASES, REQUIRES
 
 # Feature -> mnemonics that must all have handlers before it is advertised.
 NEEDS = {
@@ -61,7 +61,7 @@ def effective_features(profile) -> frozenset:
     have = set(ops.BY_MNEMONIC)
     out = set()
     for f in profile.features:
-        if f in UNMODELLED:
+        if f in UNMODELLED or REQUIRES.get(f, f) not in profile.features:
             continue
         need = NEEDS.get(f, ())
         if all(getattr(iced_x86.Mnemonic, m) in have for m in need):

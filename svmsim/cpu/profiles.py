@@ -19,8 +19,15 @@ Models:
   (CPUID 00A10F11h), 1 MiB L2.
 * ``amd64-base``: a minimal AMD64 processor in the spirit of QEMU's
   ``qemu64`` (family 0Fh model 6Bh stepping 1), without SVM.
+* ``max``: the ``epyc`` processor with every feature svmsim models (as
+  QEMU's ``max``: "all features supported by the accelerator").
+
+A CPU is named as on QEMU's command line: a model, then features to add or
+remove, ``max,+svm,-npt,-rdtscp`` (``+f``, ``-f``, ``f=on``, ``f=off``).
+Features take svmsim's names (``FEATURE_BITS``) or QEMU's (``QEMU_NAMES``);
+QEMU's model names (``EPYC``, ``EPYC-Milan``, ``qemu64``) are accepted.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 
@@ -76,6 +83,34 @@ FEATURE_BITS = {
     "wbnoinvd": (0x80000008, None, "ebx", 9), "ibpb": (0x80000008, None, "ebx", 12),
     "ibrs": (0x80000008, None, "ebx", 14), "stibp": (0x80000008, None, "ebx", 15),
     "amd_ssbd": (0x80000008, None, "ebx", 24),
+    # Fn8000_000A_EDX: optional SVM features (APM vol 3, E.4.9; svm/features.py
+    # says which of them svmsim implements)
+    "npt": (0x8000000A, None, "edx", 0), "lbrv": (0x8000000A, None, "edx", 1),
+    "svm_lock": (0x8000000A, None, "edx", 2), "nrips": (0x8000000A, None, "edx", 3),
+    "tsc_scale": (0x8000000A, None, "edx", 4), "vmcb_clean": (0x8000000A, None, "edx", 5),
+    "flush_by_asid": (0x8000000A, None, "edx", 6), "decode_assists": (0x8000000A, None, "edx", 7),
+    "pause_filter": (0x8000000A, None, "edx", 10), "pause_filter_threshold": (0x8000000A, None, "edx", 12),
+    "avic": (0x8000000A, None, "edx", 13), "v_vmsave_vmload": (0x8000000A, None, "edx", 15),
+    "vgif": (0x8000000A, None, "edx", 16), "gmet": (0x8000000A, None, "edx", 17),
+    "x2avic": (0x8000000A, None, "edx", 18), "sss_check": (0x8000000A, None, "edx", 19),
+    "spec_ctrl": (0x8000000A, None, "edx", 20), "rogpt": (0x8000000A, None, "edx", 21),
+    "host_mce_override": (0x8000000A, None, "edx", 23), "tlbictl": (0x8000000A, None, "edx", 24),
+    "vnmi": (0x8000000A, None, "edx", 25), "ibs_virt": (0x8000000A, None, "edx", 26),
+}
+
+# A feature reported only with the one it extends (no SVM leaf without SVM,
+# no XSAVE variants without XSAVE).
+REQUIRES = {name: "svm" for name, (leaf, _, _, _) in FEATURE_BITS.items() if leaf == 0x8000000A}
+REQUIRES.update({"xsaveopt": "xsave", "xsavec": "xsave", "xgetbv1": "xsave", "xsaves": "xsave"})
+
+# QEMU's spelling of a feature (``qemu-system-x86_64 -cpu help``) where it
+# differs from svmsim's by more than '-' for '_'.
+QEMU_NAMES = {
+    "clflush": "clfsh", "ht": "htt", "pni": "sse3", "sse4.1": "sse41", "sse4.2": "sse42",
+    "3dnowprefetch": "prefetchw", "fxsr-opt": "ffxsr", "pdpe1gb": "page1gb",
+    "invtsc": "invariant_tsc", "sha-ni": "sha", "amd-stibp": "stibp", "cr8legacy": "cr8_legacy",
+    "nrip-save": "nrips", "flushbyasid": "flush_by_asid", "decodeassists": "decode_assists",
+    "pfthreshold": "pause_filter_threshold",
 }
 
 # Fn0000_0001_EDX bits that AMD repeats in Fn8000_0001_EDX (APM vol 3, E.4.2).
@@ -120,13 +155,18 @@ _MILAN_FEATURES = _LEGACY64 | {
     "clzero", "xsaveerptr", "wbnoinvd", "ibpb", "ibrs", "stibp", "amd_ssbd",
 }
 
+# The optional SVM features of the EPYC models (CPUID Fn8000_000A_EDX).
+_EPYC_SVM = {"npt", "lbrv", "nrips", "tsc_scale", "vmcb_clean", "flush_by_asid",
+             "decode_assists", "pause_filter", "pause_filter_threshold", "vgif", "vnmi",
+             "gmet", "v_vmsave_vmload"}
+
 MODELS = {
     "epyc": {
         "family": 0x19, "model": 0x01, "stepping": 1,
         "brand": "AMD EPYC-Milan (svmsim, simulated)",
         "max_basic": 0xD, "max_ext": 0x8000001F,
         "phys_bits": 48, "lin_bits": 48,
-        "features": _MILAN_FEATURES,
+        "features": _MILAN_FEATURES | _EPYC_SVM,
         "patch_level": 0x0A001173,
         "l1d": (32, 8, 64, 1), "l1i": (32, 8, 64, 1),
         "l2": (512, 8, 64, 1), "l3": (32 * 1024, 16, 64, 1),
@@ -142,7 +182,7 @@ MODELS = {
         "brand": "AMD EPYC-Genoa (svmsim, simulated)",
         "max_basic": 0xD, "max_ext": 0x8000001F,
         "phys_bits": 48, "lin_bits": 48,
-        "features": _MILAN_FEATURES,
+        "features": _MILAN_FEATURES | _EPYC_SVM,
         "patch_level": 0x0A101144,
         "l1d": (32, 8, 64, 1), "l1i": (32, 8, 64, 1),
         "l2": (1024, 8, 64, 1), "l3": (32 * 1024, 16, 64, 1),
@@ -152,7 +192,11 @@ MODELS = {
     },
     "amd64-base": {},
 }
-ALIASES = {"epyc-milan": "epyc"}
+MODELS["max"] = dict(MODELS["epyc"], brand="AMD EPYC (svmsim max: every modelled feature)",
+                     features=frozenset(FEATURE_BITS))
+# svmsim's alternative names, and QEMU's models that match one of ours.
+ALIASES = {"epyc-milan": "epyc", "epyc-milan-v1": "epyc", "epyc-genoa-v1": "epyc-genoa",
+           "qemu64": "amd64-base", "qemu64-v1": "amd64-base"}
 
 
 def signature(family: int, model: int, stepping: int) -> int:
@@ -210,7 +254,49 @@ def _build(name: str) -> Profile:
 PROFILES = {n: _build(n) for n in MODELS}
 
 
-def get(name: str) -> Profile:
+def get(spec, warn=None) -> Profile:
+    """The Profile a CPU spec names: ``epyc``, ``max,+svm,-npt``, ``EPYC-Milan,rdtscp=off``.
+
+    A feature svmsim does not know is a ConfigError, unless ``warn`` is
+    given: then it is passed a one-line warning and skipped, as QEMU TCG
+    warns about a feature it does not support and boots without it."""
+    if isinstance(spec, Profile):
+        return spec
+    name, *edits = [part.strip() for part in str(spec).split(",")]
+    base = _model(name)
+    if not edits:
+        return base
+    features = set(base.features)
+    for edit in edits:
+        feature, on = _parse_edit(edit)
+        canon = feature_name(feature)
+        if canon is None:
+            if warn is None:
+                raise ConfigError(f"unknown CPU feature {feature!r} in --cpu {spec!r}")
+            warn(f"svmsim does not model CPU feature {feature!r}: ignored")
+            continue
+        (features.add if on else features.discard)(canon)
+    return replace(base, name=str(spec), features=frozenset(features))
+
+
+def feature_name(name: str):
+    """svmsim's name of a feature given by svmsim's or QEMU's name, or None."""
+    low = name.lower()
+    canon = QEMU_NAMES.get(low, low.replace("-", "_").replace(".", ""))
+    return canon if canon in FEATURE_BITS else None
+
+
+def _parse_edit(edit: str):
+    """'+f' / '-f' / 'f=on' / 'f=off' -> (f, on)."""
+    if edit[:1] in "+-" and len(edit) > 1:
+        return edit[1:], edit[0] == "+"
+    feature, eq, value = edit.partition("=")
+    if eq and value.lower() in ("on", "off", "true", "false", "yes", "no"):
+        return feature, value.lower() in ("on", "true", "yes")
+    raise ConfigError(f"bad CPU feature setting {edit!r} (use +feature, -feature or feature=on|off)")
+
+
+def _model(name: str) -> Profile:
     key = ALIASES.get(name.lower(), name.lower())
     try:
         return PROFILES[key]

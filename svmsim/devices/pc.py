@@ -4,11 +4,14 @@ Kernels written for QEMU find: COM1 at 0x3F8 (IRQ 4), isa-debug-exit at
 0xF4, the 8259 pair at 0x20/0xA0, the 8254 PIT at 0x40, port B at 0x61,
 the CMOS RTC at 0x70, fw_cfg at 0x510, the local APIC at 0xFEE00000 and
 the I/O APIC at 0xFEC00000, and PCI bus 0 (host bridge and PIIX3) behind
-ports 0xCF8/0xCFC.
+ports 0xCF8/0xCFC.  ``MachineConfig.devices`` adds optional ones (QEMU's
+``-device pc-testdev``).
 """
 from .apic import LocalApic, ApicMmioRouter
 from .ioapic import IoApic
 from . import pc_legacy
+from .pc_testdev import OPTIONAL
+from ..errors import ConfigError
 
 
 def attach(machine) -> None:
@@ -25,3 +28,7 @@ def attach(machine) -> None:
     pc_legacy.attach(machine)
     from . import pci
     pci.attach(machine)
+    for name in machine.config.devices:
+        if name not in OPTIONAL:
+            raise ConfigError(f"unknown device {name!r} (optional devices: {', '.join(sorted(OPTIONAL))})")
+        OPTIONAL[name](machine).register(machine)

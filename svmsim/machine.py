@@ -162,6 +162,8 @@ class Machine:
         info = multiboot.load_multiboot(self.bus, path, append, list(modules), mem_size=self.config.mem_size,
                                         amd_ht_hole=self.profile.vendor == "AuthenticAMD")
         from .boot.entry import apply_entry_state
+        from .boot import firmware
+        firmware.apply(self)                 # what SeaBIOS leaves before the -kernel ROM runs
         apply_entry_state(self.cpus[0], info)
         for w in info.warnings:
             self.note(w)

@@ -51,9 +51,9 @@ QEMU_LAYOUT_3MODS = dict(mods_addr=0x105000, cmd_addrs=[0x105030, 0x105041, 0x10
                          cmdline=0x105055, loader=0x105068,
                          mods=[(0x106000, 0x106011), (0x107000, 0x108388),
                                (0x109000, 0x109004)])
-# info registers at the entry point
+# info registers at the entry point (QEMU -nodefaults: no VGA BIOS before the ROM)
 QEMU_ENTRY = dict(eax=0x2BADB002, ebx=0x9500, esp=0x6F08, eflags_if=0, cr0=0x11,
-                  cs=(0x08, 0xCF9A00), data=(0x10, 0xCF9300), gdt=(0xCB2B8, 0x27),
+                  cs=(0x08, 0xCF9A00), data=(0x10, 0xCF9300), gdt=(0xC02B8, 0x27),
                   idt=(0, 0x3FF), gdt_mem=[0, 0x00CF9A000000FFFF, 0x00CF93000000FFFF,
                                            0x00009E000000FFFF, 0x000092000000FFFF])
 
@@ -541,7 +541,7 @@ def test_entry_state_matches_qemu(kernels, bus):
     ("text", "file with no Multiboot header in the first 8 KiB"),
     ("badsum", "bad checksum"),
     ("at_mbi", "overlaps the Multiboot info area"),
-    ("at_vga", "overlaps the VGA/BIOS area"),
+    ("at_vga", "overlaps the VGA window"),
 ])
 def test_load_errors(kernels, bus, attr, message):
     path = getattr(kernels, attr)

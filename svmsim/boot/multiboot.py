@@ -9,7 +9,7 @@ Guest memory after loading (addresses for a kernel linked at 1 MiB)::
     0x00009000  memory map (mmap_addr): 24-byte entries, as the option ROM
                 copies them from SeaBIOS's INT 15h E820 table
     0x00009500  multiboot_info (88 bytes); EBX points here
-    0x000CB2B8  the option ROM's 5-entry GDT (GDTR.base; QEMU's ROM lands here)
+    0x000C02B8  the option ROM's 5-entry GDT (GDTR.base; QEMU's ROM lands here)
     load_addr   the kernel image: PT_LOAD segments at p_paddr (or the a.out
                 kludge span), gaps and .bss zeroed
     info block  first page boundary after the image:
@@ -66,12 +66,17 @@ BOOT_DEVICE = 0x8000FFFF       # QEMU: "XXX: use the -boot switch?"
 BOOT_LOADER_NAME = "qemu"
 
 # -- what QEMU 7.2's option ROM leaves behind (observed, TCG -cpu EPYC) ----
-GDT_ADDR = 0xCB2B8             # the ROM's gdt label after SeaBIOS copied it
+# The ROM's gdt label after SeaBIOS copied the ROM to C0000h, its place without
+# a VGA BIOS (QEMU -nodefaults; svmsim has no VGA card; with one it is CB2B8h).
+GDT_ADDR = 0xC02B8
 GDT_LIMIT = 5 * 8 - 1
 INITIAL_ESP = 0x6F08           # SeaBIOS's INT 19h stack; the spec leaves ESP undefined
+INITIAL_EDI = 0xF00F00         # left by the ROM's copy (same for every -m, -smp, kernel)
 CR0_PE, CR0_ET = 1 << 0, 1 << 4
 INITIAL_CR0 = CR0_PE | CR0_ET  # ET reads as 1 on every AMD64 CPU (APM vol 2, 3.1.1)
-INITIAL_EFLAGS = 0x2           # IF=0, VM=0, reserved bit 1 set (spec 3.2)
+# IF=0, VM=0, reserved bit 1 set (spec 3.2); PF is left set by the ROM's last
+# SHL reading the (fixed) MBI address from fw_cfg.
+INITIAL_EFLAGS = 0x6
 CODE_SELECTOR, DATA_SELECTOR = 0x08, 0x10
 
 # -- memory map, as SeaBIOS builds it under QEMU's pc machine --------------
@@ -81,7 +86,12 @@ BIOS_AREA = (0xF0000, 0x10000)
 BIOS_FLASH = (0xFFFC0000, 0x40000)   # the 256 KiB BIOS image below 4 GiB
 SEABIOS_HIGH_TABLES = 0x20000  # SeaBIOS keeps the top 128 KiB of low RAM
 AMD_HT_HOLE = (0xFD_0000_0000, 0x3_0000_0000)  # pc.c: AMD CPUs, phys-bits >= 40
-LEGACY_HOLE = (0xA0000, 0x100000)
+# The VGA window: no RAM behind it on QEMU's pc without a VGA card, so a kernel
+# loaded there is lost.  0xC0000-0xFFFFF is RAM shadowing option ROMs and the
+# BIOS, and QEMU loads what an ELF asks there: ``ld -m elf_i386 -Ttext=0x100000``
+# makes a first PT_LOAD with the ELF headers at 0xFF000 (they are there, readable,
+# after a QEMU boot).
+VGA_WINDOW = (0xA0000, 0xC0000)
 
 
 # ---------------------------------------------------------------------------
@@ -235,8 +245,14 @@ class BootInfo:
     def __post_init__(self):
         if not self.regs:
             self.regs = {"eax": BOOTLOADER_MAGIC, "ebx": self.mbi_addr, "ecx": self.entry,
-                         "edx": 0, "esi": 0, "edi": 0, "ebp": 0,
+                         "edx": entry_edx(self.mem_upper), "esi": 0, "edi": INITIAL_EDI, "ebp": 0,
                          "esp": INITIAL_ESP, "eip": self.entry}
+
+
+def entry_edx(mem_upper: int) -> int:
+    """EDX at entry: the ROM computes mem_upper (KiB) in EDX, then its fw_cfg
+    reads load only DX with the data port 511h (spec 3.2: undefined)."""
+    return (mem_upper & 0xFFFF0000) | 0x511
 
 
 # ---------------------------------------------------------------------------
@@ -494,7 +510,7 @@ def _check_range(bus, start: int, size: int, what: str, path: str) -> None:
     if end > FOUR_GIB:
         raise LoadError(f"{path}: {what} {start:#x}-{end:#x} is not below 4 GiB")
     for lo, hi, name in ((MMAP_ADDR, MBI_ADDR + MBI_SIZE, "the Multiboot info area"),
-                         (*LEGACY_HOLE, "the VGA/BIOS area 0xA0000-0xFFFFF")):
+                         (*VGA_WINDOW, "the VGA window 0xA0000-0xBFFFF")):
         if start < hi and lo < end:
             raise LoadError(f"{path}: {what} {start:#x}-{end:#x} overlaps {name} "
                             f"{lo:#x}-{hi:#x}")

@@ -91,6 +91,11 @@ class CmosRtc:
         # QEMU also stores the CPU count minus one at 0x5F (SeaBIOS reads it).
         ncpus = getattr(config, "smp", None) or len(getattr(self.machine, "cpus", ()) or [0])
         c[0x5F] = (ncpus - 1) & 0xFF
+        # QEMU's default boot order "cad" (pc.c set_boot_dev: 3Dh = 2nd << 4 | 1st,
+        # 38h = 3rd << 4 | no-floppy-check; a = 1, c = 2, d = 3) and the IBM PS/2
+        # century byte, a copy of 32h taken at power-on (both read on QEMU 7.2).
+        c[0x3D], c[0x38] = 0x12, 0x30
+        c[0x37] = to_bcd(self.now().year // 100)
 
     def _ram_split(self, config):
         bus = getattr(self.machine, "bus", None)

@@ -68,7 +68,7 @@ class PitCounter:
         self.read_msb = False        # RW=3 read flip-flop
         self.write_msb = False       # RW=3 write flip-flop
         self.write_lsb = 0
-        self.rw, self.mode, self.bcd = 3, 3, False
+        self.rw, self.mode, self.bcd = 0, 3, False   # QEMU's reset (the datasheet: undefined)
         self.count = 0x10000
         self.null_count = False
         self.state = RUNNING if gate else ARMED

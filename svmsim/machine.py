@@ -231,11 +231,13 @@ class Machine:
         self.request_stop(STATUS_RESET, reason, "reset")
 
     def do_init(self, cpu) -> None:
-        """Apply INIT to a CPU: reset state, keep it waiting for SIPI (APM 14.1.4)."""
+        """Apply INIT to a CPU: reset state, keep it waiting for SIPI (APM 14.1.4).
+        Unlike RESET, INIT leaves the MSRs (MTRRs, PAT, VM_HSAVE_PA...) and the
+        TSC as they were (Intel SDM vol 3A, 9.1; QEMU's do_cpu_init keeps them)."""
         cpu.init_pending = False
-        lapic = cpu.lapic
+        lapic, msrs, tsc_offset = cpu.lapic, cpu.msr, cpu.tsc_offset
         cpu.reset()
-        cpu.lapic = lapic
+        cpu.lapic, cpu.msr, cpu.tsc_offset = lapic, msrs, tsc_offset
         if lapic is not None and hasattr(lapic, "init"):
             lapic.init()
         cpu.wait_for_sipi = True

@@ -73,6 +73,22 @@ def test_kernel_prints_what_qemu_printed(name):
     assert result.status == STATUS_PASS, result.reason
 
 
+def test_init_keeps_msrs_and_the_tsc():
+    """INIT resets the processor but leaves "the internal caches, MSRs, MTRRs,
+    and x87 FPU state" unchanged (Intel SDM vol 3A, 9.1); QEMU 7.2 clears the
+    MTRRs on INIT (they are outside its init-preserved state), svmsim keeps
+    them.  An AP started by a kernel keeps the MTRRs its firmware set."""
+    m = Machine(mem_size="128M", smp=2, serial_out=io.BytesIO())
+    m.load_kernel(str(build_guest("hello")), "")
+    ap = m.cpus[1]
+    assert ap.msr[0x2FF] == 0xC06                     # SeaBIOS's MTRRdefType on every CPU
+    ap.msr[0xC0000082] = 0xFFFF800000001000           # LSTAR
+    ap.tsc_offset = 12345
+    m.do_init(ap)
+    assert ap.msr[0x2FF] == 0xC06 and ap.msr[0xC0000082] == 0xFFFF800000001000
+    assert ap.tsc_offset == 12345 and ap.wait_for_sipi and ap.rip == 0xFFF0
+
+
 @pytest.mark.parametrize("smp", [2, 3])
 def test_aps_start_from_init_then_one_startup_through_x2apic(smp):
     """kvm-unit-tests' AP start-up (INIT, then one STARTUP with no delay;

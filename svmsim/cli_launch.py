@@ -53,30 +53,29 @@ def cmd_launch(args) -> int:
     machine = Machine(mem_size=host_ram_needed(image.size, args.vcpus))
     launcher = FirmwareLauncher(Vmm(machine), image, args.mode, args.vcpus,
                                 args.vcpu_type, policy=args.policy)
-    say = print
     try:
         r = launcher.run()
     except GuestExit as e:
         print(f"svmsim: launch failed: {e}", file=sys.stderr)
         return 1
-    say(f"svmsim launch: {args.ovmf} ({image.size >> 10} KiB) at gPA {image.gpa:#x}-{image.gpa + image.size - 1:#x} "
+    print(f"svmsim launch: {args.ovmf} ({image.size >> 10} KiB) at gPA {image.gpa:#x}-{image.gpa + image.size - 1:#x} "
         f"as an {mode.title} guest, policy {r.policy:#x}")
     if mode.es:
-        say(f"svmsim launch: {r.vcpus} vCPU{'s' if r.vcpus > 1 else ''} {vcpu.name} (signature {vcpu.signature:#x}): "
+        print(f"svmsim launch: {r.vcpus} vCPU{'s' if r.vcpus > 1 else ''} {vcpu.name} (signature {vcpu.signature:#x}): "
             f"BSP at {BSP_RESET_EIP:#x}" + (f", APs at {r.ap_eip:#x} (SEV-ES reset block)" if r.vcpus > 1 else ""))
-    say(f"AMD-SP: {_commands(launcher.psp.log)}")
-    say(f"AMD-SP: API {r.api[0]}.{r.api[1]} build {r.api[2]}, guest handle {r.handle}")
-    say(f"measurement: {r.measurement.hex()}")
-    say(f"mnonce:      {r.mnonce.hex()}")
+    print(f"AMD-SP: {_commands(launcher.psp.log)}")
+    print(f"AMD-SP: API {r.api[0]}.{r.api[1]} build {r.api[2]}, guest handle {r.handle}")
+    print(f"measurement: {r.measurement.hex()}")
+    print(f"mnonce:      {r.mnonce.hex()}")
     if expected is None:
-        say("guest owner: no --expected-digest given, nothing verified (compute one with e.g. "
+        print("guest owner: no --expected-digest given, nothing verified (compute one with e.g. "
             f"`sev-snp-measure --mode {mode.name} --vcpus {r.vcpus} --vcpu-type {vcpu.name} --ovmf {args.ovmf}`)")
         return 1
     if not launcher.verify(expected):
-        say(f"guest owner: launch digest {expected.hex()} NOT verified: MEASURE is not "
+        print(f"guest owner: launch digest {expected.hex()} NOT verified: MEASURE is not "
             "HMAC(TIK, 04h || API || build || policy || digest || MNONCE) for this digest")
         return 1
     launcher.finish()
-    say(f"guest owner: launch digest {expected.hex()} verified "
+    print(f"guest owner: launch digest {expected.hex()} verified "
         "(MEASURE = HMAC-SHA256(TIK, 04h || API || build || policy || digest || MNONCE)); LAUNCH_FINISH")
     return 0

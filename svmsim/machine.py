@@ -118,6 +118,9 @@ class Machine:
         sev = self.profile.extra.get("sev") or {}
         self.notes: list = []
         self.mem_engine = EncryptionEngine(sev.get("max_asid", 0), note=self.note)   # keys: the AMD-SP's
+        from .memory.rmp import Rmp
+        self.rmp = Rmp(self.bus)                                # SEV-SNP's reverse map (in RAM)
+        self.rmp.listeners.append(self._rmp_changed)
         from .svm.unit import SvmUnit            # AMD-V plugs into each CPU (cpu/hooks.py)
         self.cpus = [Cpu(self, i, SvmUnit()) for i in range(cfg.smp)]
         for cpu in self.cpus[1:]:
@@ -241,6 +244,12 @@ class Machine:
         if lapic is not None and hasattr(lapic, "init"):
             lapic.init()
         cpu.wait_for_sipi = True
+
+    def _rmp_changed(self) -> None:
+        """An RMP entry changed: no CPU may keep a fast path that skipped the
+        RMP check (the architectural TLB is checked against the RMP on use)."""
+        for cpu in self.cpus:
+            cpu.tlb.drop_fast()
 
     def note(self, text: str) -> None:
         if text not in self.notes:

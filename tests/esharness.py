@@ -19,6 +19,7 @@ from svmsim.cpu import msr
 from svmsim.memory.encryption import EncryptionEngine
 from svmsim.svm.exits import ExitCode
 from svmsim.svm.vmsa import VmsaView
+from svmsim.memory.rmp import RmpEntry, PERM_ALL, PAGE
 
 SYSCFG, HWCR = 0xC0010010, 0xC0010015
 KEY = bytes(range(0xA0, 0xB0))
@@ -28,6 +29,7 @@ G_IDT, G_STUBS, G_GDT = 0x500000, 0x501000, 0x520000
 REC = 0x510000
 SHARED = 0xA00000
 VMSA = 0x700000
+RMP_BASE, RMP_END, RMP_AT = 0xC0010132, 0xC0010133, 0x1C00000
 HAS_EC = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
 GDT = [0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF]
 
@@ -51,20 +53,27 @@ def _pad(data: bytes) -> bytes:
 
 class EsRig(SvmRig):
     def __init__(self, guest_asm: str = "hlt", asid: int = 1, intercepts=(ExitCode.HLT,),
-                 es=True, **vmcb_fields):
+                 es=True, snp=False, **vmcb_fields):
         super().__init__(b"", intercepts=intercepts)
         m, cpu, v = self.m, self.cpu, self.vmcb
-        self.asid = asid
+        self.asid, self.snp = asid, snp
         msr.wrmsr(cpu, SYSCFG, 1 << 23)                        # MemEncryptionModEn
         cpu.msr[HWCR] = cpu.msr.get(HWCR, 0) | 1               # SmmLock
         nt = NestedTables(m.bus)
-        nt.identity(0, 0x1000000)
+        if snp:
+            nt.identity(0, 0x1000000, size=PAGE)               # 4 KiB: the RMP's page size
+            self._enable_snp()
+        else:
+            nt.identity(0, 0x1000000)
         self.nested = nt
         m.mem_engine.load_key(asid, KEY)
         self._guest_memory(asm(guest_asm))
         v["NP_ENABLE"], v["N_CR3"], v["SEV_ENABLE"] = 1, nt.root, 1
         v["SEV_ES_ENABLE"], v["LBR_VIRTUALIZATION_ENABLE"] = int(es), 1
         v["VMSA_PA"], v["GUEST_ASID"] = VMSA, asid
+        if snp:
+            self.assign(0x400000, 0x700000)                      # code, stack, IDT, tables
+            self.assign(VMSA, VMSA + PAGE, validated=False, vmsa=True)
         self.write_vmsa(self.initial_vmsa())
         for name, value in vmcb_fields.items():
             v[name] = value
@@ -96,6 +105,21 @@ class EsRig(SvmRig):
         self.put(REC, (0xFFFFFFFF).to_bytes(4, "little") + bytes(28))
         self.put(GUEST_STACK - 0x1000, bytes(0x1000))
 
+    # -- SEV-SNP ------------------------------------------------------------------------
+    def _enable_snp(self):
+        """The RMP covers the 32 MiB machine; SNPEn and VMPLEn on."""
+        cpu = self.cpu
+        msr.wrmsr(cpu, RMP_BASE, RMP_AT)
+        msr.wrmsr(cpu, RMP_END, RMP_AT + 0x4000 + 16 * (32 << 20 >> 12) - 1)
+        msr.wrmsr(cpu, SYSCFG, 1 << 23 | 1 << 24 | 1 << 25)
+
+    def assign(self, first, last, validated=True, asid=None, vmsa=False, gpa_of=lambda spa: spa):
+        """Give the 4 KiB pages [first, last) to the guest in the RMP, as the
+        AMD-SP's LAUNCH_UPDATE would (guest-owned, validated, VMPL0 all)."""
+        for spa in range(first, last, PAGE):
+            self.m.rmp.write(spa, RmpEntry(True, 0, False, gpa_of(spa), self.asid if asid is None else asid,
+                                           vmsa, validated, [PERM_ALL, 0, 0, 0]))
+
     def initial_vmsa(self) -> VmsaView:
         g = VmsaView(bytearray(4096))
         g.set_segment("CS", 0x08, 0xA9B, 0xFFFFFFFF, 0)
@@ -110,6 +134,8 @@ class EsRig(SvmRig):
         g["RIP"], g["RSP"], g["RFLAGS"] = GUEST_CODE, GUEST_STACK, 2
         g["G_PAT"], g["DR7"], g["DR6"] = 0x0007040600070406, 0x400, 0xFFFF0FF0
         g["XCR0"], g["MXCSR"], g["X87_FCW"], g["X87_FTW"] = 1, 0x1F80, 0x37F, 0xFFFF
+        if self.snp:
+            g["SEV_FEATURES"] = 1                                # SNPActive
         return g
 
     def write_vmsa(self, g: VmsaView, seal=True):

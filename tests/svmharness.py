@@ -142,3 +142,4 @@ class NestedTables:
     def identity(self, start, end, size=1 << 21):
         for a in range(start, end, size):
             self.map(a, a, size)
+

@@ -181,9 +181,13 @@ def build_table(profile, fs, smp: int) -> dict:
             # SME (0), SEV (1), SEV-ES (3), SEV needs a 64-bit host (11); C-bit
             # position, address-bit reduction; encrypted guests; first ASID of an
             # SEV guest without ES (seed S14, S18; APM 15.35.1-2).
+            # SEV-SNP (4) and VMPLs (5) with EBX[15:12] = number of VMPLs (15.36.1).
             eax = (1 << 0) | (1 << 1) | (1 << 11) | (1 << 3 if sev.get("es") else 0)
-            t[(0x8000001F, None)] = [eax, sev["c_bit"] | sev["reduction"] << 6,
-                                     sev["max_asid"], sev["min_sev_asid"]]
+            ebx = sev["c_bit"] | sev["reduction"] << 6
+            if sev.get("snp"):
+                eax |= 1 << 4 | 1 << 5
+                ebx |= sev["vmpls"] << 12
+            t[(0x8000001F, None)] = [eax, ebx, sev["max_asid"], sev["min_sev_asid"]]
         else:
             leaf(0x8000001F)
     return t

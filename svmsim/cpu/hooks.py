@@ -84,6 +84,12 @@ class CpuHooks:
         """A CR8 write in guest mode; True if the extension took it."""
         return False
 
+    def rmp_fault(self, cpu, spa: int, access: int):
+        """The exception for a guest write that fails the RMP's
+        Hypervisor-Owned check outside nested paging."""
+        from .exceptions import CpuException, PF, PF_P, PF_W, PF_RMP
+        return CpuException(PF, PF_P | PF_W | PF_RMP | access, cr2=spa)
+
     def guest_efer(self, cpu, value: int) -> int:
         """The EFER a guest's WRMSR stores (some bits may be ignored)."""
         return value

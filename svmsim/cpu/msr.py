@@ -48,6 +48,7 @@ HWCR_SMMLOCK = 1
 HWCR_MCSTATUSWREN = 1 << 18
 HWCR_TSCFREQSEL = 1 << 24            # read-as-one on family 17h+ (PPR 19h, MSRC001_0015)
 SYSCFG_MEM_ENCRYPTION_MOD_EN = 1 << 23
+SYSCFG_SNP_EN, SYSCFG_VMPL_EN = 1 << 24, 1 << 25
 
 PAT_RESET = 0x0007040600070406
 
@@ -372,7 +373,11 @@ def tsc_ratio_write(cpu, idx, value):
 
 
 def hsave_write(cpu, idx, value):
-    """VM_HSAVE_PA: 4 KiB aligned and within the physical address width."""
+    """VM_HSAVE_PA: 4 KiB aligned and within the physical address width; with
+    SEV-SNP on it "must point to a hypervisor-owned page. If this check
+    fails, the WRMSR will fail with a #GP(0)" (APM vol 2, 15.36.12)."""
+    if cpu.machine.rmp.enabled and not cpu.machine.rmp.hypervisor_owned(value & ~0xFFF):
+        raise gp(0, f"WRMSR VM_HSAVE_PA {value:#x}: the page is not hypervisor-owned (RMP)")
     if value & 0xFFF or value >> _maxphy(cpu):
         raise gp(0, f"WRMSR VM_HSAVE_PA {value:#x}: not page aligned or beyond MAXPHYADDR")
     cpu.msr[idx] = value
@@ -392,13 +397,65 @@ def hwcr_write(cpu, idx, value):
 
 def syscfg_write(cpu, idx, value):
     """SYSCFG: bit 23 MemEncryptionModEn turns on SME/SEV address handling
-    (APM vol 2, 7.10.1) on CPUs that have it (CPUID 8000_001F)."""
+    (APM vol 2, 7.10.1) on CPUs that have it (CPUID 8000_001F); bits 24
+    SecureNestedPagingEn and 25 VMPLEn turn on SEV-SNP (15.36.2): "Attempts
+    to write the SYSCFG MSR after SecureNestedPagingEn is set to 1 will be
+    ignored".  svmsim's readings where the manual names no fault: setting
+    SNPEn without MemEncryptionModEn, or with RMP_BASE / RMP_END + 1 not
+    8 KiB aligned (15.36.4), is #GP(0)."""
     if value >> 32:
         raise gp(0, "WRMSR SYSCFG: reserved bits 63:32")
     old = cpu.msr.get(idx, 0)
+    if old & SYSCFG_SNP_EN:
+        return
+    if value & (SYSCFG_SNP_EN | SYSCFG_VMPL_EN) and not _snp(cpu):
+        raise gp(0, "WRMSR SYSCFG: SecureNestedPagingEn/VMPLEn on a CPU without SEV-SNP")
+    if value & SYSCFG_SNP_EN:
+        _check_rmp_config(cpu, value)
     cpu.msr[idx] = value
     if (old ^ value) & SYSCFG_MEM_ENCRYPTION_MOD_EN:
         cpu.set_mem_encryption(bool(value & SYSCFG_MEM_ENCRYPTION_MOD_EN))
+    if value & SYSCFG_SNP_EN:
+        rmp = cpu.machine.rmp
+        if not rmp.enabled:
+            rmp.enable(cpu.msr.get(RMP_BASE, 0), cpu.msr.get(RMP_END, 0))
+        cpu.tlb.drop_fast()
+
+
+def _snp(cpu) -> bool:
+    return bool((cpu.machine.profile.extra.get("sev") or {}).get("snp"))
+
+
+def _check_rmp_config(cpu, value):
+    if not value & SYSCFG_MEM_ENCRYPTION_MOD_EN:
+        raise gp(0, "WRMSR SYSCFG: SecureNestedPagingEn needs MemEncryptionModEn (15.36.2)")
+    base, end = cpu.msr.get(RMP_BASE, 0), cpu.msr.get(RMP_END, 0)
+    if base % 0x2000 or (end + 1) % 0x2000 or end <= base:
+        raise gp(0, f"WRMSR SYSCFG: RMP_BASE {base:#x} / RMP_END {end:#x} must bound an RMP "
+                    "with RMP_BASE and RMP_END + 1 8 KiB aligned (15.36.4)")
+    rmp = cpu.machine.rmp
+    if rmp.enabled and (rmp.base, rmp.end) != (base, end):
+        raise gp(0, "WRMSR SYSCFG: RMP_BASE/RMP_END differ from another CPU's (15.36.4)")
+
+
+RMP_BASE, RMP_END = 0xC0010132, 0xC0010133
+
+
+def rmp_msr_read(cpu, idx):
+    if not _snp(cpu):
+        raise gp(0, "RMP_BASE/RMP_END: no SEV-SNP on this CPU")
+    return cpu.msr.get(idx, 0)
+
+
+def rmp_msr_write(cpu, idx, value):
+    """RMP_BASE / RMP_END (15.36.4): programmed before SNP is enabled; svmsim
+    refuses changes once SecureNestedPagingEn is set (#GP(0))."""
+    rmp_msr_read(cpu, idx)
+    if cpu.msr.get(SYSCFG, 0) & SYSCFG_SNP_EN:
+        raise gp(0, "WRMSR RMP_BASE/RMP_END after SecureNestedPagingEn is set")
+    if value >> 52 or value & 0xFFF and idx == RMP_BASE:
+        raise gp(0, f"WRMSR {idx:#x}: {value:#x} is not a valid address")
+    cpu.msr[idx] = value
 
 
 # -- machine check (APM vol 2, 9.3) ----------------------------------------------------
@@ -478,6 +535,8 @@ TABLE = {
     KERNEL_GS_BASE: ("KERNEL_GS_BASE", plain_read, canonical_write),
     TSC_AUX: ("TSC_AUX", plain_read, tsc_aux_write),
     SYSCFG: ("SYSCFG", plain_read, syscfg_write),
+    RMP_BASE: ("RMP_BASE", rmp_msr_read, rmp_msr_write),
+    RMP_END: ("RMP_END", rmp_msr_read, rmp_msr_write),
     HWCR: ("HWCR", hwcr_read, hwcr_write),
     TOP_MEM: ("TOP_MEM", plain_read, masked_write(0xFFFFFF800000)),
     TOP_MEM2: ("TOP_MEM2", plain_read, masked_write(0xFFFFFF800000)),

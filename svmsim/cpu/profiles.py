@@ -175,7 +175,8 @@ MODELS = {
         # SME/SEV/SEV-ES (CPUID 8000_001F; seed S14; APM 15.35.2): C-bit 47, 5
         # address bits cut when memory encryption is on (48 -> 43), 15 encrypted
         # guests; SEV without ES needs ASID >= 5 (EDX), SEV-ES may use 1..15.
-        "extra": {"sev": {"c_bit": 47, "reduction": 5, "max_asid": 15, "min_sev_asid": 5, "es": True}},
+        "extra": {"sev": {"c_bit": 47, "reduction": 5, "max_asid": 15, "min_sev_asid": 5, "es": True,
+                          "snp": True, "vmpls": 4}},
     },
     "epyc-genoa": {
         "family": 0x19, "model": 0x11, "stepping": 1,
@@ -188,7 +189,8 @@ MODELS = {
         "l2": (1024, 8, 64, 1), "l3": (32 * 1024, 16, 64, 1),
         "tlb_l1": (0xFF48FF40, 0xFF48FF40), "tlb_l2": (0x26002200, 0x26002200),
         "pkg_type": 4,
-        "extra": {"sev": {"c_bit": 51, "reduction": 1, "max_asid": 15, "min_sev_asid": 5, "es": True}},
+        "extra": {"sev": {"c_bit": 51, "reduction": 1, "max_asid": 15, "min_sev_asid": 5, "es": True,
+                          "snp": True, "vmpls": 4}},
     },
     "amd64-base": {},
 }

@@ -6,7 +6,7 @@ and the page walker.  ``read``/``write`` take a segment index (ES..GS) and an
 offset already masked to the address size; ``read_lin``/``write_lin`` take a
 linear address.  Everything that can fault raises before changing state.
 """
-from .exceptions import CpuException, GP, SS as SS_VEC, AC as AC_VEC, PF_W, PF_U, PF_I
+from .exceptions import CpuException, GP, PF, SS as SS_VEC, AC as AC_VEC, PF_P, PF_W, PF_U, PF_I, PF_RMP
 from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as F_AC, VM as F_VM
 from .paging import Walker, check_access
 from .segments import Segment, CS, SS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
@@ -38,6 +38,7 @@ class Cpu:
         self.lapic = None
         self.tlb = Tlb()
         self.walker = Walker(self._pt_read, self._pt_write)
+        self.walk_lin = 0          # the linear address being walked (an RMP fault on an A/D update)
         self.fr, self.fw, self.fx = self.tlb.fast[0][:3]
         self.reset()
 
@@ -324,12 +325,26 @@ class Cpu:
             t = tlb.lookup(vpn)
             if t is None or (access & PF_W and not t.d):
                 tlb.stats["misses"] += 1
+                self.walk_lin = lin
                 t = self.walker.walk(lin, self.cr0, self.cr3, self.cr4, self.efer, access)
                 tlb.insert(vpn, t)
             check_access(t, lin, access, self.cr0, self.cr4, self.efer, self.rflags & F_AC)
             spa = t.spa
+        if access & PF_W and self.machine.rmp.enabled:
+            self._rmp_host_write(spa, t.size if t is not None else 0x1000, lin, access)
         self._fill_fast(vpn, spa, t, access)
         return spa | (lin & 0xFFF)
+
+    def _rmp_host_write(self, spa, size, lin, access):
+        """SEV-SNP (APM vol 2, 15.36.10, table 15-37): a host data write (or
+        page-table update) needs a Hypervisor-Owned page, else #PF with the
+        RMP bit; a 2 MiB or 1 GiB mapping needs all of its 2 MiB unassigned."""
+        if not self.machine.rmp.hypervisor_owned(spa & ~(self.enc_mask | 0xFFF), size):
+            if self.svm_guest:              # a guest without nested paging: #VMEXIT(NPF)
+                raise self.hooks.rmp_fault(self, spa, access)
+            raise CpuException(PF, PF_P | PF_W | (access & PF_U) | PF_RMP, cr2=lin,
+                               detail=f"RMP: host write to {spa & ~self.enc_mask:#x}, which is not "
+                                      "hypervisor-owned")
 
     def _fill_fast(self, vpn, spa, t, access):
         if self.watch:
@@ -347,7 +362,8 @@ class Cpu:
         if t is None:
             fast[R][vpn] = off
             fast[X][vpn] = off
-            if spa >> 12 not in self.machine.code_pages:
+            if spa >> 12 not in self.machine.code_pages and not (
+                    self.machine.rmp.enabled and not self.machine.rmp.hypervisor_owned(spa)):
                 fast[W][vpn] = off
             return
         # Cache only what a recheck would allow without a fault, so the fast
@@ -357,13 +373,16 @@ class Cpu:
         fast[R][vpn] = off
         if not t.nx and not (t.us and not user and self.cr4 & (1 << 20)):
             fast[X][vpn] = off
-        if t.d and (t.rw or (not user and not self.cr0 & CR0_WP)) and spa >> 12 not in self.machine.code_pages:
+        if (t.d and (t.rw or (not user and not self.cr0 & CR0_WP)) and spa >> 12 not in self.machine.code_pages
+                and not (self.machine.rmp.enabled and not self.machine.rmp.hypervisor_owned(spa, t.size))):
             fast[W][vpn] = off
 
     def _pt_read(self, spa, size):
         return self.pread(spa, size)
 
     def _pt_write(self, spa, size, value):
+        if self.machine.rmp.enabled and not self.svm_guest:
+            self._rmp_host_write(spa, 0x1000, self.walk_lin, 0)       # an A/D update
         self.pwrite(spa, size, value)
 
     # ------------------------------------------------------------------ physical memory

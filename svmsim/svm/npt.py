@@ -27,6 +27,7 @@ from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_I
 from ..cpu.paging import Walker, Translation, check_access
 from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
 from ..cpu.state import GUEST_KEY
+from . import snp
 from .exits import ExitCode
 from .state import VmExit
 
@@ -39,7 +40,7 @@ CR0_WP = 1 << 16
 class NestedTranslation(Translation):
     """A combined translation: guest permissions plus the nested ones; ``gc``
     is the guest's C-bit (an SEV guest's private page)."""
-    __slots__ = ("gpa", "n_rw", "n_us", "n_nx", "n_d", "gc")
+    __slots__ = ("gpa", "n_rw", "n_us", "n_nx", "n_d", "gc", "n_size")
 
 
 class NestedMmu:
@@ -52,6 +53,7 @@ class NestedMmu:
         self.host_efer = host_efer
         self.gmet = gmet
         self.sev = sev
+        self.rmp = cpu.machine.rmp
         enc = cpu.machine.profile.extra.get("sev") or {}
         reduction = enc.get("reduction", 0) if cpu.c_bit else 0
         self.c_mask = 1 << cpu.c_bit if cpu.c_bit else 0
@@ -94,11 +96,17 @@ class NestedMmu:
         e = VmExit(ExitCode.NPF, info1, gpa, detail=f"nested page fault: {detail}")
         return e
 
-    def _table_frame(self, gpa):
+    def _table_frame(self, gpa, write=False):
         """SPA of a guest page-table access: an SEV guest's tables are always
-        private, whatever their C-bit (seed S20)."""
+        private, whatever their C-bit (seed S20); with SEV-SNP on, the
+        access passes the RMP checks of table 15-37 first."""
         gpa &= ~self.c_mask
-        spa = self.nested_walk(gpa, PF_W, NPF_TABLE).spa | (gpa & 0xFFF)
+        n = self.nested_walk(gpa, PF_W, NPF_TABLE)
+        if self.rmp.enabled:
+            t = NestedTranslation(n.spa, 1, 1, 0, 0, 1, 4096)
+            t.gpa, t.gc, t.n_size = gpa & ~0xFFF, True, n.size
+            snp.check_guest_access(self.cpu, t, gpa, PF_W if write else 0, self.sev, NPF_TABLE)
+        spa = n.spa | (gpa & 0xFFF)
         if self.sev:
             spa = (spa & ~self.c_mask) | GUEST_KEY
         return spa
@@ -107,7 +115,7 @@ class NestedMmu:
         return self.cpu.pread(self._table_frame(gpa), size)
 
     def _guest_pt_write(self, gpa, size, value):
-        self.cpu.pwrite(self._table_frame(gpa), size, value)
+        self.cpu.pwrite(self._table_frame(gpa, True), size, value)
 
     # -- the whole translation ----------------------------------------------------
     def translate(self, lin, access, stack):
@@ -127,6 +135,8 @@ class NestedMmu:
         if cpu.paging:
             check_access(t, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
         self._check_combined(t, access, lin)
+        if self.rmp.enabled:
+            snp.check_guest_access(cpu, t, lin, access, self.sev and bool(t.gc or access & PF_I))
         if self.sev:
             # Private: the guest's C-bit for data, always for fetches (seed S20).
             if t.gc or access & PF_I:
@@ -152,7 +162,17 @@ class NestedMmu:
         n = self.nested_walk(gpa, access, NPF_FINAL)
         t = NestedTranslation(n.spa, g.rw, g.us, g.nx, g.g, g.d, g.size)
         t.gpa, t.n_rw, t.n_us, t.n_nx, t.n_d = gpa & ~0xFFF, n.rw, n.us, n.nx, n.d
-        t.gc = bool(gc)
+        t.gc, t.n_size = bool(gc), n.size
+        return t
+
+    def walk_for(self, lin, access):
+        """The combined translation of ``lin`` for an instruction operand
+        (PVALIDATE, RMPADJUST): guest #PF and #NPF as for an access."""
+        t = self._walk(lin, access)
+        cpu = self.cpu
+        if cpu.paging:
+            check_access(t, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
+        self._check_combined(t, access, lin)
         return t
 
     def _check_combined(self, t, access, lin):
@@ -204,7 +224,8 @@ class NestedMmu:
         fast[R][vpn] = off
         if exec_ok:
             fast[X][vpn] = off
-        if writable and t.spa >> 12 not in cpu.machine.code_pages:
+        if writable and t.spa >> 12 not in cpu.machine.code_pages and not (
+                self.rmp.enabled and not self.rmp.hypervisor_owned(t.spa, t.n_size)):
             fast[W][vpn] = off
 
 

@@ -24,7 +24,7 @@ code) in the guest.
 """
 from ..cpu import fpu_state
 from ..cpu.exceptions import CpuException, VC
-from . import sev_checks
+from . import sev_checks, snp
 from .exits import ExitCode
 from .vmstate import load_state, save_state
 from .vmcb import SAVE_BASE
@@ -104,9 +104,15 @@ def enter(cpu, v):
     spa, asid = vmsa_spa(cpu, v), v["GUEST_ASID"]
     engine, bus = cpu.machine.mem_engine, cpu.bus
     plain = bytearray(engine.read(bus.read_bytes, spa, PAGE, asid))
-    if not engine.vmsa_intact(spa, plain):
+    g = GuestState(v, plain)
+    reason = snp.vmsa_checks(cpu, v, spa, g.vmsa)
+    if reason is not None:
+        return None, reason
+    # An SNP-active VMSA is protected by the RMP instead (15.36.12): the
+    # guest itself may create one (AP creation), with no checksum.
+    if not g.vmsa["SEV_FEATURES"] & 1 and not engine.vmsa_intact(spa, plain):
         return None, sev_checks.integrity_reason(spa)
-    return GuestState(v, plain), None
+    return g, None
 
 
 # ---------------------------------------------------------------- VMRUN
@@ -115,6 +121,8 @@ def load_guest(cpu, g: GuestState) -> None:
     DR0-3, XCR0/XSS/TSC_AUX (15.35.8)."""
     s, vmsa = cpu.svm, g.vmsa
     s.vmsa = vmsa.mem.buf
+    s.snp = bool(vmsa["SEV_FEATURES"] & 1)
+    s.vmpl = vmsa["VMPL"] if s.snp else 0
     for n, name in enumerate(GPR_NAMES):
         if n not in (0, 4):                     # RAX and RSP: the legacy fields
             cpu.regs[n] = vmsa[name]

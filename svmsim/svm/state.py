@@ -64,6 +64,9 @@ class SvmState:
     es: bool = False                          # an SEV-ES guest: its state lives in the VMSA (15.35)
     vmsa_pa: int = 0                          # the VMSA page (system-physical) of the running ES guest
     vmsa: bytearray = None                    # its plaintext as VMRUN read it (fields svmsim does not hold)
+    snp: bool = False                         # SNP-active: SEV_FEATURES bit 0 of its VMSA (15.36.2)
+    vmpl: int = 0                             # the VMPL of the running VMSA (15.36.7)
+    in_use: frozenset = frozenset()           # VMCB and VMSA pages marked in use (15.36.12)
     lbr_virt: bool = False
     host_lbr: dict = field(default_factory=dict)      # host LBR MSRs while a guest runs (15.23)
     v_vmsave_vmload: bool = False

@@ -9,8 +9,9 @@ themselves are registered with the CPU's instruction table by ``insns``.
 """
 from ..cpu.hooks import CpuHooks
 from ..cpu.msr import TSC_RATIO, TSC_RATIO_ONE
-from . import events, features, guards, insns, sev_es, world  # noqa: F401  (insns registers VMRUN..SKINIT)
-from .state import SvmState
+from . import events, features, guards, insns, sev_es, snp, world  # noqa: F401  (insns, snp register instructions)
+from .exits import ExitCode
+from .state import SvmState, VmExit
 
 MASK64 = (1 << 64) - 1
 EFER_SVME = 1 << 12
@@ -86,6 +87,13 @@ class SvmUnit(CpuHooks):
         cpu.kick()
         return True
 
+    def rmp_fault(self, cpu, spa, access):
+        """Table 15-37: a non-SNP guest's write to a page that is not
+        hypervisor-owned is #VMEXIT(NPF) (EXITINFO2: the address written)."""
+        from ..cpu.exceptions import PF_P, PF_W, PF_U
+        return VmExit(ExitCode.NPF, PF_P | PF_W | PF_U | snp.NPF_RMP | snp.NPF_FINAL | access & PF_U,
+                      spa & ~cpu.enc_mask, detail="RMP: guest write to a page that is not hypervisor-owned")
+
     def guest_efer(self, cpu, value: int) -> int:
         """"writes by SEV-ES guests to EFER.SVME are always ignored" (15.35.10)."""
         if cpu.svm.es:
@@ -93,9 +101,13 @@ class SvmUnit(CpuHooks):
         return value
 
     def sev_status(self, cpu) -> int:
-        """SEV_STATUS bits 0 and 1: SEV and SEV-ES active for this guest (APM 15.34.10)."""
+        """SEV_STATUS: SEV and SEV-ES active (bits 0, 1), then the SNP features
+        of the guest's VMSA (APM 15.34.10)."""
         s = cpu.svm
-        return (1 if s.sev else 0) | (2 if s.es else 0)
+        status = (1 if s.sev else 0) | (2 if s.es else 0)
+        if s.snp:                      # bit n + 2 = SEV_FEATURES bit n (table 15-32)
+            status |= (int.from_bytes(s.vmsa[0x3B0:0x3B8], "little") & ((1 << 22) - 1)) << 2
+        return status
 
     def stepped_into_guest(self, cpu, tf: bool) -> None:
         """A single-stepped VMRUN traps in the host after the #VMEXIT."""

@@ -16,7 +16,7 @@ from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
-from . import checks, clean, exits, sev_checks, sev_es
+from . import checks, clean, exits, sev_checks, sev_es, snp
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE
 from .intercepts import read_words
@@ -218,6 +218,7 @@ def vmrun(cpu, ins) -> None:
     asize = ins.asize
     vmcb_pa = cpu.regs[0] & ((1 << (8 * asize)) - 1)
     hsave_pa = cpu.msr.get(VM_HSAVE_PA, 0)
+    snp.vmrun_host_checks(cpu, vmcb_pa, hsave_pa)
     bus = cpu.bus
     page = _page(bus, vmcb_pa)
     v = clean.view_for_vmrun(cpu, vmcb_pa, page)
@@ -251,6 +252,8 @@ def vmrun(cpu, ins) -> None:
     if s.es:
         s.vmsa_pa = sev_es.vmsa_spa(cpu, v)
         sev_es.load_guest(cpu, g)
+    if cpu.machine.rmp.enabled:
+        s.in_use = frozenset({vmcb_pa & ~0xFFF} | ({s.vmsa_pa} if s.es else set()))
     if cpu.machine.profile.extra.get("sev", {}).get("es"):
         cpu.msr[GHCB_MSR] = v["GHCB_GPA"]                 # 15.35.7
     if s.np_enable:
@@ -359,6 +362,9 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         _lbr_switch(cpu, s.host_lbr, g)
     if s.es:
         sev_es.save_guest(cpu, g)
+        if s.snp:
+            _snp_exit_info(g, code, info1, info2, exitintinfo, nrip)
+            v["GUEST_SEV_FEATURES"] = g["SEV_FEATURES"]
         sev_es.write_back(cpu)
     if GHCB_MSR in cpu.msr:
         v["GHCB_GPA"] = cpu.msr[GHCB_MSR]
@@ -392,7 +398,8 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     restore_host(cpu, VmcbView(hpage))
     if s.es:
         sev_es.restore_host(cpu, hpage)
-        s.es, s.vmsa = False, None
+        s.es, s.vmsa, s.snp, s.vmpl = False, None, False, 0
+    s.in_use = frozenset()
     cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0)
     cpu.tlb.drop_fast()
     cpu.update_mode()
@@ -403,6 +410,15 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         s.host_step = False
         cpu.dr[6] |= 0x4000                  # DR6.BS
         interrupts.deliver(cpu, 1, interrupts.HWEXC, None)
+
+
+def _snp_exit_info(g, code, info1, info2, exitintinfo, nrip) -> None:
+    """"The GUEST_EXITCODE, GUEST_EXITINFO1, GUEST_EXITINFO2, GUEST_EXITINTINFO,
+    and GUEST_NRIP fields are populated by hardware on every Automatic Exit"
+    of an SNP-active guest, with the values the VMCB gets (APM 15.36.9)."""
+    g["GUEST_EXIT_CODE"] = exits.to_vmcb(code)
+    g["GUEST_EXIT_INFO_1"], g["GUEST_EXIT_INFO_2"] = info1 & MASK64, info2 & MASK64
+    g["GUEST_EXIT_INT_INFO"], g["GUEST_NRIP"] = exitintinfo, nrip
 
 
 def shutdown_intercepted(cpu) -> bool:

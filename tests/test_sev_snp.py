@@ -91,7 +91,8 @@ def test_rmpupdate_assigns_and_always_unvalidates():
 
 @pytest.mark.parametrize("kw,code", [
     ({"spa": 0x900010}, 1),                                   # not page aligned: FAIL_INPUT
-    ({"spa": 0x900000, "assigned": 1, "asid": 0}, 1),         # guest page needs an ASID
+    ({"spa": 0x900000, "assigned": 1, "asid": 0}, 1),         # ASID 0: only an immutable AMD-SP page
+    ({"spa": 0x900000, "assigned": 0, "asid": 3}, 1),         # a hypervisor page has no ASID
     ({"spa": 0x901000, "assigned": 1, "asid": 1, "size": 1}, 1),   # 2 MiB page not 2 MiB aligned
     ({"spa": 0x600000, "assigned": 1, "asid": 1, "size": 1}, 4),   # over assigned 4 KiB pages: FAIL_OVERLAP
     ({"spa": 0x4000000, "assigned": 1, "asid": 1}, 1),        # beyond the RMP
@@ -102,8 +103,11 @@ def test_rmpupdate_failures(kw, code):
 
 
 def test_rmpupdate_immutable_page_is_refused():
+    """A page handed to the AMD-SP (Assigned, ASID 0, Immutable: table 15-35)
+    can no longer be changed by RMPUPDATE."""
     r = EsRig("hlt", snp=True)
-    r.m.rmp.write(0x900000, RmpEntry(True, 0, True, 0, 0))    # an AMD-SP page
+    assert rmpupdate(r, 0x900000, assigned=1, asid=0, immutable=1) == 0
+    assert r.m.rmp.read(0x900000).owner == "AMD-SP"
     assert rmpupdate(r, 0x900000) == 2                        # FAIL_PERMISSION
 
 

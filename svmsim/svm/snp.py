@@ -58,7 +58,8 @@ def _host_rmp_insn(cpu, ins, name):
 def rmpupdate(cpu, ins):
     """RAX = the page's system-physical address, RCX = the linear address of
     the new state {u64 GPA, u8 Assigned, u8 Page_Size, u8 Immutable, u8 -,
-    u32 ASID}.  The page always becomes unvalidated, its VMSA flag clear,
+    u32 ASID}.  Assigned with ASID 0 and Immutable makes the page the
+    AMD-SP's (table 15-35).  The page always becomes unvalidated, its VMSA flag clear,
     VMPL0 fully permitted and every other VMPL denied (15.36.6-15.36.7).
     Executed in a guest (ASID != 0): FAIL_PERMISSION."""
     rmp = _host_rmp_insn(cpu, ins, "RMPUPDATE")
@@ -74,8 +75,11 @@ def rmpupdate(cpu, ins):
 def _rmpupdate(cpu, rmp, spa, gpa, assigned, size, immutable, asid):
     max_asid = cpu.machine.profile.extra["sev"]["max_asid"]
     span = SIZE_2M if size else PAGE
+    # Table 15-35: a hypervisor page has ASID 0; an assigned page with ASID 0
+    # is the AMD-SP's and must be immutable (Linux hands firmware pages over so).
     if (spa & (span - 1) or gpa & (span - 1) or not rmp.covered(spa + span - 1)
-            or asid > max_asid or bool(assigned) != bool(asid) or gpa >> 51):
+            or asid > max_asid or gpa >> 51 or not assigned and asid
+            or assigned and not asid and not immutable):
         return FAIL_INPUT
     old, _ = rmp.governing(spa)
     if rmp.read(spa).immutable or old.immutable:

@@ -150,6 +150,7 @@ def _xex(cipher, spa: int, data: bytes, encrypt: bool) -> bytes:
     n = len(data) // BLOCK
     tweaks = cipher.encryptor().update(b"".join(((spa >> 4) + i).to_bytes(16, "little")
                                                for i in range(n)))
-    x = bytes(a ^ b for a, b in zip(data, tweaks))
+    t = int.from_bytes(tweaks, "little")          # XOR whole buffers as integers
+    x = (int.from_bytes(data, "little") ^ t).to_bytes(len(data), "little")
     y = (cipher.encryptor() if encrypt else cipher.decryptor()).update(x)
-    return bytes(a ^ b for a, b in zip(y, tweaks))
+    return (int.from_bytes(y, "little") ^ t).to_bytes(len(data), "little")

@@ -6,7 +6,10 @@ quantum and due timers fire.  With every CPU halted, time jumps to the next
 timer deadline.  Given the same kernel and options, a run is reproducible
 instruction for instruction.
 """
+import signal
+import threading
 import time
+from collections import deque, namedtuple
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, NotModelled, SvmsimError
@@ -15,6 +18,8 @@ from .devices.clock import VirtualClock
 from .cpu.state import Cpu
 from .cpu.engine import Engine
 from .cpu.exceptions import Shutdown
+from .debug.api import DebugApi
+from .debug.control import Debugger
 
 # Exit statuses for run endings other than isa-debug-exit (which gives the
 # odd (V << 1) | 1, as QEMU does).  All even, so they never collide with it.
@@ -24,9 +29,19 @@ STATUS_BUDGET = 6          # --max-insns exhausted
 STATUS_TIMEOUT = 8         # --timeout (host wall-clock seconds) reached
 STATUS_RESET = 10          # the guest asked for a reset (port 0xCF9 / 0x92 / 0x64)
 STATUS_NOT_MODELLED = 12   # the guest used something svmsim does not model yet
+STATUS_STOPPED = 14        # stopped by a breakpoint, a step, a hook or Machine.stop() (resumable)
 STATUS_INTERNAL = 70       # a bug in svmsim (EX_SOFTWARE); the message says where
+STATUS_INTERRUPTED = 130   # Ctrl-C (SIGINT), as a shell reports it
+
+# Run endings after which run() continues where the machine stopped; the others
+# (debug-exit, shutdown, reset, not-modelled, internal-error) are final.
+RESUMABLE = frozenset({"budget", "timeout", "breakpoint", "watchpoint", "step", "stopped",
+                       "interrupted", "halted"})
 
 QUANTUM = 1000
+
+# One fault raised by an instruction or a delivery, for crash reports.
+Fault = namedtuple("Fault", "cpu insns vector error_code cr2 rip lin bits guest asid detail")
 
 
 def parse_size(text) -> int:
@@ -83,14 +98,24 @@ class RunResult:
     unimplemented: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     svm: dict = field(default_factory=dict)    # VMRUNs, exits by name, VMEXIT_INVALID reasons
+    cpu: int = None             # the CPU that stopped (breakpoint, watchpoint, step, fault...)
+    address: int = None         # the breakpoint's or watchpoint's address
+    executed: int = 0           # instructions retired by this call of run() / step()
 
     @property
     def insns_per_second(self) -> float:
-        return self.instructions / self.wall_time if self.wall_time else 0.0
+        return self.executed / self.wall_time if self.wall_time else 0.0
+
+    @property
+    def resumable(self) -> bool:
+        """True if ``Machine.run()`` can continue from here."""
+        return self.kind in RESUMABLE
 
 
-class Machine:
-    """An AMD64 PC.  Build it, ``load_kernel()``, then ``run()``."""
+class Machine(DebugApi):
+    """An AMD64 PC.  Build it, ``load_kernel()``, then ``run()``; ``run()`` again
+    continues after a breakpoint, a step, a budget or a timeout.  Registers,
+    memory, breakpoints and hooks: ``svmsim.debug.api.DebugApi``."""
 
     def __init__(self, config: MachineConfig = None, **kw):
         self.pic = None
@@ -114,6 +139,13 @@ class Machine:
         self.stop_kind = ""
         self.unimplemented: dict = {}        # mnemonic -> times it raised #UD
         self.listeners: list = []            # trace sinks: callables(event dict)
+        self.pollers: list = []              # callables() run every few hundred rounds (gdb's Ctrl-C)
+        self.fault_log = deque(maxlen=64)    # recent faults (Fault), for crash reports
+        self.kernel_path = None
+        self._symbols = None
+        self.stop_cpu = self.stop_address = None
+        self._sched = (0, 0, False)          # where a paused round resumes: CPU, quantum used, ran
+        self._sigint = 0
         from .memory.encryption import EncryptionEngine
         sev = self.profile.extra.get("sev") or {}
         self.notes: list = []
@@ -127,6 +159,7 @@ class Machine:
             cpu.wait_for_sipi = True         # APs wait for INIT-SIPI (APM 16.x, MP spec)
         self.current_cpu = self.cpus[0]
         self.engine = Engine(self)
+        self.debug = Debugger(self)
         from .devices import pc
         pc.attach(self)
         self._amd_sp = None
@@ -170,6 +203,8 @@ class Machine:
         apply_entry_state(self.cpus[0], info)
         for w in info.warnings:
             self.note(w)
+        self.kernel_path = path
+        self._symbols = None
         self.config.append = append
         if hasattr(self, "fw_cfg"):
             self.fw_cfg.set_cmdline(append)
@@ -230,6 +265,13 @@ class Machine:
             self.stopping = True
             self.stop_status, self.stop_reason, self.stop_kind = status, reason, kind
 
+    def pause(self, kind: str, reason: str, cpu=None, address=None, status=STATUS_STOPPED) -> None:
+        """Stop the run so that ``run()`` can continue it (kind in RESUMABLE)."""
+        if not self.stopping:
+            self.request_stop(status, reason, kind)
+            self.stop_cpu = None if cpu is None else getattr(cpu, "index", cpu)
+            self.stop_address = address
+
     def request_reset(self, reason: str) -> None:
         self.request_stop(STATUS_RESET, reason, "reset")
 
@@ -260,7 +302,22 @@ class Machine:
         for sink in self.listeners:
             sink(event)
 
+    @property
+    def symbols(self):
+        """The kernel's ELF symbols (svmsim.debug.symbols.SymbolTable); add more
+        with ``machine.symbols.load_elf(path, offset)``."""
+        if self._symbols is None:
+            from .debug.symbols import SymbolTable
+            self._symbols = SymbolTable()
+            if self.kernel_path:
+                self._symbols.load_elf(self.kernel_path)
+        return self._symbols
+
     def trace_exception(self, cpu, e) -> None:
+        from .cpu.segments import CS
+        self.fault_log.append(Fault(cpu.index, cpu.retired + cpu.q_exec, e.vector, e.error_code, e.cr2,
+                                    cpu.rip, (cpu.ebase[CS] + cpu.rip) & cpu.lin_mask, cpu.bits,
+                                    cpu.svm_guest, cpu.svm.asid if cpu.svm_guest else 0, e.detail))
         if self.listeners:
             self.emit({"type": "exception", "cpu": cpu.index, "vector": e.vector,
                        "error_code": e.error_code, "rip": cpu.rip, "detail": str(e)})
@@ -280,14 +337,45 @@ class Machine:
     def tsc(self, cpu) -> int:
         return self.clock.now_ns
 
-    def run(self, max_insns: int = None, timeout: float = None) -> RunResult:
-        """Run until the guest exits, shuts down, deadlocks, or a limit is hit."""
+    def run(self, max_insns: int = None, timeout: float = None, until: int = None) -> RunResult:
+        """Run until the guest exits, shuts down, deadlocks, a limit is hit or the
+        debugger stops it; call again to continue (``result.resumable``).
+
+        ``max_insns`` and ``timeout`` count from this call.  ``until``: stop
+        before the instruction at this linear address (any CPU).  Ctrl-C
+        (SIGINT, in the main thread) stops at the end of the current round."""
         max_insns = max_insns if max_insns is not None else self.config.max_insns
         timeout = timeout if timeout is not None else self.config.timeout
-        start = time.monotonic()
-        total = 0
+        return self._run(max_insns, timeout, until)
+
+    def step(self, n: int = 1, cpu: int = 0) -> RunResult:
+        """Run until CPU ``cpu`` has crossed ``n`` instruction boundaries: an
+        instruction retired, or an event (exception, interrupt, #VMEXIT)
+        delivered instead, which stops at the first instruction of its handler.
+        The other CPUs run their share of the schedule meanwhile."""
+        self.debug.set_step(cpu, n)
         try:
-            total = self._loop(max_insns, timeout, start)
+            return self._run(None, None, None)
+        finally:
+            self.debug.set_step(None, 0)
+
+    def stop(self) -> None:
+        """Stop the run (from a hook, a listener or another thread); ``run()``
+        continues it.  From a code or I/O hook the machine stops before that
+        instruction; from a memory hook after the instruction; from an event
+        hook before the next instruction."""
+        self.pause("stopped", "stopped by Machine.stop()", self.current_cpu.index)
+
+    def _run(self, max_insns, timeout, until) -> RunResult:
+        if self.stopping and self.stop_kind not in RESUMABLE:
+            return self._result(0, 0.0)          # final: nothing runs any more
+        self._resume()
+        start = time.monotonic()
+        retired = sum(c.retired for c in self.cpus)
+        temp = self.debug.add_breakpoint(until, temporary=True) if until is not None else None
+        old_handler = self._catch_sigint()
+        try:
+            self._loop(max_insns, timeout, start)
         except Shutdown as e:
             self.request_stop(STATUS_SHUTDOWN, f"shutdown: {e}", "shutdown")
         except NotModelled as e:
@@ -299,27 +387,77 @@ class Machine:
             where = traceback.extract_tb(e.__traceback__)[-1]
             self.request_stop(STATUS_INTERNAL, f"internal error: {type(e).__name__}: {e} "
                               f"(at {where.filename.split('svmsim/')[-1]}:{where.lineno})", "internal-error")
-        total = sum(c.retired for c in self.cpus)
-        return RunResult(self.stop_status, self.stop_reason, self.stop_kind, total,
-                         time.monotonic() - start, dict(self.unimplemented), self.stats(),
-                         self.svm_summary())
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            if temp is not None:
+                self.debug.remove_breakpoint(temp)
+        return self._result(sum(c.retired for c in self.cpus) - retired, time.monotonic() - start)
+
+    def _result(self, executed, wall) -> RunResult:
+        return RunResult(self.stop_status, self.stop_reason, self.stop_kind,
+                         sum(c.retired for c in self.cpus), wall, dict(self.unimplemented),
+                         self.stats(), self.svm_summary(), self.stop_cpu, self.stop_address, executed)
+
+    def _resume(self) -> None:
+        """Continue after a pause: a CPU stopped at a breakpoint first executes
+        that instruction (the debugger steps over it)."""
+        if not self.stopping:
+            return
+        self.stopping = False
+        self.stop_status, self.stop_reason, self.stop_kind = None, "", ""
+        self.stop_cpu = self.stop_address = None
+        self.debug.resume()
+
+    def _catch_sigint(self):
+        """Ctrl-C pauses the run at a round boundary (the state stays consistent);
+        a second Ctrl-C before that raises KeyboardInterrupt."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self._sigint = 0
+
+        def on_sigint(signum, frame):
+            self._sigint += 1
+            if self._sigint > 1:
+                raise KeyboardInterrupt
+        try:
+            return signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:
+            return None
 
     def _loop(self, max_insns, timeout, start):
-        engine, clock, cpus = self.engine, self.clock, self.cpus
+        """Deterministic rounds: each runnable CPU runs a quantum in index order,
+        then virtual time advances.  A pause inside a round (the debugger)
+        keeps its place in ``_sched``, so continuing gives the same schedule as
+        a run that never stopped."""
+        engine, clock, cpus, debug = self.engine, self.clock, self.cpus, self.debug
         total = 0
         rounds = 0
+        i, used, ran = self._sched
         while not self.stopping:
-            ran = False
-            for cpu in cpus:
+            while i < len(cpus):
+                cpu = cpus[i]
                 if (cpu.halted or cpu.wait_for_sipi) and not cpu.pending:
+                    i, used = i + 1, 0
                     continue
                 self.current_cpu = cpu
                 busy = cpu.stall > 0             # still paying for a PAUSE or a long REP
-                n = engine.run(cpu, QUANTUM)
+                n = engine.run(cpu, QUANTUM - used, debug.stepping or debug.step_over is cpu)
                 total += n
+                used += min(cpu.q_used, QUANTUM - used)
                 ran = ran or n > 0 or busy
                 if self.stopping:
+                    if self.stop_kind in RESUMABLE:
+                        if used >= QUANTUM or cpu.halted or cpu.wait_for_sipi:
+                            i, used = i + 1, 0
+                        self._sched = (i, used, ran)
+                        return total
                     break
+                if used >= QUANTUM or cpu.halted or cpu.wait_for_sipi:
+                    i, used = i + 1, 0
+            if self.stopping:
+                break
+            i, used = 0, 0
             if ran:
                 clock.advance(QUANTUM * clock.ns_per_insn)
             elif not any(c.pending for c in cpus):
@@ -327,21 +465,27 @@ class Machine:
                     self._stop_deadlocked()
                     break
                 clock.now_ns = max(clock.now_ns, clock.next_deadline)
+            ran = False
             if clock.next_deadline <= clock.now_ns:
                 clock.run_due()
             rounds += 1
             if max_insns is not None and total >= max_insns:
-                self.request_stop(STATUS_BUDGET, f"instruction budget of {max_insns} exhausted", "budget")
+                self.pause("budget", f"instruction budget of {max_insns} exhausted", status=STATUS_BUDGET)
             if timeout is not None and time.monotonic() - start > timeout:
-                self.request_stop(STATUS_TIMEOUT, f"timeout after {timeout:g} s", "timeout")
+                self.pause("timeout", f"timeout after {timeout:g} s", status=STATUS_TIMEOUT)
+            if self._sigint:
+                self.pause("interrupted", "interrupted (Ctrl-C)", status=STATUS_INTERRUPTED)
             if rounds % 256 == 0:
                 self.poll_devices()
+        self._sched = (0, 0, False)
         return total
 
     def poll_devices(self) -> None:
         uart = getattr(self, "uart", None)
         if uart is not None and hasattr(uart, "poll_input"):
             uart.poll_input()
+        for poll in self.pollers:
+            poll()
 
     def _only_nmi_can_wake(self) -> bool:
         """Every CPU is halted with RFLAGS.IF = 0 (or waits for a SIPI nobody can
@@ -365,10 +509,10 @@ class Machine:
         bsp = self.cpus[0]
         if all(not self._can_take_intr(c) for c in self.cpus if c.halted):
             where = " in guest mode" if bsp.svm_guest else ""
-            self.request_stop(STATUS_HALTED, f"CPU halted with interrupts disabled at rip={bsp.rip:#x}{where}",
-                              "halted")
+            self.pause("halted", f"CPU halted with interrupts disabled at rip={bsp.rip:#x}{where}",
+                       status=STATUS_HALTED)
         else:
-            self.request_stop(STATUS_HALTED, "all CPUs halted and no timer or device can wake them", "halted")
+            self.pause("halted", "all CPUs halted and no timer or device can wake them", status=STATUS_HALTED)
 
     def svm_summary(self) -> dict:
         """What the guests' hypervisor did: VMRUNs, #VMEXITs by exit name (in

@@ -23,8 +23,11 @@ def enabled(dr7: int):
 
 
 def sync(cpu) -> None:
-    """Recompute the armed data breakpoints from DR0-DR3/DR7."""
+    """Recompute the armed data breakpoints from DR0-DR3/DR7, plus the
+    debugger's watched ranges (``cpu.debug_watch``: entries with n = -1, see
+    svmsim.debug.control)."""
     watch = tuple((n, cpu.dr[n] & ~(ln - 1), ln, rw) for n, rw, ln in enabled(cpu.dr[7]) if rw in (1, 3))
+    watch += cpu.debug_watch
     if watch != cpu.watch:
         cpu.watch = watch
         cpu.tlb.drop_fast()
@@ -39,8 +42,18 @@ def insn_hits(cpu, lin: int) -> int:
     return hits
 
 
-def check_data(cpu, lin: int, size: int, write: bool) -> None:
-    """Record data-breakpoint hits of one access (reported after the instruction)."""
+def check_data(cpu, lin: int, size: int, write: bool, value=None) -> None:
+    """Record data-breakpoint hits of one access (reported after the instruction).
+
+    R/W bits: 1 = writes, 3 = reads and writes (DR7); the debugger's own
+    entries (n = -1) may also watch reads only (2) and are reported to it
+    before the access, with the value written."""
+    watched = False
     for n, start, ln, rw in cpu.watch:
-        if (write or rw == 3) and lin < start + ln and start < lin + size:
-            cpu.db_hits |= 1 << n
+        if (rw & 1 if write else rw & 2) and lin < start + ln and start < lin + size:
+            if n >= 0:
+                cpu.db_hits |= 1 << n
+            else:
+                watched = True
+    if watched:
+        cpu.machine.debug.mem_access(cpu, lin, size, write, value)

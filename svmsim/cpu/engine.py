@@ -42,6 +42,9 @@ class Engine:
         self.stats = {"blocks_translated": 0, "blocks_invalidated": 0, "blocks_compiled": 0}
         self.hot_threshold = HOT_THRESHOLD
         self.compile = self._compile
+        # The debugger's translation-time instrumentation (svmsim.debug.control):
+        # None unless breakpoints or code hooks are set, so it costs nothing otherwise.
+        self.instrument = None
 
     def _compile(self, blk, cpu):
         """Tier 2: generated Python source for a hot block, or None."""
@@ -92,6 +95,8 @@ class Engine:
             ins.fn, ins.ends_block = ops.lookup(ins)
             if guest:
                 ins.fn = cpu.hooks.translate(cpu, ins, ins.fn)
+            if self.instrument is not None:
+                self.instrument(cpu, ins, (lin + ins.ip - rip) & cpu.lin_mask)
             insns.append(ins)
             if ins.ends_block:
                 sets_rip = True
@@ -164,18 +169,23 @@ class Engine:
         self.code_pages.clear()
 
     # ---------------------------------------------------------------- running
-    def run(self, cpu, budget: int) -> int:
+    def run(self, cpu, budget: int, stepping: bool = False) -> int:
         """Run ``cpu`` for about ``budget`` instructions; returns how many retired.
 
         Stops early when the CPU halts or the machine is asked to stop.
+        ``stepping`` runs one instruction at a time (the debugger's single-step
+        and watchpoints, ``_run_stepping``).  ``cpu.q_used`` is what the run used
+        of ``budget`` (instructions plus stall), so a run stopped early by the
+        debugger can resume with the rest of its quantum.
         """
         done = [0]
         try:
-            self._run(cpu, budget, done)
+            (self._run_stepping if stepping else self._run)(cpu, budget, done)
         finally:
             cpu.retired += done[0]
             # Time a PAUSE took beyond this quantum is owed to the next one.
-            cpu.stall = max(0, done[0] + cpu.stall - budget)
+            cpu.q_used = done[0] + cpu.stall
+            cpu.stall = max(0, cpu.q_used - budget)
         return done[0]
 
     def _run(self, cpu, budget, done):
@@ -186,6 +196,8 @@ class Engine:
             while executed + cpu.stall < budget and not machine.stopping:
                 if cpu.pending:
                     interrupts.service(cpu)
+                    if machine.stopping:
+                        break           # a debugger stop at the event just delivered
                 if cpu.halted or cpu.wait_for_sipi:
                     break
                 if cpu.rflags & TF or cpu.step_once or cpu.dr[7] & 0xFF or cpu.debugctl:
@@ -236,6 +248,37 @@ class Engine:
                 blk.heat += 1
                 if blk.heat == self.hot_threshold:
                     blk.compiled = self.compile(blk, cpu)
+        finally:
+            done[0] = executed
+            cpu.q_exec = 0
+
+    def _run_stepping(self, cpu, budget, done):
+        """One instruction at a time, telling the debugger after each instruction
+        boundary (an instruction retired, or an event delivered instead:
+        ``machine.debug.after_step(cpu, retired)``, which may stop the machine, or
+        return True to leave this loop).  Pending events are taken between every
+        two instructions, not only between blocks."""
+        executed = 0
+        machine = self.machine
+        after = machine.debug.after_step
+        try:
+            while executed + cpu.stall < budget and not machine.stopping:
+                if cpu.pending:
+                    where = (cpu.rip, cpu.svm_guest)
+                    interrupts.service(cpu)
+                    if (cpu.rip, cpu.svm_guest) != where:
+                        cpu.q_exec = executed
+                        if after(cpu, 0):
+                            break
+                        continue
+                if cpu.halted or cpu.wait_for_sipi:
+                    break
+                cpu.q_exec = executed
+                n = self.step(cpu)
+                executed += n
+                cpu.q_exec = executed
+                if after(cpu, n):
+                    break
         finally:
             done[0] = executed
             cpu.q_exec = 0

@@ -68,6 +68,21 @@ def pf(code: int, lin: int, detail: str = "") -> CpuException:
     return CpuException(PF, code, cr2=lin, detail=detail)
 
 
+DEBUG_STOP = -2          # DebugStop's vector (VmExit uses -1)
+
+
+class DebugStop(CpuException):
+    """The debugger stops the machine *before* an instruction: a breakpoint, or a
+    code or I/O hook that called ``Machine.stop()``.  Raised like a fault, so the
+    engine rewinds RIP to the instruction and counts only what retired; never
+    delivered to the guest (``interrupts.deliver_exception`` hands it to
+    ``machine.debug``)."""
+
+    def __init__(self, kind: str, reason: str, address=None):
+        super().__init__(DEBUG_STOP, None, detail=reason)
+        self.kind, self.address = kind, address
+
+
 class Shutdown(Exception):
     """The processor entered the shutdown state (triple fault, APM vol 2 8.2.9)."""
 

@@ -11,7 +11,7 @@ Delivery is all-or-nothing for registers: if a fault occurs part way, the
 CPU state is restored before the fault is handled, as if the delivery never
 started (memory already written stays written, as on hardware).
 """
-from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, CONTRIBUTORY, HAS_ERROR_CODE
+from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, CONTRIBUTORY, HAS_ERROR_CODE, DEBUG_STOP
 from .flags import IF, TF, NT, RF, VM, AC
 from .segments import Segment, CS, SS as SS_SEG, A_L, A_DB, A_P, T_CODE, T_CONFORMING
 from .descriptors import read_descriptor, to_segment
@@ -87,7 +87,11 @@ def deliver_exception(cpu, e: CpuException, kind=HWEXC) -> None:
     """Deliver a fault raised by an instruction (RIP already at that instruction).
 
     An intercept (vector INTERCEPT, raised by the instruction or by its
-    event delivery) goes to the virtualization extension instead."""
+    event delivery) goes to the virtualization extension instead; a
+    ``DebugStop`` (vector DEBUG_STOP) stops the machine for the debugger."""
+    if e.vector == DEBUG_STOP:
+        cpu.machine.debug.stopped(cpu, e)
+        return
     if e.vector == INTERCEPT:
         alt = cpu.hooks.reflect(cpu, e)
         if alt is None:

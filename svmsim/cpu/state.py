@@ -40,6 +40,7 @@ class Cpu:
         self.walker = Walker(self._pt_read, self._pt_write)
         self.walk_lin = 0          # the linear address being walked (an RMP fault on an A/D update)
         self.fr, self.fw, self.fx = self.tlb.fast[0][:3]
+        self.debug_watch = ()      # ranges the debugger watches (svmsim.debug.control)
         self.reset()
 
     # ------------------------------------------------------------------ reset
@@ -71,7 +72,7 @@ class Cpu:
         self.nmi_pending = False
         self.nmi_blocked = False
         self.pending = True        # something may need attention between blocks
-        self.watch = ()            # armed data breakpoints (debug.sync)
+        self.watch = self.debug_watch   # armed data breakpoints (debug.sync); the debugger's survive INIT
         self.db_hits = 0           # DR6 B0-B3 bits hit by the current instruction
         self.debugctl = 0          # DEBUGCTL.LBR (bit 0) and BTF (bit 1) as the engine sees them
         self.step_once = False     # run one instruction before the next interrupt check
@@ -282,7 +283,7 @@ class Cpu:
         if self.align_check:
             self._alignment(lin, size, user)
         if self.watch:
-            debug.check_data(self, lin, size, True)
+            debug.check_data(self, lin, size, True, value)
         o = lin & 0xFFF
         access = user | PF_W
         value &= (1 << (size * 8)) - 1

@@ -1,6 +1,5 @@
 """The ISA-era devices of QEMU's pc machine, at their usual ports."""
-import sys
-
+from .console import StdoutConsole
 from .uart16550 import Uart16550
 from .debug_exit import DebugExit
 from .pic8259 import Pic8259
@@ -13,7 +12,7 @@ from .misc_ports import SystemControlPortA, PostCodePort, ResetControlRegister
 def attach(machine) -> None:
     cfg = machine.config
     machine.pic = Pic8259(machine)
-    machine.uart = Uart16550(machine, out=cfg.serial_out or sys.stdout.buffer, inp=cfg.serial_in)
+    machine.uart = Uart16550(machine, out=cfg.serial_out or StdoutConsole(), inp=cfg.serial_in)
     machine.debug_exit = DebugExit(machine)
     machine.pit = Pit8254(machine)
     machine.port_b = SystemControlPortB(machine, machine.pit)

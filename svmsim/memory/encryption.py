@@ -122,6 +122,11 @@ class EncryptionEngine:
         ``ram_read(spa, n)`` returns the raw DRAM bytes.  An empty slot gives
         the raw bytes decrypted with no key: garbage, as on hardware."""
         self._track(spa, n, asid)
+        return self.peek(ram_read, spa, n, asid)
+
+    def peek(self, ram_read, spa: int, n: int, asid: int) -> bytes:
+        """What ``read`` returns, without recording the key's use of the page (a
+        debugger looking is not a cache fill)."""
         first = spa & ~(BLOCK - 1)
         last = (spa + n + BLOCK - 1) & ~(BLOCK - 1)
         raw = ram_read(first, last - first)

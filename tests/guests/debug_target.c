@@ -1,0 +1,37 @@
+/*
+ * debug_target: a small kernel for the debugger's tests (tests/test_debug_*.py).
+ * Everything it does is at a named symbol so tests can set breakpoints and
+ * watchpoints by name: a function called N times, a counter it writes, a
+ * buffer it fills with REP STOSB, a port it writes, a #UD it recovers from.
+ */
+#include "rt.h"
+
+#define CALLS 5
+#define DEBUG_PORT 0x80
+
+volatile uint64_t dbg_counter;
+volatile uint8_t dbg_buffer[64];
+uint64_t dbg_total;
+
+__attribute__((noinline)) uint64_t bump(uint64_t by)
+{
+    dbg_counter = dbg_counter + by;
+    return dbg_counter;
+}
+
+__attribute__((noinline)) void fill(uint8_t value)
+{
+    asm volatile("rep stosb" : : "D"(dbg_buffer), "a"(value), "c"(sizeof dbg_buffer) : "memory");
+}
+
+int kmain(uint32_t magic, uint32_t mbi)
+{
+    for (uint64_t i = 1; i <= CALLS; i++)
+        dbg_total += bump(i);
+    fill(0x5a);
+    outb(DEBUG_PORT, 0x42);
+    int v = TRY("ud2");
+    kprintf("debug_target: counter=%lu total=%lu buffer[63]=0x%x ud=%d\n",
+            (unsigned long)dbg_counter, (unsigned long)dbg_total, dbg_buffer[63], v);
+    return !(dbg_counter == 15 && dbg_total == 35 && dbg_buffer[63] == 0x5a && v == 6);
+}

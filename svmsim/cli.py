@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print events on stderr: comma list of exceptions, interrupts, vmexit (VMRUN, #VMEXIT, injection), all")
     r.add_argument("--trace-file", default=None, metavar="FILE.jsonl",
                    help="write events as JSON lines (all categories unless --trace narrows them)")
+    r.add_argument("--gdb", metavar="DEV", default=None,
+                   help="serve gdb's remote protocol on DEV: tcp::PORT (localhost) or tcp:HOST:PORT, as QEMU's -gdb")
+    r.add_argument("-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234")
+    r.add_argument("-S", dest="gdb_wait", action="store_true",
+                   help="with --gdb or -s: wait for gdb before the first instruction")
     r.add_argument("--quiet", "-q", action="store_true", help="no run report on stderr")
     r.add_argument("--report", action="store_true", help="print the full run report on stderr")
     la = sub.add_parser("launch", help="launch a firmware image (OVMF) as an SEV or SEV-ES guest, as QEMU "
@@ -110,11 +115,34 @@ def cmd_run(args) -> int:
         cats = args.trace.split(",") if args.trace else ["all"]
         m.listeners.append(Tracer(cats, sys.stderr if args.trace else None, jsonl))
     m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module], initrd=args.initrd)
-    result = m.run()
+    gdb = args.gdb or ("tcp::1234" if args.gdb_default else None)
+    if args.gdb_wait and not gdb:
+        raise SvmsimError("-S waits for gdb: give --gdb tcp::PORT or -s too")
+    result = _run_with_gdb(m, gdb, args.gdb_wait) if gdb else m.run()
     out.flush()
+    if result is None:
+        print("svmsim: killed by gdb", file=sys.stderr)
+        return 0
     if not args.quiet:
         _report(m, result, full=args.report)
     return result.status
+
+
+def _run_with_gdb(m, address, wait):
+    from .debug.gdbstub import GdbServer, GdbKilled, parse_address
+    try:
+        host, port = parse_address(address)
+        server = GdbServer(m, host, port)
+    except (ValueError, OSError) as e:
+        raise SvmsimError(f"--gdb {address}: {getattr(e, 'strerror', None) or e}") from None
+    print(f"svmsim: gdb server on tcp:{host}:{server.port}"
+          f"{', waiting for gdb to connect (-S)' if wait else ''}", file=sys.stderr, flush=True)
+    try:
+        return server.serve(wait=wait)
+    except GdbKilled:
+        return None
+    finally:
+        server.close()
 
 
 DEMOS = {

@@ -269,8 +269,6 @@ def test_scoped_breakpoints_in_a_hypervisor_and_its_guest():
     assert m.regs.rip == gm and m.regs.svm_guest == 1 and m.regs.asid == 1
     assert (host_only.hits, other.hits, guest.hits) == (0, 0, 1)
     assert m.cpu(0).vmcb["GUEST_ASID"] == 1
-    r = finish(m)
-    assert r.status == gb.STATUS_PASS
 
 
 def test_vmexit_and_vmrun_hooks():
@@ -278,10 +276,11 @@ def test_vmexit_and_vmrun_hooks():
     exits, runs = [], []
     m.hook_vmexit(lambda m, cpu, e: exits.append(e["name"]))
     m.hook_vmrun(lambda m, cpu, e: runs.append(e["asid"]))
-    r = m.run(timeout=60)
-    assert r.status == gb.STATUS_PASS
-    assert len(exits) == sum(r.svm["exits"].values()) and len(runs) == r.svm["vmruns"]
-    assert exits.count("CPUID") == r.svm["exits"]["CPUID"]
+    r = m.run(max_insns=150_000)
+    svm = m.svm_summary()
+    assert r.kind == "budget" and len(exits) == sum(svm["exits"].values()) > 10
+    assert len(runs) == svm["vmruns"] and set(runs) == {1}
+    assert exits.count("CPUID") == svm["exits"]["CPUID"] > 0
 
 
 def test_stop_at_a_vmexit_lands_in_the_host_after_vmrun():
@@ -294,7 +293,6 @@ def test_stop_at_a_vmexit_lands_in_the_host_after_vmrun():
     assert vmcb["EXITCODE"] == 0x72
     prev = m.mem.read(m.regs.rip - 3, 3)
     assert prev == b"\x0f\x01\xd8"                 # the host is just after its VMRUN
-    assert finish(m).status == gb.STATUS_PASS
 
 
 def test_two_dimensional_walk_of_a_guest_under_nested_paging():
@@ -353,15 +351,17 @@ def test_ctrl_c_pauses_at_a_round_boundary(free_run):
 
 
 def test_stop_from_another_thread():
-    m = boot("smoke", "smoke", smp=2)
+    m = boot("loop", "iters=100000000")
     timer = threading.Timer(0.3, m.stop)
     timer.start()
     r = m.run(timeout=60)
     timer.join()
     assert r.kind == "stopped" and r.resumable
-    assert finish(m).status == gb.STATUS_PASS
+    r = m.run(max_insns=10_000)
+    assert r.kind == "budget" and r.executed >= 10_000
 
 
+@pytest.mark.slow
 def test_smp_breakpoints_keep_the_schedule():
     def reference():
         m = boot("smp", smp=2)

@@ -348,10 +348,16 @@ class Cpu:
                                       "hypervisor-owned")
 
     def _fill_fast(self, vpn, spa, t, access):
-        if self.watch:
-            return
         user = 1 if access & PF_U else 0
         fast = self.tlb.fast[user]
+        if self.watch:
+            # Watched data takes the slow path; fetches are not data accesses,
+            # and the fetch cache is what lets translated blocks be reused.
+            off = self.bus.ram_offset(spa)
+            if access & PF_I and off is not None and (t is None or not t.nx and not (
+                    t.us and not user and self.cr4 & (1 << 20))):
+                fast[X][vpn] = off
+            return
         off = self.bus.ram_offset(spa)
         if off is None:
             # MMIO or unbacked: cache the translation only; the device sees every access.

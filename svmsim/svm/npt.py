@@ -199,16 +199,20 @@ class NestedMmu:
         cpu = self.cpu
         user = 1 if access & PF_U else 0
         page = cpu.code_page(spa)
-        if page is not None and not cpu.watch and self._exec_ok(t, user):
+        if page is not None and self._exec_ok(t, user):
             cpu.tlb.fast[user][X][vpn] = page
 
     def _fill_fast(self, vpn, t, access):
         """Fast caches hold only what needs no further check of either level."""
         cpu = self.cpu
-        if cpu.watch:
-            return
         user = 1 if access & PF_U else 0
         fast = cpu.tlb.fast[user]
+        if cpu.watch:
+            # Watched data takes the slow path; the fetch cache stays (see Cpu._fill_fast).
+            off = cpu.bus.ram_offset(t.spa)
+            if access & PF_I and off is not None and self._exec_ok(t, user):
+                fast[X][vpn] = off
+            return
         off = cpu.bus.ram_offset(t.spa)
         guest_w = t.rw or (cpu.paging and not user and not cpu.cr0 & (1 << 16)) or not cpu.paging
         writable = t.d and t.n_d and t.n_rw and guest_w

@@ -145,7 +145,7 @@ class CpuView:
     def vmcb(self):
         """The VMCB this CPU runs (or last ran) as a VmcbView, or None."""
         from ..svm.vmcb import VmcbView
-        pa = self._cpu.svm.vmcb_pa
+        pa = getattr(self._cpu.svm, "vmcb_pa", 0)
         return VmcbView(self._cpu.bus, pa) if pa else None
 
     def disassemble(self, address: int = None, count: int = 5) -> list:

@@ -67,7 +67,7 @@ def vmcb_context(cpu, vmcb_pa=None) -> Context:
     and EFER for the nested tables (as VMRUN would take them)."""
     from ..svm.vmcb import VmcbView
     from ..svm.sev_checks import sev_active
-    pa = cpu.svm.vmcb_pa if vmcb_pa is None else vmcb_pa
+    pa = getattr(cpu.svm, "vmcb_pa", 0) if vmcb_pa is None else vmcb_pa
     if not pa:
         raise DebugMemoryError("this CPU has not run a guest (no VMCB)")
     v = VmcbView(cpu.bus, pa)

@@ -97,7 +97,7 @@ class Monitor:
 
     def cmd_vmcb(self, args):
         from ..svm.vmcb import VmcbView
-        pa = self.value(args[0]) if args else self.cpu.svm.vmcb_pa
+        pa = self.value(args[0]) if args else getattr(self.cpu.svm, "vmcb_pa", 0)
         if not pa:
             return "this CPU has not run a guest (no VMCB); give its address: monitor vmcb PA"
         state = "running" if self.cpu.svm_guest and pa == self.cpu.svm.vmcb_pa else "in memory"

@@ -206,7 +206,7 @@ def _build():
     regs.append(Reg("asid", 32, lambda cpu: cpu.svm.asid if cpu.svm_guest else 0, group="system",
                     feature="svmsim", type="int32"))
     regs.append(Reg("gif", 32, lambda cpu: int(cpu.gif), group="system", feature="svmsim", type="int32"))
-    regs.append(Reg("vmcb", 64, lambda cpu: cpu.svm.vmcb_pa, group="system", feature="svmsim"))
+    regs.append(Reg("vmcb", 64, lambda cpu: getattr(cpu.svm, "vmcb_pa", 0), group="system", feature="svmsim"))
     return tuple(regs)
 
 

@@ -48,7 +48,8 @@ def world(cpu) -> str:
         if s.sev:
             parts.append("SEV")
         return ", ".join(parts)
-    return "host" + (f" (last VMCB {cpu.svm.vmcb_pa:#x})" if cpu.svm.vmcb_pa else "")
+    last = getattr(cpu.svm, "vmcb_pa", 0)
+    return "host" + (f" (last VMCB {last:#x})" if last else "")
 
 
 def symbolize(machine, address: int) -> str:

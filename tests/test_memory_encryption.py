@@ -12,10 +12,10 @@ KEY = bytes(range(16))
 
 
 def test_xex_definition_one_block():
-    """C = E_K(P ^ T) ^ T with T = E_K(LE128(spa >> 4)): checked against AES directly."""
+    """C = E_K(P ^ T) ^ T with T = E_K(BE128(spa >> 4)): checked against AES directly."""
     spa, p = 0x12340, b"plaintext-block!"
     aes = Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
-    t = aes.update((spa >> 4).to_bytes(16, "little"))
+    t = aes.update((spa >> 4).to_bytes(16, "big"))
     aes = Cipher(algorithms.AES(KEY), modes.ECB()).encryptor()
     expect = bytes(a ^ b for a, b in zip(aes.update(bytes(a ^ b for a, b in zip(p, t))), t))
     assert EncryptionEngine.encrypt(KEY, spa, p) == expect

@@ -8,7 +8,7 @@ ciphertext: an access with the C-bit set goes through ``read``/``write``
 with the slot of the running context.
 
 Mode modelled: XEX over 16-byte blocks with a physical-address tweak,
-C = E_K(P xor T) xor T, T = E_K(LE128(spa of the block)).  AMD documents
+C = E_K(P xor T) xor T, T = E_K(BE128(spa of the block / 16)).  AMD documents
 "AES-128 with a physical-address tweak" without the exact construction
 (sev-facts.md section 3: Zen 1 has been analysed as E_K(P xor T(PA)), later
 parts are reported to use XEX with a boot-random tweak).  What users can
@@ -152,9 +152,9 @@ def _ecb(key: bytes):
 def _xex(cipher, spa: int, data: bytes, encrypt: bool) -> bytes:
     if spa % BLOCK or len(data) % BLOCK:
         raise ValueError("the engine works on 16-byte blocks at 16-byte aligned addresses")
-    n = len(data) // BLOCK
-    tweaks = cipher.encryptor().update(b"".join(((spa >> 4) + i).to_bytes(16, "little")
-                                               for i in range(n)))
+    # T_i = E_K(BE128(block number)) for consecutive blocks: AES-CTR's keystream.
+    tweaks = Cipher(cipher.algorithm, modes.CTR((spa >> 4).to_bytes(16, "big"))).encryptor() \
+        .update(bytes(len(data)))
     t = int.from_bytes(tweaks, "little")          # XOR whole buffers as integers
     x = (int.from_bytes(data, "little") ^ t).to_bytes(len(data), "little")
     y = (cipher.encryptor() if encrypt else cipher.decryptor()).update(x)

@@ -319,3 +319,21 @@ def test_non_snp_guest_write_to_an_assigned_page_is_npf():
     plain.run()
     assert plain.exitcode == ExitCode.NPF and plain.vmcb["EXITINFO1"] & NPF_RMP
     assert plain.vmcb["EXITINFO2"] == 0x900000
+
+
+def test_dma_write_to_a_guest_page_is_blocked():
+    """A device's DMA write into a page assigned to a guest changes nothing
+    and is reported; into a hypervisor page it lands (fw_cfg's DMA: the
+    signature item "QEMU" read to memory)."""
+    import struct
+    r = EsRig("hlt", snp=True)
+    r.assign(0x900000, 0x901000)
+    before = r.m.bus.read_bytes(0x900000, 4)
+    events = []
+    r.m.listeners.append(lambda e: e["type"] == "dma_blocked" and events.append(e))
+    for target in (0x900000, 0x910000):
+        r.m.bus.write_bytes(0x180000, struct.pack(">IIQ", 1 << 3 | 1 << 1, 4, target))   # SELECT 0, READ
+        assert host_run(r, "mov dx, 0x514\nxor eax, eax\nout dx, eax\nmov dx, 0x518\n"
+                           "mov eax, 0x00001800\nout dx, eax") is None
+    assert r.m.bus.read_bytes(0x900000, 4) == before and events and events[0]["page"] == 0x900000
+    assert r.m.bus.read_bytes(0x910000, 4) == b"QEMU"

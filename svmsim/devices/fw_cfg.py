@@ -61,7 +61,8 @@ class FwCfg:
     def __init__(self, machine, cmdline: str = "", ncpus: int = 1,
                  kernel_size: int = 0, max_cpus: int = None, uuid: bytes = bytes(16)):
         self.machine = machine
-        self.dma_bus = machine.bus      # DMA target; the machine may wrap it
+        from ..memory.dma import DmaPort
+        self.dma_bus = DmaPort(machine, "fw_cfg")   # DMA: straight to DRAM, with the platform's checks
         self.items: dict[int, bytes] = {}
         self.files: list[tuple[str, bytes]] = []
         self.cur_entry = FW_CFG_SIGNATURE

@@ -115,7 +115,7 @@ class Insn:
     __slots__ = ("ip", "next_ip", "len", "code", "mnemonic", "name", "osize", "asize",
                  "rep", "repne", "lock", "seg", "cc", "target", "imm", "imm2", "opsz",
                  "get0", "set0", "get1", "set1", "get2", "ea", "mem_size", "iced",
-                 "regs", "fn", "ends_block", "bits")
+                 "regs", "fn", "ends_block", "bits", "vx")
 
     def __str__(self):
         return f"{self.ip:#x}: {self.iced}"
@@ -151,6 +151,7 @@ def build_insn(i, bits: int) -> Insn:
     ins.get0 = ins.get1 = ins.get2 = None
     ins.set0 = ins.set1 = None
     ins.regs = []
+    ins.vx = None                 # vector-operand layout, built on first use (ops/simd.py)
     ins.seg = SEG_OF.get(i.memory_segment, DS)
     ins.asize = bits // 8
     opsz = []
@@ -194,6 +195,12 @@ def build_insn(i, bits: int) -> Insn:
         setattr(ins, "get%d" % n, get)
         if n < 2:
             setattr(ins, "set%d" % n, setter or _bad_set)
+    for n in range(3, i.op_count):    # VEX forms: an imm8 or an is4 register in operand 3
+        kind = i.op_kind(n)
+        if kind == OpKind.REGISTER:
+            ins.regs.append(i.op_register(n))
+        elif kind in _KIND_IMM:
+            ins.imm = i.immediate(n)
     ins.opsz = opsz
     ins.osize = opsz[0] if opsz and opsz[0] else _default_osize(i, bits)
     ins.name = MNEMONIC_NAMES.get(i.mnemonic, str(i.mnemonic))

@@ -6,7 +6,8 @@ The state lives on the CPU as plain fields, created on first use by
 * ``fpu_fcw``, ``fpu_fsw``, ``fpu_ftw`` (the full 16-bit tag word), ``fpu_fop``,
   ``fpu_fip``, ``fpu_fcs``, ``fpu_fdp``, ``fpu_fds``, ``fpu_st`` (8 x 80-bit
   physical registers R0..R7, as ints);
-* ``xmm`` (16 x 128-bit ints), ``mxcsr``.
+* ``xmm`` (16 x 128-bit ints), ``ymmh`` (bits 255:128 of the YMM registers),
+  ``mxcsr``.
 
 Reset values: FCW=0040h, FTW=5555h (APM vol 2, table 14-1); FNINIT gives
 FCW=037Fh, FTW=FFFFh (all empty).  MXCSR=1F80h.
@@ -36,6 +37,7 @@ def reset(cpu) -> None:
     cpu.fpu_fip = cpu.fpu_fcs = cpu.fpu_fdp = cpu.fpu_fds = 0
     cpu.fpu_st = [0] * 8
     cpu.xmm = [0] * 16
+    cpu.ymmh = [0] * 16          # bits 255:128 of YMM0-15
     cpu.mxcsr = MXCSR_RESET
 
 

@@ -67,7 +67,8 @@ def load_all():
     """Import every family module so their handlers register."""
     from . import arith, data, control  # noqa: F401
     import importlib
-    for mod in ("shift", "bits", "muldiv", "string", "misc_int", "system", "farxfer", "fpu"):
+    for mod in ("shift", "bits", "muldiv", "string", "misc_int", "system", "farxfer", "fpu",
+                "sse_int", "sse_fp", "sse_mov", "x87"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:

@@ -1,24 +1,19 @@
 """x87/SSE state management and the SSE moves freestanding kernels use.
 
-* x87 control: FNINIT, FNSTCW, FLDCW, FNSTSW (m16 and AX), FNCLEX, FWAIT,
-  EMMS (APM vol 5).  x87 arithmetic is not implemented (reported as
-  unimplemented instructions).
+* (x87 instructions are in x87.py, vector instructions in simd.py and its
+  families.)
 * State save/restore: FXSAVE/FXRSTOR (and the REX.W forms), XSAVE, XSAVEOPT,
   XSAVEC, XRSTOR for the x87 and SSE components, LDMXCSR/STMXCSR
   (APM vol 1 11.4-11.5, vol 4 FXSAVE/LDMXCSR, vol 3 XSAVE*).
-* SSE moves: MOVAPS/MOVAPD/MOVDQA (aligned), MOVUPS/MOVUPD/MOVDQU, MOVQ,
-  MOVD, MOVNTDQ/MOVNTPS/MOVNTPD, MOVNTI, PXOR/XORPS/XORPD (APM vol 4).
+* MOVNTI (the vector moves are in sse_mov.py).
 
 Exceptions: x87 instructions raise #NM when CR0.EM or CR0.TS is set (FWAIT:
 TS and MP); SSE instructions #UD when CR0.EM=1 or CR4.OSFXSR=0 and #NM when
 CR0.TS=1; XSAVE-family #UD when CR4.OSXSAVE=0 and #NM when CR0.TS=1.
-MMX-register forms of MOVD/MOVQ raise #UD (MMX is not modelled).
 
 EFER.FFXSR (fast FXSAVE/FXRSTOR): in 64-bit mode at CPL 0 the XMM registers
 are neither saved nor restored (APM vol 2, 3.1.7).
 """
-from iced_x86 import OpKind, Register as R
-
 from . import handles
 from .. import fpu_state as fs
 from ..exceptions import CpuException, NM, gp, ud
@@ -26,17 +21,9 @@ from ..exceptions import CpuException, NM, gp, ud
 CR0_MP, CR0_EM, CR0_TS = 2, 4, 8
 CR4_OSFXSR, CR4_OSXSAVE = 1 << 9, 1 << 18
 EFER_FFXSR = 1 << 14
-XMM0 = R.XMM0
-MASK64 = (1 << 64) - 1
 
 
 # ---------------------------------------------------------------- checks
-def x87_check(cpu):
-    if cpu.cr0 & (CR0_EM | CR0_TS):
-        raise CpuException(NM, detail="x87 instruction with CR0.EM or CR0.TS set")
-    fs.ensure(cpu)
-
-
 def sse_check(cpu):
     if cpu.cr0 & CR0_EM or not cpu.cr4 & CR4_OSFXSR:
         raise ud("SSE instruction with CR0.EM=1 or CR4.OSFXSR=0")
@@ -77,49 +64,6 @@ def write_image(cpu, seg, off, parts: dict):
         for i in range(0, len(data), 8):
             chunk = data[i:i + 8]
             cpu.write(seg, off + rel + i, len(chunk), int.from_bytes(chunk, "little"))
-
-
-# ---------------------------------------------------------------- x87 control
-@handles("FNINIT")
-def fninit(cpu, ins):
-    x87_check(cpu)
-    fs.fninit(cpu)
-
-
-@handles("FNSTCW")
-def fnstcw(cpu, ins):
-    x87_check(cpu)
-    ins.set0(cpu, cpu.fpu_fcw)
-
-
-@handles("FLDCW")
-def fldcw(cpu, ins):
-    x87_check(cpu)
-    cpu.fpu_fcw = ins.get0(cpu) & 0x1F7F | 0x40
-
-
-@handles("FNSTSW")
-def fnstsw(cpu, ins):
-    x87_check(cpu)
-    ins.set0(cpu, cpu.fpu_fsw)
-
-
-@handles("FNCLEX")
-def fnclex(cpu, ins):
-    x87_check(cpu)
-    cpu.fpu_fsw &= 0x7F00                     # clear exceptions, ES, B (keep TOP, C0-C3)
-
-
-@handles("WAIT")
-def fwait(cpu, ins):
-    if cpu.cr0 & CR0_TS and cpu.cr0 & CR0_MP:
-        raise CpuException(NM, detail="FWAIT with CR0.TS=1 and CR0.MP=1")
-
-
-@handles("EMMS")
-def emms(cpu, ins):
-    x87_check(cpu)
-    cpu.fpu_ftw = 0xFFFF
 
 
 # ---------------------------------------------------------------- FXSAVE / FXRSTOR
@@ -250,86 +194,6 @@ def ldmxcsr(cpu, ins):
 def stmxcsr(cpu, ins):
     sse_check(cpu)
     ins.set0(cpu, cpu.mxcsr)
-
-
-# ---------------------------------------------------------------- SSE moves
-def _xreg(ins, n):
-    """Index of XMM operand n, None if it is not an XMM register; #UD for MMX."""
-    i = ins.iced
-    if i.op_kind(n) != OpKind.REGISTER:
-        return None
-    r = i.op_register(n)
-    if XMM0 <= r <= R.XMM15:
-        return r - XMM0
-    if R.MM0 <= r <= R.MM7:
-        raise ud("MMX registers are not modelled")
-    return None
-
-
-def _src(cpu, ins, n, size, align=0):
-    x = _xreg(ins, n)
-    if x is not None:
-        return cpu.xmm[x] & ((1 << (size * 8)) - 1)
-    if ins.iced.op_kind(n) == OpKind.MEMORY:
-        off = _aligned(cpu, ins, align) if align else ins.ea(cpu)
-        if size == 16:
-            return cpu.read(ins.seg, off, 8) | (cpu.read(ins.seg, off + 8, 8) << 64)
-        return cpu.read(ins.seg, off, size)
-    return (ins.get0 if n == 0 else ins.get1)(cpu)
-
-
-def _dst(cpu, ins, size, value, zext=True, align=0):
-    x = _xreg(ins, 0)
-    if x is not None:
-        if zext or size == 16:
-            cpu.xmm[x] = value & ((1 << (size * 8)) - 1)
-        else:
-            mask = (1 << (size * 8)) - 1
-            cpu.xmm[x] = (cpu.xmm[x] & ~mask) | (value & mask)
-        return
-    if ins.iced.op_kind(0) == OpKind.MEMORY:
-        off = _aligned(cpu, ins, align) if align else ins.ea(cpu)
-        if size == 16:
-            cpu.check_write(ins.seg, off, 16)
-            cpu.write(ins.seg, off, 8, value & MASK64)
-            cpu.write(ins.seg, off + 8, 8, value >> 64)
-        else:
-            cpu.write(ins.seg, off, size, value)
-        return
-    ins.set0(cpu, value)
-
-
-@handles("MOVAPS", "MOVAPD", "MOVDQA", "MOVNTDQ", "MOVNTPS", "MOVNTPD")
-def movaligned(cpu, ins):
-    sse_check(cpu)
-    _dst(cpu, ins, 16, _src(cpu, ins, 1, 16, align=16), align=16)
-
-
-@handles("MOVUPS", "MOVUPD", "MOVDQU")
-def movunaligned(cpu, ins):
-    sse_check(cpu)
-    _dst(cpu, ins, 16, _src(cpu, ins, 1, 16))
-
-
-@handles("MOVQ")
-def movq(cpu, ins):
-    """MOVQ: to an XMM register zero-extends to 128 bits."""
-    sse_check(cpu)
-    _dst(cpu, ins, 8, _src(cpu, ins, 1, 8))
-
-
-@handles("MOVD")
-def movd(cpu, ins):
-    sse_check(cpu)
-    _dst(cpu, ins, 4, _src(cpu, ins, 1, 4))
-
-
-@handles("PXOR", "XORPS", "XORPD")
-def pxor(cpu, ins):
-    sse_check(cpu)
-    a = _xreg(ins, 0)
-    b = _src(cpu, ins, 1, 16, align=16)       # legacy-SSE memory operands must be aligned
-    cpu.xmm[a] ^= b
 
 
 @handles("MOVNTI")

@@ -249,11 +249,12 @@ def nan2_x87(f, a, b, ctx):
 
 # ---------------------------------------------------------------- arithmetic
 def _specials(f, a, b, ctx, nan2):
-    if is_nan(f, a) or is_nan(f, b):
-        return nan2(f, a, b, ctx)
+    # x87: an unsupported encoding is invalid even beside a NaN (AMD host)
     if f.explicit and (unsupported(f, a) or unsupported(f, b)):
         ctx.flags |= IE
         return f.dnan
+    if is_nan(f, a) or is_nan(f, b):
+        return nan2(f, a, b, ctx)
     return None
 
 
@@ -447,12 +448,12 @@ LT, EQ, GT, UN = 0, 1, 2, 3
 def compare(f, a, b, ctx, signaling=False):
     """Ordered relation of a and b.  IE for an SNaN operand, or for any NaN
     when ``signaling`` (COMISS/CMPLTPS semantics); DE for denormals."""
+    if f.explicit and (unsupported(f, a) or unsupported(f, b)):
+        ctx.flags |= IE
+        return UN
     if is_nan(f, a) or is_nan(f, b):
         if signaling or is_snan(f, a) or is_snan(f, b):
             ctx.flags |= IE
-        return UN
-    if f.explicit and (unsupported(f, a) or unsupported(f, b)):
-        ctx.flags |= IE
         return UN
     _den_check(f, a, b, ctx)
     va, vb = _key(f, a, ctx), _key(f, b, ctx)
@@ -472,9 +473,10 @@ def _key(f, x, ctx):
 
 
 # ---------------------------------------------------------------- conversions
-def convert(src, dst, x, ctx, nan_keep=True):
+def convert(src, dst, x, ctx, report_de=True):
     """Format conversion (CVTSS2SD, CVTSD2SS, FLD/FST).  A NaN keeps its
-    payload's high bits, quieted; an SNaN raises IE."""
+    payload's high bits, quieted; an SNaN raises IE.  (FST of a denormal
+    register reports no DE: report_de=False.)"""
     if is_nan(src, x):
         if is_snan(src, x):
             ctx.flags |= IE
@@ -490,7 +492,7 @@ def convert(src, dst, x, ctx, nan_keep=True):
     s = x >> (src.width - 1)
     if is_inf(src, x):
         return pack_inf(dst, s)
-    _, e, m = unpack(src, x, ctx)
+    _, e, m = unpack(src, x, ctx, report_de)
     if m == 0:
         return pack_zero(dst, s)
     return round_pack(dst, s, e, m, ctx)

@@ -345,10 +345,9 @@ def _store_value(cpu, ins, v):
         return r, ctx.flags, ctx.c1 and bool(ctx.flags & PE)
     if name == "fbstp":
         return _f80_to_bcd(v, ctx), ctx.flags, ctx.c1 and bool(ctx.flags & PE)
-    if size == 4:
-        return sf.convert(F80, F32, v, ctx), ctx.flags, ctx.c1 and bool(ctx.flags & PE)
-    if size == 8:
-        return sf.convert(F80, F64, v, ctx), ctx.flags, ctx.c1 and bool(ctx.flags & PE)
+    if size in (4, 8):
+        r = sf.convert(F80, F32 if size == 4 else F64, v, ctx, report_de=False)
+        return r, ctx.flags, ctx.c1 and bool(ctx.flags & PE)
     return v, 0, False
 
 
@@ -415,7 +414,7 @@ def _f80_to_bcd(v, ctx):
     r = sf.to_int(F80, v, 128, ctx)
     n = r - (1 << 128) if r >> 127 else r
     if abs(n) >= 10 ** 18:
-        ctx.flags |= IE
+        ctx.flags = (ctx.flags | IE) & ~PE        # out of range: IE alone
         return 0xFFFFC000000000000000
     out = 0
     a = abs(n)
@@ -842,3 +841,493 @@ def emms(cpu, ins):
         raise ud("EMMS with CR0.EM=1")
     mmx_enter(cpu)
     cpu.fpu_ftw = 0xFFFF
+
+
+# ---------------------------------------------------------------- FXTRACT, FSCALE, FPREM
+def _finite(v):
+    return not (sf.is_nan(F80, v) or sf.is_inf(F80, v) or sf.unsupported(F80, v))
+
+
+@handles("FXTRACT")
+def fxtract(cpu, ins):
+    """ST1 = exponent of x, ST0 = significand of x with exponent 0 (a push)."""
+    enter(cpu, ins)
+    if empty(cpu, 0) or not empty(cpu, 7):
+        if stack_fault(cpu, not empty(cpu, 7) and not empty(cpu, 0)):
+            put(cpu, 0, INDEFINITE)
+            push(cpu, INDEFINITE)
+        return
+    x = get(cpu, 0)
+    ctx = sf.Ctx()
+    if sf.is_nan(F80, x) or sf.unsupported(F80, x):
+        q = sf.quiet(F80, x) if sf.is_nan(F80, x) else INDEFINITE
+        if sf.is_snan(F80, x) or sf.unsupported(F80, x):
+            ctx.flags |= IE
+        exp, sig = q, q
+    elif sf.is_inf(F80, x):
+        exp, sig = sf.pack_inf(F80, 0), x
+    elif sf.is_zero(F80, x):
+        ctx.flags |= ZE
+        exp, sig = sf.pack_inf(F80, 1), x
+    else:
+        s, e, m = sf.unpack(F80, x, ctx)
+        top_e = e + m.bit_length() - 1
+        exp = sf.from_int(F80, top_e, sf.Ctx())
+        sig = sf.encode(F80, s, -(m.bit_length() - 1), m)
+    if report(cpu, ctx.flags) & (IE | DE | ZE):
+        return
+    put(cpu, 0, exp)
+    push(cpu, sig)
+
+
+@handles("FSCALE")
+def fscale(cpu, ins):
+    """ST0 = ST0 * 2**trunc(ST1), rounded by PC/RC (APM vol 5 FSCALE)."""
+    enter(cpu, ins)
+    if empty(cpu, 0) or empty(cpu, 1):
+        if stack_fault(cpu, False):
+            put(cpu, 0, INDEFINITE)
+        return
+    x, y = get(cpu, 0), get(cpu, 1)
+    ctx = XCtx((cpu.fpu_fcw >> 10) & 3, None, um=bool(cpu.fpu_fcw & UE))   # PC does not apply
+    ctx.exact = None
+    if sf.is_nan(F80, x) or sf.is_nan(F80, y) or sf.unsupported(F80, x) or sf.unsupported(F80, y):
+        r = sf.nan2_x87(F80, x, y, ctx) if (sf.is_nan(F80, x) or sf.is_nan(F80, y)) else INDEFINITE
+        if not (sf.is_nan(F80, x) or sf.is_nan(F80, y)):
+            ctx.flags |= IE
+    elif sf.is_inf(F80, y):
+        neg = y >> 79
+        if sf.is_zero(F80, x) and not neg or sf.is_inf(F80, x) and neg:
+            ctx.flags |= IE
+            r = INDEFINITE
+        else:
+            sf.unpack(F80, x, ctx) if _finite(x) else None
+            r = x if sf.is_zero(F80, x) or sf.is_inf(F80, x) else (
+                sf.pack_zero(F80, x >> 79) if neg else sf.pack_inf(F80, x >> 79))
+    elif sf.is_inf(F80, x) or sf.is_zero(F80, x):
+        sf.unpack(F80, y, ctx)
+        r = x
+    else:
+        s, e, m = sf.unpack(F80, x, ctx)
+        sy, ey, my = sf.unpack(F80, y, ctx)
+        n = min(my >> -ey if ey < 0 else my << min(ey, 64), 1 << 20)    # trunc(ST1), clamped
+        n = -n if sy else n
+        ctx.exact = (s, e + n, m)
+        r = sf.round_pack(F80, s, e + n, m, ctx)
+    result(cpu, ctx, 0, r)
+
+
+def _prem(ieee):
+    """FPREM (quotient truncated) / FPREM1 (quotient rounded to nearest).
+    When the exponents differ by 64 or more the reduction is partial
+    (C2 = 1); otherwise C2 = 0 and C0, C3, C1 hold quotient bits 2, 1, 0
+    (APM vol 5 FPREM)."""
+    def h(cpu, ins):
+        enter(cpu, ins)
+        if empty(cpu, 0) or empty(cpu, 1):
+            if stack_fault(cpu, False):
+                put(cpu, 0, INDEFINITE)
+                _set_cc(cpu, 0)
+            return
+        x, y = get(cpu, 0), get(cpu, 1)
+        ctx = sf.Ctx()
+        cc = 0
+        if sf.unsupported(F80, x) or sf.unsupported(F80, y):
+            ctx.flags |= IE
+            r = INDEFINITE
+        elif sf.is_nan(F80, x) or sf.is_nan(F80, y):
+            r = sf.nan2_x87(F80, x, y, ctx)
+        elif sf.is_inf(F80, x) or sf.is_zero(F80, y):
+            if _finite(x):
+                sf.unpack(F80, x, ctx)
+            ctx.flags |= IE
+            r = INDEFINITE
+        elif sf.is_inf(F80, y) or sf.is_zero(F80, x):
+            if _finite(x):
+                sf.unpack(F80, x, ctx)
+            if _finite(y):
+                sf.unpack(F80, y, ctx)
+            r = x
+        else:
+            sx, ex, mx = sf.unpack(F80, x, ctx)
+            sy, ey, my = sf.unpack(F80, y, ctx)
+            d = (ex + mx.bit_length()) - (ey + my.bit_length())
+            partial = d >= 64
+            # A partial step divides by y * 2**(d - n), n = 32 + d mod 32, with
+            # the quotient truncated (the AMD host's choice of n; any n in
+            # 32..63 is allowed by the manual).
+            shift = d - (32 + d % 32) if partial else 0
+            e0 = min(ex, ey + shift)
+            a = mx << (ex - e0)
+            b = my << (ey + shift - e0)
+            q, rem = divmod(a, b)
+            if ieee and not partial and (2 * rem > b or (2 * rem == b and q & 1)):
+                q += 1
+                rem -= b
+            sign = sx ^ (1 if rem < 0 else 0)
+            r = sf.round_pack(F80, sign, e0, abs(rem), sf.Ctx()) if rem else sf.pack_zero(F80, sx)
+            if partial:
+                cc = C2
+            else:
+                cc = (C0 if q & 4 else 0) | (C3 if q & 2 else 0) | (C1 if q & 1 else 0)
+        if report(cpu, ctx.flags) & (IE | DE):
+            return
+        put(cpu, 0, r)
+        cpu.fpu_fsw = (cpu.fpu_fsw & ~(C0 | C1 | C2 | C3)) | cc
+    return h
+
+
+handles("FPREM")(_prem(False))
+handles("FPREM1")(_prem(True))
+
+
+# ---------------------------------------------------------------- transcendental instructions
+# Results are the exact function value rounded once by FCW.RC to 64 bits (PC
+# does not apply), computed with mpmath at 256 bits; see docs/DESIGN.md for
+# how this compares with the AMD host.
+TRIG_LIMIT = 63                      # |x| >= 2**63: C2 = 1, operand unchanged
+
+
+def _mpf(v):
+    import mpmath
+    s, e, m = sf.unpack(F80, v)
+    return mpmath.ldexp(-m if s else m, e)
+
+
+def _to_f80(x, ctx, always_inexact=False):
+    """Round an mpmath value (taken as inexact unless it is short) into F80;
+    ``always_inexact`` rounds an exact value as if just below it."""
+    import mpmath
+    if x == 0:
+        return sf.pack_zero(F80, 0)
+    if mpmath.isinf(x):
+        return sf.pack_inf(F80, x < 0)
+    sign, man, exp, _ = x._mpf_                # not mpf(x): that rounds to mpmath's default precision
+    if man.bit_length() <= 128 and always_inexact:
+        return sf.round_pack(F80, sign, exp - 130, (man << 130) - 1, ctx)
+    return sf.round_pack(F80, sign, exp, man, ctx, sticky=man.bit_length() > 128)
+
+
+def _prec_for(v):
+    """Working precision that keeps the second term of the series of a
+    function ~x near zero (sin, tan, atan, expm1, log1p) visible."""
+    s, e, m = sf.unpack(F80, v)
+    return 256 + max(0, -2 * (e + m.bit_length()))
+
+
+def _fn_ctx(cpu):
+    return sf.Ctx((cpu.fpu_fcw >> 10) & 3, None, um=bool(cpu.fpu_fcw & UE))
+
+
+def _special1(v, ctx):
+    """NaN / unsupported operand of a one-operand function, or None."""
+    if sf.is_nan(F80, v):
+        if sf.is_snan(F80, v):
+            ctx.flags |= IE
+        return sf.quiet(F80, v)
+    if sf.unsupported(F80, v):
+        ctx.flags |= IE
+        return INDEFINITE
+    return None
+
+
+def _trig(fn_name):
+    def compute1(cpu, x):
+        import mpmath
+        ctx = _fn_ctx(cpu)
+        r = _special1(x, ctx)
+        if r is not None:
+            return r, ctx, False
+        if sf.is_inf(F80, x):
+            ctx.flags |= IE
+            return INDEFINITE, ctx, False
+        s, e, m = sf.unpack(F80, x, ctx)
+        if m and e + m.bit_length() - 1 >= TRIG_LIMIT:
+            return None, ctx, True                  # out of range: C2 = 1
+        if m == 0:
+            return (x if fn_name != "cos" else ONE), ctx, False
+        if fn_name == "tan" and e + m.bit_length() < -32:
+            # tan x = x + x**3/3 rounds like x; the AMD host rounds it as a
+            # value just *below* |x| (directed modes and C1 show it).
+            return sf.round_pack(F80, s, e - 130, (m << 130) - 1, ctx), ctx, False
+        return _to_f80(_reduced(fn_name, s, e, m), ctx), ctx, False
+    return compute1
+
+
+# The argument is reduced modulo pi taken to 66 bits (2 integer and 64
+# fraction bits, truncated), as the AMD host does; the function of the
+# reduced argument is then exact.  Far from multiples of pi this is the
+# correctly rounded result; near them it is what the hardware returns.
+PI66 = 0xC90FDAA22168C234C >> 2            # pi * 2**64, truncated
+
+
+def _reduced(fn_name, s, e, m):
+    import mpmath
+    d = max(-e, 64)                                # common denominator 2**d
+    xi = (-m if s else m) << (d + e)
+    pi = PI66 << (d - 64)
+    k = _nint(xi, pi)
+    r_num, r_sh = xi - k * pi, d
+    r_exp_top = r_num.bit_length() - r_sh if r_num else 0
+    with mpmath.workprec(300 + max(0, -2 * r_exp_top)):
+        r = mpmath.ldexp(r_num, -r_sh)
+        if fn_name == "tan":
+            return mpmath.tan(r)
+        v = mpmath.sin(r) if fn_name == "sin" else mpmath.cos(r)
+        return -v if k & 1 else v
+
+
+def _nint(a, b):
+    """a / b rounded to the nearest integer (ties to even)."""
+    q, rem = divmod(a, b)
+    if 2 * rem > b or (2 * rem == b and q & 1):
+        q += 1
+    return q
+
+
+def _trig_handler(fn_name):
+    compute1 = _trig(fn_name)
+
+    def h(cpu, ins):
+        enter(cpu, ins)
+        if empty(cpu, 0):
+            if stack_fault(cpu, False):
+                put(cpu, 0, INDEFINITE)
+            return
+        r, ctx, out_of_range = compute1(cpu, get(cpu, 0))
+        if out_of_range:
+            report(cpu, ctx.flags)
+            cpu.fpu_fsw |= C2
+            return
+        cpu.fpu_fsw &= ~C2
+        result(cpu, ctx, 0, r)
+    return h
+
+
+handles("FSIN")(_trig_handler("sin"))
+handles("FCOS")(_trig_handler("cos"))
+
+
+def _two_results(cpu, ins, first, second):
+    """FPTAN/FSINCOS: ST0 = first, then push second (APM vol 5)."""
+    enter(cpu, ins)
+    if empty(cpu, 0) or not empty(cpu, 7):
+        if stack_fault(cpu, not empty(cpu, 7)):
+            put(cpu, 0, INDEFINITE)
+            push(cpu, INDEFINITE)
+        return
+    x = get(cpu, 0)
+    r1, ctx1, oor = first(cpu, x)
+    if oor:
+        report(cpu, ctx1.flags)
+        cpu.fpu_fsw |= C2
+        return
+    if sf.is_nan(F80, r1):
+        r2, ctx2 = r1, sf.Ctx()                   # an invalid operand: both results are the NaN
+    else:
+        r2, ctx2, _ = second(cpu, x)
+    ctx1.flags |= ctx2.flags
+    # C1 reports the rounding of the value left in ST(1) for FPTAN (the
+    # pushed 1.0 is exact) and of the cosine in ST(0) for FSINCOS (host).
+    c1 = ctx2.c1 if second is _cos else ctx1.c1
+    unmasked = report(cpu, ctx1.flags, c1=c1 and bool(ctx1.flags & PE))
+    cpu.fpu_fsw &= ~C2
+    if unmasked & (IE | DE | ZE):
+        return
+    put(cpu, 0, r1)
+    push(cpu, r2)
+
+
+_sin, _cos, _tan = _trig("sin"), _trig("cos"), _trig("tan")
+
+
+def _one(cpu, x):
+    if sf.is_nan(F80, x) or sf.unsupported(F80, x):
+        return _special1(x, sf.Ctx()) if sf.is_nan(F80, x) else INDEFINITE, sf.Ctx(), False
+    return ONE, sf.Ctx(), False
+
+
+@handles("FPTAN")
+def fptan(cpu, ins):
+    _two_results(cpu, ins, _tan, _one)
+
+
+@handles("FSINCOS")
+def fsincos(cpu, ins):
+    _two_results(cpu, ins, _sin, _cos)
+
+
+@handles("F2XM1")
+def f2xm1(cpu, ins):
+    """ST0 = 2**ST0 - 1 (defined for -1 <= ST0 <= +1)."""
+    import mpmath
+
+    def fn(cpu, x):
+        ctx = _fn_ctx(cpu)
+        r = _special1(x, ctx)
+        if r is not None:
+            return r, ctx
+        if sf.is_inf(F80, x):
+            return (x if not x >> 79 else (ONE | F80.sign)), ctx
+        s, e, m = sf.unpack(F80, x, ctx)
+        if m == 0:
+            return x, ctx
+        top_e = e + m.bit_length() - 1
+        if top_e > 0 or (top_e == 0 and m & (m - 1)):
+            # |x| > 1: outside the domain; the AMD host returns x with PE set
+            ctx.flags |= PE
+            return x, ctx
+        with mpmath.workprec(_prec_for(x)):
+            # the host reports every result inexact, 2**1 - 1 = 1 included
+            return _to_f80(mpmath.expm1(_mpf(x) * mpmath.ln2), ctx, always_inexact=True), ctx
+    _unary(fn)(cpu, ins)
+
+
+def _log_op(plus1):
+    """FYL2X: ST1 = ST1 * log2(ST0); FYL2XP1: ST1 = ST1 * log2(ST0 + 1); pop."""
+    def h(cpu, ins):
+        import mpmath
+        enter(cpu, ins)
+        if empty(cpu, 0) or empty(cpu, 1):
+            if stack_fault(cpu, False):
+                put(cpu, 1, INDEFINITE)
+                pop(cpu)
+            return
+        x, y = get(cpu, 0), get(cpu, 1)
+        ctx = _fn_ctx(cpu)
+        r = _log_special(x, y, ctx, plus1)
+        if ctx.flags & IE:
+            ctx.flags &= ~DE                      # an invalid operand is reported alone
+        if r is None:
+            with mpmath.workprec(_prec_for(x) + 64):
+                lx = mpmath.log1p(_mpf(x)) if plus1 else mpmath.log(_mpf(x))
+                r = _to_f80(_mpf(y) * lx / mpmath.ln2, ctx, always_inexact=plus1)
+        if report(cpu, ctx.flags, c1=ctx.c1 and bool(ctx.flags & PE)) & (IE | DE | ZE):
+            return
+        put(cpu, 1, r)
+        pop(cpu)
+    return h
+
+
+def _log_special(x, y, ctx, plus1):
+    """Special operands of FYL2X/FYL2XP1 (APM vol 5 tables), or None."""
+    if sf.unsupported(F80, x) or sf.unsupported(F80, y):
+        ctx.flags |= IE
+        return INDEFINITE
+    if sf.is_nan(F80, x) or sf.is_nan(F80, y):
+        return sf.nan2_x87(F80, x, y, ctx)
+    for v in (x, y):
+        if sf.is_denormal(F80, v):
+            ctx.flags |= DE
+    xs = x >> 79
+    yz, yi = sf.is_zero(F80, y), sf.is_inf(F80, y)
+    if plus1:
+        # log2(1 + x) has the sign of x.  x <= -1 is outside the domain
+        # (|x| < 1 - sqrt(2)/2); the AMD host then returns x with PE
+        # (infinity for an infinite ST1).
+        if _finite(x) and xs and (x >> 64) & 0x7FFF >= 0x3FFF:
+            if yi:
+                return sf.pack_inf(F80, xs ^ (y >> 79))
+            ctx.flags |= PE
+            return x
+        if sf.is_zero(F80, x):
+            if yi:
+                ctx.flags |= IE
+                return INDEFINITE
+            return sf.pack_zero(F80, xs ^ (y >> 79))
+        if sf.is_inf(F80, x):
+            if xs or yz:
+                ctx.flags |= IE
+                return INDEFINITE
+            return sf.pack_inf(F80, y >> 79)
+        if yi:
+            return sf.pack_inf(F80, xs ^ (y >> 79))
+        if yz:
+            return sf.pack_zero(F80, xs ^ (y >> 79))
+        return None
+    if xs and not sf.is_zero(F80, x):
+        ctx.flags |= IE
+        return INDEFINITE
+    if sf.is_zero(F80, x):
+        if yz:
+            ctx.flags |= IE
+            return INDEFINITE
+        if not yi:
+            ctx.flags |= ZE
+        return sf.pack_inf(F80, 1 ^ (y >> 79))
+    if sf.is_inf(F80, x):
+        if yz:
+            ctx.flags |= IE
+            return INDEFINITE
+        return sf.pack_inf(F80, y >> 79)
+    if x == ONE:
+        if yi:
+            ctx.flags |= IE
+            return INDEFINITE
+        return sf.pack_zero(F80, y >> 79)
+    if yi or yz:
+        below = sf.compare(F80, x, ONE, sf.Ctx()) == sf.LT
+        if yz:
+            return sf.pack_zero(F80, (y >> 79) ^ below)
+        return sf.pack_inf(F80, (y >> 79) ^ below)
+    return None
+
+
+handles("FYL2X")(_log_op(False))
+handles("FYL2XP1")(_log_op(True))
+
+
+@handles("FPATAN")
+def fpatan(cpu, ins):
+    """ST1 = arctan(ST1 / ST0) in the quadrant of (ST0, ST1); pop."""
+    import mpmath
+    enter(cpu, ins)
+    if empty(cpu, 0) or empty(cpu, 1):
+        if stack_fault(cpu, False):
+            put(cpu, 1, INDEFINITE)
+            pop(cpu)
+        return
+    x, y = get(cpu, 0), get(cpu, 1)
+    ctx = _fn_ctx(cpu)
+    if sf.unsupported(F80, x) or sf.unsupported(F80, y):
+        ctx.flags |= IE
+        r = INDEFINITE
+    elif sf.is_nan(F80, x) or sf.is_nan(F80, y):
+        r = sf.nan2_x87(F80, x, y, ctx)
+    else:
+        for v in (x, y):
+            if sf.is_denormal(F80, v):
+                ctx.flags |= DE
+        with mpmath.workprec(256 + abs(_exp_gap(x, y))):
+            fx = mpmath.inf * (-1 if x >> 79 else 1) if sf.is_inf(F80, x) else _mpf_signed(x)
+            fy = mpmath.inf * (-1 if y >> 79 else 1) if sf.is_inf(F80, y) else _mpf_signed(y)
+            r = _atan2(fy, fx, x >> 79, y >> 79, ctx)
+    if report(cpu, ctx.flags, c1=ctx.c1 and bool(ctx.flags & PE)) & (IE | DE):
+        return
+    put(cpu, 1, r)
+    pop(cpu)
+
+
+def _exp_gap(x, y):
+    """Exponent distance of two finite operands (precision for atan2)."""
+    if not (_finite(x) and _finite(y)) or sf.is_zero(F80, x) or sf.is_zero(F80, y):
+        return 0
+    _, ex, mx = sf.unpack(F80, x)
+    _, ey, my = sf.unpack(F80, y)
+    return 2 * ((ex + mx.bit_length()) - (ey + my.bit_length()))
+
+
+def _mpf_signed(v):
+    return _mpf(v) if not sf.is_zero(F80, v) else 0
+
+
+def _atan2(fy, fx, xneg, yneg, ctx):
+    import mpmath
+    if fy == 0:
+        if xneg:
+            return _to_f80(mpmath.pi if not yneg else -mpmath.pi, ctx)
+        return sf.pack_zero(F80, yneg)
+    if mpmath.isinf(fy) and mpmath.isinf(fx):
+        r = mpmath.pi / 4 * (3 if xneg else 1)
+        return _to_f80(-r if yneg else r, ctx)
+    return _to_f80(mpmath.atan2(fy, fx), ctx)

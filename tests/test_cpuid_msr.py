@@ -126,6 +126,40 @@ def test_only_implemented_features_are_advertised():
     for f in cpuid_mod.features(m):
         for mn in cpuid_mod.NEEDS.get(f, ()):
             assert getattr(iced_x86.Mnemonic, mn) in have, (f, mn)
+        # every instruction form iced-x86 ties to an advertised extension has a handler
+        assert f not in cpuid_mod.missing_forms(), (f, cpuid_mod.missing_forms().get(f, [])[:5])
+
+
+def test_implemented_extensions_are_advertised():
+    """Nothing implemented but hidden: an extension of the EPYC profile whose
+    every instruction form has a handler is reported by CPUID."""
+    m = make_machine()
+    missing = cpuid_mod.missing_forms()
+    for f in m.profile.features:
+        if f in cpuid_mod.ISA_FEATURES.values() and f not in missing:
+            assert f in cpuid_mod.features(m), f
+    for f in ("fpu", "mmx", "sse", "sse2", "sse3", "ssse3", "sse41", "sse42", "popcnt", "movbe"):
+        assert f in cpuid_mod.features(m), f
+
+
+def test_instruction_of_an_unreported_extension_is_ud():
+    """An instruction whose CPUID feature the profile does not report raises
+    #UD: SSE3's ADDSUBPS on the amd64-base model (no SSE3)."""
+    from cpuharness import run_code
+    code = asm("addsubps xmm0, xmm1")
+
+    def setup(m, cpu):
+        cpu.cr4 |= 1 << 9
+    r = run_code(code, setup=setup)
+    assert r.exception is None
+    base = Machine(mem_size="4M", cpu="amd64-base")
+    assert "sse3" not in cpuid_mod.features(base)
+    from svmsim.cpu import ops
+    import iced_x86 as ix
+    ins = __import__("svmsim.cpu.decoder", fromlist=["build_insn"]).build_insn(
+        ix.Decoder(64, code).decode(), 64)
+    assert ops.lookup(ins, base)[0] is ops.not_reported
+    assert ops.lookup(ins, r.machine)[0] is not ops.not_reported
 
 
 def test_profiles_aliases_and_base_model():

@@ -54,6 +54,8 @@ def lane(rng, w):
 
 
 def vector(rng, kind, nbytes=16):
+    if kind == "str":        # short strings over a small alphabet, with zeros
+        return int.from_bytes(bytes(rng.choice(b"\0aab-cz") for _ in range(nbytes)), "little")
     if kind in ("ps", "ss"):
         w = 4
     elif kind in ("pd", "sd"):
@@ -98,7 +100,8 @@ def make_state(rng, kind):
         s.xmm(3, near(rng, s.xmm(2), kind))
     for i in range(16):
         if i not in (4, 6):
-            s.gpr(i, rng.choice([rng.getrandbits(64), rng.getrandbits(32), rng.randrange(-1000, 1000) & (1 << 64) - 1]))
+            s.gpr(i, rng.choice([rng.getrandbits(64), rng.getrandbits(32), rng.randrange(-1000, 1000) & (1 << 64) - 1,
+                                 rng.randrange(-20, 20) & (1 << 64) - 1]))
     mem = b"".join(vector(rng, kind).to_bytes(16, "little") for _ in range(no.SCRATCH_LEN // 16))
     s.mem = mem
     s.rflags = 0x202 | (rng.getrandbits(12) & 0x8D5)
@@ -214,6 +217,14 @@ def _forms():
         for pair in ("bw", "bd", "bq", "wd", "wq", "dq"):
             add(f"pmov{sx}{pair} xmm1, xmm2", "i")
             add(f"vpmov{sx}{pair} ymm1, xmm2", "i")
+    for op in ("pcmpestri", "pcmpestrm", "pcmpistri", "pcmpistrm"):
+        for imm in (0x00, 0x01, 0x04, 0x08, 0x0C, 0x0D, 0x12, 0x1A, 0x30, 0x3C, 0x40, 0x44, 0x4A, 0x72):
+            add(f"{op} xmm1, xmm2, {imm}", "str")
+    add("pcmpestri xmm1, [rsi+0x43], 0x0C", "str")
+    add("vpcmpistri xmm1, xmm2, 0x08", "str")
+    for t in ("crc32 eax, bl", "crc32 eax, bx", "crc32 eax, ebx", "crc32 rax, rbx", "crc32 rax, bl",
+              "crc32 eax, dword ptr [rsi+0x41]"):
+        add(t, "i")
     add("ptest xmm1, xmm2", "i")
     add("vptest ymm1, ymm2", "i")
     add("vtestps ymm1, ymm2", "i")

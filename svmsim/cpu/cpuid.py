@@ -13,39 +13,46 @@ basic leaf as Intel processors do (KVM documents the same difference in
 kvm_cpuid()).  So there are no 4000_0000h hypervisor leaves on the physical
 CPU (seed S7) and Fn0000_0001_ECX[31] is 0 (seed S8).
 
-Features whose instructions svmsim does not implement yet are removed: each
-entry of ``NEEDS`` names the mnemonics a feature requires; the feature is
-reported only when all of them have handlers.  The profile keeps what the
-real chip has; CPUID reports what the simulator can honour.
+Features whose instructions svmsim does not implement yet are removed.  For
+the instruction-set extensions (``ISA_FEATURES``) this is decided from
+iced-x86's own table of which CPUID feature each instruction form needs: a
+feature is reported only when every legacy- or VEX-encoded form that needs
+it has a handler, and an instruction whose feature this CPU does not report
+raises #UD (``supports_code``).  Other features list the mnemonics they need
+in ``NEEDS``.  The profile keeps what the real chip has; CPUID reports what
+the simulator can honour.
 """
 import iced_x86
 
 from .profiles import FEATURE_BITS, AMD_EDX_ALIASES, REQUIRES
 
-# Feature -> mnemonics that must all have handlers before it is advertised.
+# Instruction-set features decided from iced-x86's per-instruction data:
+# iced CpuidFeature name -> our feature name (profiles.FEATURE_BITS).
+ISA_FEATURES = {
+    "FPU": "fpu", "FPU287": "fpu", "FPU387": "fpu", "MMX": "mmx", "SSE": "sse", "SSE2": "sse2",
+    "SSE3": "sse3", "SSSE3": "ssse3", "SSE4_1": "sse41", "SSE4_2": "sse42", "SSE4A": "sse4a",
+    "AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "BMI1": "bmi1", "BMI2": "bmi2",
+    "ADX": "adx", "LZCNT": "abm", "POPCNT": "popcnt", "MOVBE": "movbe", "AES": "aes",
+    "PCLMULQDQ": "pclmulqdq", "SHA": "sha", "RDRAND": "rdrand", "RDSEED": "rdseed",
+    "XSAVE": "xsave", "XSAVEOPT": "xsaveopt", "XSAVEC": "xsavec", "XSAVES": "xsaves",
+    "FXSR": "fxsr", "CMOV": "cmov",
+}
+# Feature -> mnemonics that must all have handlers before it is advertised
+# (features outside ISA_FEATURES).
 NEEDS = {
-    "cx8": ("CMPXCHG8B",), "cmov": ("CMOVE",), "sep": ("SYSENTER", "SYSEXIT"),
-    "mmx": ("PADDB", "EMMS"), "mmxext": ("PSHUFW",),
-    "sse3": ("ADDSUBPS", "HADDPS", "MOVDDUP", "LDDQU"), "pclmulqdq": ("PCLMULQDQ",),
-    "ssse3": ("PSHUFB", "PALIGNR"), "cx16": ("CMPXCHG16B",),
-    "sse41": ("PBLENDW", "PTEST", "PMINUD"), "sse42": ("PCMPESTRI", "CRC32"),
-    "movbe": ("MOVBE",), "popcnt": ("POPCNT",), "aes": ("AESENC", "AESDEC"),
-    "fsgsbase": ("RDFSBASE", "WRGSBASE"), "bmi1": ("ANDN", "BEXTR", "BLSR", "TZCNT"),
-    "bmi2": ("BZHI", "MULX", "PDEP", "PEXT", "RORX", "SHLX"), "erms": ("MOVSB", "STOSB"),
-    "adx": ("ADCX", "ADOX"), "sha": ("SHA1RNDS4", "SHA256RNDS2"),
-    "lahf_lm": ("LAHF", "SAHF"), "abm": ("LZCNT", "POPCNT"),
-    "sse4a": ("EXTRQ", "INSERTQ"), "prefetchw": ("PREFETCHW",),
+    "cx8": ("CMPXCHG8B",), "sep": ("SYSENTER", "SYSEXIT"), "mmxext": ("PSHUFW",),
+    "cx16": ("CMPXCHG16B",), "fsgsbase": ("RDFSBASE", "WRGSBASE"), "erms": ("MOVSB", "STOSB"),
+    "lahf_lm": ("LAHF", "SAHF"), "prefetchw": ("PREFETCHW",),
     "syscall": ("SYSCALL", "SYSRET"), "rdtscp": ("RDTSCP",), "clzero": ("CLZERO",),
-    "sse": ("MOVAPS",), "sse2": ("MOVDQA",), "fxsr": ("FXSAVE", "FXRSTOR"),
-    "xsave": ("XSAVE", "XRSTOR", "XGETBV", "XSETBV"), "xsaveopt": ("XSAVEOPT",),
-    "xsavec": ("XSAVEC",), "rdrand": ("RDRAND",), "rdseed": ("RDSEED",),
     "invpcid": ("INVPCID",), "clflushopt": ("CLFLUSHOPT",), "clwb": ("CLWB",),
     "wbnoinvd": ("WBNOINVD",), "rdpid": ("RDPID",), "monitor": ("MONITOR", "MWAIT"),
     "smap": ("CLAC", "STAC"),
 }
 # Never advertised: svmsim does not model the feature at all (not only an instruction).
-UNMODELLED = frozenset({"vme", "avx", "avx2", "fma", "f16c", "pku", "la57", "umip",
-                        "xsaves", "xgetbv1", "topoext", "skinit", "cr8_legacy"})
+UNMODELLED = frozenset({"vme", "pku", "la57", "umip", "xgetbv1", "topoext", "skinit",
+                        "cr8_legacy"})
+# Features that also need a state component in XCR0 (XSAVE): AVX = YMM (bit 2).
+NEEDS_XCR0 = {"avx": 4, "avx2": 4, "fma": 4, "f16c": 4}
 
 # XSAVE components svmsim implements: x87 (bit 0) and SSE (bit 1).
 XCR0_SUPPORTED = 0b11
@@ -54,19 +61,70 @@ XSAVE_LEGACY_SIZE = 512 + 64        # legacy region + XSAVE header (APM vol 1, 1
 _REGS = ("eax", "ebx", "ecx", "edx")
 
 
+_CODE_FEATURES = {}
+_MISSING = []
+
+
+def code_features(code: int) -> frozenset:
+    """Our feature names an instruction form (iced Code) needs."""
+    fs = _CODE_FEATURES.get(code)
+    if fs is None:
+        ins = iced_x86.Instruction()
+        ins.code = code
+        fs = frozenset(ISA_FEATURES[n] for n in map(_CF_NAMES.get, ins.cpuid_features())
+                       if n in ISA_FEATURES)
+        _CODE_FEATURES[code] = fs
+    return fs
+
+
+_CF_NAMES = {getattr(iced_x86.CpuidFeature, n): n for n in dir(iced_x86.CpuidFeature) if n.isupper()}
+_ENCODINGS = (iced_x86.EncodingKind.LEGACY, iced_x86.EncodingKind.VEX)
+
+
+def missing_forms() -> dict:
+    """{feature: [iced Code names without a handler]} for ISA_FEATURES."""
+    if not _MISSING:
+        from . import ops
+        ops.load_all()
+        out = {}
+        for name in dir(iced_x86.Code):
+            if not name.isupper():
+                continue
+            code = getattr(iced_x86.Code, name)
+            ins = iced_x86.Instruction()
+            ins.code = code
+            if ins.encoding not in _ENCODINGS:
+                continue
+            if code in ops.BY_CODE or iced_x86.OpCodeInfo(code).mnemonic in ops.BY_MNEMONIC:
+                continue
+            for f in code_features(code):
+                out.setdefault(f, []).append(name)
+        _MISSING.append(out)
+    return _MISSING[0]
+
+
 def effective_features(profile) -> frozenset:
     """The profile's features minus those svmsim cannot honour yet."""
     from . import ops
     ops.load_all()
     have = set(ops.BY_MNEMONIC)
+    missing = missing_forms()
     out = set()
     for f in profile.features:
-        if f in UNMODELLED or REQUIRES.get(f, f) not in profile.features:
+        if f in UNMODELLED or REQUIRES.get(f, f) not in profile.features or f in missing:
+            continue
+        if NEEDS_XCR0.get(f, 0) & ~XCR0_SUPPORTED:
             continue
         need = NEEDS.get(f, ())
         if all(getattr(iced_x86.Mnemonic, m) in have for m in need):
             out.add(f)
     return frozenset(out)
+
+
+def supports_code(machine, code: int) -> bool:
+    """Does this machine's CPU report every feature the instruction form needs?"""
+    need = code_features(code)
+    return not need or need <= features(machine)
 
 
 def features(machine) -> frozenset:

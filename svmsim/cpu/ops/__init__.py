@@ -50,8 +50,24 @@ def invalid(cpu, ins):
     raise CpuException(UD, detail="invalid opcode")
 
 
-def lookup(ins):
-    """(handler, ends_block) for a decoded instruction."""
+def not_reported(cpu, ins):
+    """#UD: an instruction whose CPUID feature this CPU does not report."""
+    raise CpuException(UD, detail=f"{ins.name}: its CPUID feature is not reported by this CPU profile")
+
+
+_OTHER_ENCODINGS = (iced_x86.EncodingKind.EVEX, iced_x86.EncodingKind.XOP,
+                    iced_x86.EncodingKind.D3NOW, iced_x86.EncodingKind.MVEX)
+
+
+def lookup(ins, machine=None):
+    """(handler, ends_block) for a decoded instruction.  With ``machine``, an
+    instruction whose feature its CPU does not report is #UD (cpuid.py)."""
+    if ins.iced.encoding in _OTHER_ENCODINGS:
+        return unimplemented, True           # AVX-512, XOP, 3DNow!: not modelled
+    if machine is not None:
+        from ..cpuid import supports_code
+        if not supports_code(machine, ins.code) and (ins.code in BY_CODE or ins.mnemonic in BY_MNEMONIC):
+            return not_reported, True
     fn = BY_CODE.get(ins.code)
     if fn is not None:
         return fn, ins.code in ENDS_BLOCK_C or ins.mnemonic in ENDS_BLOCK_M
@@ -68,7 +84,7 @@ def load_all():
     from . import arith, data, control  # noqa: F401
     import importlib
     for mod in ("shift", "bits", "muldiv", "string", "misc_int", "system", "farxfer", "fpu",
-                "sse_int", "sse_fp", "sse_mov", "x87"):
+                "sse_int", "sse_fp", "sse_mov", "sse42", "x87"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:

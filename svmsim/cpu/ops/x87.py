@@ -354,10 +354,11 @@ def _store_value(cpu, ins, v):
 _INT_INDEF = {2: 0x8000, 4: 0x80000000, 8: 1 << 63, 10: 0xFFFFC000000000000000}
 
 
-@handles("FST", "FSTP", "FIST", "FISTP", "FISTTP", "FBSTP")
+@handles("FST", "FSTP", "FIST", "FISTP", "FISTTP", "FBSTP", "FSTPNCE")
 def fst(cpu, ins):
+    """(FSTPNCE, D9 D8+i, is an alias of FSTP ST(i).)"""
     enter(cpu, ins)
-    popping = ins.name in ("fstp", "fistp", "fisttp", "fbstp")
+    popping = ins.name in ("fstp", "fistp", "fisttp", "fbstp", "fstpnce")
     if ins.ea is None:                             # FST(P) ST(i)
         d = ins.iced.op_register(0) - 217
         if empty(cpu, 0):
@@ -747,10 +748,15 @@ def _read(cpu, ins, n):
     return bytes(out)
 
 
-@handles("FNSTENV")
+def _waits(ins):
+    """The fused forms (FSTENV = FWAIT + FNSTENV ...) check pending exceptions."""
+    return not ins.name.startswith("fn")
+
+
+@handles("FNSTENV", "FSTENV")
 def fnstenv(cpu, ins):
     """Store the environment, then mask every exception (APM vol 5 FNSTENV)."""
-    enter(cpu, ins, waiting=False, control=True)
+    enter(cpu, ins, waiting=_waits(ins), control=True)
     _write(cpu, ins, env_image(cpu, ins))
     cpu.fpu_fcw |= 0x3F
 
@@ -761,10 +767,10 @@ def fldenv(cpu, ins):
     load_env(cpu, ins, _read(cpu, ins, ins.mem_size))
 
 
-@handles("FNSAVE")
+@handles("FNSAVE", "FSAVE")
 def fnsave(cpu, ins):
     """Environment then ST0..ST7 (80 bits each), then FNINIT."""
-    enter(cpu, ins, waiting=False, control=True)
+    enter(cpu, ins, waiting=_waits(ins), control=True)
     env = env_image(cpu, ins)
     regs = b"".join(get(cpu, i).to_bytes(10, "little") for i in range(8))
     _write(cpu, ins, env + regs)
@@ -783,15 +789,15 @@ def frstor(cpu, ins):
         cpu.fpu_st[phys(cpu, i)] = int.from_bytes(data[envsz + 10 * i:envsz + 10 * i + 10], "little")
 
 
-@handles("FNSTSW")
+@handles("FNSTSW", "FSTSW")
 def fnstsw(cpu, ins):
-    enter(cpu, ins, waiting=False, control=True)
+    enter(cpu, ins, waiting=_waits(ins), control=True)
     ins.set0(cpu, cpu.fpu_fsw)
 
 
-@handles("FNSTCW")
+@handles("FNSTCW", "FSTCW")
 def fnstcw(cpu, ins):
-    enter(cpu, ins, waiting=False, control=True)
+    enter(cpu, ins, waiting=_waits(ins), control=True)
     ins.set0(cpu, cpu.fpu_fcw)
 
 
@@ -802,15 +808,15 @@ def fldcw(cpu, ins):
     _sync_es(cpu)
 
 
-@handles("FNCLEX")
+@handles("FNCLEX", "FCLEX")
 def fnclex(cpu, ins):
-    enter(cpu, ins, waiting=False, control=True)
+    enter(cpu, ins, waiting=_waits(ins), control=True)
     cpu.fpu_fsw &= 0x7F00                     # exceptions, SF, ES and B cleared
 
 
-@handles("FNINIT")
+@handles("FNINIT", "FINIT")
 def fninit(cpu, ins):
-    enter(cpu, ins, waiting=False, control=True)
+    enter(cpu, ins, waiting=_waits(ins), control=True)
     from .. import fpu_state
     fpu_state.fninit(cpu)
 
@@ -826,7 +832,7 @@ def fwait(cpu, ins):
             raise e
 
 
-@handles("FNDISI", "FNENI", "FNSETPM", "FRSTPM")
+@handles("FNDISI", "FNENI", "FNSETPM", "FRSTPM", "FDISI", "FENI", "FSETPM")
 def legacy_nop(cpu, ins):
     """8087/287 control instructions: no-ops on later processors."""
     enter(cpu, ins, waiting=False, control=True)

@@ -227,22 +227,10 @@ def _demo_sev(guestbuild, name) -> int:
 
 
 def _report(m, result, full=False) -> None:
-    line = (f"svmsim: {result.reason} after {result.instructions} instructions "
-            f"in {result.wall_time:.2f} s ({result.insns_per_second / 1e6:.2f} M/s)")
-    if result.kind == "debug-exit":
-        if full:
-            print(line, file=sys.stderr)
-    else:
-        print(line, file=sys.stderr)
-    if result.unimplemented:
-        names = ", ".join(f"{k} x{v}" for k, v in sorted(result.unimplemented.items()))
-        print(f"svmsim: instructions not implemented (raised #UD): {names}", file=sys.stderr)
-    if result.svm:
-        print(format_svm_summary(result.svm), file=sys.stderr)
-    for n in m.notes:
-        print(f"svmsim: note: {n}", file=sys.stderr)
-    if full:
-        print(f"svmsim: stats: {result.stats}", file=sys.stderr)
+    from .debug.report import run_report
+    text = run_report(m, result, full)
+    if text:
+        print(text, file=sys.stderr)
 
 
 def format_svm_summary(svm: dict) -> str:

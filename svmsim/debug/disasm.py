@@ -19,11 +19,15 @@ def formatter():
 
 def format_insn(insn, symbols=None) -> str:
     text = formatter().format(insn)
-    if symbols is not None and (insn.is_jmp_short_or_near or insn.is_call_near or insn.is_jcc_short_or_near):
-        sym = symbols.describe(insn.near_branch_target)
-        if sym:
-            text += f" {sym}"
-    return text
+    if symbols is None:
+        return text
+    target = None
+    if insn.is_jmp_short_or_near or insn.is_call_near or insn.is_jcc_short_or_near:
+        target = insn.near_branch_target
+    elif insn.is_ip_rel_memory_operand:
+        target = insn.ip_rel_memory_address
+    sym = symbols.describe(target) if target is not None else ""
+    return f"{text} {sym}" if sym else text
 
 
 def decode(code: bytes, address: int, bits: int, count: int):

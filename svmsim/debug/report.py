@@ -78,7 +78,7 @@ def format_registers(cpu) -> str:
 
 
 def format_cpu(machine, cpu, count: int = 1) -> str:
-    state = " halted" if cpu.halted else " waiting for SIPI" if cpu.wait_for_sipi else ""
+    state = ", halted" if cpu.halted else ", waiting for SIPI" if cpu.wait_for_sipi else ""
     lin = (cpu.ebase[CS] + cpu.rip) & cpu.lin_mask
     head = f"cpu{cpu.index}: {world(cpu)}, {cpu_mode(cpu)}{state}, {cpu.retired} instructions"
     code = disassemble(cpu, lin, count)
@@ -116,16 +116,52 @@ def _fault_line(machine, cpu, f) -> str:
 
 
 def crash_report(machine, result) -> str:
-    """Everything a developer needs when a run did not end by debug-exit."""
-    lines = [f"svmsim: {result.reason}"]
+    """Everything a developer needs when a run did not end by debug-exit:
+    each CPU (APs that never started are left out) and the fault chain."""
     focus = result.cpu if result.cpu is not None else _focus_cpu(machine)
+    lines = []
     for cpu in machine.cpus:
         if cpu.index != focus and (cpu.wait_for_sipi and not cpu.retired):
-            continue                              # an AP that never started
+            continue
         lines += format_cpu(machine, cpu).splitlines()
-    chain = fault_chain(machine, focus)
-    lines += chain
+    lines += fault_chain(machine, focus)
     return "\n".join(lines)
+
+
+def run_report(machine, result, full=False) -> str:
+    """What ``svmsim run`` prints on stderr at the end: one line for a guest
+    that exited by isa-debug-exit (only with ``full``), else the reason and
+    the crash report; then unimplemented instructions, the SVM exit summary,
+    notes, and with ``full`` the engine's statistics."""
+    from ..cli import format_svm_summary
+    lines = []
+    if result.kind != "debug-exit" or full:
+        lines.append(f"svmsim: {result.reason} after {result.instructions} instructions "
+                     f"in {result.wall_time:.2f} s ({result.insns_per_second / 1e6:.2f} M/s)")
+    if result.kind not in ("debug-exit", "killed"):
+        lines += ["  " + line for line in crash_report(machine, result).splitlines()]
+    if result.unimplemented:
+        names = ", ".join(f"{k} x{v}" for k, v in sorted(result.unimplemented.items()))
+        lines.append(f"svmsim: instructions not implemented (raised #UD): {names}")
+    if result.svm:
+        lines.append(format_svm_summary(result.svm))
+    lines += [f"svmsim: note: {n}" for n in machine.notes]
+    if full:
+        lines += format_stats(result.stats)
+    return "\n".join(lines)
+
+
+def format_stats(stats: dict) -> list:
+    engine, tlb = stats.get("engine", {}), stats.get("tlb", {})
+    out = [f"svmsim: virtual time {stats.get('virtual_ns', 0) / 1e6:.3f} ms"]
+    if engine:
+        out.append("svmsim: engine: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in engine.items()))
+    if tlb:
+        out.append("svmsim: TLB: " + ", ".join(f"{k} {v}" for k, v in tlb.items()))
+    for key, value in stats.items():
+        if key not in ("engine", "tlb", "virtual_ns"):
+            out.append(f"svmsim: {key.replace('_', ' ')}: {value}")
+    return out
 
 
 def _focus_cpu(machine) -> int:

@@ -47,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--serial-in", default=None, help="read COM1 input from FILE")
     r.add_argument("--trace", default=None, metavar="CATS",
                    help="print events on stderr: comma list of exceptions, interrupts, vmexit (VMRUN, #VMEXIT, injection), all")
-    r.add_argument("--trace-file", default=None, metavar="FILE.jsonl",
-                   help="write events as JSON lines (all categories unless --trace narrows them)")
+    r.add_argument("--trace-file", default=None, metavar="FILE",
+                   help="write events to FILE (JSON lines, ending with a summary record; see --trace-format)")
+    r.add_argument("--trace-file-filter", default="all", metavar="CATS",
+                   help="the categories --trace-file gets (default all), independent of --trace")
+    r.add_argument("--trace-format", default="jsonl", choices=("jsonl", "perfetto"),
+                   help="--trace-file as JSON lines (default) or a Perfetto/Chrome trace (ui.perfetto.dev)")
+    r.add_argument("--exit-coverage", action="store_true",
+                   help="at the end, list the intercepts the hypervisor enabled and which of them fired")
     r.add_argument("--gdb", metavar="DEV", default=None,
                    help="serve gdb's remote protocol on DEV: tcp::PORT (localhost) or tcp:HOST:PORT, as QEMU's -gdb")
     r.add_argument("-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234")
@@ -109,22 +115,28 @@ def cmd_run(args) -> int:
     cfg = MachineConfig(mem_size=args.memory, smp=args.smp, cpu=args.cpu, serial_out=out,
                         serial_in=inp, max_insns=args.max_insns, timeout=args.timeout)
     m = Machine(cfg)
-    if args.trace or args.trace_file:
+    tracer = None
+    if args.trace or args.trace_file or args.exit_coverage:
         from .trace import Tracer
-        jsonl = open(args.trace_file, "w") if args.trace_file else None
-        cats = args.trace.split(",") if args.trace else ["all"]
-        m.listeners.append(Tracer(cats, sys.stderr if args.trace else None, jsonl))
+        trace_out = open(args.trace_file, "w") if args.trace_file else None
+        tracer = Tracer(m, sys.stderr if args.trace else None, args.trace or "all",
+                        trace_out, args.trace_file_filter, args.trace_format)
+        m.listeners.append(tracer)
     m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module], initrd=args.initrd)
     gdb = args.gdb or ("tcp::1234" if args.gdb_default else None)
     if args.gdb_wait and not gdb:
         raise SvmsimError("-S waits for gdb: give --gdb tcp::PORT or -s too")
     result = _run_with_gdb(m, gdb, args.gdb_wait) if gdb else m.run()
     out.flush()
+    if tracer is not None:
+        tracer.close(result)
     if result is None:
         print("svmsim: killed by gdb", file=sys.stderr)
         return 0
     if not args.quiet:
         _report(m, result, full=args.report)
+    if args.exit_coverage:
+        print(tracer.coverage.report(), file=sys.stderr)
     return result.status
 
 

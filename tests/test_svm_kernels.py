@@ -146,10 +146,11 @@ def test_cli_trace_vmexit_and_jsonl(tmp_path):
     assert p.returncode == gb.STATUS_PASS
     err = p.stderr.decode()
     assert re.search(r"^\[cpu0\] #VMEXIT CR0_READ \(0x0\) info1=0x8000000000000000 info2=0x0 rip=0x[0-9a-f]+ "
-                     r"asid=1 insns=\d+$", err, re.M)
+                     r"(<\S+> )?\(mov \w+, cr0\) asid=1 insns=\d+$", err, re.M)
     assert "svmsim: SVM: " in err and "svmsim:   0x078 HLT: 1" in err
     events = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert {e["type"] for e in events} <= {"vmrun", "vmexit", "inject"}
+    assert {e["type"] for e in events} <= {"vmrun", "vmexit", "inject", "exception", "deliver", "summary"}
+    assert events[-1]["type"] == "summary"
     assert sum(e["type"] == "vmexit" for e in events) == sum(e["type"] == "vmrun" for e in events)
 
 

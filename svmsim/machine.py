@@ -334,8 +334,15 @@ class Machine(DebugApi):
             self.emit({"type": what, "cpu": cpu.index, "insns": cpu.retired + cpu.q_exec, **data})
 
     # ---------------------------------------------------------------- running
+    def now_ns(self, cpu) -> int:
+        """Virtual time as ``cpu`` sees it at the start of the block it runs:
+        the round's time plus what it retired (and stalled) in this quantum.
+        An instruction at ``ins.idx`` in the block adds its index (RDTSC).
+        Timers still fire between rounds (the clock's ``now_ns``)."""
+        return self.clock.now_ns + cpu.q_exec + cpu.stall
+
     def tsc(self, cpu) -> int:
-        return self.clock.now_ns
+        return self.now_ns(cpu)
 
     def run(self, max_insns: int = None, timeout: float = None, until: int = None) -> RunResult:
         """Run until the guest exits, shuts down, deadlocks, a limit is hit or the

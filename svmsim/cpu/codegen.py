@@ -498,6 +498,7 @@ class Gen:
         self.seen_writer = True          # cpu.lf is current from here on
         self.ns["h%d" % k] = ins.fn
         self.ns["i%d" % k] = ins
+        self.emit("@QEXEC@")
         self.emit(f"h{k}(cpu, i{k})")
         self.check_blocks = True
         if ins.ends_block:
@@ -523,6 +524,7 @@ class Gen:
             pre.append("    machine = cpu.machine")
             if self.check_blocks:
                 pre.append("    blocks = machine.engine.blocks")
+            pre.append("    q_entry = cpu.q_exec")
         pre += ["    n = 0", f"    lim = budget - {self.n}", "    try:", "        while True:"]
         out = list(pre)
         line_of = [-1] * (len(pre) + 1)      # line numbers are 1-based
@@ -533,6 +535,10 @@ class Gen:
             elif text.startswith("@FLUSH"):
                 regs_set = self.flush_sets[int(text[6:-1])] | (self.back_dirty if self.loops else set())
                 texts = ["regs[%d] = g%d" % (i, i) for i in sorted(regs_set)]
+            elif text == "@QEXEC@":
+                # A handler may read the time (RDTSC): in a self-loop, the
+                # instructions of earlier iterations count (machine.now_ns).
+                texts = ["cpu.q_exec = q_entry + n"] if self.loops else []
             elif text == "@BACKFLAGS@":
                 # Readers of the entry flags see the previous iteration's producer.
                 bp = self.back_pending

@@ -115,7 +115,7 @@ class Insn:
     __slots__ = ("ip", "next_ip", "len", "code", "mnemonic", "name", "osize", "asize",
                  "rep", "repne", "lock", "seg", "cc", "target", "imm", "imm2", "opsz",
                  "get0", "set0", "get1", "set1", "get2", "ea", "mem_size", "iced",
-                 "regs", "fn", "ends_block", "bits", "vx")
+                 "regs", "fn", "ends_block", "bits", "vx", "idx")
 
     def __str__(self):
         return f"{self.ip:#x}: {self.iced}"
@@ -134,6 +134,7 @@ def build_insn(i, bits: int) -> Insn:
     """Turn one iced instruction into an Insn (operands, sizes, prefixes)."""
     ins = Insn()
     ins.iced = i
+    ins.idx = 0                 # position in its block (engine.translate): time within a block
     ins.ip = i.ip
     ins.next_ip = i.next_ip
     ins.len = i.len

@@ -92,6 +92,7 @@ class Engine:
             if end > avail and (insns or page2 is None):
                 break                              # crosses the page: next block
             ins = build_insn(i, bits)
+            ins.idx = len(insns)
             ins.fn, ins.ends_block = ops.lookup(ins, self.machine)
             if guest:
                 ins.fn = cpu.hooks.translate(cpu, ins, ins.fn)

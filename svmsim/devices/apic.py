@@ -201,6 +201,7 @@ class LocalApic:
         self._lint_level = [False, False]   # input pins: not reset by reset()
         self._timer_handle = None
         self._timer_token = 0
+        self._last_now = 0
         self.reset()
 
     # -- reset, INIT, firmware ---------------------------------------------
@@ -274,7 +275,16 @@ class LocalApic:
         return self.x2apic_id if self.x2apic_mode else self.xapic_id
 
     def _now(self) -> int:
-        return self.machine.clock.now_ns
+        """Virtual time for this APIC: its own CPU's, when that CPU is the one
+        running (so the current count drops between two reads in a
+        quantum), never earlier than a time this APIC has already seen."""
+        m = self.machine
+        cpu_now = getattr(m, "now_ns", None)
+        now = cpu_now(self.cpu) if cpu_now and m.current_cpu is self.cpu else m.clock.now_ns
+        if now < self._last_now:
+            return self._last_now
+        self._last_now = now
+        return now
 
     def _kick(self) -> None:
         self.cpu.kick()

@@ -321,13 +321,13 @@ def _tsc_check(cpu):
 @handles("RDTSC")
 def rdtsc(cpu, ins):
     _tsc_check(cpu)
-    _set_edx_eax(cpu, msrs.tsc_value(cpu))
+    _set_edx_eax(cpu, msrs.tsc_value(cpu, ins.idx))
 
 
 @handles("RDTSCP")
 def rdtscp(cpu, ins):
     _tsc_check(cpu)
-    _set_edx_eax(cpu, msrs.tsc_value(cpu))
+    _set_edx_eax(cpu, msrs.tsc_value(cpu, ins.idx))
     cpu.regs[1] = cpu.msr.get(msrs.TSC_AUX, 0) & 0xFFFFFFFF
 
 

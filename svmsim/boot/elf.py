@@ -16,7 +16,6 @@ import io
 import struct
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from svmsim.errors import LoadError
@@ -101,16 +100,42 @@ def parse_elf(data: bytes, name: str) -> ElfImage:
         raise LoadError(f"{name}: ELF file with an invalid class byte")
     if data[5] != ELFDATA2LSB:
         raise LoadError(f"{name}: big-endian ELF file; x86 needs little-endian")
+    _check_program_headers(data, name)
     try:
         elf = ELFFile(io.BytesIO(data))
         header = elf.header
         segments = tuple(_load_segments(elf, data, name))
-    except (ELFError, struct.error, ValueError, KeyError) as exc:
-        raise LoadError(f"{name}: malformed ELF file ({exc})") from None
+    except LoadError:
+        raise
+    except Exception as exc:    # pyelftools on hostile input: any failure means "malformed"
+        raise LoadError(f"{name}: malformed ELF file ({type(exc).__name__}: {exc})") from None
     _, machine = elf_class_and_machine(data)
     return ElfImage(elf_class=elf.elfclass, machine=machine,
                     type_name=str(header["e_type"]), entry=header["e_entry"],
                     segments=segments)
+
+
+def _check_program_headers(data: bytes, name: str) -> None:
+    """The program header table (e_phoff, e_phentsize x e_phnum) lies inside
+    the file (gABI, "ELF Header"); checked before pyelftools seeks there, so
+    a hostile offset (e.g. >= 2^63) is a LoadError, not an OverflowError."""
+    is64 = data[4] == ELFCLASS64
+    need = 64 if is64 else 52
+    if len(data) < need:
+        raise LoadError(f"{name}: ELF header truncated ({len(data)} of {need} bytes)")
+    if is64:
+        phoff, = struct.unpack_from("<Q", data, 32)
+        phentsize, phnum = struct.unpack_from("<HH", data, 54)
+        entsize = 56
+    else:
+        phoff, = struct.unpack_from("<I", data, 28)
+        phentsize, phnum = struct.unpack_from("<HH", data, 42)
+        entsize = 32
+    if phnum and phentsize < entsize:
+        raise LoadError(f"{name}: e_phentsize {phentsize} is smaller than a program header ({entsize})")
+    if phoff + phentsize * phnum > len(data):
+        raise LoadError(f"{name}: program header table at e_phoff {phoff:#x} "
+                        f"({phnum} x {phentsize} bytes) is past the end of the file ({len(data):#x} bytes)")
 
 
 def _load_segments(elf: ELFFile, data: bytes, name: str):

@@ -26,6 +26,7 @@ page-alignment promise (header flag bit 0) for the others.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 
@@ -485,23 +486,50 @@ def _page_up(addr: int) -> int:
     return (addr + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-def _read_file(path: str, what: str) -> bytes:
-    if not os.path.exists(path):
-        raise LoadError(f"{path}: {what} not found")
-    if not os.path.isfile(path):
+def _file_size(path: str, what: str) -> int:
+    """Size of a regular file, without reading it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise LoadError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"{path}: cannot open {what} ({getattr(exc, 'strerror', None) or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
         raise LoadError(f"{path}: {what} is not a regular file")
+    return st.st_size
+
+
+def _read_file(path: str, what: str, limit: int) -> bytes:
+    """The whole file, refused before reading if it is larger than ``limit``
+    (the RAM that could hold it): a huge file is not read in vain."""
+    size = _file_size(path, what)
+    if size > limit:
+        raise LoadError(f"{path}: {what} is {size} bytes, more than the "
+                        f"{limit} bytes of RAM below 4 GiB it would have to fit in")
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read(limit + 1)
     except OSError as exc:
         raise LoadError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise LoadError(f"{path}: {what} grew past {limit} bytes while being read")
+    return data
 
 
 def _c_string(text: str, path: str, what: str) -> bytes:
-    raw = text.encode("utf-8")
+    """``text`` as the guest gets it: the bytes it came from on the command
+    line (undecodable argv bytes pass through unchanged, as QEMU passes them)."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise LoadError(f"{path}: {what} is not encodable as bytes") from None
     if b"\0" in raw:
         raise LoadError(f"{path}: {what} contains a NUL byte")
     return raw + b"\0"
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _check_range(bus, start: int, size: int, what: str, path: str) -> None:
@@ -521,22 +549,14 @@ def _check_range(bus, start: int, size: int, what: str, path: str) -> None:
                             f"(no RAM at {probe:#x}; RAM below 4 GiB ends at {bus.low_top:#x})")
 
 
-def _zero(bus, start: int, size: int) -> None:
-    chunk = bytes(min(size, 1 << 20))
-    while size > 0:
-        n = min(size, len(chunk))
-        bus.write_bytes(start, chunk[:n])
-        start += n
-        size -= n
-
-
-def _info_block(info_addr: int, kernel_cmd: bytes, mods: list[tuple[bytes, bytes, str]]):
+def _info_block(info_addr: int, kernel_cmd: bytes, mods: list[tuple[bytes, int, str]], path: str):
     """Lay out mod entries, command lines and the loader name like mb_buf.
 
-    Returns (bytes of the block, [Module] with addresses, kernel cmdline
-    address, loader-name address).  QEMU sizes the string area from the
-    ``-initrd`` text, where a comma in a name is written ",,"; we take the
-    names unescaped, so only such names would shift later strings.
+    ``mods`` holds (command line, payload size, path).  Returns (bytes of the
+    block, [Module] with addresses, kernel cmdline address, loader-name
+    address).  QEMU sizes the string area from the ``-initrd`` text, where a
+    comma in a name is written ",,"; we take the names unescaped, so only
+    such names would shift later strings.
     """
     strings_addr = info_addr + MOD_ENTRY_SIZE * len(mods)
     addr, cmd_addrs = strings_addr, []
@@ -547,9 +567,12 @@ def _info_block(info_addr: int, kernel_cmd: bytes, mods: list[tuple[bytes, bytes
     loader_addr = cmdline_addr + len(kernel_cmd)
     name = _c_string(BOOT_LOADER_NAME, "", "")
     mod_addr, modules, entries = _page_up(loader_addr + len(name)), [], b""
-    for (cmd, payload, mpath), caddr in zip(mods, cmd_addrs):
-        start, end = mod_addr, mod_addr + len(payload)
-        modules.append(Module(start, end, cmd[:-1].decode("utf-8"), caddr, mpath))
+    for (cmd, size, mpath), caddr in zip(mods, cmd_addrs):
+        start, end = mod_addr, mod_addr + size
+        if end > FOUR_GIB:
+            raise LoadError(f"{path}: module {mpath} would end at {end:#x}, "
+                            "not below 4 GiB (Multiboot addresses are 32-bit)")
+        modules.append(Module(start, end, _text(cmd[:-1]), caddr, mpath))
         entries += struct.pack("<IIII", start, end, caddr, 0)
         mod_addr = _page_up(end)
     blob = entries + b"".join(c for c, _, _ in mods) + kernel_cmd + name
@@ -570,12 +593,14 @@ def _mmap_bytes(mmap: list[MmapEntry]) -> bytes:
     return b"".join(struct.pack("<IQQI", 20, e.base, e.length, e.type) for e in mmap)
 
 
-def _load_modules(modules) -> list[tuple[bytes, bytes, str]]:
+def _module_specs(modules) -> list[tuple[bytes, int, str]]:
+    """(command line, size, path) of each module; the files are read later,
+    once their place in RAM is known to exist."""
     out = []
     for mpath, args in modules:
         cmd = f"{mpath} {args}" if args else mpath   # QEMU: -initrd "file args"
         out.append((_c_string(cmd, mpath, "module command line"),
-                    _read_file(mpath, "module"), mpath))
+                    _file_size(mpath, "module"), mpath))
     return out
 
 
@@ -594,7 +619,7 @@ def load_multiboot(bus, path: str, cmdline: str, modules: list[tuple[str, str]],
     if bus.low_top < 0x100000 + SEABIOS_HIGH_TABLES + PAGE_SIZE:
         raise LoadError(f"{path}: {mem_size >> 10} KiB of RAM is too little "
                         "to boot a Multiboot kernel (need more than 1.125 MiB)")
-    data = _read_file(path, "kernel")
+    data = _read_file(path, "kernel", bus.low_top)
     header, bad = scan_header(data[:HEADER_SEARCH])
     if header is None:
         if bad is not None:
@@ -602,23 +627,26 @@ def load_multiboot(bus, path: str, cmdline: str, modules: list[tuple[str, str]],
         what = "ELF file" if is_elf(data) else "file"
         raise LoadError(f"{path}: {what} with no Multiboot header in the first 8 KiB")
     image = _kernel_image(data, header, path)
-    mods = _load_modules(modules)
+    mods = _module_specs(modules)
     kernel_cmd = _c_string(f"{path} {cmdline}", path, "command line")
     info_addr = _page_up(image.load_addr + image.size)
-    blob, mod_list, cmdline_addr, loader_addr = _info_block(info_addr, kernel_cmd, mods)
+    blob, mod_list, cmdline_addr, loader_addr = _info_block(info_addr, kernel_cmd, mods, path)
 
     _check_range(bus, image.load_addr, image.size, "kernel image", path)
     _check_range(bus, info_addr, len(blob), "Multiboot module list and strings", path)
     for m in mod_list:
         _check_range(bus, m.start, m.end - m.start, f"module {m.path}", path)
 
-    _zero(bus, image.load_addr, image.size)
+    bus.zero_bytes(image.load_addr, image.size)
     for addr, chunk in image.chunks:
         bus.write_bytes(addr, chunk)
     bus.write_bytes(info_addr, blob)
-    for m, (_, payload, _) in zip(mod_list, mods):
+    for m in mod_list:
+        payload = _read_file(m.path, "module", m.end - m.start)
+        if len(payload) != m.end - m.start:
+            raise LoadError(f"{m.path}: module changed size while being loaded")
         bus.write_bytes(m.start, payload)
-        _zero(bus, m.end, _page_up(m.end) - m.end)
+        bus.zero_bytes(m.end, _page_up(m.end) - m.end)
 
     mmap = e820_map(bus, amd_ht_hole=amd_ht_hole)
     mem_upper = mem_upper_kib(mmap)
@@ -631,4 +659,4 @@ def load_multiboot(bus, path: str, cmdline: str, modules: list[tuple[str, str]],
                     load_addr=image.load_addr, load_end=image.load_addr + image.size,
                     info_addr=info_addr, modules=mod_list, mmap=mmap,
                     mem_lower=MEM_LOWER_KIB, mem_upper=mem_upper,
-                    cmdline=kernel_cmd[:-1].decode("utf-8"), warnings=image.warnings)
+                    cmdline=_text(kernel_cmd[:-1]), warnings=image.warnings)

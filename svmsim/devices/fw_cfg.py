@@ -83,7 +83,7 @@ class FwCfg:
 
     def set_cmdline(self, cmdline: str):
         """-append: FW_CFG_CMDLINE_SIZE counts the NUL that DATA ends with."""
-        cmd = cmdline.encode("utf-8") + b"\0"
+        cmd = cmdline.encode("utf-8", "surrogateescape") + b"\0"   # argv bytes, as QEMU passes them
         self.items[FW_CFG_CMDLINE_SIZE] = struct.pack("<I", len(cmd))
         self.items[FW_CFG_CMDLINE_DATA] = cmd
 

@@ -126,6 +126,27 @@ class PhysBus:
             pos += chunk
 
 
+    def zero_bytes(self, spa: int, n: int) -> None:
+        """Make ``n`` bytes from ``spa`` read as zero (a loader's .bss).  RAM is
+        handed back to the host rather than written (Ram.zero), so a kernel
+        with a large untouched .bss costs nothing (issue 13, finding 7)."""
+        step = 1 << 20
+        while n > 0:
+            chunk = min(n, step - (spa & (step - 1)))
+            off = self.ram_offset(spa)
+            pages = range(spa >> PAGE_SHIFT, (spa + chunk - 1 >> PAGE_SHIFT) + 1)
+            if (off is None or self.ram_offset(spa + chunk - 1) != off + chunk - 1
+                    or any(p in self._mmio_pages for p in pages)):
+                self.write_bytes(spa, bytes(chunk))
+            else:
+                self.ram.zero(off, chunk)
+                for watch in self.write_watchers:
+                    for p in pages:
+                        watch(p)
+            spa += chunk
+            n -= chunk
+
+
 class IoBus:
     """The 64 Ki I/O port space."""
 

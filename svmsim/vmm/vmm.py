@@ -64,6 +64,9 @@ class _GuestMemory:
     def read_bytes(self, gpa, n):
         return self.bus.read_bytes(GUEST_BASE + gpa, n)
 
+    def zero_bytes(self, gpa, n):
+        self.bus.zero_bytes(GUEST_BASE + gpa, n)
+
 
 class Vmm:
     """Run one guest on CPU 0 of ``machine`` (which must have SVM)."""

@@ -2,9 +2,10 @@
 the way ``qemu-system-x86_64 -kernel KERNEL -serial stdio -device
 isa-debug-exit,iobase=0xf4,iosize=4`` does, and exits with the same status."""
 import argparse
+import math
 import sys
 
-from .errors import SvmsimError
+from .errors import ConfigError, SvmsimError
 
 
 def _int_arg(text):
@@ -19,6 +20,28 @@ def _module_arg(text):
     return (path, args)
 
 
+def _count(text):
+    """A non-negative integer option (--max-insns, --smp)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _seconds(text):
+    """A positive, finite number of seconds (--timeout): 'nan', 'inf' and 0 are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line on stderr and status 2."""
 
@@ -28,8 +51,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="svmsim", description="AMD64 + SVM + SEV machine simulator")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show Python tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    r = sub.add_parser("run", help="boot a Linux bzImage or a Multiboot kernel (as qemu -kernel does)")
+    r = sub.add_parser("run", parents=[common], help="boot a Linux bzImage or a Multiboot kernel (as qemu -kernel does)")
     r.add_argument("kernel", help="Linux bzImage, or Multiboot v1 kernel (ELF32, a.out kludge, or ELF64)")
     r.add_argument("--append", default="", help="kernel command line")
     r.add_argument("--module", action="append", default=[], metavar="'FILE [ARGS]'",
@@ -37,12 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--initrd", default=None, metavar="FILE",
                    help="initial ramdisk for a Linux bzImage (-initrd); for a Multiboot kernel, one more module")
     r.add_argument("-m", "--memory", default="128M", help="RAM size (default 128M; QEMU syntax)")
-    r.add_argument("--smp", type=int, default=1, help="number of CPUs")
+    r.add_argument("--smp", type=_count, default=1, help="number of CPUs")
     r.add_argument("--cpu", default="epyc",
                    help="CPU model and features, QEMU's syntax: epyc (default), epyc-genoa, amd64-base, "
                         "max; then +feature/-feature, e.g. max,+svm,-npt,-rdtscp")
-    r.add_argument("--max-insns", type=int, default=None, help="stop after this many instructions")
-    r.add_argument("--timeout", type=float, default=None, help="stop after this many host seconds")
+    r.add_argument("--max-insns", type=_count, default=None, help="stop after this many instructions")
+    r.add_argument("--timeout", type=_seconds, default=None, help="stop after this many host seconds")
     r.add_argument("--serial-out", default=None, help="write COM1 output to FILE instead of stdout")
     r.add_argument("--serial-in", default=None, help="read COM1 input from FILE")
     r.add_argument("--trace", default=None, metavar="CATS",
@@ -62,24 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --gdb or -s: wait for gdb before the first instruction")
     r.add_argument("--quiet", "-q", action="store_true", help="no run report on stderr")
     r.add_argument("--report", action="store_true", help="print the full run report on stderr")
-    la = sub.add_parser("launch", help="launch a firmware image (OVMF) as an SEV or SEV-ES guest, as QEMU "
+    la = sub.add_parser("launch", parents=[common], help="launch a firmware image (OVMF) as an SEV or SEV-ES guest, as QEMU "
                         "does, and check its launch measurement as the guest owner would")
     la.add_argument("--ovmf", required=True, metavar="FILE", help="the firmware image (e.g. /usr/share/ovmf/OVMF.fd)")
     la.add_argument("--mode", required=True, choices=("sev", "seves", "snp"),
                     help="sev or seves (as sev-snp-measure --mode spells them); snp is not modelled yet")
-    la.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (SEV-ES: one VMSA each; default 1)")
+    la.add_argument("--vcpus", type=_count, default=1, help="number of vCPUs (SEV-ES: one VMSA each; default 1)")
     la.add_argument("--vcpu-type", default="EPYC-v4", help="QEMU CPU model of the vCPUs (default EPYC-v4)")
     la.add_argument("--policy", type=_int_arg, default=None,
                     help="guest policy (default 0x1 for sev, 0x5 for seves, as QEMU's sev-guest needs)")
     la.add_argument("--expected-digest", metavar="HEX",
                     help="the launch digest the guest owner expects (e.g. from sev-snp-measure); "
                          "exit 0 only if the measurement verifies against it")
-    d = sub.add_parser("demo", help="build a bundled kernel from source and boot it (default: the SVM hypervisor)")
+    d = sub.add_parser("demo", parents=[common], help="build a bundled kernel from source and boot it (default: the SVM hypervisor)")
     d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
                    help="hypervisor (default), sev or smoke")
-    d.add_argument("--smp", type=int, default=None)
-    d.add_argument("--timeout", type=float, default=600)
+    d.add_argument("--smp", type=_count, default=None)
+    d.add_argument("--timeout", type=_seconds, default=600)
     return p
+
+
+STATUS_USAGE = 2          # a user mistake: bad option, file, kernel (before the machine runs)
+STATUS_INTERNAL = 70      # a bug in svmsim (EX_SOFTWARE)
 
 
 def main(argv=None) -> int:
@@ -94,38 +125,58 @@ def main(argv=None) -> int:
             return cmd_launch(args)
     except SvmsimError as e:
         print(f"svmsim: error: {e}", file=sys.stderr)
-        return 2
+        return STATUS_USAGE
     except KeyboardInterrupt:
         print("svmsim: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:        # a bug in svmsim: one line, the traceback only on request
+        return internal_error(e, args.debug)
     return 0
+
+
+def internal_error(e: BaseException, debug: bool) -> int:
+    """Report a bug in svmsim as one line (with --debug, the traceback too)."""
+    import traceback
+    if debug:
+        traceback.print_exception(e)
+    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    at = f" (at {where.filename.split('svmsim/')[-1]}:{where.lineno})" if where else ""
+    hint = "" if debug else "; --debug shows the traceback"
+    print(f"svmsim: internal error: {type(e).__name__}: {e}{at}; please report it{hint}", file=sys.stderr)
+    return STATUS_INTERNAL
+
+
+def _open(path, mode, option):
+    """An output/input file named on the command line, or a one-line error."""
+    try:
+        return open(path, mode)
+    except OSError as e:
+        raise ConfigError(f"cannot open {option} {path!r}: {e.strerror or e}") from None
 
 
 def cmd_run(args) -> int:
     from .machine import Machine, MachineConfig
-    out = open(args.serial_out, "wb") if args.serial_out else sys.stdout.buffer
-    inp = None
-    if args.serial_in:
-        try:
-            inp = open(args.serial_in, "rb")
-        except OSError as e:
-            raise SvmsimError(f"cannot open --serial-in file: {e.strerror}: {args.serial_in}") from None
     if args.smp < 1:
-        raise SvmsimError("--smp must be at least 1")
-    cfg = MachineConfig(mem_size=args.memory, smp=args.smp, cpu=args.cpu, serial_out=out,
-                        serial_in=inp, max_insns=args.max_insns, timeout=args.timeout)
-    m = Machine(cfg)
-    tracer = None
-    if args.trace or args.trace_file or args.exit_coverage:
-        from .trace import Tracer
-        trace_out = open(args.trace_file, "w") if args.trace_file else None
-        tracer = Tracer(m, sys.stderr if args.trace else None, args.trace or "all",
-                        trace_out, args.trace_file_filter, args.trace_format)
-        m.listeners.append(tracer)
-    m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module], initrd=args.initrd)
+        raise ConfigError("--smp must be at least 1")
     gdb = args.gdb or ("tcp::1234" if args.gdb_default else None)
     if args.gdb_wait and not gdb:
         raise SvmsimError("-S waits for gdb: give --gdb tcp::PORT or -s too")
+    cfg = MachineConfig(mem_size=args.memory, smp=args.smp, cpu=args.cpu, serial_out=None,
+                        max_insns=args.max_insns, timeout=args.timeout)
+    m = Machine(cfg)
+    m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module], initrd=args.initrd)
+    # Files are opened once the kernel is known to load.
+    out = _open(args.serial_out, "wb", "--serial-out") if args.serial_out else sys.stdout.buffer
+    m.uart.out = out
+    if args.serial_in:
+        m.uart.inp = _open(args.serial_in, "rb", "--serial-in")
+    tracer = None
+    if args.trace or args.trace_file or args.exit_coverage:
+        from .trace import Tracer
+        trace_out = _open(args.trace_file, "w", "--trace-file") if args.trace_file else None
+        tracer = Tracer(m, sys.stderr if args.trace else None, args.trace or "all",
+                        trace_out, args.trace_file_filter, args.trace_format)
+        m.listeners.append(tracer)
     result = _run_with_gdb(m, gdb, args.gdb_wait) if gdb else m.run()
     out.flush()
     if tracer is not None:
@@ -133,6 +184,9 @@ def cmd_run(args) -> int:
     if result is None:
         print("svmsim: killed by gdb", file=sys.stderr)
         return 0
+    if result.kind == "internal-error" and args.debug and m.internal_exception is not None:
+        import traceback
+        traceback.print_exception(m.internal_exception)
     if not args.quiet:
         _report(m, result, full=args.report)
     if args.exit_coverage:

@@ -9,6 +9,7 @@ instruction for instruction.
 import signal
 import threading
 import time
+import weakref
 from collections import deque, namedtuple
 from dataclasses import dataclass, field
 
@@ -44,18 +45,28 @@ QUANTUM = 1000
 Fault = namedtuple("Fault", "cpu insns vector error_code cr2 rip lin bits guest asid detail")
 
 
+_SIZE_UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: The most RAM a machine may have: RAM above 4 GiB must end below the 1012 GiB
+#: HyperTransport hole QEMU's pc machine reserves for AMD CPUs (pc.c).
+MAX_MEM_SIZE = 0xFD_0000_0000 - (1 << 32) + 0xC000_0000
+
+
 def parse_size(text) -> int:
-    """'128M', '4g', '65536k' or a byte count -> bytes (QEMU's -m syntax; plain = MiB)."""
-    if isinstance(text, int):
+    """'128M', '4g', '1.5G', '65536k' or a byte count -> bytes (QEMU's -m
+    syntax; a plain number is MiB).  Anything else is a ConfigError."""
+    if isinstance(text, int) and not isinstance(text, bool):
         return text
-    t = str(text).strip().lower()
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t) << 20                    # QEMU: a bare number is MiB
-    except ValueError:
-        raise ConfigError(f"bad memory size {text!r} (use e.g. 128M or 4G)") from None
+    import re
+    m = re.fullmatch(r"\s*(\d{1,15}(?:\.\d{1,15})?)\s*([bkmgt]?)\s*", str(text).lower())
+    if m is None:
+        raise ConfigError(f"bad memory size {text!r} (use e.g. 128M or 4G)")
+    from fractions import Fraction
+    return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def _release(bus, engine) -> None:
+    engine.flush()
+    bus.ram.close()
 
 
 class _LazyMailbox:
@@ -125,6 +136,9 @@ class Machine(DebugApi):
         cfg.mem_size = parse_size(cfg.mem_size)
         if cfg.mem_size < (2 << 20) or cfg.mem_size % 4096:
             raise ConfigError("memory size must be at least 2 MiB and a multiple of 4 KiB")
+        if cfg.mem_size > MAX_MEM_SIZE:
+            raise ConfigError(f"memory size {cfg.mem_size >> 30} GiB is too large (at most "
+                              f"{MAX_MEM_SIZE >> 30} GiB: RAM must end below the AMD HyperTransport hole)")
         if not 1 <= cfg.smp <= 64:
             raise ConfigError("--smp must be between 1 and 64")
         from .cpu import profiles
@@ -138,6 +152,7 @@ class Machine(DebugApi):
         self.stop_reason = ""
         self.stop_kind = ""
         self.unimplemented: dict = {}        # mnemonic -> times it raised #UD
+        self.internal_exception = None       # the svmsim bug that ended a run (status 70)
         self.listeners: list = []            # trace sinks: callables(event dict)
         self.pollers: list = []              # callables() run every few hundred rounds (gdb's Ctrl-C)
         self.fault_log = deque(maxlen=64)    # recent faults (Fault), for crash reports
@@ -149,23 +164,43 @@ class Machine(DebugApi):
         from .memory.encryption import EncryptionEngine
         sev = self.profile.extra.get("sev") or {}
         self.notes: list = []
-        self.mem_engine = EncryptionEngine(sev.get("max_asid", 0), note=self.note)   # keys: the AMD-SP's
+        # Parts refer back to the machine weakly, so a Machine no longer used is
+        # freed at once (not at the next cyclic GC) and its RAM unmapped
+        # (issue 13, finding 7): campaigns and notebooks create many.
+        me = weakref.proxy(self)
+        self.mem_engine = EncryptionEngine(sev.get("max_asid", 0), note=lambda text: me.note(text))   # keys: the AMD-SP's
         from .memory.rmp import Rmp
         self.rmp = Rmp(self.bus)                                # SEV-SNP's reverse map (in RAM)
-        self.rmp.listeners.append(self._rmp_changed)
+        self.rmp.listeners.append(lambda: me._rmp_changed())
         from .svm.unit import SvmUnit            # AMD-V plugs into each CPU (cpu/hooks.py)
-        self.cpus = [Cpu(self, i, SvmUnit()) for i in range(cfg.smp)]
+        self.cpus = [Cpu(me, i, SvmUnit()) for i in range(cfg.smp)]
         for cpu in self.cpus[1:]:
             cpu.wait_for_sipi = True         # APs wait for INIT-SIPI (APM 16.x, MP spec)
         self.current_cpu = self.cpus[0]
-        self.engine = Engine(self)
-        self.debug = Debugger(self)
+        self.engine = Engine(me)
+        self.debug = Debugger(me)
         from .devices import pc
-        pc.attach(self)
+        pc.attach(me)
         self._amd_sp = None
         self._sev = sev
         if sev:
-            self.bus.add_mmio(self.AMD_SP_MMIO, 0x100000, _LazyMailbox(self), "amd-sp")
+            self.bus.add_mmio(self.AMD_SP_MMIO, 0x100000, _LazyMailbox(me), "amd-sp")
+        self._finalizer = weakref.finalize(self, _release, self.bus, self.engine)
+
+    def close(self) -> None:
+        """Free the machine's RAM and translated code now (also done when the
+        Machine is no longer referenced); the machine cannot run afterwards."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     AMD_SP_MMIO = 0xFE000000             # the PSP mailbox's BAR (no PCI here: a fixed address)
 
@@ -344,16 +379,24 @@ class Machine(DebugApi):
     def tsc(self, cpu) -> int:
         return self.now_ns(cpu)
 
-    def run(self, max_insns: int = None, timeout: float = None, until: int = None) -> RunResult:
+    def run(self, max_insns: int = None, timeout: float = None, until: int = None,
+            max_virtual_ns: int = None) -> RunResult:
         """Run until the guest exits, shuts down, deadlocks, a limit is hit or the
         debugger stops it; call again to continue (``result.resumable``).
 
-        ``max_insns`` and ``timeout`` count from this call.  ``until``: stop
-        before the instruction at this linear address (any CPU).  Ctrl-C
-        (SIGINT, in the main thread) stops at the end of the current round."""
+        ``max_insns`` and ``timeout`` count from this call.  ``max_insns``
+        counts retired instructions plus the virtual time the CPUs spend
+        halted after wake-ups that ran nothing (1 ns = one instruction), so a
+        machine whose interrupts can never be delivered still ends (issue 13,
+        finding 4); ``max_virtual_ns`` bounds the machine's virtual time.
+        ``until``: stop before the instruction at this linear address (any
+        CPU).  Ctrl-C (SIGINT, in the main thread) stops at the end of the
+        current round."""
+        if self.closed:
+            raise SvmsimError("this machine has been closed")
         max_insns = max_insns if max_insns is not None else self.config.max_insns
         timeout = timeout if timeout is not None else self.config.timeout
-        return self._run(max_insns, timeout, until)
+        return self._run(max_insns, timeout, until, max_virtual_ns)
 
     def step(self, n: int = 1, cpu: int = 0) -> RunResult:
         """Run until CPU ``cpu`` has crossed ``n`` instruction boundaries: an
@@ -373,7 +416,7 @@ class Machine(DebugApi):
         hook before the next instruction."""
         self.pause("stopped", "stopped by Machine.stop()", self.current_cpu.index)
 
-    def _run(self, max_insns, timeout, until) -> RunResult:
+    def _run(self, max_insns, timeout, until, max_virtual_ns=None) -> RunResult:
         if self.stopping and self.stop_kind not in RESUMABLE:
             return self._result(0, 0.0)          # final: nothing runs any more
         self._resume()
@@ -382,7 +425,7 @@ class Machine(DebugApi):
         temp = self.debug.add_breakpoint(until, temporary=True) if until is not None else None
         old_handler = self._catch_sigint()
         try:
-            self._loop(max_insns, timeout, start)
+            self._loop(max_insns, timeout, start, max_virtual_ns)
         except Shutdown as e:
             self.request_stop(STATUS_SHUTDOWN, f"shutdown: {e}", "shutdown")
         except NotModelled as e:
@@ -391,6 +434,7 @@ class Machine(DebugApi):
             raise
         except Exception as e:   # a bug in svmsim: report it, never a raw traceback
             import traceback
+            self.internal_exception = e          # for `svmsim run --debug`
             where = traceback.extract_tb(e.__traceback__)[-1]
             self.request_stop(STATUS_INTERNAL, f"internal error: {type(e).__name__}: {e} "
                               f"(at {where.filename.split('svmsim/')[-1]}:{where.lineno})", "internal-error")
@@ -432,7 +476,7 @@ class Machine(DebugApi):
         except ValueError:
             return None
 
-    def _loop(self, max_insns, timeout, start):
+    def _loop(self, max_insns, timeout, start, max_virtual_ns=None):
         """Deterministic rounds: each runnable CPU runs a quantum in index order,
         then virtual time advances.  A pause inside a round (the debugger)
         keeps its place in ``_sched``, so continuing gives the same schedule as
@@ -440,6 +484,8 @@ class Machine(DebugApi):
         engine, clock, cpus, debug = self.engine, self.clock, self.cpus, self.debug
         total = 0
         rounds = 0
+        idle = 0                 # ns of halted time in which timers fired and nothing ran
+        idle_mark = None         # `total` at the last time jump
         i, used, ran = self._sched
         while not self.stopping:
             while i < len(cpus):
@@ -471,13 +517,20 @@ class Machine(DebugApi):
                 if clock.next_deadline == float("inf") or self._only_nmi_can_wake():
                     self._stop_deadlocked()
                     break
-                clock.now_ns = max(clock.now_ns, clock.next_deadline)
+                jump = max(0, clock.next_deadline - clock.now_ns)
+                if idle_mark == total:
+                    idle += jump         # the last wake-up retired nothing
+                idle_mark = total
+                clock.now_ns += jump
             ran = False
             if clock.next_deadline <= clock.now_ns:
                 clock.run_due()
             rounds += 1
-            if max_insns is not None and total >= max_insns:
-                self.pause("budget", f"instruction budget of {max_insns} exhausted", status=STATUS_BUDGET)
+            if max_insns is not None and total + idle >= max_insns:
+                why = f" ({idle} ns of it halted, timers waking nothing)" if idle else ""
+                self.pause("budget", f"instruction budget of {max_insns} exhausted{why}", status=STATUS_BUDGET)
+            if max_virtual_ns is not None and clock.now_ns >= max_virtual_ns:
+                self.pause("budget", f"virtual time budget of {max_virtual_ns} ns exhausted", status=STATUS_BUDGET)
             if timeout is not None and time.monotonic() - start > timeout:
                 self.pause("timeout", f"timeout after {timeout:g} s", status=STATUS_TIMEOUT)
             if self._sigint:

@@ -30,7 +30,7 @@ class Runner:
         monkeypatch.setattr(interrupts, "deliver_exception", self._record)
 
     def _record(self, cpu, e, *a, **kw):
-        if cpu.machine is not self.m:
+        if cpu is not self.cpu:
             return self.real_deliver(cpu, e, *a, **kw)
         self.faults.append((e.vector, e.error_code, cpu.rip, getattr(e, "cr2", None)))
         cpu.machine.request_stop(0, "exception", "exception")

@@ -217,7 +217,8 @@ def test_clts_lmsw_smsw():
 def test_hlt_and_privilege():
     r = run_code(asm("mov eax, 5"))              # the harness appends HLT
     assert r.cpu.halted and r.regs[0] == 5
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     cpu.cpl = 3
     for code in ("f4", "0f09", "0f01d1", "0f0138"):          # hlt, wbinvd, xsetbv, invlpg
         e = exec_insn(cpu, bytes.fromhex(code))
@@ -225,7 +226,8 @@ def test_hlt_and_privilege():
 
 
 def test_cli_sti_iopl_rules_and_shadow():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     cpu.cpl = 3
     cpu.rflags &= ~IOPL
     assert exec_insn(cpu, b"\xfa").vector == GP             # CLI at CPL3, IOPL0
@@ -256,7 +258,8 @@ def test_popf_rules_by_privilege():
 
 
 def test_rdtsc_tsd_and_rdrand():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     cpu.cr4 |= 4
     cpu.cpl = 3
     assert exec_insn(cpu, b"\x0f\x31").vector == GP

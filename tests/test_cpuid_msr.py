@@ -225,7 +225,8 @@ def test_efer_rules():
 
 
 def test_vm_cr_lock_makes_svmdis_read_only_until_svm_key():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     msr.wrmsr(cpu, msr.SVM_KEY, 0x1234)                          # set the key while unlocked
     msr.wrmsr(cpu, msr.VM_CR, msr.VM_CR_LOCK | msr.VM_CR_SVMDIS)
     msr.wrmsr(cpu, msr.VM_CR, 0)                                 # LOCK, SVMDIS ignore writes
@@ -239,7 +240,8 @@ def test_vm_cr_lock_makes_svmdis_read_only_until_svm_key():
 
 
 def test_vm_hsave_pa_alignment_and_width():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     msr.wrmsr(cpu, msr.VM_HSAVE_PA, 0x7000)
     assert cpu.msr[msr.VM_HSAVE_PA] == 0x7000
     gp_of(msr.wrmsr, cpu, msr.VM_HSAVE_PA, 0x7008)
@@ -247,7 +249,8 @@ def test_vm_hsave_pa_alignment_and_width():
 
 
 def test_pat_and_mtrr_validity():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     assert msr.rdmsr(cpu, msr.PAT) == msr.PAT_RESET
     msr.wrmsr(cpu, msr.PAT, 0x0007010600070106)
     gp_of(msr.wrmsr, cpu, msr.PAT, 0x0007040600070402)           # type 2 is reserved
@@ -269,7 +272,8 @@ def test_fs_base_msr_moves_the_fs_segment():
     assert r.cpu.segs[FS].base == 0x200000 and r.regs[3] == 0x55
     r = run_code(asm("mov ecx, 0xC0000100\nmov eax, 0\nmov edx, 0x80000000\nwrmsr"))
     assert r.exception[:2] == (GP, 0)                               # non-canonical
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     gp_of(msr.wrmsr, cpu, msr.LSTAR, 1 << 60)
     gp_of(msr.wrmsr, cpu, msr.KERNEL_GS_BASE, 0x0000800000000000)
 
@@ -292,7 +296,8 @@ def test_tsc_aux_rdtscp_and_rdpid():
 
 
 def test_hwcr_smmlock_is_sticky_and_syscfg_stored():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     msr.wrmsr(cpu, msr.HWCR, 1)
     msr.wrmsr(cpu, msr.HWCR, 0)
     assert msr.rdmsr(cpu, msr.HWCR) & 1
@@ -301,7 +306,8 @@ def test_hwcr_smmlock_is_sticky_and_syscfg_stored():
 
 
 def test_apic_msrs_delegate_to_the_local_apic():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     assert cpu.lapic is not None
     base = msr.rdmsr(cpu, msr.APIC_BASE)
     assert base & ~0xFFF == 0xFEE00000 and base & (1 << 8)       # BSP
@@ -322,7 +328,8 @@ def test_perf_counters_alias_and_rdpmc():
 
 
 def test_debugctl_reserved_bits_fault_and_lbr_msrs_are_read_only():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     msr.wrmsr(cpu, msr.DEBUGCTL, 1)
     assert msr.rdmsr(cpu, msr.DEBUGCTL) == 1
     gp_of(msr.wrmsr, cpu, msr.DEBUGCTL, 1 << 8)
@@ -369,7 +376,8 @@ def test_lbr_records_the_last_exception_source_and_target():
 
 
 def test_spec_ctrl_pred_cmd_mcg_and_patch_level():
-    cpu = make_machine().cpus[0]
+    m = make_machine()          # kept: a CPU refers to its machine weakly
+    cpu = m.cpus[0]
     msr.wrmsr(cpu, msr.SPEC_CTRL, 4)
     assert msr.rdmsr(cpu, msr.SPEC_CTRL) == 4
     gp_of(msr.wrmsr, cpu, msr.SPEC_CTRL, 8)

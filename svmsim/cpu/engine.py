@@ -65,6 +65,9 @@ class Engine:
         raise #PF for the first instruction).  An instruction that crosses
         into a page that cannot be fetched ends the block before it, unless
         it is the first one, in which case the fault is raised (precise).
+        An instruction may run on into a page that is not RAM (MMIO, or no
+        memory at all, which reads as all ones): it is decoded from what the
+        bus returns, and its block is not cached (nothing validates it).
         """
         bits = cpu.bits
         rip = cpu.rip
@@ -73,11 +76,13 @@ class Engine:
         avail = PAGE - (lin & 0xFFF)
         data = cpu.pread_bytes(spa, avail)
         page2 = None
+        crossed = False                    # the next page could be fetched
         if avail < 15:
             try:
                 spa2 = cpu.fetch_spa((lin + avail) & cpu.lin_mask)
                 data += cpu.pread_bytes(spa2, 15)
                 page2 = cpu.code_page(spa2)
+                crossed = True
             except CpuException:
                 if self._insn_len(data, bits, rip) is None:
                     raise
@@ -89,7 +94,7 @@ class Engine:
             if i.len == 0 or (i.code == iced_x86.Code.INVALID and dec.last_error == iced_x86.DecoderError.NO_MORE_BYTES):
                 break
             end = (i.next_ip - rip) & cpu.lin_mask
-            if end > avail and (insns or page2 is None):
+            if end > avail and (insns or not crossed):
                 break                              # crosses the page: next block
             ins = build_insn(i, bits)
             ins.idx = len(insns)
@@ -110,6 +115,7 @@ class Engine:
             raise AssertionError("unreachable: instruction crosses into a fetchable page")
         if not (insns[-1].next_ip - rip) & cpu.lin_mask > avail:
             page2 = None
+            crossed = False
         blk = Block()
         blk.insns = tuple(insns)
         blk.n = len(insns)
@@ -120,6 +126,8 @@ class Engine:
         blk.key = key
         blk.heat = 0
         blk.compiled = None
+        if crossed and page2 is None:
+            return blk                     # runs on into MMIO or unmapped space: not cached
         self._register_code(blk, page_off)
         if page2 is not None:
             self._register_code(blk, page2)

@@ -38,6 +38,9 @@ class Mem:
     def write_bytes(self, pa, data):
         self.buf[pa:pa + len(data)] = data
 
+    def ram_offset(self, pa):
+        return pa if pa < len(self.buf) else None
+
 
 class FakeEngine:
     """AES-128-ECB with the block address XORed in: enough to tell keys and

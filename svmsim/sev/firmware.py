@@ -5,8 +5,10 @@ item 4).
 ``SevFirmware.command(cmd, buffer_pa)`` executes one SEV API command whose
 parameter buffer (Linux ``struct sev_data_*``, include/linux/psp-sev.h) lies
 in system-physical memory, reached through ``mem`` (``read_bytes(pa, n)``,
-``write_bytes(pa, data)``: the machine's PhysBus, unencrypted), and returns the
-SEV status code.  Guest memory is encrypted through ``engine``:
+``write_bytes(pa, data)``, ``ram_offset(pa)``: the machine's PhysBus,
+unencrypted), and returns the SEV status code.  Every address a command
+names must be DRAM (INVALID_ADDRESS otherwise) and every data length at most
+MAX_DATA_LEN (INVALID_LENGTH).  Guest memory is encrypted through ``engine``:
 
 * ``encrypt(key, spa, data)`` / ``decrypt(key, spa, data)``: pure AES with a
   physical-address tweak, ``spa`` 16-byte aligned, length a multiple of 16;
@@ -62,6 +64,14 @@ from .api import (SevCmd, SevState, SevGuestState, SevStatus, SevPolicy, SEV_INI
                   SEV_STATUS_FLAGS_OWNER, SEV_STATUS_FLAGS_CONFIG_ES, TMR_SIZE, GET_ID_LEN,
                   PAGE_SIZE, COMMAND_LAYOUTS, buffer_size, pack_buffer, unpack_buffer,
                   _field_offset)
+
+#: The most guest data one command encrypts, decrypts or transports (svmsim's
+#: bound, the size of an OVMF image; the SEV API gives none): every command
+#: ends within about a second, so --timeout is never stuck inside an MMIO
+#: write.  A VMM launches a larger image in several LAUNCH_UPDATE_DATA
+#: commands, as KVM does for each physically contiguous run.
+MAX_DATA_LEN = 4 << 20
+
 
 class _Fail(Exception):
     def __init__(self, status: SevStatus):
@@ -170,10 +180,23 @@ class SevFirmware:
 
     # -- memory -------------------------------------------------------------------------
     def _rd(self, pa: int, n: int) -> bytes:
-        return bytes(self.mem.read_bytes(pa & self.addr_mask, n))
+        return bytes(self.mem.read_bytes(self._in_ram(pa, n), n))
 
     def _wr(self, pa: int, data: bytes) -> None:
-        self.mem.write_bytes(pa & self.addr_mask, bytes(data))
+        self.mem.write_bytes(self._in_ram(pa, len(data)), bytes(data))
+
+    def _in_ram(self, pa: int, n: int) -> int:
+        """``pa`` without the C-bit, if ``n`` bytes from it are DRAM; else
+        INVALID_ADDRESS.  The AMD-SP reaches only DRAM: never MMIO (its own
+        mailbox included) or unbacked addresses (issue 13, finding 5)."""
+        pa &= self.addr_mask
+        if n > MAX_DATA_LEN + PAGE_SIZE:
+            raise _Fail(SevStatus.INVALID_LENGTH)
+        ram_offset = self.mem.ram_offset
+        for page in range(pa & ~(PAGE_SIZE - 1), pa + max(n, 1), PAGE_SIZE):
+            if ram_offset(max(page, pa)) is None:
+                raise _Fail(SevStatus.INVALID_ADDRESS)
+        return pa
 
     def _buf(self, pa: int, layout: str) -> dict:
         return unpack_buffer(layout, self._rd(pa, buffer_size(layout)))
@@ -206,7 +229,7 @@ class SevFirmware:
     def _check_block_range(address: int, length: int) -> None:
         if address & 15:
             raise _Fail(SevStatus.INVALID_ADDRESS)
-        if length == 0 or length & 15:
+        if length == 0 or length & 15 or length > MAX_DATA_LEN:
             raise _Fail(SevStatus.INVALID_LENGTH)
 
     # -- SEV-ES VMSA pages ------------------------------------------------------------
@@ -508,7 +531,7 @@ class SevFirmware:
         hdr = sc.PacketHeader.unpack(self._rd(p["hdr_address"], sc.PACKET_HEADER_LEN))
         if hdr.flags & sc.PACKET_FLAG_COMPRESSED:
             raise _Fail(SevStatus.UNSUPPORTED)
-        if p["trans_len"] != p["guest_len"] or p["guest_len"] == 0:
+        if p["trans_len"] != p["guest_len"] or p["guest_len"] == 0 or p["guest_len"] > MAX_DATA_LEN:
             raise _Fail(SevStatus.INVALID_LENGTH)
         return hdr, self._rd(p["trans_address"], p["trans_len"])
 

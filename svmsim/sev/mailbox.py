@@ -53,6 +53,7 @@ class SevMailbox:
         self._regs = {off: 0 for off in self.regs_at.values()}
         self._regs[self.FEATURE] = self.FEATURE_SEV
         self.last_command: tuple | None = None   # (cmd, buffer_pa, status), for logs
+        self._busy = False
 
     def mmio_read(self, offset: int, size: int) -> int:
         value = 0
@@ -81,9 +82,15 @@ class SevMailbox:
                 self._regs[reg] = new
 
     def _execute(self, value: int) -> None:
+        if self._busy:
+            return                  # the firmware never writes MMIO; a backstop against re-entry
         cmd = (value >> self.CMD_SHIFT) & self.CMD_MASK
         pa = self._regs[self.CMDBUFF_ADDR_HI] << 32 | self._regs[self.CMDBUFF_ADDR_LO]
-        status = int(self.firmware.command(cmd, pa))
+        self._busy = True
+        try:
+            status = int(self.firmware.command(cmd, pa))
+        finally:
+            self._busy = False
         self.last_command = (cmd, pa, status)
         self._regs[self.CMDRESP] = self.RESP | (status & self.STATUS_MASK)
         if value & self.IOC:

@@ -19,6 +19,7 @@ the engine sees plaintext.
 """
 import hashlib
 import hmac
+import os
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -33,10 +34,13 @@ class EncryptionEngine:
     """Key slots and the per-block transform of the memory controller."""
 
     def __init__(self, num_asids: int, sme_key: bytes | None = None, note=None):
-        import os
         self.num_asids = num_asids
         self._slots: dict = {0: sme_key or os.urandom(16)}
         self._ciphers: dict = {}
+        # An empty slot acts with a random key of its own, drawn at its first
+        # use and again after each unload: never a key anyone knows (issue 13,
+        # finding 6; the APM leaves key management to the AMD-SP, 15.34.2).
+        self._empty: dict = {}
         # Cache lines are tagged with the key they were filled with; without
         # coherency enforcement (CPUID 8000_001F EAX[10] = 0) software must
         # flush a page before using it with another key (APM vol 2, 7.10.6).
@@ -70,6 +74,7 @@ class EncryptionEngine:
     def unload_key(self, asid: int) -> None:
         self._slots.pop(asid, None)
         self._ciphers.pop(asid, None)
+        self._empty.pop(asid, None)
 
     def key_loaded(self, asid: int) -> bool:
         return asid in self._slots
@@ -113,14 +118,16 @@ class EncryptionEngine:
         if c is None:
             key = self._slots.get(asid)
             if key is None:
-                return None
+                key = self._empty.setdefault(asid, os.urandom(16))
+                self._note(f"key slot {asid} has no key loaded (no ACTIVATE, or after DEACTIVATE): "
+                           "its accesses use a random key, so they read garbage")
             c = self._ciphers[asid] = _ecb(key)
         return c
 
     def read(self, ram_read, spa: int, n: int, asid: int) -> bytes:
         """Plaintext of ``n`` bytes at ``spa`` as seen through slot ``asid``;
-        ``ram_read(spa, n)`` returns the raw DRAM bytes.  An empty slot gives
-        the raw bytes decrypted with no key: garbage, as on hardware."""
+        ``ram_read(spa, n)`` returns the raw DRAM bytes.  An empty slot
+        decrypts with a random key nobody knows: garbage."""
         self._track(spa, n, asid)
         return self.peek(ram_read, spa, n, asid)
 
@@ -130,7 +137,7 @@ class EncryptionEngine:
         first = spa & ~(BLOCK - 1)
         last = (spa + n + BLOCK - 1) & ~(BLOCK - 1)
         raw = ram_read(first, last - first)
-        c = self._cipher(asid) or _ecb(bytes(16))
+        c = self._cipher(asid)
         plain = _xex(c, first, raw, False)
         return plain[spa - first:spa - first + n]
 
@@ -139,7 +146,7 @@ class EncryptionEngine:
         self._track(spa, len(data), asid)
         first = spa & ~(BLOCK - 1)
         last = (spa + len(data) + BLOCK - 1) & ~(BLOCK - 1)
-        c = self._cipher(asid) or _ecb(bytes(16))
+        c = self._cipher(asid)
         plain = bytearray(_xex(c, first, ram_read(first, last - first), False))
         plain[spa - first:spa - first + len(data)] = data
         ram_write(first, _xex(c, first, bytes(plain), True))

@@ -73,7 +73,7 @@ def test_vmrun_of_an_sev_guest_without_a_key_runs_no_injected_code():
     injected code does not run (it would halt with RAX = 0x5EC2E7)."""
     from test_sev_hw import sev_rig
     from svmsim.svm.exits import ExitCode
-    for asid in (2, 5):
+    for asid in (5, 9):                                       # SEV (non-ES) ASIDs: 5..15
         r = sev_rig("mov eax, 0x5EC2E7\nhlt", asid=asid, key=bytes(16))
         r.m.mem_engine.unload_key(asid)                     # as after DEACTIVATE; never ACTIVATEd
         try:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from svmsim.errors import LoadError
 
 from .multiboot import (DescriptorTable, MmapEntry, SegmentState, e820_map, E820_RAM,
-                        _read_file, _check_range, FOUR_GIB)
+                        _read_file, _check_range, _c_string, FOUR_GIB)
 
 # -- the protocol's setup header (boot.rst, "THE REAL-MODE KERNEL HEADER") --
 HDRS_MAGIC = b"HdrS"            # at 0x202
@@ -212,16 +212,14 @@ def load_linux(bus, path: str, cmdline: str = "", initrd: str | None = None, *,
 
     ``e820`` overrides the memory map (a VMM gives its guest its own);
     by default it is the map SeaBIOS reports for this RAM."""
-    data = _read_file(path, "kernel")
+    data = _read_file(path, "kernel", bus.low_top)
     h = parse_header(data, path)
     setup_sects = h["setup_sects"] or 4
     prot_off = (setup_sects + 1) * 512
     if prot_off >= len(data):
         raise LoadError(f"{path}: setup_sects {setup_sects} runs past the end of the file")
     kernel = data[prot_off:]
-    raw_cmd = cmdline.encode("utf-8")
-    if b"\0" in raw_cmd:
-        raise LoadError(f"{path}: command line contains a NUL byte")
+    raw_cmd = _c_string(cmdline, path, "command line")[:-1]      # argv bytes, as QEMU passes them
     if len(raw_cmd) > h["cmdline_size"]:
         raise LoadError(f"{path}: command line is {len(raw_cmd)} bytes; the kernel takes at most "
                         f"{h['cmdline_size']}")
@@ -232,9 +230,9 @@ def load_linux(bus, path: str, cmdline: str = "", initrd: str | None = None, *,
     ird_addr = ird_size = 0
     ird = b""
     if initrd is not None:
-        ird = _read_file(initrd, "initrd")
-        ird_size = len(ird)
         top = initrd_max(h, bus.low_top)
+        ird = _read_file(initrd, "initrd", top)          # a huge file is refused unread
+        ird_size = len(ird)
         if ird_size >= top:
             raise LoadError(f"{initrd}: initrd is too large ({ird_size} bytes; at most {top})")
         ird_addr = (top - ird_size) & ~0xFFF

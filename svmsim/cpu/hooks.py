@@ -31,6 +31,11 @@ class CpuHooks:
         (e.g. ``fn`` wrapped in its intercept check)."""
         return fn
 
+    def msr_entry(self, cpu, idx):
+        """(name, read, write) of an MSR the extension defines or overrides
+        (in guest mode: the guest's view), or None."""
+        return None
+
     def cpuid_leaf(self, cpu, leaf):
         """The registers of a CPUID leaf the extension defines, or None."""
         return None

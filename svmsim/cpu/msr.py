@@ -604,6 +604,9 @@ def canonical_index(cpu, idx):
 
 def lookup(cpu, idx):
     """(name, read, write) of MSR ``idx`` on this CPU, or None (#GP)."""
+    e = cpu.hooks.msr_entry(cpu, idx)
+    if e is not None:
+        return e
     e = TABLE.get(idx)
     if e is not None:
         feat = _PER_FEATURE.get(idx)

@@ -158,7 +158,7 @@ _MILAN_FEATURES = _LEGACY64 | {
 # The optional SVM features of the EPYC models (CPUID Fn8000_000A_EDX).
 _EPYC_SVM = {"npt", "lbrv", "nrips", "tsc_scale", "vmcb_clean", "flush_by_asid",
              "decode_assists", "pause_filter", "pause_filter_threshold", "vgif", "vnmi",
-             "gmet", "v_vmsave_vmload"}
+             "gmet", "v_vmsave_vmload", "avic", "x2avic"}
 
 MODELS = {
     "epyc": {

@@ -19,7 +19,7 @@
 from ..cpu.exceptions import PF, NMI as NMI_VECTOR
 from ..cpu.flags import IF
 from ..cpu import interrupts
-from . import exits, features
+from . import avic, exits, features
 from .exits import ExitCode
 from .state import VmExit
 
@@ -154,6 +154,13 @@ def service_guest(cpu) -> None:
                 if vector is not None:
                     interrupts.take_interrupt(cpu, vector)
                     return
+    if s.avic:
+        # AVIC: the backing page's IRR replaces V_IRQ (15.29.4.1, 15.29.8).
+        if guest_if and v_gif:
+            vector = avic.pending(cpu)
+            if vector is not None:
+                avic.take(cpu, vector)
+        return
     if s.v_irq and guest_if and v_gif and (s.v_ign_tpr or s.v_intr_prio > s.v_tpr):
         if s.intercepted(MISC1, BIT_VINTR):
             _exit(cpu, ExitCode.VINTR, "virtual interrupt")

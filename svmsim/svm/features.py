@@ -18,7 +18,7 @@ BY_NAME = {name: bit for bit, name in EDX_BITS.items()}
 # Implemented and advertised (when the CPU profile has them).
 IMPLEMENTED = frozenset({"npt", "lbrv", "nrips", "tsc_scale", "vmcb_clean", "flush_by_asid",
                          "decode_assists", "pause_filter", "pause_filter_threshold",
-                         "vgif", "vnmi", "gmet", "v_vmsave_vmload"})
+                         "vgif", "vnmi", "gmet", "v_vmsave_vmload", "avic", "x2avic"})
 
 
 def edx(cpu) -> int:

@@ -27,7 +27,7 @@ from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_I
 from ..cpu.paging import Walker, Translation, check_access
 from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
 from ..cpu.state import GUEST_KEY
-from . import snp
+from . import avic, snp
 from .exits import ExitCode
 from .state import VmExit
 
@@ -160,7 +160,9 @@ class NestedMmu:
             g = Translation(lin & 0xFFFFF000, 2, 4, 0, 0, 1, 4096)
             gc, gpa = self.sev, lin & 0xFFFFFFFF
         n = self.nested_walk(gpa, access, NPF_FINAL)
-        t = NestedTranslation(n.spa, g.rw, g.us, g.nx, g.g, g.d, g.size)
+        # AVIC: permissions from the nested tables, the data from the backing page (15.29.3).
+        spa = avic.redirect(cpu, gpa) if cpu.svm.avic else None
+        t = NestedTranslation(n.spa if spa is None else spa, g.rw, g.us, g.nx, g.g, g.d, g.size)
         t.gpa, t.n_rw, t.n_us, t.n_nx, t.n_d = gpa & ~0xFFF, n.rw, n.us, n.nx, n.d
         t.gc, t.n_size = bool(gc), n.size
         return t

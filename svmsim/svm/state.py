@@ -64,6 +64,13 @@ class SvmState:
     es: bool = False                          # an SEV-ES guest: its state lives in the VMSA (15.35)
     vmsa_pa: int = 0                          # the VMSA page (system-physical) of the running ES guest
     vmsa: bytearray = None                    # its plaintext as VMRUN read it (fields svmsim does not hold)
+    avic: bool = False                        # AVIC (15.29): the guest's APIC is its backing page
+    x2avic: bool = False                      # ... reached through the x2APIC MSRs (15.29.10)
+    apic_bar: int = 0                         # V_APIC_BAR: the guest-physical APIC page
+    backing: int = 0                          # AVIC_BACKING_PAGE (system-physical)
+    logical_table: int = 0
+    physical_table: int = 0
+    max_index: int = 0                        # AVIC_PHYSICAL_MAX_INDEX
     snp: bool = False                         # SNP-active: SEV_FEATURES bit 0 of its VMSA (15.36.2)
     vmpl: int = 0                             # the VMPL of the running VMSA (15.36.7)
     in_use: frozenset = frozenset()           # VMCB and VMSA pages marked in use (15.36.12)

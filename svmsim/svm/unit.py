@@ -9,7 +9,7 @@ themselves are registered with the CPU's instruction table by ``insns``.
 """
 from ..cpu.hooks import CpuHooks
 from ..cpu.msr import TSC_RATIO, TSC_RATIO_ONE
-from . import events, features, guards, insns, sev_es, snp, world  # noqa: F401  (insns, snp register instructions)
+from . import avic, events, features, guards, insns, sev_es, snp, world  # noqa: F401  (insns, snp register instructions)
 from .exits import ExitCode
 from .state import SvmState, VmExit
 
@@ -77,15 +77,27 @@ class SvmUnit(CpuHooks):
 
     def cr8_read(self, cpu):
         s = cpu.svm
-        return s.v_tpr if s.v_intr_masking else None     # CR8 is the virtual TPR (APM 15.21.3)
+        # CR8 is the virtual TPR (APM 15.21.3); with AVIC whatever V_INTR_MASKING says (15.29.4.1).
+        return s.v_tpr if s.v_intr_masking or s.avic else None
 
     def cr8_write(self, cpu, value) -> bool:
         s = cpu.svm
-        if not s.v_intr_masking:
+        if not (s.v_intr_masking or s.avic):
             return False
         s.v_tpr = value
+        if s.avic:                     # "writes to CR8 update the TPR backing page value bits 7:4"
+            page = avic.Backing(cpu.bus, s.backing)
+            page[avic.TPR] = value << 4
+            page.update_ppr()
         cpu.kick()
         return True
+
+    def msr_entry(self, cpu, idx):
+        if idx == avic.DOORBELL and features.enabled(cpu, "avic"):
+            return ("AVIC_DOORBELL", avic.doorbell_read, avic.doorbell_write)
+        if cpu.svm_guest:
+            return avic.guest_msr(cpu, idx)
+        return None
 
     def rmp_fault(self, cpu, spa, access):
         """Table 15-37: a non-SNP guest's write to a page that is not

@@ -16,7 +16,7 @@ from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
-from . import checks, clean, exits, sev_checks, sev_es, snp
+from . import avic, checks, clean, exits, sev_checks, sev_es, snp
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE
 from .intercepts import read_words
@@ -184,16 +184,6 @@ def _lbr_switch(cpu, load, store) -> None:
 
 # Control bits whose features svmsim does not implement yet: a guest that
 # needs them must not silently run without them.
-_UNMODELLED = (("AVIC_ENABLE", "AVIC (AVIC_ENABLE)"), ("X2AVIC_ENABLE", "x2AVIC"))
-
-
-def _refuse_unmodelled(cpu, v) -> None:
-    from ..errors import NotModelled
-    for name, what in _UNMODELLED:
-        if v[name]:
-            raise NotModelled(f"{what} in the VMCB at {cpu.svm.vmcb_pa:#x}")
-
-
 def _tlb_control(cpu, value: int, asid: int) -> None:
     """TLB_CONTROL (APM 15.16.1): 0 nothing, 1 flush every ASID, 3 this
     guest's ASID, 7 this guest's non-global entries; other values are
@@ -243,7 +233,6 @@ def vmrun(cpu, ins) -> None:
         bus.write_bytes(vmcb_pa, page)
         return
     _load_control(cpu, v)
-    _refuse_unmodelled(cpu, v)
     host_cr4, host_efer = cpu.cr4, cpu.efer
     _load_guest(cpu, g)
     s.sev = sev_checks.sev_active(v, cpu)
@@ -259,6 +248,7 @@ def vmrun(cpu, ins) -> None:
     if s.np_enable:
         from . import npt
         npt.setup(cpu, g, host_cr4, host_efer)
+    avic.load(cpu, v)
     if s.lbr_virt:
         s.host_lbr = {}
         _lbr_switch(cpu, g, s.host_lbr)
@@ -339,9 +329,20 @@ def _count(cpu, code):
 def vmexit_from(cpu, e: VmExit) -> None:
     """#VMEXIT for an intercept raised as a VmExit (RIP at the instruction
     for faults, after it for traps)."""
+    if e.trap and not e.nrip:
+        e.nrip = cpu.rip + _insn_length(cpu)          # a trap raised by a memory or MSR access
     rip = e.nrip if e.trap else cpu.rip
     vmexit(cpu, e.code, e.info1, e.info2, rip=rip, nrip=e.nrip, exitintinfo=e.exitintinfo,
            insn=e.insn, detail=e.detail)
+
+
+def _insn_length(cpu) -> int:
+    """Length of the guest instruction at CS:RIP (AVIC traps: the exit comes
+    after the access, and the guest resumes after the instruction)."""
+    import iced_x86
+    from .events import fetch_insn_bytes
+    i = iced_x86.Decoder(cpu.bits, fetch_insn_bytes(cpu), iced_x86.DecoderOptions.AMD).decode()
+    return i.len
 
 
 def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: int = 0,

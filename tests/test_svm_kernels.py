@@ -67,10 +67,10 @@ def test_qemu_divergences_take_the_apm_value(runs, name):
 def test_cpuid_8000_000a_and_host_hypervisor_bit(runs):
     """APM vol 3 E.4.9: revision 1, NASID, the implemented feature bits (NP, LbrVirt,
     NRIPS, TscRateMsr, VmcbClean, FlushByAsid, DecodeAssists, PauseFilter,
-    PauseFilterThreshold, VMSAVEvirt, vGIF, GMET, vNMI = 0x20394fb); the
+    PauseFilterThreshold, AVIC, VMSAVEvirt, vGIF, GMET, x2AVIC, vNMI = 0x207b4fb); the
     physical CPU reports CPUID 1 ECX[31] = 0 (seed S8)."""
     out = runs["svm_basic"].out
-    assert "[cpu] CPUID 8000_000A: revision 1, 32768 ASIDs, features EDX=0x20394fb\n" in out
+    assert "[cpu] CPUID 8000_000A: revision 1, 32768 ASIDs, features EDX=0x207b4fb\n" in out
     assert "[cpu] host CPUID 1 ECX[31] = 0\n" in out
 
 

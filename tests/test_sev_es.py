@@ -275,3 +275,10 @@ def test_efer_write_trap():
     r.vmcb["INTERCEPT_MISC2"] |= 1 << 15
     r.run()
     assert r.exitcode == ExitCode.EFER_WRITE_TRAP and r.vmcb["EXITINFO1"] == r.vmsa()["EFER"]
+
+
+def test_vmsave_in_an_es_guest_is_always_intercepted():
+    """APM 15.36.12: VMSAVE inside an SEV-ES guest results in #VMEXIT(VMSAVE),
+    a non-automatic exit: #VC(83h) in the guest."""
+    r = EsRig("mov rax, 0x300000\nvmsave\nhlt").run()
+    assert r.recorded()[:2] == (29, 0x83)

@@ -337,3 +337,16 @@ def test_dma_write_to_a_guest_page_is_blocked():
                            "mov eax, 0x00001800\nout dx, eax") is None
     assert r.m.bus.read_bytes(0x900000, 4) == before and events and events[0]["page"] == 0x900000
     assert r.m.bus.read_bytes(0x910000, 4) == b"QEMU"
+
+
+def test_avic_backing_page_must_be_hypervisor_owned():
+    """Table 15-39: the AVIC backing page of any guest, SNP-enabled system."""
+    from test_svm_avic import AvicRig, BACKING
+    from svmsim.cpu import msr
+    r = AvicRig("hlt")
+    msr.wrmsr(r.cpu, 0xC0010132, RMP_AT)
+    msr.wrmsr(r.cpu, 0xC0010133, RMP_AT + 0x4000 + 16 * (32 << 20 >> 12) - 1)
+    msr.wrmsr(r.cpu, 0xC0010010, 1 << 23 | 1 << 24)
+    r.m.rmp.write(BACKING, RmpEntry(True, 0, False, 0, 3))
+    r.run()
+    assert r.exitcode == ExitCode.INVALID and r.cpu.svm.invalid[-1].rule == "AVIC_BACKING_OWNER"

@@ -120,6 +120,11 @@ def vmrun_checks(v, caps, host):
         if pa >= limit:
             return _reason("AVIC_POINTER", name, pa, "APM vol 2, 15.29.4.3",
                            f"{name} {pa:#x} is beyond the physical address width")
+    rmp = host.machine.rmp
+    backing = v["AVIC_BACKING_PAGE"] & ~0xFFF & ((1 << 52) - 1)
+    if rmp.enabled and not rmp.hypervisor_owned(backing):
+        return _reason("AVIC_BACKING_OWNER", "AVIC_BACKING_PAGE", backing, "APM vol 2, 15.36.12",
+                       "with SEV-SNP on, the AVIC backing page must be hypervisor-owned (table 15-39)")
     x2 = v["X2AVIC_ENABLE"] and features.enabled(host, "x2avic")
     top = 511 if x2 else 255
     if v["AVIC_PHYSICAL_MAX_INDEX"] > top:

@@ -294,6 +294,15 @@ def vmgexit(cpu, ins):
     vmmcall(cpu, ins)
 
 
+def vmsave(cpu, ins):
+    """"the execution of the VMSAVE instruction inside an SEV-ES or SNP-active
+    guest is not supported and will result in a #VMEXIT(VMSAVE)" (APM
+    15.36.12): intercepted whatever the bit says (an NAE: #VC 83h)."""
+    _pre_svm("VMSAVE")(cpu, ins)
+    if cpu.svm.es or _hit(cpu, MISC2, 3):
+        _exit(cpu, ins, ExitCode.VMSAVE)
+
+
 def mwait(cpu, ins):
     """MWAIT intercept (word 4 bit 11) exits always; MWAIT_COND (bit 12) only
     when the monitor is armed, i.e. MWAIT would wait (APM 15.7)."""
@@ -357,7 +366,7 @@ GUARDS = {
     M.VMMCALL: vmmcall,
     M.VMGEXIT: vmgexit,
     M.VMLOAD: _simple(MISC2, 2, ExitCode.VMLOAD, _pre_svm("VMLOAD")),
-    M.VMSAVE: _simple(MISC2, 3, ExitCode.VMSAVE, _pre_svm("VMSAVE")),
+    M.VMSAVE: vmsave,
     M.STGI: _simple(MISC2, 4, ExitCode.STGI, _pre_svm("STGI", rax=False)),
     M.CLGI: _simple(MISC2, 5, ExitCode.CLGI, _pre_svm("CLGI", rax=False)),
     M.SKINIT: _simple(MISC2, 6, ExitCode.SKINIT, _pre_svm("SKINIT", rax=False)),

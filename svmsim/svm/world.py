@@ -241,14 +241,15 @@ def vmrun(cpu, ins) -> None:
     if s.es:
         s.vmsa_pa = sev_es.vmsa_spa(cpu, v)
         sev_es.load_guest(cpu, g)
-    if cpu.machine.rmp.enabled:
-        s.in_use = frozenset({vmcb_pa & ~0xFFF} | ({s.vmsa_pa} if s.es else set()))
     if cpu.machine.profile.extra.get("sev", {}).get("es"):
         cpu.msr[GHCB_MSR] = v["GHCB_GPA"]                 # 15.35.7
     if s.np_enable:
         from . import npt
         npt.setup(cpu, g, host_cr4, host_efer)
     avic.load(cpu, v)
+    if cpu.machine.rmp.enabled:                       # pages in use until #VMEXIT (15.36.12)
+        s.in_use = frozenset({vmcb_pa & ~0xFFF} | ({s.vmsa_pa} if s.es else set())
+                             | ({s.backing} if s.avic else set()))
     if s.lbr_virt:
         s.host_lbr = {}
         _lbr_switch(cpu, g, s.host_lbr)

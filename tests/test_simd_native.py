@@ -54,6 +54,9 @@ def lane(rng, w):
 
 
 def vector(rng, kind, nbytes=16):
+    if kind == "bf":         # SSE4a bit-field lengths/indices that stay inside the quadword
+        n, i = random_field(rng)
+        return rng.getrandbits(128) & ~(0x3F3F << 64) & ~0x3F3F | n | i << 8 | n << 64 | i << 72
     if kind == "str":        # short strings over a small alphabet, with zeros
         return int.from_bytes(bytes(rng.choice(b"\0aab-cz") for _ in range(nbytes)), "little")
     if kind in ("ps", "ss"):
@@ -66,6 +69,11 @@ def vector(rng, kind, nbytes=16):
     for i in range(nbytes // w):
         v |= lane(rng, w) << (8 * w * i)
     return v
+
+
+def random_field(rng):
+    n = rng.randrange(1, 64)
+    return n, rng.randrange(0, 65 - n)
 
 
 def near(rng, v, kind):
@@ -224,6 +232,28 @@ def _forms():
     add("vpcmpistri xmm1, xmm2, 0x08", "str")
     for t in ("crc32 eax, bl", "crc32 eax, bx", "crc32 eax, ebx", "crc32 rax, rbx", "crc32 rax, bl",
               "crc32 eax, dword ptr [rsi+0x41]"):
+        add(t, "i")
+    for op in ("aesenc", "aesenclast", "aesdec", "aesdeclast"):
+        add(f"{op} xmm1, xmm2", "i")
+        add(f"v{op} xmm1, xmm2, {M}", "i")
+    add("aesimc xmm1, xmm2", "i")
+    add("aeskeygenassist xmm1, xmm2, IMM", "i", 0x01, 0x36)
+    add("pclmulqdq xmm1, xmm2, IMM", "i", 0x00, 0x01, 0x10, 0x11)
+    add("vpclmulqdq xmm1, xmm2, xmm3, IMM", "i", 0x11)
+    for op in ("sha1nexte", "sha1msg1", "sha1msg2", "sha256msg1", "sha256msg2", "sha256rnds2"):
+        add(f"{op} xmm1, xmm2", "i")
+    add("sha1rnds4 xmm1, xmm2, IMM", "i", 0, 1, 2, 3)
+    add("extrq xmm1, IMM, 5", "i", 0, 8, 31, 59)
+    add("extrq xmm1, xmm2", "bf")
+    add("insertq xmm1, xmm2, IMM, 9", "i", 0, 7, 40)
+    add("insertq xmm1, xmm2", "bf")
+    add(f"movntss {M}, xmm2", "i")
+    add(f"movntsd {M}, xmm2", "i")
+    for t in ("bzhi eax, ebx, ecx", "bzhi rax, rbx, rcx", "mulx rax, rbx, rcx", "mulx eax, ebx, ecx",
+              "mulx rax, rax, rcx", "pdep rax, rbx, rcx", "pdep eax, ebx, ecx", "pext rax, rbx, rcx",
+              "pext eax, ebx, dword ptr [rsi+0x40]", "rorx rax, rbx, 13", "rorx eax, ebx, 31",
+              "shlx rax, rbx, rcx", "shrx eax, ebx, ecx", "sarx rax, rbx, rcx", "sarx eax, ebx, ecx",
+              "adcx rax, rbx", "adox eax, ebx", "adcx rax, qword ptr [rsi+0x40]", "adox rax, rbx"):
         add(t, "i")
     add("ptest xmm1, xmm2", "i")
     add("vptest ymm1, ymm2", "i")

@@ -200,6 +200,8 @@ def build_insn(i, bits: int) -> Insn:
         kind = i.op_kind(n)
         if kind == OpKind.REGISTER:
             ins.regs.append(i.op_register(n))
+        elif kind == OpKind.IMMEDIATE8_2ND:
+            ins.imm2 = i.immediate(n)
         elif kind in _KIND_IMM:
             ins.imm = i.immediate(n)
     ins.opsz = opsz

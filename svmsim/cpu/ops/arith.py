@@ -311,3 +311,21 @@ def cmpxchg8b(cpu, ins):
     f = cpu.get_rflags()
     cpu.rflags = (f & ~ZF) | zf
     cpu.lf = None
+
+
+# ---------------------------------------------------------------- ADX
+def _adx(flag):
+    """ADCX / ADOX: unsigned add with carry in and out through CF (ADCX) or OF
+    (ADOX) only; every other flag is unchanged (APM vol 3 ADCX)."""
+    def h(cpu, ins):
+        bits = ins.osize << 3
+        f = cpu.get_rflags()
+        r = ins.get0(cpu) + ins.get1(cpu) + (1 if f & flag else 0)
+        ins.set0(cpu, r)
+        cpu.rflags = (f & ~flag) | (flag if r >> bits else 0)
+        cpu.lf = None
+    return h
+
+
+handles("ADCX")(_adx(CF))
+handles("ADOX")(_adx(OF))

@@ -3,8 +3,9 @@ the BMI1 group ANDN/BEXTR/BLSI/BLSMSK/BLSR (AMD APM vol 3, ch. 3).
 
 CPUID bits these need (so a profile that advertises them must have them):
 POPCNT = Fn0000_0001_ECX[23]; LZCNT = Fn8000_0001_ECX[5] (ABM);
-TZCNT and the BMI1 group = Fn0000_0007_EBX[3] (BMI1).  The BMI2 group
-(SARX/SHLX/SHRX/RORX, ...) is not implemented, so BMI2 must stay clear.
+TZCNT and the BMI1 group = Fn0000_0007_EBX[3] (BMI1); BZHI, MULX, PDEP,
+PEXT, RORX, SARX, SHLX, SHRX = Fn0000_0007_EBX[8] (BMI2; only BZHI writes
+flags).
 
 Flags the APM leaves undefined follow QEMU TCG (the differential oracle):
 
@@ -211,3 +212,82 @@ def blsr(cpu, ins):
     r = src & (src - 1) & mask
     ins.set0(cpu, r)
     set_arith(cpu, _bls_flags(r, bits, src == 0))
+
+
+# ---------------------------------------------------------------- BMI2 (no flags except BZHI)
+@handles("BZHI")
+def bzhi(cpu, ins):
+    """Zero the bits from index src2[7:0] up; CF = (index > operand size - 1),
+    ZF, SF from the result, OF = 0 (APM vol 3 BZHI); PF (undefined) from
+    the result, AF = 0, as on the AMD host."""
+    bits = ins.osize << 3
+    n = ins.get2(cpu) & 0xFF
+    src = ins.get1(cpu)
+    r = src & ((1 << n) - 1) if n < bits else src
+    ins.set0(cpu, r)
+    set_arith(cpu, (CF if n > bits - 1 else 0) | szp(r, bits))
+
+
+@handles("MULX")
+def mulx(cpu, ins):
+    """Unsigned rDX * src: high half to the first operand, low half to the
+    second (written first, so equal operands get the high half); no flags."""
+    bits = ins.osize << 3
+    mask = (1 << bits) - 1
+    p = (cpu.regs[2] & mask) * ins.get2(cpu)
+    ins.set1(cpu, p & mask)
+    ins.set0(cpu, p >> bits)
+
+
+@handles("PDEP")
+def pdep(cpu, ins):
+    src, mask = ins.get1(cpu), ins.get2(cpu)
+    r, k = 0, 0
+    while mask:
+        low = mask & -mask
+        if src >> k & 1:
+            r |= low
+        k += 1
+        mask ^= low
+    ins.set0(cpu, r)
+
+
+@handles("PEXT")
+def pext(cpu, ins):
+    src, mask = ins.get1(cpu), ins.get2(cpu)
+    r, k = 0, 0
+    while mask:
+        low = mask & -mask
+        if src & low:
+            r |= 1 << k
+        k += 1
+        mask ^= low
+    ins.set0(cpu, r)
+
+
+@handles("RORX")
+def rorx(cpu, ins):
+    bits = ins.osize << 3
+    n = ins.imm & (bits - 1)
+    v = ins.get1(cpu)
+    ins.set0(cpu, ((v >> n) | (v << (bits - n))) & ((1 << bits) - 1))
+
+
+def _shiftx(kind):
+    def h(cpu, ins):
+        bits = ins.osize << 3
+        n = ins.get2(cpu) & (bits - 1)
+        v = ins.get1(cpu)
+        if kind == "l":
+            r = v << n
+        elif kind == "r":
+            r = v >> n
+        else:
+            r = (v - (1 << bits) if v >> (bits - 1) else v) >> n
+        ins.set0(cpu, r & ((1 << bits) - 1))
+    return h
+
+
+handles("SHLX")(_shiftx("l"))
+handles("SHRX")(_shiftx("r"))
+handles("SARX")(_shiftx("a"))

@@ -389,3 +389,55 @@ for _sx, _signed in (("SX", True), ("ZX", False)):
                 continue
             unary(_extend(_wi, _wo, _signed), ("PMOV%s%s%s" % (_sx, _a, _b),), ("VPMOV%s%s%s" % (_sx, _a, _b),),
                   align=False)
+
+
+# ---------------------------------------------------------------- SSE4a (AMD)
+def _bitfield(ins, cpu, lo):
+    """(length, index) of EXTRQ/INSERTQ: immediates, or bits of the second
+    register (EXTRQ xmm2[5:0], [13:8]; INSERTQ xmm2[69:64], [77:72]).
+    A length of 0 means 64 (APM vol 4 EXTRQ)."""
+    from .simd import rd
+    if ins.imm2 is not None:
+        n, i = ins.imm & 0x3F, ins.imm2 & 0x3F
+    else:
+        v = rd(cpu, ins, lo, 1)
+        if ins.name == "insertq":
+            v >>= 64
+        n, i = v & 0x3F, (v >> 8) & 0x3F
+    return (n or 64), i
+
+
+def _sse4a_handlers():
+    from .simd import layout, check, rd, wr
+
+    @handles("EXTRQ")
+    def extrq(cpu, ins):
+        """Extract bits [index + length - 1 : index] of the low quadword; the
+        upper quadword (undefined in the APM) is cleared, as on the AMD host."""
+        lo = layout(ins)
+        check(cpu, lo)
+        n, i = _bitfield(ins, cpu, lo)
+        a = rd(cpu, ins, lo, 0)
+        wr(cpu, ins, lo, ((a & M64) >> i) & ((1 << n) - 1))
+
+    @handles("INSERTQ")
+    def insertq(cpu, ins):
+        """Insert the low ``length`` bits of the source's low quadword at
+        ``index`` of the destination's low quadword; the upper quadword
+        (undefined in the APM) is cleared, as on the AMD host."""
+        lo = layout(ins)
+        check(cpu, lo)
+        n, i = _bitfield(ins, cpu, lo)
+        a = rd(cpu, ins, lo, 0)
+        src = rd(cpu, ins, lo, 1) & ((1 << n) - 1)
+        mask = (((1 << n) - 1) << i) & M64
+        wr(cpu, ins, lo, ((a & M64) & ~mask) | ((src << i) & mask))
+
+    @handles("MOVNTSS", "MOVNTSD")
+    def movntss(cpu, ins):
+        lo = layout(ins)
+        check(cpu, lo)
+        wr(cpu, ins, lo, rd(cpu, ins, lo, 1) & ((1 << (8 * ins.mem_size)) - 1))
+
+
+_sse4a_handlers()

@@ -103,7 +103,10 @@ def make_state(rng, kind):
     for i in range(16):
         s.xmm(i, vector(rng, kind))
         s.ymmh(i, vector(rng, kind))
-    if kind not in ("i",) and rng.random() < 0.6:
+    if kind == "gather":     # index register xmm2: small dword and qword indices (loads stay in scratch)
+        for setter in (s.xmm, s.ymmh):
+            setter(2, sum(rng.randrange(0, 24) << (64 * k) for k in range(2)))
+    if kind not in ("i", "gather") and rng.random() < 0.6:
         s.xmm(2, near(rng, s.xmm(1), kind))
         s.xmm(3, near(rng, s.xmm(2), kind))
     for i in range(16):
@@ -255,6 +258,34 @@ def _forms():
               "shlx rax, rbx, rcx", "shrx eax, ebx, ecx", "sarx rax, rbx, rcx", "sarx eax, ebx, ecx",
               "adcx rax, rbx", "adox eax, ebx", "adcx rax, qword ptr [rsi+0x40]", "adox rax, rbx"):
         add(t, "i")
+    for order in ("132", "213", "231"):
+        for op in ("fmadd", "fmsub", "fnmadd", "fnmsub"):
+            for suf in ("ps", "pd", "ss", "sd"):
+                add(f"v{op}{order}{suf} xmm1, xmm2, xmm3", suf)
+            add(f"v{op}{order}ps ymm1, ymm2, {M}", "ps")
+        add(f"vfmaddsub{order}ps xmm1, xmm2, xmm3", "ps")
+        add(f"vfmsubadd{order}pd ymm1, ymm2, ymm3", "pd")
+    add("vcvtph2ps xmm1, xmm2", "i")
+    add("vcvtph2ps ymm1, xmmword ptr [rsi+0x40]", "i")
+    add("vcvtps2ph xmm1, xmm2, IMM", "ps", 0, 1, 2, 3, 4)
+    add(f"vcvtps2ph qword ptr {M}, xmm2, 4", "ps")
+    add("vcvtps2ph xmm1, ymm2, IMM", "ps", 0, 3)
+    for t in ("vbroadcastss xmm1, dword ptr [rsi+0x40]", "vbroadcastss ymm1, xmm2", "vbroadcastsd ymm1, xmm2",
+              "vbroadcastf128 ymm1, [rsi+0x40]", "vpbroadcastb ymm1, xmm2", "vpbroadcastw xmm1, word ptr [rsi+0x41]",
+              "vpbroadcastd ymm1, xmm2", "vpbroadcastq xmm1, xmm2", "vbroadcasti128 ymm1, [rsi+0x40]",
+              "vextractf128 xmm1, ymm2, 1", f"vextracti128 {M}, ymm2, 0", "vinsertf128 ymm1, ymm2, xmm3, 1",
+              "vinserti128 ymm1, ymm2, [rsi+0x40], 0", "vperm2f128 ymm1, ymm2, ymm3, 0x31",
+              "vperm2i128 ymm1, ymm2, ymm3, 0x8a", "vpermilps ymm1, ymm2, 0x1b", "vpermilps xmm1, xmm2, xmm3",
+              "vpermilpd ymm1, ymm2, 5", "vpermilpd ymm1, ymm2, ymm3", "vpermd ymm1, ymm2, ymm3",
+              "vpermps ymm1, ymm2, ymm3", "vpermq ymm1, ymm2, 0x4e", "vpermpd ymm1, ymm2, 0x93",
+              "vpsllvd ymm1, ymm2, ymm3", "vpsllvq xmm1, xmm2, xmm3", "vpsrlvd xmm1, xmm2, xmm3",
+              "vpsrlvq ymm1, ymm2, ymm3", "vpsravd ymm1, ymm2, ymm3",
+              f"vmaskmovps ymm1, ymm2, {M}", f"vmaskmovpd {M}, xmm2, xmm3", f"vpmaskmovd xmm1, xmm2, {M}",
+              f"vpmaskmovq {M}, ymm2, ymm3", "vzeroupper", "vzeroall",
+              "vgatherdps ymm1, [rsi+ymm2*4], ymm3", "vgatherqpd xmm1, [rsi+xmm2*8], xmm3",
+              "vpgatherdd xmm1, [rsi+xmm2*1+0x10], xmm3", "vpgatherqd xmm1, [rsi+ymm2*2], xmm3",
+              "vgatherdpd ymm1, [rsi+xmm2*8], ymm3", "vpgatherqq ymm1, [rsi+ymm2*1], ymm3"):
+        add(t, "gather" if "gather" in t else "i")
     add("ptest xmm1, xmm2", "i")
     add("vptest ymm1, ymm2", "i")
     add("vtestps ymm1, ymm2", "i")

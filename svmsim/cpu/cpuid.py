@@ -37,6 +37,13 @@ ISA_FEATURES = {
     "XSAVE": "xsave", "XSAVEOPT": "xsaveopt", "XSAVEC": "xsavec", "XSAVES": "xsaves",
     "FXSR": "fxsr", "CMOV": "cmov",
 }
+# Extensions svmsim does not implement and the profiles do not list: an
+# instruction needing one of them is #UD whatever else it needs (VAESENC ymm
+# needs AES, AVX and VAES), and it does not count against the others.
+FOREIGN = frozenset({"GFNI", "VAES", "VPCLMULQDQ", "SHA512", "SM3", "SM4", "AVX_VNNI",
+                     "AVX_VNNI_INT8", "AVX_VNNI_INT16", "AVX_IFMA", "AVX_NE_CONVERT",
+                     "CMPCCXADD", "AMX_TILE", "AMX_INT8", "AMX_BF16", "AMX_FP16", "AMX_COMPLEX",
+                     "KL", "WIDE_KL", "AESKLE", "TBM", "LWP", "XOP", "FMA4", "D3NOW", "D3NOWEXT"})
 # Feature -> mnemonics that must all have handlers before it is advertised
 # (features outside ISA_FEATURES).
 NEEDS = {
@@ -54,9 +61,11 @@ UNMODELLED = frozenset({"vme", "pku", "la57", "umip", "xgetbv1", "topoext", "ski
 # Features that also need a state component in XCR0 (XSAVE): AVX = YMM (bit 2).
 NEEDS_XCR0 = {"avx": 4, "avx2": 4, "fma": 4, "f16c": 4}
 
-# XSAVE components svmsim implements: x87 (bit 0) and SSE (bit 1).
-XCR0_SUPPORTED = 0b11
+# XSAVE components svmsim implements: x87 (bit 0), SSE (bit 1), AVX/YMM (bit 2).
+XCR0_SUPPORTED = 0b111
 XSAVE_LEGACY_SIZE = 512 + 64        # legacy region + XSAVE header (APM vol 1, 11.5.2)
+# Extended components: bit -> (size, offset in the standard format) (CPUID Fn0000_000D_x[n]).
+XSAVE_COMPONENTS = {2: (256, 576)}
 
 _REGS = ("eax", "ebx", "ecx", "edx")
 
@@ -71,8 +80,9 @@ def code_features(code: int) -> frozenset:
     if fs is None:
         ins = iced_x86.Instruction()
         ins.code = code
-        fs = frozenset(ISA_FEATURES[n] for n in map(_CF_NAMES.get, ins.cpuid_features())
-                       if n in ISA_FEATURES)
+        names = [_CF_NAMES.get(f) for f in ins.cpuid_features()]
+        fs = frozenset([ISA_FEATURES[n] for n in names if n in ISA_FEATURES] +
+                       ["unsupported:" + n for n in names if n in FOREIGN])
         _CODE_FEATURES[code] = fs
     return fs
 
@@ -97,7 +107,10 @@ def missing_forms() -> dict:
                 continue
             if code in ops.BY_CODE or iced_x86.OpCodeInfo(code).mnemonic in ops.BY_MNEMONIC:
                 continue
-            for f in code_features(code):
+            need = code_features(code)
+            if any(f.startswith("unsupported:") for f in need):
+                continue
+            for f in need:
                 out.setdefault(f, []).append(name)
         _MISSING.append(out)
     return _MISSING[0]
@@ -216,8 +229,11 @@ def build_table(profile, fs, smp: int) -> dict:
         t[(0xB, 0)] = [0, 1, 0x100, 0]                 # SMT level: 1 thread per core
         t[(0xB, 1)] = [shift, smp, 0x201, 0]           # core level
     if "xsave" in fs:
-        t[(0xD, 0)] = [XCR0_SUPPORTED, XSAVE_LEGACY_SIZE, XSAVE_LEGACY_SIZE, 0]
+        t[(0xD, 0)] = [XCR0_SUPPORTED, XSAVE_LEGACY_SIZE, _xsave_size(XCR0_SUPPORTED), 0]
         leaf(0xD, 1)
+        for n, (size, offset) in XSAVE_COMPONENTS.items():
+            if XCR0_SUPPORTED >> n & 1:
+                t[(0xD, n)] = [size, offset, 0, 0]
     ext0 = [profile.max_ext, v[0], v[2], v[1]]
     t[(0x80000000, None)] = ext0
     ext1[0] = sig
@@ -284,13 +300,21 @@ def cpuid(cpu, leaf: int, subleaf: int = 0):
         r = list(cpu.hooks.cpuid_leaf(cpu, leaf) or r)
     elif leaf == 0xD and subleaf == 0 and r[0]:
         r[1] = _xsave_size(cpu.xcr0)
+    elif leaf == 0xD and subleaf == 1 and r[0] & 8:
+        # XSAVES: size of the compacted area for XCR0 | IA32_XSS
+        r[1] = XSAVE_LEGACY_SIZE + sum(size for n, (size, _) in XSAVE_COMPONENTS.items()
+                                       if (cpu.xcr0 | cpu.msr.get(0xDA0, 0)) >> n & 1)
     return tuple(x & 0xFFFFFFFF for x in r)
 
 
 def _xsave_size(xcr0: int) -> int:
-    """Fn0000_000D_EBX_x0: size for the components enabled in XCR0 (x87/SSE
-    live in the 512-byte legacy region, so it is 576 for any valid XCR0)."""
-    return XSAVE_LEGACY_SIZE
+    """Fn0000_000D_EBX_x0: size of the standard-format area for the
+    components enabled in XCR0 (x87/SSE live in the legacy region)."""
+    end = XSAVE_LEGACY_SIZE
+    for n, (size, offset) in XSAVE_COMPONENTS.items():
+        if xcr0 >> n & 1:
+            end = max(end, offset + size)
+    return end
 
 
 def _apic_enabled(cpu) -> bool:

@@ -551,6 +551,7 @@ TABLE = {
     SVM_KEY: ("SVM_KEY", svm_key_read, svm_key_write),
     OSVW_ID_LENGTH: ("OSVW_ID_LENGTH", osvw_read, plain_write),
     OSVW_STATUS: ("OSVW_STATUS", osvw_read, plain_write),
+    0xDA0: ("IA32_XSS", plain_read, masked_write(0)),   # no supervisor XSAVE component exists
 }
 for _i in range(8):
     TABLE[MTRR_PHYS0 + _i * 2] = (f"MTRRphysBase{_i}", plain_read, mtrr_var_write)
@@ -582,6 +583,7 @@ DEFAULTS = {
 
 # MSRs that exist only in some profiles.
 _PER_FEATURE = {PERF_CTL_EXT + i: "perfctr_core" for i in range(12)}
+_PER_FEATURE[0xDA0] = "xsaves"
 
 
 def _mc_bank_entry(cpu, idx):

@@ -148,7 +148,7 @@ _MILAN_FEATURES = _LEGACY64 | {
     "sse3", "pclmulqdq", "ssse3", "cx16", "sse41", "sse42", "aes", "pcid",
     "arat", "fsgsbase", "bmi1", "smep", "bmi2", "erms", "invpcid", "rdseed", "adx",
     "smap", "clflushopt", "clwb", "sha", "rdpid", "fsrm",
-    "xsaveopt", "xsavec",
+    "xsaveopt", "xsavec", "xsaves", "avx", "avx2", "fma", "f16c",
     "svm", "abm", "sse4a", "prefetchw", "osvw", "tce", "perfctr_core",
     "mmxext", "ffxsr", "page1gb", "rdtscp",
     "invariant_tsc",

@@ -163,7 +163,7 @@ def round_pack(f, sign, exp, sig, ctx, sticky=False):
         # whether the result still lies below the smallest normal.
         qu = _round_at(sig, exp, top - (p - 1), sign, ctx.rc, sticky)[0]
         tiny = top + (qu.bit_length() - p) < f.emin
-        if ctx.ftz and ctx.um:
+        if tiny and ctx.ftz and ctx.um:
             ctx.flags |= UE | PE
             return pack_zero(f, sign)
     if q.bit_length() > p:                              # a carry out of the rounding
@@ -347,14 +347,15 @@ def div(f, a, b, ctx, nan2=nan2_sse):
     if bi:
         _den_check(f, a, b, ctx)
         return pack_zero(f, sign)
-    sa, ea, ma = unpack(f, a, ctx)
     sb, eb, mb = unpack(f, b, ctx)
     if mb == 0:
-        if ma == 0:
+        # x / 0: ZE alone (no DE for a denormal dividend, as the AMD host)
+        if _zero_op(f, a, ctx):
             ctx.flags |= IE
             return f.dnan
         ctx.flags |= ZE
         return pack_inf(f, sign)
+    sa, ea, ma = unpack(f, a, ctx)
     if ma == 0:
         return pack_zero(f, sign)
     # quotient with at least p+2 significant bits, remainder as sticky

@@ -84,7 +84,7 @@ def load_all():
     from . import arith, data, control  # noqa: F401
     import importlib
     for mod in ("shift", "bits", "muldiv", "string", "misc_int", "system", "farxfer", "fpu",
-                "sse_int", "sse_fp", "sse_mov", "sse42", "x87", "crypto"):
+                "sse_int", "sse_fp", "sse_mov", "sse42", "x87", "crypto", "avx"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:

@@ -103,29 +103,45 @@ def fxrstor(cpu, ins):
 
 
 # ---------------------------------------------------------------- XSAVE family
-def _rfbm(cpu):
-    return cpu.xcr0 & ((cpu.regs[2] & 0xFFFFFFFF) << 32 | (cpu.regs[0] & 0xFFFFFFFF))
+# Components: 0 x87 and 1 SSE in the legacy region, 2 AVX (YMM_Hi128) at 576 in
+# both formats (the first extended component; CPUID Fn0000_000D_x2).  No
+# supervisor component exists, so IA32_XSS must stay 0 (msr.py).
+XSS_MSR = 0xDA0
+YMM_OFF, YMM_SIZE = 576, 256
 
 
-def _xsave(cpu, ins, compacted):
-    """XSAVE/XSAVEOPT/XSAVEC for components 0 (x87) and 1 (SSE).
+def _rfbm(cpu, supervisor=False):
+    mask = cpu.xcr0 | (cpu.msr.get(XSS_MSR, 0) if supervisor else 0)
+    return mask & ((cpu.regs[2] & 0xFFFFFFFF) << 32 | (cpu.regs[0] & 0xFFFFFFFF))
+
+
+def _nregs(cpu):
+    return 16 if cpu.long64 else 8
+
+
+def _xsave(cpu, ins, compacted, supervisor=False):
+    """XSAVE/XSAVEOPT/XSAVEC/XSAVES (APM vol 3, vol 1 11.5).
 
     XSTATE_BV[i] is set for every saved component (the processor may
-    report a component in its initial state as in use).  XSAVEC also
-    writes XCOMP_BV = bit 63 | RFBM (APM vol 3 XSAVEC)."""
+    report a component in its initial state as in use; XSAVEOPT's
+    modified-state optimisation is not modelled, which the manual allows).
+    The compacted forms write XCOMP_BV = bit 63 | RFBM."""
     xsave_check(cpu)
+    if supervisor and cpu.cpl:
+        raise gp(0, f"{ins.name.upper()} at CPL {cpu.cpl}")
     off = _aligned(cpu, ins, 64)
-    rfbm = _rfbm(cpu)
+    rfbm = _rfbm(cpu, supervisor)
     rex_w = ins.name.endswith("64")
     img = fs.legacy_image(cpu, rex_w, with_x87=bool(rfbm & 1), with_sse=bool(rfbm & 2),
-                          nxmm=16 if cpu.long64 else 8, with_mxcsr=bool(rfbm & 2))
-    hdr = cpu.read(ins.seg, off + 512, 8)
+                          nxmm=_nregs(cpu), with_mxcsr=bool(rfbm & 2))
+    if rfbm & 4:
+        img[YMM_OFF] = b"".join(cpu.ymmh[i].to_bytes(16, "little") for i in range(_nregs(cpu)))
+    saved = rfbm & 7
     if compacted:
-        xstate_bv = rfbm & 3
-        header = xstate_bv.to_bytes(8, "little") + ((1 << 63) | (rfbm & 3)).to_bytes(8, "little")
+        header = saved.to_bytes(8, "little") + ((1 << 63) | rfbm).to_bytes(8, "little")
     else:
-        xstate_bv = (hdr & ~rfbm) | (rfbm & 3)     # only XSTATE_BV is written
-        header = xstate_bv.to_bytes(8, "little")
+        hdr = cpu.read(ins.seg, off + 512, 8)
+        header = ((hdr & ~rfbm) | saved).to_bytes(8, "little")    # only XSTATE_BV is written
     img[512] = header
     write_image(cpu, ins.seg, off, img)
 
@@ -140,21 +156,30 @@ def xsavec(cpu, ins):
     _xsave(cpu, ins, compacted=True)
 
 
-@handles("XRSTOR", "XRSTOR64")
-def xrstor(cpu, ins):
-    """XRSTOR (APM vol 3): header checks, then per component either load
-    from memory (XSTATE_BV[i]=1) or set the initial state."""
+@handles("XSAVES", "XSAVES64")
+def xsaves(cpu, ins):
+    _xsave(cpu, ins, compacted=True, supervisor=True)
+
+
+def _xrstor(cpu, ins, supervisor=False):
+    """XRSTOR/XRSTORS (APM vol 3): header checks, then per requested component
+    either load it (XSTATE_BV[i]=1) or set its initial state."""
     xsave_check(cpu)
+    if supervisor and cpu.cpl:
+        raise gp(0, f"{ins.name.upper()} at CPL {cpu.cpl}")
     off = _aligned(cpu, ins, 64)
-    img = read_bytes(cpu, ins.seg, off, 576)
+    img = read_bytes(cpu, ins.seg, off, YMM_OFF + YMM_SIZE)
     xstate_bv = int.from_bytes(img[512:520], "little")
     xcomp_bv = int.from_bytes(img[520:528], "little")
-    rfbm = _rfbm(cpu)
+    allowed = cpu.xcr0 | (cpu.msr.get(XSS_MSR, 0) if supervisor else 0)
+    rfbm = _rfbm(cpu, supervisor)
     compacted = bool(xcomp_bv >> 63)
+    if supervisor and not compacted:
+        raise gp(0, "XRSTORS: XCOMP_BV[63] must be set (compacted format)")
     if compacted:
         comp = xcomp_bv & ~(1 << 63)
-        if comp & ~cpu.xcr0 or xstate_bv & ~comp or any(img[528:576]):
-            raise gp(0, "XRSTOR (compacted): XCOMP_BV/XSTATE_BV not allowed by XCR0, or header bytes set")
+        if comp & ~allowed or xstate_bv & ~comp or any(img[528:576]):
+            raise gp(0, "XRSTOR (compacted): XCOMP_BV/XSTATE_BV not allowed, or header bytes set")
     else:
         if xstate_bv & ~cpu.xcr0 or any(img[520:576]):
             raise gp(0, "XRSTOR: XSTATE_BV beyond XCR0 or reserved header bytes set")
@@ -163,7 +188,7 @@ def xrstor(cpu, ins):
     if load_mxcsr and mxcsr & ~fs.MXCSR_MASK:
         raise gp(0, f"XRSTOR: reserved MXCSR bits {mxcsr:#x}")
     rex_w = ins.name.endswith("64")
-    nxmm = 16 if cpu.long64 else 8
+    nregs = _nregs(cpu)
     if rfbm & 1:
         if xstate_bv & 1:
             fs.load_legacy(cpu, img, rex_w, with_sse=False, with_mxcsr=False)
@@ -171,13 +196,27 @@ def xrstor(cpu, ins):
             fs.init_x87(cpu)
     if rfbm & 2:
         if xstate_bv & 2:
-            fs.load_legacy(cpu, img, rex_w, with_x87=False, nxmm=nxmm, with_mxcsr=False)
+            fs.load_legacy(cpu, img, rex_w, with_x87=False, nxmm=nregs, with_mxcsr=False)
         else:
-            fs.init_sse(cpu, nxmm)
+            fs.init_sse(cpu, nregs)
+    if rfbm & 4:
+        for i in range(nregs):
+            cpu.ymmh[i] = (int.from_bytes(img[YMM_OFF + 16 * i:YMM_OFF + 16 * i + 16], "little")
+                           if xstate_bv & 4 else 0)
     if load_mxcsr:
         cpu.mxcsr = mxcsr
     elif compacted and rfbm & 2:
         cpu.mxcsr = fs.MXCSR_RESET
+
+
+@handles("XRSTOR", "XRSTOR64")
+def xrstor(cpu, ins):
+    _xrstor(cpu, ins)
+
+
+@handles("XRSTORS", "XRSTORS64")
+def xrstors(cpu, ins):
+    _xrstor(cpu, ins, supervisor=True)
 
 
 # ---------------------------------------------------------------- MXCSR

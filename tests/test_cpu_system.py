@@ -280,7 +280,9 @@ def test_xgetbv_xsetbv_rules():
     pre = "mov rax, cr4\nbts rax, 18\nmov cr4, rax\nxor ecx, ecx\nxor edx, edx\n"
     r = run_code(asm(pre + "mov eax, 3\nxsetbv\nxgetbv"))
     assert r.exception is None and r.regs[0] == 3 and r.cpu.xcr0 == 3
-    for bad in (2, 7, 5):                                               # no x87; AVX; AVX w/o SSE
+    r = run_code(asm(pre + "mov eax, 7\nxsetbv\nxgetbv"))             # x87 | SSE | AVX
+    assert r.exception is None and r.regs[0] == 7
+    for bad in (2, 5, 0xF):                                             # no x87; AVX w/o SSE; bit 3
         assert fault(run_code(asm(pre + f"mov eax, {bad}\nxsetbv"))) == (GP, 0)
     assert fault(run_code(asm(pre + "inc ecx\nmov eax, 3\nxsetbv"))) == (GP, 0)
 

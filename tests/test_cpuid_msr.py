@@ -115,12 +115,15 @@ def test_cache_leaves_decode_to_the_profile():
 
 def test_only_implemented_features_are_advertised():
     a, b, c, d = run_cpuid(1)
-    assert not c >> 28 & 1                          # AVX
+    assert c >> 28 & 1 and c >> 12 & 1 and c >> 29 & 1   # AVX, FMA, F16C (implemented)
     a7, b7, c7, d7 = run_cpuid(7)
-    assert not b7 >> 5 & 1 and not b7 >> 16 & 1     # AVX2, AVX-512F
+    assert b7 >> 5 & 1 and not b7 >> 16 & 1         # AVX2; AVX-512F is outside the model
     assert not c7 >> 3 & 1                          # PKU
-    assert run_cpuid(0xD)[0] == 0b11                # XCR0: x87 | SSE only
-    assert run_cpuid(0xD)[1] == 576
+    # XSAVE: x87 | SSE | AVX; sizes for XCR0 = x87 (reset) and for all
+    # components; the AVX component is 256 bytes at 576 (Fn0000_000D_x2)
+    assert run_cpuid(0xD)[0] == 0b111
+    assert run_cpuid(0xD)[1:3] == [576, 832]
+    assert run_cpuid(0xD, 2)[:2] == [256, 576]
     m = make_machine()
     have = set(__import__("svmsim.cpu.ops", fromlist=["BY_MNEMONIC"]).BY_MNEMONIC)
     for f in cpuid_mod.features(m):

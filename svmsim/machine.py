@@ -213,6 +213,10 @@ class Machine(DebugApi):
         if self._amd_sp is None and self._sev:
             from .sev.firmware import SevFirmware, SevMailbox
             self._amd_sp = SevFirmware(self.bus, self.mem_engine, cbit=self._sev["c_bit"])
+            if self._sev.get("snp"):
+                from .sev.snp_firmware import SnpFirmware
+                self._amd_sp.snp = SnpFirmware(self._amd_sp, self.rmp, self.cpus,
+                                               self._sev["min_sev_asid"])
             self.amd_sp_mailbox = SevMailbox(self._amd_sp)
         return self._amd_sp
 

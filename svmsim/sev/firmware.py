@@ -35,7 +35,8 @@ Deliberate simplifications (each a documented deviation):
   LAUNCH_START).
 * WBINVD before DF_FLUSH is not tracked (WBINVD_REQUIRED is never returned).
 * No compression (packet flag COMPRESSED -> UNSUPPORTED), no DOWNLOAD_FIRMWARE
-  (UNSUPPORTED), no ATTESTATION and no SNP commands (INVALID_COMMAND).
+  (UNSUPPORTED), no ATTESTATION (INVALID_COMMAND).  SNP commands (81h and
+  up) go to ``self.snp`` (sev/snp_firmware.py) on a chip with SEV-SNP.
 
 SEV-ES (policy bit ES, platform config ES from INIT's SEV_INIT_FLAGS_SEV_ES
 with its 1 MiB trusted memory region): a VMSA is one 4 KiB page.
@@ -134,6 +135,8 @@ class SevFirmware:
         self._asid_dirty: set = set()             # deactivated, DF_FLUSH not yet done
         # chip identity and its endorsement key
         self.chip_id = hashlib.sha512(b"svmsim chip id" + chip_seed).digest()
+        self.chip_secret = hashlib.sha512(b"svmsim chip secret" + chip_seed).digest()   # never leaves
+        self.snp = None                           # the SEV-SNP firmware (snp_firmware), if any
         _, _, ask, _ = simulated_root()
         self._cek = sc.private_key_from_seed(chip_seed, "svmsim CEK")
         self._cek_cert = SevCert(Usage.CEK, Algo.ECDSA_SHA256, self._cek.public_key(),
@@ -273,6 +276,8 @@ class SevFirmware:
         """Execute one SEV command; returns its status (an int, a SevStatus value)."""
         entry = _COMMANDS.get(cmd)
         if entry is None:
+            if cmd >= 0x81 and self.snp is not None:
+                return self.snp.command(cmd, buffer_pa)
             return SevStatus.INVALID_COMMAND
         handler, platform_states, guest_states = entry
         if self.state not in platform_states:
@@ -437,7 +442,8 @@ class SevFirmware:
         if g.asid:
             return SevStatus.ACTIVE
         users = self._asid_users.get(asid)
-        if users and any(self.guests[h].vek != g.vek for h in users):
+        if users and any(self.guests[h].vek != g.vek for h in users) \
+                or self.snp is not None and asid in self.snp.asid_owner:
             return SevStatus.ASID_OWNED
         if asid in self._asid_dirty:
             return SevStatus.DF_FLUSH_REQUIRED

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..sev.api import (SevCmd, SevState, SevStatus, SEV_INIT_FLAGS_SEV_ES, TMR_SIZE,
                        buffer_size, pack_buffer, unpack_buffer)
+from ..sev import snp_api
 from ..sev.crypto import CERT_LEN
 from ..sev.mailbox import SevMailbox
 from .vmm import GuestExit
@@ -36,23 +37,28 @@ class Psp:
         return self.m.amd_sp
 
     def command(self, cmd: SevCmd, layout: str | None = None, **fields) -> tuple[int, dict]:
-        """Run one command; (status, the parameter buffer as the firmware left it)."""
+        """Run one command; (status, the parameter buffer as the firmware left it).
+        SNP commands (81h and up) take ``snp_api`` layouts."""
         bus, regs = self.bus, self.regs
+        snp = cmd >= snp_api.SnpCmd.INIT
+        pack = snp_api.pack if snp else pack_buffer
+        unpack = snp_api.unpack if snp else unpack_buffer
+        size = snp_api.buffer_size if snp else buffer_size
         if layout:
-            bus.write_bytes(self.buffer_pa, pack_buffer(layout, **fields))
+            bus.write_bytes(self.buffer_pa, pack(layout, **fields))
         bus.write(regs["CMDBUFF_ADDR_LO"], 4, self.buffer_pa & 0xFFFFFFFF)
         bus.write(regs["CMDBUFF_ADDR_HI"], 4, self.buffer_pa >> 32)
         bus.write(regs["CMDRESP"], 4, int(cmd) << SevMailbox.CMD_SHIFT)
         status = bus.read(regs["CMDRESP"], 4) & SevMailbox.STATUS_MASK
-        self.log.append((SevCmd(cmd).name, SevStatus(status).name))
-        out = unpack_buffer(layout, bus.read_bytes(self.buffer_pa, buffer_size(layout))) if layout else {}
+        self.log.append((_command_name(cmd), _status_name(status)))
+        out = unpack(layout, bus.read_bytes(self.buffer_pa, size(layout))) if layout else {}
         return status, out
 
     def call(self, cmd: SevCmd, layout: str | None = None, **fields) -> dict:
         """Run one command that must succeed (else GuestExit naming it)."""
         status, out = self.command(cmd, layout, **fields)
         if status != SevStatus.SUCCESS:
-            raise GuestExit(f"AMD-SP {SevCmd(cmd).name} failed: {SevStatus(status).name}")
+            raise GuestExit(f"AMD-SP {self.log[-1][0]} failed: {_status_name(status)}")
         return out
 
     def cpu_has_sev_es(self) -> bool:
@@ -82,3 +88,17 @@ class Psp:
         return self.call(SevCmd.LAUNCH_START, "launch_start", policy=owner.policy,
                          dh_cert_address=SEV_DATA, dh_cert_len=len(godh),
                          session_address=session_pa, session_len=len(session))["handle"]
+
+
+def _status_name(status: int) -> str:
+    try:
+        return SevStatus(status).name
+    except ValueError:
+        return f"{status:#x}"
+
+
+def _command_name(cmd: int) -> str:
+    try:
+        return "SNP_" + snp_api.SnpCmd(cmd).name if cmd >= snp_api.SnpCmd.INIT else SevCmd(cmd).name
+    except ValueError:
+        return f"command {cmd:#x}"

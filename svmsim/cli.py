@@ -89,18 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --gdb or -s: wait for gdb before the first instruction")
     r.add_argument("--quiet", "-q", action="store_true", help="no run report on stderr")
     r.add_argument("--report", action="store_true", help="print the full run report on stderr")
-    la = sub.add_parser("launch", parents=[common], help="launch a firmware image (OVMF) as an SEV or SEV-ES guest, as QEMU "
-                        "does, and check its launch measurement as the guest owner would")
+    la = sub.add_parser("launch", parents=[common], help="launch a firmware image (OVMF) as an SEV, SEV-ES or "
+                        "SEV-SNP guest, as QEMU does, and check its launch measurement as the guest owner would")
     la.add_argument("--ovmf", required=True, metavar="FILE", help="the firmware image (e.g. /usr/share/ovmf/OVMF.fd)")
     la.add_argument("--mode", required=True, choices=("sev", "seves", "snp"),
-                    help="sev or seves (as sev-snp-measure --mode spells them); snp is not modelled yet")
+                    help="sev, seves or snp (as sev-snp-measure --mode spells them)")
     la.add_argument("--vcpus", type=_count, default=1, help="number of vCPUs (SEV-ES: one VMSA each; default 1)")
     la.add_argument("--vcpu-type", default="EPYC-v4", help="QEMU CPU model of the vCPUs (default EPYC-v4)")
     la.add_argument("--policy", type=_int_arg, default=None,
-                    help="guest policy (default 0x1 for sev, 0x5 for seves, as QEMU's sev-guest needs)")
+                    help="guest policy (default 0x1 for sev, 0x5 for seves, 0x30000 for snp, as QEMU's "
+                         "sev-guest / sev-snp-guest use)")
+    la.add_argument("--guest-features", type=_int_arg, default=None, metavar="HEX",
+                    help="snp: the VMSAs' SEV_FEATURES (default 0x1, as sev-snp-measure)")
+    la.add_argument("--attestation-out", metavar="DIR",
+                    help="snp: write report.bin and the ark/ask/vcek certificates (PEM) there")
     la.add_argument("--expected-digest", metavar="HEX",
                     help="the launch digest the guest owner expects (e.g. from sev-snp-measure); "
-                         "exit 0 only if the measurement verifies against it")
+                         "exit 0 only if the measurement verifies against it (snp: the report's "
+                         "MEASUREMENT equals it and its signature chains to svmsim's ARK)")
     d = sub.add_parser("demo", parents=[common], help="build a bundled kernel from source and boot it (default: the SVM hypervisor)")
     d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
                    help="hypervisor (default), sev or smoke")

@@ -319,7 +319,7 @@ def test_cli_verifies_the_expected_digest(image_file, capsys):
     (["--mode", "sev", "--expected-digest", "abc"], "64 hex digits"),
     (["--mode", "seves", "--vcpus", "0"], "--vcpus"),
     (["--mode", "seves", "--vcpu-type", "Skylake"], "unknown vCPU type"),
-    (["--mode", "snp"], "not modelled"),
+    (["--mode", "snp"], "no SEV metadata"),
     (["--mode", "sev", "--policy", "0x4"], "ES bit"),
 ])
 def test_cli_user_mistakes_are_one_line_and_status_2(image_file, capsys, args, message):

@@ -17,7 +17,7 @@ QEMU and KVM, in order:
 
 Every byte measured is what the simulated AMD-SP read from memory through
 those commands; nothing here computes a digest.  A mode is a row of
-``MODES``; SEV-SNP (issue 10) adds its own.
+``MODES``; the SEV-SNP launch has its own module (``snp_launch``).
 """
 from __future__ import annotations
 
@@ -51,24 +51,23 @@ def host_ram_needed(image_size: int, vcpus: int, guest_mem: int = Vmm.GUEST_MEM)
 class LaunchMode:
     name: str                  # as sev-snp-measure --mode spells it
     title: str
-    default_policy: int        # QEMU's sev-guest policy for it
+    default_policy: int        # QEMU's sev-guest / sev-snp-guest policy for it
     es: bool                   # one encrypted VMSA per vCPU
+    snp: bool = False          # the SNP launch (vmm/snp_launch.py)
 
 
 MODES = {
     "sev": LaunchMode("sev", "SEV", SevPolicy.NODBG, es=False),
     "seves": LaunchMode("seves", "SEV-ES", SevPolicy.NODBG | SevPolicy.ES, es=True),
+    "snp": LaunchMode("snp", "SEV-SNP", 0x30000, es=True, snp=True),
 }
-LATER = {"snp": "an SEV-SNP launch (SNP_LAUNCH_START/UPDATE/FINISH, issue 10)"}
 
 
 def launch_mode(name: str) -> LaunchMode:
-    if name in LATER:
-        raise NotModelled(f"{LATER[name]} is not modelled yet")
     try:
         return MODES[name]
     except KeyError:
-        raise ConfigError(f"unknown launch mode {name!r} (sev, seves)") from None
+        raise ConfigError(f"unknown launch mode {name!r} (sev, seves, snp)") from None
 
 
 @dataclass
@@ -102,6 +101,8 @@ class FirmwareLauncher:
                  vcpu_type_name: str = "EPYC-v4", owner: GuestOwner | None = None,
                  policy: int | None = None):
         self.vmm, self.image, self.mode = vmm, image, launch_mode(mode)
+        if self.mode.snp:
+            raise ConfigError("an SEV-SNP launch is vmm.snp_launch.SnpFirmwareLauncher")
         if vcpus < 1:
             raise ConfigError("--vcpus must be at least 1")
         self.vcpu = vcpu_type(vcpu_type_name)

@@ -14,9 +14,12 @@ counts the whole table including the footer.  The entries a launch needs:
 * SEV-ES reset block (``00f771de-...``): a u32 guest-physical address where
   an SEV-ES AP starts after reset (its CS base is the address's upper 16 bits,
   RIP the lower 16, as QEMU sets the APs' reset state);
-* the SEV metadata (``dc886566-...``, an offset from the end of the image to
-  an ``ASEV`` section list) and the SEV hash table, which SEV-SNP launches and
-  kernel hashes use (issue 10; not read here).
+* the SEV metadata (``dc886566-...``): a u32 offset from the end of the image
+  to an ``ASEV`` header {signature "ASEV", size u32, version u32 (1), count
+  u32} followed by ``count`` sections {gPA u32, size u32, type u32}
+  (edk2 OvmfPkg/ResetVector/X64/OvmfSevMetadata.asm): the memory an SEV-SNP
+  launch prepares besides the image (``sev_metadata``);
+* the SEV hash table (kernel hashes; not read here).
 """
 from __future__ import annotations
 
@@ -34,6 +37,12 @@ FOOTER_GUID = uuid.UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
 SEV_ES_RESET_BLOCK_GUID = uuid.UUID("00f771de-1a7e-4fcb-890e-68c77e2fb44e")
 SEV_METADATA_GUID = uuid.UUID("dc886566-984a-4798-a75e-5585a7bf67cc")
 SEV_HASH_TABLE_GUID = uuid.UUID("7255371f-3a3b-4b04-927b-1da6efa8d454")
+
+# OVMF SEV metadata section types (OvmfSevMetadata.asm).
+SECTION_SNP_SEC_MEM, SECTION_SNP_SECRETS, SECTION_CPUID = 1, 2, 3
+SECTION_SVSM_CAA, SECTION_SNP_KERNEL_HASHES = 4, 0x10
+SECTION_NAMES = {1: "SNP_SEC_MEM", 2: "SNP_SECRETS", 3: "CPUID", 4: "SVSM_CAA",
+                 0x10: "SNP_KERNEL_HASHES"}
 
 # QEMU's x86 BIOS loader refuses an image whose size is not a multiple of 64 KiB.
 SIZE_GRANULE = 64 << 10
@@ -84,6 +93,29 @@ class OvmfImage:
         if len(entry) < 4:
             raise OvmfError(f"{self.name}: the SEV-ES reset block is {len(entry)} bytes, not a u32 address")
         return struct.unpack_from("<I", entry)[0]
+
+    def sev_metadata(self) -> list:
+        """The SEV metadata sections as (gPA, size, type), in table order;
+        empty if the image has none."""
+        entry = self.table.get(SEV_METADATA_GUID)
+        if entry is None:
+            return []
+        if len(entry) < 4:
+            raise OvmfError(f"{self.name}: the SEV metadata entry is {len(entry)} bytes")
+        start = self.size - struct.unpack_from("<I", entry)[0]
+        if not 0 <= start <= self.size - 16:
+            raise OvmfError(f"{self.name}: the SEV metadata offset points outside the image")
+        sig, size, version, count = struct.unpack_from("<4sIII", self.data, start)
+        if sig != b"ASEV" or version != 1 or size < 16 + 12 * count or start + size > self.size:
+            raise OvmfError(f"{self.name}: bad SEV metadata header ({sig!r}, version {version})")
+        out = []
+        for i in range(count):
+            gpa, length, kind = struct.unpack_from("<III", self.data, start + 16 + 12 * i)
+            if kind not in SECTION_NAMES or gpa & 0xFFF or length & 0xFFF:
+                raise OvmfError(f"{self.name}: SEV metadata section {i} (type {kind}, gPA {gpa:#x}, "
+                                f"{length:#x} bytes) is not one QEMU launches")
+            out.append((gpa, length, kind))
+        return out
 
 
 def _footer_table(data: bytes, name: str) -> dict:

@@ -274,26 +274,10 @@ class SevFirmware:
     # -- dispatch -------------------------------------------------------------------------
     def command(self, cmd: int, buffer_pa: int) -> int:
         """Execute one SEV command; returns its status (an int, a SevStatus value)."""
-        entry = _COMMANDS.get(cmd)
-        if entry is None:
-            if cmd >= 0x81 and self.snp is not None:
-                return self.snp.command(cmd, buffer_pa)
-            return SevStatus.INVALID_COMMAND
-        handler, platform_states, guest_states = entry
-        if self.state not in platform_states:
-            return SevStatus.INVALID_PLATFORM_STATE
-        try:
-            if guest_states is None:
-                return handler(self, buffer_pa)
-            handle = struct.unpack("<I", self._rd(buffer_pa, 4))[0]
-            g = self.guests.get(handle)
-            if g is None:
-                return SevStatus.INVALID_GUEST
-            if g.state not in guest_states:
-                return SevStatus.INVALID_GUEST_STATE
-            return handler(self, buffer_pa, g)
-        except _Fail as f:
-            return f.status
+        if cmd not in _COMMANDS and cmd >= 0x81 and self.snp is not None:
+            return self.snp.command(cmd, buffer_pa)
+        return run_command(self, _COMMANDS, cmd, buffer_pa,
+                           lambda: self.guests.get(struct.unpack("<I", self._rd(buffer_pa, 4))[0]))
 
     # -- platform commands --------------------------------------------------------------
     def _init(self, pa, layout="init"):
@@ -728,6 +712,30 @@ class SevFirmware:
         g.state = SevGuestState.RUNNING
         g.tek = g.tik = b""
         return SevStatus.SUCCESS
+
+
+def run_command(fw, table, cmd, buffer_pa, find_guest) -> int:
+    """Dispatch through a command table {id: (handler, platform states, guest
+    states or None)}: the platform's state, then (for guest commands) the
+    guest the buffer names (``find_guest()``) and its state, then the handler;
+    a _Fail raised anywhere becomes its status.  Shared by the SNP firmware."""
+    entry = table.get(cmd)
+    if entry is None:
+        return SevStatus.INVALID_COMMAND
+    handler, platform_states, guest_states = entry
+    if fw.state not in platform_states:
+        return SevStatus.INVALID_PLATFORM_STATE
+    try:
+        if guest_states is None:
+            return handler(fw, buffer_pa)
+        g = find_guest()
+        if g is None:
+            return SevStatus.INVALID_GUEST
+        if g.state not in guest_states:
+            return SevStatus.INVALID_GUEST_STATE
+        return handler(fw, buffer_pa, g)
+    except _Fail as f:
+        return f.status
 
 
 # -- command table: id -> (handler, platform states, guest states or None) ----------------

@@ -40,18 +40,13 @@ from dataclasses import dataclass, field
 from . import snp_api as A
 from . import snp_cpuid, snp_crypto, snp_report
 from .api import SevState, SevStatus as S
+from .firmware import _Fail, run_command
 from .snp_api import PageType, SnpCmd, SnpGuestState as G, SnpState
 from ..memory.rmp import RmpEntry, PAGE, PAGES_2M, PERM_ALL
 
 SYSCFG, RMP_BASE, RMP_END = 0xC0010010, 0xC0010132, 0xC0010133
 SNP_EN = 1 << 24
 ZERO48 = bytes(48)
-
-
-class _Fail(Exception):
-    def __init__(self, status):
-        super().__init__(S(status).name)
-        self.status = status
 
 
 @dataclass
@@ -147,24 +142,8 @@ class SnpFirmware:
 
     # -- dispatch -----------------------------------------------------------------------
     def command(self, cmd, buffer_pa):
-        entry = _COMMANDS.get(cmd)
-        if entry is None:
-            return S.INVALID_COMMAND
-        handler, states, guest_states = entry
-        if self.state not in states:
-            return S.INVALID_PLATFORM_STATE
-        try:
-            if guest_states is None:
-                return handler(self, buffer_pa)
-            gctx = self._spa(struct.unpack("<Q", self._rd(buffer_pa, 8))[0])
-            g = self.guests.get(gctx)
-            if g is None:
-                return S.INVALID_GUEST
-            if g.state not in guest_states:
-                return S.INVALID_GUEST_STATE
-            return handler(self, buffer_pa, g)
-        except _Fail as f:
-            return f.status
+        return run_command(self, _COMMANDS, cmd, buffer_pa, lambda: self.guests.get(
+            self._spa(struct.unpack("<Q", self._rd(buffer_pa, 8))[0])))
 
     # -- platform -------------------------------------------------------------------------
     def _init(self, pa):

@@ -418,3 +418,37 @@ def test_legacy_activate_cannot_take_an_snp_asid():
     from svmsim.sev.crypto import GuestOwner
     handle = p.psp.launch_start(GuestOwner(1))
     assert p.psp.command(SevCmd.ACTIVATE, "activate", handle=handle, asid=2)[0] == S.ASID_OWNED
+
+
+# ---------------------------------------------------------------- a launched guest runs
+def test_a_guest_launched_by_the_amd_sp_runs_under_vmrun():
+    """The rig's guest (code, page tables, GDT, IDT, stack) and its VMSA are
+    handed to the AMD-SP in plaintext and launched page by page: VMRUN
+    accepts the VMSA the firmware marked in the RMP (table 15-39), the
+    guest runs from its encrypted pages with the key ACTIVATE loaded, and
+    the hypervisor sees only ciphertext of what it wrote."""
+    from esharness import EsRig, VMSA
+    from svmharness import GUEST_CODE
+    from svmsim.svm.exits import ExitCode
+    r = EsRig(f"mov ecx, 0xC0010131\nrdmsr\nmov [{GUEST_CODE + 0x800:#x}], eax\nhlt", snp=True)
+    pages = {spa: r.private(spa, 0x1000) for spa in range(0x400000, 0x700000, 0x1000)}
+    vmsa = bytes(r.vmsa().mem.buf)
+    m, bus = r.m, r.m.bus
+    psp = Psp(m)
+    psp.call(SnpCmd.INIT_EX, "init_ex", flags=A.INIT_EX_INIT_RMP)
+    gctx = snp_host.firmware_page(m, 0x1F0000)
+    psp.call(SnpCmd.GCTX_CREATE, "addr", address=gctx)
+    psp.call(SnpCmd.LAUNCH_START, "launch_start", gctx_paddr=gctx, policy=POLICY)
+    psp.call(SnpCmd.ACTIVATE, "activate", gctx_paddr=gctx, asid=1)
+    for spa, plain in list(pages.items()) + [(VMSA, vmsa)]:
+        bus.write_bytes(spa, plain)
+        gpa, kind = (A.VMSA_GPA, PageType.VMSA) if spa == VMSA else (spa, PageType.NORMAL)
+        snp_host.rmpupdate(m, spa, gpa, assigned=True, asid=1, immutable=True)
+        psp.call(SnpCmd.LAUNCH_UPDATE, "launch_update", gctx_paddr=gctx,
+                 flags=A.launch_update_flags(kind), address=spa)
+    psp.call(SnpCmd.LAUNCH_FINISH, "launch_finish", gctx_paddr=gctx)
+    assert bus.read_bytes(GUEST_CODE, 16) != pages[GUEST_CODE][:16]
+    r.run()
+    assert r.exitcode == ExitCode.HLT, r.cpu.svm.invalid[-1:] if r.cpu.svm.invalid else r.exitcode
+    out = m.mem_engine.read(bus.read_bytes, GUEST_CODE + 0x800, 4, 1)
+    assert int.from_bytes(out, "little") == 0b111                     # SEV, SEV-ES, SNP active

@@ -452,3 +452,31 @@ def test_a_guest_launched_by_the_amd_sp_runs_under_vmrun():
     assert r.exitcode == ExitCode.HLT, r.cpu.svm.invalid[-1:] if r.cpu.svm.invalid else r.exitcode
     out = m.mem_engine.read(bus.read_bytes, GUEST_CODE + 0x800, 4, 1)
     assert int.from_bytes(out, "little") == 0b111                     # SEV, SEV-ES, SNP active
+
+
+def test_launch_finish_accepts_an_id_block_made_by_snp_create_id_block(tmp_path):
+    """sev-snp-measure's own ID block tool (snp-create-id-block) signs an ID
+    block for the guest's digest; the firmware accepts it and records the
+    key digests the tool prints."""
+    idb = pytest.importorskip("sevsnpmeasure.id_block", reason="sev-snp-measure is not installed")
+    import base64
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    keys = []
+    for name in ("id", "author"):
+        k = ec.generate_private_key(ec.SECP384R1())
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        keys.append(str(path))
+    p = SnpPlatform()
+    g = p.new_guest()                                       # the tool's default policy is 0x30000
+    g.add(0x1000, b"firmware")
+    out = idb.snp_calc_id_block(p.fw.guests[g.gctx].ld, *keys)
+    fields = dict(part.split("=", 1) for part in out.splitlines()[0].split(","))
+    block, auth = base64.b64decode(fields["id-block"]), base64.b64decode(fields["id-auth"])
+    assert finish_with_id(p, g, block, auth) == 0
+    ctx = p.fw.guests[g.gctx]
+    id_hash = base64.b64decode(out.splitlines()[1].split(": ")[1])
+    author_hash = base64.b64decode(out.splitlines()[2].split(": ")[1])
+    assert (ctx.id_key_digest, ctx.author_key_digest) == (id_hash, author_hash)

@@ -1,6 +1,7 @@
 """Launch benchmark: how long the reference VMM and the simulated AMD-SP take
 to launch a firmware image (OVMF) as an SEV / SEV-ES guest up to
-LAUNCH_MEASURE, and how much of it is each AMD-SP command.
+LAUNCH_MEASURE, or as an SEV-SNP guest up to its first attestation report,
+and how much of it is each AMD-SP command.
 
 Usage: ``python bench/launch_bench.py [--ovmf FILE] [--vcpus N] [--repeat R] [--json]``
 """
@@ -19,16 +20,29 @@ def one_launch(image, mode, vcpus):
         try:
             return command(self, cmd, *args, **fields)
         finally:
-            name = psp.SevCmd(cmd).name
+            name = psp._command_name(cmd)
             per_command[name] = per_command.get(name, 0.0) + time.perf_counter() - t
 
     psp.Psp.command = timed
     try:
         t = time.perf_counter()
-        launch_firmware(image, mode, vcpus)
+        if mode == "snp":
+            launch_snp(image, vcpus)
+        else:
+            launch_firmware(image, mode, vcpus)
         return time.perf_counter() - t, per_command
     finally:
         psp.Psp.command = command
+
+
+def launch_snp(image, vcpus):
+    from svmsim.machine import Machine
+    from svmsim.vmm import Vmm
+    from svmsim.vmm.snp_launch import SnpFirmwareLauncher, host_ram_needed
+    m = Machine(mem_size=host_ram_needed(image.size, vcpus, Vmm.GUEST_MEM))
+    launcher = SnpFirmwareLauncher(Vmm(m), image, vcpus)
+    launcher.run()
+    launcher.attest()
 
 
 def main():
@@ -41,7 +55,7 @@ def main():
     from svmsim.vmm.ovmf import OvmfImage
     image = OvmfImage.from_file(args.ovmf)
     results = {}
-    for mode in ("sev", "seves"):
+    for mode in ("sev", "seves", "snp"):
         runs = [one_launch(image, mode, args.vcpus) for _ in range(args.repeat)]
         best, per_command = min(runs, key=lambda r: r[0])
         results[mode] = {"seconds": best, "commands": per_command}

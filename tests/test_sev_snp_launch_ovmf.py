@@ -184,6 +184,7 @@ def test_cli_attestation_out_verifies_with_openssl(snp_image, tmp_path, capsys):
     (["--mode", "snp", "--expected-digest", "ab" * 32], "96 hex digits"),
     (["--mode", "seves", "--guest-features", "0x1"], "--guest-features is for --mode snp"),
     (["--mode", "snp", "--guest-features", str(1 << 64)], "64 bits"),
+    (["--mode", "snp", "--policy", "0x1"], "bit 17 must be set"),
 ])
 def test_cli_snp_user_mistakes(snp_image, capsys, args, message):
     assert main(["launch", "--ovmf", str(snp_image)] + args) == 2

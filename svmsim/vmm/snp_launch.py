@@ -105,13 +105,16 @@ class SnpFirmwareLauncher:
             raise ConfigError("--vcpus must be at least 1")
         if not 0 <= guest_features < 1 << 64:
             raise ConfigError("--guest-features must fit in 64 bits")
+        policy = DEFAULT_POLICY if policy is None else policy
+        if not policy & 1 << 17 or policy >> 26:
+            raise ConfigError(f"SNP policy {policy:#x}: bit 17 must be set and bits 63:26 clear "
+                              "(SNP ABI guest policy)")
         self.vmm, self.image, self.vcpu = vmm, image, vcpu_type(vcpu_type_name)
         self.psp = Psp(vmm.m)
         if vmm.m.amd_sp.snp is None:
             raise ConfigError("this CPU model has no SEV-SNP")
         self.host_data = host_data
-        self.result = SnpLaunch(vcpus, vcpu_type_name, DEFAULT_POLICY if policy is None else policy,
-                                guest_features)
+        self.result = SnpLaunch(vcpus, vcpu_type_name, policy, guest_features)
 
     # -- host memory --------------------------------------------------------------------
     def place(self) -> None:

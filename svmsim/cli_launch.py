@@ -144,7 +144,6 @@ def _launch_snp(args, image, vcpu, expected) -> int:
 
 def _chain_ok(vcek) -> bool:
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
     from .sev.snp_certs import PSS, root_chain
     ark, ask = root_chain()
     try:

@@ -81,7 +81,7 @@ def test_report_for_a_vmpl_below_the_senders_is_invalid_param():
 
 
 def test_host_data_id_block_and_masks_in_the_report():
-    from test_sev_snp_firmware import finish_with_id, id_block_and_auth
+    from test_sev_snp_firmware import id_block_and_auth
     from snpfw import SnpPlatform
     p = SnpPlatform()
     g = p.new_guest()

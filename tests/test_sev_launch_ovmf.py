@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 
 from svmsim.cli import main
-from svmsim.errors import ConfigError, NotModelled
+from svmsim.errors import ConfigError
 from svmsim.sev.api import SevPolicy
 from svmsim.svm.vmsa import VmsaView
 from svmsim.vmm import ovmf
@@ -293,7 +293,7 @@ def test_launch_configuration_mistakes():
         FirmwareLauncher(_vmm(), image, "seves", policy=SevPolicy.NODBG)
     with pytest.raises(ConfigError, match="ES bit"):
         FirmwareLauncher(_vmm(), image, "sev", policy=SevPolicy.ES)
-    with pytest.raises(NotModelled, match="SEV-SNP"):
+    with pytest.raises(ConfigError, match="SnpFirmwareLauncher"):
         FirmwareLauncher(_vmm(), image, "snp")
     with pytest.raises(ConfigError):
         FirmwareLauncher(_vmm(), image, "sev", vcpus=0)

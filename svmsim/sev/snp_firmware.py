@@ -92,6 +92,7 @@ class SnpFirmware:
         self.asid_owner: dict[int, int] = {}          # ASID -> gctx of the SNP guest using it
         self.reported_tcb = self.CURRENT_TCB
         self.mask_chip_id = self.mask_chip_key = False
+        self.cpuid_problems: list = []     # the last CPUID page check's corrections (for the VMM)
 
     # -- memory and the RMP -------------------------------------------------------------
     def _rd(self, pa, n):

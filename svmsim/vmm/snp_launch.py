@@ -195,7 +195,7 @@ class SnpFirmwareLauncher:
 
     def _cpuid_mismatch(self, spa) -> str:
         """What QEMU prints when the firmware corrected the CPUID page."""
-        problems = getattr(self.vmm.m.amd_sp.snp, "cpuid_problems", [])
+        problems = self.vmm.m.amd_sp.snp.cpuid_problems
         text = "; ".join(f"leaf {leaf:#x}.{sub} {reg}: {given:#x} -> {want:#x}"
                          for _, leaf, sub, reg, given, want in problems if leaf is not None)
         return f"SEV-SNP: CPUID validation failed ({self.psp.log[-1][1]}): {text}"

@@ -67,7 +67,7 @@ BASE_LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-z", "max-page-size=0x1000",
 #: tests/guests/suites/*.c (linked into every kernel) so `smoke` reuses them.
 KERNELS = ("hello", "exceptions", "apic_timer", "smp", "smp_burst", "loop", "smoke",
            "svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world",
-           "svm_events", "svm_npt", "svm_state", "svm_ioio")
+           "svm_events", "svm_npt", "svm_state", "svm_ioio", "workload")
 
 #: How each kernel is booted to produce tests/guests/expected/<name>.txt;
 #: svmsim's own tests should boot the same way and compare the same text.
@@ -89,6 +89,7 @@ KERNEL_RUNS = {
     "svm_npt": {"append": "", "smp": 1},
     "svm_state": {"append": "", "smp": 1},
     "svm_ioio": {"append": "", "smp": 1},
+    "workload": {"append": "", "smp": 1},      # every phase, small; bench/workload_bench.py uses more
 }
 
 

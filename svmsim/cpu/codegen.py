@@ -362,12 +362,17 @@ class Gen:
             terms.append("g%d" % x if sc == 1 else "g%d * %d" % (x, sc))
         if not terms:
             return "%#x" % disp
-        if disp:
-            terms.append("%#x" % disp)
-        if len(terms) == 1 and asize == 8:
+        if len(terms) == 1 and asize == 8 and not disp:
             return terms[0]                 # a register is already < 2**64
-        self._raw = " + ".join(terms)
-        return "((%s) & %#x)" % (" + ".join(terms), amask)
+        raw = " + ".join(terms)
+        if asize == 8 and disp >> 63:
+            # A negative displacement stays negative in the unmasked sum the
+            # fast path looks up (base + 2**64 - d would never hit a cache).
+            raw += " - %#x" % ((1 << 64) - disp)
+        elif disp:
+            raw += " + %#x" % disp
+        self._raw = raw
+        return "((%s) & %#x)" % (raw, amask)
 
     def read(self, o, k, tag="v"):
         if o.kind == "reg":

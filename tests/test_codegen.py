@@ -143,7 +143,7 @@ def _insn(rng, bits):
         return rng.choice([f"push {pr}", f"pop {pr}", f"push {imm & 0x7F}"])
     if kind < 0.82:
         width = 64 if size == 8 else 32
-        return f"{rng.choice(['shl', 'shr', 'sar'])} {r}, {rng.choice([0, 1, 2, 7, width - 1])}"
+        return f"{rng.choice(['shl', 'shr', 'sar'])} {r}, {rng.choice([0, 1, 2, 7, width - 1, 'cl'])}"
     if kind < 0.88:
         cc = rng.choice(CCS)
         if rng.random() < 0.5:
@@ -440,3 +440,101 @@ def test_hot_threshold_compiles_through_engine():
     blk = m.engine.blocks[(CODE_ADDR, cpu.mode_key)]
     assert blk.compiled.source is not None
     assert cpu.regs[1] == 0 and cpu.rip == CODE_ADDR + len(asm(LOOP)) - 1
+
+
+# ---------------------------------------------------------------- regions (several blocks in one function)
+def _region_program(rng, bits):
+    """A loop over several blocks: a forward branch, a call to a local
+    function and its return, shifts by CL, and - in 64-bit mode - data
+    stored on the code page next to the code."""
+    def body(k):
+        out = [_insn(rng, bits) for _ in range(rng.randrange(0, k))]
+        out = [b for b in out if not b.startswith(("push", "pop"))]
+        if rng.random() < 0.4:
+            r = rng.choice(["rax", "rdx", "rbp", "r8"] if bits == 64 else ["eax", "edx", "ebp"])
+            out.append(f"{rng.choice(['shl', 'shr', 'sar'])} {r}, cl")
+            if rng.random() < 0.5:
+                out.append(f"{rng.choice(['and', 'or', 'add'])} {r}, 0x{rng.randrange(1, 255):x}")
+        return out
+    ctr = "r14" if bits == 64 else "edi"
+    lines = ["1:"] + body(5) + [f"j{rng.choice(CCS)} 2f"] + body(5) + ["2:"] + body(4)
+    if bits == 64 and rng.random() < 0.5:
+        lines += ["mov qword ptr [rip + 9f], rax", "add rdx, qword ptr [rip + 9f]"]
+    lines += ["call 3f", f"dec {ctr}", "jnz 1b", "hlt", "3:"] + body(4) + ["ret", ".balign 8", "9: .quad 0"]
+    return lines
+
+
+@pytest.mark.parametrize("mode,bits,count,seed", [("long64", 64, 40, 5), ("prot32", 32, 15, 6)])
+def test_random_regions_match_interpreter(runners, mode, bits, count, seed):
+    """Hot blocks compiled through the engine (threshold 5) with the blocks
+    they branch to; budgets end the runs mid-region, some iterations fault."""
+    rng = random.Random(seed)
+    cases = [_region_program(rng, bits) for _ in range(count)]
+    blobs = _assemble_cases(cases, bits)
+    interp, comp = runners(mode)
+    multi = 0
+    for body, code in zip(cases, blobs):
+        regs, mem, flags = _random_state(rng, bits)
+        regs[14 if bits == 64 else 7] = rng.randrange(8, 40)
+        regs[1] = rng.randrange(0, 80)                     # CL: shift counts 0..79
+        if bits == 64 and rng.random() < 0.2:
+            regs[3] = 0x2_0000_0800                       # rbx-based operands fault with #PF
+        budget = rng.choice([7, 100, 1000, 5000])
+        a = interp.run(code, regs, mem, flags, budget, False)
+        b = comp.run(code, regs, mem, flags, budget, "hot")
+        for key in a:
+            assert a[key] == b[key], f"{budget}: {'; '.join(body)}: {key} differs"
+        multi += any(len(blk.compiled.members) > 1 for blk in comp.m.engine.blocks.values()
+                     if blk.compiled is not None)
+    assert multi > count // 4
+
+
+def test_store_to_later_instruction_of_same_block_takes_effect(runners):
+    """A store that rewrites an instruction later in its own block: the
+    rewritten instruction runs (APM vol 2, 8.4 "self-modifying code"), in
+    the interpreter and in compiled code, on the first iteration too."""
+    code = asm("""
+    1:
+        mov byte ptr [rip + 2f + 2], cl
+    2:  add eax, 0x7f
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    assert code[code.index(b"\x83\xc0") + 2] == 0x7F
+    for budget in (3, 10, 1000):
+        r = compare(runners, "long64", code, _regs(rcx=30), bytes(DATA_LEN), 0x202, budget)
+    assert r["regs"][0] == sum(range(1, 31))
+
+
+def test_data_next_to_code_keeps_the_code(runners):
+    """Stores to the code page that miss every instruction byte leave the
+    translated blocks alone (codepages.py); one that hits drops them."""
+    interp, comp = runners("long64")
+    code = asm("""
+    1:
+        add qword ptr [rip + 9f], 3
+        xor qword ptr [rip + 9f], rcx
+        dec rcx
+        jnz 1b
+        hlt
+    .balign 8
+    9: .quad 0
+    """)
+    a = interp.run(code, _regs(rcx=500), bytes(DATA_LEN), 0x202, 10 ** 6, False)
+    b = comp.run(code, _regs(rcx=500), bytes(DATA_LEN), 0x202, 10 ** 6, "hot")
+    assert a == b and a["n"] == 2001
+    eng = comp.m.engine
+    assert eng.stats["blocks_invalidated"] == 0 and eng.stats["blocks_compiled"] >= 1
+
+
+def test_code_page_byte_map():
+    from svmsim.cpu.codepages import CodePage
+    cp = CodePage()
+    cp.add("a", 0x10, 0x20)
+    cp.add("b", 0x18, 0x30)
+    assert cp.written(0, 0x10) == [] and cp.written(0x30, 0x40) == []
+    assert cp.written(0x1F, 0x21) == ["a", "b"] and cp.written(0x2F, 0x31) == ["b"]
+    cp.remove("b")
+    assert cp.written(0x20, 0x30) == [] and cp.written(0x1F, 0x20) == ["a"]
+    assert cp.map[0x10:0x20] == b"\x01" * 0x10 and not any(cp.map[0x20:])

@@ -1,30 +1,36 @@
-"""Tier 2 of the execution engine: hot blocks compiled to Python source.
+"""Tier 2 of the execution engine: hot code compiled to Python source.
 
 The engine interprets a block ``HOT_THRESHOLD`` times, then calls
-``compile_block(blk, cpu)``.  This module writes one Python function per
-block, specialised at compile time on operand kinds, sizes and the CPU mode,
-and ``exec``s it.  The function ``fn(cpu, budget) -> retired`` has the same
-architectural effect as running the block's handlers (svmsim/cpu/ops/*.py
-are the reference semantics); only the host-side cost differs:
+``compile_block(blk, cpu, lookup)``.  This module writes one Python function
+for the block and the translated blocks it reaches by static edges on its
+page (its region, ``region()``), specialised at compile time on operand
+kinds, sizes and the CPU mode, and ``exec``s it.  The function
+``fn(cpu, budget) -> retired`` has the same architectural effect as running
+the blocks' handlers (svmsim/cpu/ops/*.py are the reference semantics); only
+the host-side cost differs:
 
 * general registers live in Python locals (``g0``..``g15``), loaded at entry
   and written back at exit, around generic handler calls, and on a fault;
 * lazy flags (the ``cpu.lf`` tuple of flags.py) are built only where
-  something can observe them: at exit, before a generic handler, and - on a
-  fault - rebuilt in the exception handler from the producer's temporaries
-  (``a<k>``/``b<k>``/``r<k>``), so the fast path pays nothing for them;
-  a Jcc/SETcc/CMOVcc/ADC whose flag producer is in the block evaluates the
-  condition directly from those temporaries (``dec rcx; jnz`` -> ``r & m``);
+  something can observe them: at exit, before a generic handler, entering a
+  block that reads them, and - on a fault - rebuilt in the exception handler
+  from the producer's temporaries (``a<j>``/``b<j>``/``r<j>``), so the fast
+  path pays nothing for them; a Jcc/SETcc/CMOVcc/ADC whose flag producer is
+  in the block evaluates the condition directly from those temporaries
+  (``dec rcx; jnz`` -> ``r & m``);
 * in 64-bit mode, memory operands with a zero segment base go through the
   fast TLB caches inline (``cpu.fr``/``cpu.fw``: linear page -> RAM offset,
-  valid for the CPL the block was compiled for, see state.py/tlb.py); a miss
-  or a page-crossing access takes ``cpu.read``/``cpu.write``, which raise
-  the precise fault;
-* a block whose final branch targets its own start loops inside the function
-  while the branch is taken, never retiring more than ``budget``
-  instructions, and leaves at the back edge when ``cpu.pending`` or
-  ``machine.stopping`` is set or after a slow-path write (which may have hit
-  the block's own code page: self-modifying code, engine._on_ram_write).
+  valid for the CPL the code was compiled for, see state.py/tlb.py; writes
+  to a page holding code check its byte map, ``cpu.fc``); aligned accesses
+  index memoryviews of RAM, constant addresses are folded; a miss or a
+  page-crossing access takes ``cpu.read``/``cpu.write``, which raise the
+  precise fault;
+* control moves between the region's blocks inside the function (``pc``),
+  never retiring much more than ``budget`` instructions; a backward move
+  also leaves when ``cpu.pending`` or ``machine.stopping`` is set, and any
+  move leaves after a generic handler or a slow-path write (``lim = -1``).
+  A slow-path write that changed translated code (``Engine.smc``) leaves
+  right after its instruction (``CodeChanged``).
 
 Precise faults (APM vol 2, 8.1): every instruction writes its register
 locals only after its last access that can fault.  The ``except`` clause maps
@@ -32,10 +38,11 @@ the traceback's line number to the faulting instruction, writes the locals
 back, restores ``cpu.lf`` as of the previous instruction, and sets
 ``cpu.fault_n``/``cpu.fault_ip`` for the engine.
 
-Instructions without a template call their handler (``h<k>(cpu, i<k>)``)
+Instructions without a template call their handler (``h<j>(cpu, i<j>)``)
 after flushing registers and flags, and reload both afterwards.
 """
 import struct
+import sys
 
 from iced_x86 import OpKind, Register as R
 
@@ -57,9 +64,14 @@ _IMM_KINDS = {OpKind.IMMEDIATE8, OpKind.IMMEDIATE16, OpKind.IMMEDIATE32, OpKind.
               OpKind.IMMEDIATE8TO16, OpKind.IMMEDIATE8TO32, OpKind.IMMEDIATE8TO64,
               OpKind.IMMEDIATE32TO64}
 _FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-OP_ADD, OP_SUB, OP_LOGIC, OP_INC, OP_DEC = 0, 1, 2, 3, 4
+_SHIFT = {2: 1, 4: 2, 8: 3}
+# Aligned accesses index memoryviews of RAM in the host's byte order, which
+# must then be x86's (little-endian); otherwise they unpack like the rest.
+_LITTLE = sys.byteorder == "little"
+OP_ADD, OP_SUB, OP_LOGIC, OP_INC, OP_DEC, OP_SHIFT = 0, 1, 2, 3, 4, 5
 
 _CACHE: dict = {}                     # generated source -> code object
+_CACHE_MAX = 2048                     # code objects kept (bounded memory)
 stats = {"compiled": 0, "cache_hits": 0, "declined": 0}
 
 
@@ -69,8 +81,14 @@ def _carry_now(cpu):
     return carry(lf) if lf is not None else cpu.rflags & F_CF
 
 
+class CodeChanged(Exception):
+    """Raised inside a region function after an instruction whose write
+    changed translated code; its own handler leaves the region there."""
+
+
 def _base_ns():
-    ns = {"_CpuException": CpuException, "PARITY": PARITY, "_carry": _carry_now, "_gp": gp}
+    ns = {"_CpuException": CpuException, "PARITY": PARITY, "_carry": _carry_now, "_gp": gp,
+          "_CodeChanged": CodeChanged}
     for size, fmt in _FMT.items():
         s = struct.Struct(fmt)
         ns["U%d" % size] = s.unpack_from
@@ -115,12 +133,16 @@ class Prod:
             return f"(({self.r} >> {self.bits}) & 1)"
         if self.op == OP_LOGIC:
             return "0"
+        if self.op == OP_SHIFT:
+            return self.a
         return self.cf
 
     def of(self):
         a, b, r, top = self.a, self.b, self.r, self.bits - 1
         if self.op == OP_LOGIC:
             return "0"
+        if self.op == OP_SHIFT:
+            return b
         if self.op in (OP_ADD, OP_INC):
             return f"(((({a}) ^ {r}) & (({b}) ^ {r})) >> {top} & 1)"
         return f"(((({a}) ^ ({b})) & (({a}) ^ {r})) >> {top} & 1)"
@@ -163,29 +185,53 @@ class Prod:
 
 
 class Gen:
-    """Writes the source of one block function."""
+    """Writes the source of one region function.
 
-    def __init__(self, blk, cpu):
+    A region is a hot entry block plus the blocks it reaches by static edges
+    (branch targets, fall-through) that are already translated, on the same
+    linear page and in the same mode (``region()``).  Their code shares one
+    function: registers stay in locals across blocks, a transition between
+    members is ``pc = b`` (the next block in layout order falls through, others
+    ``continue`` to the dispatch at the loop head), and only a transition
+    backwards (a loop) checks ``cpu.pending``/``machine.stopping``.  Every
+    transition checks the budget (``n > lim``); a generic handler or a
+    slow-path write sets ``lim = -1`` so the region is left at the next one,
+    as a block was left at its end before.
+
+    Instruction names (``a<j>``, ``r<j>``...) use ``j``, the instruction's
+    position in the whole region, so they are unique in the function.
+    """
+
+    def __init__(self, blk, cpu, members=None):
         self.blk = blk
+        self.members = list(members or [blk])
+        self.index = {b.insns[0].ip: i for i, b in enumerate(self.members)}
         mode = blk.key[1] if isinstance(blk.key, tuple) and len(blk.key) >= 2 else cpu.mode_key
         self.bits, self.stack_bits = mode[0], mode[2]
         self.long64 = self.bits == 64
         self.start = blk.insns[0].ip
-        self.n = blk.n
-        self.lines = []              # (indent, text, insn index or -1)
+        self.lines = []              # (indent, text, region insn index or -1)
         self.k = -1
         self.ns = {}
         self.used = set()            # register indexes read or written
-        self.dirty = set()           # written since the last flush
+        self.dirty = set()           # written (flushed at exits from the region-wide set)
         self.ever_dirty = set()
         self.pending = None          # Prod not yet stored to cpu.lf
-        self.seen_writer = False     # any flag writer emitted yet
+        self.seen_writer = False     # any flag writer emitted yet in this block
         self.entry_flags_read = False
-        self.fix = []                # per insn: ('prod', Prod) | ('wrap',) | None
-        self.uses_mem = self.uses_eb = self.loops = self.check_blocks = False
+        self.fix = []                # per region insn: ('prod', Prod) | ('entry', b) | None
+        self.pos = []                # per region insn: its index in its block
+        self.ips = []
+        self.uses_mem = self.uses_eb = self.loops = False
         self.templated = 0
-        self.flush_sets = []
-        self.back_dirty = set()
+        self.trans = []              # transitions between members, resolved in assemble()
+        self.live_in = []            # per member: reads the flags it was entered with
+        self.prods = []              # producers whose flags a transition left in locals (lp)
+        self.cur = 0                 # member being generated
+        self.n = blk.n               # size of the member being generated
+        self.slow_write = False      # this instruction has a slow-path write
+        self.smc_after = {}          # region insn index -> (next RIP, flags after it)
+        self.views = set()           # sizes of the RAM memoryviews used (M2, M4, M8)
 
     # ------------------------------------------------------------ emission
     def emit(self, text, indent=0):
@@ -238,82 +284,175 @@ class Gen:
         self.emit(f"o{k} = {off}")
         return f"o{k}", f"o{k}"
 
+    def _const(self, o):
+        """The linear address of ``o`` if it is a compile-time constant
+        (absolute or RIP-relative, no FS/GS base), else None."""
+        if o.seg in (FS, GS) or not o.ea.startswith("0x"):
+            return None
+        return int(o.ea, 16)
+
+    def _load(self, s, i, aligned):
+        """Source of the value at RAM offset ``i`` (an expression)."""
+        if s == 1:
+            return f"ram[{i}]"
+        if not _LITTLE:
+            aligned = False
+        if aligned is not False:
+            self.views.add(s)
+        sh = _SHIFT[s]
+        if aligned is True:
+            return f"M{s}[({i}) >> {sh}]"
+        if aligned is False:
+            return f"U{s}(ram, {i})[0]"
+        return f"(M{s}[{i} >> {sh}] if not {i} & {s - 1} else U{s}(ram, {i})[0])"
+
+    def _store(self, s, i, v, aligned, ind):
+        if not _LITTLE:
+            aligned = False
+        if s != 1 and aligned is not False:
+            self.views.add(s)
+        if s == 1:
+            self.emit(f"ram[{i}] = {v}", ind)
+        elif aligned is True:
+            self.emit(f"M{s}[({i}) >> {_SHIFT[s]}] = {v}", ind)
+        elif aligned is False:
+            self.emit(f"P{s}(ram, {i}, {v})", ind)
+        else:
+            self.emit(f"if {i} & {s - 1}:", ind)
+            self.emit(f"P{s}(ram, {i}, {v})", ind + 1)
+            self.emit("else:", ind)
+            self.emit(f"M{s}[{i} >> {_SHIFT[s]}] = {v}", ind + 1)
+
     def mem_read(self, o, k, tag="v", into=None):
         """Emit a load of memory operand ``o``; returns the value's name.
         ``into`` names a local to load straight into (the load is the
-        instruction's last step that can fault)."""
+        instruction's last step that can fault).  Aligned loads index a
+        memoryview of RAM (``M2``/``M4``/``M8``), others unpack."""
         self.uses_mem = True
         v = into or f"{tag}{k}"
         if not self.long64:
             self.emit(f"{v} = cpu.read({o.seg}, {o.ea}, {o.size})")
             return v
-        off, lin = self._lin(o, k)
         s = o.size
+        c = self._const(o)
+        if c is not None:
+            x = c & 0xFFF
+            if x > 0x1000 - s:
+                self.emit(f"{v} = cpu.read({o.seg}, {c:#x}, {s})")
+                return v
+            self.emit(f"p{k} = frg({c >> 12:#x})")
+            self.emit(f"if p{k} is None:")
+            self.emit(f"{v} = cpu.read({o.seg}, {c:#x}, {s})", 1)
+            self.emit("else:")
+            self.emit(f"{v} = {self._load(s, f'p{k} + {x:#x}', x % s == 0)}", 1)
+            return v
+        off, lin = self._lin(o, k)
         self.emit(f"p{k} = frg({lin} >> 12)")
         if s == 1:
             self.emit(f"if p{k} is None:")
-            fast = f"p{k} + ({lin} & 0xFFF)"
+            self.emit(f"{v} = cpu.read({o.seg}, {off}, {s})", 1)
+            self.emit("else:")
+            self.emit(f"{v} = ram[p{k} + ({lin} & 0xFFF)]", 1)
+            return v
+        if _LITTLE:
+            self.views.add(s)
+            self.emit(f"if p{k} is not None and not {lin} & {s - 1}:")
+            self.emit(f"{v} = M{s}[(p{k} + ({lin} & 0xFFF)) >> {_SHIFT[s]}]", 1)
+            self.emit(f"elif p{k} is not None and ({lin} & 0xFFF) <= {0x1000 - s:#x}:")
         else:
-            self.emit(f"if p{k} is None or (x{k} := {lin} & 0xFFF) > {0x1000 - s:#x}:")
-            fast = f"p{k} + x{k}"
-        self.emit(f"{v} = cpu.read({o.seg}, {off}, {s})", 1)
+            self.emit(f"if p{k} is not None and ({lin} & 0xFFF) <= {0x1000 - s:#x}:")
+        self.emit(f"{v} = U{s}(ram, p{k} + ({lin} & 0xFFF))[0]", 1)
         self.emit("else:")
-        self.emit(f"{v} = U{s}(ram, {fast})[0]", 1)
+        self.emit(f"{v} = cpu.read({o.seg}, {off}, {s})", 1)
         return v
+
+    def write_page(self, page, x, k, s):
+        """Emit q<k> = the RAM offset of the page a write may use directly, or
+        None: the write cache, else a page holding code whose bytes written
+        are not translated code (codepages.py).  ``page``/``x``: sources of
+        the linear page number and the offset in the page."""
+        self.emit(f"q{k} = fwg({page})")
+        self.emit(f"if q{k} is None:")
+        self.emit(f"cp{k} = fcg({page})", 1)
+        self.emit(f"if cp{k} is not None and cp{k}[1].find(1, {x}, {x} + {s}) < 0:", 1)
+        self.emit(f"q{k} = cp{k}[0]", 2)
+
+    def _slow_write(self, o, off, v, ind):
+        self.emit(f"cpu.write({o.seg}, {off}, {o.size}, {v})", ind)
+        self.emit("lim = -1", ind)            # MMIO or code: leave the region at the next transition
+        self.slow_write = True
 
     def mem_write(self, o, k, v):
         """Emit a store of the (masked) value ``v``."""
         self.uses_mem = True
         if not self.long64:
-            self.emit(f"cpu.write({o.seg}, {o.ea}, {o.size}, {v})")
-            self.check_blocks = True
+            self._slow_write(o, o.ea, v, 0)
+            return
+        s = o.size
+        c = self._const(o)
+        if c is not None:
+            x = c & 0xFFF
+            if x > 0x1000 - s:
+                self._slow_write(o, f"{c:#x}", v, 0)
+                return
+            self.write_page(f"{c >> 12:#x}", f"{x:#x}", k, s)
+            self.emit(f"if q{k} is None:")
+            self._slow_write(o, f"{c:#x}", v, 1)
+            self.emit("else:")
+            self._store(s, f"q{k} + {x:#x}", v, x % s == 0, 1)
             return
         off, lin = self._lin(o, k)
-        s = o.size
-        self.emit(f"q{k} = fwg({lin} >> 12)")
+        self.write_page(f"{lin} >> 12", f"({lin} & 0xFFF)", k, s)
         if s == 1:
             self.emit(f"if q{k} is None:")
-            fast = f"q{k} + ({lin} & 0xFFF)"
         else:
-            self.emit(f"if q{k} is None or (x{k} := {lin} & 0xFFF) > {0x1000 - s:#x}:")
-            fast = f"q{k} + x{k}"
-        self.emit(f"cpu.write({o.seg}, {off}, {s}, {v})", 1)
-        self.emit("lim = -1", 1)            # may have hit code: leave any self-loop
+            self.emit(f"if q{k} is None or ({lin} & 0xFFF) > {0x1000 - s:#x}:")
+        self._slow_write(o, off, v, 1)
         self.emit("else:")
-        self.emit(f"P{s}(ram, {fast}, {v})", 1)
+        self._store(s, f"q{k} + ({lin} & 0xFFF)", v, None, 1)
 
     def rmw_read(self, o, k):
         """Read half of a read-modify-write memory operand; returns the value name.
-        One fw lookup serves both halves: x86 has no write-only pages, and
-        fw only holds pages a write (hence a read) may touch without a fault."""
+        One write-cache lookup serves both halves: x86 has no write-only pages,
+        and it only holds pages a write (hence a read) may touch without a fault."""
         self.uses_mem = True
         if not self.long64:
             self.emit(f"a{k} = cpu.read({o.seg}, {o.ea}, {o.size})")
             return f"a{k}"
-        off, lin = self._lin(o, k)
         s = o.size
-        self.emit(f"q{k} = fwg({lin} >> 12)")
-        cross = "" if s == 1 else f" and ({lin} & 0xFFF) <= {0x1000 - s:#x}"
-        self.emit(f"if q{k} is not None{cross}:")
-        self.emit(f"q{k} += {lin} & 0xFFF", 1)
-        self.emit(f"a{k} = U{s}(ram, q{k})[0]", 1)
+        c = self._const(o)
+        if c is not None:
+            x = c & 0xFFF
+            self._rmw = (f"{c:#x}", x % s == 0)
+            if x > 0x1000 - s:
+                self.emit(f"q{k} = None")
+                self.emit(f"a{k} = cpu.read({o.seg}, {c:#x}, {s})")
+                return f"a{k}"
+            self.write_page(f"{c >> 12:#x}", f"{x:#x}", k, s)
+            self.emit(f"if q{k} is not None:")
+            self.emit(f"q{k} += {x:#x}", 1)
+        else:
+            off, lin = self._lin(o, k)
+            self._rmw = (off, None)
+            self.write_page(f"{lin} >> 12", f"({lin} & 0xFFF)", k, s)
+            cross = "" if s == 1 else f" and ({lin} & 0xFFF) <= {0x1000 - s:#x}"
+            self.emit(f"if q{k} is not None{cross}:")
+            self.emit(f"q{k} += {lin} & 0xFFF", 1)
+        self.emit(f"a{k} = {self._load(s, f'q{k}', self._rmw[1])}", 1)
         self.emit("else:")
         self.emit(f"q{k} = None", 1)
-        self.emit(f"a{k} = cpu.read({o.seg}, {off}, {s})", 1)
-        self._rmw_names = (off, lin)
+        self.emit(f"a{k} = cpu.read({o.seg}, {self._rmw[0]}, {s})", 1)
         return f"a{k}"
 
     def rmw_write(self, o, k, v):
         if not self.long64:
-            self.emit(f"cpu.write({o.seg}, {o.ea}, {o.size}, {v})")
-            self.check_blocks = True
+            self._slow_write(o, o.ea, v, 0)
             return
-        off, _ = self._rmw_names
+        off, aligned = self._rmw
         self.emit(f"if q{k} is None:")
-        self.emit(f"cpu.write({o.seg}, {off}, {o.size}, {v})", 1)
-        self.emit("lim = -1", 1)
+        self._slow_write(o, off, v, 1)
         self.emit("else:")
-        self.emit(f"P{o.size}(ram, q{k}, {v})", 1)
+        self._store(o.size, f"q{k}", v, aligned, 1)
 
     # ------------------------------------------------------------ operands
     def operand(self, ins, n):
@@ -400,6 +539,8 @@ class Gen:
     def store_flags(self, ind=0):
         if self.pending is not None:
             self.emit(f"cpu.lf = {self.pending.tuple_src()}", ind)
+        elif not self.seen_writer:
+            self.emit("@ENTRYFLAGS%d@" % self.cur, ind)
 
     def cond(self, cc):
         if self.pending is not None:
@@ -424,130 +565,238 @@ class Gen:
         self.emit(f"c{k} = {e}")
         return f"c{k}"
 
-    # ------------------------------------------------------------ writing back
-    def flush_regs(self, regs_set, ind=0):
-        for i in sorted(regs_set):
-            self.emit(f"regs[{i}] = g{i}", ind)
+    def flags_dead_after(self):
+        """True if the arithmetic flags the current instruction produces are
+        overwritten before anything can observe them: the rest of the block
+        reaches an instruction that writes them all, with only instructions
+        between that neither read flags nor can fault (a fault pushes RFLAGS)."""
+        for ins in self.blocks_insns[self.pos[-1] + 1:]:
+            e = _flags_effect(ins)
+            if e != "N":
+                return e == "W"
+        return False
 
+    # ------------------------------------------------------------ leaving and moving on
     def exit(self, rip, count, ind=0):
-        """Normal completion: write back, set RIP, return the retired count."""
-        self.flush_regs(self.dirty, ind)
+        """Leave the region: write back, set RIP, return the retired count."""
+        self.emit("@FLUSH@", ind)
         self.store_flags(ind)
         if rip is not None:
             self.emit(f"cpu.rip = {rip:#x}", ind)
         self.emit(f"return {count}", ind)
 
-    def back_edge(self, ind):
-        """Taken branch to the block's own start: loop or leave."""
-        self.loops = True
-        self.emit(f"n += {self.n}", ind)
-        extra = " or BK not in blocks" if self.check_blocks else ""
-        self.emit(f"if n > lim or cpu.pending or machine.stopping{extra}:", ind)
-        self.flush_regs(self.dirty, ind + 1)
-        self.store_flags(ind + 1)
-        self.emit(f"cpu.rip = {self.start:#x}", ind + 1)
-        self.emit("return n", ind + 1)
-        self.back_pending = self.pending
-        self.back_dirty = set(self.dirty)
-        self.emit("@BACKFLAGS@", ind)
-        self.emit("continue", ind)
+    def goto(self, target, ind=0, final=False):
+        """Continue at ``target`` after the current block: inside the region
+        if it is a member, else leave.  ``final``: the block's last statement."""
+        b = self.index.get(target)
+        if b is None:
+            self.exit(target, f"n + {self.n}", ind)
+            return
+        if b <= self.cur:
+            self.loops = True
+        self.trans.append((self.cur, b, self.pending, self.seen_writer, final))
+        self.emit("@T%d@" % (len(self.trans) - 1), ind)
 
-    # ------------------------------------------------------------ the block
+    def goto_dynamic(self, t):
+        """Emit: if the run-time target ``t`` starts a member, continue there
+        (checked like a backward transition; the flags are stored, since the
+        target is not known here)."""
+        self.loops = True
+        self.ns["RM"] = self.index
+        self.emit(f"b{self.k} = RM.get({t})")
+        self.emit(f"if b{self.k} is not None:")
+        self.emit(f"n += {self.n}", 1)
+        self.emit("if n > lim or cpu.pending or machine.stopping:", 1)
+        self.emit("@FLUSH@", 2)
+        self.store_flags(2)
+        self.emit(f"cpu.rip = {t}", 2)
+        self.emit("return n", 2)
+        self.store_flags(1)
+        self.emit("@LPRESET@", 1)
+        self.emit(f"pc = b{self.k}", 1)
+        self.emit("continue", 1)
+
+    def after_slow_write(self, ins):
+        """Self-modifying code: a slow-path write that changed translated code
+        (Engine.smc set) ends the region after this instruction, so a later
+        instruction of the same block runs as rewritten (the handler of
+        CodeChanged in except_src() leaves with the state after it)."""
+        self.emit("if lim < 0 and SMC[0]:")
+        self.emit("raise _CodeChanged", 1)
+        self.smc_after[self.k] = (ins.next_ip, self.pending if self.pending is not None
+                                  else (None if self.seen_writer else ("entry", self.cur)))
+
+    # ------------------------------------------------------------ the region
     def generate(self):
-        blk = self.blk
+        for b, blk in enumerate(self.members):
+            self.cur, self.n = b, blk.n
+            self.pending, self.seen_writer, self.entry_flags_read = None, False, False
+            self._ended = False
+            self.emit("@BLOCK%d@" % b)
+            self.gen_block(blk)
+            self.live_in.append(self.entry_flags_read or not self.seen_writer)
+        self.k = -1
+        return self.assemble()
+
+    def gen_block(self, blk):
         last = blk.n - 1
-        self.back_pending = None
-        for k, ins in enumerate(blk.insns):
-            self.k = k
+        self.blocks_insns = blk.insns
+        for p, ins in enumerate(blk.insns):
+            self.k = len(self.pos)
+            k = self.k
+            self.pos.append(p)
+            self.ips.append(ins.ip)
             self.fix.append(("prod", self.pending) if self.pending is not None
-                            else (None if self.seen_writer else ("wrap",)))
+                            else (None if self.seen_writer else ("entry", self.cur)))
             tmpl = TEMPLATES.get(ins.fn)
             mark = len(self.lines)
+            ntrans = len(self.trans)
             state = (set(self.used), set(self.dirty), set(self.ever_dirty), self.pending,
-                     self.seen_writer, self.entry_flags_read, self.uses_mem, self.uses_eb,
-                     self.check_blocks, self.loops)
+                     self.seen_writer, self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops)
             done = False
+            self.slow_write = False
             if tmpl is not None:
                 try:
-                    done = tmpl(self, ins, k, k == last)
+                    done = tmpl(self, ins, k, p == last)
                 except Unsupported:
                     done = False
                 if done:
                     self.templated += 1
             if not done:
                 del self.lines[mark:]
+                del self.trans[ntrans:]
                 (self.used, self.dirty, self.ever_dirty, self.pending, self.seen_writer,
-                 self.entry_flags_read, self.uses_mem, self.uses_eb, self.check_blocks,
-                 self.loops) = state
-                self.generic(ins, k, k == last)
-        self.k = -1
-        if not self._ended:
-            self.exit(blk.end_ip, f"n + {self.n}")
-        return self.assemble()
+                 self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops) = state
+                self.slow_write = False
+                self.generic(ins, k, p == last)
+            if self.slow_write and not self._ended:
+                self.after_slow_write(ins)
+            if self._ended:
+                return
+        self.goto(blk.end_ip, final=True)
 
     _ended = False
 
     def generic(self, ins, k, is_last):
-        """Call the handler (flags and registers are synchronised around it).
-
-        In a self-loop, registers dirtied after this point in the previous
-        iteration are dirty here too: the flush list is completed once the
-        back edge is known (``@FLUSHn@``)."""
-        self.flush_sets.append(set(self.dirty))
-        self.emit("@FLUSH%d@" % (len(self.flush_sets) - 1))
-        self.dirty = set()
+        """Call the handler (flags and registers are synchronised around it)."""
+        self.emit("@FLUSH@")
         self.store_flags()
         if not self.seen_writer:
-            self.entry_flags_read = True  # it may read the previous iteration's flags
+            self.entry_flags_read = True  # it may read the flags the block was entered with
         self.pending = None
         self.seen_writer = True          # cpu.lf is current from here on
         self.ns["h%d" % k] = ins.fn
         self.ns["i%d" % k] = ins
         self.emit("@QEXEC@")
         self.emit(f"h{k}(cpu, i{k})")
-        self.check_blocks = True
         if ins.ends_block:
             self.emit(f"return n + {self.n}")
             self._ended = True
             return
         self.emit("@RELOAD@")
+        # It may have changed anything (mode, pending interrupts, code):
+        # leave the region at the next transition, or now if code changed.
+        self.emit("lim = -1")
+        self.slow_write = True
 
     # ------------------------------------------------------------ assembling
+    def _prod_id(self, p):
+        for i, q in enumerate(self.prods):
+            if q is p:
+                return i
+        self.prods.append(p)
+        return len(self.prods) - 1
+
+    def _lp_chain(self):
+        """Source that stores the flags a transition left in locals (lp >= 0)."""
+        out = []
+        for i, p in enumerate(self.prods):
+            out.append(f"{'if' if i == 0 else 'elif'} lp == {i}:")
+            out.append(f"    cpu.lf = {p.tuple_src()}")
+        return out
+
+    def _transition(self, t):
+        """Lines of transition ``t``: count the block, check the budget (and,
+        going backwards, interrupts and stop requests), hand over the flags:
+        stored if the target block reads them, else left in locals (``lp``
+        names the producer, -1: cpu.lf is current) for a fault to store."""
+        a, b, prod, seen, final = self.trans[t]
+        out = [f"n += {self.members[a].n}"]
+        test = "n > lim or cpu.pending or machine.stopping" if b <= a else "n > lim"
+        out.append(f"if {test}:")
+        out += ["    " + s for s in self._flush_lines()]
+        if prod is not None:
+            out.append(f"    cpu.lf = {prod.tuple_src()}")
+        out.append(f"    cpu.rip = {self.members[b].insns[0].ip:#x}")
+        out.append("    return n")
+        if prod is not None and self.live_in[b]:
+            out.append(f"cpu.lf = {prod.tuple_src()}")
+        elif prod is not None:
+            out.append(f"lp = {self._prod_id(prod)}")
+        elif not self.live_in[b]:
+            out.append("lp = -1")                  # cpu.lf is current
+        if len(self.members) > 1:
+            out.append(f"pc = {b}")
+        if not (final and b == a + 1):
+            out.append("continue")
+        return out
+
+    def _flush_lines(self):
+        return ["regs[%d] = g%d" % (i, i) for i in sorted(self.ever_dirty)]
+
     def assemble(self):
-        """Build the function source; returns (source, line map, namespace)."""
+        """Build the function source; returns (source, line map)."""
         regs = sorted(self.used)
+        multi = len(self.members) > 1
         pre = ["def _blk(cpu, budget):", "    regs = cpu.regs"]
         reload = []
         if self.uses_mem and self.long64:
-            reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get"]
+            reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get", "fcg = cpu.fc.get"]
             pre.append("    ram = cpu.ram")
+            pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
         if self.uses_eb:
             reload += ["eb4 = cpu.ebase[4]", "eb5 = cpu.ebase[5]"]
         reload += ["g%d = regs[%d]" % (i, i) for i in regs]
         pre += ["    " + s for s in reload]
         if self.loops:
             pre.append("    machine = cpu.machine")
-            if self.check_blocks:
-                pre.append("    blocks = machine.engine.blocks")
+        moves = bool(self.trans) or self.loops          # n may be non-zero at a handler call
+        if moves:
             pre.append("    q_entry = cpu.q_exec")
-        pre += ["    n = 0", f"    lim = budget - {self.n}", "    try:", "        while True:"]
+        pre += ["    n = 0", f"    lim = budget - {max(b.n for b in self.members)}"]
+        if any(not x for x in self.live_in):
+            pre.append("    lp = -1")
+        if multi:
+            pre.append("    pc = 0")
+        pre += ["    try:", "        while True:"]
         out = list(pre)
         line_of = [-1] * (len(pre) + 1)      # line numbers are 1-based
+        base = 16 if multi else 12
+        for a, b, prod, seen, final in self.trans:
+            if prod is not None and not self.live_in[b]:
+                self._prod_id(prod)
+        lp_chain = self._lp_chain()
         for indent, text, k in self.lines:
-            pad = " " * (12 + 4 * indent)
+            if text.startswith("@BLOCK"):
+                if multi:
+                    out.append(" " * 12 + f"if pc == {int(text[6:-1])}:")
+                    line_of.append(-1)
+                continue
+            pad = " " * (base + 4 * indent)
             if text == "@RELOAD@":
                 texts = reload
-            elif text.startswith("@FLUSH"):
-                regs_set = self.flush_sets[int(text[6:-1])] | (self.back_dirty if self.loops else set())
-                texts = ["regs[%d] = g%d" % (i, i) for i in sorted(regs_set)]
+            elif text == "@FLUSH@":
+                texts = self._flush_lines()
             elif text == "@QEXEC@":
-                # A handler may read the time (RDTSC): in a self-loop, the
-                # instructions of earlier iterations count (machine.now_ns).
-                texts = ["cpu.q_exec = q_entry + n"] if self.loops else []
-            elif text == "@BACKFLAGS@":
-                # Readers of the entry flags see the previous iteration's producer.
-                bp = self.back_pending
-                texts = [f"cpu.lf = {bp.tuple_src()}"] if (bp is not None and self.entry_flags_read) else []
+                # A handler may read the time (RDTSC): instructions of the
+                # blocks this call already ran count (machine.now_ns).
+                texts = ["cpu.q_exec = q_entry + n"] if moves else []
+            elif text == "@LPRESET@":
+                texts = ["lp = -1"] if not all(self.live_in) else []
+            elif text.startswith("@ENTRYFLAGS"):
+                texts = [] if self.live_in[int(text[11:-1])] else lp_chain
+            elif text.startswith("@T"):
+                texts = self._transition(int(text[2:-1]))
             else:
                 texts = [text]
             for t in texts:
@@ -557,30 +806,54 @@ class Gen:
         line_of.append(-1)
         handler = self.except_src()
         out += ["        " + s for s in handler]
+        if self.smc_after:
+            out.append("    except _CodeChanged as e:")
+            line_of += [-1] * (len(handler) + 1)
+            handler = self.smc_src()
+            out += ["        " + s for s in handler]
         src = "\n".join(out) + "\n"
         return src, tuple(line_of + [-1] * (len(handler) + 2))
 
+    def smc_src(self):
+        """Leave after instruction k, whose write changed translated code."""
+        s = ["k = LK[e.__traceback__.tb_lineno]", "SMC[0] = 0"]
+        s += self._flush_lines()
+        first = True
+        for k, (nip, f) in self.smc_after.items():
+            s.append(f"{'if' if first else 'elif'} k == {k}:")
+            first = False
+            if isinstance(f, Prod):
+                s.append(f"    cpu.lf = {f.tuple_src()}")
+            elif f is not None and not self.live_in[f[1]]:
+                s += ["    " + c for c in self._lp_chain()]
+            s.append(f"    cpu.rip = {nip:#x}")
+        s.append("return n + POS[k] + 1")
+        return s
+
     def except_src(self):
         s = ["k = LK[e.__traceback__.tb_lineno]"]
-        s += ["regs[%d] = g%d" % (i, i) for i in sorted(self.ever_dirty)]
+        s += self._flush_lines()
         # cpu.lf as of the instruction before k (dead stores were skipped).
-        wrap_prod = self.back_pending if self.loops else None
         groups = {}
+        lp_ks = []
         for k, f in enumerate(self.fix):
             if f is None:
                 continue
             if f[0] == "prod":
-                groups.setdefault(("", f[1].tuple_src()), []).append(k)
-            elif wrap_prod is not None:
-                groups.setdefault(("n and ", wrap_prod.tuple_src()), []).append(k)
+                groups.setdefault(f[1].tuple_src(), []).append(k)
+            elif not self.live_in[f[1]]:
+                lp_ks.append(k)
         first = True
-        for (guard, tup), ks in groups.items():
-            kw = "if" if first else "elif"
-            first = False
-            s.append(f"{kw} {guard}k in {tuple(ks)!r}:")
+        for tup, ks in groups.items():
+            s.append(f"{'if' if first else 'elif'} k in {tuple(ks)!r}:")
             s.append(f"    cpu.lf = {tup}")
-        ips = tuple(ins.ip for ins in self.blk.insns)
-        s += ["cpu.fault_n = n + k", f"cpu.fault_ip = {ips!r}[k]", "raise"]
+            first = False
+        if lp_ks and self.prods:
+            s.append(f"{'if' if first else 'elif'} k in {tuple(lp_ks)!r}:")
+            s += ["    " + c for c in self._lp_chain()]
+        self.ns["POS"] = tuple(self.pos)
+        self.ns["IPS"] = tuple(self.ips)
+        s += ["cpu.fault_n = n + POS[k]", "cpu.fault_ip = IPS[k]", "raise"]
         return s
 
 
@@ -810,11 +1083,8 @@ def t_jcc(g, ins, k, is_last):
     g.emit(f"if {cond}:")
     if not g.long64:
         _check_cs_limit(g, "%#x" % t, 1)
-    if t == g.start:
-        g.back_edge(1)
-    else:
-        g.exit(t, f"n + {g.n}", 1)
-    g.exit(ins.next_ip, f"n + {g.n}")
+    g.goto(t, 1)
+    g.goto(ins.next_ip, final=True)
     g._ended = True
     return True
 
@@ -830,10 +1100,7 @@ def t_jmp(g, ins, k, is_last):
         _target_ok(g, t)
         if not g.long64:
             _check_cs_limit(g, "%#x" % t, 0)
-        if t == g.start:
-            g.back_edge(0)
-        else:
-            g.exit(t, f"n + {g.n}")
+        g.goto(t, final=True)
         g._ended = True
         return True
     if i.is_jmp_far_indirect or ins.mem_size in (6, 10):
@@ -855,7 +1122,11 @@ def _runtime_target_check(g, t, ind=0):
 
 
 def _exit_dynamic(g, t):
-    g.flush_regs(g.dirty)
+    """Go on at the run-time target ``t``: a member of the region (a return
+    to a call site in it, say) continues there, anything else leaves."""
+    if len(g.members) > 1:
+        g.goto_dynamic(t)
+    g.emit("@FLUSH@")
     g.store_flags()
     g.emit(f"cpu.rip = {t}")
     g.emit(f"return n + {g.n}")
@@ -881,7 +1152,11 @@ def t_call(g, ins, k, is_last):
         _runtime_target_check(g, f"t{k}")
         tsrc = f"t{k}"
     _push(g, k, "%#x" % (ins.next_ip & MASK[size]), size)
-    _exit_dynamic(g, tsrc)
+    if ins.get0 is None:
+        g.goto(ins.target, final=True)
+        g._ended = True
+    else:
+        _exit_dynamic(g, tsrc)
     return True
 
 
@@ -931,42 +1206,85 @@ def t_cmovcc(g, ins, k, is_last):
     return True
 
 
-# -- shifts by an immediate (ops/shift.py; flags are eager there) ----------
-def _shift_imm(kind):
+def _flags_effect(ins):
+    """'W': writes every arithmetic flag and cannot fault; 'N': neither reads
+    nor writes flags and cannot fault; 'R': anything else (reads them, may
+    fault, or unknown)."""
+    i = ins.iced
+    if any(i.op_kind(n) == OpKind.MEMORY for n in range(i.op_count)):
+        return "R"
+    fn = ins.fn
+    if fn in _FLAG_WRITERS:
+        return "W"
+    if fn in _SHIFTS:
+        return "W" if i.op_count > 1 and i.op_kind(1) in _IMM_KINDS and ins.imm & 0x1F else "R"
+    if fn in _FLAG_NEUTRAL:
+        return "N"
+    return "R"
+
+
+_FLAG_WRITERS = {arith.add, arith.sub, arith.cmp, arith.and_, arith.or_, arith.xor, arith.test, arith.neg}
+_FLAG_NEUTRAL = {data.mov, data.movzx, data.movsx, data.lea, data.nop, arith.not_}
+_SHIFTS = set() if _shift is None else {_shift.shl, _shift.shr, _shift.sar}
+
+
+# -- shifts (ops/shift.py; lazy flags as OP_SHIFT tuples) ------------------
+def _shift_t(kind):
+    """SHL/SHR/SAR of a register by an immediate or by CL.  A count of 0
+    changes no flag but writes the register back (zero-extending a 32-bit
+    one); by CL the count is known only at run time, so the flags are
+    stored in the taken branch unless nothing can observe them."""
     def t(g, ins, k, is_last):
         d = g.operand(ins, 0)
         s = g.operand(ins, 1)
-        if s.kind != "imm" or d.kind != "reg":
+        if d.kind != "reg" or s.kind == "mem" or (s.kind == "reg" and (s.idx, s.size, s.high) != (1, 1, False)):
             raise Unsupported("shift form")
         size = ins.osize
         bits = size * 8
-        c = s.value & (0x3F if bits == 64 else 0x1F)
-        if c == 0:
-            # Flags unchanged; the destination is written back (a 32-bit
-            # register zero-extends), as ops/shift.py does.
-            g.reg_write(d, g.reg_read(d), masked=True)
-            return True
+        cmask = 0x3F if bits == 64 else 0x1F
+        if s.kind == "imm":
+            c = s.value & cmask
+            if c == 0:
+                g.reg_write(d, g.reg_read(d), masked=True)
+                return True
+            count, ind = f"{c}", 0
+        else:
+            g.emit(f"n{k} = g1 & {cmask:#x}")
+            g.used.add(1)
+            count, ind = f"n{k}", 1
+            dead = g.flags_dead_after()
+            if not dead:
+                g.store_flags()
+                if not g.seen_writer:
+                    g.entry_flags_read = True
         m = MASK[size]
         top = bits - 1
         g.emit(f"a{k} = {g.reg_read(d)}")
+        if ind:
+            g.emit(f"if n{k}:")
         if kind == "shl":
-            g.emit(f"l{k} = (a{k} << {c - 1}) & {m:#x}")
-            g.emit(f"r{k} = (l{k} << 1) & {m:#x}")
-            fl = f"(l{k} >> {top}) | ((((l{k} ^ r{k}) >> {top}) & 1) << 11)"
+            g.emit(f"l{k} = (a{k} << ({count} - 1)) & {m:#x}", ind)
+            g.emit(f"r{k} = (l{k} << 1) & {m:#x}", ind)
+            cf, of = f"(l{k} >> {top})", f"((l{k} ^ r{k}) >> {top})"
         elif kind == "shr":
-            g.emit(f"l{k} = a{k} >> {c - 1}")
-            g.emit(f"r{k} = l{k} >> 1")
-            fl = f"(l{k} & 1) | ((((l{k} ^ r{k}) >> {top}) & 1) << 11)"
+            g.emit(f"l{k} = a{k} >> ({count} - 1)", ind)
+            g.emit(f"r{k} = l{k} >> 1", ind)
+            cf, of = f"(l{k} & 1)", f"(((l{k} ^ r{k}) >> {top}) & 1)"
         else:
             sign = 1 << top
-            g.emit(f"l{k} = ((a{k} ^ {sign:#x}) - {sign:#x}) >> {c - 1}")
-            g.emit(f"r{k} = (l{k} >> 1) & {m:#x}")
-            fl = f"(l{k} & 1)"
-        g.reg_write(d, f"r{k}", masked=True)
-        g.emit(f"cpu.rflags = (cpu.rflags & {~ARITH & MASK64:#x}) | {fl} | PARITY[r{k} & 0xFF]"
-               f" | (0x40 if r{k} == 0 else 0) | (0x80 if r{k} >> {top} else 0)")
-        g.emit("cpu.lf = None")
-        g.flags_eager()
+            g.emit(f"l{k} = ((a{k} ^ {sign:#x}) - {sign:#x}) >> ({count} - 1)", ind)
+            g.emit(f"r{k} = (l{k} >> 1) & {m:#x}", ind)
+            cf, of = f"(l{k} & 1)", "0"
+        g.reg_write(d, f"r{k}", masked=True, ind=ind)
+        p = Prod(OP_SHIFT, bits, cf, of, f"r{k}", 0)
+        if not ind:
+            g.set_prod(p)
+            return True
+        if not dead:
+            g.emit(f"cpu.lf = {p.tuple_src()}", 1)
+        g.emit("else:")
+        g.reg_write(d, f"a{k}", masked=True, ind=1)
+        g.flags_eager()              # cpu.lf is current (or dead)
         return True
     return t
 
@@ -985,39 +1303,93 @@ TEMPLATES = {
     control.jcc: t_jcc, control.jmp: t_jmp, control.call: t_call, control.ret: t_ret,
 }
 if _shift is not None:
-    TEMPLATES.update({_shift.shl: _shift_imm("shl"), _shift.shr: _shift_imm("shr"),
-                      _shift.sar: _shift_imm("sar")})
+    TEMPLATES.update({_shift.shl: _shift_t("shl"), _shift.shr: _shift_t("shr"),
+                      _shift.sar: _shift_t("sar")})
 
 
 # ---------------------------------------------------------------- entry point
-def generate(blk, cpu):
+MAX_REGION_BLOCKS = 16
+MAX_REGION_INSNS = 256
+
+
+def successors(blk):
+    """Static successors of a block: fall-through first, then a direct
+    branch target; a direct call's target, then its return address (a RET
+    in the region continues there, see goto_dynamic)."""
+    last = blk.insns[-1]
+    i = last.iced
+    if not blk.sets_rip:
+        return [blk.end_ip]
+    if last.fn is control.jcc and last.target is not None:
+        return [last.next_ip, last.target]
+    direct = last.target is not None and last.get0 is None and not i.is_call_far \
+        and i.op0_kind not in (OpKind.FAR_BRANCH16, OpKind.FAR_BRANCH32)
+    if last.fn is control.jmp and direct:
+        return [last.target]
+    if last.fn is control.call:
+        return [last.target, last.next_ip] if direct else [last.next_ip]
+    return []
+
+
+def region(blk, lookup):
+    """The members of ``blk``'s region in layout order, ``blk`` first:
+    blocks reached by static edges that ``lookup(ip)`` finds (translated, in
+    the same mode and linear page), depth first with fall-through successors
+    laid out right after their predecessor."""
+    members, seen = [], set()
+    total = [0]
+
+    def visit(b):
+        members.append(b)
+        seen.add(b.insns[0].ip)
+        total[0] += b.n
+        for ip in successors(b):
+            if ip in seen or len(members) >= MAX_REGION_BLOCKS:
+                continue
+            nb = lookup(ip)
+            if nb is not None and nb.n and total[0] + nb.n <= MAX_REGION_INSNS:
+                visit(nb)
+    visit(blk)
+    return members
+
+
+def generate(blk, cpu, members=None):
     """(source, line map, namespace, number of templated instructions)."""
-    g = Gen(blk, cpu)
+    g = Gen(blk, cpu, members)
     src, line_of = g.generate()
     return src, line_of, g.ns, g.templated
 
 
-def compile_block(blk, cpu):
-    """The engine's tier-2 hook: ``fn(cpu, budget) -> retired`` or None.
+def compile_block(blk, cpu, lookup=None):
+    """The engine's tier-2 hook: ``fn(cpu, budget) -> retired`` or None, for
+    the region of ``blk`` (``lookup(ip)``: a translated block or None; without
+    it the region is the block alone).  ``fn.members`` lists the region's
+    blocks: the engine drops the function when one of them is invalidated.
 
     Generating and compiling costs ~100-250 us per instruction on CPython
     3.11 (mostly the parser) and saves ~1.5 us per executed instruction, so
     the engine asks only after a block ran HOT_THRESHOLD (200) times."""
-    return compile_now(blk, cpu)
+    members = region(blk, lookup) if lookup is not None and _mode(blk, cpu)[0] != 16 else [blk]
+    return compile_now(blk, cpu, members)
 
 
-def compile_now(blk, cpu):
+def _mode(blk, cpu):
+    return blk.key[1] if isinstance(blk.key, tuple) and len(blk.key) >= 2 else cpu.mode_key
+
+
+def compile_now(blk, cpu, members=None):
     """A function ``fn(cpu, budget) -> retired`` for ``blk``, or None.
 
     16-bit code (real mode, vm86, 16-bit protected segments) stays
     interpreted: it is boot code, rarely hot, and not covered by the tests.
     A bug in the generator must not end a guest run: the block then stays
     interpreted and the machine gets a note."""
-    if not blk.n or (isinstance(blk.key, tuple) and len(blk.key) >= 2 and blk.key[1][0] == 16):
+    members = members or [blk]
+    if not blk.n or _mode(blk, cpu)[0] == 16:
         stats["declined"] += 1
         return None
     try:
-        src, line_of, ns, templated = generate(blk, cpu)
+        src, line_of, ns, templated = generate(blk, cpu, members)
     except Exception as e:                       # noqa: BLE001 - see docstring
         stats["declined"] += 1
         if not isinstance(e, Unsupported):
@@ -1032,6 +1404,8 @@ def compile_now(blk, cpu):
         return None             # nothing to gain over the interpreter
     code = _CACHE.get(src)
     if code is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
         code = compile(src, "<svmsim block>", "exec")
         _CACHE[src] = code
         stats["compiled"] += 1
@@ -1040,8 +1414,9 @@ def compile_now(blk, cpu):
     env = dict(_BASE_NS)
     env.update(ns)
     env["LK"] = line_of
-    env["BK"] = blk.key
+    env["SMC"] = cpu.machine.engine.smc
     exec(code, env)
     fn = env["_blk"]
     fn.source = src
+    fn.members = tuple(members)
     return fn

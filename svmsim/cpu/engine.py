@@ -19,6 +19,7 @@ from .flags import TF, RF
 from . import debug
 from .segments import CS
 from . import interrupts
+from .codepages import CodePage
 
 MAX_BLOCK = 64
 HOT_THRESHOLD = 200      # executions before a block is compiled to Python source (pays back ~150)
@@ -36,7 +37,12 @@ class Engine:
         self.machine = machine
         self.bus = machine.bus
         self.blocks: dict = {}
-        self.code_pages = machine.code_pages      # RAM page offset -> set of block keys
+        self.code_pages = machine.code_pages      # RAM page number -> CodePage
+        self.regions: dict = {}                   # block key -> keys of the regions it is compiled into
+        # Set when a write changes translated code; running code checks it
+        # after a write so a rewritten later instruction of the same block
+        # runs as rewritten (the check clears it).
+        self.smc = [0]
         self.bus.write_watchers.append(self._on_ram_write)
         ops.load_all()
         self.stats = {"blocks_translated": 0, "blocks_invalidated": 0, "blocks_compiled": 0}
@@ -47,14 +53,27 @@ class Engine:
         self.instrument = None
 
     def _compile(self, blk, cpu):
-        """Tier 2: generated Python source for a hot block, or None."""
+        """Tier 2: generated Python source for a hot block and the translated
+        blocks it branches to on its page (its region), or None."""
         try:
             from . import codegen
         except ImportError:
             return None
-        fn = codegen.compile_block(blk, cpu)
+        page, mode = blk.key[0] >> 12, blk.key[1]
+        base = cpu.ebase[CS]
+        blocks = self.blocks
+
+        def lookup(ip):
+            lin = (base + ip) & cpu.lin_mask
+            b = blocks.get((lin, mode))
+            if b is None or lin >> 12 != page or b.page != blk.page or b.page2 is not None:
+                return None
+            return b
+        fn = codegen.compile_block(blk, cpu, lookup if base == 0 else None)
         if fn is not None:
             self.stats["blocks_compiled"] += 1
+            for m in fn.members:
+                self.regions.setdefault(m.key, set()).add(blk.key)
         return fn
 
     # ---------------------------------------------------------------- translation
@@ -128,9 +147,11 @@ class Engine:
         blk.compiled = None
         if crossed and page2 is None:
             return blk                     # runs on into MMIO or unmapped space: not cached
-        self._register_code(blk, page_off)
+        lo = lin & 0xFFF
+        end = lo + ((blk.end_ip - rip) & cpu.lin_mask)
+        self._register_code(blk, page_off, lo, min(end, PAGE))
         if page2 is not None:
-            self._register_code(blk, page2)
+            self._register_code(blk, page2, 0, end - PAGE)
         self.blocks[key] = blk
         self.stats["blocks_translated"] += 1
         return blk
@@ -150,32 +171,60 @@ class Engine:
         return i.len
 
     # ---------------------------------------------------------------- self-modifying code
-    def _register_code(self, blk, page_off):
+    def _register_code(self, blk, page_off, lo, hi):
         if page_off is None:
             return
         page = (page_off & ((1 << 52) - 1)) >> 12      # the DRAM page, whatever the key
-        keys = self.code_pages.get(page)
-        if keys is None:
-            keys = self.code_pages[page] = set()
-            # This page just became code: no CPU may write it on the fast path.
+        cp = self.code_pages.get(page)
+        if cp is None:
+            cp = self.code_pages[page] = CodePage()
+            # This page just became code: no CPU may write it on the fast
+            # path; writes go through its byte map (Cpu.fc, _on_ram_write).
             for cpu in self.machine.cpus:
-                for per_user in cpu.tlb.fast:
-                    per_user[1].clear()
-        keys.add(blk.key)
+                cpu.tlb.drop_fast_writes()
+        cp.add(blk.key, lo, hi)
 
-    def _on_ram_write(self, spa_page):
-        off = self.bus.ram_offset(spa_page << 12)
-        if off is None:
+    def _on_ram_write(self, off, n):
+        """A write of ``n`` bytes at RAM offset ``off`` (within one page):
+        drop the blocks whose bytes it touched; the writing instruction ends
+        its block (Engine.smc), so the next instruction sees the store."""
+        cp = self.code_pages.get(off >> 12)
+        if cp is None:
             return
-        keys = self.code_pages.pop(off >> 12, None)
-        if keys:
-            for k in keys:
-                if self.blocks.pop(k, None) is not None:
-                    self.stats["blocks_invalidated"] += 1
+        lo = off & 0xFFF
+        keys = cp.written(lo, lo + n)
+        if not keys:
+            return
+        self.smc[0] = 1
+        for k in keys:
+            self.invalidate(k)
+
+    def invalidate(self, key):
+        """Forget the block ``key`` and every region compiled with it."""
+        blk = self.blocks.pop(key, None)
+        if blk is not None:
+            self.stats["blocks_invalidated"] += 1
+            for page_off in (blk.page, blk.page2):
+                if page_off is not None:
+                    cp = self.code_pages.get((page_off & ((1 << 52) - 1)) >> 12)
+                    if cp is not None:
+                        cp.remove(key)
+        for entry in self.regions.pop(key, ()):
+            b = self.blocks.get(entry)
+            if b is not None and b.compiled is not None and key in (m.key for m in b.compiled.members):
+                b.compiled = None
+                b.heat = 0
 
     def flush(self):
         self.blocks.clear()
         self.code_pages.clear()
+        self.regions.clear()
+        try:
+            cpus = self.machine.cpus
+        except ReferenceError:               # the machine is gone (its RAM is being freed)
+            return
+        for cpu in cpus:
+            cpu.tlb.drop_fast_code()
 
     # ---------------------------------------------------------------- running
     def run(self, cpu, budget: int, stepping: bool = False) -> int:
@@ -201,6 +250,7 @@ class Engine:
         executed = 0
         blocks = self.blocks
         machine = self.machine
+        smc = self.smc
         try:
             while executed + cpu.stall < budget and not machine.stopping:
                 if cpu.pending:
@@ -245,6 +295,16 @@ class Engine:
                     for ins in blk.insns:
                         ins.fn(cpu, ins)
                         n += 1
+                        if smc[0]:
+                            # It rewrote translated code: go on from the next
+                            # instruction, translated afresh if it changed.
+                            smc[0] = 0
+                            if not ins.ends_block:
+                                cpu.rip = ins.next_ip
+                            break
+                    else:
+                        if not blk.sets_rip:
+                            cpu.rip = blk.end_ip
                 except CpuException as e:
                     cpu.rip = blk.insns[n].ip
                     executed += n
@@ -252,8 +312,6 @@ class Engine:
                     interrupts.deliver_exception(cpu, e)
                     continue
                 executed += n
-                if not blk.sets_rip:
-                    cpu.rip = blk.end_ip
                 blk.heat += 1
                 if blk.heat == self.hot_threshold:
                     blk.compiled = self.compile(blk, cpu)

@@ -16,6 +16,8 @@ FIXED1 = 0x2          # bit 1 always reads as one
 WRITABLE = ARITH | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID
 
 OP_ADD, OP_SUB, OP_LOGIC, OP_INC, OP_DEC = 0, 1, 2, 3, 4
+# Shifts by a non-zero count (ops/shift.py): (OP_SHIFT, bits, CF, OF, masked result, 0), AF = 0.
+OP_SHIFT = 5
 
 PARITY = bytes(0 if bin(i).count("1") & 1 else PF for i in range(256))
 
@@ -32,6 +34,8 @@ def arith_flags(lf) -> int:
         f |= SF
     if op == OP_LOGIC:
         return f
+    if op == OP_SHIFT:
+        return f | (CF if a else 0) | (OF if b else 0)
     f |= (a ^ b ^ r) & AF
     if op == OP_ADD or op == OP_INC:
         if ((a ^ r) & (b ^ r)) >> (bits - 1) & 1:
@@ -76,6 +80,8 @@ def carry(lf) -> int:
         return (lf[4] >> lf[1]) & 1
     if op == OP_LOGIC:
         return 0
+    if op == OP_SHIFT:
+        return lf[2]
     return 1 if lf[5] else 0
 
 

@@ -10,7 +10,7 @@ from .exceptions import CpuException, GP, PF, SS as SS_VEC, AC as AC_VEC, PF_P, 
 from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as F_AC, VM as F_VM
 from .paging import Walker, check_access
 from .segments import Segment, CS, SS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
-from .tlb import Tlb, R, W, X, MMIO_R, MMIO_W
+from .tlb import Tlb, R, W, X, MMIO_R, MMIO_W, FC
 from . import debug, fpu_state
 from .hooks import CpuHooks
 
@@ -34,6 +34,7 @@ class Cpu:
         self.index = index
         self.bus = machine.bus
         self.ram = machine.bus.ram.buf
+        self.ram_views = machine.bus.ram.word_views()    # aligned accesses of compiled code
         self.io = machine.io
         self.lapic = None
         self.tlb = Tlb()
@@ -41,6 +42,7 @@ class Cpu:
         self.walk_lin = 0          # the linear address being walked (an RMP fault on an A/D update)
         self.fr, self.fw, self.fx = self.tlb.fast[0][:3]
         self.debug_watch = ()      # ranges the debugger watches (svmsim.debug.control)
+        self.fc = self.tlb.fast[0][FC]
         self.reset()
 
     # ------------------------------------------------------------------ reset
@@ -156,12 +158,14 @@ class Cpu:
         self.paging = bool(self.cr0 & CR0_PG)
         user = self.cpl == 3
         self.user_access = PF_U if user else 0
-        self.fr, self.fw, self.fx = self.tlb.fast[1 if user else 0][:3]
+        fast = self.tlb.fast[1 if user else 0]
+        self.fr, self.fw, self.fx = fast[:3]
+        self.fc = fast[FC]
         # Alignment checking (APM vol 2, 8.2.18): CR0.AM, RFLAGS.AC and CPL 3.
         # Data accesses then take the slow path, which checks alignment.
         self.align_check = bool(user and self.cr0 & CR0_AM and self.rflags & F_AC)
         if self.align_check:
-            self.fr, self.fw = {}, {}
+            self.fr, self.fw, self.fc = {}, {}, {}
         # The block cache is keyed by this: anything that changes how bytes
         # decode or which checks a translated block bakes in belongs here.
         self.mode_key = (bits, self.cpl, self.stack_bits, self.svm_guest)
@@ -223,6 +227,11 @@ class Cpu:
         o = lin & 0xFFF
         if o + size <= 0x1000:
             b = self.fw.get(lin >> 12)
+            if b is None:
+                # A page holding code: fast unless the bytes are translated code.
+                c = self.fc.get(lin >> 12)
+                if c is not None and c[1].find(1, o, o + size) < 0:
+                    b = c[0]
             if b is not None:
                 b += o
                 self.ram[b:b + size] = (value & ((1 << (size << 3)) - 1)).to_bytes(size, "little")
@@ -369,9 +378,8 @@ class Cpu:
         if t is None:
             fast[R][vpn] = off
             fast[X][vpn] = off
-            if spa >> 12 not in self.machine.code_pages and not (
-                    self.machine.rmp.enabled and not self.machine.rmp.hypervisor_owned(spa)):
-                fast[W][vpn] = off
+            if not (self.machine.rmp.enabled and not self.machine.rmp.hypervisor_owned(spa)):
+                self.fill_write(fast, vpn, off)
             return
         # Cache only what a recheck would allow without a fault, so the fast
         # path never needs to look at permissions.
@@ -380,9 +388,18 @@ class Cpu:
         fast[R][vpn] = off
         if not t.nx and not (t.us and not user and self.cr4 & (1 << 20)):
             fast[X][vpn] = off
-        if (t.d and (t.rw or (not user and not self.cr0 & CR0_WP)) and spa >> 12 not in self.machine.code_pages
+        if (t.d and (t.rw or (not user and not self.cr0 & CR0_WP))
                 and not (self.machine.rmp.enabled and not self.machine.rmp.hypervisor_owned(spa, t.size))):
+            self.fill_write(fast, vpn, off)
+
+    def fill_write(self, fast, vpn, off):
+        """Cache a page writable without a fault: in W, or in FC with its code
+        byte map if it holds translated code (engine.py, codepages.py)."""
+        cp = self.machine.code_pages.get(off >> 12)
+        if cp is None:
             fast[W][vpn] = off
+        else:
+            fast[FC][vpn] = (off, cp.map)
 
     def _pt_read(self, spa, size):
         return self.pread(spa, size)

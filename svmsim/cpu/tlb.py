@@ -15,6 +15,7 @@ Two layers, kept apart on purpose:
 """
 R, W, X = 0, 1, 2
 MMIO_R, MMIO_W = 3, 4      # linear page -> SPA page of an MMIO (non-RAM) target
+FC = 5                     # linear page -> (RAM offset, byte map) of a writable page holding code
 
 
 class Tlb:
@@ -25,7 +26,7 @@ class Tlb:
         self._global: dict = {}       # asid -> {vpn: Translation}
         self.entries: dict = self._tagged.setdefault((0, 0), {})
         self.globals: dict = self._global.setdefault(0, {})
-        self.fast = [[{}, {}, {}, {}, {}], [{}, {}, {}, {}, {}]]   # [user][R/W/X/MMIO_R/MMIO_W]
+        self.fast = [[{} for _ in range(6)] for _ in range(2)]   # [user][R/W/X/MMIO_R/MMIO_W/FC]
         # Large pages are cached as 4 KiB slices; INVLPG of any address in a
         # large page drops every slice (APM 5.5.2), so remember them by page.
         self._large: dict = {}        # (asid, size, first vpn) -> {vpn}
@@ -114,3 +115,13 @@ class Tlb:
         for per_user in self.fast:
             for d in per_user:
                 d.clear()
+
+    def drop_fast_writes(self) -> None:
+        """A page became code: it may be in a write cache (W)."""
+        for per_user in self.fast:
+            per_user[W].clear()
+
+    def drop_fast_code(self) -> None:
+        """The engine forgot its code pages: their byte maps (FC) are stale."""
+        for per_user in self.fast:
+            per_user[FC].clear()

@@ -38,8 +38,9 @@ class PhysBus:
         self.high_top = FOUR_GIB + (ram_size - self.low_top)
         self.mmio: list[MmioRegion] = []
         self._mmio_pages: dict[int, MmioRegion] = {}
-        # Called with a page number when RAM is written through the slow path
-        # (the execution engine uses it to drop translated code).
+        # Called with (RAM offset, length) when RAM is written through the
+        # slow path, never across a page (the execution engine uses it to
+        # drop translated code).
         self.write_watchers: list = []
 
     # -- layout -----------------------------------------------------------
@@ -94,7 +95,7 @@ class PhysBus:
             return  # unassigned: writes are dropped
         self.ram.buf[off:off + size] = (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
         for watch in self.write_watchers:
-            watch(spa >> PAGE_SHIFT)
+            watch(off, size)
 
     def read_bytes(self, spa: int, n: int) -> bytes:
         """Bulk read for loaders and debuggers (byte-wise across regions)."""
@@ -118,7 +119,7 @@ class PhysBus:
             if off is not None:
                 self.ram.buf[off:off + chunk] = data[pos:pos + chunk]
                 for watch in self.write_watchers:
-                    watch(spa >> PAGE_SHIFT)
+                    watch(off, chunk)
             else:
                 for i in range(chunk):
                     self.write(spa + i, 1, data[pos + i])
@@ -141,8 +142,11 @@ class PhysBus:
             else:
                 self.ram.zero(off, chunk)
                 for watch in self.write_watchers:
-                    for p in pages:
-                        watch(p)
+                    a = off
+                    while a < off + chunk:                 # page by page
+                        e = min((a | (PAGE_SIZE - 1)) + 1, off + chunk)
+                        watch(a, e - a)
+                        a = e
             spa += chunk
             n -= chunk
 

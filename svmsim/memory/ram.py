@@ -30,6 +30,16 @@ class Ram:
             self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
         except (OSError, OverflowError) as e:
             raise ConfigError(f"cannot map {size >> 20} MiB of guest RAM on this host: {e}") from None
+        self._views = None
+
+    def word_views(self) -> dict:
+        """RAM as arrays of 2-, 4- and 8-byte words in the host's byte order
+        (compiled blocks index them for aligned accesses, cpu/codegen.py);
+        released by close()."""
+        if self._views is None:
+            base = memoryview(self.buf)
+            self._views = {1: base, 2: base.cast("H"), 4: base.cast("I"), 8: base.cast("Q")}
+        return self._views
 
     def read(self, off: int, size: int) -> int:
         return int.from_bytes(self.buf[off:off + size], "little")
@@ -58,5 +68,9 @@ class Ram:
 
     def close(self) -> None:
         """Unmap the RAM (the machine is done with it); idempotent."""
+        if self._views is not None:
+            for v in reversed(list(self._views.values())):
+                v.release()                  # exported views would keep the mapping alive
+            self._views = None
         if not self.buf.closed:
             self.buf.close()

@@ -230,9 +230,8 @@ class NestedMmu:
         fast[R][vpn] = off
         if exec_ok:
             fast[X][vpn] = off
-        if writable and t.spa >> 12 not in cpu.machine.code_pages and not (
-                self.rmp.enabled and not self.rmp.hypervisor_owned(t.spa, t.n_size)):
-            fast[W][vpn] = off
+        if writable and not (self.rmp.enabled and not self.rmp.hypervisor_owned(t.spa, t.n_size)):
+            cpu.fill_write(fast, vpn, off)
 
 
 def setup(cpu, v, host_cr4, host_efer) -> None:

@@ -26,7 +26,7 @@ Common rules (APM vol 3, "SHL", "RCL", ...):
   differently (e.g. AF after shifts); software must not rely on them.
 """
 from . import handles
-from ..flags import CF, OF, szp, set_arith
+from ..flags import CF, OF, OP_SHIFT, szp, set_arith
 
 MASK64 = (1 << 64) - 1
 
@@ -61,9 +61,7 @@ def shl(cpu, ins):
     last = (a << (c - 1)) & mask          # value before the final 1-bit shift
     r = (last << 1) & mask
     ins.set0(cpu, r)
-    cf = last >> (bits - 1)
-    of = OF if (last ^ r) >> (bits - 1) else 0
-    set_arith(cpu, cf | of | szp(r, bits))
+    cpu.lf = (OP_SHIFT, bits, last >> (bits - 1), (last ^ r) >> (bits - 1), r, 0)
 
 
 @handles("SHR")
@@ -76,8 +74,8 @@ def shr(cpu, ins):
     last = a >> (c - 1)
     r = last >> 1
     ins.set0(cpu, r)
-    of = OF if (last ^ r) >> (bits - 1) & 1 else 0   # MSB(original) for count 1
-    set_arith(cpu, (last & 1) | of | szp(r, bits))
+    # OF: MSB(original) for count 1
+    cpu.lf = (OP_SHIFT, bits, last & 1, (last ^ r) >> (bits - 1) & 1, r, 0)
 
 
 @handles("SAR")
@@ -92,7 +90,7 @@ def sar(cpu, ins):
     last = s >> (c - 1)
     r = (last >> 1) & mask
     ins.set0(cpu, r)
-    set_arith(cpu, (last & 1) | szp(r, bits))          # OF = 0
+    cpu.lf = (OP_SHIFT, bits, last & 1, 0, r, 0)        # OF = 0
 
 
 # ---------------------------------------------------------------- rotates

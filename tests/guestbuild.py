@@ -59,13 +59,19 @@ BASE_CFLAGS = (
     "-fno-builtin", "-nostdlib", "-nostdinc", "-O2", "-g0",
     "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11",
 )
+#: Kernels whose own source is ordinary gcc -O2 code with the x87 and SSE2
+#: enabled (user programs are built so); the runtime keeps -mno-sse, and the
+#: kernel turns the units on itself before using them.
+FP_CFLAGS = ("-msse2", "-mfpmath=sse", "-m80387", "-fno-math-errno")
+SOURCE_CFLAGS = {"fpu_sse.c": FP_CFLAGS}
+_NO_FP = frozenset({"-mno-sse", "-mno-mmx", "-mno-80387", "-mgeneral-regs-only"})
 BASE_ASFLAGS = ("-m64", "-fno-pic", "-fno-pie", "-nostdlib", "-g0")
 BASE_LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-z", "max-page-size=0x1000",
                 "-z", "noexecstack", "--no-warn-rwx-segments", "--build-id=none")
 
 #: The kernels under tests/guests/<name>.c.  Their test bodies live in
 #: tests/guests/suites/*.c (linked into every kernel) so `smoke` reuses them.
-KERNELS = ("hello", "exceptions", "apic_timer", "smp", "smp_burst", "loop", "smoke",
+KERNELS = ("hello", "exceptions", "apic_timer", "smp", "smp_burst", "loop", "smoke", "fpu_sse",
            "svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world",
            "svm_events", "svm_npt", "svm_state", "svm_ioio", "workload")
 
@@ -79,6 +85,7 @@ KERNEL_RUNS = {
     "smp": {"append": "", "smp": 2},
     "smp_burst": {"append": "", "smp": 4},
     "loop": {"append": "", "smp": 1},          # default 10,000,000 iterations
+    "fpu_sse": {"append": "", "smp": 1},
     "smoke": {"append": "smoke", "smp": 2},
     "svm_basic": {"append": "", "smp": 1},
     "svm_invalid": {"append": "", "smp": 1},
@@ -171,6 +178,8 @@ def _publish(build, target: pathlib.Path) -> pathlib.Path:
 def _object(src: pathlib.Path, extra: tuple[str, ...], base: pathlib.Path) -> pathlib.Path:
     """Compile one source (cached per content, headers, flags and tools)."""
     flags = (BASE_CFLAGS if src.suffix == ".c" else BASE_ASFLAGS) + extra
+    if src.name in SOURCE_CFLAGS:
+        flags = tuple(f for f in flags if f not in _NO_FP) + SOURCE_CFLAGS[src.name]
     key = _digest([_RECIPE_VERSION.encode(), _tool_versions().encode(),
                    "\0".join(flags).encode(), src.name.encode(), src.read_bytes(),
                    *_header_bytes()])

@@ -177,6 +177,16 @@ def mem_read(cpu, ins, size, align=0):
         raise gp(0, f"{ins.name}: memory operand not {align}-byte aligned")
     if size <= 8:
         return cpu.read(seg, off, size)
+    if not cpu.seg_chk[seg]:
+        # within one page of plain RAM: one slice (the fast read cache
+        # holds only pages that need no further check, see Cpu.translate)
+        lin = (cpu.ebase[seg] + off) & cpu.lin_mask
+        o = lin & 0xFFF
+        if o + size <= 0x1000:
+            b = cpu.fr.get(lin >> 12)
+            if b is not None:
+                b += o
+                return int.from_bytes(cpu.ram[b:b + size], "little")
     v = 0
     for i in range(0, size, 8):
         v |= cpu.read(seg, off + i, 8) << (8 * i)
@@ -191,6 +201,15 @@ def mem_write(cpu, ins, size, value, align=0):
     if size <= 8:
         cpu.write(seg, off, size, value)
         return
+    if not cpu.seg_chk[seg]:
+        lin = (cpu.ebase[seg] + off) & cpu.lin_mask
+        o = lin & 0xFFF
+        if o + size <= 0x1000:
+            b = cpu.fw.get(lin >> 12)
+            if b is not None:
+                b += o
+                cpu.ram[b:b + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+                return
     cpu.check_write(seg, off, size)
     for i in range(0, size, 8):
         cpu.write(seg, off + i, 8, (value >> (8 * i)) & M64)

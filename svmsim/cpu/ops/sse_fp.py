@@ -407,14 +407,22 @@ _blendv_handlers(1, "PBLENDVB", "VPBLENDVB")
 
 
 # ---------------------------------------------------------------- sign masks and tests
+_GATHER_MSB = 0x0102040810204080        # moves the MSBs of 8 bytes into one byte
+
+
 def _movmsk(w):
     def h(cpu, ins):
         lo = layout(ins)
         check(cpu, lo)
         v = rd(cpu, ins, lo, 1)
         r = 0
-        for i, x in enumerate(split(v, w, lo.nb)):
-            r |= (x >> (8 * w - 1)) << i
+        if w == 1:
+            for q in range(lo.nb // 8):
+                m = (v >> (64 * q + 7)) & 0x0101010101010101
+                r |= (((m * _GATHER_MSB) >> 56) & 0xFF) << (8 * q)
+        else:
+            for i, x in enumerate(split(v, w, lo.nb)):
+                r |= (x >> (8 * w - 1)) << i
         ins.set0(cpu, r)
     return h
 

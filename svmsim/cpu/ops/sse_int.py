@@ -38,13 +38,57 @@ def reg(kernel, base, vex=True):
 
 
 # ---------------------------------------------------------------- add/sub/compare/logic
+def _rep(pattern, w, nb):
+    """``pattern`` (a w-byte value) repeated over nb bytes."""
+    r = 0
+    for k in range(nb // w):
+        r |= pattern << (8 * w * k)
+    return r
+
+
+_SWAR = {}
+
+
+def _swar(w, nb):
+    m = _SWAR.get((w, nb))
+    if m is None:
+        bits = 8 * w
+        m = _SWAR[(w, nb)] = (_rep((1 << (bits - 1)) - 1, w, nb), _rep(1 << (bits - 1), w, nb),
+                              _rep(1, w, nb), (1 << bits) - 1)
+    return m
+
+
+def _add(w):
+    """Lane-wise add without unpacking: add the low bits, then fix each top bit."""
+    def k(a, b, nb, imm, ctx):
+        low, top, _, _ = _swar(w, nb)
+        return ((a & low) + (b & low)) ^ ((a ^ b) & top)
+    return k
+
+
+def _sub(w):
+    def k(a, b, nb, imm, ctx):
+        low, top, _, _ = _swar(w, nb)
+        return ((a | top) - (b & low)) ^ ((a ^ ~b) & top)
+    return k
+
+
+def _cmpeq(w):
+    """All ones where the lanes are equal: a lane of a ^ b is zero."""
+    def k(a, b, nb, imm, ctx):
+        low, top, one, lane = _swar(w, nb)
+        x = a ^ b
+        nonzero = ((x | ((x & low) + low)) & top) >> (8 * w - 1)
+        return (one & ~nonzero) * lane
+    return k
+
+
 for _w, _s in ((1, "B"), (2, "W"), (4, "D"), (8, "Q")):
-    reg(ew(_w, lambda x, y: x + y), "PADD" + _s)
-    reg(ew(_w, lambda x, y: x - y), "PSUB" + _s)
+    reg(_add(_w), "PADD" + _s)
+    reg(_sub(_w), "PSUB" + _s)
+    reg(_cmpeq(_w), "PCMPEQ" + _s)
     if _w < 8:
-        reg(ew(_w, lambda x, y: -1 if x == y else 0), "PCMPEQ" + _s)
         reg(ew(_w, lambda x, y: -1 if x > y else 0, signed=True), "PCMPGT" + _s)
-reg(ew(8, lambda x, y: -1 if x == y else 0), "PCMPEQQ")
 reg(ew(8, lambda x, y: -1 if x > y else 0, signed=True), "PCMPGTQ")
 for _w, _s in ((1, "B"), (2, "W")):
     reg(ew_sat(_w, lambda x, y: x + y, True), "PADDS" + _s)

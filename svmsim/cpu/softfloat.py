@@ -155,7 +155,9 @@ def round_pack(f, sign, exp, sig, ctx, sticky=False):
     below the rounding position.  Sets PE/UE/OE (and C1) in ctx."""
     p = ctx.prec or f.p
     top = exp + sig.bit_length() - 1                    # exponent of the leading bit
-    lsb = max(top - (p - 1), f.emin - (f.p - 1))        # subnormals have fewer bits
+    # subnormals have fewer bits; under x87 precision control their last bit
+    # stays where a p-bit significand puts it (the AMD host)
+    lsb = max(top - (p - 1), f.emin - (p - 1))
     q, inexact, up = _round_at(sig, exp, lsb, sign, ctx.rc, sticky)
     tiny = False
     if top < f.emin:

@@ -145,7 +145,10 @@ def store_ctx(cpu):
 
 
 def report(cpu, flags, c1=False):
-    """Merge exception flags into FSW.  Returns the unmasked ones."""
+    """Merge exception flags into FSW.  Returns the unmasked ones.  An invalid
+    operation or a division by zero is reported without DE (the AMD host)."""
+    if flags & (IE | ZE):
+        flags &= ~DE
     fsw = cpu.fpu_fsw & ~C1
     if c1:
         fsw |= C1
@@ -315,7 +318,7 @@ def fld(cpu, ins):
     if ins.ea is None:
         i = ins.iced.op_register(0) - 217
         if empty(cpu, i):
-            if stack_fault(cpu, not empty(cpu, 7)):
+            if stack_fault(cpu, False):          # an empty source is an underflow (C1 = 0)
                 push(cpu, INDEFINITE)
             return
         v, flags = get(cpu, i), 0
@@ -1234,6 +1237,8 @@ def _log_special(x, y, ctx, plus1):
         if _finite(x) and xs and (x >> 64) & 0x7FFF >= 0x3FFF:
             if yi:
                 return sf.pack_inf(F80, xs ^ (y >> 79))
+            if yz:
+                return sf.pack_zero(F80, xs ^ (y >> 79))
             ctx.flags |= PE
             return x
         if sf.is_zero(F80, x):
@@ -1336,4 +1341,8 @@ def _atan2(fy, fx, xneg, yneg, ctx):
     if mpmath.isinf(fy) and mpmath.isinf(fx):
         r = mpmath.pi / 4 * (3 if xneg else 1)
         return _to_f80(-r if yneg else r, ctx)
+    if mpmath.isinf(fx):                         # finite y over +-infinity: +-0 or +-pi
+        if xneg:
+            return _to_f80(-mpmath.pi if yneg else mpmath.pi, ctx)
+        return sf.pack_zero(F80, yneg)
     return _to_f80(mpmath.atan2(fy, fx), ctx)

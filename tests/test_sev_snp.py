@@ -301,7 +301,7 @@ def test_running_vmsa_is_in_use():
     from svmsim.svm import snp
     r = EsRig("hlt", snp=True, intercepts=()).run()              # the guest halts, still in guest mode
     assert r.cpu.svm_guest
-    assert snp._rmpupdate(r.cpu, r.m.rmp, VMSA, 0, 0, 0, 0, 0) == 3
+    assert snp.rmp_update(r.cpu, r.m.rmp, VMSA, 0, 0, 0, 0, 0) == 3
 
 
 def test_non_snp_guest_write_to_an_assigned_page_is_npf():

@@ -69,10 +69,12 @@ def rmpupdate(cpu, ins):
     raw = cpu.read_lin(cpu.regs[1], 8).to_bytes(8, "little") + cpu.read_lin(cpu.regs[1] + 8, 8).to_bytes(8, "little")
     gpa, assigned, size = int.from_bytes(raw[:8], "little"), raw[8], raw[9] & 1
     immutable, asid = raw[10], int.from_bytes(raw[12:16], "little")
-    _result(cpu, _rmpupdate(cpu, rmp, spa, gpa, assigned, size, immutable, asid))
+    _result(cpu, rmp_update(cpu, rmp, spa, gpa, assigned, size, immutable, asid))
 
 
-def _rmpupdate(cpu, rmp, spa, gpa, assigned, size, immutable, asid):
+def rmp_update(cpu, rmp, spa, gpa, assigned, size, immutable, asid):
+    """RMPUPDATE's operation on its decoded operands (a VMM written in Python
+    calls it as its host's RMPUPDATE); returns the instruction's result code."""
     max_asid = cpu.machine.profile.extra["sev"]["max_asid"]
     span = SIZE_2M if size else PAGE
     # Table 15-35: a hypervisor page has ASID 0; an assigned page with ASID 0
@@ -315,4 +317,4 @@ def vmsa_checks(cpu, v, spa, vmsa):
     return None
 
 
-__all__ = ["rmpupdate", "psmash", "pvalidate", "rmpadjust", "check_guest_access", "in_use"]
+__all__ = ["rmpupdate", "rmp_update", "psmash", "pvalidate", "rmpadjust", "check_guest_access", "in_use"]

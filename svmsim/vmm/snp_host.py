@@ -50,9 +50,9 @@ def enable_snp(machine, psp=None) -> tuple[int, int]:
 def rmpupdate(machine, spa: int, gpa: int = 0, assigned: bool = False, asid: int = 0,
               immutable: bool = False, size: int = 0) -> None:
     """RMPUPDATE on CPU 0 (host mode); GuestExit naming the failure code."""
-    from ..svm.snp import _rmpupdate
+    from ..svm.snp import rmp_update
     cpu = machine.cpus[0]
-    rc = _rmpupdate(cpu, machine.rmp, spa, gpa, int(assigned), size, int(immutable), asid)
+    rc = rmp_update(cpu, machine.rmp, spa, gpa, int(assigned), size, int(immutable), asid)
     if rc:
         raise GuestExit(f"RMPUPDATE {spa:#x} failed with {rc}")
 

@@ -216,3 +216,14 @@ def test_instruction_straddling_a_remapped_page_is_decoded_again():
     r = run_code(code, setup=setup)
     assert r.regs[1] == 0x1122334455667788
     assert r.regs[0] == 0x9922334455667788
+
+
+def test_branch_to_upper_half_canonical_address_is_not_gp():
+    """APM vol 2, 5.3.1: 0xFFFF8000_00000000 and above are canonical; a branch
+    there fetches and (unmapped) faults with #PF, not #GP (a higher-half kernel
+    such as Linux jumps to 0xFFFFFFFF8xxxxxxx)."""
+    for how in ("mov rax, 0xffffffff81000000\njmp rax", "jmp rax"):
+        r = run_code(asm(how), regs={"rax": 0xFFFFFFFF81000000})
+        assert r.exception[0] == 14 and r.exception[3] == 0xFFFFFFFF81000000
+    r = run_code(asm("mov rax, 0x0000800000000000\njmp rax"))
+    assert r.exception[:2] == (13, 0)

@@ -1063,7 +1063,7 @@ def t_pop(g, ins, k, is_last):
 def _target_ok(g, target):
     """Compile-time canonical check in 64-bit mode; None when it must be runtime."""
     if g.long64:
-        if (target + (1 << 47)) >> 48:
+        if ((target + (1 << 47)) & 0xFFFFFFFFFFFFFFFF) >> 48:
             raise Unsupported("non-canonical target")   # the handler raises #GP
         return True
     return None
@@ -1115,7 +1115,7 @@ def t_jmp(g, ins, k, is_last):
 
 def _runtime_target_check(g, t, ind=0):
     if g.long64:
-        g.emit(f"if ({t} + 0x800000000000) >> 48:", ind)
+        g.emit(f"if (({t} + 0x800000000000) & 0xFFFFFFFFFFFFFFFF) >> 48:", ind)
         g.emit("raise _gp(0, 'non-canonical branch target')", ind + 1)
     else:
         _check_cs_limit(g, t, ind)

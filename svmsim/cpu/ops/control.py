@@ -13,7 +13,7 @@ MASK64 = (1 << 64) - 1
 
 def _check_target(cpu, target):
     if cpu.long64:
-        if (target + (1 << 47)) >> 48:
+        if ((target + (1 << 47)) & MASK64) >> 48:
             raise gp(0, f"non-canonical branch target {target:#x}")
     elif target > cpu.segs[CS].limit:
         raise gp(0, f"branch target {target:#x} beyond CS limit")

@@ -258,6 +258,8 @@ class Machine(DebugApi):
                                 amd_ht_hole=self.profile.vendor == "AuthenticAMD")
         from .boot.entry import apply_entry_state
         apply_entry_state(self.cpus[0], info)
+        from .boot import mptable
+        mptable.install(self)               # SeaBIOS's MP and $PIR tables, PIRQ routes
         self.io.write(0xA1, 1, 0xFF)        # the setup code's mask_all_interrupts():
         self.io.write(0x21, 1, 0xFB)        # every IRQ but the cascade masked
         for w in info.warnings:

@@ -45,6 +45,7 @@ CONFIG_FRAGMENT = {
     "RD_XZ": "n", "RD_LZO": "n", "RD_LZ4": "n", "RD_ZSTD": "n",
     "BINFMT_ELF": "y", "PROC_FS": "y", "X86_IOPL_IOPERM": "y",
     "PCI": "y",
+    "VT": "n", "INPUT": "n", "SERIO": "n",    # headless: no VGA text console, no i8042
     "CPU_SUP_AMD": "y", "AMD_MEM_ENCRYPT": "y",   # SEV guest support
     "RANDOMIZE_BASE": "n",                    # same addresses on every boot
     "ACPI": "n",                                      # see docs/DESIGN.md, "Linux"
@@ -130,7 +131,7 @@ def build_kernel(jobs: int = 2) -> pathlib.Path:
         return out / "bzImage"
     cache_dir().mkdir(parents=True, exist_ok=True)
     src = _source_tree(tar, version)
-    build = cache_dir() / f"build-{key}"
+    build = cache_dir() / f"build-{version}"       # reused: make rebuilds what changed
     build.mkdir(exist_ok=True)
     log = build / "build.log"
     make = ["nice", "-n", "10", "make", "-s", f"O={build}", f"-j{jobs}"]

@@ -103,7 +103,7 @@ def test_bars_decode_only_when_enabled(m):
 
 
 def test_intx_is_routed_by_the_piix3_pirq_registers(m):
-    dev = m.pci.add(Probe(), 4)                           # INTA# of slot 4: PIRQA
+    dev = m.pci.add(Probe(), 5)                           # INTA# of slot 5: PIRQA
     seen = []
     m.pic.set_irq = lambda line, level: seen.append((line, level))
     dev.set_irq(True)

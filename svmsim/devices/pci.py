@@ -260,8 +260,9 @@ class PciBus:
 
     # -- INTx routing --------------------------------------------------------
     def pirq_of(self, function) -> int:
-        """PIRQ line of a function's pin: the usual swizzle, (pin - 1 + slot) mod 4."""
-        return (function.interrupt_pin - 1 + function.slot) & 3
+        """PIRQ line of a function's pin as QEMU's PIIX3 wires it
+        (pci_slot_get_pirq): INTx of slot s drives PIRQ (x + s - 1) mod 4."""
+        return (function.interrupt_pin - 1 + function.slot - 1) & 3
 
     def irq_changed(self) -> None:
         """Recompute PIRQ A..D from every function's pin and drive the ISA

@@ -199,8 +199,7 @@ def cpio(entries) -> bytes:
     return out + _cpio_entry("TRAILER!!!", 0, ino=0)
 
 
-def build_initramfs() -> pathlib.Path:
-    """The initramfs (cached by the init sources' hash)."""
+def _init_key() -> str:
     h = hashlib.sha256(RECIPE_VERSION.encode() + repr(INIT_CFLAGS).encode())
     for f in _init_sources():
         h.update(f.name.encode() + f.read_bytes())
@@ -208,17 +207,32 @@ def build_initramfs() -> pathlib.Path:
         h.update(subprocess.run(["gcc", "--version"], capture_output=True).stdout)
     except OSError:
         raise BuildUnavailable("building the initramfs needs gcc") from None
-    path = cache_dir() / f"initramfs-{h.hexdigest()[:16]}.cpio"
+    return h.hexdigest()[:16]
+
+
+def build_init_binary() -> pathlib.Path:
+    """/init, built once per source hash and cached."""
+    path = cache_dir() / f"init-{_init_key()}"
     if path.exists():
         return path
     cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        init = build_init(pathlib.Path(tmp)).read_bytes()
-        blob = cpio([("dev", 0o040755), ("dev/console", 0o020600, b"", (5, 1)),
-                     ("proc", 0o040755), ("init", 0o100755, init)])
-        part = pathlib.Path(tmp) / "initramfs.cpio"
-        part.write_bytes(blob)
-        os.replace(part, path)
+        exe = build_init(pathlib.Path(tmp))
+        os.replace(exe, path)
+    return path
+
+
+def build_initramfs() -> pathlib.Path:
+    """The initramfs: /init, /dev/console, /proc (cached by the init's hash)."""
+    path = cache_dir() / f"initramfs-{_init_key()}.cpio"
+    if path.exists():
+        return path
+    init = build_init_binary().read_bytes()
+    blob = cpio([("dev", 0o040755), ("dev/console", 0o020600, b"", (5, 1)),
+                 ("proc", 0o040755), ("init", 0o100755, init)])
+    part = path.with_suffix(".part")
+    part.write_bytes(blob)
+    os.replace(part, path)
     return path
 
 

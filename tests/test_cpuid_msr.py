@@ -391,3 +391,14 @@ def test_spec_ctrl_pred_cmd_mcg_and_patch_level():
     msr.wrmsr(cpu, 0x401, 0)
     gp_of(msr.rdmsr, cpu, 0x400 + 4 * 4)                           # beyond the banks
     assert msr.rdmsr(cpu, msr.PATCH_LEVEL) == profiles.get("epyc").patch_level
+
+
+def test_xsave_compacted_size_is_reported_with_xsavec():
+    """CPUID Fn0000_000D_EBX_x1 gives the XSAVEC/XSAVES area size for
+    XCR0 | XSS (AMD APM vol 3, E.3.8); Linux sizes its FPU buffers from it
+    and disables XSAVE when it is 0."""
+    m = Machine(mem_size="4M")
+    cpu = m.cpus[0]
+    eax, ebx, _, _ = cpuid(cpu, 0xD, 1)
+    if eax & 0b1010:
+        assert ebx == cpuid(cpu, 0xD, 0)[1] == 576

@@ -300,8 +300,9 @@ def cpuid(cpu, leaf: int, subleaf: int = 0):
         r = list(cpu.hooks.cpuid_leaf(cpu, leaf) or r)
     elif leaf == 0xD and subleaf == 0 and r[0]:
         r[1] = _xsave_size(cpu.xcr0)
-    elif leaf == 0xD and subleaf == 1 and r[0] & 8:
-        # XSAVES: size of the compacted area for XCR0 | IA32_XSS
+    elif leaf == 0xD and subleaf == 1 and r[0] & 0b1010:
+        # XSAVEC or XSAVES: size of the compacted area for XCR0 | IA32_XSS
+        # (Linux sizes its buffers from it with XSAVEC alone too)
         r[1] = XSAVE_LEGACY_SIZE + sum(size for n, (size, _) in XSAVE_COMPONENTS.items()
                                        if (cpu.xcr0 | cpu.msr.get(0xDA0, 0)) >> n & 1)
     return tuple(x & 0xFFFFFFFF for x in r)

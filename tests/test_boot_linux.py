@@ -166,3 +166,24 @@ def test_overlong_command_line_is_refused(tmp_path):
 def test_alt_mem_k_follows_e801():
     e = [linux.MmapEntry(0, 0x9FC00, 1), linux.MmapEntry(0x100000, 0x7EE0000, 1)]
     assert linux.alt_mem_k(e) == 15 * 1024 + ((0x7FE0000 - 0x1000000) >> 16) * 64
+
+
+@needs_as
+def test_reference_vmm_boots_a_bzimage_as_a_guest(tmp_path, initrd):
+    """Issue 16, item 4: the VMM loads the kernel with the same boot protocol
+    into guest memory (its own E820 map) and starts it under nested paging in
+    the same documented state; the guest's checks pass through intercepted
+    port I/O to isa-debug-exit."""
+    from svmsim.vmm import Vmm
+    from svmsim.vmm.linux import load_linux, sev_regions
+    m = Machine(mem_size="96M", serial_out=open("/dev/null", "wb"))
+    vmm = Vmm(m, guest_mem=64 << 20)
+    info = load_linux(vmm, str(make_bzimage(tmp_path)), "console=ttyS0", str(initrd))
+    assert linux.MmapEntry(0x100000, (64 << 20) - 0x20000 - 0x100000, 1) in info.e820
+    assert vmm.mem.read_bytes(0xF5BA0, 4) == b"_MP_"
+    result = vmm.run(max_insns=100_000)
+    assert m.stop_status == 1, result.reason
+    assert result.exits.get("IOIO") == 1
+    covered = sev_regions(info)
+    for gpa in (info.boot_params, info.cmdline_addr, info.load_addr, info.initrd_addr, 0xF5BA0):
+        assert any(a <= gpa < a + n for a, n in covered), hex(gpa)

@@ -92,31 +92,46 @@ def pir_table(router_devfn: int) -> bytes:
     return bytes(blob)
 
 
-def install(machine) -> None:
-    """Write the tables where SeaBIOS leaves them and program the PIIX3's
-    PIRQ routes and the ELCR the way SeaBIOS does (PCI IRQs level-triggered)."""
+def tables(machine) -> list[tuple[int, bytes]]:
+    """(address, bytes) of the MP floating pointer, its configuration table
+    and $PIR for ``machine``'s CPUs and PCI functions (setting each PCI pin's
+    interrupt line as SeaBIOS does)."""
     from ..cpu.cpuid import cpuid
     from ..devices.apic import APIC_VERSION
-    bus = machine.bus
     cpus = []
     for cpu in machine.cpus:
         sig, _, _, feat = cpuid(cpu, 1, 0)
         cpus.append((sig, feat, APIC_VERSION & 0xFF))    # SeaBIOS reads the APIC's register
     pci = getattr(machine, "pci", None)
-    funcs = []
+    funcs, out = [], []
     if pci is not None:
         for (slot, fn), f in sorted(pci.functions.items()):
             if f.interrupt_pin:                          # SeaBIOS sets the line
                 line = PIRQ_IRQS[pci.pirq_of(f)]
                 f.config_write(0x3C, 1, line)
                 funcs.append((slot, f.interrupt_pin, line))
+        out.append((PIR_ADDR, pir_table(pci.isa.slot << 3 | pci.isa.fn)))
+    out.append((MP_CONFIG_ADDR, mp_config_table(cpus, funcs, has_pci=pci is not None)))
+    out.append((MP_FLOATING_ADDR, mp_floating_pointer(MP_CONFIG_ADDR)))
+    return out
+
+
+def program_chipset(machine) -> None:
+    """The PIIX3's PIRQ routes and the ELCR as SeaBIOS leaves them (PCI IRQs
+    level-triggered)."""
+    pci = getattr(machine, "pci", None)
+    if pci is not None:
         for i, irq in enumerate(PIRQ_IRQS):
             pci.isa.config_write(0x60 + i, 1, irq)
-        bus.write_bytes(PIR_ADDR, pir_table(pci.isa.slot << 3 | pci.isa.fn))
-    bus.write_bytes(MP_CONFIG_ADDR, mp_config_table(cpus, funcs, has_pci=pci is not None))
-    bus.write_bytes(MP_FLOATING_ADDR, mp_floating_pointer(MP_CONFIG_ADDR))
     elcr = 0
     for irq in set(PIRQ_IRQS):
         elcr |= 1 << irq
     machine.io.write(0x4D0, 1, elcr & 0xFF)
     machine.io.write(0x4D1, 1, elcr >> 8)
+
+
+def install(machine) -> None:
+    """Write the tables where SeaBIOS leaves them and program the chipset."""
+    for addr, blob in tables(machine):
+        machine.bus.write_bytes(addr, blob)
+    program_chipset(machine)

@@ -33,6 +33,7 @@ GUEST_BASE = 0x1000000                      # 16 MiB
 PASSTHROUGH = ((0xFEC00000, 0xFEC01000), (0xFEE00000, 0xFEE01000))   # I/O APIC, local APIC
 HV_SIGNATURE = b"svmsimRefVMM"              # CPUID 4000_0000h EBX:ECX:EDX
 QUANTUM = 1000
+GPR_INDEX = {"rcx": 1, "rdx": 2, "rbx": 3, "rbp": 5, "rsi": 6, "rdi": 7}
 
 
 class GuestExit(Exception):
@@ -194,7 +195,8 @@ class Vmm:
         """VMRUN until the guest is done; handle each exit."""
         cpu, m = self.cpu, self.m
         regs = cpu.regs
-        regs[3], regs[1] = self.gprs.get("rbx", 0), self.gprs.get("rcx", 0)
+        for name, value in self.gprs.items():          # the guest's GPRs other than RAX
+            regs[GPR_INDEX[name]] = value
         done = 0
         for _ in range(max_exits):
             cpu.rip, cpu.halted = HOST_STUB, False

@@ -120,7 +120,7 @@ def effective_features(profile) -> frozenset:
     """The profile's features minus those svmsim cannot honour yet."""
     from . import ops
     ops.load_all()
-    have = set(ops.BY_MNEMONIC)
+    have = set(ops.BY_MNEMONIC) | {iced_x86.OpCodeInfo(c).mnemonic for c in ops.BY_CODE}
     missing = missing_forms()
     out = set()
     for f in profile.features:
@@ -131,6 +131,8 @@ def effective_features(profile) -> frozenset:
         need = NEEDS.get(f, ())
         if all(getattr(iced_x86.Mnemonic, m) in have for m in need):
             out.add(f)
+    if "erms" not in out:
+        out.discard("fsrm")          # fast short REP MOVSB refines ERMS: Linux relies on it
     return frozenset(out)
 
 

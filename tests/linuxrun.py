@@ -34,6 +34,8 @@ MODEL = [
     r"0000:00:01\.[13]",                      # QEMU's PIIX3 IDE and PIIX4 ACPI functions
     r"^Performance Events: ",                 # QEMU sets CPUID.1:ECX[31] (hypervisor)
     r"^x86/fpu: ",                            # XSAVE components follow each CPUID
+    r"^Spectre V2 : ",                        # QEMU TCG drops IBRS/IBPB/STIBP; svmsim reports them
+    r"^\.\.\. |^Failed to access perfctr msr",   # AMD PMU: QEMU TCG has no performance counters
 ]
 
 # svmsim feature name -> QEMU -cpu property name, where they differ.
@@ -64,7 +66,8 @@ def qemu_cpu(machine) -> str:
     from svmsim.cpu.cpuid import features
     have = features(machine)
     off = sorted(machine.profile.features - have) + list(QEMU_EXTRA)
-    return "EPYC-Milan," + ",".join(f"-{QEMU_NAMES.get(f, f)}" for f in off) + ",-hypervisor"
+    return ("EPYC-Milan," + ",".join(f"-{QEMU_NAMES.get(f, f)}" for f in off)
+            + f",-hypervisor,phys-bits={machine.profile.phys_bits}")
 
 
 def init_mnemonics(init_path) -> set[str]:

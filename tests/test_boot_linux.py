@@ -119,8 +119,8 @@ def test_boot_params_as_qemu_places_them(tmp_path, initrd):
     assert info.boot_params == 0x10000 and info.entry == 0x100000
     assert struct.unpack_from("<I", bp, 0x228)[0] == 0x20000
     assert m.bus.read_bytes(0x20000, 14) == b"console=ttyS0\0"
-    # initrd: page-aligned below 128M less QEMU's 0x28000 bytes of ACPI data
-    want = (0x8000000 - 0x28000 - 1 - 5004) & ~0xFFF
+    # initrd: page-aligned below 128M less QEMU's 0x20000 bytes of ACPI data
+    want = (0x8000000 - 0x20000 - 1 - 5004) & ~0xFFF
     assert struct.unpack_from("<II", bp, 0x218) == (want, 5004)
     assert m.bus.read_bytes(want, 4) == b"itrd"
     assert bp[0x211] & linux.CAN_USE_HEAP and struct.unpack_from("<H", bp, 0x224)[0] == 0xFE00

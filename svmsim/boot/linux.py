@@ -73,7 +73,7 @@ BOOT_PARAMS_SIZE = 0x1000
 REAL_ADDR = 0x10000             # setup code; svmsim puts boot_params here
 CMDLINE_ADDR = 0x20000
 PROT_ADDR = 0x100000
-ACPI_DATA_SIZE = 0x20000 + 0x8000    # pc machines' acpi_data_size, kept free below the top
+ACPI_DATA_SIZE = 0x20000            # QEMU 7.2 pc: acpi_data_size (observed: RAMDISK placement)
 QEMU_LOADER_TYPE = 0xB0         # "B = reserved for QEMU", revision 0
 
 # -- the real-mode setup code's hand-over (arch/x86/boot/pm.c, pmjump.S) ----

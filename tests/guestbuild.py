@@ -242,12 +242,10 @@ def qemu_available() -> bool:
 
 
 def qemu_command(kernel, append: str = "", smp: int = 1, mem: str = "128M") -> list[str]:
-    """The reference QEMU command line (TCG, EPYC CPU, COM1 on stdout)."""
-    return ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "EPYC",
-            "-m", str(mem), "-smp", str(smp), "-display", "none",
-            "-serial", "stdio", "-no-reboot",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-            "-kernel", str(kernel), "-append", append]
+    """The reference QEMU command line (TCG, EPYC CPU, COM1 on stdout): the
+    one svmsim.testing gives users for their own kernels."""
+    from svmsim.testing import qemu_command as command
+    return command(kernel, append, smp, mem)
 
 
 def qemu_run(kernel, append: str = "", smp: int = 1, mem: str = "128M",

@@ -2,6 +2,7 @@
 the way ``qemu-system-x86_64 -kernel KERNEL -serial stdio -device
 isa-debug-exit,iobase=0xf4,iosize=4`` does, and exits with the same status."""
 import argparse
+import logging
 import math
 import sys
 
@@ -49,12 +50,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def version() -> str:
+    from importlib.metadata import version as dist_version, PackageNotFoundError
+    try:
+        return dist_version("svmsim")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="svmsim", description="AMD64 + SVM + SEV machine simulator")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show Python tracebacks of internal errors")
+    p.add_argument("--version", action="version", version=f"svmsim {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", parents=[common], help="boot a Linux bzImage or a Multiboot kernel (as qemu -kernel does)")
     r.add_argument("kernel", help="Linux bzImage, or Multiboot v1 kernel (ELF32, a.out kludge, or ELF64)")
@@ -107,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the launch digest the guest owner expects (e.g. from sev-snp-measure); "
                          "exit 0 only if the measurement verifies against it (snp: the report's "
                          "MEASUREMENT equals it and its signature chains to svmsim's ARK)")
-    d = sub.add_parser("demo", parents=[common], help="build a bundled kernel from source and boot it (default: the SVM hypervisor)")
+    i = sub.add_parser("init", parents=[common], help="start a kernel of your own: copy svmsim's guest "
+                       "runtime, an example kernel and a Makefile into DIR")
+    i.add_argument("dir", help="directory to create or fill")
+    d = sub.add_parser("demo", parents=[common], help="boot a bundled kernel (default: the SVM hypervisor)")
     d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
                    help="hypervisor (default), sev or smoke")
     d.add_argument("--smp", type=_count, default=None)
@@ -121,11 +134,15 @@ STATUS_INTERNAL = 70      # a bug in svmsim (EX_SOFTWARE)
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Library code logs through logging; the command line shows warnings as one line each.
+    logging.basicConfig(level=logging.WARNING, format="svmsim: %(name)s: %(message)s")
     try:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "init":
+            return cmd_init(args)
         if args.command == "launch":
             from .cli_launch import cmd_launch
             return cmd_launch(args)
@@ -173,7 +190,12 @@ def cmd_run(args) -> int:
     m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module], initrd=args.initrd)
     # Files are opened once the kernel is known to load.
     out = _open(args.serial_out, "wb", "--serial-out") if args.serial_out else sys.stdout.buffer
-    m.uart.out = out
+    status = None
+    if not args.quiet and sys.stderr.isatty():
+        from .status import StatusLine, ClearingWriter
+        status = StatusLine(m, sys.stderr)
+        m.pollers.append(status.poll)
+    m.uart.out = ClearingWriter(out, status) if status is not None and not args.serial_out else out
     if args.serial_in:
         m.uart.inp = _open(args.serial_in, "rb", "--serial-in")
     tracer = None
@@ -185,6 +207,8 @@ def cmd_run(args) -> int:
         m.listeners.append(tracer)
     result = _run_with_gdb(m, gdb, args.gdb_wait) if gdb else m.run()
     out.flush()
+    if status is not None:
+        status.clear()
     if tracer is not None:
         tracer.close(result)
     if result is None:
@@ -225,30 +249,49 @@ DEMOS = {
 }
 
 
+def cmd_init(args) -> int:
+    from . import guestkit
+    try:
+        written = guestkit.init(args.dir)
+    except (OSError, FileNotFoundError) as e:
+        raise SvmsimError(f"init {args.dir}: {e}") from None
+    print(f"svmsim: wrote {len(written)} files into {args.dir}; build with `make -C {args.dir}` "
+          f"(gcc, binutils), run with `svmsim run {args.dir}/hello.elf`", file=sys.stderr)
+    return 0
+
+
+def demo_kernel(name: str):
+    """A bundled kernel: prebuilt in a wheel, else compiled from the source
+    tree's tests/guests with the machine's gcc (an editable install)."""
+    from . import guestkit
+    path = guestkit.packaged_kernel(name)
+    if path is not None:
+        return path
+    tests = guestkit.SOURCE_GUESTS.parent
+    if not (tests / "guestbuild.py").exists():
+        raise SvmsimError(f"the demo kernel {name} is not installed and there is no source tree to build it")
+    sys.path.insert(0, str(tests))
+    import guestbuild
+    print(f"svmsim demo: building tests/guests/{name} with gcc ...", file=sys.stderr)
+    return guestbuild.build_guest(name, kind=guestkit.DEMO_KERNELS.get(name, "c"))
+
+
 def cmd_demo(args) -> int:
-    """Build a bundled kernel from source with the machine's gcc and boot it.
+    """Boot a bundled kernel.
 
     The default demo is a small hypervisor (tests/guests/svm_basic.c): it
     enables SVM, runs a guest, intercepts CPUID, I/O, MSRs, VMMCALL, #UD and
     HLT, injects an interrupt and an exception, and prints every exit; svmsim
-    adds its own exit summary.  The kernels live with their sources in the
-    repository's tests/guests (an editable install, as the README's first
-    command makes).
+    adds its own exit summary.  A wheel ships the kernels prebuilt
+    (svmsim.guestkit); a source checkout builds them with gcc.
     """
-    import pathlib
     import time
-    tests = pathlib.Path(__file__).resolve().parent.parent / "tests"
-    if not (tests / "guestbuild.py").exists():
-        raise SvmsimError("the demo needs the svmsim source tree (pip install -e . from a checkout)")
-    sys.path.insert(0, str(tests))
-    import guestbuild
     name, append, smp, what = DEMOS[args.which]
     smp = args.smp or smp
     print(f"svmsim demo: {what}", file=sys.stderr)
+    kernel = demo_kernel(name)
     if args.which == "sev":
-        return _demo_sev(guestbuild, name)
-    print(f"svmsim demo: building tests/guests/{name}.c with gcc ...", file=sys.stderr)
-    kernel = guestbuild.build_guest(name)
+        return _demo_sev(kernel)
     print(f"svmsim demo: booting it as `qemu-system-x86_64 -kernel` would, --smp {smp}", file=sys.stderr)
     from .machine import Machine
     m = Machine(mem_size="128M", smp=smp, serial_out=sys.stdout.buffer)
@@ -258,13 +301,13 @@ def cmd_demo(args) -> int:
     sys.stdout.flush()
     if result.svm:
         print(format_svm_summary(result.svm), file=sys.stderr)
-    verdict = "PASS" if result.status == guestbuild.STATUS_PASS else "FAIL"
+    verdict = "PASS" if result.status == 1 else "FAIL"
     print(f"svmsim demo: {verdict}: {result.reason}; {result.instructions} instructions in "
           f"{time.monotonic() - t:.1f} s; exit status {result.status}", file=sys.stderr)
     return 0 if verdict == "PASS" else 1
 
 
-def _demo_sev(guestbuild, name) -> int:
+def _demo_sev(kernel) -> int:
     """Issue 5, item 7: launch an SEV guest, show the measurement the guest
     owner verifies, the same page as plaintext inside and ciphertext outside,
     and the secret delivered."""
@@ -274,7 +317,6 @@ def _demo_sev(guestbuild, name) -> int:
     from .vmm import launch_sev
     from .vmm.vmm import GUEST_BASE
     say = lambda text: print(f"svmsim demo: {text}", file=sys.stderr)   # noqa: E731
-    kernel = guestbuild.build_guest(name, kind="asm")
     m = Machine(mem_size="128M", serial_out=sys.stdout.buffer)
     vmm = Vmm(m, asid=5)
     info = vmm.load_kernel(str(kernel))

@@ -1,0 +1,61 @@
+"""svmsim's bare-metal guest kit: the demo kernels, prebuilt, and the
+freestanding runtime they are built from (boot into long mode, serial
+kprintf, IDT, APIC, SVM helpers), to start a kernel of your own with
+``svmsim init DIR``.
+
+In a wheel both are package data made when the wheel is built (setup.py
+``build_py``: the kernels compiled from tests/guests with the builder's gcc,
+reproducibly: no debug info, no build id, fixed link order; ``kernels/
+manifest.json`` records their SHA-256 and the toolchain).  In a source
+checkout nothing is prebuilt: the demo builds them from tests/guests with
+tests/guestbuild.py, as the test suite does.
+"""
+import json
+import pathlib
+import shutil
+
+HERE = pathlib.Path(__file__).resolve().parent
+SOURCE_GUESTS = HERE.parent.parent / "tests" / "guests"
+
+# The kernels a wheel ships: name -> build kind (tests/guestbuild.build_guest).
+DEMO_KERNELS = {"svm_basic": "c", "smoke": "c", "sev_guest": "asm", "hello": "c"}
+
+
+def packaged_kernel(name: str):
+    """The prebuilt kernel's path, or None (not a wheel, or not shipped)."""
+    path = HERE / "kernels" / f"{name}.elf"
+    return path if path.is_file() else None
+
+
+def manifest() -> dict:
+    path = HERE / "kernels" / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def runtime_dir():
+    """The runtime's sources: packaged, else the source tree's tests/guests/lib."""
+    for d in (HERE / "lib", SOURCE_GUESTS / "lib"):
+        if (d / "rt.h").is_file():
+            return d
+    return None
+
+
+def init(target) -> list:
+    """Copy the runtime, an example kernel and its Makefile into ``target``;
+    returns the files written."""
+    target = pathlib.Path(target)
+    lib = runtime_dir()
+    if lib is None:
+        raise FileNotFoundError("the guest runtime is not installed (no svmsim/guestkit/lib)")
+    (target / "lib").mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in sorted(lib.iterdir()):
+        if f.suffix in (".c", ".h", ".S", ".ld"):
+            shutil.copy(f, target / "lib" / f.name)
+            written.append(target / "lib" / f.name)
+    for name in ("Makefile", "hello.c"):
+        dest = target / name
+        if not dest.exists():
+            shutil.copy(HERE / "template" / name, dest)
+            written.append(dest)
+    return written

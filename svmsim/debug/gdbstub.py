@@ -202,8 +202,11 @@ class GdbServer:
         return reply
 
     def _announce(self, result):
-        """Where the machine stopped, on gdb's console (an O packet)."""
+        """Where the machine stopped, on gdb's console (an O packet); not for a
+        single step (gdb shows where a step ends, and steps over breakpoints itself)."""
         m = self.machine
+        if result.kind == "step":
+            return
         if result.resumable:
             c = m.cpus[result.cpu if result.cpu is not None else m.current_cpu.index]
             text = (f"svmsim: cpu{c.index} stopped ({result.reason}) in {world(c)}, {cpu_mode(c)}, "

@@ -18,7 +18,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 SOURCE_GUESTS = HERE.parent.parent / "tests" / "guests"
 
 # The kernels a wheel ships: name -> build kind (tests/guestbuild.build_guest).
-DEMO_KERNELS = {"svm_basic": "c", "smoke": "c", "sev_guest": "asm", "hello": "c"}
+DEMO_KERNELS = {"svm_basic": "c", "svm_npt": "c", "smoke": "c", "sev_guest": "asm", "hello": "c"}
 
 
 def packaged_kernel(name: str):

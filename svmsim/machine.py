@@ -493,8 +493,9 @@ class Machine(DebugApi):
         idle = 0                 # ns of halted time in which timers fired and nothing ran
         idle_mark = None         # `total` at the last time jump
         i, used, ran = self._sched
+        ncpus = len(cpus)
         while not self.stopping:
-            while i < len(cpus):
+            while i < ncpus:
                 cpu = cpus[i]
                 if (cpu.halted or cpu.wait_for_sipi) and not cpu.pending:
                     i, used = i + 1, 0

@@ -138,7 +138,7 @@ def run_report(machine, result, full=False) -> str:
     if result.kind != "debug-exit" or full:
         lines.append(f"svmsim: {result.reason} after {result.instructions} instructions "
                      f"in {result.wall_time:.2f} s ({result.insns_per_second / 1e6:.2f} M/s)")
-    if result.kind not in ("debug-exit", "killed"):
+    if result.kind not in ("debug-exit", "killed", "internal-error"):     # an internal error: one line
         lines += ["  " + line for line in crash_report(machine, result).splitlines()]
     if result.unimplemented:
         names = ", ".join(f"{k} x{v}" for k, v in sorted(result.unimplemented.items()))

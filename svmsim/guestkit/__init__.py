@@ -11,8 +11,12 @@ checkout nothing is prebuilt: the demo builds them from tests/guests with
 tests/guestbuild.py, as the test suite does.
 """
 import json
+import logging
 import pathlib
 import shutil
+import sys
+
+log = logging.getLogger(__name__)
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCE_GUESTS = HERE.parent.parent / "tests" / "guests"
@@ -25,6 +29,23 @@ def packaged_kernel(name: str):
     """The prebuilt kernel's path, or None (not a wheel, or not shipped)."""
     path = HERE / "kernels" / f"{name}.elf"
     return path if path.is_file() else None
+
+
+def kernel(name: str) -> pathlib.Path:
+    """A bundled kernel: the prebuilt one of a wheel, else built from the source
+    tree's tests/guests with the machine's gcc (a checkout); FileNotFoundError
+    if neither is there."""
+    path = packaged_kernel(name)
+    if path is not None:
+        return path
+    tests = SOURCE_GUESTS.parent
+    if not (tests / "guestbuild.py").is_file():
+        raise FileNotFoundError(f"the kernel {name} is not installed and there is no source tree to build it")
+    log.info("building tests/guests/%s with gcc", name)
+    if str(tests) not in sys.path:
+        sys.path.insert(0, str(tests))
+    import guestbuild
+    return guestbuild.build_guest(name, kind=DEMO_KERNELS.get(name, "c"))
 
 
 def manifest() -> dict:

@@ -229,6 +229,9 @@ def run(opts) -> int:
         _warn(note)
     if result.kind == "debug-exit":
         return result.status
+    if result.kind == "interrupted":         # Machine.run pauses on SIGINT instead of raising
+        print("svmsim-qemu: terminating on signal 2", file=sys.stderr)
+        return 130
     print(f"svmsim-qemu: {result.reason}", file=sys.stderr)
     if result.kind in ("shutdown", "reset"):
         return 0                       # QEMU -no-reboot: the process ends with 0

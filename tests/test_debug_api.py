@@ -377,3 +377,33 @@ def test_smp_breakpoints_keep_the_schedule():
         r = m.run(timeout=60)
     assert r.status == gb.STATUS_PASS and cpus == {0, 1}
     assert (r.instructions, m.clock.now_ns, m.out.getvalue()) == reference()
+
+
+def test_sev_guest_private_memory_as_the_cpu_and_as_dram_see_it():
+    """The debugger reads an SEV guest's private page as the CPU in the guest
+    does (plaintext, through its key); system-physical reads see DRAM
+    (ciphertext); monitor sev names the key slots and the guest, never a key."""
+    from svmsim.vmm import Vmm, launch_sev
+    from svmsim.sev.crypto import GuestOwner
+    from svmsim.debug.monitor import Monitor
+    m = Machine(mem_size="128M", serial_out=io.BytesIO())
+    vmm = Vmm(m, asid=5)                 # SEV (not SEV-ES) ASIDs start at 5 on the epyc profile
+    kernel = str(gb.build_guest("sev_guest", kind="asm"))
+    info = vmm.load_kernel(kernel)
+    launch = launch_sev(vmm, GuestOwner(policy=1), b"secret\0", 0x200000,
+                        regions=[(info.load_addr, info.load_end - info.load_addr)])
+    assert launch.verified
+    m.symbols.load_elf(kernel)
+    line = b"only the guest can read this line\n"
+    # Stop when the guest prints its private page (puts with rsi = 0x300000); the
+    # reference VMM's loop is not resumable, so one stop.
+    m.hook_address(lambda m, cpu, a, n: m.stop() if cpu.regs.rsi == 0x300000 else None, sym(m, "puts"), "guest")
+    vmm.run()
+    assert m.stop_kind == "stopped" and m.cpu(0).guest
+    assert m.mem.read(0x300000, len(line)) == line                 # the CPU's view: plaintext
+    w = m.mem.translate(0x300000)
+    assert w.private and w.context.sev_slot == 5
+    assert m.mem.read_phys(w.spa, len(line)) != line              # DRAM: ciphertext
+    text = Monitor(m).run("sev")
+    assert "key slots loaded (ASID): 0 (SME), 5" in text and "handle 1: ASID 5, state RUNNING" in text
+    assert "running SEV guest ASID 5" in text

@@ -66,7 +66,8 @@ def test_registers_breakpoints_step_and_exit(target):
         target,
         "info registers rip cs eflags cr0 efer asid svm_guest",
         "break bump", "continue", "p $rdi", "continue", "p $rdi",
-        "x/2i $pc", "stepi", "p/x $pc", "info threads", "delete", "continue")
+        "x/2i $pc", "stepi", "p/x $pc", "info threads",
+        "set $ymm0.v4_int64 = {1, 2, 3, 4}", "p $ymm0.v4_int64", "p/x $ymm0h", "delete", "continue")
     # The first instruction: Multiboot's 32-bit entry as QEMU -kernel leaves it.
     assert re.search(r"rip\s+0x10000c\s+0x10000c <_start>", out), out
     assert re.search(r"cr0\s+0x11\b", out) and re.search(r"efer\s+0x0\b", out)
@@ -78,6 +79,7 @@ def test_registers_breakpoints_step_and_exit(target):
     bp = int(re.search(r"Breakpoint 1, (0x[0-9a-f]+) in bump", out)[1], 16)
     assert int(re.search(r"\$3 = (0x[0-9a-f]+)", out)[1], 16) == bp + 7    # one instruction (7 bytes) on
     assert re.search(r"Thread 1 \(cpu0: host, 64-bit mode, CPL 0\)", out)
+    assert "= {1, 2, 3, 4}" in out and "0x40000000000000003" in out     # YMM0's upper half: 4:3
     assert "exited with code 01" in out
     assert status == gb.STATUS_PASS and "counter=15 total=35" in sout
 

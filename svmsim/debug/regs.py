@@ -11,7 +11,8 @@ the debugger does not read tables behind the guest's back.
 The order of ``GDB_REGS`` is the ``g`` packet order of QEMU's x86-64 target
 (gdb-xml/i386-64bit.xml: GPRs in rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp
 order, rip, eflags, selectors, fs_base, gs_base, k_gs_base, cr0, cr2, cr3,
-cr4, cr8, efer, x87, xmm0-15, mxcsr), followed by svmsim's own: debug and
+cr4, cr8, efer, x87, xmm0-15, mxcsr), the upper YMM halves (gdb's AVX feature),
+followed by svmsim's own: debug and
 descriptor-table registers and the SVM state (guest mode, ASID, GIF, VMCB).
 """
 from dataclasses import dataclass
@@ -165,6 +166,17 @@ def _xmm(i):
     return get, put
 
 
+def _ymmh(i):
+    def get(cpu):
+        fpu_state.ensure(cpu)
+        return getattr(cpu, "ymmh", [0] * 16)[i]
+
+    def put(cpu, v):
+        fpu_state.ensure(cpu)
+        cpu.ymmh[i] = v & ((1 << 128) - 1)
+    return get, put
+
+
 def _gdb_gprs():
     order = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp") + GPR_NAMES[8:]
     types = {"rbp": "data_ptr", "rsp": "data_ptr"}
@@ -192,6 +204,8 @@ def _build():
     for i in range(16):
         regs.append(Reg(f"xmm{i}", 128, *_xmm(i), group="vector", type="vec128", feature="sse"))
     regs.append(Reg("mxcsr", 32, *_fpu("mxcsr"), group="vector", type="i386_mxcsr", feature="sse"))
+    for i in range(16):             # bits 255:128 of YMM0-15 (gdb shows $ymm0..15 from xmm + these)
+        regs.append(Reg(f"ymm{i}h", 128, *_ymmh(i), group="vector", type="uint128", feature="avx"))
     # svmsim's own feature: debug, descriptor tables, SVM state.
     for n in (0, 1, 2, 3, 6, 7):
         regs.append(Reg(f"dr{n}", 64, *_dr(n), group="system", feature="svmsim"))

@@ -8,13 +8,14 @@ halves as the CPU holds them (for disassembly of 16/32-bit code use gdb's
 ``set architecture i8086`` / ``i386``).  Features: gdb's own
 ``org.gnu.gdb.i386.core`` (GPRs, RIP, EFLAGS, selectors, x87, plus the
 segment bases, control registers and EFER as QEMU's x86-64 description adds
-them) and ``org.gnu.gdb.i386.sse``, then ``org.svmsim.x86.svm``: DR0-3/6/7,
+them) and ``org.gnu.gdb.i386.sse`` and ``org.gnu.gdb.i386.avx`` (YMM upper halves), then ``org.svmsim.x86.svm``: DR0-3/6/7,
 GDTR/IDTR, and the SVM state (svm_guest, asid, gif, vmcb) for breakpoint
 conditions such as ``break *0x1000 if $asid == 1``.
 """
 from .regs import GDB_REGS
 
-FEATURES = {"core": "org.gnu.gdb.i386.core", "sse": "org.gnu.gdb.i386.sse", "svmsim": "org.svmsim.x86.svm"}
+FEATURES = {"core": "org.gnu.gdb.i386.core", "sse": "org.gnu.gdb.i386.sse", "avx": "org.gnu.gdb.i386.avx",
+            "svmsim": "org.svmsim.x86.svm"}
 
 _EFLAGS = ((0, "CF"), (1, ""), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"),
            (10, "DF"), (11, "OF"), (14, "NT"), (16, "RF"), (17, "VM"), (18, "AC"), (19, "VIF"),

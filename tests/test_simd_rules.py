@@ -129,3 +129,15 @@ def test_xsave_and_xrstor_round_trip_the_ymm_component():
     r = run("mov eax, 7\nxor edx, edx\nxsaves [rsi]\nvzeroall\nxrstors [rsi]", prep=prep)
     assert vec(r) is None and r.cpu.ymmh[5] == 0xAA
     assert r.cpu.read(0, DATA_ADDR + 520, 8) == (1 << 63) | 7            # XCOMP_BV
+
+
+def test_mmx_with_pending_x87_exception_and_cr0_ne_clear():
+    """With CR0.NE = 0 a pending unmasked x87 exception is reported through
+    FERR# (IRQ 13, APM vol 2, 8.2.17) and the MMX instruction still runs;
+    found by the random-code campaign (it raised nothing and crashed)."""
+    def setup(m, cpu):
+        cpu.cr0 &= ~0x20
+    code = asm(f"fninit\nmov word ptr [{DATA_ADDR:#x}], 0x37B\nfldcw [{DATA_ADDR:#x}]\n"
+               "fld1\nfldz\nfdivp st(1), st\nmov eax, 7\nmovd mm0, eax\nmovd ebx, mm0")
+    r = run_code(code, setup=setup)
+    assert r.exception is None and r.regs[3] == 7

@@ -117,7 +117,9 @@ def mmx_enter(cpu):
     if cr0 & CR0_TS:
         raise CpuException(NM, detail="MMX instruction with CR0.TS=1")
     if cpu.fpu_fsw & 0x80:
-        raise x87_pending(cpu)
+        e = x87_pending(cpu)           # None with CR0.NE = 0: IRQ 13 raised, the instruction runs
+        if e is not None:
+            raise e
     cpu.fpu_fsw &= ~0x3800
     cpu.fpu_ftw = 0
 

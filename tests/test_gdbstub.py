@@ -155,7 +155,7 @@ def test_physical_memory_mode(target):
 @pytest.mark.slow
 def test_smp_threads():
     k = gb.build_guest("smp")
-    out, status, _, _ = session(k, "break ap_main", "continue", "info threads", "p $_thread", "delete",
+    out, status, _, _ = session(k, "break rt_ap_main", "continue", "info threads", "p $_thread", "delete",
                                 "continue", args=("--smp", "2"))
     assert re.search(r"Thread 2 \(cpu1: host, 64-bit mode, CPL 0\)", out), out
     assert "svmsim: cpu1 stopped (breakpoint at" in out and "$1 = 2" in out

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpu", default="epyc",
                    help="CPU model and features, QEMU's syntax: epyc (default), epyc-genoa, amd64-base, "
                         "max; then +feature/-feature, e.g. max,+svm,-npt,-rdtscp")
+    r.add_argument("--device", action="append", default=[], metavar="NAME",
+                   help="add an optional device, repeatable: edu (QEMU's educational PCI device with "
+                        "DMA), pc-testdev")
     r.add_argument("--max-insns", type=_count, default=None, help="stop after this many instructions")
     r.add_argument("--timeout", type=_seconds, default=None, help="stop after this many host seconds")
     r.add_argument("--serial-out", default=None, help="write COM1 output to FILE instead of stdout")
@@ -185,7 +188,7 @@ def cmd_run(args) -> int:
     if args.gdb_wait and not gdb:
         raise SvmsimError("-S waits for gdb: give --gdb tcp::PORT or -s too")
     cfg = MachineConfig(mem_size=args.memory, smp=args.smp, cpu=args.cpu, serial_out=None,
-                        max_insns=args.max_insns, timeout=args.timeout)
+                        max_insns=args.max_insns, timeout=args.timeout, devices=tuple(args.device))
     m = Machine(cfg)
     m.load_kernel(args.kernel, args.append, [_module_arg(t) for t in args.module], initrd=args.initrd)
     # Files are opened once the kernel is known to load.

@@ -48,6 +48,7 @@ MAX_CPUS = 64
 DEVICES = {
     "isa-debug-exit": ("ISA", "always present at iobase=0xf4, iosize=4"),
     "pc-testdev": ("ISA", "QEMU's x86 test device (svmsim.devices.pc_testdev)"),
+    "edu": ("PCI", "QEMU's educational PCI device with DMA (svmsim.devices.edu)"),
 }
 # Options that take an argument; the rest are flags.  Both -opt and --opt work.
 _WITH_ARG = {"machine", "M", "accel", "cpu", "smp", "m", "kernel", "append", "initrd",
@@ -71,7 +72,7 @@ qemu-system-x86_64 that boot a kernel:
                   qemu64, max) and features, QEMU or svmsim names
 -machine accel=tcg / -accel tcg   accepted (svmsim is its own accelerator)
 -serial stdio|file:PATH|null|none   COM1 (default with -nographic: stdio)
--device pc-testdev | isa-debug-exit,iobase=0xf4,iosize=4 | help
+-device pc-testdev | edu | isa-debug-exit,iobase=0xf4,iosize=4 | help
 -display none, -nographic, -nodefaults, -no-reboot, -global, -overcommit,
 -name, -vga none   accepted
 """

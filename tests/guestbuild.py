@@ -73,11 +73,12 @@ BASE_LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-z", "max-page-size=0x1000",
 #: tests/guests/suites/*.c (linked into every kernel) so `smoke` reuses them.
 KERNELS = ("hello", "exceptions", "apic_timer", "smp", "smp_burst", "loop", "smoke", "fpu_sse",
            "svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world",
-           "svm_events", "svm_npt", "svm_state", "svm_ioio", "workload")
+           "svm_events", "svm_npt", "svm_state", "svm_ioio", "workload", "edu")
 
 #: How each kernel is booted to produce tests/guests/expected/<name>.txt;
 #: svmsim's own tests should boot the same way and compare the same text.
-#: Every one of them exits with STATUS_PASS.
+#: Every one of them exits with STATUS_PASS.  ``devices``: optional devices
+#: (QEMU's -device, svmsim's --device), none if absent.
 KERNEL_RUNS = {
     "hello": {"append": "greeting=1 svmsim", "smp": 1},
     "exceptions": {"append": "", "smp": 1},
@@ -97,6 +98,7 @@ KERNEL_RUNS = {
     "svm_state": {"append": "", "smp": 1},
     "svm_ioio": {"append": "", "smp": 1},
     "workload": {"append": "", "smp": 1},      # every phase, small; bench/workload_bench.py uses more
+    "edu": {"append": "", "smp": 1, "devices": ("edu",)},   # QEMU: -device edu; svmsim: --device edu
 }
 
 
@@ -241,15 +243,19 @@ def qemu_available() -> bool:
     return shutil.which("qemu-system-x86_64") is not None
 
 
-def qemu_command(kernel, append: str = "", smp: int = 1, mem: str = "128M") -> list[str]:
+def qemu_command(kernel, append: str = "", smp: int = 1, mem: str = "128M",
+                 devices: Sequence[str] = ()) -> list[str]:
     """The reference QEMU command line (TCG, EPYC CPU, COM1 on stdout): the
-    one svmsim.testing gives users for their own kernels."""
+    one svmsim.testing gives users for their own kernels, with optional
+    ``-device``s (the same names as svmsim's --device)."""
     from svmsim.testing import qemu_command as command
-    return command(kernel, append, smp, mem)
+    cmd = command(kernel, append, smp, mem)
+    at = cmd.index("-kernel")
+    return cmd[:at] + [a for d in devices for a in ("-device", d)] + cmd[at:]
 
 
 def qemu_run(kernel, append: str = "", smp: int = 1, mem: str = "128M",
-             timeout: float = 20) -> tuple[int | None, bytes]:
+             timeout: float = 20, devices: Sequence[str] = ()) -> tuple[int | None, bytes]:
     """Boot ``kernel`` in QEMU; return (exit_status, serial_output_bytes).
 
     exit_status is QEMU's process status ((V << 1) | 1 after isa-debug-exit,
@@ -259,7 +265,7 @@ def qemu_run(kernel, append: str = "", smp: int = 1, mem: str = "128M",
     if not qemu_available():
         import pytest
         pytest.skip("qemu-system-x86_64 not installed")
-    cmd = qemu_command(kernel, append, smp, mem)
+    cmd = qemu_command(kernel, append, smp, mem, devices)
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=timeout)
@@ -272,7 +278,7 @@ def qemu_run(kernel, append: str = "", smp: int = 1, mem: str = "128M",
 def qemu_transcript(name: str) -> tuple[int, str]:
     """(status, output) of kernel ``name`` booted on QEMU as KERNEL_RUNS says,
     once per test session (several test files read the same run)."""
-    status, out = qemu_run(build_guest(name), **KERNEL_RUNS[name])
+    status, out = qemu_run(build_guest(name), **KERNEL_RUNS[name])   # devices included
     return status, out.decode()
 
 

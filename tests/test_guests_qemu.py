@@ -17,13 +17,14 @@ import guestbuild as gb
 
 pytestmark = pytest.mark.qemu
 
-# Extra boots beyond the recorded transcripts: (kernel, append, smp).
+# Extra boots beyond the recorded transcripts: (kernel, append, smp, devices).
 EXTRA_RUNS = {
-    "loop_1000": ("loop", "iters=1000", 1),
-    "loop_hex": ("loop", "iters=0x3039", 1),
-    "loop_zero": ("loop", "iters=0", 1),
-    "smp_without_ap": ("smp", "", 1),
-    "bare32": ("bare32", "", 1),
+    "loop_1000": ("loop", "iters=1000", 1, ()),
+    "loop_hex": ("loop", "iters=0x3039", 1, ()),
+    "loop_zero": ("loop", "iters=0", 1, ()),
+    "smp_without_ap": ("smp", "", 1, ()),
+    "bare32": ("bare32", "", 1, ()),
+    "edu_absent": ("edu", "", 1, ()),
 }
 
 
@@ -32,13 +33,14 @@ def runs():
     """Build every kernel, boot all of them concurrently, map name -> result."""
     if not gb.qemu_available():
         pytest.skip("qemu-system-x86_64 not installed")
-    jobs = {name: (name, cfg["append"], cfg["smp"]) for name, cfg in gb.KERNEL_RUNS.items()}
+    jobs = {name: (name, cfg["append"], cfg["smp"], cfg.get("devices", ()))
+            for name, cfg in gb.KERNEL_RUNS.items()}
     jobs.update(EXTRA_RUNS)
 
     def boot(job):
-        kernel, append, smp = job
+        kernel, append, smp, devices = job
         kind = "asm" if kernel == "bare32" else "c"
-        return gb.qemu_run(gb.build_guest(kernel, kind=kind), append=append, smp=smp)
+        return gb.qemu_run(gb.build_guest(kernel, kind=kind), append=append, smp=smp, devices=devices)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         results = dict(zip(jobs, pool.map(boot, jobs.values())))
@@ -84,6 +86,10 @@ def test_smp_kernel_fails_cleanly_without_an_ap(runs):
     assert "smp: AP 1 started by INIT-SIPI-SIPI: no" in out.decode()
     assert out.decode().endswith("smp: FAIL\n")
     assert status == gb.STATUS_FAIL
+
+
+def test_edu_kernel_without_the_device_fails_cleanly(runs):
+    assert runs["edu_absent"] == (gb.STATUS_FAIL, b"edu: no edu device (boot with -device edu)\n")
 
 
 def test_runtime_less_asm_kernel(runs):

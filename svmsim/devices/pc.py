@@ -5,13 +5,16 @@ Kernels written for QEMU find: COM1 at 0x3F8 (IRQ 4), isa-debug-exit at
 the CMOS RTC at 0x70, fw_cfg at 0x510, the local APIC at 0xFEE00000 and
 the I/O APIC at 0xFEC00000, and PCI bus 0 (host bridge and PIIX3) behind
 ports 0xCF8/0xCFC.  ``MachineConfig.devices`` adds optional ones (QEMU's
-``-device pc-testdev``).
+``-device pc-testdev``, ``-device edu``).
 """
 from .apic import LocalApic, ApicMmioRouter
 from .ioapic import IoApic
 from . import pc_legacy
-from .pc_testdev import OPTIONAL
+from . import edu, pc_testdev
 from ..errors import ConfigError
+
+
+OPTIONAL = {**pc_testdev.OPTIONAL, **edu.OPTIONAL}
 
 
 def attach(machine) -> None:

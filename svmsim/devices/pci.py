@@ -7,14 +7,17 @@ Intel 82441FX (i440FX) and 82371SB (PIIX3) datasheets for their registers,
 QEMU's hw/pci/pci_host.c, hw/pci-host/i440fx.c and hw/isa/piix.c for what a
 guest sees on QEMU (IDs, revision, reset values).
 
-Devices (a later issue adds QEMU's ``edu``) plug in as ``PciFunction``
+Devices (QEMU's ``edu``: devices/edu.py) plug in as ``PciFunction``
 subclasses: ``machine.pci.add(function, slot, fn)``.  A function declares
 its BARs (size, I/O or memory); when the guest programs a BAR and enables
 decoding in the command register, the bus maps the function's
 ``bar_read``/``bar_write`` at that address (``PhysBus.add_mmio`` or the I/O
 bus).  ``function.set_irq(level)`` drives its INTx pin; the PIIX3 routes
-INTA#..INTD# through its PIRQ route registers (60h-63h) to an ISA IRQ, and
-to I/O APIC pins 16-19 as QEMU's pc does.
+INTA#..INTD# through its PIRQ route registers (60h-63h) to an ISA IRQ (the
+8259 and I/O APIC pins 0-15), as QEMU's pc does (hw/isa/piix.c: nothing else
+reaches I/O APIC pins 16-23).  A function may carry a
+capability list (PCI 3.0, 6.7) and an MSI capability (6.8): ``add_msi()``,
+then ``msi_notify()`` sends its message to the local APICs.
 """
 from __future__ import annotations
 
@@ -26,16 +29,20 @@ CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
 REVISION_ID, CLASS_PROG = 0x08, 0x09
 HEADER_TYPE, BAR0, SUBSYS_VENDOR, SUBSYS_ID = 0x0E, 0x10, 0x2C, 0x2E
-INTERRUPT_LINE, INTERRUPT_PIN = 0x3C, 0x3D
+CAP_PTR, INTERRUPT_LINE, INTERRUPT_PIN = 0x34, 0x3C, 0x3D
+CAP_START = 0x40               # capabilities live after the 64-byte header
 
 CMD_IO, CMD_MEMORY, CMD_MASTER, CMD_INTX_DISABLE = 0x1, 0x2, 0x4, 0x400
-STATUS_INTERRUPT = 0x8
+STATUS_INTERRUPT, STATUS_CAP_LIST = 0x8, 0x10
 BAR_IO = 0x1
 BAR_MEM_64 = 0x4
 HEADER_MULTIFUNCTION = 0x80
 
+# MSI capability (PCI 3.0, 6.8.1): message control, address (64-bit capable), data
+CAP_ID_MSI = 0x05
+MSI_ENABLE, MSI_MME, MSI_64BIT = 0x1, 0x70, 0x80
+
 PIRQ_ROUTE = 0x60              # PIIX3 PIRQRC[A:D]: bit 7 = disabled, bits 3:0 = ISA IRQ
-PIRQ_IOAPIC_BASE = 16          # QEMU's pc wires PIRQA..D to I/O APIC pins 16..19
 
 
 class Bar:
@@ -77,6 +84,8 @@ class PciFunction:
         self.slot = self.fn = None
         self.bars = [Bar(b.size, b.io, b.mem64) for b in type(self).bars]
         self.irq_level = False
+        self.cap_end = CAP_START            # first free byte for the next capability
+        self.msi_cap = None                 # offset of the MSI capability, if any
         c = self.config
         struct.pack_into("<HH", c, VENDOR_ID, self.vendor_id, self.device_id)
         c[REVISION_ID] = self.revision
@@ -116,6 +125,37 @@ class PciFunction:
             if want != bar.mapped_at and self.bus is not None:
                 self.bus.remap(self, i, bar.mapped_at, want)
                 bar.mapped_at = want
+
+    # -- capabilities (PCI 3.0, 6.7) --------------------------------------
+    def add_capability(self, cap_id: int, size: int, offset: int = None) -> int:
+        """Put a capability of ``size`` bytes at ``offset`` (default: the next
+        free dword from 40h) at the head of the list, as QEMU's
+        pci_add_capability does; returns its offset."""
+        if offset is None:
+            offset = self.cap_end
+            self.cap_end = (offset + size + 3) & ~3
+        c = self.config
+        c[offset], c[offset + 1] = cap_id, c[CAP_PTR]
+        c[CAP_PTR] = offset
+        c[STATUS] |= STATUS_CAP_LIST
+        return offset
+
+    def add_msi(self) -> int:
+        """A 64-bit MSI capability with one message and no per-vector masking
+        (what QEMU's msi_init(dev, 0, 1, true, false) builds)."""
+        off = self.msi_cap = self.add_capability(CAP_ID_MSI, 0x0E)
+        struct.pack_into("<H", self.config, off + 2, MSI_64BIT)
+        struct.pack_into("<HIIH", self.wmask, off + 2, MSI_ENABLE | MSI_MME, 0xFFFFFFFC, 0xFFFFFFFF, 0xFFFF)
+        return off
+
+    def msi_enabled(self) -> bool:
+        return self.msi_cap is not None and bool(self.config[self.msi_cap + 2] & MSI_ENABLE)
+
+    def msi_notify(self) -> None:
+        """Send the MSI message (address 4h/8h, data Ch of the capability)."""
+        address, data = struct.unpack_from("<QH", self.config, self.msi_cap + 4)
+        if self.bus is not None:
+            self.bus.msi(self, address, data)
 
     # -- what devices override -------------------------------------------
     def bar_read(self, bar: int, offset: int, size: int) -> int:
@@ -194,7 +234,6 @@ class PciBus:
         self.functions: dict[tuple[int, int], PciFunction] = {}
         self.config_address = 0
         self._isa_asserted = set()            # ISA IRQs the PIRQs drive now
-        self._pirq_level = [False] * 4
         self.host = self.add(I440fxHostBridge(), 0)
         self.isa = self.add(Piix3IsaBridge(), 1)
 
@@ -202,6 +241,13 @@ class PciBus:
         io = (machine or self.machine).io
         io.register(CONFIG_ADDRESS, 1, self)   # 0xCF9 stays the reset control register
         io.register(CONFIG_DATA, 4, self)
+
+    def free_slot(self, first: int = 2) -> int:
+        """The first empty slot from ``first`` on (QEMU's automatic addr=)."""
+        for slot in range(first, 32):
+            if not any((slot, fn) in self.functions for fn in range(8)):
+                return slot
+        raise ValueError("PCI bus 0 is full")
 
     def add(self, function: PciFunction, slot: int, fn: int = 0) -> PciFunction:
         if not 0 <= slot < 32 or not 0 <= fn < 8:
@@ -258,7 +304,20 @@ class PciBus:
                 m.bus.add_mmio(new, bar.size, window,
                                f"pci {function.slot:02x}.{function.fn} BAR{index}")
 
-    # -- INTx routing --------------------------------------------------------
+    # -- interrupts ----------------------------------------------------------
+    def msi(self, function, address: int, data: int) -> None:
+        """An MSI write reaches the local APICs as an interrupt message (the
+        x86 format: destination ID in address bits 19:12, DM bit 2; vector in
+        data bits 7:0, delivery mode 10:8, trigger mode 15), not memory."""
+        from .apic import deliver_interrupt
+        if address >> 20 != 0xFEE:
+            self.machine.note(f"MSI of pci {function.slot:02x}.{function.fn} to {address:#x}, "
+                              "outside FEEx_xxxxh: dropped")
+            return
+        deliver_interrupt(self.machine, (address >> 12) & 0xFF, bool(address & 4),
+                          (data >> 8) & 7, data & 0xFF, bool(data & 0x8000))
+
+
     def pirq_of(self, function) -> int:
         """PIRQ line of a function's pin as QEMU's PIIX3 wires it
         (pci_slot_get_pirq): INTx of slot s drives PIRQ (x + s - 1) mod 4."""
@@ -266,22 +325,16 @@ class PciBus:
 
     def irq_changed(self) -> None:
         """Recompute PIRQ A..D from every function's pin and drive the ISA
-        IRQs they are routed to (a line several PIRQs share is their OR)
-        and I/O APIC pins 16..19."""
+        IRQs they are routed to (a line several PIRQs share is their OR): the
+        8259 and the I/O APIC pin of that IRQ, as any ISA interrupt."""
         levels = [False] * 4
         for f in self.functions.values():
             if f.irq_level and f.interrupt_pin:
                 levels[self.pirq_of(f)] = True
-        m = self.machine
         isa = {self.isa.route(p) for p in range(4) if levels[p]} - {None}
-        if m.pic is not None:
-            for line in isa ^ self._isa_asserted:
-                m.pic.set_irq(line, line in isa)
+        for line in isa ^ self._isa_asserted:
+            self.machine.raise_irq(line, line in isa)
         self._isa_asserted = isa
-        for pirq in range(4):
-            if levels[pirq] != self._pirq_level[pirq] and m.ioapic is not None:
-                m.ioapic.set_irq(PIRQ_IOAPIC_BASE + pirq, levels[pirq])
-        self._pirq_level = levels
 
 
 def attach(machine) -> PciBus:

@@ -17,10 +17,11 @@ PAGE = 0x1000
 class DmaPort:
     """What one device sees of memory: ``read_bytes`` / ``write_bytes``."""
 
-    def __init__(self, machine, device: str):
+    def __init__(self, machine, device: str, requester=(0, 0)):
         self.machine = machine
         self.bus = machine.bus
         self.device = device
+        self.requester = requester          # (bus, devfn): who the host bridge sees
 
     def read_bytes(self, spa: int, n: int) -> bytes:
         return self.bus.read_bytes(spa, n)

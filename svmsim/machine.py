@@ -172,6 +172,10 @@ class Machine(DebugApi):
         from .memory.rmp import Rmp
         self.rmp = Rmp(self.bus)                                # SEV-SNP's reverse map (in RAM)
         self.rmp.listeners.append(lambda: me._rmp_changed())
+        from .memory.dev import DeviceExclusionVector
+        self.dev = DeviceExclusionVector(self.bus)             # the host bridge's DMA checks (15.24)
+        from collections import Counter
+        self.counters = Counter()            # platform events for the run report (DMA blocks, SMIs)
         from .svm.unit import SvmUnit            # AMD-V plugs into each CPU (cpu/hooks.py)
         self.cpus = [Cpu(me, i, SvmUnit()) for i in range(cfg.smp)]
         for cpu in self.cpus[1:]:

@@ -145,6 +145,8 @@ def run_report(machine, result, full=False) -> str:
         lines.append(f"svmsim: instructions not implemented (raised #UD): {names}")
     if result.svm:
         lines.append(format_svm_summary(result.svm))
+    if machine.counters:
+        lines.append("svmsim: platform: " + ", ".join(f"{n} {what}" for what, n in sorted(machine.counters.items())))
     lines += [f"svmsim: note: {n}" for n in machine.notes]
     if full:
         lines += format_stats(result.stats)

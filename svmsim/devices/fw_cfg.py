@@ -62,7 +62,8 @@ class FwCfg:
                  kernel_size: int = 0, max_cpus: int = None, uuid: bytes = bytes(16)):
         self.machine = machine
         from ..memory.dma import DmaPort
-        self.dma_bus = DmaPort(machine, "fw_cfg")   # DMA: straight to DRAM, with the platform's checks
+        # DMA: straight to DRAM, with the platform's checks; upstream through the PIIX3 (00:01.0)
+        self.dma_bus = DmaPort(machine, "fw_cfg", requester=(0, 1 << 3))
         self.items: dict[int, bytes] = {}
         self.files: list[tuple[str, bytes]] = []
         self.cur_entry = FW_CFG_SIGNATURE

@@ -42,6 +42,9 @@ HEADER_MULTIFUNCTION = 0x80
 CAP_ID_MSI = 0x05
 MSI_ENABLE, MSI_MME, MSI_64BIT = 0x1, 0x70, 0x80
 
+# The DEV capability block (APM vol 2, 15.24.4) in the host bridge
+DEV_CAP_ID, DEV_CAP_OFFSET = 0x0F, 0xF0
+
 PIRQ_ROUTE = 0x60              # PIIX3 PIRQRC[A:D]: bit 7 = disabled, bits 3:0 = ISA IRQ
 
 
@@ -198,9 +201,42 @@ class _BarWindow:
 
 
 class I440fxHostBridge(PciFunction):
-    """00.0: the i440FX PCI and memory controller, as QEMU presents it."""
+    """00.0: the i440FX PCI and memory controller, as QEMU presents it, plus
+    the DEV capability block of an AMD host bridge (APM vol 2, 15.24.4:
+    DEV_HDR, DEV_OP, DEV_DATA; capability ID 0Fh), through which software
+    reaches the Device Exclusion Vector's registers (memory/dev.py).  The
+    manual puts the block in "the Northbridge's host bridge" without an
+    offset; svmsim's is at F0h (where AMD's family 10h northbridge had it)."""
     vendor_id, device_id, revision = 0x8086, 0x1237, 0x02
     class_code = 0x060000                       # host bridge
+
+    def __init__(self):
+        super().__init__()
+        self.add_capability(DEV_CAP_ID, 12, DEV_CAP_OFFSET)   # DEV_HDR: type 000b, no MCE/interrupt reporting
+        struct.pack_into("<H", self.wmask, DEV_CAP_OFFSET + 4, 0xFFFF)   # DEV_OP: FUNCTION, INDEX
+
+    def _dev(self):
+        return self.bus.machine.dev
+
+    def _op(self):
+        op = self.config_read(DEV_CAP_OFFSET + 4, 2)
+        return op >> 8, op & 0xFF
+
+    def config_read(self, offset, size):
+        data = DEV_CAP_OFFSET + 8
+        if data <= offset < data + 4 and self.bus is not None:
+            return self._dev().read(*self._op()) >> (8 * (offset - data)) & ((1 << (8 * size)) - 1)
+        return super().config_read(offset, size)
+
+    def config_write(self, offset, size, value):
+        data = DEV_CAP_OFFSET + 8
+        if data <= offset < data + 4 and self.bus is not None:
+            dev, (function, index) = self._dev(), self._op()
+            shift, mask = 8 * (offset - data), ((1 << (8 * size)) - 1) << 8 * (offset - data)
+            old = dev.read(function, index)
+            dev.write(function, index, old & ~mask | value << shift & mask)
+            return
+        super().config_write(offset, size, value)
 
 
 class Piix3IsaBridge(PciFunction):

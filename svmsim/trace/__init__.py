@@ -13,6 +13,11 @@ Every event is a dict with a ``type``; the machine emits:
   RIP, ASID; for VMEXIT_INVALID the rule that failed, with field, value and
   the APM section).
 * ``inject``: VMRUN delivers EVENTINJ into the guest.
+* ``dma_blocked``: a device's DMA read or write that the Device Exclusion
+  Vector, SKINIT's SL_DEV protection or the SEV-SNP RMP blocked (device,
+  address, length, reason).
+* ``smi`` / ``rsm``: the CPU entered system management mode (the SMI's
+  source, SMBASE, where it was) or left it by RSM.
 
 A ``Tracer`` adds what a reader needs to every event it writes (``decorate``):
 ``cpu``, ``insns`` (the CPU's instructions retired so far), ``ns`` (virtual
@@ -27,7 +32,7 @@ import json
 KIND_NAMES = {0: "interrupt", 1: "nmi", 2: "exception", 3: "int-n", 4: "int3/into", 5: "int1"}
 CATEGORIES = {"exceptions": {"exception"}, "interrupts": {"deliver"},
               "vmexit": {"vmrun", "vmexit", "inject"}, "svm": {"vmrun", "vmexit", "inject"},
-              "all": None}
+              "dma": {"dma_blocked"}, "smm": {"smi", "rsm"}, "all": None}
 FORMATS = ("jsonl", "perfetto")
 
 
@@ -153,6 +158,9 @@ def _where(e) -> str:
 
 def format_event(e: dict) -> str:
     t = e["type"]
+    if t == "dma_blocked":                   # a device's access: no CPU
+        kind = "write" if e["write"] else "read"
+        return f"[dma] {e['device']} {kind} of {e['len']} bytes at {e['spa']:#x} blocked: {e['reason']}"
     cpu = f"[cpu{e['cpu']}{' guest' if e.get('world') == 'guest' else ''}]"
     if t == "exception":
         insn = f" ({e['insn']})" if e.get("insn") else ""
@@ -173,6 +181,10 @@ def format_event(e: dict) -> str:
     if t == "inject":
         from ..svm.exits import describe_event
         return f"{cpu} inject {describe_event(e['event'])} {_where(e)}"
+    if t == "smi":
+        return f"{cpu} SMI ({e['source']}) -> SMM at SMBASE {e['smbase']:#x} from {_where(e)}"
+    if t == "rsm":
+        return f"{cpu} RSM -> {_where(e)}{' (back into the guest)' if e.get('guest') else ''}"
     return json.dumps(e)
 
 

@@ -6,23 +6,16 @@
  * the registers, the factorial unit, the DMA engine in both directions, and
  * the interrupt as INTx (through the I/O APIC) and as MSI.
  */
-#include "rt.h"
-#include "pci.h"
+#include "edu.h"
 
-#define EDU_BAR 0xE0000000ul          /* in the uncached top GiB of the identity map */
 #define VEC_INTX 0x40
 #define VEC_MSI 0x41
-#define EDU_BUF 0x40000
 #define EDU_IRQ 11                    /* the ISA IRQ its PIRQ is routed to */
 
 static int slot;
 static int failures;
 static volatile uint32_t irq_count, irq_seen, irq_vector;
 
-static uint32_t er(uint32_t off) { return *(volatile uint32_t *)(EDU_BAR + off); }
-static void ew(uint32_t off, uint32_t v) { *(volatile uint32_t *)(EDU_BAR + off) = v; }
-static uint64_t erq(uint32_t off) { return *(volatile uint64_t *)(EDU_BAR + off); }
-static void ewq(uint32_t off, uint64_t v) { *(volatile uint64_t *)(EDU_BAR + off) = v; }
 static uint8_t er8(uint32_t off) { return *(volatile uint8_t *)(EDU_BAR + off); }
 
 static void check(bool ok, const char *what)
@@ -47,12 +40,6 @@ static void wait_irq(uint32_t count)
 {
     for (int i = 0; i < 1000000 && irq_count < count; i++)
         sti_hlt_cli();
-}
-
-static void dma_wait(void)
-{
-    while (er(0x98) & 1)
-        pause();
 }
 
 static uint8_t ram_a[4096] __attribute__((aligned(4096)));
@@ -153,12 +140,8 @@ static void dma(void)
     ewq(0x80, 0);                     /* ignored while the transfer runs */
     kprintf("edu: DMA started: command %lx, source still %s\n", erq(0x98),
             erq(0x80) == (uint64_t)ram_a ? "the buffer" : "changed");
-    dma_wait();
-    ewq(0x80, EDU_BUF + 0x100);
-    ewq(0x88, (uint64_t)ram_b + 16);
-    ewq(0x90, 100);
-    ewq(0x98, 3);
-    dma_wait();
+    edu_dma_wait();
+    edu_dma(EDU_BUF + 0x100, (uint64_t)ram_b + 16, 100, 3);
     bool same = memcmp(ram_b + 16, ram_a + 0x100, 100) == 0;
     kprintf("edu: DMA RAM -> device -> RAM: %s, bytes around it %02x %02x\n", same ? "equal" : "DIFFERENT",
             ram_b[15], ram_b[116]);

@@ -22,7 +22,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 SOURCE_GUESTS = HERE.parent.parent / "tests" / "guests"
 
 # The kernels a wheel ships: name -> build kind (tests/guestbuild.build_guest).
-DEMO_KERNELS = {"svm_basic": "c", "svm_npt": "c", "smoke": "c", "sev_guest": "asm", "hello": "c"}
+DEMO_KERNELS = {"svm_basic": "c", "svm_npt": "c", "smoke": "c", "sev_guest": "asm", "hello": "c",
+                "attack_target": "asm"}
 
 
 def packaged_kernel(name: str):

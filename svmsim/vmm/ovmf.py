@@ -105,17 +105,25 @@ class OvmfImage:
         start = self.size - struct.unpack_from("<I", entry)[0]
         if not 0 <= start <= self.size - 16:
             raise OvmfError(f"{self.name}: the SEV metadata offset points outside the image")
-        sig, size, version, count = struct.unpack_from("<4sIII", self.data, start)
-        if sig != b"ASEV" or version != 1 or size < 16 + 12 * count or start + size > self.size:
-            raise OvmfError(f"{self.name}: bad SEV metadata header ({sig!r}, version {version})")
-        out = []
-        for i in range(count):
-            gpa, length, kind = struct.unpack_from("<III", self.data, start + 16 + 12 * i)
-            if kind not in SECTION_NAMES or gpa & 0xFFF or length & 0xFFF:
-                raise OvmfError(f"{self.name}: SEV metadata section {i} (type {kind}, gPA {gpa:#x}, "
-                                f"{length:#x} bytes) is not one QEMU launches")
-            out.append((gpa, length, kind))
-        return out
+        return parse_sev_metadata(self.data, start, self.name)
+
+
+def parse_sev_metadata(data: bytes, start: int, name: str) -> list:
+    """The ``ASEV`` header at ``data[start:]`` and its sections as (gPA,
+    size, type); OvmfError for anything QEMU would not launch."""
+    if not 0 <= start <= len(data) - 16:
+        raise OvmfError(f"{name}: the SEV metadata is truncated")
+    sig, size, version, count = struct.unpack_from("<4sIII", data, start)
+    if sig != b"ASEV" or version != 1 or size < 16 + 12 * count or start + size > len(data):
+        raise OvmfError(f"{name}: bad SEV metadata header ({sig!r}, version {version})")
+    out = []
+    for i in range(count):
+        gpa, length, kind = struct.unpack_from("<III", data, start + 16 + 12 * i)
+        if kind not in SECTION_NAMES or gpa & 0xFFF or length & 0xFFF:
+            raise OvmfError(f"{name}: SEV metadata section {i} (type {kind}, gPA {gpa:#x}, "
+                            f"{length:#x} bytes) is not one QEMU launches")
+        out.append((gpa, length, kind))
+    return out
 
 
 def _footer_table(data: bytes, name: str) -> dict:

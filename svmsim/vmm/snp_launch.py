@@ -95,8 +95,132 @@ def cpuid_table(machine, signature: int) -> bytes:
     return snp_cpuid.pack_table(entries)
 
 
-class SnpFirmwareLauncher:
-    """One SNP launch, step by step (``run`` does them all)."""
+class SnpLauncher:
+    """One SEV-SNP guest's launch through the AMD-SP, as KVM drives it for
+    KVM_SEV_SNP_LAUNCH_START / _UPDATE / _FINISH: ``start`` (RMP and
+    SNP_INIT_EX once per machine, the guest context, LAUNCH_START,
+    ACTIVATE), ``update`` for each page (RMPUPDATE to Pre-Guest at its gPA,
+    then SNP_LAUNCH_UPDATE), ``finish``.  What the pages hold and where they
+    go is the front end's: an OVMF image (``SnpFirmwareLauncher``) or a
+    Multiboot kernel (``snp_kernel``)."""
+
+    def __init__(self, vmm, policy: int | None = None, host_data: bytes = bytes(32),
+                 vcpu_type_name: str = "EPYC-v4", cpuid=None, accept_corrected_cpuid: bool = False):
+        policy = DEFAULT_POLICY if policy is None else policy
+        if not policy & 1 << 17 or policy >> 26:
+            raise ConfigError(f"SNP policy {policy:#x}: bit 17 must be set and bits 63:26 clear "
+                              "(SNP ABI guest policy)")
+        self.vmm, self.policy, self.host_data = vmm, policy, host_data
+        self.psp = Psp(vmm.m)
+        if vmm.m.amd_sp.snp is None:
+            raise ConfigError("this CPU model has no SEV-SNP")
+        self.vcpu = vcpu_type(vcpu_type_name)
+        self.cpuid_page = cpuid or (lambda: cpuid_table(vmm.m, self.vcpu.signature))
+        self.accept_corrected_cpuid = accept_corrected_cpuid
+        self.gctx = self.asid = 0
+        self.secrets_spa: int | None = None
+        self.secrets_gpa: int | None = None
+        self.cpuid_gpa: int | None = None
+        self.cpuid_refused = ""               # what the firmware corrected in the CPUID page
+        self._scratch = GUEST_BASE - 0x10000
+
+    def start(self) -> None:
+        """RMP and SNP_INIT_EX (once per machine), then the guest context,
+        LAUNCH_START and ACTIVATE."""
+        m, psp = self.vmm.m, self.psp
+        if m.amd_sp.snp.state == A.SnpState.UNINIT:
+            snp_host.enable_snp(m, psp)
+        self.gctx = snp_host.firmware_page(m, self.host_page())
+        psp.call(SnpCmd.GCTX_CREATE, "addr", address=self.gctx)
+        psp.call(SnpCmd.LAUNCH_START, "launch_start", gctx_paddr=self.gctx, policy=self.policy)
+        psp.call(SnpCmd.ACTIVATE, "activate", gctx_paddr=self.gctx, asid=self.vmm.asid)
+        self.asid = self.vmm.asid
+
+    def host_page(self) -> int:
+        """A page of host RAM below the guest's (the VMM's scratch)."""
+        self._scratch += PAGE
+        return self._scratch
+
+    def update(self, spa: int, gpa: int, page_type: PageType, perms: int = 0) -> int:
+        """The page at ``spa`` becomes the guest's at ``gpa`` (Pre-Guest), then
+        SNP_LAUNCH_UPDATE of ``page_type``; the firmware's status."""
+        snp_host.rmpupdate(self.vmm.m, spa, gpa, assigned=True, asid=self.asid, immutable=True)
+        return self.launch_update(spa, page_type, perms)
+
+    def launch_update(self, spa: int, page_type: PageType, perms: int = 0) -> int:
+        """SNP_LAUNCH_UPDATE of a page that is already Pre-Guest."""
+        status, _ = self.psp.command(SnpCmd.LAUNCH_UPDATE, "launch_update", gctx_paddr=self.gctx,
+                                     flags=A.launch_update_flags(page_type), address=spa, perms=perms)
+        if status == 0 and page_type == PageType.SECRETS:
+            self.secrets_spa = spa
+        return status
+
+    def update_ok(self, spa: int, gpa: int, page_type: PageType, perms: int = 0) -> None:
+        if self.update(spa, gpa, page_type, perms):
+            raise GuestExit(f"AMD-SP SNP_LAUNCH_UPDATE ({page_type.name}) of gPA {gpa:#x} failed: "
+                            f"{self.psp.log[-1][1]}")
+
+    def update_sections(self, sections) -> None:
+        """The SEV metadata sections (gPA, size, type) of guest RAM, in order:
+        zero pages, the secrets page, the CPUID page (``update_cpuid``)."""
+        for gpa, size, kind in sections:
+            ptype = SECTION_PAGE_TYPE[kind]
+            for off in range(0, size, PAGE):
+                spa = GUEST_BASE + gpa + off
+                if ptype == PageType.CPUID:
+                    self.update_cpuid(spa, gpa + off)
+                    continue
+                self.update_ok(spa, gpa + off, ptype)
+                if ptype == PageType.SECRETS:
+                    self.secrets_gpa = gpa + off
+
+    def update_cpuid(self, spa: int, gpa: int) -> None:
+        """The CPUID page.  A table the firmware corrects fails the launch, as
+        QEMU fails it; with ``accept_corrected_cpuid`` the VMM launches the
+        corrected table instead (LAUNCH_UPDATE again: the page stays
+        Pre-Guest), and ``cpuid_refused`` says what was corrected."""
+        self.vmm.m.bus.write_bytes(spa, self.cpuid_page())
+        if self.update(spa, gpa, PageType.CPUID):
+            self.cpuid_refused = self.cpuid_mismatch()
+            if not self.accept_corrected_cpuid:
+                raise GuestExit(self.cpuid_refused)
+            if self.launch_update(spa, PageType.CPUID):
+                raise GuestExit(f"{self.cpuid_refused}; the corrected table failed too")
+        self.cpuid_gpa = gpa
+
+    def cpuid_mismatch(self) -> str:
+        """What QEMU prints when the firmware corrected the CPUID page."""
+        problems = self.vmm.m.amd_sp.snp.cpuid_problems
+        text = "; ".join(f"leaf {leaf:#x}.{sub} {reg}: {given:#x} -> {want:#x}"
+                         for _, leaf, sub, reg, given, want in problems if leaf is not None)
+        return f"SEV-SNP: CPUID validation failed ({self.psp.log[-1][1]}): {text}"
+
+    def finish(self) -> None:
+        self.psp.call(SnpCmd.LAUNCH_FINISH, "launch_finish", gctx_paddr=self.gctx,
+                      host_data=self.host_data)
+
+    # -- the guest asks for its report -----------------------------------------------------
+    def certificate_table(self) -> bytes:
+        """VCEK, ASK and ARK, as a VMM fetches them from the key server."""
+        ark, ask = snp_certs.root_chain()
+        return cert_table([(VCEK_GUID, snp_certs.der(self.vmm.m.amd_sp.snp.vcek_certificate())),
+                           (ASK_GUID, snp_certs.der(ask)), (ARK_GUID, snp_certs.der(ark))])
+
+    def attest(self, report_data: bytes = bytes(64)) -> tuple[bytes, bytes]:
+        """The guest's extended report request (SNP_GET_EXT_REPORT) with
+        ``report_data``, played from Python with the VMPCK0 the guest reads
+        from its secrets page; (report, certificate table)."""
+        m = self.vmm.m
+        if self.secrets_spa is None:
+            raise GuestExit("the guest has no secrets page: it has no VMPCK")
+        secrets = m.mem_engine.read(m.bus.read_bytes, self.secrets_spa, PAGE, self.asid)
+        certs = self.certificate_table()
+        host = SnpGuestRequests(self.psp, self.gctx, self.host_page(), self.host_page(), certs)
+        return SnpGuestDevice(secrets, host.transport).get_ext_report(report_data, certs_len=len(certs))
+
+
+class SnpFirmwareLauncher(SnpLauncher):
+    """An OVMF image's SNP launch, step by step (``run`` does them all)."""
 
     def __init__(self, vmm, image: O.OvmfImage, vcpus: int = 1, vcpu_type_name: str = "EPYC-v4",
                  policy: int | None = None, guest_features: int = DEFAULT_FEATURES,
@@ -105,16 +229,9 @@ class SnpFirmwareLauncher:
             raise ConfigError("--vcpus must be at least 1")
         if not 0 <= guest_features < 1 << 64:
             raise ConfigError("--guest-features must fit in 64 bits")
-        policy = DEFAULT_POLICY if policy is None else policy
-        if not policy & 1 << 17 or policy >> 26:
-            raise ConfigError(f"SNP policy {policy:#x}: bit 17 must be set and bits 63:26 clear "
-                              "(SNP ABI guest policy)")
-        self.vmm, self.image, self.vcpu = vmm, image, vcpu_type(vcpu_type_name)
-        self.psp = Psp(vmm.m)
-        if vmm.m.amd_sp.snp is None:
-            raise ConfigError("this CPU model has no SEV-SNP")
-        self.host_data = host_data
-        self.result = SnpLaunch(vcpus, vcpu_type_name, policy, guest_features)
+        super().__init__(vmm, policy, host_data, vcpu_type_name)
+        self.image = image
+        self.result = SnpLaunch(vcpus, vcpu_type_name, self.policy, guest_features)
 
     # -- host memory --------------------------------------------------------------------
     def place(self) -> None:
@@ -145,68 +262,21 @@ class SnpFirmwareLauncher:
 
     # -- the AMD-SP ---------------------------------------------------------------------
     def start(self) -> None:
-        """RMP and SNP_INIT_EX (once per machine), then the guest context,
-        LAUNCH_START and ACTIVATE."""
-        r, m, psp = self.result, self.vmm.m, self.psp
-        if m.amd_sp.snp.state == A.SnpState.UNINIT:
-            snp_host.enable_snp(m, psp)
-        r.gctx = snp_host.firmware_page(m, self._host_page())
-        psp.call(SnpCmd.GCTX_CREATE, "addr", address=r.gctx)
-        psp.call(SnpCmd.LAUNCH_START, "launch_start", gctx_paddr=r.gctx, policy=r.policy)
-        psp.call(SnpCmd.ACTIVATE, "activate", gctx_paddr=r.gctx, asid=self.vmm.asid)
-        r.asid = self.vmm.asid
-
-    def _host_page(self) -> int:
-        """A page of host RAM below the guest's (the VMM's scratch)."""
-        self._scratch = getattr(self, "_scratch", GUEST_BASE - 0x10000) + PAGE
-        return self._scratch
-
-    def _update(self, spa: int, gpa: int, page_type: PageType) -> int:
-        snp_host.rmpupdate(self.vmm.m, spa, gpa, assigned=True, asid=self.result.asid, immutable=True)
-        status, _ = self.psp.command(SnpCmd.LAUNCH_UPDATE, "launch_update", gctx_paddr=self.result.gctx,
-                                     flags=A.launch_update_flags(page_type), address=spa)
-        return status
-
-    def _call_update(self, spa, gpa, page_type):
-        status = self._update(spa, gpa, page_type)
-        if status:
-            raise GuestExit(f"AMD-SP SNP_LAUNCH_UPDATE ({page_type.name}) of gPA {gpa:#x} failed: "
-                            f"{self.psp.log[-1][1]}")
+        super().start()
+        self.result.gctx, self.result.asid = self.gctx, self.asid
 
     def update_image(self) -> None:
         r = self.result
         for off in range(0, self.image.size, PAGE):
-            self._call_update(r.image_spa + off, r.image_gpa + off, PageType.NORMAL)
+            self.update_ok(r.image_spa + off, r.image_gpa + off, PageType.NORMAL)
 
     def update_metadata(self) -> None:
-        r, bus = self.result, self.vmm.m.bus
-        for gpa, size, kind in r.sections:
-            ptype = SECTION_PAGE_TYPE[kind]
-            for off in range(0, size, PAGE):
-                spa = GUEST_BASE + gpa + off
-                if ptype == PageType.CPUID:
-                    bus.write_bytes(spa, cpuid_table(self.vmm.m, self.vcpu.signature))
-                    if self._update(spa, gpa + off, ptype):
-                        raise GuestExit(self._cpuid_mismatch(spa))
-                    continue
-                if ptype == PageType.SECRETS:
-                    r.secrets_gpa = gpa + off
-                self._call_update(spa, gpa + off, ptype)
-
-    def _cpuid_mismatch(self, spa) -> str:
-        """What QEMU prints when the firmware corrected the CPUID page."""
-        problems = self.vmm.m.amd_sp.snp.cpuid_problems
-        text = "; ".join(f"leaf {leaf:#x}.{sub} {reg}: {given:#x} -> {want:#x}"
-                         for _, leaf, sub, reg, given, want in problems if leaf is not None)
-        return f"SEV-SNP: CPUID validation failed ({self.psp.log[-1][1]}): {text}"
+        self.update_sections(self.result.sections)
+        self.result.secrets_gpa = self.secrets_gpa
 
     def update_vmsas(self) -> None:
         for spa in self.result.vmsa_spas:
-            self._call_update(spa, A.VMSA_GPA, PageType.VMSA)
-
-    def finish(self) -> None:
-        self.psp.call(SnpCmd.LAUNCH_FINISH, "launch_finish", gctx_paddr=self.result.gctx,
-                      host_data=self.host_data)
+            self.update_ok(spa, A.VMSA_GPA, PageType.VMSA)
 
     def run(self) -> SnpLaunch:
         self.place()
@@ -217,25 +287,13 @@ class SnpFirmwareLauncher:
         self.finish()
         return self.result
 
-    # -- the guest asks for its report -----------------------------------------------------
-    def certificate_table(self) -> bytes:
-        """VCEK, ASK and ARK, as a VMM fetches them from the key server."""
-        ark, ask = snp_certs.root_chain()
-        return cert_table([(VCEK_GUID, snp_certs.der(self.vmm.m.amd_sp.snp.vcek_certificate())),
-                           (ASK_GUID, snp_certs.der(ask)), (ARK_GUID, snp_certs.der(ark))])
-
     def attest(self, report_data: bytes = bytes(64)) -> bytes:
-        """The guest's extended report request (SNP_GET_EXT_REPORT) with
-        ``report_data``; the report and certificates go into the result."""
-        r, m = self.result, self.vmm.m
-        if r.secrets_gpa is None:
+        """The guest's extended report with ``report_data``; the report and
+        certificates go into the result."""
+        if self.result.secrets_gpa is None:
             raise GuestExit("the image declares no secrets page: the guest has no VMPCK")
-        spa = GUEST_BASE + r.secrets_gpa
-        secrets = m.mem_engine.read(m.bus.read_bytes, spa, PAGE, r.asid)    # the guest's own view
-        certs = self.certificate_table()
-        host = SnpGuestRequests(self.psp, r.gctx, self._host_page(), self._host_page(), certs)
-        r.report, r.certs = SnpGuestDevice(secrets, host.transport).get_ext_report(report_data,
-                                                                                   certs_len=len(certs))
+        r = self.result
+        r.report, r.certs = super().attest(report_data)
         return r.report
 
     def vcek_from_certs(self):

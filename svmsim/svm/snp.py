@@ -115,18 +115,23 @@ def psmash(cpu, ins):
     rmp = _host_rmp_insn(cpu, ins, "PSMASH")
     if cpu.svm_guest:
         return _result(cpu, FAIL_PERMISSION)
-    spa = cpu.regs[0]
+    _result(cpu, rmp_psmash(cpu, rmp, cpu.regs[0]))
+
+
+def rmp_psmash(cpu, rmp, spa):
+    """PSMASH's operation on its operand (a VMM written in Python calls it as
+    its host's PSMASH); returns the instruction's result code."""
     if spa & (SIZE_2M - 1) or not rmp.covered(spa + SIZE_2M - 1):
-        return _result(cpu, FAIL_INPUT)
+        return FAIL_INPUT
     e = rmp.read(spa)
     if not (e.assigned and e.page_size):
-        return _result(cpu, FAIL_UNSUPPORTED)
+        return FAIL_UNSUPPORTED
     if any(in_use(cpu.machine, spa + i * PAGE) for i in range(PAGES_2M)):
-        return _result(cpu, FAIL_INUSE)
+        return FAIL_INUSE
     for i in range(PAGES_2M):
         rmp.write(spa + i * PAGE, RmpEntry(True, 0, e.immutable, e.gpa + i * PAGE, e.asid, e.vmsa,
                                            e.validated, list(e.perms)))
-    _result(cpu, SUCCESS)
+    return SUCCESS
 
 
 # ---------------------------------------------------------------- guest instructions
@@ -317,4 +322,4 @@ def vmsa_checks(cpu, v, spa, vmsa):
     return None
 
 
-__all__ = ["rmpupdate", "rmp_update", "psmash", "pvalidate", "rmpadjust", "check_guest_access", "in_use"]
+__all__ = ["rmpupdate", "rmp_update", "psmash", "rmp_psmash", "pvalidate", "rmpadjust", "check_guest_access", "in_use"]

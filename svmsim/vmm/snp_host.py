@@ -6,8 +6,9 @@ reference VMM and for tests:
   RMP_END and set SYSCFG.SNPEn (with MemEncryptionModEn and VMPLEn) on every
   CPU, as ``snp_rmptable_init`` and ``snp_enable`` do (APM vol 2, 15.36.2,
   15.36.4), then SNP_INIT_EX with INIT_RMP;
-* ``rmpupdate``: the RMPUPDATE instruction's semantics (svm/snp.py) on CPU 0,
-  as ``rmp_make_private`` / ``rmp_make_shared`` use it;
+* ``rmpupdate``, ``psmash``: the RMPUPDATE and PSMASH instructions'
+  semantics (svm/snp.py) on CPU 0, as ``rmp_make_private`` /
+  ``rmp_make_shared`` / ``psmash`` use them;
 * ``firmware_page`` / ``reclaim``: hand a page to the AMD-SP (assigned,
   ASID 0, immutable) and take it back (SNP_PAGE_RECLAIM, then RMPUPDATE to
   the hypervisor), as ``snp_alloc_firmware_page`` / ``snp_reclaim_pages``.
@@ -55,6 +56,15 @@ def rmpupdate(machine, spa: int, gpa: int = 0, assigned: bool = False, asid: int
     rc = rmp_update(cpu, machine.rmp, spa, gpa, int(assigned), size, int(immutable), asid)
     if rc:
         raise GuestExit(f"RMPUPDATE {spa:#x} failed with {rc}")
+
+
+def psmash(machine, spa: int) -> None:
+    """PSMASH on CPU 0 (host mode): the 2 MiB RMP entry at ``spa`` becomes 512
+    4 KiB entries, Validated kept (APM vol 2, 15.36.11)."""
+    from ..svm.snp import rmp_psmash
+    rc = rmp_psmash(machine.cpus[0], machine.rmp, spa)
+    if rc:
+        raise GuestExit(f"PSMASH {spa:#x} failed with {rc}")
 
 
 def firmware_page(machine, spa: int) -> int:

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--serial-in", default=None, help="read COM1 input from FILE")
     r.add_argument("--trace", default=None, metavar="CATS",
                    help="print events on stderr: comma list of exceptions, interrupts, vmexit (VMRUN, #VMEXIT, injection), "
-                        "dma (blocked DMA), smm (SMI, RSM), all")
+                        "dma (blocked DMA), smm (SMI, RSM), skinit, all")
     r.add_argument("--trace-file", default=None, metavar="FILE",
                    help="write events to FILE (JSON lines, ending with a summary record; see --trace-format)")
     r.add_argument("--trace-file-filter", default="all", metavar="CATS",

@@ -56,7 +56,7 @@ NEEDS = {
     "smap": ("CLAC", "STAC"),
 }
 # Never advertised: svmsim does not model the feature at all (not only an instruction).
-UNMODELLED = frozenset({"vme", "pku", "la57", "umip", "xgetbv1", "topoext", "skinit",
+UNMODELLED = frozenset({"vme", "pku", "la57", "umip", "xgetbv1", "topoext",
                         "cr8_legacy"})
 # Features that also need a state component in XCR0 (XSAVE): AVX = YMM (bit 2).
 NEEDS_XCR0 = {"avx": 4, "avx2": 4, "fma": 4, "f16c": 4}

@@ -11,8 +11,8 @@ An intercept is raised inside an instruction or an event delivery as a
 ``CpuException`` whose vector is ``INTERCEPT``; the engine rewinds RIP as
 for any fault and hands it to ``hooks.intercept``.
 
-``reset``, ``cpuid_leaf`` and ``translate`` (for blocks decoded in guest
-mode) are called in any mode; every other hook only while
+``reset``, ``startup``, ``cpuid_leaf`` and ``translate`` (for blocks decoded
+in guest mode) are called in any mode; every other hook only while
 ``cpu.svm_guest`` is set.
 """
 
@@ -47,6 +47,10 @@ class CpuHooks:
     def init(self, cpu) -> None:
         """An INIT signal arrived while a guest runs."""
         cpu.machine.do_init(cpu)
+
+    def startup(self, cpu) -> None:
+        """A Startup IPI started this CPU (an extension may change its state:
+        SKINIT's secure AP start-up)."""
 
     def smi(self, cpu) -> bool:
         """An SMI arrived while a guest runs; True if the extension took it."""

@@ -11,7 +11,7 @@ Delivery is all-or-nothing for registers: if a fault occurs part way, the
 CPU state is restored before the fault is handled, as if the delivery never
 started (memory already written stays written, as on hardware).
 """
-from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, CONTRIBUTORY, HAS_ERROR_CODE, DEBUG_STOP
+from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, SX, CONTRIBUTORY, HAS_ERROR_CODE, DEBUG_STOP
 from .flags import IF, TF, NT, RF, VM, AC
 from .segments import Segment, CS, SS as SS_SEG, A_L, A_DB, A_P, T_CODE, T_CONFORMING
 from .descriptors import read_descriptor, to_segment
@@ -37,7 +37,8 @@ def service(cpu) -> None:
         if cpu.svm_guest:
             cpu.hooks.init(cpu)
             return
-        machine.do_init(cpu)
+        if not redirect_init(cpu):
+            machine.do_init(cpu)
         return
     if cpu.wait_for_sipi:
         return
@@ -57,6 +58,20 @@ def service(cpu) -> None:
         vector = machine.interrupt_acknowledge(cpu)
         if vector is not None:
             take_interrupt(cpu, vector)
+
+
+VM_CR, VM_CR_R_INIT = 0xC0010114, 0x2
+
+
+def redirect_init(cpu) -> bool:
+    """VM_CR.R_INIT (APM vol 2, 15.21.8, table 15-12): a non-intercepted INIT
+    becomes #SX with error code 1 and is no longer pending.  True if so."""
+    if not cpu.msr.get(VM_CR, 0) & VM_CR_R_INIT:
+        return False
+    cpu.init_pending = False
+    cpu.halted = False
+    deliver_exception(cpu, CpuException(SX, 1, detail="INIT redirected by VM_CR.R_INIT"))
+    return True
 
 
 def take_nmi(cpu) -> None:

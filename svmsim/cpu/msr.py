@@ -309,8 +309,6 @@ def vm_cr_write(cpu, idx, value):
         value = (value & ~(VM_CR_LOCK | VM_CR_SVMDIS)) | (old & (VM_CR_LOCK | VM_CR_SVMDIS))
     if value & VM_CR_SVMDIS and cpu.efer & EFER_SVME:
         raise gp(0, "WRMSR VM_CR: SVMDIS set while EFER.SVME=1")
-    if value & VM_CR_R_INIT:
-        cpu.machine.note("VM_CR.R_INIT (INIT as #SX) is stored but not modelled")
     cpu.msr[idx] = value
 
 

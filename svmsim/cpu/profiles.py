@@ -149,7 +149,7 @@ _MILAN_FEATURES = _LEGACY64 | {
     "arat", "fsgsbase", "bmi1", "smep", "bmi2", "erms", "invpcid", "rdseed", "adx",
     "smap", "clflushopt", "clwb", "sha", "rdpid", "fsrm",
     "xsaveopt", "xsavec", "xsaves", "avx", "avx2", "fma", "f16c",
-    "svm", "abm", "sse4a", "prefetchw", "osvw", "tce", "perfctr_core",
+    "svm", "skinit", "abm", "sse4a", "prefetchw", "osvw", "tce", "perfctr_core",
     "mmxext", "ffxsr", "page1gb", "rdtscp",
     "invariant_tsc",
     "clzero", "xsaveerptr", "wbnoinvd", "ibpb", "ibrs", "stibp", "amd_ssbd",

@@ -515,7 +515,8 @@ class Cpu:
         is accepted "after an INIT IPI reception").  Held by GIF = 0 or
         handled by the SVM rules in guest mode, INIT stays pending."""
         self.init_pending = True
-        if self is not self.machine.current_cpu and self.gif and not self.svm_guest:
+        if (self is not self.machine.current_cpu and self.gif and not self.svm_guest
+                and not self.msr.get(0xC0010114, 0) & 2):       # VM_CR.R_INIT: #SX instead
             self.machine.do_init(self)
         else:
             self.kick()
@@ -529,6 +530,7 @@ class Cpu:
         self.segs[CS] = Segment((vector & 0xFF) << 8, (vector & 0xFF) << 12, 0xFFFF, 0x9B)
         self.rip = 0
         self.update_mode()
+        self.hooks.startup(self)
         self.kick()
 
     def signal_nmi(self) -> None:

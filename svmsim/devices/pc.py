@@ -4,7 +4,8 @@ Kernels written for QEMU find: COM1 at 0x3F8 (IRQ 4), isa-debug-exit at
 0xF4, the 8259 pair at 0x20/0xA0, the 8254 PIT at 0x40, port B at 0x61,
 the CMOS RTC at 0x70, fw_cfg at 0x510, the local APIC at 0xFEE00000 and
 the I/O APIC at 0xFEC00000, and PCI bus 0 (host bridge and PIIX3) behind
-ports 0xCF8/0xCFC.  ``MachineConfig.devices`` adds optional ones (QEMU's
+ports 0xCF8/0xCFC; and, for SKINIT, a TPM 1.2 TIS at 0xFED40000 (QEMU's pc
+has one only with -device tpm-tis).  ``MachineConfig.devices`` adds optional ones (QEMU's
 ``-device pc-testdev``, ``-device edu``).
 """
 from .apic import LocalApic, ApicMmioRouter
@@ -31,6 +32,9 @@ def attach(machine) -> None:
     pc_legacy.attach(machine)
     from . import pci
     pci.attach(machine)
+    from .tpm import Tpm
+    machine.tpm = Tpm(machine)          # TIS at FED4_0000h: SKINIT's measurement (APM 15.27.4)
+    machine.tpm.register()
     for name in machine.config.devices:
         if name not in OPTIONAL:
             raise ConfigError(f"unknown device {name!r} (optional devices: {', '.join(sorted(OPTIONAL))})")

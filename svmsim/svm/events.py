@@ -110,6 +110,8 @@ def init_in_guest(cpu) -> None:
     if cpu.svm.intercepted(MISC1, BIT_INIT):
         _exit(cpu, ExitCode.INIT, "INIT signal")
         return
+    if interrupts.redirect_init(cpu):     # #SX in the guest (15.21.8)
+        return
     cpu.svm_guest = False
     cpu.machine.do_init(cpu)
 

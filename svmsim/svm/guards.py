@@ -185,6 +185,11 @@ def _pre_svm(name, rax=True):
     return pre
 
 
+def _pre_skinit(cpu, ins):
+    from .skinit import check
+    check(cpu)
+
+
 def swint(cpu, ins):
     """INT n (not INT3/INTO/INT1): EXITINFO1 = the vector with decode assists.
     Checked before any of INT n's own faults, the gate-DPL #GP included."""
@@ -369,7 +374,7 @@ GUARDS = {
     M.VMSAVE: vmsave,
     M.STGI: _simple(MISC2, 4, ExitCode.STGI, _pre_svm("STGI", rax=False)),
     M.CLGI: _simple(MISC2, 5, ExitCode.CLGI, _pre_svm("CLGI", rax=False)),
-    M.SKINIT: _simple(MISC2, 6, ExitCode.SKINIT, _pre_svm("SKINIT", rax=False)),
+    M.SKINIT: _simple(MISC2, 6, ExitCode.SKINIT, _pre_skinit),
     M.RDTSCP: _simple(MISC2, 7, ExitCode.RDTSCP, _pre_tsd),
     M.INT1: _simple(MISC2, 8, ExitCode.ICEBP),
     M.WBINVD: _simple(MISC2, 9, ExitCode.WBINVD, _pre_cpl0),

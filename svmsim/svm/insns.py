@@ -6,7 +6,7 @@ They register with the CPU's instruction table like any family in
 guest's intercepts (``guards``, installed when a block is translated in
 guest mode); what reaches these handlers executes.
 """
-from ..cpu.ops import handles, unimplemented
+from ..cpu.ops import handles
 from ..cpu.exceptions import CpuException, ud
 from . import checks, world
 from .vmcb import VmcbView
@@ -95,8 +95,9 @@ def invlpga(cpu, ins):
     cpu.tlb.flush_page(_rax(cpu, ins) >> 12, "invlpga", asid=cpu.regs[1] & 0xFFFFFFFF)
 
 
-@handles("SKINIT")
+@handles("SKINIT", ends_block=True)
 def skinit(cpu, ins):
-    """Secure init is not modelled (CPUID hides SKINIT): #UD, named in the report."""
-    svm_checks(cpu, ins, "SKINIT", rax=False)
-    unimplemented(cpu, ins)
+    """Secure startup of the secure loader at EAX (APM vol 2, 15.27; svm/skinit.py)."""
+    from . import skinit as secure
+    secure.check(cpu)
+    secure.skinit(cpu)

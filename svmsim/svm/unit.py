@@ -9,7 +9,7 @@ themselves are registered with the CPU's instruction table by ``insns``.
 """
 from ..cpu.hooks import CpuHooks
 from ..cpu.msr import TSC_RATIO, TSC_RATIO_ONE
-from . import avic, events, features, guards, insns, sev_es, snp, world  # noqa: F401  (insns, snp register instructions)
+from . import avic, events, features, guards, insns, sev_es, skinit, snp, world  # noqa: F401  (insns, snp register instructions)
 from .exits import ExitCode
 from .state import SvmState, VmExit
 
@@ -41,6 +41,9 @@ class SvmUnit(CpuHooks):
 
     def init(self, cpu) -> None:
         events.init_in_guest(cpu)
+
+    def startup(self, cpu) -> None:
+        skinit.startup(cpu)             # the secure AP start-up after SKINIT (15.27.8)
 
     def smi(self, cpu) -> bool:
         return events.smi_in_guest(cpu)

@@ -16,6 +16,7 @@ Every event is a dict with a ``type``; the machine emits:
 * ``dma_blocked``: a device's DMA read or write that the Device Exclusion
   Vector, SKINIT's SL_DEV protection or the SEV-SNP RMP blocked (device,
   address, length, reason).
+* ``skinit``: SKINIT started a secure loader (SLB, image length, entry).
 * ``smi`` / ``rsm``: the CPU entered system management mode (the SMI's
   source, SMBASE, where it was) or left it by RSM.
 
@@ -32,7 +33,7 @@ import json
 KIND_NAMES = {0: "interrupt", 1: "nmi", 2: "exception", 3: "int-n", 4: "int3/into", 5: "int1"}
 CATEGORIES = {"exceptions": {"exception"}, "interrupts": {"deliver"},
               "vmexit": {"vmrun", "vmexit", "inject"}, "svm": {"vmrun", "vmexit", "inject"},
-              "dma": {"dma_blocked"}, "smm": {"smi", "rsm"}, "all": None}
+              "dma": {"dma_blocked"}, "smm": {"smi", "rsm"}, "skinit": {"skinit"}, "all": None}
 FORMATS = ("jsonl", "perfetto")
 
 
@@ -181,6 +182,8 @@ def format_event(e: dict) -> str:
     if t == "inject":
         from ..svm.exits import describe_event
         return f"{cpu} inject {describe_event(e['event'])} {_where(e)}"
+    if t == "skinit":
+        return f"{cpu} SKINIT SLB={e['slb']:#x} length={e['length']} -> {_where(e)} (measured into PCR 17)"
     if t == "smi":
         return f"{cpu} SMI ({e['source']}) -> SMM at SMBASE {e['smbase']:#x} from {_where(e)}"
     if t == "rsm":

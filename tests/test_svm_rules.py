@@ -376,10 +376,27 @@ def test_vmsave_vmload_move_exactly_their_state():
     assert v["CS.SEL"] == 0 and v["RIP"] == 0            # not VMSAVE state
 
 
-@pytest.mark.parametrize("insn", ["vmrun", "vmload", "vmsave", "stgi", "clgi", "invlpga"])
+@pytest.mark.parametrize("insn", ["vmrun", "vmload", "vmsave", "invlpga"])
 def test_svm_instructions_need_svme(insn):
     r = run_code(asm(f"xor eax, eax\n{insn}"))
     assert r.exception[0] == 6
+
+
+@pytest.mark.parametrize("insn", ["stgi", "clgi"])
+def test_stgi_clgi_need_svme_only_without_skinit_or_svm_lock(insn):
+    """APM vol 3 STGI/CLGI: #UD with EFER.SVME = 0 only when neither SVM-Lock
+    nor SKINIT/DEV is supported; the epyc profile reports SKINIT."""
+    assert run_code(asm(f"xor eax, eax\n{insn}")).exception is None
+    from svmsim.cpu.exceptions import Shutdown
+    from cpuharness import make_machine, CODE_ADDR
+    m = make_machine("long64", cpu="epyc,-skinit")
+    m.bus.write_bytes(CODE_ADDR, asm(insn))
+    events = []
+    m.listeners.append(events.append)
+    m.cpus[0].rip = CODE_ADDR
+    with pytest.raises(Shutdown):
+        m.engine.run(m.cpus[0], 5)
+    assert [e["vector"] for e in events if e["type"] == "exception"][0] == 6
 
 
 def test_vmrun_rax_must_be_aligned():

@@ -416,6 +416,14 @@ def _vmrun_rax(cpu, asize):
     return cpu.regs[0] & ((1 << (8 * asize)) - 1)
 
 
+SVME_OPTIONAL = ("STGI", "CLGI", "SKINIT")
+
+
+def svme_optional(cpu) -> bool:
+    from ..cpu.cpuid import has
+    return has(cpu, "skinit") or has(cpu, "svml")
+
+
 def check_vmrun_instruction(cpu, asize: int | None = None, name: str = "VMRUN", rax: bool = True):
     """The checks of APM vol 3 "VMRUN", in its pseudocode order, before the
     VMRUN intercept check: returns (vector, error_code, detail) or None.
@@ -426,9 +434,11 @@ def check_vmrun_instruction(cpu, asize: int | None = None, name: str = "VMRUN", 
     physical address width -> #GP(0).  ``asize`` is the instruction's
     address size in bytes (Insn.asize); by default 8 in 64-bit mode, else 4.
     VMLOAD and VMSAVE have the same checks; STGI, CLGI and INVLPGA the
-    first three (``rax=False``).
+    first three (``rax=False``).  STGI, CLGI and SKINIT are #UD with
+    EFER.SVME = 0 only if neither SVM-Lock (CPUID Fn8000_000A_EDX[2]) nor
+    SKINIT/DEV (Fn8000_0001_ECX[12]) is supported (vol 3, STGI/CLGI/SKINIT).
     """
-    if not cpu.efer & EFER_SVME:
+    if not cpu.efer & EFER_SVME and not (name in SVME_OPTIONAL and svme_optional(cpu)):
         return UD_VECTOR, None, f"{name} with EFER.SVME = 0"
     if not cpu.cr0 & CR0_PE:
         return UD_VECTOR, None, f"{name} outside protected mode (real mode)"

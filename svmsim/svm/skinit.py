@@ -21,9 +21,9 @@ operand in EAX, and performs the following steps" (15.27.6):
 7. ESP = SLB base + 64 KiB;
 8. jump to SLB base + the entry offset (the SLB's first word).
 
-Availability (APM vol 3 SKINIT; the issue's reading of it): #UD unless
-EFER.SVME = 1 or CPUID Fn8000_0001_ECX[SKINIT] = 1; #UD outside protected
-mode; #GP(0) at CPL > 0.  The SKINIT intercept is checked in guest mode
+Availability (APM vol 3 SKINIT, as STGI/CLGI): #UD with EFER.SVME = 0
+unless SVM-Lock or SKINIT/DEV is supported (CPUID Fn8000_000A_EDX[2],
+Fn8000_0001_ECX[12]); #UD outside protected mode; #GP(0) at CPL > 0.  The SKINIT intercept is checked in guest mode
 (guards.py); a guest's SKINIT without it is not modelled (the manual does
 not describe reinitializing a processor in guest mode).
 
@@ -34,27 +34,25 @@ interrupts stay pending, as 15.27.6 requires); NMI and SMI already pending
 stay pending; once any CPU executed SKINIT, every later Startup IPI starts
 its AP the secure way (until the machine is reset).
 """
-from ..cpu.exceptions import CpuException, UD, GP
+from ..cpu.exceptions import CpuException
 from ..cpu.segments import Segment, CS, SS
 from ..errors import NotModelled
 
 SLB_SIZE = 0x10000
 VM_CR = 0xC0010114
 VM_CR_SECURE = 0x7                    # DPD | R_INIT | DIS_A20M
-EFER_SVME = 1 << 12
 CODE32 = Segment(0x08, 0, 0xFFFFFFFF, 0xC9B)
 STACK32 = Segment(0x10, 0, 0xFFFFFFFF, 0xC93)
 
 
 def check(cpu, ins=None) -> None:
-    """SKINIT's #UD and #GP checks (before its intercept, as for the SVM instructions)."""
-    from ..cpu.cpuid import has
-    if not cpu.efer & EFER_SVME and not has(cpu, "skinit"):
-        raise CpuException(UD, detail="SKINIT with EFER.SVME = 0 and CPUID Fn8000_0001_ECX[SKINIT] = 0")
-    if not cpu.cr0 & 1 or cpu.rflags & (1 << 17):
-        raise CpuException(UD, detail="SKINIT outside protected mode")
-    if cpu.cpl:
-        raise CpuException(GP, 0, detail=f"SKINIT at CPL {cpu.cpl}")
+    """SKINIT's #UD and #GP checks (before its intercept, as for the SVM
+    instructions): #UD with EFER.SVME = 0 unless SVM-Lock or SKINIT/DEV is
+    supported, or outside protected mode; #GP(0) at CPL > 0."""
+    from .checks import check_vmrun_instruction
+    bad = check_vmrun_instruction(cpu, None, "SKINIT", rax=False)
+    if bad is not None:
+        raise CpuException(bad[0], bad[1], detail=bad[2])
 
 
 def skinit(cpu) -> None:

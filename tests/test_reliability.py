@@ -30,12 +30,15 @@ def svmsim(*args, timeout=60):
 
 def svmsim_rss(*args, timeout=60):
     """As svmsim(), and the peak RSS of that process in MiB (it runs svmsim's
-    own __main__, then reports getrusage)."""
-    prog = ("import resource, runpy, sys\n"
+    own __main__, then reports its peak RSS, VmHWM)."""
+    # VmHWM, not getrusage's maxrss: Linux carries ru_maxrss over fork and exec,
+    # so the child would report the (large) pytest parent's peak.
+    prog = ("import runpy, sys\n"
             "sys.argv = ['svmsim'] + sys.argv[1:]\n"
             "try:\n    runpy.run_module('svmsim', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\n"
-            "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+            "print('maxrss', hwm, file=sys.stderr)\n"
             "sys.exit(code)\n")
     p = subprocess.run([sys.executable, "-c", prog, *args], cwd=ROOT, capture_output=True,
                        timeout=timeout, stdin=subprocess.DEVNULL)

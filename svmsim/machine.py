@@ -123,6 +123,11 @@ class RunResult:
         return self.kind in RESUMABLE
 
 
+# What INIT leaves alone (APM vol 2, 15.21.8): the MSRs, the TSC, x87 and SSE state.
+INIT_KEEPS = ("msr", "tsc_offset", "fpu_fcw", "fpu_fsw", "fpu_ftw", "fpu_fop", "fpu_fip", "fpu_fcs",
+              "fpu_fdp", "fpu_fds", "fpu_st", "xmm", "ymmh", "mxcsr")
+
+
 class Machine(DebugApi):
     """An AMD64 PC.  Build it, ``load_kernel()``, then ``run()``; ``run()`` again
     continues after a breakpoint, a step, a budget or a timeout.  Registers,
@@ -322,12 +327,19 @@ class Machine(DebugApi):
 
     def do_init(self, cpu) -> None:
         """Apply INIT to a CPU: reset state, keep it waiting for SIPI (APM 14.1.4).
-        Unlike RESET, INIT leaves the MSRs (MTRRs, PAT, VM_HSAVE_PA...) and the
-        TSC as they were (Intel SDM vol 3A, 9.1; QEMU's do_cpu_init keeps them)."""
+        INIT "does not alter the contents of most MSRs, caches or numeric
+        coprocessor (x87 or SSE) state" (APM vol 2, 15.21.8): the MSRs (MTRRs,
+        PAT, VM_HSAVE_PA...), the TSC, x87 and SSE state are kept; VM_CR.SVMDIS
+        is cleared unless VM_CR.LOCK (15.30.1)."""
         cpu.init_pending = False
-        lapic, msrs, tsc_offset = cpu.lapic, cpu.msr, cpu.tsc_offset
+        kept = {name: getattr(cpu, name) for name in INIT_KEEPS if hasattr(cpu, name)}
+        lapic = cpu.lapic
         cpu.reset()
-        cpu.lapic, cpu.msr, cpu.tsc_offset = lapic, msrs, tsc_offset
+        cpu.lapic = lapic
+        for name, value in kept.items():
+            setattr(cpu, name, value)
+        from .cpu.msr import init_msrs
+        init_msrs(cpu)
         if lapic is not None and hasattr(lapic, "init"):
             lapic.init()
         cpu.wait_for_sipi = True

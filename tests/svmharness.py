@@ -25,8 +25,9 @@ HOST_STUB = asm(f"mov rax, {VMCB}\nvmrun\nhlt")
 
 
 class SvmRig:
-    def __init__(self, guest_asm: str = "hlt", idt=False, intercepts=(), mem_size="32M", **vmcb_fields):
-        self.m = m = make_machine("long64", mem_size=mem_size)
+    def __init__(self, guest_asm: str = "hlt", idt=False, intercepts=(), mem_size="32M", cpu=None,
+                 **vmcb_fields):
+        self.m = m = make_machine("long64", mem_size=mem_size, **({"cpu": cpu} if cpu else {}))
         self.cpu = cpu = m.cpus[0]
         self.events = []
         m.listeners.append(self.events.append)

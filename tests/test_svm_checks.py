@@ -194,12 +194,29 @@ def test_eventinj_legal(evt):
     (0x8000_031F, "not an exception"),
     (0x8000_0320, "not an exception"),
     (0x8000_0315, "not an exception"),   # #CP without shadow stacks
-    (0x8001_0020, "reserved bits 30:12"),
 ])
 def test_eventinj_illegal(evt, why):
     r = check(vm("long64", EVENTINJ=evt))
     assert_reason(r, "EVENTINJ", "EVENTINJ", evt, S2)
     assert why in r.message
+
+
+def test_eventinj_reserved_bits_are_not_a_vmrun_rule():
+    """Bits 30:12 are "Reserved, SBZ" (figure 15-5), but 15.20's reasons for
+    VMEXIT_INVALID are only a reserved TYPE and TYPE 3 with a vector that is
+    not an exception."""
+    assert check(vm("long64", EVENTINJ=0x8001_0020)) is None
+
+
+def test_eventinj_br_into_a_64_bit_guest_is_invalid():
+    """15.20: "If the VMM attempts to inject an event that is impossible for
+    the guest mode (e.g., a #BR exception when the guest is in 64-bit mode),
+    the event injection will fail ... VMRUN will immediately exit with an
+    error code of VMEXIT_INVALID."  A 32-bit guest may take #BR."""
+    r = check(vm("long64", EVENTINJ=0x8000_0305))
+    assert_reason(r, "EVENTINJ", "EVENTINJ", 0x8000_0305, S2)
+    assert "64-bit" in r.message
+    assert check(vm("prot32", EVENTINJ=0x8000_0305)) is None
 
 
 def test_eventinj_exception_vectors_follow_caps():
@@ -233,7 +250,8 @@ def test_first_failing_rule_in_documented_order():
 def test_rule_order_table():
     assert C.RULE_ORDER[:4] == ("EFER.SVME", "CR0.CD_NW", "CR0_HI", "CR3_MBZ")
     assert C.RULE_ORDER.index("MSRPM_RANGE") + 1 == C.RULE_ORDER.index("IOPM_RANGE")
-    assert C.RULE_ORDER[-3:] == ("NP_HOST_PAGING_OFF", "NP_NCR3_MBZ", "NP_GPAT")
+    assert C.RULE_ORDER[-5:] == ("NP_HOST_PAGING_OFF", "NP_NCR3_MBZ", "NP_GPAT", "V_NMI_NO_NMI_INTERCEPT",
+                                 "PAE_PDPTE")
 
 
 def test_later_checks_hook_runs_after_the_table(monkeypatch):

@@ -276,10 +276,12 @@ def _gmet_rig(code_us):
 
 
 def test_gmet_supervisor_fetch_from_user_nested_page_faults():
-    """GMET: guest CPL 0 code on a nested page with U/S = 1 -> #NPF (P, ID)."""
+    """GMET: guest CPL 0 code on a nested page with U/S = 1 -> #NPF (P, ID),
+    and US clear: "the guest user/supervisor indication is normally provided
+    in ExitInfo1" (APM vol 2, 15.25.13, footnote 1)."""
     r = _gmet_rig(code_us=True)
     assert r.exitcode == ExitCode.NPF
-    assert r.vmcb["EXITINFO1"] == FINAL | 0x10 | 4 | 1 and r.vmcb["EXITINFO2"] == GUEST_CODE
+    assert r.vmcb["EXITINFO1"] == FINAL | 0x10 | 1 and r.vmcb["EXITINFO2"] == GUEST_CODE
 
 
 def test_gmet_supervisor_pages_stay_usable():

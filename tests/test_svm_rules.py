@@ -459,7 +459,7 @@ def test_vgif_guest_clgi_holds_virtual_interrupts():
 
 
 def test_vnmi_delivered_blocked_and_unblocked_by_iret():
-    r = SvmRig("nop\nhlt", idt=True, V_NMI_ENABLE=1, V_NMI_PENDING=1)
+    r = SvmRig("nop\nhlt", idt=True, intercepts=[ExitCode.NMI], V_NMI_ENABLE=1, V_NMI_PENDING=1)
     set_intercept(r.vmcb, ExitCode.HLT)
     r.run()
     # Delivered through the guest IDT (vector 2); its handler halted.
@@ -469,7 +469,7 @@ def test_vnmi_delivered_blocked_and_unblocked_by_iret():
 
 
 def test_vnmi_blocked_while_v_nmi_blocking():
-    r = SvmRig("nop\ncpuid\nhlt", idt=True, intercepts=[ExitCode.CPUID],
+    r = SvmRig("nop\ncpuid\nhlt", idt=True, intercepts=[ExitCode.CPUID, ExitCode.NMI],
                V_NMI_ENABLE=1, V_NMI_PENDING=1, V_NMI_BLOCKING=1).run()
     assert r.exitcode == ExitCode.CPUID and r.recorded() is None
     assert r.vmcb["V_NMI_PENDING"] == 1

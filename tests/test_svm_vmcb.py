@@ -192,18 +192,21 @@ def test_bit_positions_of_subfields():
 
 
 def test_clean_bits_cover_the_apm_groups():
-    """APM vol 2, 15.15.3: which fields each clean bit covers."""
+    """APM vol 2, 15.15.3, figure 15-4: which fields each clean bit covers
+    (exactly those it lists: not NP_ENABLE, the LBR enable bit or the
+    pause-filter threshold, which VMRUN always reads)."""
     cb = {b: set(names) for b, names in V.CLEAN_BITS.items()}
     assert cb[5] == {"EFER", "CR0", "CR3", "CR4"}
     assert cb[6] == {"DR6", "DR7"}
     assert cb[9] == {"CR2"}
     assert cb[2] == {"GUEST_ASID"}
     assert cb[1] == {"IOPM_BASE_PA", "MSRPM_BASE_PA"}
-    assert {"NP_ENABLE", "N_CR3", "G_PAT"} == cb[4]
+    assert {"N_CR3", "G_PAT"} == cb[4]
     assert {"GDTR.BASE", "GDTR.LIMIT", "IDTR.BASE", "IDTR.LIMIT"} == cb[7]
     assert "CPL" in cb[8] and "CS.ATTRIB" in cb[8] and "FS.BASE" not in cb[8]
     assert {"INTERCEPT_MISC2", "TSC_OFFSET", "PAUSE_FILTER_COUNT"} <= cb[0]
-    assert {"DBGCTL", "BR_FROM", "LASTEXCP_TO"} <= cb[10]
+    assert "PAUSE_FILTER_THRESHOLD" not in cb[0]
+    assert cb[10] == {"DBGCTL", "BR_FROM", "BR_TO", "LASTEXCP_FROM", "LASTEXCP_TO"}
     assert BY_NAME["TLB_CONTROL"].clean is None and BY_NAME["EXITCODE"].clean is None
 
 
@@ -351,7 +354,7 @@ def test_event_encode_decode():
     (0x8000_0700, "TYPE 7 is reserved"),
     (0x8000_0302, "vector 0x2, which is the NMI vector"),
     (0x8000_0320, "vector 0x20, which is not an exception vector"),
-    (0x8000_1020, "reserved bits 30:12"),
+    (0x8000_1020, None),                # bits 30:12: SBZ, but not a VMRUN rule (15.20)
 ])
 def test_eventinj_problem(value, problem):
     got = X.eventinj_problem(value)

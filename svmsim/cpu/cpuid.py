@@ -35,7 +35,7 @@ ISA_FEATURES = {
     "ADX": "adx", "LZCNT": "abm", "POPCNT": "popcnt", "MOVBE": "movbe", "AES": "aes",
     "PCLMULQDQ": "pclmulqdq", "SHA": "sha", "RDRAND": "rdrand", "RDSEED": "rdseed",
     "XSAVE": "xsave", "XSAVEOPT": "xsaveopt", "XSAVEC": "xsavec", "XSAVES": "xsaves",
-    "FXSR": "fxsr", "CMOV": "cmov",
+    "FXSR": "fxsr", "CMOV": "cmov", "RDTSCP": "rdtscp", "INVPCID": "invpcid", "RDPID": "rdpid",
 }
 # Extensions svmsim does not implement and the profiles do not list: an
 # instruction needing one of them is #UD whatever else it needs (VAESENC ymm
@@ -50,9 +50,9 @@ NEEDS = {
     "cx8": ("CMPXCHG8B",), "sep": ("SYSENTER", "SYSEXIT"), "mmxext": ("PSHUFW",),
     "cx16": ("CMPXCHG16B",), "fsgsbase": ("RDFSBASE", "WRGSBASE"), "erms": ("MOVSB", "STOSB"),
     "lahf_lm": ("LAHF", "SAHF"), "prefetchw": ("PREFETCHW",),
-    "syscall": ("SYSCALL", "SYSRET"), "rdtscp": ("RDTSCP",), "clzero": ("CLZERO",),
-    "invpcid": ("INVPCID",), "clflushopt": ("CLFLUSHOPT",), "clwb": ("CLWB",),
-    "wbnoinvd": ("WBNOINVD",), "rdpid": ("RDPID",), "monitor": ("MONITOR", "MWAIT"),
+    "syscall": ("SYSCALL", "SYSRET"), "clzero": ("CLZERO",),
+    "clflushopt": ("CLFLUSHOPT",), "clwb": ("CLWB",),
+    "wbnoinvd": ("WBNOINVD",), "monitor": ("MONITOR", "MWAIT"),
     "smap": ("CLAC", "STAC"),
 }
 # Never advertised: svmsim does not model the feature at all (not only an instruction).

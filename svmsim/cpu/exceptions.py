@@ -20,8 +20,9 @@ NAMES = {DE: "#DE", DB: "#DB", NMI: "NMI", BP: "#BP", OF: "#OF", BR: "#BR",
 # Vectors that push an error code (APM vol 2, table 8-1).
 HAS_ERROR_CODE = frozenset({DF, TS, NP, SS, GP, PF, AC, CP, VC, SX})
 # Contributory exceptions for the double-fault rules (APM vol 2, 8.2.9, table 8-7);
-# #VC is "a precise, contributory, fault-type exception" (15.35.5).
-CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP, VC})
+# #VC is "a precise, contributory, fault-type exception" (15.35.5); "The #SX
+# exception is a contributory fault" (15.28).
+CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP, VC, SX})
 # Traps: the saved RIP points after the instruction.
 TRAPS = frozenset({BP, OF})
 

@@ -312,6 +312,14 @@ def vm_cr_write(cpu, idx, value):
     cpu.msr[idx] = value
 
 
+def init_msrs(cpu) -> None:
+    """What INIT changes among the MSRs it otherwise keeps: VM_CR.SVMDIS "is
+    cleared by INIT when LOCK is cleared to 0" (APM vol 2, 15.30.1)."""
+    vm_cr = cpu.msr.get(VM_CR)
+    if vm_cr is not None and not vm_cr & VM_CR_LOCK:
+        cpu.msr[VM_CR] = vm_cr & ~VM_CR_SVMDIS
+
+
 def svm_key_read(cpu, idx):
     return 0                                          # reads return zero (APM 15.31)
 

@@ -10,6 +10,10 @@ from .exceptions import CpuException, PF, PF_P, PF_W, PF_U, PF_RSV, PF_I
 
 P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100
 NX = 1 << 63
+# Legacy PAE PDPTE: bits 63:52 (NX does not exist there), 8:5 and 2:1 are
+# reserved, with 51:MAXPHYADDR (KVM: PT32E rsvd_bits(maxphyaddr, 62) and 63;
+# kvm-unit-tests svm_pae_test sets bits 62:52 and expects a fault).
+PDPTE_RSVD = (0xFFF << 52) | 0x1E6
 
 # CR0/CR4/EFER bits the walker needs.
 CR0_WP = 1 << 16
@@ -106,7 +110,7 @@ class Walker:
         pdpte = self._read(pdpte_addr, 8, steps, "PDPTE")
         if not pdpte & P:
             raise self._pf(lin, access, 0, "PDPTE not present")
-        if pdpte & (self.rsvd_hi | 0x1E6 | NX):
+        if pdpte & (self.rsvd_hi | PDPTE_RSVD):
             raise self._pf(lin, access, PF_P | PF_RSV, "reserved bit in PDPTE")
         return self._walk_tail(lin, pdpte & self.addr_mask, RW, US, 0, nxe, access, steps)
 
@@ -168,7 +172,10 @@ class Walker:
         if not nxe:
             rsvd |= NX
         if not ps_ok:
-            rsvd |= PS        # PS is reserved in PML4E/PML5E (APM 5.3.3)
+            # PS is reserved in PML4E/PML5E (APM 5.3.3), and on AMD processors
+            # so is bit 8, the G bit of a leaf (KVM's nonleaf_bit8_rsvd; the
+            # reserved-bit #NPF of kvm-unit-tests' svm_npt_rsvd_bits_test).
+            rsvd |= PS | G
         if e & rsvd:
             raise self._pf(lin, access, PF_P | PF_RSV, f"reserved bit set in {name} {e:#x}")
 

@@ -513,7 +513,8 @@ class Cpu:
         right after it (kvm-unit-tests sends INIT, then STARTUP with no
         delay) finds it waiting for a SIPI (MP spec 1.4, B.4.2: a STARTUP IPI
         is accepted "after an INIT IPI reception").  Held by GIF = 0 or
-        handled by the SVM rules in guest mode, INIT stays pending."""
+        handled by the SVM rules in guest mode (or redirected to #SX by
+        VM_CR.R_INIT), INIT stays pending for the CPU to take itself."""
         self.init_pending = True
         if (self is not self.machine.current_cpu and self.gif and not self.svm_guest
                 and not self.msr.get(0xC0010114, 0) & 2):       # VM_CR.R_INIT: #SX instead

@@ -37,7 +37,8 @@ one the manual states and a reader can follow it with the manual open:
   7 DR7_HI  8 EFER_MBZ  9 LONG_MODE_UNSUPPORTED  10 LME_PG_NO_PAE
   11 LME_PG_NO_PE  12 CS_L_AND_D  13 VMRUN_INTERCEPT  14 MSRPM_RANGE then
   IOPM_RANGE (the APM says "MSR or IOIO")  15 EVENTINJ  16 ASID_ZERO
-  17 NP_HOST_PAGING_OFF  18 NP_NCR3_MBZ  19 NP_GPAT  then LATER_CHECKS
+  17 NP_HOST_PAGING_OFF  18 NP_NCR3_MBZ  19 NP_GPAT  20 V_NMI_NO_NMI_INTERCEPT
+  21 PAE_PDPTE (it reads memory, so last)  then LATER_CHECKS
   (SEV rules, appended by the SEV code).
 
 Rule 16 is not in older copies of the 15.5.1 list (it comes from the ASID
@@ -58,13 +59,17 @@ svmsim's readings where the manual is open to interpretation:
   15.10-15.11) fails if its last byte is not below 2**MAXPHYADDR, as KVM
   reads "greater than or equal to the maximum supported physical address".
 * EVENTINJ: only checked when V (bit 31) = 1.  A vector is an exception if
-  APM vol 2, table 8-1 defines it (``CpuCaps.exception_vectors``).
-  Reserved bits 30:12 set are also reported (Xen treats them as MBZ; the
-  15.20 text lists only TYPE and vector).
+  APM vol 2, table 8-1 defines it (``CpuCaps.exception_vectors``).  Of the
+  events "impossible for the guest mode" (15.20 gives "e.g., a #BR exception
+  when the guest is in 64-bit mode") svmsim knows that one.  Reserved bits
+  30:12 are not a rule: 15.20 lists only TYPE and vector (Xen alone treats
+  them as MBZ).
 * NP rules apply only if the CPU supports nested paging (``CpuCaps.npt``);
   otherwise NP_ENABLE is an ignored control bit.
-* Checks that exist only in KVM (V_NMI without the NMI intercept,
-  TLB_CONTROL values, HSAVE_PA = 0) are not modelled.
+* V_NMI_NO_NMI_INTERCEPT (15.21.10): only on a CPU with vNMI
+  (``CpuCaps.vnmi``); elsewhere V_NMI_ENABLE is an ignored bit.
+* Checks that exist only in KVM (TLB_CONTROL values, HSAVE_PA = 0) are not
+  modelled.
 
 The VMCB is read through a tiny protocol: ``vmcb[name] -> int`` with the
 field names below (F_*), so any mapping or VMCB view works.
@@ -95,6 +100,7 @@ SEC_ASID = "APM vol 2, 15.16"
 SEC_NP_ENABLE = "APM vol 2, 15.25.3"
 SEC_NP_STATE = "APM vol 2, 15.25.4"
 SEC_VMRUN = "APM vol 3, VMRUN"
+SEC_VNMI = "APM vol 2, 15.21.10"
 
 # ---------------------------------------------------------------- bits
 CR0_PE, CR0_NW, CR0_CD, CR0_PG = 1, 1 << 29, 1 << 30, 1 << 31
@@ -112,7 +118,6 @@ IOPM_SIZE = 3 * 4096                # APM vol 2, 15.10.1: 12 KiB
 MASK64 = (1 << 64) - 1
 
 EVENTINJ_V = 1 << 31
-EVENTINJ_RESERVED = ((1 << 31) - 1) & ~0xFFF      # bits 30:12
 EVENT_TYPES = {0: "INTR", 2: "NMI", 3: "exception", 4: "software interrupt"}
 TYPE_EXCEPTION = 3
 # APM vol 2, table 8-1: vectors that are exceptions on every SVM processor
@@ -153,6 +158,7 @@ class CpuCaps:
     cr4_supported: int = CR4_DEFAULT_SUPPORTED   # CR4 bits that may be 1
     efer_supported: int = (EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE | EFER_SVME)
     npt: bool = True                             # CPUID 8000_000A EDX[0]
+    vnmi: bool = False                           # CPUID 8000_000A EDX[25]
     exception_vectors: frozenset = BASE_EXCEPTION_VECTORS
     sev: bool = False                            # later: SEV / SEV-ES rules
 
@@ -169,7 +175,7 @@ class CpuCaps:
         phys = getattr(cpu, "maxphyaddr", None) or cpu.machine.profile.phys_bits
         return cls(phys_bits=phys, long_mode=has(cpu, "lm"),
                        cr4_supported=cr4_supported(cpu), efer_supported=efer,
-                       npt=features.enabled(cpu, "npt"))
+                       npt=features.enabled(cpu, "npt"), vnmi=features.enabled(cpu, "vnmi"))
 
 
 # ---------------------------------------------------------------- helpers
@@ -307,10 +313,20 @@ def _iopm_range(vmcb, caps, host):
 
 
 def _eventinj(vmcb, caps, host):
+    """15.20: reserved TYPE, TYPE 3 with a non-exception vector, or an event
+    "impossible for the guest mode (e.g., a #BR exception when the guest is
+    in 64-bit mode)"."""
     evt = vmcb[F_EVENTINJ]
     problem = eventinj_problem(evt, caps.exception_vectors)
+    if problem is None and evt & EVENTINJ_V and evt & 0x7FF == (3 << 8) | 5 and _guest_64bit(vmcb):
+        problem = "#BR (TYPE 3, vector 5) cannot be injected into a guest in 64-bit mode"
     if problem:
         return _reason("EVENTINJ", F_EVENTINJ, evt, SEC_EVENTINJ, f"illegal event injection: {problem}")
+
+
+def _guest_64bit(vmcb) -> bool:
+    """The guest state describes 64-bit mode: long mode active and CS.L = 1."""
+    return _lme_pg(vmcb) and bool(vmcb[F_CS_ATTRIB] & CS_L)
 
 
 def _asid_zero(vmcb, caps, host):
@@ -362,6 +378,34 @@ def _np_gpat(vmcb, caps, host):
         return _reason("NP_GPAT", F_G_PAT, pat, SEC_NP_STATE, problem)
 
 
+def _vnmi_without_nmi_intercept(vmcb, caps, host):
+    """15.21.10: "Enabling NMI Virtualization requires the NMI intercept bit to
+    be set.  An attempt to run a guest with V_NMI_ENABLE without the NMI
+    intercept bit set results in #VMEXIT(INVALID)."  (NMI: word 3, bit 1.)"""
+    if caps.vnmi and vmcb["V_NMI_ENABLE"] and not vmcb["INTERCEPT_MISC1"] >> 1 & 1:
+        return _reason("V_NMI_NO_NMI_INTERCEPT", "V_NMI_ENABLE", vmcb["V_NMI_ENABLE"], SEC_VNMI,
+                       "V_NMI_ENABLE = 1 requires the NMI intercept, which is clear")
+
+
+def _pae_pdpte(vmcb, caps, host):
+    """15.5.1: "If the guest is in PAE paging mode according to the registers
+    just loaded and nested paging is not enabled, the processor will also
+    read the four PDPEs pointed to by the newly loaded CR3 value; setting any
+    reserved bits in the PDPEs also causes a #VMEXIT."  svmsim checks the
+    present PDPEs with the walker's reserved bits (cpu/paging.py)."""
+    if _np_on(vmcb, caps) or not vmcb[F_CR0] & CR0_PG or not vmcb[F_CR4] & CR4_PAE \
+            or vmcb[F_EFER] & EFER_LME or getattr(host, "bus", None) is None:
+        return None
+    from ..cpu.paging import PDPTE_RSVD
+    table = vmcb[F_CR3] & 0xFFFFFFE0
+    for i in range(4):
+        pdpte = host.bus.read(table + 8 * i, 8)
+        bad = pdpte & (PDPTE_RSVD | _above_phys(caps) & ((1 << 52) - 1)) if pdpte & 1 else 0
+        if bad:
+            return _reason("PAE_PDPTE", F_CR3, vmcb[F_CR3], SEC_CHECKS,
+                           f"PDPE{i} at {table + 8 * i:#x} = {pdpte:#x} has reserved {_bits_desc(bad)} set")
+
+
 # ---------------------------------------------------------------- the table
 # (rule id, check).  Order = the APM's list order; see the module docstring.
 GUEST_STATE_RULES = (
@@ -385,6 +429,8 @@ GUEST_STATE_RULES = (
     ("NP_HOST_PAGING_OFF", _np_host_paging),
     ("NP_NCR3_MBZ", _np_ncr3),
     ("NP_GPAT", _np_gpat),
+    ("V_NMI_NO_NMI_INTERCEPT", _vnmi_without_nmi_intercept),
+    ("PAE_PDPTE", _pae_pdpte),
 )
 RULE_ORDER = tuple(rule for rule, _ in GUEST_STATE_RULES)
 

@@ -20,6 +20,8 @@ from ..cpu.exceptions import CpuException, gp, ud
 from ..cpu.flags import VM
 from ..cpu.segments import ES
 from ..cpu.state import CR0_PE, CR0_TS, CR0_MP
+from ..cpu.ops import not_reported
+from ..cpu.ops.system import check_cr_write, check_dr_write, dr_number
 from . import exits, intercepts
 from .exits import ExitCode
 from .state import VmExit
@@ -64,15 +66,20 @@ def _cr_index(ins, reg):
 
 
 def mov_to_cr(cpu, ins):
+    """MOV to CRn: "Checks non-memory exceptions (CPL, illegal bit
+    combinations, etc.) before the intercept" (CR0, CR3), "All normal
+    exception checks take precedence over the SVM intercepts" (other CRs)
+    (APM vol 2, table 15-7); the PDPE loads of a PAE CR3 write come after."""
     n = _cr_index(ins, ins.regs[0])
     if n not in (0, 2, 3, 4, 8):
         return                                        # the handler raises #UD
     _cpl0(cpu, "MOV CRn")
+    new = ins.get1(cpu)
+    check_cr_write(cpu, n, new)
     info1 = (DECODE_MOV | _gpr_number(ins.regs[1])) if _decode(cpu) else 0
     if _hit(cpu, CR, 16 + n):
         _exit(cpu, ins, ExitCode.CR0_WRITE + n, info1)
     if n == 0 and _hit(cpu, MISC1, 5):
-        new = ins.get1(cpu)
         if (new ^ cpu.cr0) & ~(CR0_TS | CR0_MP) & 0xFFFFFFFF:
             _exit(cpu, ins, ExitCode.CR0_SEL_WRITE, info1, detail="CR0 write changes bits other than TS/MP")
 
@@ -96,15 +103,15 @@ def clts(cpu, ins):
 
 
 def lmsw(cpu, ins):
-    """LMSW: a CR0 write; selective when it changes PE or EM (15.9.1)."""
+    """LMSW: a CR0 write, intercepted before its memory operand is read; "The
+    LMSW instruction treats the selective CR0-write intercept as a
+    non-selective intercept (i.e., it intercepts regardless of the value
+    being written)" (APM vol 2, table 15-7)."""
     _cpl0(cpu, "LMSW")
     if _hit(cpu, CR, 16):
         _exit(cpu, ins, ExitCode.CR0_WRITE)
     if _hit(cpu, MISC1, 5):
-        v = ins.get0(cpu) & 0xF
-        new = (cpu.cr0 & ~0xE) | v | (cpu.cr0 & CR0_PE)
-        if (new ^ cpu.cr0) & ~(CR0_TS | CR0_MP):
-            _exit(cpu, ins, ExitCode.CR0_SEL_WRITE)
+        _exit(cpu, ins, ExitCode.CR0_SEL_WRITE, detail="LMSW with the selective CR0 write intercept")
 
 
 def smsw(cpu, ins):
@@ -113,24 +120,22 @@ def smsw(cpu, ins):
         _exit(cpu, ins, ExitCode.CR0_READ)
 
 
-def _dr_prechecks(cpu, ins, reg):
-    n = reg - R.DR0
-    if n > 7 or n in (4, 5) and cpu.cr4 & 8:
-        return None                                   # the handler raises #UD
-    _cpl0(cpu, "MOV DRn")
-    return n
-
-
 def mov_to_dr(cpu, ins):
-    n = _dr_prechecks(cpu, ins, ins.regs[0])
-    if n is not None and _hit(cpu, DR, 16 + n):
+    """#UD, CPL #GP, the DR7.GD #DB and #GP for DR6/DR7 bits 63:32 come
+    before the intercept ("All normal exception checks take precedence over
+    the SVM intercepts", APM vol 2, table 15-7).  The exit names the DR as
+    encoded (DR4/DR5 are their own intercept bits)."""
+    n = ins.regs[0] - R.DR0
+    check_dr_write(dr_number(cpu, ins, ins.regs[0]), ins.get1(cpu))
+    if _hit(cpu, DR, 16 + n):
         info1 = _gpr_number(ins.regs[1]) if _decode(cpu) else 0
         _exit(cpu, ins, ExitCode.DR0_WRITE + n, info1)
 
 
 def mov_from_dr(cpu, ins):
-    n = _dr_prechecks(cpu, ins, ins.regs[1])
-    if n is not None and _hit(cpu, DR, n):
+    n = ins.regs[1] - R.DR0
+    dr_number(cpu, ins, ins.regs[1])
+    if _hit(cpu, DR, n):
         info1 = _gpr_number(ins.regs[0]) if _decode(cpu) else 0
         _exit(cpu, ins, ExitCode.DR0_READ + n, info1)
 
@@ -186,7 +191,13 @@ def _pre_svm(name, rax=True):
 
 
 def _pre_skinit(cpu, ins):
+    """SKINIT exists only where CPUID Fn8000_0001_ECX[SKINIT] says so (its
+    iced feature, "SKINIT or SVM", is shared with STGI, so the generic
+    not-reported check cannot tell): #UD first, then the #GP checks."""
+    from ..cpu.cpuid import has
     from .skinit import check
+    if not has(cpu, "skinit"):
+        raise ud("SKINIT: CPUID Fn8000_0001_ECX[SKINIT] = 0")
     check(cpu)
 
 
@@ -421,7 +432,10 @@ def wrap(ins, fn):
     and, for CR/EFER writes, its write-trap check."""
     guard = GUARDS_BY_CODE.get(ins.code) or GUARDS.get(ins.mnemonic)
     post = POST_GUARDS_BY_CODE.get(ins.code) or POST_GUARDS.get(ins.mnemonic)
-    if guard is None:
+    if guard is None or fn is not_reported:
+        # An instruction the CPU does not have is #UD before any intercept
+        # (15.7: "instruction intercepts are checked after simple exceptions
+        # (such as ... #UD)"); its feature is absent from CPUID.
         return fn
     if post is None:
         def guarded(cpu, ins):

@@ -13,18 +13,30 @@ system-physical address.  Rules used here (APM 15.25.5-15.25.6):
 * A nested fault is #VMEXIT(NPF): EXITINFO1 = a #PF-style error code (P, RW,
   US, RSV, ID) plus bit 32 (fault on the final gPA) or bit 33 (fault on a
   guest page-table access); EXITINFO2 = the faulting gPA (byte address).
-* A guest fault stays a guest #PF with the guest's CR2.
-* GMET (guest-mode execute trap): with GMET_ENABLE, a fetch at guest CPL
-  0-2 from a nested page whose U/S = 1 faults (#NPF, P and ID set), and the
-  nested U/S bit stops restricting data accesses (svmsim's reading: pages
-  a hypervisor marks supervisor, U/S = 0, must stay usable by the guest).
+  "Nested page faults are entirely a function of the nested page table and
+  VMM processor mode" (15.25.6): ID is reported as a #PF of the host would
+  report it, only with the host's EFER.NXE or CR4.SMEP set (kvm-unit-tests'
+  svm_npt_rsvd_bits_test, written against hardware, expects exactly that).
+* A guest fault stays a guest #PF with the guest's CR2.  Faults come in the
+  order of 15.25.6: the guest walk, then "check the guest permissions; any
+  fault at this point causes a #PF in the guest", and only then the final
+  nested translation.
+* GMET (guest-mode execute trap, 15.25.13): with GMET_ENABLE, "if the
+  effective U/S bit = 1 and the page is being accessed for execution at
+  CPL0, 1 or 2, a nested page fault #VMEXIT(NPF) is generated"; EXITINFO1
+  "contains the page fault error code describing attributes of the attempted
+  translation", and "the guest user/supervisor indication is normally
+  provided in ExitInfo1": with GMET on, US of a final-gPA fault is the
+  guest's (clear for a supervisor fetch).  The nested U/S bit stops
+  restricting data accesses (svmsim's reading: pages a hypervisor marks
+  supervisor, U/S = 0, must stay usable by the guest).
 
 The TLB caches the combined translation (linear -> SPA) tagged by the
 guest's ASID, with the nested permissions kept apart so that a nested
 violation found on a TLB hit is still an #NPF, not a guest #PF.
 """
-from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_I
-from ..cpu.paging import Walker, Translation, check_access
+from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_RSV, PF_I
+from ..cpu.paging import Walker, Translation, check_access, EFER_NXE, CR4_SMEP
 from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
 from ..cpu.state import GUEST_KEY
 from . import avic, snp
@@ -76,7 +88,7 @@ class NestedMmu:
         except CpuException as e:
             if e.vector != PF:
                 raise
-            raise self._npf(gpa, e.error_code, where, e.detail) from None
+            raise self._npf(gpa, e.error_code, where, e.detail, access) from None
         return t
 
     def _check_nested(self, t, gpa, access):
@@ -90,11 +102,13 @@ class NestedMmu:
             raise CpuException(PF, PF_P | PF_I, cr2=gpa,
                                detail="GMET: supervisor fetch from a user nested page")
 
-    @staticmethod
-    def _npf(gpa, code, where, detail):
-        info1 = (code & 0x1F) | PF_U | where
-        e = VmExit(ExitCode.NPF, info1, gpa, detail=f"nested page fault: {detail}")
-        return e
+    def _npf(self, gpa, code, where, detail, access):
+        """#VMEXIT(NPF) for a nested fault on ``access`` (the guest's W/U/I)."""
+        us = access & PF_U if self.gmet and where == NPF_FINAL else PF_U
+        fetch = bool(access & PF_I) and where == NPF_FINAL
+        ids = PF_I if fetch and (self.host_efer & EFER_NXE or self.host_cr4 & CR4_SMEP) else 0
+        info1 = (code & (PF_P | PF_W | PF_RSV)) | us | ids | where
+        return VmExit(ExitCode.NPF, info1, gpa, detail=f"nested page fault: {detail}", fetch=fetch)
 
     def _table_frame(self, gpa, write=False):
         """SPA of a guest page-table access: an SEV guest's tables are always
@@ -130,9 +144,9 @@ class NestedMmu:
         t = tlb.lookup(vpn)
         if t is None or t.__class__ is not NestedTranslation or access & PF_W and not (t.d and t.n_d):
             tlb.stats["misses"] += 1
-            t = self._walk(lin, access)
+            t = self._walk(lin, access)          # guest permissions checked inside
             tlb.insert(vpn, t)
-        if cpu.paging:
+        elif cpu.paging:
             check_access(t, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
         self._check_combined(t, access, lin)
         if self.rmp.enabled:
@@ -149,9 +163,11 @@ class NestedMmu:
         return t.spa | (lin & 0xFFF)
 
     def _walk(self, lin, access):
+        """Guest walk, guest permission check, final nested walk (15.25.6)."""
         cpu = self.cpu
         if cpu.paging:
             g = self.guest.walk(lin, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, access)
+            check_access(g, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
             gc = g.spa & self.c_mask if self.sev else 0
             gpa = (g.spa & ~gc) | (lin & 0xFFF)
         else:
@@ -171,9 +187,6 @@ class NestedMmu:
         """The combined translation of ``lin`` for an instruction operand
         (PVALIDATE, RMPADJUST): guest #PF and #NPF as for an access."""
         t = self._walk(lin, access)
-        cpu = self.cpu
-        if cpu.paging:
-            check_access(t, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
         self._check_combined(t, access, lin)
         return t
 
@@ -187,8 +200,8 @@ class NestedMmu:
         elif self.gmet and access & PF_I and not access & PF_U and t.n_us:
             bad = PF_P | PF_I
         if bad:
-            raise self._npf(t.gpa | (lin & 0xFFF), bad | (access & (PF_W | PF_I)), NPF_FINAL,
-                            "nested permissions of the final guest-physical page")
+            raise self._npf(t.gpa | (lin & 0xFFF), bad | (access & PF_W), NPF_FINAL,
+                            "nested permissions of the final guest-physical page", access)
 
     def _exec_ok(self, t, user):
         cpu = self.cpu

@@ -20,10 +20,10 @@ class VmExit(CpuException):
     """
 
     def __init__(self, code: int, info1: int = 0, info2: int = 0, nrip: int = 0,
-                 trap: bool = False, detail: str = "", insn: bytes = b""):
+                 trap: bool = False, detail: str = "", insn: bytes = b"", fetch: bool = False):
         super().__init__(-1, None, detail=detail)
         self.code, self.info1, self.info2 = code, info1, info2
-        self.nrip, self.trap, self.insn = nrip, trap, insn
+        self.nrip, self.trap, self.insn, self.fetch = nrip, trap, insn, fetch
         self.exitintinfo = 0
         self.during_delivery = False        # raised while an event was being delivered
 
@@ -53,6 +53,7 @@ class SvmState:
     v_nmi_enable: bool = False
     v_nmi_pending: bool = False
     v_nmi_blocking: bool = False
+    vnmi_delivery: bool = False               # delivering a virtual NMI through the guest IDT
     host_step: bool = False                   # VMRUN was single-stepped: #DB after #VMEXIT
     host_if: bool = False                     # host RFLAGS.IF at VMRUN (V_INTR_MASKING)
     pause_initial: int = 0                    # pause filter (15.14.4): the VMCB's count

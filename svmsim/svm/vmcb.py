@@ -93,7 +93,7 @@ _c(0x008, 32, "INTERCEPT_EXCEPTION", "; 15.12", clean=0)
 _c(0x00C, 32, "INTERCEPT_MISC1", "; 15.7-15.14", clean=0)     # Linux INTERCEPT_WORD3
 _c(0x010, 32, "INTERCEPT_MISC2", "; 15.7-15.14", clean=0)     # word 4: VMRUN..RDPRU, traps
 _c(0x014, 32, "INTERCEPT_MISC3", "; 15.7-15.14", clean=0)     # word 5: INVLPGB..IDLE_HLT
-_c(0x03C, 16, "PAUSE_FILTER_THRESHOLD", "; 15.14.4", clean=0)
+_c(0x03C, 16, "PAUSE_FILTER_THRESHOLD", "; 15.14.4")          # not in figure 15-4's bit 0
 _c(0x03E, 16, "PAUSE_FILTER_COUNT", "; 15.14.4", clean=0)
 _c(0x040, 64, "IOPM_BASE_PA", "; 15.10.1", clean=1)
 _c(0x048, 64, "MSRPM_BASE_PA", "; 15.11", clean=1)
@@ -127,7 +127,7 @@ _c(0x080, 64, "EXITINFO2", "")
 _c(0x088, 64, "EXITINTINFO", "; 15.7.2")
 _g("features")
 _c(0x090, 64, "MISC_CTL", "")                                # Linux misc_ctl (was nested_ctl)
-_sub("MISC_CTL", 0, 1, "NP_ENABLE", "; 15.25.3", clean=4)
+_sub("MISC_CTL", 0, 1, "NP_ENABLE", "; 15.25.3")            # bit 4 covers NCR3 and G_PAT only
 _sub("MISC_CTL", 1, 1, "SEV_ENABLE", "; 15.34")
 _sub("MISC_CTL", 2, 1, "SEV_ES_ENABLE", "; 15.35")
 # Bits 3-7: names from newer APM revisions of table B-1 (the reference doc
@@ -142,7 +142,7 @@ _c(0x0A0, 64, "GHCB_GPA", "; 15.35")
 _c(0x0A8, 64, "EVENTINJ", "; 15.20")
 _c(0x0B0, 64, "N_CR3", "; 15.25.4", clean=4)
 _c(0x0B8, 64, "MISC_CTL2", "")                               # Linux misc_ctl2 (virt_ext)
-_sub("MISC_CTL2", 0, 1, "LBR_VIRTUALIZATION_ENABLE", "; 15.23", clean=10)
+_sub("MISC_CTL2", 0, 1, "LBR_VIRTUALIZATION_ENABLE", "; 15.23")  # bit 10: the LBR MSRs only
 _sub("MISC_CTL2", 1, 1, "V_VMSAVE_VMLOAD_ENABLE", "; 15.33.1")
 _sub("MISC_CTL2", 2, 1, "IBS_VIRTUALIZATION_ENABLE", "")
 _c(0x0C0, 32, "VMCB_CLEAN", "; 15.15.3")

@@ -21,6 +21,7 @@ from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE
 from .intercepts import read_words
 from .state import VmExit
+from .vmstate import canonical
 
 MASK64 = (1 << 64) - 1
 VM_HSAVE_PA = 0xC0010117
@@ -49,13 +50,14 @@ def _save_segments(cpu, v):
 
 
 def _load_segments(cpu, v):
+    """VMRUN and #VMEXIT "canonicalize (i.e., sign-extend to bit 63) ... All
+    base addresses in the segment registers that have been loaded" (15.5.1)."""
+    bits = cpu.machine.profile.lin_bits
     for name, idx in SWITCHED_SEGS:
         sel, attr, limit, base = v.segment(name)
-        if idx != CS and idx != SS or not cpu.efer & EFER_LMA:
-            base &= MASK64
-        cpu.segs[idx] = Segment(sel, base, limit, attr)
-    cpu.gdtr_limit, cpu.gdtr_base = v["GDTR.LIMIT"], v["GDTR.BASE"]
-    cpu.idtr_limit, cpu.idtr_base = v["IDTR.LIMIT"], v["IDTR.BASE"]
+        cpu.segs[idx] = Segment(sel, canonical(base, bits), limit, attr)
+    cpu.gdtr_limit, cpu.gdtr_base = v["GDTR.LIMIT"], canonical(v["GDTR.BASE"], bits)
+    cpu.idtr_limit, cpu.idtr_base = v["IDTR.LIMIT"], canonical(v["IDTR.BASE"], bits)
 
 
 def save_host(cpu, hsave: VmcbView, next_rip: int) -> None:
@@ -154,7 +156,9 @@ def _load_control(cpu, v: VmcbView):
 
 
 def _write_back_control(cpu, v: VmcbView):
-    """Fields the guest can change that #VMEXIT writes back (APM 15.6, 15.21)."""
+    """Fields the guest can change that #VMEXIT writes back (APM 15.6, 15.21).
+    "If a #VMEXIT occurs during the virtual NMI delivery, EXITINTINFO is set
+    appropriately and V_NMI_MASK is saved as 0" (15.21.10)."""
     s = cpu.svm
     v["V_TPR"] = s.v_tpr
     v["V_IRQ"] = int(s.v_irq)
@@ -164,7 +168,7 @@ def _write_back_control(cpu, v: VmcbView):
         v["V_GIF"] = int(s.v_gif)
     if s.v_nmi_enable:
         v["V_NMI_PENDING"] = int(s.v_nmi_pending)
-        v["V_NMI_BLOCKING"] = int(s.v_nmi_blocking)
+        v["V_NMI_BLOCKING"] = int(s.v_nmi_blocking and not s.vnmi_delivery)
 
 
 LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),
@@ -283,6 +287,10 @@ def inject(cpu, value: int, nrip: int = 0) -> None:
     from . import features
     ev = exits.decode_event(value)
     kind = _INJECT_KIND[ev.type]
+    if ev.type == exits.EVENT_EXCEPTION and ev.vector in (3, 4):
+        # "behaves like a trap raised by INT3 and INTO instructions ... the
+        # processor checks the DPL of the IDT descriptor" (APM 15.20)
+        kind = interrupts.SWEXC
     s = cpu.svm
     if ev.type == exits.EVENT_NMI and s.v_nmi_enable:
         s.v_nmi_blocking = True          # an injected NMI blocks virtual NMIs (15.21.10)
@@ -334,7 +342,7 @@ def vmexit_from(cpu, e: VmExit) -> None:
         e.nrip = cpu.rip + _insn_length(cpu)          # a trap raised by a memory or MSR access
     rip = e.nrip if e.trap else cpu.rip
     vmexit(cpu, e.code, e.info1, e.info2, rip=rip, nrip=e.nrip, exitintinfo=e.exitintinfo,
-           insn=e.insn, detail=e.detail)
+           insn=e.insn, fetch=e.fetch, detail=e.detail)
 
 
 def _insn_length(cpu) -> int:
@@ -347,8 +355,9 @@ def _insn_length(cpu) -> int:
 
 
 def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: int = 0,
-           exitintinfo: int = 0, insn: bytes = b"", detail: str = "") -> None:
-    """Leave the guest (APM 15.6)."""
+           exitintinfo: int = 0, insn: bytes = b"", fetch: bool = False, detail: str = "") -> None:
+    """Leave the guest (APM 15.6).  ``fetch``: an #NPF on an instruction
+    fetch, which records no instruction bytes (15.8.4)."""
     from . import features
     s = cpu.svm
     bus = cpu.bus
@@ -379,7 +388,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         v["NRIP"] = nrip
     # An SEV-ES guest's instruction bytes are never saved (15.35.4).
     if features.enabled(cpu, "decode_assists") and not s.es:
-        if code == ExitCode.NPF and not insn:
+        if code == ExitCode.NPF and not insn and not fetch:
             from .events import fetch_insn_bytes
             insn = fetch_insn_bytes(cpu)
         v["INSN_LEN"] = len(insn)

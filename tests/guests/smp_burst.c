@@ -32,12 +32,13 @@ static uint16_t fw_cfg_nb_cpus(void)
     return inb(0x511) | (uint16_t)inb(0x511) << 8;
 }
 
-/* Wait for ap_started to reach `want`, for ~1e8 TSC ticks at most (the
- * TSC, not the APIC timer: the xAPIC page is gone in x2APIC mode). */
+/* Wait for ap_started to reach `want`, for ~3e9 TSC ticks at most (about a
+ * second of QEMU on a loaded host).  The TSC, not the APIC timer: the xAPIC
+ * page is gone in x2APIC mode. */
 static bool wait_started(uint32_t want)
 {
     uint64_t t0 = rdtsc();
-    while (ap_started < want && rdtsc() - t0 < 100000000ul)
+    while (ap_started < want && rdtsc() - t0 < 3000000000ul)
         pause();
     return ap_started >= want;
 }

@@ -84,8 +84,23 @@ def cr4_supported(cpu) -> int:
     return m
 
 
-def write_cr0(cpu, v):
-    """MOV CR0 (APM vol 2, 3.1.1 and 14.6): checks, then long-mode activation."""
+def check_cr_write(cpu, n, v):
+    """The #GP a write of ``v`` to CRn raises for illegal values, without
+    changing anything: an SVM guest's CR-write intercept is checked after
+    these (APM vol 2, table 15-7: "Checks non-memory exceptions (CPL, illegal
+    bit combinations, etc.) before the intercept")."""
+    if n == 0:
+        _cr0_checked(cpu, v)
+    elif n == 3:
+        _cr3_checked(cpu, v)
+    elif n == 4:
+        _cr4_check(cpu, v)
+    elif n == 8 and v >> 4:
+        raise gp(0, f"MOV CR8: reserved bits ({v:#x})")
+
+
+def _cr0_checked(cpu, v):
+    """(new CR0, new EFER) for a write of ``v`` to CR0, or #GP."""
     if v >> 32:
         raise gp(0, f"MOV CR0: bits 63:32 set ({v:#x})")
     new = (v & CR0_VALID) | CR0_ET                  # reserved bits ignored; ET reads as 1
@@ -105,6 +120,13 @@ def write_cr0(cpu, v):
         if cpu.long64:
             raise gp(0, "MOV CR0: clearing PG in 64-bit mode")
         efer &= ~EFER_LMA                            # leaving long mode from compatibility mode
+    return new, efer
+
+
+def write_cr0(cpu, v):
+    """MOV CR0 (APM vol 2, 3.1.1 and 14.6): checks, then long-mode activation."""
+    old = cpu.cr0
+    new, efer = _cr0_checked(cpu, v)
     cpu.cr0 = new
     cpu.efer = efer
     changed = old ^ new
@@ -116,18 +138,24 @@ def write_cr0(cpu, v):
         cpu.update_mode()
 
 
-def write_cr3(cpu, v):
-    """MOV CR3: reserved bits (long mode), PCID and the no-flush bit 63."""
-    pcide = cpu.cr4 & CR4_PCIDE
+def _cr3_checked(cpu, v):
+    """(new CR3, no-flush) for a write of ``v`` to CR3, or #GP."""
     noflush = False
     if cpu.efer & EFER_LMA:
-        if pcide and v >> 63:
+        if cpu.cr4 & CR4_PCIDE and v >> 63:
             noflush = True
             v &= ~(1 << 63)
         if v >> _maxphy(cpu):
             raise gp(0, f"MOV CR3: reserved bits set ({v:#x})")
     else:
         v &= 0xFFFFFFFF
+    return v, noflush
+
+
+def write_cr3(cpu, v):
+    """MOV CR3: reserved bits (long mode), PCID and the no-flush bit 63."""
+    pcide = cpu.cr4 & CR4_PCIDE
+    v, noflush = _cr3_checked(cpu, v)
     cpu.cr3 = v
     tlb = cpu.tlb
     pcid = v & 0xFFF if pcide else 0
@@ -137,8 +165,7 @@ def write_cr3(cpu, v):
     tlb.drop_fast()
 
 
-def write_cr4(cpu, v):
-    """MOV CR4: unsupported bits, PAE in long mode, PCIDE and LA57 rules."""
+def _cr4_check(cpu, v):
     old = cpu.cr4
     bad = v & ~cr4_supported(cpu)
     if bad:
@@ -153,6 +180,12 @@ def write_cr4(cpu, v):
             raise gp(0, "MOV CR4: PCIDE=1 outside long mode")
         if cpu.cr3 & 0xFFF:
             raise gp(0, "MOV CR4: PCIDE=1 with CR3[11:0] != 0")
+
+
+def write_cr4(cpu, v):
+    """MOV CR4: unsupported bits, PAE in long mode, PCIDE and LA57 rules."""
+    old = cpu.cr4
+    _cr4_check(cpu, v)
     cpu.cr4 = v
     changed = old ^ v
     tlb = cpu.tlb
@@ -256,7 +289,10 @@ DR7_WRITABLE = 0xFFFF23FF      # L/G0-3, LE, GE, GD, R/W and LEN fields
 DR7_FIXED1 = 0x400
 
 
-def _dr_number(cpu, ins, reg):
+def dr_number(cpu, ins, reg):
+    """The debug register a MOV DRn names, after its #UD, CPL #GP and DR7.GD
+    #DB checks (in that order), which come before an SVM DR intercept (APM
+    vol 2, table 15-7: "All normal exception checks take precedence")."""
     n = reg - R.DR0
     if n > 7:
         raise ud(f"MOV DR{n}: no such debug register")
@@ -274,11 +310,10 @@ def _dr_number(cpu, ins, reg):
 
 @handles(codes=(C.MOV_DR_R32, C.MOV_DR_R64))
 def mov_to_dr(cpu, ins):
-    n = _dr_number(cpu, ins, ins.regs[0])
+    n = dr_number(cpu, ins, ins.regs[0])
     v = ins.get1(cpu)
+    check_dr_write(n, v)
     if n >= 6:
-        if v >> 32:
-            raise gp(0, f"MOV DR{n}: bits 63:32 must be zero")
         if n == 6:
             v = (v & DR6_WRITABLE) | DR6_FIXED1
         else:
@@ -286,9 +321,15 @@ def mov_to_dr(cpu, ins):
     cpu.dr[n] = v
 
 
+def check_dr_write(n, v):
+    """DR6 and DR7 bits 63:32 must be zero (#GP)."""
+    if n >= 6 and v >> 32:
+        raise gp(0, f"MOV DR{n}: bits 63:32 must be zero")
+
+
 @handles(codes=(C.MOV_R32_DR, C.MOV_R64_DR))
 def mov_from_dr(cpu, ins):
-    n = _dr_number(cpu, ins, ins.regs[1])
+    n = dr_number(cpu, ins, ins.regs[1])
     ins.set0(cpu, cpu.dr[n])
 
 

@@ -34,6 +34,15 @@
 #define PG_PS 0x080
 
 #define TRAMPOLINE_BASE 0x8000       /* SIPI vector 0x08: CS = 0x0800, IP = 0 */
+#define IMAGE_BASE 0x100000          /* kernel.ld links the image here */
+
+#define MSR_GHCB 0xC0010130
+#define MSR_SEV_STATUS 0xC0010131
+#define GHCB_MSR_CPUID_REQ 0x004
+#define GHCB_MSR_CPUID_RESP 0x005
+#define GHCB_MSR_TERM_REQ 0x100
+#define SVM_EXIT_CPUID 0x72
+#define SEV_STATUS_ES 0x2
 
 /* ------------------------------------------------------------------ */
 /* Multiboot header: must be 32-bit aligned in the first 8 KiB of the file
@@ -42,6 +51,23 @@
     .section .multiboot, "a"
     .balign 4
     .long MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)
+
+/*
+ * SEV-ES AP reset block (kernel.ld puts it after the 32-bit boot code,
+ * still in the first 8 KiB).  The hypervisor cannot set an SEV-ES vCPU's
+ * registers, so each AP's initial state is a VMSA built and measured at
+ * launch; this block tells the hypervisor where an AP starts: the GUID
+ * OVMF gives its SEV-ES reset block (00f771de-1a7e-4fcb-890e-68c77e2fb44e),
+ * then the reset EIP.  The AP starts there in real mode with CS base =
+ * EIP & FFFF0000h and IP = EIP & FFFFh, as an OVMF AP does.
+ */
+    .section .sev_es_reset, "a"
+    .balign 4
+    .globl sev_es_reset_block
+sev_es_reset_block:
+    .byte 0xde, 0x71, 0xf7, 0x00, 0x7e, 0x1a, 0xcb, 0x4f
+    .byte 0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e
+    .long sev_es_ap_reset
 
 /* ------------------------------------------------------------------ */
 /*
@@ -102,25 +128,136 @@ _start:
     ljmp $SEL_CODE32, $1f
 1:  LOAD_DATA_SEGMENTS
     mov $boot_stack_top, %esp
+    call early_idt_init
+    call sev_detect
     call build_page_tables
     ENTER_LONG_MODE bsp_entry64
+
+/*
+ * A 32-bit IDT for the boot path: in an SEV-ES guest CPUID raises #VC
+ * (APM vol 2, 15.36.23: CPUID is always intercepted), so vector 29 serves
+ * it through the GHCB MSR protocol; any other exception halts.  Without
+ * SEV-ES nothing here ever runs.
+ */
+early_idt_init:
+    xor %ecx, %ecx
+1:  mov $early_fault, %eax
+    cmp $29, %ecx
+    jne 2f
+    mov $vc32, %eax
+2:  mov %eax, %edx
+    and $0xFFFF, %eax
+    or $(SEL_CODE32 << 16), %eax
+    mov %eax, early_idt(,%ecx,8)
+    and $0xFFFF0000, %edx
+    or $0x8E00, %edx                 /* present, DPL 0, 32-bit interrupt gate */
+    mov %edx, early_idt+4(,%ecx,8)
+    inc %ecx
+    cmp $32, %ecx
+    jb 1b
+    lidt early_idt_desc
+    ret
+
+early_fault:
+    cli
+    hlt
+    jmp early_fault
+
+/* #VC in 32-bit mode: CPUID only, one register per MSR-protocol request
+ * (GHCB spec 56421, 2.3.1: GHCBData[63:32] = function, [31:30] = register). */
+vc32:
+    cmpl $SVM_EXIT_CPUID, (%esp)
+    jne vc32_terminate
+    push %esi
+    push %edi
+    mov %eax, %esi                   /* the CPUID function */
+    xor %edi, %edi                   /* register: 0 EAX, 1 EBX, 2 ECX, 3 EDX */
+1:  mov %edi, %eax
+    shl $30, %eax
+    or $GHCB_MSR_CPUID_REQ, %eax
+    mov %esi, %edx
+    mov $MSR_GHCB, %ecx
+    wrmsr
+    rep; vmmcall                     /* VMGEXIT */
+    rdmsr
+    and $0xFFF, %eax
+    cmp $GHCB_MSR_CPUID_RESP, %eax
+    jne vc32_terminate
+    mov %edx, vc32_regs(,%edi,4)
+    inc %edi
+    cmp $4, %edi
+    jb 1b
+    pop %edi
+    pop %esi
+    mov vc32_regs, %eax
+    mov vc32_regs+4, %ebx
+    mov vc32_regs+8, %ecx
+    mov vc32_regs+12, %edx
+    add $4, %esp                     /* the error code */
+    addl $2, (%esp)                  /* past CPUID (0F A2) */
+    iret
+vc32_terminate:                      /* GHCB MSR protocol TERMINATE, reason 0/0 */
+    mov $GHCB_MSR_TERM_REQ, %eax
+    xor %edx, %edx
+    mov $MSR_GHCB, %ecx
+    wrmsr
+    rep; vmmcall
+    jmp early_fault
+
+/*
+ * Are we an SEV guest?  CPUID Fn8000_001F EAX[1] says the CPU has SEV; the
+ * SEV_STATUS MSR (C001_0131h) bit 0 says it is active for this guest (APM
+ * vol 2, 15.34.10); EBX[5:0] is the C-bit position.  Leaves sev_status,
+ * sev_cbit and sev_cbit_hi (the C-bit within a PTE's high dword) at 0
+ * otherwise.
+ */
+sev_detect:
+    mov $0x80000000, %eax
+    cpuid
+    cmp $0x8000001F, %eax
+    jb 1f
+    mov $0x8000001F, %eax
+    cpuid
+    bt $1, %eax
+    jnc 1f
+    and $0x3F, %ebx
+    mov %ebx, %esi
+    mov $MSR_SEV_STATUS, %ecx
+    rdmsr
+    bt $0, %eax
+    jnc 1f
+    mov %eax, sev_status
+    mov %esi, sev_cbit
+    lea -32(%esi), %ecx
+    mov $1, %eax
+    shl %cl, %eax
+    mov %eax, sev_cbit_hi
+1:  ret
 
 /*
  * Identity map 0..4 GiB with 2 MiB pages: PML4[0] -> PDPT, PDPT[0..3] -> four
  * page directories.  Non-leaf entries allow user access (U = 1) so a leaf's
  * U bit alone decides; leaves are supervisor-only.  The top GiB (MMIO: local
  * APIC at FEE0_0000h, I/O APIC) is mapped uncacheable (PCD | PWT).
+ *
+ * In an SEV guest RAM is private: every entry below 3 GiB carries the C-bit
+ * (APM vol 2, 15.34.5), MMIO does not.  The 2 MiB region holding the shared
+ * section (the GHCB pages) is mapped with 4 KiB pages so that only those
+ * pages are shared.
  */
 build_page_tables:
+    mov sev_cbit_hi, %edx
     mov $pdpt, %eax
     or $(PG_P | PG_W | PG_U), %eax
     mov %eax, pml4
+    mov %edx, pml4+4
     xor %ecx, %ecx
 1:  mov %ecx, %eax
     shl $12, %eax
     add $pd, %eax
     or $(PG_P | PG_W | PG_U), %eax
     mov %eax, pdpt(,%ecx,8)
+    mov %edx, pdpt+4(,%ecx,8)
     inc %ecx
     cmp $4, %ecx
     jb 1b
@@ -131,11 +268,42 @@ build_page_tables:
     cmp $1536, %ecx                  /* entry 1536 maps 3 GiB */
     jb 3f
     or $(PG_PCD | PG_PWT), %eax
-3:  mov %eax, pd(,%ecx,8)
+    movl $0, pd+4(,%ecx,8)
+    jmp 4f
+3:  mov %edx, pd+4(,%ecx,8)
+4:  mov %eax, pd(,%ecx,8)
     inc %ecx
     cmp $2048, %ecx
     jb 2b
-    ret
+    /* The shared section's 2 MiB region: a page table, C-bit except there
+     * (SEV only: elsewhere the 2 MiB mapping stays, as QEMU runs it). */
+    test %edx, %edx
+    jz 7f
+    mov $__shared_start, %ebx
+    shr $21, %ebx                    /* its PD index */
+    mov %ebx, %esi
+    shl $21, %esi                    /* the region's first address */
+    xor %ecx, %ecx
+5:  mov %ecx, %eax
+    shl $12, %eax
+    add %esi, %eax                   /* this page's address */
+    mov %edx, %edi
+    cmp $__shared_start, %eax
+    jb 6f
+    cmp $__shared_end, %eax
+    jae 6f
+    xor %edi, %edi                   /* shared: no C-bit */
+6:  or $(PG_P | PG_W), %eax
+    mov %eax, pt_shared(,%ecx,8)
+    mov %edi, pt_shared+4(,%ecx,8)
+    inc %ecx
+    cmp $512, %ecx
+    jb 5b
+    mov $pt_shared, %eax
+    or $(PG_P | PG_W | PG_U), %eax
+    mov %eax, pd(,%ebx,8)
+    mov %edx, pd+4(,%ebx,8)
+7:  ret
 
 /* An AP arrives here from the trampoline in 32-bit protected mode; it reuses
  * the BSP's page tables. */
@@ -143,6 +311,27 @@ build_page_tables:
 ap_entry32:
     LOAD_DATA_SEGMENTS
     ENTER_LONG_MODE ap_entry64
+
+/*
+ * An SEV-ES AP's first instruction (see sev_es_reset_block): far-jump
+ * through the AP jump table, where start_ap() put the real-mode entry of
+ * the trampoline ({IP, CS}, as Linux and OVMF lay it out).  Runs in real
+ * mode with CS base = IMAGE_BASE, so the table must lie in the image's
+ * first 64 KiB (kernel.ld checks it).
+ */
+    .code16
+    .globl sev_es_ap_reset
+sev_es_ap_reset:
+    cli
+    ljmpw *%cs:(sev_es_ap_jump_table - IMAGE_BASE)
+    .code32
+
+/* The AP jump table (GHCB NAE event 8000_0005h): a page of the image. */
+    .section .ap_jump_table, "aw"
+    .balign 4096
+    .globl sev_es_ap_jump_table
+sev_es_ap_jump_table:
+    .fill 4096, 1, 0
 
 /* ------------------------------------------------------------------ */
     .text
@@ -157,11 +346,30 @@ bsp_entry64:
     hlt
     jmp 4b
 
+/* Also where a parked SEV-ES AP starts over (sev_es_ap_park). */
+    .globl ap_entry64
 ap_entry64:
     LOAD_DATA_SEGMENTS
+    lidt rt_idt_desc(%rip)           /* CPUID may raise #VC (SEV-ES) ... */
+    testl $SEV_STATUS_ES, sev_status(%rip)
+    jz 1f
+    /* ... but no stack yet: ask for CPUID Fn0000_0001 EBX with the GHCB
+     * MSR protocol directly (sev_es_init_ap sets the GHCB MSR again). */
+    mov $MSR_GHCB, %ecx
+    mov $(1 << 30 | GHCB_MSR_CPUID_REQ), %eax
+    mov $1, %edx
+    wrmsr
+    rep; vmmcall
+    rdmsr
+    and $0xFFF, %eax
+    cmp $GHCB_MSR_CPUID_RESP, %eax
+    jne 5f
+    mov %edx, %ebx
+    jmp 2f
+1:
     mov $1, %eax                     /* CPUID Fn0000_0001 EBX[31:24]: initial */
     cpuid                            /* APIC ID of this processor */
-    shr $24, %ebx
+2:  shr $24, %ebx
     cmp $MAX_CPUS, %ebx              /* no stack for it: halt */
     jae 5f
     mov %ebx, %edi
@@ -227,6 +435,12 @@ gdt_desc:
     .word gdt_end - gdt - 1
     .quad gdt
 
+    .balign 8
+early_idt_desc:
+    .word 32 * 8 - 1
+    .long early_idt
+vc32_regs: .long 0, 0, 0, 0
+
     .globl mb_magic, mb_info
 mb_magic: .long 0
 mb_info: .long 0
@@ -238,5 +452,7 @@ mb_info: .long 0
 pml4: .skip 4096
 pdpt: .skip 4096
 pd: .skip 4 * 4096
+pt_shared: .skip 4096
+early_idt: .skip 32 * 8
 boot_stack: .skip 16384
 boot_stack_top:

@@ -3,6 +3,7 @@
  * IDT and trap dispatch, 4 KiB page mapping, local APIC, AP startup.
  */
 #include "rt.h"
+#include "sev.h"
 
 /* ================================================================ memory */
 
@@ -343,7 +344,8 @@ extern char isr_stubs[];
 extern uint64_t user_return_rsp;
 extern char user_return[];
 static struct idt_gate idt[256] __attribute__((aligned(16)));
-static struct { uint16_t limit; uint64_t base; } __attribute__((packed)) idt_desc;
+/* Global: boot64.S loads it on an AP before its first CPUID (a #VC under SEV-ES). */
+struct { uint16_t limit; uint64_t base; } __attribute__((packed)) rt_idt_desc;
 static trap_handler_t handlers[256];
 
 /* 64-bit interrupt gate (type Eh: clears IF on entry), APM vol 2, 4.8.4. */
@@ -451,13 +453,13 @@ static void idt_init(void)
     idt_set_gate(8, 0, 1);           /* #DF on IST1 */
     idt_set_gate(0x80, 3, 0);        /* reachable by `int 0x80` at CPL3 */
     set_handler(0x80, int80_handler);
-    idt_desc.limit = sizeof(idt) - 1;
-    idt_desc.base = (uint64_t)idt;
+    rt_idt_desc.limit = sizeof(idt) - 1;
+    rt_idt_desc.base = (uint64_t)idt;
 }
 
 static void idt_load(void)
 {
-    asm volatile("lidt %0" : : "m"(idt_desc));
+    asm volatile("lidt %0" : : "m"(rt_idt_desc));
 }
 
 /* ================================================================ paging */
@@ -597,6 +599,16 @@ bool start_ap(uint32_t apic_id)
     if (apic_id >= MAX_CPUS)
         return false;
     memcpy((void *)TRAMPOLINE_BASE, ap_tramp_start, ap_tramp_end - ap_tramp_start);
+    if (sev_es_active()) {
+        /* An SEV-ES AP starts from its measured VMSA, not at the SIPI
+         * vector: it jumps through the AP jump table, whose address the
+         * hypervisor keeps (GHCB NAE event 8000_0005h, "get"). */
+        volatile uint16_t *jt = (volatile uint16_t *)sev_es_get_ap_jump_table();
+        if (!jt)
+            return false;
+        jt[0] = 0;                           /* IP */
+        jt[1] = TRAMPOLINE_BASE >> 4;        /* CS */
+    }
     uint32_t before = ap_started;
     lapic_write(LAPIC_ESR, 0);
     lapic_send_ipi(apic_id, ICR_INIT | ICR_ASSERT | ICR_LEVEL);
@@ -646,13 +658,14 @@ void (*volatile ap_main)(int apic_id);
 void rt_bsp_main(uint32_t magic, uint32_t mbi)
 {
     boot_mbi = mbi;
+    idt_init();                      /* before any port I/O: under SEV-ES it is a #VC */
+    idt_load();
+    sev_es_init_bsp();
     serial_init();
     pic_disable();
-    idt_init();
     set_handler(PIC_VECTOR_BASE + 7, pic_spurious);
     set_handler(PIC_VECTOR_BASE + 15, pic_spurious);
     cpu_tables_init(this_apic_id() % MAX_CPUS);
-    idt_load();
     exit_qemu(kmain(magic, mbi));
 }
 
@@ -660,10 +673,12 @@ void rt_ap_main(uint32_t apic_id)
 {
     if (apic_id >= MAX_CPUS)
         return;                      /* boot64.S halts it */
+    sev_es_init_ap(apic_id);
     cpu_tables_init(apic_id);
-    idt_load();
     lapic_enable();
     atomic_xadd(&ap_started, 1);
     if (ap_main)
         ap_main(apic_id);
+    if (sev_es_active())
+        sev_es_ap_park();            /* an SEV-ES AP waits in AP reset hold, not in HLT */
 }

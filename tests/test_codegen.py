@@ -538,3 +538,36 @@ def test_code_page_byte_map():
     cp.remove("b")
     assert cp.written(0x20, 0x30) == [] and cp.written(0x1F, 0x20) == ["a"]
     assert cp.map[0x10:0x20] == b"\x01" * 0x10 and not any(cp.map[0x20:])
+
+
+@pytest.mark.parametrize("body", [
+    ["mov [rcx], sil", "add rcx, 1", "cmp rcx, rdx", "jne 1b"],
+    ["add rcx, 1", "mov [rcx-1], sil", "cmp rcx, rdx", "jne 1b"],
+    ["mov [rcx+8], rsi", "add rcx, 8", "cmp rdx, rcx", "ja 1b"],
+    ["mov [rcx], esi", "lea rcx, [rcx+4]", "cmp rcx, rdx", "jb 1b"],
+    ["mov [rcx], si", "add rcx, 2", "cmp rdx, rcx", "jne 1b"],
+    ["mov [rcx], sil", "inc rcx", "cmp rcx, rdx", "jb 1b"],
+])
+@pytest.mark.parametrize("start,length", [(0x10, 0x300), (0xF80, 0x1100), (0x7, 0x33), (0x100, 0x7)])
+def test_store_loops_match_interpreter(runners, body, start, length):
+    """memset-style loops run their iterations in bulk (Gen.bulk_store_loop):
+    byte for byte as the interpreter, across pages, with every budget."""
+    code = asm("\n".join(["1:"] + body + ["hlt"]))
+    size = 8 if "rsi" in body[0] else 4 if "esi" in body[0] else 2 if " si" in body[0] else 1
+    length -= length % size if "jne" in body[-1] else 0
+    regs = _regs(rcx=DATA_ADDR + start, rdx=DATA_ADDR + start + length, rsi=0x1122334455667788)
+    for budget in (3, 50, 4 * (length // size) + 1, 10 ** 5):
+        compare_hot(runners, code, regs, budget)
+    comp = runners("long64")[1]
+    blk = comp.m.engine.blocks.get((CODE_ADDR, comp.cpu.mode_key))
+    if length // size > 20:
+        assert "to_bytes" in blk.compiled.source         # the bulk path was compiled in
+
+
+def compare_hot(runners, code, regs, budget):
+    interp, comp = runners("long64")
+    a = interp.run(code, regs, bytes(DATA_LEN), 0x202, budget, False)
+    b = comp.run(code, regs, bytes(DATA_LEN), 0x202, budget, "hot")
+    for key in a:
+        assert a[key] == b[key], f"{budget}: {key} differs"
+    return a

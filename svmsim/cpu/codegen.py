@@ -81,6 +81,44 @@ def _carry_now(cpu):
     return carry(lf) if lf is not None else cpu.rflags & F_CF
 
 
+def _rd(cpu, p, lin, seg, off, size):
+    """A load compiled code did not do inline: unaligned within its page
+    (``p``: the page's RAM offset), or not in the read cache."""
+    x = lin & 0xFFF
+    if p is not None and x + size <= 0x1000:
+        return int.from_bytes(cpu.ram[p + x:p + x + size], "little")
+    return cpu.read(seg, off, size)
+
+
+def _wr(cpu, q, lin, seg, off, size, value):
+    """A store compiled code did not do inline: unaligned within its page,
+    to a page holding code (fast if it misses every translated byte), or the
+    slow path ``cpu.write`` (then True: MMIO, code, a fault check)."""
+    x = lin & 0xFFF
+    if x + size <= 0x1000:
+        if q is None:
+            c = cpu.fc.get(lin >> 12)
+            if c is not None and c[1].find(1, x, x + size) < 0:
+                q = c[0]
+        if q is not None:
+            cpu.ram[q + x:q + x + size] = value.to_bytes(size, "little")
+            return False
+    cpu.write(seg, off, size, value)
+    return True
+
+
+def _rmw(cpu, lin, size):
+    """The RAM offset both halves of a read-modify-write may use when the
+    write cache missed: a page holding code whose bytes here are not
+    translated code; else None (the slow path)."""
+    x = lin & 0xFFF
+    if x + size <= 0x1000:
+        c = cpu.fc.get(lin >> 12)
+        if c is not None and c[1].find(1, x, x + size) < 0:
+            return c[0] + x
+    return None
+
+
 class CodeChanged(Exception):
     """Raised inside a region function after an instruction whose write
     changed translated code; its own handler leaves the region there."""
@@ -88,7 +126,7 @@ class CodeChanged(Exception):
 
 def _base_ns():
     ns = {"_CpuException": CpuException, "PARITY": PARITY, "_carry": _carry_now, "_gp": gp,
-          "_CodeChanged": CodeChanged}
+          "_CodeChanged": CodeChanged, "_rd": _rd, "_wr": _wr, "_rmw": _rmw}
     for size, fmt in _FMT.items():
         s = struct.Struct(fmt)
         ns["U%d" % size] = s.unpack_from
@@ -326,8 +364,9 @@ class Gen:
     def mem_read(self, o, k, tag="v", into=None):
         """Emit a load of memory operand ``o``; returns the value's name.
         ``into`` names a local to load straight into (the load is the
-        instruction's last step that can fault).  Aligned loads index a
-        memoryview of RAM (``M2``/``M4``/``M8``), others unpack."""
+        instruction's last step that can fault).  Inline: the read cache and,
+        for an aligned access, a memoryview of RAM (``M2``/``M4``/``M8``);
+        anything else in ``_rd``."""
         self.uses_mem = True
         v = into or f"{tag}{k}"
         if not self.long64:
@@ -341,41 +380,23 @@ class Gen:
                 self.emit(f"{v} = cpu.read({o.seg}, {c:#x}, {s})")
                 return v
             self.emit(f"p{k} = frg({c >> 12:#x})")
-            self.emit(f"if p{k} is None:")
-            self.emit(f"{v} = cpu.read({o.seg}, {c:#x}, {s})", 1)
-            self.emit("else:")
-            self.emit(f"{v} = {self._load(s, f'p{k} + {x:#x}', x % s == 0)}", 1)
+            self.emit(f"{v} = {self._load(s, f'p{k} + {x:#x}', x % s == 0)} if p{k} is not None "
+                      f"else cpu.read({o.seg}, {c:#x}, {s})")
             return v
         off, lin = self._lin(o, k)
         self.emit(f"p{k} = frg({lin} >> 12)")
         if s == 1:
-            self.emit(f"if p{k} is None:")
-            self.emit(f"{v} = cpu.read({o.seg}, {off}, {s})", 1)
-            self.emit("else:")
-            self.emit(f"{v} = ram[p{k} + ({lin} & 0xFFF)]", 1)
+            self.emit(f"{v} = ram[p{k} + ({lin} & 0xFFF)] if p{k} is not None else cpu.read({o.seg}, {off}, 1)")
             return v
         if _LITTLE:
             self.views.add(s)
             self.emit(f"if p{k} is not None and not {lin} & {s - 1}:")
             self.emit(f"{v} = M{s}[(p{k} + ({lin} & 0xFFF)) >> {_SHIFT[s]}]", 1)
-            self.emit(f"elif p{k} is not None and ({lin} & 0xFFF) <= {0x1000 - s:#x}:")
+            self.emit("else:")
+            self.emit(f"{v} = _rd(cpu, p{k}, {lin}, {o.seg}, {off}, {s})", 1)
         else:
-            self.emit(f"if p{k} is not None and ({lin} & 0xFFF) <= {0x1000 - s:#x}:")
-        self.emit(f"{v} = U{s}(ram, p{k} + ({lin} & 0xFFF))[0]", 1)
-        self.emit("else:")
-        self.emit(f"{v} = cpu.read({o.seg}, {off}, {s})", 1)
+            self.emit(f"{v} = _rd(cpu, p{k}, {lin}, {o.seg}, {off}, {s})")
         return v
-
-    def write_page(self, page, x, k, s):
-        """Emit q<k> = the RAM offset of the page a write may use directly, or
-        None: the write cache, else a page holding code whose bytes written
-        are not translated code (codepages.py).  ``page``/``x``: sources of
-        the linear page number and the offset in the page."""
-        self.emit(f"q{k} = fwg({page})")
-        self.emit(f"if q{k} is None:")
-        self.emit(f"cp{k} = fcg({page})", 1)
-        self.emit(f"if cp{k} is not None and cp{k}[1].find(1, {x}, {x} + {s}) < 0:", 1)
-        self.emit(f"q{k} = cp{k}[0]", 2)
 
     def _slow_write(self, o, off, v, ind):
         self.emit(f"cpu.write({o.seg}, {off}, {o.size}, {v})", ind)
@@ -383,7 +404,10 @@ class Gen:
         self.slow_write = True
 
     def mem_write(self, o, k, v):
-        """Emit a store of the (masked) value ``v``."""
+        """Emit a store of the (masked) value ``v``: inline through the write
+        cache (an aligned access to a memoryview), anything else in ``_wr``,
+        which returns True when it took the slow path (MMIO, translated code,
+        a fault check)."""
         self.uses_mem = True
         if not self.long64:
             self._slow_write(o, o.ea, v, 0)
@@ -395,26 +419,32 @@ class Gen:
             if x > 0x1000 - s:
                 self._slow_write(o, f"{c:#x}", v, 0)
                 return
-            self.write_page(f"{c >> 12:#x}", f"{x:#x}", k, s)
-            self.emit(f"if q{k} is None:")
-            self._slow_write(o, f"{c:#x}", v, 1)
-            self.emit("else:")
+            self.emit(f"q{k} = fwg({c >> 12:#x})")
+            self.emit(f"if q{k} is not None:")
             self._store(s, f"q{k} + {x:#x}", v, x % s == 0, 1)
-            return
-        off, lin = self._lin(o, k)
-        self.write_page(f"{lin} >> 12", f"({lin} & 0xFFF)", k, s)
-        if s == 1:
-            self.emit(f"if q{k} is None:")
+            lin, off = f"{c:#x}", f"{c:#x}"
         else:
-            self.emit(f"if q{k} is None or ({lin} & 0xFFF) > {0x1000 - s:#x}:")
-        self._slow_write(o, off, v, 1)
-        self.emit("else:")
-        self._store(s, f"q{k} + ({lin} & 0xFFF)", v, None, 1)
+            off, lin = self._lin(o, k)
+            self.emit(f"q{k} = fwg({lin} >> 12)")
+            if s == 1:
+                self.emit(f"if q{k} is not None:")
+                self.emit(f"ram[q{k} + ({lin} & 0xFFF)] = {v}", 1)
+            elif not _LITTLE:
+                self.emit(f"if q{k} is not None and ({lin} & 0xFFF) <= {0x1000 - s:#x}:")
+                self._store(s, f"q{k} + ({lin} & 0xFFF)", v, False, 1)
+            else:
+                self.views.add(s)
+                self.emit(f"if q{k} is not None and not {lin} & {s - 1}:")
+                self.emit(f"M{s}[(q{k} + ({lin} & 0xFFF)) >> {_SHIFT[s]}] = {v}", 1)
+        self.emit(f"elif _wr(cpu, q{k}, {lin}, {o.seg}, {off}, {s}, {v}):")
+        self.emit("lim = -1", 1)              # MMIO or code: leave the region at the next transition
+        self.slow_write = True
 
     def rmw_read(self, o, k):
         """Read half of a read-modify-write memory operand; returns the value name.
         One write-cache lookup serves both halves: x86 has no write-only pages,
-        and it only holds pages a write (hence a read) may touch without a fault."""
+        and it only holds pages a write (hence a read) may touch without a fault.
+        q<k> is the RAM offset both halves use, or None (the slow path)."""
         self.uses_mem = True
         if not self.long64:
             self.emit(f"a{k} = cpu.read({o.seg}, {o.ea}, {o.size})")
@@ -428,20 +458,20 @@ class Gen:
                 self.emit(f"q{k} = None")
                 self.emit(f"a{k} = cpu.read({o.seg}, {c:#x}, {s})")
                 return f"a{k}"
-            self.write_page(f"{c >> 12:#x}", f"{x:#x}", k, s)
-            self.emit(f"if q{k} is not None:")
-            self.emit(f"q{k} += {x:#x}", 1)
+            lin, off, page, cond = f"{c:#x}", f"{c:#x}", f"{c >> 12:#x}", f"q{k} is not None"
+            add = f"{x:#x}"
         else:
             off, lin = self._lin(o, k)
             self._rmw = (off, None)
-            self.write_page(f"{lin} >> 12", f"({lin} & 0xFFF)", k, s)
-            cross = "" if s == 1 else f" and ({lin} & 0xFFF) <= {0x1000 - s:#x}"
-            self.emit(f"if q{k} is not None{cross}:")
-            self.emit(f"q{k} += {lin} & 0xFFF", 1)
-        self.emit(f"a{k} = {self._load(s, f'q{k}', self._rmw[1])}", 1)
+            page, add = f"{lin} >> 12", f"({lin} & 0xFFF)"
+            cond = f"q{k} is not None" + ("" if s == 1 else f" and ({lin} & 0xFFF) <= {0x1000 - s:#x}")
+        self.emit(f"q{k} = fwg({page})")
+        self.emit(f"if {cond}:")
+        self.emit(f"q{k} += {add}", 1)
         self.emit("else:")
-        self.emit(f"q{k} = None", 1)
-        self.emit(f"a{k} = cpu.read({o.seg}, {self._rmw[0]}, {s})", 1)
+        self.emit(f"q{k} = _rmw(cpu, {lin}, {s})", 1)        # a code page, or the slow path
+        self.emit(f"a{k} = {self._load(s, f'q{k}', self._rmw[1])} if q{k} is not None "
+                  f"else cpu.read({o.seg}, {off}, {s})")
         return f"a{k}"
 
     def rmw_write(self, o, k, v):
@@ -578,19 +608,21 @@ class Gen:
 
     # ------------------------------------------------------------ leaving and moving on
     def exit(self, rip, count, ind=0):
-        """Leave the region: write back, set RIP, return the retired count."""
-        self.emit("@FLUSH@", ind)
+        """Leave the region at ``rip`` (a constant or a source) with ``count``
+        more instructions retired: flags here, registers and RIP in the
+        function's epilogue (after its loop)."""
         self.store_flags(ind)
-        if rip is not None:
-            self.emit(f"cpu.rip = {rip:#x}", ind)
-        self.emit(f"return {count}", ind)
+        if count:
+            self.emit(f"n += {count}", ind)
+        self.emit(f"nip = {rip:#x}" if isinstance(rip, int) else f"nip = {rip}", ind)
+        self.emit("break", ind)
 
     def goto(self, target, ind=0, final=False):
         """Continue at ``target`` after the current block: inside the region
         if it is a member, else leave.  ``final``: the block's last statement."""
         b = self.index.get(target)
         if b is None:
-            self.exit(target, f"n + {self.n}", ind)
+            self.exit(target, self.n, ind)
             return
         if b <= self.cur:
             self.loops = True
@@ -607,10 +639,7 @@ class Gen:
         self.emit(f"if b{self.k} is not None:")
         self.emit(f"n += {self.n}", 1)
         self.emit("if n > lim or cpu.pending or machine.stopping:", 1)
-        self.emit("@FLUSH@", 2)
-        self.store_flags(2)
-        self.emit(f"cpu.rip = {t}", 2)
-        self.emit("return n", 2)
+        self.exit(t, 0, 2)
         self.store_flags(1)
         self.emit("@LPRESET@", 1)
         self.emit(f"pc = b{self.k}", 1)
@@ -634,13 +663,20 @@ class Gen:
             self._ended = False
             self.emit("@BLOCK%d@" % b)
             self.gen_block(blk)
-            self.live_in.append(self.entry_flags_read or not self.seen_writer)
+            # Blocks that read the flags they are entered with get them in
+            # cpu.lf; the others (most) in lp, for a fault or exit to store.
+            self.live_in.append(self.entry_flags_read)
         self.k = -1
         return self.assemble()
 
     def gen_block(self, blk):
         last = blk.n - 1
         self.blocks_insns = blk.insns
+        if self.long64 and blk.insns[-1].target == blk.insns[0].ip:
+            loop = _store_loop(blk)
+            if loop is not None:
+                self.k = len(self.pos)
+                self.bulk_store_loop(*loop)
         for p, ins in enumerate(blk.insns):
             self.k = len(self.pos)
             k = self.k
@@ -676,6 +712,33 @@ class Gen:
         self.goto(blk.end_ip, final=True)
 
     _ended = False
+
+    def bulk_store_loop(self, ptr, end, val, size, first_off, cmp_end_first):
+        """A memset-style loop (store a register at [ptr], advance ptr by the
+        store size, loop while ptr != end or ptr < end; see _store_loop): all
+        but its last iteration within the store's page and the budget are
+        done as one slice assignment in a writable RAM page (the fast write
+        cache: not code, not MMIO), counted as the instructions they are.
+        The last iteration runs as compiled below and sets flags and RIP."""
+        j = self.k
+        for r in (ptr, end, val):
+            self.used.add(r)
+        self.dirty.add(ptr)
+        self.ever_dirty.add(ptr)
+        m = MASK[size]
+        self.emit(f"sd{j} = g{end} - g{ptr}")
+        exact = "" if cmp_end_first is None else f" and not sd{j} % {size}"
+        self.emit(f"if sd{j} > {size}{exact}:")
+        self.emit(f"sa{j} = g{ptr} + {first_off}", 1)
+        self.emit(f"sx{j} = sa{j} & 0xFFF", 1)
+        self.emit(f"sc{j} = min((sd{j} - 1) // {size}, (0x1000 - sx{j}) // {size}, (lim - n) >> 2)", 1)
+        self.emit(f"sq{j} = fwg(sa{j} >> 12)", 1)
+        self.emit(f"if sc{j} > 0 and sq{j} is not None:", 1)
+        self.emit(f"sq{j} += sx{j}", 2)
+        self.emit(f"ram[sq{j}:sq{j} + sc{j} * {size}] = (g{val} & {m:#x}).to_bytes({size}, 'little') * sc{j}", 2)
+        self.emit(f"g{ptr} = (g{ptr} + sc{j} * {size}) & {MASK64:#x}", 2)
+        self.emit(f"n += {self.n} * sc{j}", 2)
+        self.uses_mem = True
 
     def generic(self, ins, k, is_last):
         """Call the handler (flags and registers are synchronised around it)."""
@@ -724,16 +787,20 @@ class Gen:
         out = [f"n += {self.members[a].n}"]
         test = "n > lim or cpu.pending or machine.stopping" if b <= a else "n > lim"
         out.append(f"if {test}:")
-        out += ["    " + s for s in self._flush_lines()]
+        in_lp = prod is None and not seen and not self.live_in[a]   # flags still as lp says
         if prod is not None:
             out.append(f"    cpu.lf = {prod.tuple_src()}")
-        out.append(f"    cpu.rip = {self.members[b].insns[0].ip:#x}")
-        out.append("    return n")
+        elif in_lp:
+            out += ["    " + c for c in self._lp_chain()]
+        out.append(f"    nip = {self.members[b].insns[0].ip:#x}")
+        out.append("    break")
         if prod is not None and self.live_in[b]:
             out.append(f"cpu.lf = {prod.tuple_src()}")
         elif prod is not None:
             out.append(f"lp = {self._prod_id(prod)}")
-        elif not self.live_in[b]:
+        elif in_lp and self.live_in[b]:
+            out += self._lp_chain()                # the target reads cpu.lf
+        elif not in_lp and not self.live_in[b]:
             out.append("lp = -1")                  # cpu.lf is current
         if len(self.members) > 1:
             out.append(f"pc = {b}")
@@ -751,7 +818,7 @@ class Gen:
         pre = ["def _blk(cpu, budget):", "    regs = cpu.regs"]
         reload = []
         if self.uses_mem and self.long64:
-            reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get", "fcg = cpu.fc.get"]
+            reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get"]
             pre.append("    ram = cpu.ram")
             pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
         if self.uses_eb:
@@ -802,6 +869,9 @@ class Gen:
             for t in texts:
                 out.append(pad + t)
                 line_of.append(k)
+        epilogue = self._flush_lines() + ["cpu.rip = nip", "return n"]
+        out += ["        " + e for e in epilogue]
+        line_of += [-1] * len(epilogue)
         out.append("    except _CpuException as e:")
         line_of.append(-1)
         handler = self.except_src()
@@ -1126,10 +1196,7 @@ def _exit_dynamic(g, t):
     to a call site in it, say) continues there, anything else leaves."""
     if len(g.members) > 1:
         g.goto_dynamic(t)
-    g.emit("@FLUSH@")
-    g.store_flags()
-    g.emit(f"cpu.rip = {t}")
-    g.emit(f"return n + {g.n}")
+    g.exit(t, g.n)
     g._ended = True
 
 
@@ -1226,6 +1293,87 @@ def _flags_effect(ins):
 _FLAG_WRITERS = {arith.add, arith.sub, arith.cmp, arith.and_, arith.or_, arith.xor, arith.test, arith.neg}
 _FLAG_NEUTRAL = {data.mov, data.movzx, data.movsx, data.lea, data.nop, arith.not_}
 _SHIFTS = set() if _shift is None else {_shift.shl, _shift.shr, _shift.sar}
+
+
+def _store_loop(blk):
+    """(ptr, end, value, size, first store's offset from ptr, cmp order) if
+    ``blk`` is a memset-style self-loop of 64-bit registers: a store
+    ``mov [ptr+d], value`` and ``add ptr, size`` (or ``inc``/``lea``) in
+    either order, ``cmp ptr, end`` + ``jne``/``jb`` or ``cmp end, ptr`` +
+    ``jne``/``ja``; else None.  The cmp order is None for ``jb``/``ja``
+    (loop while below), True/False for ``jne`` (an exact count is needed)."""
+    if blk.n != 4:
+        return None
+    cmp_, jcc = blk.insns[2], blk.insns[3]
+    if jcc.fn is not control.jcc or cmp_.fn is not arith.cmp:
+        return None
+    c = _regs_of(cmp_)
+    if c is None or c[0][1] != 8 or c[1][1] != 8:
+        return None
+    store = step = None
+    off = 0
+    for ins in blk.insns[:2]:
+        i = ins.iced
+        if ins.fn is data.mov and i.op0_kind == OpKind.MEMORY and i.op1_kind == OpKind.REGISTER:
+            store = ins
+        elif step is None:
+            step = ins
+            if store is None:
+                off = None                       # the pointer advances before the store
+    if store is None or step is None:
+        return None
+    i = store.iced
+    g = GPR.get(i.op1_register)
+    base = GPR.get(i.memory_base)
+    if g is None or g[2] or base is None or base[1] != 8 or i.memory_index != R.NONE \
+            or store.seg in (FS, GS) or store.asize != 8:
+        return None
+    ptr, val, size = base[0], g[0], g[1]
+    if val == ptr or store.mem_size != size:
+        return None
+    if _advance(step, ptr) != size:
+        return None
+    disp = i.memory_displacement
+    disp = disp - (1 << 64) if disp >> 63 else disp
+    first = disp + (size if off is None else 0)
+    cc = jcc.cc - 1
+    (r0, _), (r1, _) = c
+    if r0 == ptr and r1 != ptr and cc in (2, 5):           # cmp ptr, end: jb / jne
+        end, order = r1, (None if cc == 2 else False)
+    elif r1 == ptr and r0 != ptr and cc in (7, 5):         # cmp end, ptr: ja / jne
+        end, order = r0, (None if cc == 7 else True)
+    else:
+        return None
+    return ptr, end, val, size, first, order
+
+
+def _regs_of(ins):
+    """((index, size), (index, size)) of a two-register instruction, or None."""
+    i = ins.iced
+    if i.op_count != 2 or i.op0_kind != OpKind.REGISTER or i.op1_kind != OpKind.REGISTER:
+        return None
+    a, b = GPR.get(i.op0_register), GPR.get(i.op1_register)
+    if a is None or b is None or a[2] or b[2]:
+        return None
+    return (a[0], a[1]), (b[0], b[1])
+
+
+def _advance(ins, reg):
+    """The constant a 64-bit register ``reg`` grows by in ``ins`` (add imm,
+    inc, lea [reg+imm]), or None."""
+    i = ins.iced
+    if i.op_count < 1 or i.op0_kind != OpKind.REGISTER or GPR.get(i.op0_register) != (reg, 8, False):
+        return None
+    if ins.fn is arith.inc and i.op_count == 1:
+        return 1
+    if ins.fn is arith.add and i.op1_kind in _IMM_KINDS:
+        v = ins.imm & MASK64
+        return v if v < 16 else None
+    if ins.fn is data.lea and i.memory_base != R.NONE and GPR.get(i.memory_base) == (reg, 8, False) \
+            and i.memory_index == R.NONE:
+        v = i.memory_displacement & MASK64
+        return v if v < 16 else None
+    return None
 
 
 # -- shifts (ops/shift.py; lazy flags as OP_SHIFT tuples) ------------------

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234")
     r.add_argument("-S", dest="gdb_wait", action="store_true",
                    help="with --gdb or -s: wait for gdb before the first instruction")
+    r.add_argument("--profile", metavar="FILE", default=None,
+                   help="profile svmsim itself with cProfile and write the statistics to FILE "
+                        "(read with python3 -m pstats FILE; see docs/PERFORMANCE.md)")
     r.add_argument("--quiet", "-q", action="store_true", help="no run report on stderr")
     r.add_argument("--report", action="store_true", help="print the full run report on stderr")
     la = sub.add_parser("launch", parents=[common], help="launch a firmware image (OVMF) as an SEV, SEV-ES or "
@@ -209,7 +212,10 @@ def cmd_run(args) -> int:
         tracer = Tracer(m, sys.stderr if args.trace else None, args.trace or "all",
                         trace_out, args.trace_file_filter, args.trace_format)
         m.listeners.append(tracer)
-    result = _run_with_gdb(m, gdb, args.gdb_wait) if gdb else m.run()
+    if args.profile:
+        _open(args.profile, "wb", "--profile").close()      # a bad path fails before the run
+    run = (lambda: _run_with_gdb(m, gdb, args.gdb_wait)) if gdb else m.run
+    result = _profiled(run, args.profile) if args.profile else run()
     out.flush()
     if status is not None:
         status.clear()
@@ -226,6 +232,18 @@ def cmd_run(args) -> int:
     if args.exit_coverage:
         print(tracer.coverage.report(), file=sys.stderr)
     return result.status
+
+
+def _profiled(run, path):
+    """Run under cProfile and write its statistics to ``path``.  Compiled
+    guest code shows as blk_<guest address> functions of "<svmsim block>"."""
+    import cProfile
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(run)
+    finally:
+        prof.dump_stats(path)
+        print(f"svmsim: profile written to {path} (python3 -m pstats {path})", file=sys.stderr)
 
 
 def _run_with_gdb(m, address, wait):

@@ -180,3 +180,18 @@ def test_cli_hlt_ends_the_run_even_while_timers_tick():
     r = m.run(max_insns=10_000, timeout=30)
     assert r.status == STATUS_HALTED and "interrupts disabled" in r.reason
     assert r.wall_time < 5
+
+
+def test_profile_option_writes_cprofile_statistics(tmp_path):
+    """--profile FILE (issue 14, item 6): cProfile statistics of svmsim itself,
+    compiled guest code named by its guest address; a bad path is a one-line error."""
+    import pstats
+    prof = tmp_path / "run.prof"
+    p = svmsim_cli("run", str(build_guest("workload")), "--append", "pt=1 mib=64", "-q",
+                   "--profile", str(prof))
+    assert p.returncode == STATUS_PASS and b"pt: mib=64" in p.stdout
+    assert f"profile written to {prof}".encode() in p.stderr
+    names = {fn for (_, _, fn) in pstats.Stats(str(prof)).stats}
+    assert "run" in names and any(n.startswith("blk_") for n in names)
+    p = svmsim_cli("run", str(build_guest("hello")), "--profile", str(tmp_path / "no" / "x.prof"))
+    assert p.returncode == 2 and len(p.stderr.decode().strip().splitlines()) == 1

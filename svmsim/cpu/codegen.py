@@ -815,7 +815,9 @@ class Gen:
         """Build the function source; returns (source, line map)."""
         regs = sorted(self.used)
         multi = len(self.members) > 1
-        pre = ["def _blk(cpu, budget):", "    regs = cpu.regs"]
+        # Named after the guest address, so a profile (svmsim run --profile)
+        # shows which guest code the time went to.
+        pre = [f"def blk_{self.start:x}(cpu, budget):", "    regs = cpu.regs"]
         reload = []
         if self.uses_mem and self.long64:
             reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get"]
@@ -1564,7 +1566,7 @@ def compile_now(blk, cpu, members=None):
     env["LK"] = line_of
     env["SMC"] = cpu.machine.engine.smc
     exec(code, env)
-    fn = env["_blk"]
+    fn = env[f"blk_{blk.insns[0].ip:x}"]
     fn.source = src
     fn.members = tuple(members)
     return fn

@@ -24,6 +24,8 @@ import os
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 BLOCK = 16
+PAGE = 0x1000
+CACHED_PAGES = 1024      # pages of decrypted lines kept (about 12 MiB of host memory)
 
 
 class KeySlotError(Exception):
@@ -49,12 +51,18 @@ class EncryptionEngine:
         self._note = note or (lambda text: None)
         self._vmsa_secret = os.urandom(32)
         self._vmsa_tags: dict = {}
+        # Decrypted lines, a host-side acceleration (not the architectural
+        # cache): (slot, page) -> _Page, validated against DRAM at every use.
+        self._pages: dict = {}
+        self._ecb_ctx: dict = {}         # slot -> (encryptor, decryptor) of its key
 
     def flush(self) -> None:
         """WBINVD (or a DF_FLUSH of the AMD-SP): no line of any key is cached."""
         self._page_key.clear()
 
     def _track(self, spa, n, asid):
+        if self._page_key.get(spa >> 12) == asid and (spa + n - 1) >> 12 == spa >> 12:
+            return
         for page in range(spa >> 12, (spa + n - 1 >> 12) + 1):
             old = self._page_key.get(page)
             if old is not None and old != asid:
@@ -69,12 +77,19 @@ class EncryptionEngine:
         if len(key) != 16:
             raise KeySlotError("memory-encryption keys are AES-128")
         self._slots[asid] = bytes(key)
-        self._ciphers.pop(asid, None)
+        self._forget(asid)
 
     def unload_key(self, asid: int) -> None:
         self._slots.pop(asid, None)
-        self._ciphers.pop(asid, None)
         self._empty.pop(asid, None)
+        self._forget(asid)
+
+    def _forget(self, asid):
+        """A slot's key changed: its cipher objects and decrypted lines go."""
+        self._ciphers.pop(asid, None)
+        self._ecb_ctx.pop(asid, None)
+        for k in [k for k in self._pages if k[0] == asid]:
+            del self._pages[k]
 
     def key_loaded(self, asid: int) -> bool:
         return asid in self._slots
@@ -134,35 +149,102 @@ class EncryptionEngine:
     def peek(self, ram_read, spa: int, n: int, asid: int) -> bytes:
         """What ``read`` returns, without recording the key's use of the page (a
         debugger looking is not a cache fill)."""
-        first = spa & ~(BLOCK - 1)
-        last = (spa + n + BLOCK - 1) & ~(BLOCK - 1)
-        raw = ram_read(first, last - first)
-        c = self._cipher(asid)
-        plain = _xex(c, first, raw, False)
-        return plain[spa - first:spa - first + n]
+        out = b""
+        while n:
+            k = min(n, PAGE - (spa & (PAGE - 1)))
+            e, o = self._lines(ram_read, spa, k, asid)
+            x = spa & (PAGE - 1)
+            out += e.plain[x:x + k]
+            spa, n = spa + k, n - k
+        return bytes(out)
 
     def write(self, ram_read, ram_write, spa: int, data: bytes, asid: int) -> None:
-        """Read-modify-write of whole blocks through slot ``asid``."""
+        """Read-modify-write of whole blocks through slot ``asid``: DRAM gets
+        the new ciphertext at once (write-through)."""
         self._track(spa, len(data), asid)
-        first = spa & ~(BLOCK - 1)
-        last = (spa + len(data) + BLOCK - 1) & ~(BLOCK - 1)
+        pos = 0
+        while pos < len(data):
+            k = min(len(data) - pos, PAGE - (spa & (PAGE - 1)))
+            e, o = self._lines(ram_read, spa, k, asid)
+            x = spa & (PAGE - 1)
+            e.plain[x:x + k] = data[pos:pos + k]
+            end = (x + k + BLOCK - 1) & ~(BLOCK - 1)
+            ct = self._transform(asid, e, o, end, True)
+            e.cipher[o:end] = ct
+            ram_write((spa & ~(PAGE - 1)) + o, ct)
+            spa, pos = spa + k, pos + k
+
+    # -- decrypted lines ---------------------------------------------------------
+    # The engine keeps a page's plaintext next to the ciphertext it came from
+    # and checks, at every access, that DRAM still holds that ciphertext: a
+    # write by anything (the CPU with or without a key, a device's DMA, the
+    # AMD-SP, a debugger) changes DRAM, so the stale lines are decrypted again.
+    # Equal ciphertext at the same address under the same key is equal
+    # plaintext, so the check is exact.  DRAM always holds ciphertext.
+    def _lines(self, ram_read, spa, n, asid):
+        """(page entry, offset of the first block) with the blocks holding
+        [spa, spa + n) - within one page - current."""
+        page = spa >> 12
+        e = self._pages.get((asid, page))
+        if e is None:
+            e = self._fill(page, asid)
+        o = spa & (PAGE - BLOCK)
+        end = (spa + n - (page << 12) + BLOCK - 1) & ~(BLOCK - 1)
+        raw = ram_read((page << 12) + o, end - o)
+        if e.cipher[o:end] != raw:
+            e.cipher[o:end] = raw
+            e.plain[o:end] = self._transform(asid, e, o, end, False)
+        return e, o
+
+    def _fill(self, page, asid):
+        if len(self._pages) >= CACHED_PAGES:
+            del self._pages[next(iter(self._pages))]          # the oldest page
+        # The new entry stands for a page of zero ciphertext, decrypted: DRAM is
+        # read only where an access needs it (no side effects on other bytes).
         c = self._cipher(asid)
-        plain = bytearray(_xex(c, first, ram_read(first, last - first), False))
-        plain[spa - first:spa - first + len(data)] = data
-        ram_write(first, _xex(c, first, bytes(plain), True))
+        tweak = _tweaks(c, page << 12, PAGE)
+        e = _Page(bytearray(PAGE), bytearray(_xor_ends(c.decryptor(), bytes(PAGE), tweak)), tweak)
+        self._pages[(asid, page)] = e
+        return e
+
+    def _transform(self, asid, e, lo, hi, encrypt):
+        """Encrypt e.plain[lo:hi] or decrypt e.cipher[lo:hi] (XEX with the page's tweaks)."""
+        ctx = self._ecb_ctx.get(asid)
+        if ctx is None:
+            c = self._cipher(asid)
+            ctx = self._ecb_ctx[asid] = (c.encryptor(), c.decryptor())
+        src = e.plain if encrypt else e.cipher
+        return _xor_ends(ctx[0] if encrypt else ctx[1], bytes(src[lo:hi]), e.tweak[lo:hi])
+
+
+class _Page:
+    """One page's ciphertext as last seen in DRAM, its plaintext, its tweaks."""
+    __slots__ = ("cipher", "plain", "tweak")
+
+    def __init__(self, cipher, plain, tweak):
+        self.cipher, self.plain, self.tweak = cipher, plain, tweak
+
+
+def _xor_ends(ctx, data, tweak):
+    """ctx(data ^ tweak) ^ tweak over whole buffers (ECB works block by block)."""
+    t = int.from_bytes(tweak, "little")
+    n = len(data)
+    y = ctx.update((int.from_bytes(data, "little") ^ t).to_bytes(n, "little"))
+    return (int.from_bytes(y, "little") ^ t).to_bytes(n, "little")
 
 
 def _ecb(key: bytes):
     return Cipher(algorithms.AES(key), modes.ECB())
 
 
+def _tweaks(cipher, spa: int, n: int) -> bytes:
+    """T_i = E_K(BE128(block number)) for the consecutive blocks from ``spa``:
+    AES-CTR's keystream."""
+    return Cipher(cipher.algorithm, modes.CTR((spa >> 4).to_bytes(16, "big"))).encryptor().update(bytes(n))
+
+
 def _xex(cipher, spa: int, data: bytes, encrypt: bool) -> bytes:
     if spa % BLOCK or len(data) % BLOCK:
         raise ValueError("the engine works on 16-byte blocks at 16-byte aligned addresses")
-    # T_i = E_K(BE128(block number)) for consecutive blocks: AES-CTR's keystream.
-    tweaks = Cipher(cipher.algorithm, modes.CTR((spa >> 4).to_bytes(16, "big"))).encryptor() \
-        .update(bytes(len(data)))
-    t = int.from_bytes(tweaks, "little")          # XOR whole buffers as integers
-    x = (int.from_bytes(data, "little") ^ t).to_bytes(len(data), "little")
-    y = (cipher.encryptor() if encrypt else cipher.decryptor()).update(x)
-    return (int.from_bytes(y, "little") ^ t).to_bytes(len(data), "little")
+    ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+    return _xor_ends(ctx, data, _tweaks(cipher, spa, len(data)))

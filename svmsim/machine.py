@@ -267,8 +267,9 @@ class Machine(DebugApi):
                                 amd_ht_hole=self.profile.vendor == "AuthenticAMD")
         from .boot.entry import apply_entry_state
         apply_entry_state(self.cpus[0], info)
-        from .boot import mptable
+        from .boot import mptable, firmware
         mptable.install(self)               # SeaBIOS's MP and $PIR tables, PIRQ routes
+        firmware.smm_setup(self)            # SeaBIOS's SMBASE and SMRAM
         self.io.write(0xA1, 1, 0xFF)        # the setup code's mask_all_interrupts():
         self.io.write(0x21, 1, 0xFB)        # every IRQ but the cascade masked
         for w in info.warnings:
@@ -573,8 +574,8 @@ class Machine(DebugApi):
     def _only_nmi_can_wake(self) -> bool:
         """Every CPU is halted with RFLAGS.IF = 0 (or waits for a SIPI nobody can
         send): timers may still tick, but no maskable interrupt can end the halt."""
-        return all(c.wait_for_sipi or (c.halted and not self._can_take_intr(c) and not c.nmi_pending)
-                   for c in self.cpus)
+        return all(c.wait_for_sipi or (c.halted and not self._can_take_intr(c) and not c.nmi_pending
+                                       and not c.smi_pending) for c in self.cpus)
 
     @staticmethod
     def _can_take_intr(cpu) -> bool:

@@ -16,6 +16,10 @@ IRQ 0 at vector 08h).  Each value below was read back on QEMU 7.2 (TCG,
   640 KiB, UC for A0000h-BFFFFh, WP for C0000h-FFFFFh; variable range 0 UC
   from the 32-bit PCI window (80000000h, or C0000000h with more than 2 GiB
   below 4 GiB) to 4 GiB; MTRRdefType enabled, WB.
+* SMM (src/fw/smm.c smm_setup): the BSP's SMBASE relocated to A_0000h with
+  SeaBIOS's SMI handler at A_8000h (svmsim's stand-in: an RSM), SMRAM
+  enabled at A_0000h in the i440FX (72h = 0Ah: G_SMRAME, closed); the
+  PIIX4 PM function's APMC_EN (5Bh bit 1) set, so port B2h raises an SMI.
 """
 MTRR_UC, MTRR_WP, MTRR_WB = 0, 5, 6
 MTRR_DEF_TYPE, MTRR_FIX64K, MTRR_FIX16K_80000, MTRR_FIX16K_A0000 = 0x2FF, 0x250, 0x258, 0x259
@@ -30,7 +34,20 @@ def apply(machine) -> None:
     _pit(machine)
     for cpu in machine.cpus:
         mtrrs(cpu, machine.bus.low_top)
+    smm_setup(machine)
 
+
+SMBASE_SEABIOS, SMRAM_SEABIOS = 0xA0000, 0x0A
+RSM = b"\x0f\xaa"
+
+
+def smm_setup(machine) -> None:
+    """SeaBIOS's SMM state (also left for a Linux boot: SeaBIOS ran there too)."""
+    from ..cpu.smm import SMM_BASE
+    machine.cpus[0].msr[SMM_BASE] = SMBASE_SEABIOS
+    off = machine.bus.dram_offset(SMBASE_SEABIOS + 0x8000)
+    machine.bus.ram.buf[off:off + len(RSM)] = RSM
+    machine.pci.host.config_write(0x72, 1, SMRAM_SEABIOS)
 
 def _pic(machine) -> None:
     io = machine.io

@@ -53,8 +53,19 @@ class CpuHooks:
         SKINIT's secure AP start-up)."""
 
     def smi(self, cpu) -> bool:
-        """An SMI arrived while a guest runs; True if the extension took it."""
+        """A pending SMI is about to be taken while a guest runs; True if the
+        extension handled it (an exit: the SMI may stay pending)."""
         return False
+
+    def smm_enter(self, cpu) -> dict:
+        """An SMI is taken in guest mode: leave guest mode and return the
+        state-save fields that describe the guest (cpu/smm.py SVM_FIELDS)."""
+        return {}
+
+    def smm_leave(self, cpu, fields: dict) -> None:
+        """RSM of a state whose SVM guest flag is set: re-enter the guest."""
+        from ..errors import NotModelled
+        raise NotModelled("RSM into guest mode without a virtualization extension")
 
     def exception(self, cpu, vector, error_code, cr2, outer, kind) -> None:
         """An exception is about to be delivered through the guest IDT; may

@@ -24,9 +24,9 @@ EXTINT, NMI_EV, HWEXC, SWINT, SWEXC, ICEBP = range(6)
 
 # ---------------------------------------------------------------- between blocks
 def service(cpu) -> None:
-    """Take a pending INIT, NMI or maskable interrupt, if one is deliverable.
+    """Take a pending INIT, SMI, NMI or maskable interrupt, if one is deliverable.
 
-    GIF = 0 holds INIT, NMI and INTR pending (APM vol 2, 15.17); in guest
+    GIF = 0 holds INIT, SMI, NMI and INTR pending (APM vol 2, 15.17); in guest
     mode the virtualization extension decides (``cpu.hooks``: intercepts,
     V_INTR_MASKING, virtual interrupts)."""
     cpu.pending = False
@@ -41,6 +41,12 @@ def service(cpu) -> None:
             machine.do_init(cpu)
         return
     if cpu.wait_for_sipi:
+        return
+    if cpu.smi_pending and not cpu.smm:
+        # An SMI (APM 10.3.1; in guest mode the extension may exit instead: 15.22.2).
+        if not (cpu.svm_guest and cpu.hooks.smi(cpu)):
+            from . import smm
+            smm.enter(cpu, cpu.smi_source)
         return
     if cpu.shadow:
         # The instruction after STI / MOV SS runs before any interrupt (APM 8.1.x);

@@ -570,14 +570,15 @@ for _i in range(4):
 for _i in range(6):
     TABLE[PERF_CTL_EXT + 2 * _i] = (f"PERF_CTL{_i}(ext)", plain_read, perf_ctl_write)
     TABLE[PERF_CTL_EXT + 2 * _i + 1] = (f"PERF_CTR{_i}(ext)", plain_read, perf_ctr_write)
-for _idx, _name in ((0xC0010111, "SMM_BASE"), (0xC0010112, "SMM_ADDR"), (0xC0010113, "SMM_MASK"),
-                    (0xC0010115, "IGNNE"), (0xC0010116, "SMM_CTL"),
+for _idx, _name in ((0xC0010115, "IGNNE"),
                     (0xC0010061, "PStateCurLim"), (0xC0010062, "PStateCtl"), (0xC0010063, "PStateStat"),
                     (0xC0011020, "LS_CFG"), (0xC0011021, "IC_CFG"), (0xC0011022, "DC_CFG"),
                     (0xC0011023, "TW_CFG"), (0xC0011029, "DE_CFG"), (0xC001102A, "BU_CFG2")):
     TABLE[_idx] = (_name, plain_read, plain_write)
 for _i in range(8):
     TABLE[0xC0010064 + _i] = (f"PStateDef{_i}", plain_read, plain_write)
+from .smm import MSRS as _SMM_MSRS   # noqa: E402  (SMM_BASE, SMM_ADDR, SMM_MASK, SMM_CTL; smm.py)
+TABLE.update(_SMM_MSRS)
 
 # Reset values of plain registers (read when never written).
 DEFAULTS = {

@@ -80,6 +80,9 @@ class Cpu:
         self.step_once = False     # run one instruction before the next interrupt check
         self.init_pending = False
         self.smi_pending = False
+        self.smi_source = ""
+        self.smm = False           # in system management mode (cpu/smm.py)
+        self.smm_nmi_blocked = False   # NMI blocking when SMM was entered
         self.inject_ev = False     # delivering an EVENTINJ event with EV = 1
         self.gif = True            # global interrupt flag (APM vol 2, 15.17)
         self.svm_guest = False     # running a guest between VMRUN and #VMEXIT
@@ -538,9 +541,9 @@ class Cpu:
         self.nmi_pending = True
         self.kick()
 
-    def signal_smi(self) -> None:
-        """SMI: system management mode is not modelled, but a guest's SMI
-        intercept is (APM 15.13.3): the SMI then exits to the hypervisor."""
-        if self.svm_guest and self.hooks.smi(self):
-            return
-        self.machine.note("SMI signalled: system management mode is not modelled; ignored")
+    def signal_smi(self, source: str = "external") -> None:
+        """SMI (APM vol 2, 10.3; 15.22): latched until taken between
+        instructions (interrupts.service, cpu/smm.py)."""
+        self.smi_pending = True
+        self.smi_source = source
+        self.kick()

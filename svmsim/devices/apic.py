@@ -355,7 +355,7 @@ class LocalApic:
         if delivery_mode == DM_FIXED:
             self.accept(vector, level_trigger)
         elif delivery_mode == DM_SMI:
-            self.cpu.signal_smi()
+            self.cpu.signal_smi("APIC")
         elif delivery_mode == DM_NMI:
             self.cpu.signal_nmi()
         elif delivery_mode == DM_INIT:

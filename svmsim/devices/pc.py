@@ -32,6 +32,8 @@ def attach(machine) -> None:
     pc_legacy.attach(machine)
     from . import pci
     pci.attach(machine)
+    from .apm import ApmControl
+    ApmControl(machine).register()      # ports B2h/B3h: SMI by command (QEMU's PIIX4 APM)
     from .tpm import Tpm
     machine.tpm = Tpm(machine)          # TIS at FED4_0000h: SKINIT's measurement (APM 15.27.4)
     machine.tpm.register()

@@ -42,6 +42,10 @@ HEADER_MULTIFUNCTION = 0x80
 CAP_ID_MSI = 0x05
 MSI_ENABLE, MSI_MME, MSI_64BIT = 0x1, 0x70, 0x80
 
+# i440FX SMRAM control (82441FX datasheet): C_BASE_SEG 010b (A_0000h) read-only
+SMRAM, SMRAM_RESET, SMRAM_WRITABLE = 0x72, 0x02, 0x78
+SMRAM_D_LCK, SMRAM_D_CLS, SMRAM_D_OPEN = 0x10, 0x20, 0x40
+
 # The DEV capability block (APM vol 2, 15.24.4) in the host bridge
 DEV_CAP_ID, DEV_CAP_OFFSET = 0x0F, 0xF0
 
@@ -212,6 +216,8 @@ class I440fxHostBridge(PciFunction):
 
     def __init__(self):
         super().__init__()
+        self.config[SMRAM] = SMRAM_RESET
+        self.wmask[SMRAM] = SMRAM_WRITABLE
         self.add_capability(DEV_CAP_ID, 12, DEV_CAP_OFFSET)   # DEV_HDR: type 000b, no MCE/interrupt reporting
         struct.pack_into("<H", self.wmask, DEV_CAP_OFFSET + 4, 0xFFFF)   # DEV_OP: FUNCTION, INDEX
 
@@ -228,7 +234,32 @@ class I440fxHostBridge(PciFunction):
             return self._dev().read(*self._op()) >> (8 * (offset - data)) & ((1 << (8 * size)) - 1)
         return super().config_read(offset, size)
 
+    @property
+    def smram(self) -> int:
+        """The SMRAM control register (82441FX datasheet, 72h)."""
+        return self.config[SMRAM]
+
+    def _smram_write(self, value):
+        """G_SMRAME (bit 3), D_LCK (4), D_CLS (5), D_OPEN (6); C_BASE_SEG 010b
+        read-only.  D_LCK forces D_OPEN to 0 and makes G_SMRAME and D_LCK
+        read-only until reset (QEMU 7.2 leaves D_LCK unimplemented)."""
+        old = self.config[SMRAM]
+        if old & SMRAM_D_LCK:
+            value = (value & SMRAM_D_CLS) | (old & ~SMRAM_D_CLS & ~SMRAM_D_OPEN)
+        elif value & SMRAM_D_LCK:
+            value &= ~SMRAM_D_OPEN
+        self.config[SMRAM] = (value & SMRAM_WRITABLE) | SMRAM_RESET
+        if self.bus is not None:
+            from ..memory import smram
+            smram.update(self.bus.machine)
+
     def config_write(self, offset, size, value):
+        if offset <= SMRAM < offset + size:
+            old = self.config[SMRAM]
+            super().config_write(offset, size, value)
+            self.config[SMRAM] = old
+            self._smram_write((value >> (8 * (SMRAM - offset))) & 0xFF)
+            return
         data = DEV_CAP_OFFSET + 8
         if data <= offset < data + 4 and self.bus is not None:
             dev, (function, index) = self._dev(), self._op()
@@ -262,6 +293,33 @@ class Piix3IsaBridge(PciFunction):
         return None if r & 0x80 else r & 0x0F
 
 
+class Piix4Pm(PciFunction):
+    """01.3: the PIIX4 power-management function of QEMU's pc
+    (hw/acpi/piix4.c), as SeaBIOS leaves it (PMBA 600h, SMBus base 700h).
+    svmsim models its APM control: DEVACTB.APMC_EN (5Bh bit 1) lets a write
+    to port B2h raise an SMI (devices/apm.py); the ACPI and SMBus I/O
+    registers behind PMBA and SMBBA are not modelled."""
+    vendor_id, device_id, revision = 0x8086, 0x7113, 0x03
+    class_code = 0x068000                       # bridge, other
+    interrupt_pin = 1
+    DEVACTB = 0x58
+    APMC_EN = 1 << 25
+
+    def __init__(self):
+        super().__init__()
+        c = self.config
+        struct.pack_into("<I", c, 0x40, 0x601)             # PMBA
+        struct.pack_into("<I", c, self.DEVACTB, self.APMC_EN)
+        c[0x80] = 0x01                                      # PMREGMISC: PM I/O enabled
+        struct.pack_into("<I", c, 0x90, 0x701)             # SMBBA
+        c[0xD2] = 0x09                                      # SMBus host enabled
+        struct.pack_into("<I", self.wmask, self.DEVACTB, 0xFFFFFFFF)
+
+    @property
+    def apmc_enabled(self) -> bool:
+        return bool(self.config_read(self.DEVACTB, 4) & self.APMC_EN)
+
+
 class PciBus:
     """Bus 0 behind the host bridge, reached through ports CF8h/CFCh."""
 
@@ -272,6 +330,7 @@ class PciBus:
         self._isa_asserted = set()            # ISA IRQs the PIRQs drive now
         self.host = self.add(I440fxHostBridge(), 0)
         self.isa = self.add(Piix3IsaBridge(), 1)
+        self.pm = self.add(Piix4Pm(), 1, 3)
 
     def register(self, machine=None):
         io = (machine or self.machine).io

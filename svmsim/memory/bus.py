@@ -68,6 +68,20 @@ class PhysBus:
             return spa - FOUR_GIB + self.low_top
         return None
 
+    def mmio_device(self, spa: int):
+        """The device of the MMIO window holding ``spa``, or None."""
+        region = self._mmio_pages.get(spa >> PAGE_SHIFT)
+        return region.dev if region is not None and region.base <= spa < region.end else None
+
+    def dram_offset(self, spa: int):
+        """RAM offset of ``spa`` even under an MMIO window (SMRAM, which the
+        memory controller shows or hides), or None outside RAM."""
+        if spa < self.low_top:
+            return spa
+        if FOUR_GIB <= spa < self.high_top:
+            return spa - FOUR_GIB + self.low_top
+        return None
+
     def ram_ranges(self):
         """[(spa, length)] of RAM, for the firmware memory map."""
         out = [(0, self.low_top)]

@@ -8,6 +8,8 @@ never crosses a 4 KiB boundary):
 * the Device Exclusion Vector (APM vol 2, 15.24; memory/dev.py) and
   SKINIT's SL_DEV protection: a blocked read returns all ones, a blocked
   write is suppressed, and the host bridge logs it (15.24.3, 15.24.7);
+* SMRAM (memory/smram.py) is never reached by a device: reads all ones,
+  writes dropped;
 * SEV-SNP: a DMA write to a page the RMP does not give to the hypervisor
   is blocked (AMD's IOMMU enforces the RMP for device writes; APM vol 2,
   15.36.10 describes the CPU side).
@@ -33,8 +35,9 @@ class DmaPort:
         out = bytearray()
         for page_spa, length in _pages(spa, n):
             why = self._dev_blocked(page_spa, length)
-            if why is not None:
-                self._report(page_spa, length, False, why)
+            if why is not None or self._smram(page_spa):
+                if why is not None:
+                    self._report(page_spa, length, False, why)
                 out += b"\xFF" * length
             else:
                 out += self.bus.read_bytes(page_spa, length)
@@ -46,11 +49,16 @@ class DmaPort:
             why = self._dev_blocked(page_spa, length) or self._rmp_blocked(page_spa)
             if why is not None:
                 self._report(page_spa, length, True, why)
-            else:
+            elif not self._smram(page_spa):
                 self.bus.write_bytes(page_spa, data[done:done + length])
             done += length
 
     # ------------------------------------------------------------ checks
+    def _smram(self, spa) -> bool:
+        """SMRAM is never a device's (memory/smram.py): a master abort."""
+        from .smram import SmramWindow
+        return isinstance(self.bus.mmio_device(spa), SmramWindow)
+
     def _dev_blocked(self, spa, n):
         dev = getattr(self.machine, "dev", None)           # device tests use bare machines
         hit = dev.blocked(self.requester, spa, n) if dev is not None else None

@@ -26,6 +26,8 @@ from .state import VmExit
 MISC1 = 3
 BIT_INTR, BIT_NMI, BIT_SMI, BIT_INIT, BIT_VINTR = 0, 1, 2, 3, 4
 BIT_TASK_SWITCH, BIT_SHUTDOWN = 29, 31
+HWCR, HWCR_SMMLOCK = 0xC0010015, 1
+SMISRC_EXTERNAL = 1
 
 _EVENT_TYPE = {interrupts.EXTINT: exits.EVENT_INTR, interrupts.NMI_EV: exits.EVENT_NMI,
                interrupts.HWEXC: exits.EVENT_EXCEPTION, interrupts.SWEXC: exits.EVENT_EXCEPTION,
@@ -125,12 +127,17 @@ def init_in_guest(cpu) -> None:
 
 
 def smi_in_guest(cpu) -> bool:
-    """An SMI while a guest runs: with the SMI intercept it exits to the
-    hypervisor at the next instruction boundary (APM 15.13.3)."""
-    if not cpu.svm.intercepted(MISC1, BIT_SMI):
+    """A pending SMI while a guest runs (GIF = 1; table 15-14): with the SMI
+    intercept, #VMEXIT(SMI) and "SMI is still pending" (taken in the host
+    after STGI); EXITINFO1 bit 0 (SMISRC) = 1, external (15.13.3).  "The SMI
+    intercept is ignored when HWCR[SMMLOCK] is set", but an SEV-ES guest
+    always exits, "regardless of the value of the SMI intercept bit"
+    (15.35.11).  Otherwise the SMI is taken in the guest context (15.22.3)."""
+    locked = cpu.msr.get(HWCR, 0) & HWCR_SMMLOCK
+    if not (cpu.svm.es or cpu.svm.intercepted(MISC1, BIT_SMI) and not locked):
         return False
-    cpu.smi_pending = True
-    cpu.kick()
+    from .world import vmexit
+    vmexit(cpu, ExitCode.SMI, SMISRC_EXTERNAL, detail=f"SMI ({cpu.smi_source})")
     return True
 
 
@@ -138,10 +145,6 @@ def service_guest(cpu) -> None:
     """The between-instructions interrupt check in guest mode (GIF = 1)."""
     s = cpu.svm
     machine = cpu.machine
-    if cpu.smi_pending:
-        cpu.smi_pending = False
-        _exit(cpu, ExitCode.SMI, "SMI")
-        return
     if cpu.nmi_pending and not cpu.nmi_blocked:
         if s.intercepted(MISC1, BIT_NMI):
             _exit(cpu, ExitCode.NMI, "NMI")

@@ -75,6 +75,7 @@ class SvmState:
     snp: bool = False                         # SNP-active: SEV_FEATURES bit 0 of its VMSA (15.36.2)
     vmpl: int = 0                             # the VMPL of the running VMSA (15.36.7)
     in_use: frozenset = frozenset()           # VMCB and VMSA pages marked in use (15.36.12)
+    smm_gmet: bool = False                    # GMET of a guest in whose context SMM runs
     lbr_virt: bool = False
     host_lbr: dict = field(default_factory=dict)      # host LBR MSRs while a guest runs (15.23)
     v_vmsave_vmload: bool = False

@@ -9,7 +9,7 @@ themselves are registered with the CPU's instruction table by ``insns``.
 """
 from ..cpu.hooks import CpuHooks
 from ..cpu.msr import TSC_RATIO, TSC_RATIO_ONE
-from . import avic, events, features, guards, insns, sev_es, skinit, snp, world  # noqa: F401  (insns, snp register instructions)
+from . import avic, events, features, guards, insns, sev_es, skinit, smm, snp, world  # noqa: F401  (insns, snp register instructions)
 from .exits import ExitCode
 from .state import SvmState, VmExit
 
@@ -47,6 +47,12 @@ class SvmUnit(CpuHooks):
 
     def smi(self, cpu) -> bool:
         return events.smi_in_guest(cpu)
+
+    def smm_enter(self, cpu) -> dict:
+        return smm.enter(cpu)
+
+    def smm_leave(self, cpu, fields) -> None:
+        smm.leave(cpu, fields)
 
     def exception(self, cpu, vector, error_code, cr2, outer, kind) -> None:
         events.check_exception(cpu, vector, error_code, cr2, outer, kind)

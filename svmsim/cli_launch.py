@@ -143,15 +143,10 @@ def _launch_snp(args, image, vcpu, expected) -> int:
 
 
 def _chain_ok(vcek) -> bool:
-    from cryptography.hazmat.primitives import hashes
-    from .sev.snp_certs import PSS, root_chain
+    from .sev.snp_certs import root_chain
+    from .sev.snp_verify import chain_ok
     ark, ask = root_chain()
-    try:
-        for cert, issuer in ((vcek, ask), (ask, ark), (ark, ark)):
-            issuer.public_key().verify(cert.signature, cert.tbs_certificate_bytes, PSS, hashes.SHA384())
-    except Exception:
-        return False
-    return True
+    return chain_ok(vcek, ask) and chain_ok(ask, ark) and chain_ok(ark, ark)
 
 
 def _save(folder, report, vcek, snp_certs) -> None:

@@ -339,8 +339,10 @@ class Machine(DebugApi):
         cpu.lapic = lapic
         for name, value in kept.items():
             setattr(cpu, name, value)
-        from .cpu.msr import init_msrs
+        from .cpu.msr import init_msrs, SYSCFG, SYSCFG_MEM_ENCRYPTION_MOD_EN
         init_msrs(cpu)
+        if cpu.msr.get(SYSCFG, 0) & SYSCFG_MEM_ENCRYPTION_MOD_EN:
+            cpu.set_mem_encryption(True)     # the kept SYSCFG still has the C-bit in force
         if lapic is not None and hasattr(lapic, "init"):
             lapic.init()
         cpu.wait_for_sipi = True

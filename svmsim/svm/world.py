@@ -163,6 +163,9 @@ def _write_back_control(cpu, v: VmcbView):
     v["V_TPR"] = s.v_tpr
     v["V_IRQ"] = int(s.v_irq)
     v["INTERRUPT_SHADOW"] = int(cpu.shadow or cpu.in_shadow)
+    # Table B-1, 68h bit 1: the guest's RFLAGS.IF, "written back to the VMCB on
+    # #VMEXIT": how a hypervisor sees it for an SEV-ES guest.
+    v["GUEST_INTERRUPT_MASK"] = cpu.rflags >> 9 & 1
     # The pause-filter count is internal: VMRUN reloads it, nothing writes it back.
     if s.v_gif_enable:
         v["V_GIF"] = int(s.v_gif)

@@ -13,8 +13,15 @@ machine's devices, so COM1 prints and isa-debug-exit ends the run), CPUID
 (passed through with the hypervisor bit and leaves 4000_0000h), HLT (the
 guest is done unless an interrupt can wake it), SHUTDOWN, #NPF and
 VMEXIT_INVALID (reported).  ``Vmm.exits`` counts them by name.
+
+vCPU *i* runs on the machine's CPU *i* (one host stub, VMCB and host save
+area each; vCPU 0 at the addresses above, the others in ``VCPU_AREA``), in
+the machine's round-robin quanta.  The guest's local APIC page is passed
+through, so each vCPU uses its own CPU's APIC: an AP's INIT-SIPI-SIPI
+reaches that CPU, which waits for it in the host; the VMM starts the vCPU
+when the SIPI arrives (an SEV-ES guest's vCPUs: ``sev_es``).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..boot import multiboot
 from ..cpu.segments import Segment, ES, CS, SS, DS, FS, GS
@@ -29,11 +36,19 @@ VMCB_PA, HSAVE_PA, MSRPM_PA, IOPM_PA = 0x18000, 0x19000, 0x1A000, 0x1C000
 NESTED_BASE = 0x20000                       # nested tables: bump-allocated pages
 NESTED_LIMIT = 0x80000
 HOST_STACK = 0x90000
+VCPU_AREA, VCPU_STRIDE = 0x200000, 0x4000   # per vCPU: VMSA, then (vCPU 1..) VMCB, host save, stub
 GUEST_BASE = 0x1000000                      # 16 MiB
 PASSTHROUGH = ((0xFEC00000, 0xFEC01000), (0xFEE00000, 0xFEE01000))   # I/O APIC, local APIC
 HV_SIGNATURE = b"svmsimRefVMM"              # CPUID 4000_0000h EBX:ECX:EDX
 QUANTUM = 1000
 GPR_INDEX = {"rcx": 1, "rdx": 2, "rbx": 3, "rbp": 5, "rsi": 6, "rdi": 7}
+
+
+def skip(vmcb, rip: int) -> None:
+    """Resume the guest after the instruction it exited on: that instruction
+    is done, so an interrupt shadow it ran in (STI; HLT) ends with it, as KVM
+    clears it when it skips an emulated instruction."""
+    vmcb["RIP"], vmcb["INTERRUPT_SHADOW"] = rip, 0
 
 
 class GuestExit(Exception):
@@ -44,7 +59,27 @@ class GuestExit(Exception):
 class VmmResult:
     reason: str
     exits: dict
-    guest_rip: int
+    guest_rip: int | None           # None for an SEV-ES guest: its RIP is in the encrypted VMSA
+    ghcb: dict = field(default_factory=dict)    # SEV-ES: GHCB requests by name
+
+
+@dataclass
+class Vcpu:
+    """One virtual CPU, pinned to a physical CPU of the machine."""
+    index: int
+    cpu: object
+    vmcb_pa: int
+    hsave_pa: int
+    stub_pa: int
+    stack: int
+    vmsa_pa: int
+    vmcb: VmcbView
+    state: str = "running"          # running | halted | wait-sipi | held | stopped
+    es: bool = False                # an SEV-ES vCPU (svmsim.vmm.sev_es)
+    hold: str = ""                  # SEV-ES AP reset hold: "nae" or "msr"
+    dr7: int = 0x400                # SEV-ES: the DR7 the guest gave through the GHCB
+    tsc_aux: int = 0
+    ghcb_registered: int | None = None
 
 
 class _GuestMemory:
@@ -70,29 +105,47 @@ class _GuestMemory:
 
 
 class Vmm:
-    """Run one guest on CPU 0 of ``machine`` (which must have SVM)."""
+    """Run one guest with ``vcpus`` vCPUs on the first CPUs of ``machine``
+    (which must have SVM)."""
 
     GUEST_MEM = 32 << 20
 
-    def __init__(self, machine, guest_mem: int = GUEST_MEM, asid: int = 1):
+    def __init__(self, machine, guest_mem: int = GUEST_MEM, asid: int = 1, vcpus: int = 1):
         if GUEST_BASE + guest_mem > machine.bus.low_top:
             raise GuestExit(f"the machine needs at least {(GUEST_BASE + guest_mem) >> 20} MiB of RAM")
+        if not 1 <= vcpus <= len(machine.cpus):
+            raise GuestExit(f"{vcpus} vCPUs need a machine with at least {vcpus} CPUs "
+                            f"(it has {len(machine.cpus)})")
         self.m = machine
-        self.cpu = machine.cpus[0]
         self.guest_mem = guest_mem
         self.asid = asid
         self.mem = _GuestMemory(machine.bus, guest_mem)
-        self.vmcb = VmcbView(machine.bus, VMCB_PA)
+        self.vcpus = [self._make_vcpu(i) for i in range(vcpus)]
+        self.cpu, self.vmcb = self.vcpus[0].cpu, self.vcpus[0].vmcb
         self.exits: dict = {}
         self.gprs: dict = {}
+        self.es = None                   # the SEV-ES exit handler, once launched as one
         self._next_table = NESTED_BASE
-        self._host_setup()
+        self._page_tables()
+        for v in self.vcpus:
+            self._host_setup(v)
+            v.cpu.wait_for_sipi = v.state == "wait-sipi"      # an AP's CPU waits for its SIPI
         self.n_cr3 = self._nested_tables()
-        self._vmcb_setup()
+        for v in self.vcpus:
+            self._vmcb_setup(v)
+
+    def _make_vcpu(self, i):
+        base = VCPU_AREA + i * VCPU_STRIDE
+        if i == 0:
+            vmcb, hsave, stub, stack = VMCB_PA, HSAVE_PA, HOST_STUB, HOST_STACK
+        else:
+            vmcb, hsave, stub, stack = base + 0x1000, base + 0x2000, base + 0x3000, base + 0x4000
+        return Vcpu(i, self.m.cpus[i], vmcb, hsave, stub, stack, base,
+                    VmcbView(self.m.bus, vmcb), state="running" if i == 0 else "wait-sipi")
 
     # ---------------------------------------------------------------- host
-    def _host_setup(self):
-        bus, cpu = self.m.bus, self.cpu
+    def _page_tables(self):
+        bus = self.m.bus
         bus.write(HOST_PML4, 8, HOST_PDPT | 3)
         for g in range(4):
             bus.write(HOST_PDPT + 8 * g, 8, (HOST_PD + 0x1000 * g) | 3)
@@ -100,8 +153,13 @@ class Vmm:
                 bus.write(HOST_PD + 0x1000 * g + 8 * i, 8, ((g * 512 + i) << 21) | 0x83)
         bus.write(HOST_GDT + 8, 8, 0x00AF9A000000FFFF)            # 64-bit code
         bus.write(HOST_GDT + 16, 8, 0x00CF92000000FFFF)           # data
-        bus.write_bytes(HOST_STUB, bytes.fromhex("48b8") + VMCB_PA.to_bytes(8, "little")
-                        + bytes.fromhex("0f01d8f4"))              # mov rax, VMCB; vmrun; hlt
+
+    def _host_setup(self, vcpu: Vcpu, stub: bytes = b""):
+        """The host side of one CPU: 64-bit mode, SVM on, its host save area,
+        and the stub ``mov rax, VMCB; vmrun; hlt`` (``stub`` goes first)."""
+        bus, cpu = self.m.bus, vcpu.cpu
+        bus.write_bytes(vcpu.stub_pa, stub + bytes.fromhex("48b8") + vcpu.vmcb_pa.to_bytes(8, "little")
+                        + bytes.fromhex("0f01d8f4"))
         cpu.gdtr_base, cpu.gdtr_limit = HOST_GDT, 23
         cpu.idtr_base, cpu.idtr_limit = 0, 0
         data = Segment(0x10, 0, 0xFFFFFFFF, 0xC93)
@@ -111,9 +169,9 @@ class Vmm:
         cpu.cr3, cpu.cr4 = HOST_PML4, 1 << 5
         cpu.efer = (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12)   # LME LMA NXE SVME
         cpu.cr0 = 0x80010031
-        cpu.msr[0xC0010117] = HSAVE_PA
-        cpu.regs[4] = HOST_STACK
-        cpu.wait_for_sipi = False
+        cpu.msr[0xC0010117] = vcpu.hsave_pa
+        cpu.regs[4] = vcpu.stack
+        cpu.wait_for_sipi = cpu.init_pending = False
         cpu.tlb.flush_all("vmm")
         cpu.update_mode()
 
@@ -126,7 +184,7 @@ class Vmm:
         self.m.bus.write_bytes(a, bytes(4096))
         return a
 
-    def _map(self, root, gpa, spa, size):
+    def _map(self, root, gpa, spa, size, flags=7):
         """One nested mapping (4 KiB or 2 MiB), host long-mode format, P|RW|US."""
         bus, table = self.m.bus, root
         for level in (4, 3) if size == 1 << 21 else (4, 3, 2):
@@ -138,7 +196,7 @@ class Vmm:
             table = e & 0x000FFFFFFFFFF000
         level = 2 if size == 1 << 21 else 1
         bus.write(table + ((gpa >> (12 + 9 * (level - 1))) & 0x1FF) * 8, 8,
-                  spa | 7 | (0x80 if level == 2 else 0))
+                  spa | flags | (0x80 if level == 2 else 0))
 
     def map_region(self, gpa, spa, size):
         """Map host memory at ``spa`` to guest-physical ``gpa`` (a firmware
@@ -159,9 +217,9 @@ class Vmm:
         return root
 
     # ---------------------------------------------------------------- VMCB
-    def _vmcb_setup(self):
-        v = self.vmcb
-        self.m.bus.write_bytes(VMCB_PA, bytes(4096))
+    def _vmcb_setup(self, vcpu: Vcpu):
+        v = vcpu.vmcb
+        self.m.bus.write_bytes(vcpu.vmcb_pa, bytes(4096))
         self.m.bus.write_bytes(IOPM_PA, b"\xff" * 0x3000)         # every port exits
         self.m.bus.write_bytes(MSRPM_PA, bytes(0x2000))
         for code in (ExitCode.VMRUN, ExitCode.IOIO, ExitCode.CPUID, ExitCode.HLT,
@@ -191,56 +249,136 @@ class Vmm:
         return info
 
     # ---------------------------------------------------------------- running
-    def run(self, max_exits: int = 1_000_000, max_insns: int = 200_000_000) -> VmmResult:
-        """VMRUN until the guest is done; handle each exit."""
-        cpu, m = self.cpu, self.m
-        regs = cpu.regs
-        for name, value in self.gprs.items():          # the guest's GPRs other than RAX
-            regs[GPR_INDEX[name]] = value
-        done = 0
-        for _ in range(max_exits):
-            cpu.rip, cpu.halted = HOST_STUB, False
-            while not cpu.halted and not m.stopping and done < max_insns:
-                stalled = cpu.stall > 0                 # paying for a PAUSE or a long REP
+    def run(self, max_exits: int = 1_000_000, max_insns: int = 200_000_000,
+            timeout: float | None = None) -> VmmResult:
+        """VMRUN every runnable vCPU in turn, a quantum each, handling each
+        exit, until the guest is done (or ``timeout`` seconds of host time)."""
+        import time
+        m = self.m
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for name, value in self.gprs.items():          # the BSP's GPRs other than RAX
+            self.cpu.regs[GPR_INDEX[name]] = value
+        for v in self.vcpus:
+            if v.state == "running":
+                self._enter(v)
+        done = exits = 0
+        while True:
+            ran = False
+            for v in self.vcpus:
+                if v.state != "running" and not self._wake(v):
+                    continue
+                cpu = v.cpu
+                m.current_cpu = cpu
+                busy = cpu.stall > 0 or cpu.pending    # paying for a PAUSE or a long REP
                 n = m.engine.run(cpu, QUANTUM)
                 done += n
-                self._tick()
-                if n == 0 and not cpu.pending and not stalled:
-                    break
-            if m.stopping:
-                return VmmResult(m.stop_reason, dict(self.exits), self.vmcb["RIP"])
+                ran = ran or n > 0 or busy
+                if m.stopping:
+                    return self._result(m.stop_reason)
+                if cpu.halted and not cpu.svm_guest:          # the stub's HLT: an exit
+                    exits += 1
+                    reason = self._handle_exit(v)
+                    if reason:
+                        return self._result(reason)
+                    if v.state == "running":
+                        self._enter(v)
             if done >= max_insns:
-                return VmmResult(f"instruction budget of {max_insns} exhausted", dict(self.exits),
-                                 self.vmcb["RIP"])
-            reason = self._handle_exit()
-            if reason:
-                return VmmResult(reason, dict(self.exits), self.vmcb["RIP"])
-        return VmmResult(f"{max_exits} exits", dict(self.exits), self.vmcb["RIP"])
+                return self._result(f"instruction budget of {max_insns} exhausted")
+            if exits >= max_exits:
+                return self._result(f"{max_exits} exits")
+            if deadline is not None and time.monotonic() > deadline:
+                return self._result(f"timeout after {timeout:g} s")
+            if ran:
+                self._tick()
+            elif not self._idle():
+                return self._result(self._stuck_reason())
 
-    def _handle_exit(self):
-        v = self.vmcb
+    def _enter(self, v: Vcpu):
+        v.cpu.rip, v.cpu.halted = v.stub_pa, False
+
+    def _result(self, reason):
+        rip = None if self.vcpus[0].es else self.vmcb["RIP"]
+        ghcb = dict(self.es.requests) if self.es else {}
+        return VmmResult(reason, dict(self.exits), rip, ghcb)
+
+    def _idle(self) -> bool:
+        """No vCPU ran: if one halted with interrupts enabled, let time pass
+        to the next timer; False if nothing can ever wake any of them."""
+        clock = self.m.clock
+        if clock.next_deadline == float("inf") or not any(v.state == "halted" for v in self.vcpus):
+            return False
+        clock.now_ns = max(clock.now_ns, clock.next_deadline)
+        clock.run_due()
+        return True
+
+    def _stuck_reason(self):
+        v = self.vcpus[0]
+        if self.vcpus[0].es:
+            return "guest halted and nothing can wake it"
+        return f"guest halted at rip={v.vmcb['RIP']:#x} and nothing can wake it"
+
+    def _wake(self, v: Vcpu) -> bool:
+        """A halted vCPU wakes when its CPU has an interrupt for it; one that
+        waits for a SIPI (or, SEV-ES, holds in AP reset hold) when its CPU got
+        one.  True if it is running again."""
+        cpu = v.cpu
+        if v.state == "halted" and self.m.interrupt_pending(cpu):
+            v.state = "running"
+        elif v.state in ("wait-sipi", "held") and not cpu.wait_for_sipi and not cpu.halted:
+            # INIT put the CPU in wait-for-SIPI and a SIPI took it out of it.
+            vector = cpu.segs[CS].sel >> 8
+            self._host_setup(v, self.es.stub_prologue(v) if self.es else b"")
+            self._sipi(v, vector)
+        if v.state == "running":
+            self._enter(v)
+            return True
+        return False
+
+    def _sipi(self, v: Vcpu, vector: int):
+        """An AP got INIT-SIPI-SIPI: it starts in real mode at vector:0000 (a
+        plain guest) or as its SEV-ES state says."""
+        if self.es and v.es:
+            self.es.sipi(v)
+            return
+        g = v.vmcb
+        g.set_segment("CS", vector << 8, 0x9B, 0xFFFF, vector << 12)
+        for seg in ("DS", "ES", "SS", "FS", "GS"):
+            g.set_segment(seg, 0, 0x93, 0xFFFF, 0)
+        g.set_segment("GDTR", 0, 0, 0xFFFF, 0)
+        g.set_segment("IDTR", 0, 0, 0xFFFF, 0)
+        g["RIP"], g["RSP"], g["RAX"], g["RFLAGS"] = 0, 0, 0, 2
+        g["CR0"], g["CR3"], g["CR4"], g["EFER"] = 0x10, 0, 0, 1 << 12
+        g["DR7"], g["DR6"] = 0x400, 0xFFFF0FF0
+        v.state = "running"
+
+    def _handle_exit(self, vcpu: Vcpu):
+        if self.es and vcpu.es:
+            return self.es.handle_exit(vcpu)
+        v = vcpu.vmcb
         code = from_vmcb(v["EXITCODE"])
-        name = exit_name(code)
-        self.exits[name] = self.exits.get(name, 0) + 1
+        self.count_exit(code)
         v["TLB_CONTROL"] = 0
         if code == ExitCode.IOIO:
-            self._ioio(v["EXITINFO1"])
-            v["RIP"] = v["EXITINFO2"]
+            self._ioio(vcpu, v["EXITINFO1"])
+            skip(v, v["EXITINFO2"])
         elif code == ExitCode.CPUID:
-            self._cpuid()
-            v["RIP"] = v["NRIP"]
+            self._cpuid(vcpu)
+            skip(v, v["NRIP"])
         elif code == ExitCode.MSR:
-            return self._msr(v["EXITINFO1"])
+            return self._msr(vcpu, v["EXITINFO1"])
         elif code == ExitCode.HLT:
-            v["RIP"] = v["NRIP"]
-            if not self._wait_for_interrupt():
-                return f"guest halted at rip={v['RIP']:#x} and nothing can wake it"
+            skip(v, v["NRIP"])
+            vcpu.state = "halted" if v["RFLAGS"] & (1 << 9) else "stopped"
         elif code == ExitCode.INVALID:
-            return f"VMRUN failed: {self.cpu.svm.invalid[-1]}"
+            return f"VMRUN failed: {vcpu.cpu.svm.invalid[-1]}"
         else:
-            return (f"guest exit {name} ({int(code):#x}) info1={v['EXITINFO1']:#x} "
+            return (f"guest exit {exit_name(code)} ({int(code):#x}) info1={v['EXITINFO1']:#x} "
                     f"info2={v['EXITINFO2']:#x} at rip={v['RIP']:#x}")
         return None
+
+    def count_exit(self, code):
+        name = exit_name(code)
+        self.exits[name] = self.exits.get(name, 0) + 1
 
     def _tick(self):
         """Virtual time passes by quanta, as in the machine's own loop."""
@@ -249,49 +387,48 @@ class Vmm:
         if clock.next_deadline <= clock.now_ns:
             clock.run_due()
 
-    def _wait_for_interrupt(self):
-        """HLT with the guest's IF set: let time pass until an interrupt is
-        pending, then re-enter (it is delivered through the guest's IDT)."""
-        if not self.vmcb["RFLAGS"] & (1 << 9):
-            return False
-        m, clock = self.m, self.m.clock
-        while not m.interrupt_pending(self.cpu):
-            if clock.next_deadline == float("inf"):
-                return False
-            clock.now_ns = max(clock.now_ns, clock.next_deadline)
-            clock.run_due()
-        return True
-
-    def _ioio(self, info1):
+    def _ioio(self, vcpu: Vcpu, info1):
         """Forward the guest's port access to the machine's devices."""
         f = decode_ioio(info1)
         if f["string"]:
             raise GuestExit("string port I/O from the guest is not handled by the reference VMM")
-        v, io = self.vmcb, self.m.io
+        v = vcpu.vmcb
         mask = (1 << (8 * f["size"])) - 1
         if f["in"]:
-            v["RAX"] = (v["RAX"] & ~mask) | (io.read(f["port"], f["size"]) & mask)
+            v["RAX"] = (v["RAX"] & ~mask) | (self.port_read(f["port"], f["size"]) & mask)
         else:
-            io.write(f["port"], f["size"], v["RAX"] & mask)
+            self.port_write(f["port"], f["size"], v["RAX"] & mask)
 
-    def _cpuid(self):
-        from ..cpu.cpuid import cpuid
-        cpu, v = self.cpu, self.vmcb
-        leaf, sub = v["RAX"] & 0xFFFFFFFF, cpu.regs[1] & 0xFFFFFFFF
-        if 0x40000000 <= leaf <= 0x400000FF:
-            sig = HV_SIGNATURE
-            a, b, c, d = (0x40000000, int.from_bytes(sig[0:4], "little"),
-                          int.from_bytes(sig[4:8], "little"), int.from_bytes(sig[8:12], "little")) \
-                if leaf == 0x40000000 else (0, 0, 0, 0)
-        else:
-            a, b, c, d = cpuid(cpu, leaf, sub)
-            if leaf == 1:
-                c |= 1 << 31                     # a hypervisor is present (seed S7)
-            if leaf == 0x80000001:
-                c &= ~(1 << 2)                   # no nested SVM for this guest
+    def port_read(self, port: int, size: int) -> int:
+        return self.m.io.read(port, size)
+
+    def port_write(self, port: int, size: int, value: int) -> None:
+        self.m.io.write(port, size, value)
+
+    def _cpuid(self, vcpu: Vcpu = None):
+        vcpu = vcpu or self.vcpus[0]
+        cpu, v = vcpu.cpu, vcpu.vmcb
+        a, b, c, d = self.cpuid(cpu, v["RAX"] & 0xFFFFFFFF, cpu.regs[1] & 0xFFFFFFFF)
         v["RAX"] = a
         cpu.regs[3], cpu.regs[1], cpu.regs[2] = b, c, d
 
-    def _msr(self, info1):
-        return f"guest MSR access ({'WRMSR' if info1 else 'RDMSR'} {self.cpu.regs[1] & 0xFFFFFFFF:#x}) " \
+    @staticmethod
+    def cpuid(cpu, leaf: int, sub: int) -> tuple:
+        """CPUID as this hypervisor presents it: the CPU's leaves with the
+        hypervisor bit, its own leaves at 4000_0000h, no nested SVM."""
+        from ..cpu.cpuid import cpuid
+        if 0x40000000 <= leaf <= 0x400000FF:
+            sig = HV_SIGNATURE
+            return (0x40000000, int.from_bytes(sig[0:4], "little"),
+                    int.from_bytes(sig[4:8], "little"), int.from_bytes(sig[8:12], "little")) \
+                if leaf == 0x40000000 else (0, 0, 0, 0)
+        a, b, c, d = cpuid(cpu, leaf, sub)
+        if leaf == 1:
+            c |= 1 << 31                     # a hypervisor is present (seed S7)
+        if leaf == 0x80000001:
+            c &= ~(1 << 2)                   # no nested SVM for this guest
+        return a, b, c, d
+
+    def _msr(self, vcpu: Vcpu, info1):
+        return f"guest MSR access ({'WRMSR' if info1 else 'RDMSR'} {vcpu.cpu.regs[1] & 0xFFFFFFFF:#x}) " \
                "outside the MSRPM ranges"

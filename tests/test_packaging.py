@@ -23,7 +23,8 @@ def test_version():
 def test_every_declared_dependency_is_imported():
     import tomllib
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    modules = {"iced-x86": "iced_x86", "pyelftools": "elftools", "cryptography": "cryptography"}
+    modules = {"iced-x86": "iced_x86", "pyelftools": "elftools", "cryptography": "cryptography",
+               "mpmath": "mpmath"}
     source = "\n".join(p.read_text() for p in (ROOT / "svmsim").rglob("*.py"))
     for dep in deps:
         name = dep.split(">")[0].split("=")[0].strip()

@@ -62,7 +62,7 @@ def svmsim_guest(kernel, initrd, append, sev=False):
     box = {}
     sink = _StopAtLine(lambda: box.get("m"))
     m = box["m"] = Machine(mem_size="256M", serial_out=sink)
-    vmm = Vmm(m, guest_mem=160 << 20)
+    vmm = Vmm(m, guest_mem=(160 if sev else 128) << 20, asid=5 if sev else 1)
     load_linux(vmm, str(kernel), append, str(initrd))
     if sev:
         launch_linux_sev(vmm)

@@ -33,7 +33,7 @@ from ..boot.multiboot import e820_map
 def load_linux(vmm, path: str, append: str = "", initrd: str | None = None):
     """Load a bzImage into ``vmm``'s guest memory and set the guest's entry
     state; returns the LinuxBootInfo (addresses are guest-physical)."""
-    e820 = e820_map(vmm.mem, amd_ht_hole=False)
+    e820 = e820_map(vmm.mem, amd_ht_hole=vmm.m.profile.vendor == "AuthenticAMD")   # as QEMU does
     info = linux.load_linux(vmm.mem, path, append, initrd, e820=e820)
     for addr, blob in mptable.tables(vmm.m):
         vmm.mem.write_bytes(addr, blob)
@@ -80,5 +80,10 @@ def launch_linux_sev(vmm, owner=None):
     when None), then SEV_ENABLE -- ``sev_launch.launch_sev``'s sequence."""
     from ..sev.crypto import GuestOwner
     from .sev_launch import launch_sev
+    from .vmm import GuestExit
+    low = vmm.m.profile.extra.get("sev", {}).get("min_sev_asid", 1)
+    if vmm.asid < low:
+        raise GuestExit(f"ASID {vmm.asid} is not an SEV ASID on this CPU (SEV guests use "
+                        f"{low} and up: CPUID 8000_001F EDX); create the Vmm with asid={low}")
     owner = owner or GuestOwner(policy=1)
     return launch_sev(vmm, owner, regions=sev_regions(vmm.linux_info))

@@ -103,7 +103,7 @@ def main(argv=None):
     import linuxrun
     from svmsim.machine import Machine
     kernel, initrd = linuxbuild.workload(build=None)
-    append = linuxrun.append(False)
+    append = linuxbuild.APPEND
     rows = [("svmsim bare", *svmsim_bare(kernel, initrd, append))]
     if not a.skip_guest:
         rows.append(("svmsim guest (reference VMM, NPT)", *svmsim_guest(kernel, initrd, append)))

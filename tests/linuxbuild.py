@@ -51,8 +51,10 @@ CONFIG_FRAGMENT = {
     "ACPI": "n",                                      # see docs/DESIGN.md, "Linux"
 }
 
-#: The command line the tests boot with, on QEMU and svmsim alike.
-APPEND = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"
+#: The command line the tests boot with, on QEMU and svmsim alike
+#: (initramfs_async=0: the initramfs is unpacked in its initcall, not by a
+#: worker whose place in the console depends on the host's speed).
+APPEND = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 initramfs_async=0"
 
 
 class BuildUnavailable(Exception):

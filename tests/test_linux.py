@@ -4,10 +4,7 @@ the console QEMU TCG shows for the same kernel, initrd and command line.
 
 The kernel takes about ten minutes to build: these tests use the cached one
 (~/.cache/svmsim-linux) and skip with the reason when there is none, unless
-SVMSIM_BUILD_LINUX=1 asks for the build.  The init's floating-point and SSE
-check runs once svmsim implements every instruction in /init (the check's
-word "fpcheck" is added to the command line then); until then the boot is
-checked without it and the missing instructions are named in the skip.
+SVMSIM_BUILD_LINUX=1 asks for the build.
 """
 import functools
 import os
@@ -31,10 +28,6 @@ def workload():
         return linuxbuild.workload()
     except linuxbuild.BuildUnavailable as e:
         pytest.skip(f"Linux test workload: {e}")
-
-
-def fpcheck_ready() -> bool:
-    return not linuxrun.missing_for_fpcheck()
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,7 +56,7 @@ class _Capture:
 
 def test_linux_boots_to_init_bare(workload):
     kernel, initrd = workload
-    m, r, text = boot_bare(kernel, initrd, linuxrun.append(fpcheck_ready()))
+    m, r, text = boot_bare(kernel, initrd, linuxbuild.APPEND)
     sys.stdout.write(text[-3000:])
     assert INIT_FIRST_LINE in text, r.reason
     assert "init:   vendor_id\t: AuthenticAMD" in text
@@ -74,11 +67,10 @@ def test_linux_boots_to_init_bare(workload):
 
 
 def test_fp_and_sse_check_in_user_space(workload):
-    missing = linuxrun.missing_for_fpcheck()
-    if missing:
-        pytest.skip(f"svmsim does not implement yet: {', '.join(missing)}")
+    """gcc -O2 user code (SSE2, x87, SSE2 intrinsics) gets IEEE 754's results."""
     kernel, initrd = workload
-    _, r, text = boot_bare(kernel, initrd, linuxrun.append(True))
+    _, r, text = boot_bare(kernel, initrd, linuxbuild.APPEND)
+    assert "FAIL" not in text, text[-2000:]
     assert "init: floating-point and SSE check passed" in text, text[-2000:]
     assert r.status == 1
 
@@ -94,7 +86,7 @@ def boot_qemu(kernel, initrd, cmdline):
 
 def test_console_matches_qemu(workload):
     kernel, initrd = workload
-    cmdline = linuxrun.append(fpcheck_ready())
+    cmdline = linuxbuild.APPEND
     m, r, text = boot_bare(kernel, initrd, cmdline)
     status, qtext = boot_qemu(kernel, initrd, cmdline)
     assert status == r.status == 1
@@ -120,7 +112,7 @@ def test_linux_boots_under_the_reference_vmm_as_on_qemu(workload):
     """Item 4: the same kernel under nested paging, its console and exit
     through intercepted port I/O, prints what QEMU prints."""
     kernel, initrd = workload
-    cmdline = linuxrun.append(fpcheck_ready())
+    cmdline = linuxbuild.APPEND
     m, result, text, _ = boot_guest(kernel, initrd, cmdline)
     assert m.stop_status == 1, result.reason
     assert result.exits["IOIO"] > 1000 and "NPF" not in result.exits
@@ -133,7 +125,7 @@ def test_linux_boots_as_an_sev_guest(workload):
     the owner), the kernel finds SEV active and reaches init; the host sees
     only ciphertext of the kernel it loaded."""
     kernel, initrd = workload
-    cmdline = linuxrun.append(fpcheck_ready())
+    cmdline = linuxbuild.APPEND
     m, result, text, (launch, host_view) = boot_guest(kernel, initrd, cmdline, sev=True)
     assert launch.verified
     data = open(kernel, "rb").read()

@@ -3,9 +3,9 @@
  * program of the test initramfs, run by the kernel as /init.
  *
  * It prints a line, mounts /proc and prints parts of /proc/cpuinfo, runs the
- * floating-point and SSE check (fpcheck.c) when the kernel command line
- * carries the word "fpcheck", and ends the run through QEMU's isa-debug-exit
- * (port 0xF4): 0 when everything passed (exit status 1), 1 otherwise (3).
+ * floating-point and SSE check (fpcheck.c), and ends the run through QEMU's
+ * isa-debug-exit (port 0xF4): 0 when everything passed (exit status 1), 1
+ * otherwise (3).
  *
  * No C library: raw system calls, so this file needs only general-purpose
  * registers (built with -mgeneral-regs-only); fpcheck.c is ordinary gcc -O2
@@ -58,18 +58,6 @@ static void print_cpuinfo(void)
     }
 }
 
-static int has_word(char **argv, const char *w)
-{
-    for (; *argv; argv++) {
-        const char *a = *argv, *b = w;
-        while (*a && *a == *b)
-            a++, b++;
-        if (!*a && !*b)
-            return 1;
-    }
-    return 0;
-}
-
 static void debug_exit(int value)
 {
     if (sys_ioperm(0xF4, 1, 1) == 0)
@@ -78,18 +66,16 @@ static void debug_exit(int value)
     sys_reboot(LINUX_REBOOT_CMD_POWER_OFF);
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
-    int failed = 0;
+    int failed;
     puts_("init: hello from user space (svmsim Linux test workload)\n");
     if (sys_mount("proc", "/proc", "proc", 0, 0) != 0)
         puts_("init: mount /proc failed\n");
     print_cpuinfo();
-    if (has_word(argv, "fpcheck")) {
-        failed = fpcheck();
-        puts_(failed ? "init: floating-point and SSE check FAILED\n"
-                     : "init: floating-point and SSE check passed\n");
-    }
+    failed = fpcheck();
+    puts_(failed ? "init: floating-point and SSE check FAILED\n"
+                 : "init: floating-point and SSE check passed\n");
     puts_("init: done\n");
     debug_exit(failed ? 1 : 0);
     return 0;

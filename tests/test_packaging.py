@@ -115,7 +115,7 @@ def _run_with_tty_stderr(*args):
 
 def test_status_line_on_a_terminal_only():
     k = str(gb.build_guest("loop"))
-    status, tty = _run_with_tty_stderr(k, "--append", "iters=200000")
+    status, tty = _run_with_tty_stderr(k, "--append", "iters=3000000")   # runs for seconds: the line is redrawn each 0.5 s
     assert status == gb.STATUS_PASS
     assert "\r\x1b[Ksvmsim: " in tty and " M instructions, " in tty and " M/s" in tty
     assert tty.rstrip("\r\n").endswith("\x1b[K") or "\x1b[K" in tty.splitlines()[-1]

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", parents=[common], help="start a kernel of your own: copy svmsim's guest "
                        "runtime, an example kernel and a Makefile into DIR")
     i.add_argument("dir", help="directory to create or fill")
+    from .fuzz.cli import add_parser as add_fuzz_parser
+    add_fuzz_parser(sub, common)
     d = sub.add_parser("demo", parents=[common], help="boot a bundled kernel (default: the SVM hypervisor)")
     d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
                    help="hypervisor (default), sev, attacks or smoke")
@@ -150,6 +152,9 @@ def main(argv=None) -> int:
             return cmd_demo(args)
         if args.command == "init":
             return cmd_init(args)
+        if args.command == "fuzz":
+            from .fuzz.cli import cmd_fuzz
+            return cmd_fuzz(args)
         if args.command == "launch":
             from .cli_launch import cmd_launch
             return cmd_launch(args)

@@ -188,3 +188,23 @@ def mailbox_kernel(commands, psp: int = PSP_MMIO) -> bytes:
         if isinstance(buf, (bytes, bytearray)):
             c.align(4096).label(f"buf{i}").emit(bytes(buf))
     return kernel(c)
+
+
+def elf_kernel(cls64: bool, phoff: int = None, body: bytes = b"\xEB\xFE") -> bytes:
+    """A Multiboot kernel as ELF32 (i386) or ELF64 (x86-64) with one PT_LOAD
+    segment at 1 MiB holding the Multiboot header and ``body`` (entered at
+    0x10000C); ``phoff``: the program header table's offset (default: right
+    after the ELF header)."""
+    mb = struct.pack("<III", MAGIC, 0, -MAGIC & 0xFFFFFFFF) + body
+    if cls64:
+        phoff = 64 if phoff is None else phoff
+        eh = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack(
+            "<HHIQQQIHHHHHH", 2, 62, 1, 0x10000C, phoff, 0, 0, 64, 56, 1, 64, 0, 0)
+        ph = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, 0x100000, 0x100000, len(mb), len(mb), 0x1000)
+    else:
+        phoff = 52 if phoff is None else phoff
+        eh = b"\x7fELF\x01\x01\x01" + bytes(9) + struct.pack(
+            "<HHIIIIIHHHHHH", 2, 3, 1, 0x10000C, phoff, 0, 0, 52, 32, 1, 40, 0, 0)
+        ph = struct.pack("<8I", 1, 0x1000, 0x100000, 0x100000, len(mb), len(mb), 5, 0x1000)
+    head = eh + ph
+    return head + bytes(0x1000 - len(head)) + mb

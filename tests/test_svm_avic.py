@@ -266,3 +266,62 @@ def test_ipi_cannot_reach_another_vm():
     assert m.bus.read(flags + 4, 4) == 0                  # B got nothing
     assert not Backing(m.bus, BACKING2).test_bit(0x200, 0x50)
     assert m.cpus[0].svm.exits.get(int(ExitCode.AVIC_INCOMPLETE_IPI)) == 1
+
+
+def test_noaccel_exit_is_named_in_the_trace():
+    from svmsim.trace import decorate, format_event
+    r = AvicRig("mov eax, [rdi + 0x90]\nhlt").run()
+    (ev,) = [e for e in r.events if e["type"] == "vmexit"]
+    assert format_event(decorate(r.m, ev)).startswith("[cpu0] #VMEXIT AVIC_NOACCEL (0x402) info1=0x90 ")
+
+
+# ---------------------------------------------------------------- the SMP hypervisor kernel
+@pytest.fixture(scope="module")
+def smp_kernel_run():
+    """tests/guests/svm_avic.c on two CPUs, as a user runs it, with the exit trace."""
+    import subprocess
+    import sys
+    import guestbuild as gb
+    p = subprocess.run([sys.executable, "-m", "svmsim", "run", "--smp", "2", "--trace", "vmexit",
+                        str(gb.build_guest("svm_avic"))], capture_output=True, text=True, timeout=300)
+    return p, gb
+
+
+def test_smp_hypervisor_kernel_ipis_with_and_without_exits(smp_kernel_run):
+    """Two vCPUs of one VM on two CPUs (15.29.6.1, 15.29.8, 15.29.9.1): IPIs
+    between running vCPUs and the host's doorbell need no #VMEXIT; an IPI to
+    a halted vCPU exits with AVIC_INCOMPLETE_IPI ID 1 and the hypervisor's
+    wake-up delivers it at VMRUN; nothing reaches VM B or the hosts."""
+    p, gb = smp_kernel_run
+    assert p.returncode == gb.STATUS_PASS, p.stdout + p.stderr[-2000:]
+    for line in (
+            "A0 took: 51 56 57", "A1 took: 50 52 53 55 56", "B2 took: nothing",
+            "  step 3: AVIC_INCOMPLETE_IPI ICR 01000000:00000052, ID 1 (IPI target not running), index 1",
+            "  step 6: AVIC_INCOMPLETE_IPI ICR 00000000:00000057, ID 1 (IPI target not running), index 0",
+            "  step 7: AVIC_INCOMPLETE_IPI ICR 02000000:00000054, ID 2 (invalid IPI target), index 2",
+            "  step 8: AVIC_INCOMPLETE_IPI ICR 00000000:000c0055, ID 1 (IPI target not running), index 1",
+            "1. A0 -> A1 50h and A1 -> A0 51h while both run: delivered, no #VMEXIT",
+            "3. host posts 53h to running A1 (IRR bit, doorbell MSR to CPU 1): taken, no #VMEXIT",
+            "   VM B's vCPU: nothing in its IRR, ISR or handlers",
+            "   host CPUs: no guest vector in their APICs or handlers",
+            "svm_avic: PASS"):
+        assert line + "\n" in p.stdout, line
+    assert "FAIL" not in p.stdout
+
+
+def test_smp_hypervisor_kernel_exits_named_in_trace_and_report(smp_kernel_run):
+    p, _ = smp_kernel_run
+    assert "[cpu0] #VMEXIT AVIC_INCOMPLETE_IPI (0x401) info1=0x100000000000052 info2=0x100000001 " in p.stderr
+    assert "[cpu1] #VMEXIT AVIC_INCOMPLETE_IPI (0x401) info1=0x57 info2=0x100000000 " in p.stderr
+    assert "svmsim:   0x401 AVIC_INCOMPLETE_IPI: 5\n" in p.stderr
+
+
+def test_smp_hypervisor_kernel_needs_avic():
+    import io
+    import guestbuild as gb
+    from svmsim.machine import Machine
+    out = io.BytesIO()
+    m = Machine(mem_size="128M", smp=2, cpu="epyc,-avic", serial_out=out)
+    m.load_kernel(str(gb.build_guest("svm_avic")), "")
+    assert m.run(max_insns=5_000_000).status == gb.STATUS_FAIL
+    assert out.getvalue() == b"svm_avic: start\nsvm_avic: CPUID 8000_000A EDX[AVIC] = 0\n"

@@ -232,6 +232,10 @@ const char *svm_exit_name(uint64_t code)
         return misc_names[code - 0x60];
     if (code == SVM_EXIT_NPF)
         return "NPF";
+    if (code == SVM_EXIT_AVIC_INCOMPLETE_IPI)
+        return "AVIC_INCOMPLETE_IPI";
+    if (code == SVM_EXIT_AVIC_NOACCEL)
+        return "AVIC_NOACCEL";
     return "UNKNOWN";
 }
 

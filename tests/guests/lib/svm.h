@@ -38,6 +38,7 @@
 #define SVM_FEAT_AVIC (1u << 13)
 #define SVM_FEAT_VVMSAVE (1u << 15)
 #define SVM_FEAT_VGIF (1u << 16)
+#define SVM_FEAT_X2AVIC (1u << 18)
 
 /* ---- VMCB control area (APM vol 2, appendix B, Table B-1) ---- */
 #define VMCB_INTERCEPT_CR 0x000      /* 15:0 reads, 31:16 writes */
@@ -61,12 +62,23 @@
 #define VMCB_EXITINTINFO 0x088
 #define VMCB_NP_CONTROL 0x090
 #define VMCB_EVENTINJ 0x0A8          /* 32 bits + 32-bit error code at 0x0AC */
+#define VMCB_AVIC_APIC_BAR 0x098    /* AVIC (15.29.4): guest physical APIC page */
 #define VMCB_N_CR3 0x0B0
 #define VMCB_LBR_CONTROL 0x0B8
 #define VMCB_CLEAN_BITS 0x0C0
 #define VMCB_NRIP 0x0C8
 #define VMCB_INSN_LEN 0x0D0
 #define VMCB_INSN_BYTES 0x0D1
+#define VMCB_AVIC_BACKING 0x0E0      /* vAPIC backing page (15.29.4) */
+#define VMCB_AVIC_LOGICAL 0x0F0      /* logical APIC ID table */
+#define VMCB_AVIC_PHYSICAL 0x0F8     /* physical APIC ID table | max index (11:0) */
+#define V_INTR_MASKING (1u << 24)    /* in the 32 bits at VMCB_V_INTR */
+#define X2AVIC_ENABLE (1u << 30)
+#define AVIC_ENABLE (1u << 31)
+/* Physical APIC ID table entry (15.29.5.2, table 15-23). */
+#define AVIC_PHYS_VALID (1ul << 63)
+#define AVIC_PHYS_RUNNING (1ul << 62)
+#define MSR_AVIC_DOORBELL 0xC001011B
 
 /* ---- VMCB state-save area (APM vol 2, appendix B, Table B-2) ---- */
 #define VMCB_ES 0x400                /* each segment: selector, attrib, limit, base */
@@ -187,6 +199,8 @@
 #define SVM_EXIT_VMMCALL 0x081
 #define SVM_EXIT_WBINVD 0x089
 #define SVM_EXIT_NPF 0x400
+#define SVM_EXIT_AVIC_INCOMPLETE_IPI 0x401
+#define SVM_EXIT_AVIC_NOACCEL 0x402
 #define SVM_EXIT_INVALID 0xFFFFFFFFFFFFFFFFul   /* -1 */
 
 /* ---- EVENTINJ / EXITINTINFO (APM vol 2, 15.20) ---- */

@@ -13,6 +13,8 @@ Every event is a dict with a ``type``; the machine emits:
   RIP, ASID; for VMEXIT_INVALID the rule that failed, with field, value and
   the APM section).
 * ``inject``: VMRUN delivers EVENTINJ into the guest.
+* ``ghcb``: the reference VMM's GHCB server answered an SEV-ES guest's
+  VMGEXIT (the request and what the server did; ``svmsim.vmm.sev_es``).
 * ``dma_blocked``: a device's DMA read or write that the Device Exclusion
   Vector, SKINIT's SL_DEV protection or the SEV-SNP RMP blocked (device,
   address, length, reason).
@@ -32,7 +34,7 @@ import json
 
 KIND_NAMES = {0: "interrupt", 1: "nmi", 2: "exception", 3: "int-n", 4: "int3/into", 5: "int1"}
 CATEGORIES = {"exceptions": {"exception"}, "interrupts": {"deliver"},
-              "vmexit": {"vmrun", "vmexit", "inject"}, "svm": {"vmrun", "vmexit", "inject"},
+              "vmexit": {"vmrun", "vmexit", "inject", "ghcb"}, "svm": {"vmrun", "vmexit", "inject", "ghcb"},
               "dma": {"dma_blocked"}, "smm": {"smi", "rsm"}, "skinit": {"skinit"}, "all": None}
 FORMATS = ("jsonl", "perfetto")
 
@@ -182,6 +184,8 @@ def format_event(e: dict) -> str:
     if t == "inject":
         from ..svm.exits import describe_event
         return f"{cpu} inject {describe_event(e['event'])} {_where(e)}"
+    if t == "ghcb":
+        return f"[vmm] vCPU{e['vcpu']} GHCB {e['request']}: {e['detail']}"
     if t == "skinit":
         return f"{cpu} SKINIT SLB={e['slb']:#x} length={e['length']} -> {_where(e)} (measured into PCR 17)"
     if t == "smi":

@@ -10,74 +10,75 @@ stale use is noted in the run report and traced as a ``vmcb_stale`` event.
 The copy belongs to one VMCB: a VMRUN of any other VMCB address on this CPU
 (or a VMEXIT_INVALID) discards it, so clean bits are then ignored, as the
 APM requires for a VMCB the processor has not cached.
+
+The copy holds every field a clean bit covers, as VMRUN used it, refreshed
+by each field #VMEXIT writes.  A VMRUN compares the copy with the VMCB one
+clean group at a time (a tuple compare): when the hypervisor changed
+nothing, honouring the clean bits costs a few comparisons.
 """
-from .vmcb import VmcbView, CLEAN_BIT_NAMES, field
+from operator import itemgetter
+
+from .vmcb import FIELDS, CLEAN_BIT_NAMES, CHILDREN
+from .packed import VmcbPage
+
+# clean bit -> (names of the whole fields it covers, a getter of their values)
+GROUPS = {}
+for _f in FIELDS:
+    if _f.clean is not None and _f.parent is None:
+        GROUPS.setdefault(_f.clean, []).append(_f.name)
+GROUPS = tuple((bit, tuple(names), itemgetter(*names) if len(names) > 1 else
+                (lambda n: lambda d: (d[n],))(names[0]))
+               for bit, names in sorted(GROUPS.items()))
+CLEAN_NAMES = tuple(n for _, names, _ in GROUPS for n in names)
+_ALL = itemgetter(*CLEAN_NAMES)
+del _f
 
 
-class CachedVmcb(VmcbView):
-    """A VmcbView that reads clean fields from the CPU's cache and keeps the
-    cache current with every value read from or written to the VMCB."""
-    __slots__ = ("cache", "clean", "cpu", "memo")
-
-    def __init__(self, mem, pa, cache: dict, clean: int, cpu, memo: bool = False):
-        super().__init__(mem, pa)
-        self.cache, self.clean, self.cpu = cache, clean, cpu
-        # VMRUN reads some fields several times (checks, then load): remember them.
-        self.memo = {} if memo else None
-
-    def __getitem__(self, name):
-        memo = self.memo
-        if memo is None:
-            return self.read(field(name))
-        value = memo.get(name)
-        if value is None:
-            value = memo[name] = self.read(field(name))
-        return value
-
-    def read(self, f):
-        memory = VmcbView.read(self, f)
-        c = f.clean
-        if c is None:
-            return memory
-        if self.clean >> c & 1 and f.name in self.cache:
-            cached = self.cache[f.name]
-            if cached != memory:
-                self._stale(f, cached, memory)
-            return cached
-        self.cache[f.name] = memory
-        return memory
-
-    def write(self, f, value):
-        VmcbView.write(self, f, value)
-        if f.clean is not None:
-            self.cache[f.name] = value & f.mask
-
-    def _stale(self, f, cached, memory):
-        bit = f"{f.clean} ({CLEAN_BIT_NAMES.get(f.clean, '?')})"
-        self.cpu.machine.note(
-            f"VMRUN used the cached {f.name} = {cached:#x}, not the VMCB's {memory:#x}: "
-            f"VMCB_CLEAN bit {bit} was set (APM vol 2, 15.15.3)")
-        self.cpu.machine.svm_event(self.cpu, "vmcb_stale", {"field": f.name, "cached": cached,
-                                                            "vmcb": memory, "clean_bit": f.clean})
-
-
-def view_for_vmrun(cpu, vmcb_pa: int, page: bytearray) -> CachedVmcb:
+def view_for_vmrun(cpu, vmcb_pa: int, page: bytearray) -> VmcbPage:
     """The VMCB as this VMRUN sees it (clean bits apply only to the VMCB this
     CPU ran last); ``page`` is a copy of the VMCB page."""
     s = cpu.svm
+    v = VmcbPage(page)
+    cache = s.clean_cache
     if s.cache_pa != vmcb_pa:
-        s.clean_cache = {}
         s.cache_pa = vmcb_pa
-        clean = 0
-    else:
-        clean = VmcbView(page)["VMCB_CLEAN"]
-    return CachedVmcb(page, 0, s.clean_cache, clean, cpu, memo=True)
+    elif cache:
+        clean = v["VMCB_CLEAN"]
+        if clean:
+            for bit, names, get in GROUPS:
+                if clean >> bit & 1:
+                    cached = get(cache)
+                    if get(v) != cached:
+                        _use_cached(cpu, v, bit, names, cached)
+    s.clean_cache = dict(zip(CLEAN_NAMES, _ALL(v)))
+    return v
 
 
-def view_for_exit(cpu, page: bytearray) -> CachedVmcb:
+def _use_cached(cpu, v, bit, names, cached) -> None:
+    for name, old in zip(names, cached):
+        memory = v[name]
+        if memory != old:
+            kids = [c for c in CHILDREN.get(name, ()) if (memory ^ old) >> c.bit & c.mask]
+            for f in kids or [None]:
+                shown = (name, old, memory) if f is None else \
+                    (f.name, old >> f.bit & f.mask, memory >> f.bit & f.mask)
+                _stale(cpu, bit, *shown)
+            v[name] = old
+
+
+def _stale(cpu, clean, name, cached, memory):
+    bit = f"{clean} ({CLEAN_BIT_NAMES.get(clean, '?')})"
+    cpu.machine.note(
+        f"VMRUN used the cached {name} = {cached:#x}, not the VMCB's {memory:#x}: "
+        f"VMCB_CLEAN bit {bit} was set (APM vol 2, 15.15.3)")
+    cpu.machine.svm_event(cpu, "vmcb_stale", {"field": name, "cached": cached,
+                                              "vmcb": memory, "clean_bit": clean})
+
+
+def view_for_exit(cpu, page: bytearray) -> VmcbPage:
     """The VMCB #VMEXIT writes (into ``page``, a copy written back after):
     every written field refreshes the cache."""
-    return CachedVmcb(page, 0, cpu.svm.clean_cache, 0, cpu)
+    return VmcbPage(page, cpu.svm.clean_cache)
 
 
 def forget(cpu) -> None:

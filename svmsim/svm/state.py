@@ -37,6 +37,8 @@ class SvmState:
     """What VMRUN loaded and #VMEXIT needs (APM vol 2, 15.5-15.6)."""
     vmcb_pa: int = 0
     caps: object = None                       # checks.CpuCaps of this CPU, computed once
+    feats: frozenset = frozenset()            # its optional SVM features (features.py), with caps
+    caps_es: bool = False                     # the CPU has SEV-ES (VMRUN loads the GHCB MSR)
     words: tuple = (0, 0, 0, 0, 0, 0)        # intercept words 000h-014h
     iopm_pa: int = 0
     msrpm_pa: int = 0

@@ -11,6 +11,8 @@ The host save area's format is implementation-specific (APM 15.5.1,
 "VM_HSAVE_PA"); svmsim uses the VMCB's own save-area layout, as QEMU does,
 so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
 """
+from operator import itemgetter
+
 from ..cpu.exceptions import CpuException
 from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF
@@ -18,8 +20,9 @@ from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts
 from . import avic, checks, clean, exits, sev_checks, sev_es, snp
 from .exits import ExitCode
-from .vmcb import VmcbView, VMCB_SIZE
-from .intercepts import read_words
+from .vmcb import VmcbView, VMCB_SIZE, CHILDREN, field
+from .intercepts import WORD_NAMES
+from .packed import VmcbPage, HOST_PACKED, HOST_FIELDS
 from .state import VmExit
 from .vmstate import canonical
 
@@ -49,6 +52,21 @@ def _save_segments(cpu, v):
     v.set_segment("IDTR", 0, 0, cpu.idtr_limit, cpu.idtr_base)
 
 
+def _segment_values(cpu) -> list:
+    """ES, CS, SS, DS (selector, attributes, limit, base), GDTR and IDTR
+    (limit, base): HOST_FIELDS' first 20 values and the VMCB's."""
+    out = []
+    for idx in (ES, CS, SS, DS):
+        s = cpu.segs[idx]
+        out += (s.sel, s.attr, s.limit, s.base)
+    out += (cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base)
+    return out
+
+
+_HOST_INDEX = tuple(HOST_PACKED.index[n] for n in HOST_FIELDS)
+_HOST_MASKS = tuple(field(n).mask for n in HOST_FIELDS)
+
+
 def _load_segments(cpu, v):
     """VMRUN and #VMEXIT "canonicalize (i.e., sign-extend to bit 63) ... All
     base addresses in the segment registers that have been loaded" (15.5.1)."""
@@ -60,30 +78,60 @@ def _load_segments(cpu, v):
     cpu.idtr_limit, cpu.idtr_base = v["IDTR.LIMIT"], canonical(v["IDTR.BASE"], bits)
 
 
-def save_host(cpu, hsave: VmcbView, next_rip: int) -> None:
+def _load_segment_values(cpu, vals) -> None:
+    """_load_segments from the 20 values of _segment_values' order."""
+    bits = cpu.machine.profile.lin_bits
+    segs = cpu.segs
+    for i, idx in enumerate((ES, CS, SS, DS)):
+        sel, attr, limit, base = vals[4 * i:4 * i + 4]
+        segs[idx] = Segment(sel, canonical(base, bits), limit, attr)
+    cpu.gdtr_limit, cpu.gdtr_base = vals[16], canonical(vals[17], bits)
+    cpu.idtr_limit, cpu.idtr_base = vals[18], canonical(vals[19], bits)
+
+
+def _hsave_page(bus, hsave_pa) -> bytearray:
+    return bytearray(bus.read_bytes(hsave_pa + HOST_PACKED.start, HOST_PACKED.end - HOST_PACKED.start))
+
+
+def save_host(cpu, bus, hsave_pa: int, next_rip: int) -> None:
     """VMRUN step "save host state" (APM vol 3 VMRUN: ES CS SS DS, GDTR,
-    IDTR, EFER, CR0, CR4, CR3, RFLAGS, RIP of the next instruction, RSP, RAX)."""
-    _save_segments(cpu, hsave)
-    for name, value in (("EFER", cpu.efer), ("CR0", cpu.cr0), ("CR4", cpu.cr4), ("CR3", cpu.cr3),
-                        ("RFLAGS", cpu.get_rflags()), ("RIP", next_rip),
-                        ("RSP", cpu.regs[4]), ("RAX", cpu.regs[0])):
-        hsave[name] = value
+    IDTR, EFER, CR0, CR4, CR3, RFLAGS, RIP of the next instruction, RSP, RAX),
+    into the host save area at ``hsave_pa`` with one pack."""
+    area = _hsave_page(bus, hsave_pa)
+    vals = HOST_PACKED.unpack(area, -HOST_PACKED.start)
+    new = _segment_values(cpu) + [cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip,
+                                  cpu.regs[4], cpu.regs[0]]
+    for i, value, mask in zip(_HOST_INDEX, new, _HOST_MASKS):
+        vals[i] = value & mask
+    HOST_PACKED.pack_into(area, -HOST_PACKED.start, vals)
+    bus.write_bytes(hsave_pa + HOST_PACKED.start, area)
 
 
-def restore_host(cpu, hsave: VmcbView) -> None:
+
+
+def restore_host(cpu, hsave) -> None:
     """#VMEXIT "reload host state" (APM 15.6): the saved registers, CPL 0,
     CR0.PE forced to 1, DR7 = 400h (all breakpoints off), RFLAGS.TF kept,
-    RF clear (the VMRUN instruction has completed)."""
-    cpu.efer = hsave["EFER"]
-    cpu.cr0 = hsave["CR0"] | CR0_PE
-    cpu.cr4 = hsave["CR4"]
-    cpu.cr3 = hsave["CR3"]
-    _load_segments(cpu, hsave)
+    RF clear (the VMRUN instruction has completed).  ``hsave``: the host
+    save area's physical address (or a VmcbView of it)."""
+    if isinstance(hsave, int):
+        raw = HOST_PACKED.unpack(cpu.bus.read_bytes(hsave + HOST_PACKED.start,
+                                                    HOST_PACKED.end - HOST_PACKED.start),
+                                 -HOST_PACKED.start)
+        vals = [raw[i] for i in _HOST_INDEX]
+    else:
+        vals = [hsave[n] for n in HOST_FIELDS]
+    efer, cr4, cr3, cr0, rflags, rip, rsp, rax = vals[20:]
+    cpu.efer = efer
+    cpu.cr0 = cr0 | CR0_PE
+    cpu.cr4 = cr4
+    cpu.cr3 = cr3
+    _load_segment_values(cpu, vals)
     cpu.cpl = 0
-    cpu.set_rflags(hsave["RFLAGS"] & ~(VM | RF))     # VMRUN completed: RF is 0 after it
-    cpu.rip = hsave["RIP"]
-    cpu.regs[4] = hsave["RSP"]
-    cpu.regs[0] = hsave["RAX"]
+    cpu.set_rflags(rflags & ~(VM | RF))     # VMRUN completed: RF is 0 after it
+    cpu.rip = rip
+    cpu.regs[4] = rsp
+    cpu.regs[0] = rax
     cpu.dr[7] = 0x400
     cpu.debugctl = cpu.msr.get(0x1D9, 0) & 3
 
@@ -99,7 +147,10 @@ def _load_guest(cpu, v: VmcbView) -> None:
     cpu.cr4 = v["CR4"]
     cpu.cr3 = v["CR3"]
     cpu.cr2 = v["CR2"]
-    _load_segments(cpu, v)
+    if type(v) is VmcbPage:
+        _load_segment_values(cpu, _SEG_GET(v))
+    else:
+        _load_segments(cpu, v)
     rflags = v["RFLAGS"]
     cpu.set_rflags(rflags)
     cpu.rip = v["RIP"]
@@ -115,63 +166,89 @@ def _load_guest(cpu, v: VmcbView) -> None:
     cpu.cpl = cpl
 
 
-def _save_guest(cpu, v: VmcbView, rip: int) -> None:
+def _save_guest(cpu, v, rip: int) -> None:
     """#VMEXIT "save guest state to VMCB" (APM 15.6)."""
+    regs = (cpu.efer, cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.get_rflags(), rip, cpu.regs[4],
+            cpu.regs[0], cpu.dr[7], cpu.dr[6], cpu.cpl)
+    if type(v) is VmcbPage:
+        vals = dict(zip(_SEG_NAMES, _segment_values(cpu)))
+        vals.update(zip(_GUEST_NAMES, regs))
+        for name, mask in _GUEST_MASKS:
+            vals[name] &= mask
+        v.set_many(vals)
+        return
     _save_segments(cpu, v)
-    for name, value in (("EFER", cpu.efer), ("CR0", cpu.cr0), ("CR2", cpu.cr2), ("CR3", cpu.cr3),
-                        ("CR4", cpu.cr4), ("RFLAGS", cpu.get_rflags()), ("RIP", rip),
-                        ("RSP", cpu.regs[4]), ("RAX", cpu.regs[0]), ("DR7", cpu.dr[7]),
-                        ("DR6", cpu.dr[6]), ("CPL", cpu.cpl)):
+    for name, value in zip(_GUEST_NAMES, regs):
         v[name] = value
 
 
+_SEG_NAMES = HOST_FIELDS[:20]
+_GUEST_NAMES = ("EFER", "CR0", "CR2", "CR3", "CR4", "RFLAGS", "RIP", "RSP", "RAX", "DR7", "DR6", "CPL")
+_GUEST_MASKS = tuple((n, field(n).mask) for n in _SEG_NAMES + _GUEST_NAMES)
+_WORDS = itemgetter(*WORD_NAMES)
+_SEG_GET = itemgetter(*_SEG_NAMES)
+# INT_CTL's sub-fields (table B-1, 060h), read at every VMRUN.
+_INT_CTL = tuple((f.name, f.bit, f.mask) for f in CHILDREN["INT_CTL"])
+
+
 # ---------------------------------------------------------------- control area
-def _load_control(cpu, v: VmcbView):
+def _load_control(cpu, v):
     s = cpu.svm
-    s.words = read_words(v)
+    feats = s.feats
+    s.words = _WORDS(v)
     s.iopm_pa = v["IOPM_BASE_PA"] & ~0xFFF
     s.msrpm_pa = v["MSRPM_BASE_PA"] & ~0xFFF
     s.asid = v["GUEST_ASID"]
     s.tsc_offset = v["TSC_OFFSET"]
-    s.v_tpr = v["V_TPR"] & 0xF
-    s.v_irq = bool(v["V_IRQ"])
-    s.v_intr_prio = v["V_INTR_PRIO"]
-    s.v_ign_tpr = bool(v["V_IGN_TPR"])
-    s.v_intr_masking = bool(v["V_INTR_MASKING"])
+    ic = v["INT_CTL"]
+    i = {name: ic >> bit & mask for name, bit, mask in _INT_CTL}
+    s.v_tpr = i["V_TPR"] & 0xF
+    s.v_irq = bool(i["V_IRQ"])
+    s.v_intr_prio = i["V_INTR_PRIO"]
+    s.v_ign_tpr = bool(i["V_IGN_TPR"])
+    s.v_intr_masking = bool(i["V_INTR_MASKING"])
     s.v_intr_vector = v["V_INTR_VECTOR"]
     s.pause_initial = s.pause_count = v["PAUSE_FILTER_COUNT"]
     s.pause_threshold = v["PAUSE_FILTER_THRESHOLD"]
     s.pause_last = None
-    from . import features
-    s.np_enable = bool(v["NP_ENABLE"]) and features.enabled(cpu, "npt")
-    s.v_gif_enable = bool(v["V_GIF_ENABLE"]) and features.enabled(cpu, "vgif")
-    s.v_gif = bool(v["V_GIF"])
-    s.v_nmi_enable = bool(v["V_NMI_ENABLE"]) and features.enabled(cpu, "vnmi")
-    s.v_nmi_pending = s.v_nmi_enable and bool(v["V_NMI_PENDING"])
-    s.v_nmi_blocking = s.v_nmi_enable and bool(v["V_NMI_BLOCKING"])
-    s.lbr_virt = bool(v["LBR_VIRTUALIZATION_ENABLE"]) and features.enabled(cpu, "lbrv")
+    s.np_enable = bool(v["NP_ENABLE"]) and "npt" in feats
+    s.v_gif_enable = bool(i["V_GIF_ENABLE"]) and "vgif" in feats
+    s.v_gif = bool(i["V_GIF"])
+    s.v_nmi_enable = bool(i["V_NMI_ENABLE"]) and "vnmi" in feats
+    s.v_nmi_pending = s.v_nmi_enable and bool(i["V_NMI_PENDING"])
+    s.v_nmi_blocking = s.v_nmi_enable and bool(i["V_NMI_BLOCKING"])
+    s.lbr_virt = bool(v["LBR_VIRTUALIZATION_ENABLE"]) and "lbrv" in feats
     # Virtual VMSAVE/VMLOAD works only with nested paging (APM 15.33.1).
     s.v_vmsave_vmload = (bool(v["V_VMSAVE_VMLOAD_ENABLE"]) and s.np_enable
-                         and features.enabled(cpu, "v_vmsave_vmload"))
+                         and "v_vmsave_vmload" in feats)
 
 
-def _write_back_control(cpu, v: VmcbView):
+def _write_back_control(cpu, v):
     """Fields the guest can change that #VMEXIT writes back (APM 15.6, 15.21).
     "If a #VMEXIT occurs during the virtual NMI delivery, EXITINTINFO is set
     appropriately and V_NMI_MASK is saved as 0" (15.21.10)."""
     s = cpu.svm
-    v["V_TPR"] = s.v_tpr
-    v["V_IRQ"] = int(s.v_irq)
-    v["INTERRUPT_SHADOW"] = int(cpu.shadow or cpu.in_shadow)
-    # Table B-1, 68h bit 1: the guest's RFLAGS.IF, "written back to the VMCB on
-    # #VMEXIT": how a hypervisor sees it for an SEV-ES guest.
-    v["GUEST_INTERRUPT_MASK"] = cpu.rflags >> 9 & 1
+    new = [("V_TPR", s.v_tpr), ("V_IRQ", int(s.v_irq))]
     # The pause-filter count is internal: VMRUN reloads it, nothing writes it back.
     if s.v_gif_enable:
-        v["V_GIF"] = int(s.v_gif)
+        new.append(("V_GIF", int(s.v_gif)))
     if s.v_nmi_enable:
-        v["V_NMI_PENDING"] = int(s.v_nmi_pending)
-        v["V_NMI_BLOCKING"] = int(s.v_nmi_blocking and not s.vnmi_delivery)
+        new += (("V_NMI_PENDING", int(s.v_nmi_pending)),
+                ("V_NMI_BLOCKING", int(s.v_nmi_blocking and not s.vnmi_delivery)))
+    v["INT_CTL"] = _merge(v["INT_CTL"], new)
+    # Table B-1, 68h bit 1: the guest's RFLAGS.IF, "written back to the VMCB on
+    # #VMEXIT": how a hypervisor sees it for an SEV-ES guest.
+    v["INT_STATE"] = _merge(v["INT_STATE"], (("INTERRUPT_SHADOW", int(cpu.shadow or cpu.in_shadow)),
+                                             ("GUEST_INTERRUPT_MASK", cpu.rflags >> 9 & 1)))
+
+
+def _merge(word: int, values) -> int:
+    """``word`` with the named sub-fields replaced."""
+    for name, value in values:
+        f = field(name)
+        m = f.mask << f.bit
+        word = word & ~m | (value << f.bit) & m
+    return word
 
 
 LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),
@@ -219,16 +296,16 @@ def vmrun(cpu, ins) -> None:
     bus = cpu.bus
     page = _page(bus, vmcb_pa)
     v = clean.view_for_vmrun(cpu, vmcb_pa, page)
-    hpage = _page(bus, hsave_pa)
-    hsave = VmcbView(hpage)
     s = cpu.svm
     s.vmcb_pa = vmcb_pa
     s.host_if = bool(cpu.rflags & IF)
-    save_host(cpu, hsave, ins.next_ip)
-    bus.write_bytes(hsave_pa, hpage)
+    save_host(cpu, bus, hsave_pa, ins.next_ip)
     s.vmruns += 1
     if s.caps is None:
+        from . import features
         s.caps = checks.CpuCaps.from_cpu(cpu)
+        s.feats = frozenset(f for f in features.IMPLEMENTED if features.enabled(cpu, f))
+        s.caps_es = bool(cpu.machine.profile.extra.get("sev", {}).get("es"))
     g, reason = v, None          # g: where the guest state is (the VMSA for SEV-ES)
     if sev_checks.es_requested(v, cpu):
         g, reason = sev_es.enter(cpu, v)
@@ -236,8 +313,7 @@ def vmrun(cpu, ins) -> None:
         reason = checks.check_guest_state(g, s.caps, cpu)
     if reason is not None:
         clean.forget(cpu)
-        invalid_exit(cpu, VmcbView(page), hsave, reason)
-        bus.write_bytes(vmcb_pa, page)
+        invalid_exit(cpu, VmcbPage(page), hsave_pa, reason)
         return
     _load_control(cpu, v)
     host_cr4, host_efer = cpu.cr4, cpu.efer
@@ -248,7 +324,7 @@ def vmrun(cpu, ins) -> None:
     if s.es:
         s.vmsa_pa = sev_es.vmsa_spa(cpu, v)
         sev_es.load_guest(cpu, g)
-    if cpu.machine.profile.extra.get("sev", {}).get("es"):
+    if s.caps_es:
         cpu.msr[GHCB_MSR] = v["GHCB_GPA"]                 # 15.35.7
     if s.np_enable:
         from . import npt
@@ -271,9 +347,10 @@ def vmrun(cpu, ins) -> None:
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True
-    cpu.machine.svm_event(cpu, "vmrun", {"vmcb": vmcb_pa, "asid": s.asid, "rip": cpu.rip,
-                                         "eventinj": v["EVENTINJ"]})
     eventinj = v["EVENTINJ"]
+    if cpu.machine.listeners:
+        cpu.machine.svm_event(cpu, "vmrun", {"vmcb": vmcb_pa, "asid": s.asid, "rip": cpu.rip,
+                                             "eventinj": eventinj})
     if eventinj & exits.EVENT_V:
         inject(cpu, eventinj, v["NRIP"])
 
@@ -315,20 +392,22 @@ def inject(cpu, value: int, nrip: int = 0) -> None:
 
 
 # ---------------------------------------------------------------- #VMEXIT
-def invalid_exit(cpu, v: VmcbView, hsave: VmcbView, reason) -> None:
+def invalid_exit(cpu, v: VmcbPage, hsave_pa: int, reason) -> None:
     """#VMEXIT(VMEXIT_INVALID): nothing of the guest was loaded; the host
-    continues after VMRUN with GIF = 0 (APM 15.5.1).  svmsim records why."""
+    continues after VMRUN with GIF = 0 (APM 15.5.1).  svmsim records why.
+    ``v``: the VMCB page copy, written back here."""
     cpu.svm.invalid.append(reason)
     v["EXITCODE"] = exits.to_vmcb(ExitCode.INVALID)
     v["EXITINFO1"] = 0
     v["EXITINFO2"] = 0
     v["EXITINTINFO"] = 0
+    cpu.bus.write_bytes(cpu.svm.vmcb_pa, v.flush())
     _count(cpu, int(ExitCode.INVALID))
     cpu.machine.svm_event(cpu, "vmexit", {"code": int(ExitCode.INVALID), "name": "INVALID",
                                           "info1": 0, "info2": 0, "rip": v["RIP"],
                                           "asid": v["GUEST_ASID"], "reason": reason.as_dict(),
                                           "message": str(reason)})
-    restore_host(cpu, hsave)
+    restore_host(cpu, hsave_pa)
     cpu.gif = False
     cpu.update_mode()
 
@@ -361,8 +440,8 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
            exitintinfo: int = 0, insn: bytes = b"", fetch: bool = False, detail: str = "") -> None:
     """Leave the guest (APM 15.6).  ``fetch``: an #NPF on an instruction
     fetch, which records no instruction bytes (15.8.4)."""
-    from . import features
     s = cpu.svm
+    feats = s.feats
     bus = cpu.bus
     page = _page(bus, s.vmcb_pa)
     v = clean.view_for_exit(cpu, page)
@@ -382,36 +461,36 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         sev_es.write_back(cpu)
     if GHCB_MSR in cpu.msr:
         v["GHCB_GPA"] = cpu.msr[GHCB_MSR]
-    v["EXITCODE"] = exits.to_vmcb(code)
-    v["EXITINFO1"] = info1 & MASK64
-    v["EXITINFO2"] = info2 & MASK64
-    v["EXITINTINFO"] = exitintinfo
-    v["EVENTINJ"] = v["EVENTINJ"] & ~exits.EVENT_V
-    if features.enabled(cpu, "nrips") and not s.es:
-        v["NRIP"] = nrip
+    info = {"EXITCODE": code & MASK64, "EXITINFO1": info1 & MASK64, "EXITINFO2": info2 & MASK64,
+            "EXITINTINFO": exitintinfo & MASK64, "EVENTINJ": v["EVENTINJ"] & ~exits.EVENT_V}
+    if "nrips" in feats and not s.es:
+        info["NRIP"] = nrip & MASK64
     # An SEV-ES guest's instruction bytes are never saved (15.35.4).
-    if features.enabled(cpu, "decode_assists") and not s.es:
+    if "decode_assists" in feats and not s.es:
         if code == ExitCode.NPF and not insn and not fetch:
             from .events import fetch_insn_bytes
             insn = fetch_insn_bytes(cpu)
-        v["INSN_LEN"] = len(insn)
+        info["INSN_LEN"] = len(insn)
         if insn:
-            v["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
-    bus.write_bytes(s.vmcb_pa, page)
+            info["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
+    v.set_many(info)
+    bus.write_bytes(s.vmcb_pa, v.flush())
     _count(cpu, code)
-    cpu.machine.svm_event(cpu, "vmexit", {"code": code, "name": exits.exit_name(code), "info1": info1,
-                                          "info2": info2, "exitintinfo": exitintinfo,
-                                          "rip": guest_rip, "asid": s.asid, "detail": detail})
+    if cpu.machine.listeners:
+        cpu.machine.svm_event(cpu, "vmexit", {"code": code, "name": exits.exit_name(code),
+                                              "info1": info1, "info2": info2,
+                                              "exitintinfo": exitintinfo, "rip": guest_rip,
+                                              "asid": s.asid, "detail": detail})
     cpu.svm_guest = False
     cpu.npt = None
     cpu.sev_asid = 0
     cpu.gif = False
     cpu.shadow = False
     cpu.halted = False
-    hpage = _page(bus, cpu.msr.get(VM_HSAVE_PA, 0))
-    restore_host(cpu, VmcbView(hpage))
+    hsave_pa = cpu.msr.get(VM_HSAVE_PA, 0)
+    restore_host(cpu, hsave_pa)
     if s.es:
-        sev_es.restore_host(cpu, hpage)
+        sev_es.restore_host(cpu, _page(bus, hsave_pa))
         s.es, s.vmsa, s.snp, s.vmpl = False, None, False, 0
     s.in_use = frozenset()
     cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0)

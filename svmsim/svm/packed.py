@@ -1,0 +1,172 @@
+"""Layouts compiled once: one ``struct`` unpack/pack per area (issue 14, item 1).
+
+A world switch moves about a hundred VMCB fields.  Reading them one by one
+(``int.from_bytes`` of a slice per field, a name lookup per access) cost
+most of a VMRUN/#VMEXIT round trip, so the tables in vmcb.py are compiled
+here, from the same data, into:
+
+* ``Packed``: a ``struct.Struct`` over a byte range holding a set of the
+  table's whole fields, with the bytes between them carried along as byte
+  strings (so packing never clobbers reserved or software-owned bytes, e.g.
+  the 32 bytes at 3E0h the APM leaves to software);
+* ``VmcbPage``: the VMCB page as a dict of every whole field, filled by one
+  unpack, read at dict speed (``page["EFER"]``), sub-fields (V_TPR,
+  NP_ENABLE, ...) and aliases computed on first use, written back with one
+  pack (``flush``).  It offers the VmcbView protocol (``[name]``,
+  ``read(field)``, ``segment``, ``set_segment``, ``to_dict``, ``dump``) so
+  the checks and the SEV/AVIC/nested-paging code take it unchanged.
+"""
+import struct
+
+from . import vmcb as _vmcb
+from .vmcb import FIELDS, BY_NAME, CHILDREN, VMCB_SIZE
+
+_CODES = {8: "B", 16: "H", 32: "I", 64: "Q"}
+
+
+class Packed:
+    """Whole fields of a layout table between byte ``start`` and ``end``,
+    as one struct.  ``unpack`` gives a list (fields and gap bytes, in
+    offset order; ``index[name]`` is a field's position), ``pack_into``
+    writes such a list back."""
+
+    def __init__(self, fields, start: int, end: int):
+        fields = sorted(fields, key=lambda f: f.offset)
+        fmt, names, odd, pos = ["<"], [], [], start
+        for f in fields:
+            if f.parent is not None or f.bit:
+                raise ValueError(f"{f.name}: only whole fields can be packed")
+            if f.offset < pos or f.end > end:
+                raise ValueError(f"{f.name} overlaps the previous field or leaves the range")
+            if f.offset > pos:
+                fmt.append(f"{f.offset - pos}s")
+                names.append(pos)                     # a gap, named by its offset
+            code = _CODES.get(f.width)
+            if code is None:
+                fmt.append(f"{f.nbytes}s")
+                odd.append((len(names), f.nbytes))
+            else:
+                fmt.append(code)
+            names.append(f.name)
+            pos = f.end
+        if pos < end:
+            fmt.append(f"{end - pos}s")
+            names.append(pos)
+        self.struct = struct.Struct("".join(fmt))
+        self.start, self.end = start, end
+        self.names = tuple(names)
+        self.index = {n: i for i, n in enumerate(names)}
+        self.odd = tuple(odd)                          # fields wider than 64 bits: ints here
+
+    def unpack(self, buf, base: int = 0) -> list:
+        vals = list(self.struct.unpack_from(buf, base + self.start))
+        for i, _n in self.odd:
+            vals[i] = int.from_bytes(vals[i], "little")
+        return vals
+
+    def pack_into(self, buf, base: int, vals) -> None:
+        if self.odd:
+            vals = list(vals)
+            for i, n in self.odd:
+                vals[i] = vals[i].to_bytes(n, "little")
+        self.struct.pack_into(buf, base + self.start, *vals)
+
+
+# ---------------------------------------------------------------- the VMCB page
+_TOP = tuple(f for f in FIELDS if f.parent is None)
+VMCB_PACKED = Packed(_TOP, 0, VMCB_SIZE)
+_TOP_MASK = {f.name: f.mask for f in _TOP}
+_CHILD_NAMES = {p: tuple(c.name for c in cs) for p, cs in CHILDREN.items()}
+_LOOKUP = _vmcb._LOOKUP
+_SEG_NAMES = {s: (f"{s}.SEL" if f"{s}.SEL" in BY_NAME else None,
+                  f"{s}.ATTRIB" if f"{s}.ATTRIB" in BY_NAME else None,
+                  f"{s}.LIMIT", f"{s}.BASE") for s in _vmcb.SEGMENTS}
+
+
+class VmcbPage(dict):
+    """A copy of a VMCB page as {field name: value} (see the module
+    docstring).  ``cache``: the clean-bit cache (clean.py) that every write
+    of a field refreshes, as the processor's copy is refreshed by the
+    values it writes at #VMEXIT."""
+    __slots__ = ("buf", "cache")
+
+    def __init__(self, buf: bytearray, cache: dict = None):
+        dict.__init__(self, zip(VMCB_PACKED.names, VMCB_PACKED.unpack(buf)))
+        self.buf, self.cache = buf, cache
+
+    # -- reads ----------------------------------------------------------
+    def __missing__(self, name):
+        f = _LOOKUP[name]                                 # KeyError for unknown names
+        if f.name != name:
+            return self[f.name]                           # an alias
+        value = self[f.parent] >> f.bit & f.mask          # a sub-field, kept until its parent changes
+        dict.__setitem__(self, name, value)
+        return value
+
+    def __contains__(self, name) -> bool:
+        return name in _LOOKUP
+
+    def read(self, f) -> int:
+        return self[f.name]
+
+    def segment(self, seg: str) -> tuple:
+        sel, attr, limit, base = _SEG_NAMES[seg]
+        return (self[sel] if sel else 0, self[attr] if attr else 0, self[limit], self[base])
+
+    def to_dict(self) -> dict:
+        return {f.name: self[f.name] for f in FIELDS}
+
+    def dump(self) -> str:
+        return _vmcb.format_vmcb(self.to_dict())
+
+    # -- writes ---------------------------------------------------------
+    def __setitem__(self, name, value) -> None:
+        mask = _TOP_MASK.get(name)
+        if mask is None:
+            f = _LOOKUP[name]
+            if f.parent is None:
+                self[f.name] = value                      # an alias of a whole field
+                return
+            parent = f.parent
+            m = f.mask << f.bit
+            self[parent] = self[parent] & ~m | (value << f.bit) & m
+            dict.__setitem__(self, f.name, value & f.mask)
+            return
+        dict.__setitem__(self, name, value & mask)
+        for child in _CHILD_NAMES.get(name, ()):
+            self.pop(child, None)
+        if self.cache is not None:
+            self.cache[name] = value & mask
+
+    def write(self, f, value) -> None:
+        self[f.name] = value
+
+    def set_many(self, values: dict) -> None:
+        """Write whole fields that have no sub-fields, in bulk (the #VMEXIT
+        guest state); values must already fit their fields."""
+        self.update(values)
+        if self.cache is not None:
+            self.cache.update(values)
+
+    def set_segment(self, seg: str, sel: int, attrib: int, limit: int, base: int) -> None:
+        n_sel, n_attr, n_limit, n_base = _SEG_NAMES[seg]
+        if n_sel:
+            self[n_sel] = sel
+            self[n_attr] = attrib
+        self[n_limit] = limit
+        self[n_base] = base
+
+    def flush(self) -> bytearray:
+        """Pack every field back into the page copy and return it."""
+        VMCB_PACKED.pack_into(self.buf, 0, [dict.__getitem__(self, n) for n in VMCB_PACKED.names])
+        return self.buf
+
+
+# ---------------------------------------------------------------- the host save area
+# What VMRUN saves and #VMEXIT restores of the host (APM vol 3 VMRUN, "save
+# host state"; 15.6): in the VMCB's save-area layout (world.py's docstring).
+HOST_FIELDS = ("ES.SEL", "ES.ATTRIB", "ES.LIMIT", "ES.BASE", "CS.SEL", "CS.ATTRIB", "CS.LIMIT",
+               "CS.BASE", "SS.SEL", "SS.ATTRIB", "SS.LIMIT", "SS.BASE", "DS.SEL", "DS.ATTRIB",
+               "DS.LIMIT", "DS.BASE", "GDTR.LIMIT", "GDTR.BASE", "IDTR.LIMIT", "IDTR.BASE",
+               "EFER", "CR4", "CR3", "CR0", "RFLAGS", "RIP", "RSP", "RAX")
+HOST_PACKED = Packed([BY_NAME[n] for n in HOST_FIELDS], 0x400, 0x600)

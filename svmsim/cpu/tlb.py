@@ -11,7 +11,10 @@ Two layers, kept apart on purpose:
   per privilege (supervisor/user) and access kind (read/write/fetch), filled
   from an architectural entry after its permission check.  They are derived
   data and may be dropped at any time without changing guest-visible
-  behaviour.
+  behaviour.  A world switch (VMRUN/#VMEXIT) sets the current caches
+  aside under the context they were filled in (``select_fast``) and takes
+  back the other world's, so a hypervisor and its guest do not refill
+  their caches at every round trip; every other drop empties all of them.
 """
 R, W, X = 0, 1, 2
 MMIO_R, MMIO_W = 3, 4      # linear page -> SPA page of an MMIO (non-RAM) target
@@ -26,7 +29,8 @@ class Tlb:
         self._global: dict = {}       # asid -> {vpn: Translation}
         self.entries: dict = self._tagged.setdefault((0, 0), {})
         self.globals: dict = self._global.setdefault(0, {})
-        self.fast = [[{} for _ in range(6)] for _ in range(2)]   # [user][R/W/X/MMIO_R/MMIO_W/FC]
+        self.fast = _new_fast()       # [user][R/W/X/MMIO_R/MMIO_W/FC]
+        self._fast_sets: dict = {}    # context -> a fast set put aside by select_fast
         # Large pages are cached as 4 KiB slices; INVLPG of any address in a
         # large page drops every slice (APM 5.5.2), so remember them by page.
         self._large: dict = {}        # (asid, size, first vpn) -> {vpn}
@@ -49,13 +53,35 @@ class Tlb:
             self.entries[vpn] = t
 
     # -- tags ----------------------------------------------------------------
-    def switch(self, asid: int, pcid: int) -> None:
-        """Make (asid, pcid) current without flushing anything."""
+    def switch(self, asid: int, pcid: int, keep_fast: bool = False) -> None:
+        """Make (asid, pcid) current without flushing anything.  The fast
+        caches are dropped unless ``keep_fast`` (the caller then selects
+        them with ``select_fast``)."""
         if (asid, pcid) != (self.asid, self.pcid):
             self.asid, self.pcid = asid, pcid
             self.entries = self._tagged.setdefault((asid, pcid), {})
             self.globals = self._global.setdefault(asid, {})
-            self.drop_fast()
+            if not keep_fast:
+                self.drop_fast()
+
+    def select_fast(self, out_key, in_key) -> None:
+        """Put the current fast caches aside as those of context ``out_key``
+        and take context ``in_key``'s (empty ones if there are none).  A key
+        names everything the cached entries were derived under (world.py:
+        tag, control registers, nested paging); None: not worth keeping (the
+        caches are dropped / start empty).  The caller re-selects the CPU's
+        cache references (``Cpu.update_mode``)."""
+        sets = self._fast_sets
+        if out_key is not None:
+            if len(sets) >= 8:
+                sets.clear()
+            sets[out_key] = self.fast
+        got = sets.pop(in_key, None) if in_key is not None else None
+        self.fast = got if got is not None else _new_fast()
+
+    def _all_fast(self):
+        yield self.fast
+        yield from self._fast_sets.values()
 
     # -- flushes (each names its architectural cause for the statistics) -------
     def _count(self, cause):
@@ -106,22 +132,30 @@ class Tlb:
         glob = self._global.get(asid, {})
         for v in vpns:
             glob.pop(v, None)
-        for per_user in self.fast:
-            for d in per_user:
-                for v in vpns:
-                    d.pop(v, None)
+        for fast in self._all_fast():
+            for per_user in fast:
+                for d in per_user:
+                    for v in vpns:
+                        d.pop(v, None)
 
     def drop_fast(self) -> None:
         for per_user in self.fast:
             for d in per_user:
                 d.clear()
+        self._fast_sets.clear()
 
     def drop_fast_writes(self) -> None:
         """A page became code: it may be in a write cache (W)."""
-        for per_user in self.fast:
-            per_user[W].clear()
+        for fast in self._all_fast():
+            for per_user in fast:
+                per_user[W].clear()
 
     def drop_fast_code(self) -> None:
         """The engine forgot its code pages: their byte maps (FC) are stale."""
-        for per_user in self.fast:
-            per_user[FC].clear()
+        for fast in self._all_fast():
+            for per_user in fast:
+                per_user[FC].clear()
+
+
+def _new_fast() -> list:
+    return [[{} for _ in range(6)] for _ in range(2)]

@@ -74,6 +74,8 @@ svmsim's readings where the manual is open to interpretation:
 The VMCB is read through a tiny protocol: ``vmcb[name] -> int`` with the
 field names below (F_*), so any mapping or VMCB view works.
 """
+from operator import itemgetter
+
 from .exits import eventinj_problem
 from dataclasses import dataclass
 
@@ -440,16 +442,48 @@ RULE_ORDER = tuple(rule for rule, _ in GUEST_STATE_RULES)
 LATER_CHECKS: list = []
 
 
-def check_guest_state(vmcb, cpu_caps: CpuCaps, host) -> InvalidReason | None:
+# What the rules above read (all but PAE_PDPTE, which reads memory), and
+# what the SEV and AVIC rules in LATER_CHECKS read (MEMO_LATER; the AVIC
+# rule only while the RMP is off, as it then reads the RMP): when a VMRUN
+# presents the same values as the last one that passed, on the same CPU,
+# those rules pass again and only the others run.  A hypervisor resuming
+# its guest changes none of them.  A rule added to LATER_CHECKS under
+# another name always runs.
+MEMO_FIELDS = (F_EFER, F_CR0, F_CR3, F_CR4, F_DR6, F_DR7, F_CS_ATTRIB, F_INTERCEPT_VMRUN,
+               F_MSRPM_BASE_PA, F_IOPM_BASE_PA, F_EVENTINJ, F_GUEST_ASID, "MISC_CTL", F_N_CR3,
+               F_G_PAT, "INT_CTL", "INTERCEPT_MISC1", "AVIC_BACKING_PAGE", "AVIC_LOGICAL_TABLE",
+               "AVIC_PHYSICAL_TABLE")
+MEMO_LATER = frozenset({"SEV_NP", "SEV_SMMLOCK", "SEV_ASID", "SEV_64BIT_HOST", "SEV_ES_EVENTINJ",
+                        "AVIC"})
+_memo_key = itemgetter(*MEMO_FIELDS)
+_UNMEMOIZED = tuple(r for r in GUEST_STATE_RULES if r[0] == "PAE_PDPTE")
+SYSCFG_MSR, HWCR_MSR = 0xC0010010, 0xC0010015
+
+
+def check_guest_state(vmcb, cpu_caps: CpuCaps, host, memo=None) -> InvalidReason | None:
     """Run VMRUN's consistency checks on ``vmcb``; return the first failure.
 
     ``host`` is the state VMRUN runs from: anything with ``cr0`` (and
     ``efer``), e.g. the Cpu itself before the guest state is loaded.
+    ``memo``: an object whose ``checked`` attribute remembers the inputs of
+    the last VMRUN that passed (the CPU's SvmState); ``vmcb`` must then be a
+    VmcbPage and ``host`` a Cpu.
     """
-    for _rule, check in (*GUEST_STATE_RULES, *LATER_CHECKS):
+    rules, key = (*GUEST_STATE_RULES, *LATER_CHECKS), None
+    if memo is not None:
+        rmp_on = host.machine.rmp.enabled
+        msr = host.msr
+        key = (_memo_key(vmcb), host.cr0, host.efer, msr.get(SYSCFG_MSR), msr.get(HWCR_MSR),
+               rmp_on, cpu_caps)
+        if key == memo.checked:
+            rules = (*_UNMEMOIZED, *(r for r in LATER_CHECKS if r[0] not in MEMO_LATER
+                                     or rmp_on and r[0] == "AVIC"))
+    for _rule, check in rules:
         reason = check(vmcb, cpu_caps, host)
         if reason is not None:
             return reason
+    if memo is not None:
+        memo.checked = key
     return None
 
 

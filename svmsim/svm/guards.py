@@ -22,7 +22,7 @@ from ..cpu.segments import ES
 from ..cpu.state import CR0_PE, CR0_TS, CR0_MP
 from ..cpu.ops import not_reported
 from ..cpu.ops.system import check_cr_write, check_dr_write, dr_number
-from . import exits, intercepts
+from . import exits, features, intercepts
 from .exits import ExitCode
 from .state import VmExit
 
@@ -45,7 +45,6 @@ def _hit(cpu, word, bit):
 
 
 def _decode(cpu):
-    from . import features
     return features.enabled(cpu, "decode_assists")
 
 

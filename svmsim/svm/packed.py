@@ -17,6 +17,7 @@ here, from the same data, into:
   the checks and the SEV/AVIC/nested-paging code take it unchanged.
 """
 import struct
+from operator import itemgetter
 
 from . import vmcb as _vmcb
 from .vmcb import FIELDS, BY_NAME, CHILDREN, VMCB_SIZE
@@ -81,6 +82,9 @@ _LOOKUP = _vmcb._LOOKUP
 _SEG_NAMES = {s: (f"{s}.SEL" if f"{s}.SEL" in BY_NAME else None,
                   f"{s}.ATTRIB" if f"{s}.ATTRIB" in BY_NAME else None,
                   f"{s}.LIMIT", f"{s}.BASE") for s in _vmcb.SEGMENTS}
+
+
+_ALL = itemgetter(*VMCB_PACKED.names)
 
 
 class VmcbPage(dict):
@@ -158,7 +162,7 @@ class VmcbPage(dict):
 
     def flush(self) -> bytearray:
         """Pack every field back into the page copy and return it."""
-        VMCB_PACKED.pack_into(self.buf, 0, [dict.__getitem__(self, n) for n in VMCB_PACKED.names])
+        VMCB_PACKED.pack_into(self.buf, 0, _ALL(self))
         return self.buf
 
 

@@ -81,12 +81,14 @@ def _load_segments(cpu, v):
 def _load_segment_values(cpu, vals) -> None:
     """_load_segments from the 20 values of _segment_values' order."""
     bits = cpu.machine.profile.lin_bits
+    low = 1 << (bits - 1)                  # bases below this are canonical already
     segs = cpu.segs
     for i, idx in enumerate((ES, CS, SS, DS)):
         sel, attr, limit, base = vals[4 * i:4 * i + 4]
-        segs[idx] = Segment(sel, canonical(base, bits), limit, attr)
-    cpu.gdtr_limit, cpu.gdtr_base = vals[16], canonical(vals[17], bits)
-    cpu.idtr_limit, cpu.idtr_base = vals[18], canonical(vals[19], bits)
+        segs[idx] = Segment(sel, base if base < low else canonical(base, bits), limit, attr)
+    gdtr, idtr = vals[17], vals[19]
+    cpu.gdtr_limit, cpu.gdtr_base = vals[16], gdtr if gdtr < low else canonical(gdtr, bits)
+    cpu.idtr_limit, cpu.idtr_base = vals[18], idtr if idtr < low else canonical(idtr, bits)
 
 
 def _hsave_page(bus, hsave_pa) -> bytearray:
@@ -245,10 +247,12 @@ def _write_back_control(cpu, v):
 def _merge(word: int, values) -> int:
     """``word`` with the named sub-fields replaced."""
     for name, value in values:
-        f = field(name)
-        m = f.mask << f.bit
-        word = word & ~m | (value << f.bit) & m
+        bit, m = _SUB[name]
+        word = word & ~m | (value << bit) & m
     return word
+
+
+_SUB = {f.name: (f.bit, f.mask << f.bit) for f in (*CHILDREN["INT_CTL"], *CHILDREN["INT_STATE"])}
 
 
 LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),
@@ -285,6 +289,24 @@ def _tlb_control(cpu, value: int, asid: int) -> None:
         tlb.flush_all("tlb_control")
 
 
+def fast_key(cpu):
+    """What the CPU's fast access caches (cpu/tlb.py) were filled under, so
+    a world switch can keep them aside: the TLB tag, CR3 and the paging
+    controls, and nested paging's setup.  None (not kept) when more goes
+    into them: SEV keys, AVIC's backing page, the RMP, watchpoints."""
+    if cpu.watch or cpu.machine.rmp.enabled:
+        return None
+    cr4 = cpu.cr4
+    if cpu.svm_guest:
+        s = cpu.svm
+        if s.sev or s.avic:
+            return None
+        npt = cpu.npt
+        nested = None if npt is None else (npt.n_cr3, npt.host_cr4, npt.host_efer, npt.gmet)
+        return (s.asid, cpu.cr3, cpu.cr0, cr4, cpu.efer, nested)
+    return (0, cpu.cr3, cpu.cr0, cr4, cpu.efer, cpu.sev_asid, cpu.enc_mask)
+
+
 # ---------------------------------------------------------------- VMRUN
 def vmrun(cpu, ins) -> None:
     """Execute VMRUN (its #UD/#GP checks and the guest-mode intercept have
@@ -310,13 +332,14 @@ def vmrun(cpu, ins) -> None:
     if sev_checks.es_requested(v, cpu):
         g, reason = sev_es.enter(cpu, v)
     if reason is None:
-        reason = checks.check_guest_state(g, s.caps, cpu)
+        reason = checks.check_guest_state(g, s.caps, cpu, s if g is v else None)
     if reason is not None:
         clean.forget(cpu)
         invalid_exit(cpu, VmcbPage(page), hsave_pa, reason)
         return
     _load_control(cpu, v)
     host_cr4, host_efer = cpu.cr4, cpu.efer
+    host_key = fast_key(cpu)
     _load_guest(cpu, g)
     s.sev = sev_checks.sev_active(v, cpu)
     s.es = g is not v
@@ -341,9 +364,9 @@ def vmrun(cpu, ins) -> None:
     cpu.halted = False
     tlb = cpu.tlb
     pcid = cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0
-    tlb.switch(s.asid, pcid)
+    tlb.switch(s.asid, pcid, keep_fast=True)
+    tlb.select_fast(host_key, fast_key(cpu))
     _tlb_control(cpu, v["TLB_CONTROL"], s.asid)
-    tlb.drop_fast()
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True
@@ -481,6 +504,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
                                               "info1": info1, "info2": info2,
                                               "exitintinfo": exitintinfo, "rip": guest_rip,
                                               "asid": s.asid, "detail": detail})
+    guest_key = fast_key(cpu)
     cpu.svm_guest = False
     cpu.npt = None
     cpu.sev_asid = 0
@@ -493,8 +517,8 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         sev_es.restore_host(cpu, _page(bus, hsave_pa))
         s.es, s.vmsa, s.snp, s.vmpl = False, None, False, 0
     s.in_use = frozenset()
-    cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0)
-    cpu.tlb.drop_fast()
+    cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, keep_fast=True)
+    cpu.tlb.select_fast(guest_key, fast_key(cpu))
     cpu.update_mode()
     cpu.pending = True
     if s.host_step:

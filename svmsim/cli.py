@@ -131,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_fuzz_parser(sub, common)
     d = sub.add_parser("demo", parents=[common], help="boot a bundled kernel (default: the SVM hypervisor)")
     d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
-                   help="hypervisor (default), sev, attacks or smoke")
+                   help="hypervisor (default), sev, sev-es, attacks or smoke")
     d.add_argument("--smp", type=_count, default=None)
+    d.add_argument("--trace", default=None, metavar="CATS",
+                   help="sev-es: print these trace events on stderr (e.g. vmexit: each #VMEXIT "
+                        "and the GHCB server's answer)")
     d.add_argument("--timeout", type=_seconds, default=600)
     return p
 
@@ -273,6 +276,8 @@ DEMOS = {
     "hypervisor": ("svm_basic", "", 1, "a bare-metal SVM hypervisor and its 64-bit, 32-bit and real-mode guests"),
     "smoke": ("smoke", "smoke", 2, "exceptions, APIC timer, a second CPU (issue 2's smoke kernel)"),
     "sev": ("sev_guest", "", 1, "an SEV guest launched through the AMD-SP by the reference VMM"),
+    "sev-es": ("hello", "greeting=1 svmsim", 1, "an SEV-ES guest launched through the AMD-SP by "
+               "the reference VMM, its I/O through the GHCB"),
     "attacks": ("attack_target", "", 1, "the malicious-hypervisor gallery: one guest launched as SEV, "
                 "SEV-ES and SEV-SNP through the AMD-SP, attacked six ways"),
 }
@@ -316,6 +321,8 @@ def cmd_demo(args) -> int:
     kernel = demo_kernel(name)
     if args.which == "sev":
         return _demo_sev(kernel)
+    if args.which == "sev-es":
+        return _demo_sev_es(kernel, append, args.trace)
     if args.which == "attacks":
         return _demo_attacks(str(kernel))
     print(f"svmsim demo: booting it as `qemu-system-x86_64 -kernel` would, --smp {smp}", file=sys.stderr)
@@ -362,6 +369,46 @@ def _demo_sev(kernel) -> int:
     say(f"what the hypervisor reads at the guest's shared page (C = 0): {shared!r}")
     say(f"DRAM holds the secret in plaintext: {'yes' if secret[:8] in m.bus.ram.buf else 'no'}")
     ok = result.reason.startswith("isa-debug-exit: guest wrote 0x0") and launch.verified
+    say(f"{'PASS' if ok else 'FAIL'}: {result.reason}; exits {result.exits}")
+    return 0 if ok else 1
+
+
+def _demo_sev_es(kernel, append: str, trace) -> int:
+    """Issue 9, item 8: launch an SEV-ES guest (its VMSA measured by the
+    AMD-SP), let it print through the GHCB, then show the guest's registers
+    as the hypervisor reads them in the VMSA page (ciphertext) beside the
+    values the CPU runs the guest with (the VMSA under the guest's key)."""
+    from .machine import Machine
+    from .sev.api import PAGE_SIZE
+    from .svm.vmsa import VmsaView
+    from .vmm import Vmm
+    from .vmm.sev_es import launch_es
+    say = lambda text: print(f"svmsim demo: {text}", file=sys.stderr)   # noqa: E731
+    m = Machine(mem_size="128M", serial_out=sys.stdout.buffer)
+    if trace:
+        from .trace import Tracer
+        m.symbols.load_elf(str(kernel))
+        m.listeners.append(Tracer(m, sys.stderr, trace))
+    vmm = Vmm(m)
+    launch = launch_es(vmm, str(kernel), append)
+    say(f"AMD-SP: LAUNCH_START, LAUNCH_UPDATE_DATA (the kernel), LAUNCH_UPDATE_VMSA (vCPU 0), "
+        f"LAUNCH_MEASURE, LAUNCH_FINISH, ACTIVATE handle {launch.handle} on ASID {launch.asid}")
+    say(f"launch measurement {launch.measurement[:32].hex()} (mnonce {launch.measurement[32:].hex()})")
+    say(f"guest owner checks it against the kernel and VMSA it expects: "
+        f"{'verified' if launch.verified else 'WRONG'}")
+    result = vmm.run()
+    sys.stdout.flush()
+    spa = launch.vmsa_spas[0]
+    raw = VmsaView(bytearray(m.bus.read_bytes(spa, PAGE_SIZE)))
+    own = VmsaView(bytearray(m.mem_engine.read(m.bus.read_bytes, spa, PAGE_SIZE, vmm.asid)))
+    say(f"the guest's registers at its last exit, in its VMSA page at {spa:#x}:")
+    say(f"  {'register':8} {'the hypervisor reads':>20}   {'the guest runs with':>20}")
+    for name in ("RIP", "RSP", "RAX", "RBX", "CR3", "CR0", "EFER"):
+        say(f"  {name:8} {raw[name]:#20x}   {own[name]:#20x}")
+    say(f"GHCB requests the hypervisor answered: "
+        f"{', '.join(f'{k} {v}' for k, v in result.ghcb.items())}")
+    ok = (result.reason == "isa-debug-exit: guest wrote 0x0" and launch.verified
+          and raw["RIP"] != own["RIP"])
     say(f"{'PASS' if ok else 'FAIL'}: {result.reason}; exits {result.exits}")
     return 0 if ok else 1
 

@@ -282,7 +282,7 @@ class GhcbServer:
 
     def _reply_msr(self, vcpu, code, data, what):
         vcpu.vmcb["GHCB_GPA"] = G.msr_request(code, data)
-        self._note(vcpu, MsrProto(code).name, what)
+        self._note(vcpu, "MSR protocol " + MsrProto(code).name.removesuffix("_RESP"), what)
 
     def cbit(self, vcpu) -> int:
         from ..cpu.cpuid import cpuid
@@ -290,7 +290,7 @@ class GhcbServer:
 
     def _msr_sev_info(self, vcpu, value):
         vcpu.vmcb["GHCB_GPA"] = G.sev_info(self.cbit(vcpu))
-        self._note(vcpu, "SEV_INFO", f"protocol {G.PROTOCOL_MIN}-{G.PROTOCOL_MAX}, C-bit {self.cbit(vcpu)}")
+        self._note(vcpu, "MSR protocol SEV_INFO", f"protocol {G.PROTOCOL_MIN}-{G.PROTOCOL_MAX}, C-bit {self.cbit(vcpu)}")
 
     def _msr_cpuid(self, vcpu, value):
         fn, reg = value >> 32, value >> 30 & 3
@@ -300,7 +300,7 @@ class GhcbServer:
     def _msr_ap_reset_hold(self, vcpu, value):
         vcpu.state, vcpu.hold = "held", "msr"
         vcpu.vmcb["GHCB_GPA"] = G.msr_request(MsrProto.AP_RESET_HOLD_RESP, 0)
-        self._note(vcpu, "AP_RESET_HOLD", "held until INIT-SIPI")
+        self._note(vcpu, "MSR protocol AP_RESET_HOLD", "held until INIT-SIPI")
 
     def _msr_pref_gpa(self, vcpu, value):
         self._reply_msr(vcpu, MsrProto.PREF_GPA_RESP, G.GPA_NONE, "no preferred GHCB gPA")

@@ -22,6 +22,8 @@ extern uint32_t sev_status;          /* SEV_STATUS as read at boot, 0 without SE
 extern uint32_t sev_cbit;            /* C-bit position (CPUID Fn8000_001F EBX[5:0]) or 0 */
 extern uint16_t ghcb_protocol;       /* negotiated GHCB protocol version */
 extern uint64_t ghcb_hv_features;    /* HV_FEATURES (protocol 2), 0 before */
+extern volatile uint64_t sev_es_last_vc;     /* error code (= exit code) of the latest #VC */
+extern volatile uint32_t sev_es_vc_count;    /* #VCs taken so far */
 
 static inline bool sev_active(void) { return sev_status & SEV_STATUS_SEV; }
 static inline bool sev_es_active(void) { return sev_status & SEV_STATUS_ES; }

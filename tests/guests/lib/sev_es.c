@@ -17,6 +17,8 @@ uint32_t sev_status, sev_cbit, sev_cbit_hi;   /* written by boot64.S (sev_detect
 uint16_t ghcb_protocol;
 uint64_t ghcb_hv_features;
 volatile bool sev_es_park_with_msr_protocol;
+volatile uint64_t sev_es_last_vc;    /* the error code of the latest #VC (for tests) */
+volatile uint32_t sev_es_vc_count;
 
 /* Shared with the hypervisor: boot64.S maps .bss.shared with the C-bit clear. */
 static struct ghcb ghcb_pages[MAX_CPUS][GHCBS_PER_CPU] __attribute__((section(".bss.shared")));
@@ -449,7 +451,7 @@ static bool vc_vmmcall(struct trap_frame *f, struct ghcb *g, struct insn *in)
 static bool vc_mmio(struct trap_frame *f, struct ghcb *g, struct insn *in)
 {
     int reg, size;
-    bool rip_rel, write, movzx = false;
+    bool rip_rel, write, movzx = false, moffs = false;
     uint64_t value = 0;
     if (!in->twobyte && (in->op == 0x88 || in->op == 0x89 || in->op == 0x8A || in->op == 0x8B ||
                          in->op == 0xC6 || in->op == 0xC7)) {
@@ -459,10 +461,23 @@ static bool vc_mmio(struct trap_frame *f, struct ghcb *g, struct insn *in)
         size = in->op == 0xB6 ? 1 : 2;
         write = false;
         movzx = true;
+    } else if (!in->twobyte && in->op >= 0xA0 && in->op <= 0xA3) {
+        /* MOV AL/rAX <-> moffs: an absolute address of the address size. */
+        size = (in->op & 1) ? ((in->rex & 8) ? 8 : in->opsize ? 2 : 4) : 1;
+        write = in->op >= 0xA2;
+        moffs = true;
     } else {
         sev_es_terminate(0, GHCB_TERM_GENERAL);
     }
-    uint64_t gpa = modrm_mem(f, in, &reg, &rip_rel);
+    uint64_t gpa;
+    if (moffs) {
+        gpa = in->adsize ? *(const uint32_t *)in->p : *(const uint64_t *)in->p;
+        in->p += in->adsize ? 4 : 8;
+        reg = 0;                     /* AL / rAX */
+        rip_rel = false;
+    } else {
+        gpa = modrm_mem(f, in, &reg, &rip_rel);
+    }
     if (in->op == 0xC6 || (in->op == 0xC7 && !in->twobyte)) {
         int n = size == 1 ? 1 : size == 2 ? 2 : 4;
         value = n == 1 ? *in->p : n == 2 ? *(const uint16_t *)in->p
@@ -534,6 +549,8 @@ static bool vc_dr7(struct trap_frame *f, struct ghcb *g, struct insn *in, uint64
 static void vc_handler(struct trap_frame *f)
 {
     uint64_t code = f->error;
+    sev_es_last_vc = code;
+    sev_es_vc_count++;
     if (ghcb_cpu() < 0) {            /* no GHCB yet: only CPUID can be served */
         if (code != SVM_EXIT_CPUID)
             sev_es_terminate(0, GHCB_TERM_GENERAL);

@@ -396,10 +396,11 @@ class Machine(DebugApi):
     # ---------------------------------------------------------------- running
     def now_ns(self, cpu) -> int:
         """Virtual time as ``cpu`` sees it at the start of the block it runs:
-        the round's time plus what it retired (and stalled) in this quantum.
+        the round's time plus what it retired (and stalled) in this quantum,
+        including a part run before a debugger stop (``q_base``).
         An instruction at ``ins.idx`` in the block adds its index (RDTSC).
         Timers still fire between rounds (the clock's ``now_ns``)."""
-        return self.clock.now_ns + cpu.q_exec + cpu.stall
+        return self.clock.now_ns + cpu.q_base + cpu.q_exec + cpu.stall
 
     def tsc(self, cpu) -> int:
         return self.now_ns(cpu)
@@ -521,7 +522,9 @@ class Machine(DebugApi):
                     continue
                 self.current_cpu = cpu
                 busy = cpu.stall > 0             # still paying for a PAUSE or a long REP
+                cpu.q_base = used                # a quantum resumed after a stop keeps its time
                 n = engine.run(cpu, QUANTUM - used, debug.stepping or debug.step_over is cpu)
+                cpu.q_base = 0
                 total += n
                 used += min(cpu.q_used, QUANTUM - used)
                 ran = ran or n > 0 or busy

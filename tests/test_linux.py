@@ -4,7 +4,9 @@ the console QEMU TCG shows for the same kernel, initrd and command line.
 
 The kernel takes about ten minutes to build: these tests use the cached one
 (~/.cache/svmsim-linux) and skip with the reason when there is none, unless
-SVMSIM_BUILD_LINUX=1 asks for the build.
+SVMSIM_BUILD_LINUX=1 asks for the build.  Each boot takes minutes (an SEV
+guest's tens of minutes), so CI's bounded slow step leaves them out
+(``-m "slow and not linux"``); run them by hand with ``pytest -m linux``.
 """
 import functools
 import os
@@ -16,7 +18,7 @@ import linuxbuild
 import linuxrun
 from svmsim.machine import Machine
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.linux]
 
 MEM = "128M"
 INIT_FIRST_LINE = "init: hello from user space (svmsim Linux test workload)"

@@ -225,7 +225,7 @@ def pause(cpu, ins):
         return
     s = cpu.svm
     if s.pause_initial:
-        now = cpu.machine.clock.now_ns + cpu.q_exec + cpu.stall
+        now = cpu.machine.now_ns(cpu)
         if s.pause_threshold and s.pause_last is not None and now - s.pause_last > s.pause_threshold:
             s.pause_count = s.pause_initial
         s.pause_last = now

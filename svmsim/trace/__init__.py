@@ -123,7 +123,7 @@ def decorate(machine, event: dict) -> dict:
     e = dict(event)
     cpu = machine.cpus[e.get("cpu", 0)]
     e.setdefault("insns", cpu.retired + cpu.q_exec)
-    e["ns"] = machine.clock.now_ns + cpu.q_exec + cpu.stall
+    e["ns"] = machine.now_ns(cpu)
     guest = cpu.svm_guest
     e["world"] = "guest" if guest else "host"
     e.setdefault("asid", cpu.svm.asid if guest else 0)

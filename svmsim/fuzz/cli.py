@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-NAMES = ("loader", "insns")
+NAMES = ("loader", "cli", "insns", "vmcb", "sev-api", "sev-mailbox", "sev-isolation")
 
 
 def add_parser(sub, common):

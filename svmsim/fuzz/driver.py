@@ -44,7 +44,7 @@ def campaign(cls):
 
 def load_all() -> dict:
     """Import every campaign module (they register themselves)."""
-    from . import c_loader, c_insns    # noqa: F401
+    from . import c_loader, c_cli, c_insns, c_vmcb, c_sev    # noqa: F401
     return CAMPAIGNS
 
 

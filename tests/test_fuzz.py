@@ -142,3 +142,17 @@ def test_seeds_are_reproducible():
         a = driver.encode(camp.generate(random.Random(11)))
         b = driver.encode(camp.generate(random.Random(11)))
         assert a == b, name
+
+
+def test_vmcb_campaign_against_a_users_hypervisor_kernel(tmp_path):
+    """--kernel FILE: the random VMCBs reach the user's kernel as Multiboot
+    modules (here the smallest such hypervisor, kernels.vmrun_module_kernel)."""
+    from svmsim.fuzz import kernels as K
+    path = tmp_path / "hv.bin"
+    path.write_bytes(K.vmrun_module_kernel())
+    res = driver.work("vmcb", {"kernel": str(path)}, seconds=60, worker=0, workers=1, seed=5,
+                      out_dir=str(tmp_path), max_inputs=4)
+    assert res["inputs"] == 4 and not res["failures"], res["failures"]
+    # the guest's exits come back as the kernel's exit statuses: (EXITCODE << 1) | 1
+    assert all(k.startswith("status ") for k in res["outcomes"]), res["outcomes"]
+    assert any(int(k.split()[1]) & 1 for k in res["outcomes"]), res["outcomes"]

@@ -29,7 +29,7 @@ WORDS = [b"a", b"\xff", b"\xc3\x28", b"x\x00y", b"%s%n", b" ", b"\xed\xa0\x80", 
 
 def _path(rnd, kind: str) -> bytes:
     """A path in the scratch directory (relative), or a bad one."""
-    return rnd.choice([kind.encode(), b"sub/" + kind.encode(), b"/nonexistent-dir/" + kind.encode(),
+    return rnd.choice([kind.encode(), b"sub/" + kind.encode(), b"nonexistent-dir/" + kind.encode(),
                        b"missing/" + kind.encode(), b".", b"", b"k\xff" + kind.encode(), b"/dev/null"])
 
 
@@ -65,7 +65,7 @@ class Cli(Campaign):
                 elif opt in ("--serial-out", "--trace-file", "--profile"):
                     argv.append(_path(rnd, "out"))
                 elif opt == "--serial-in":
-                    argv.append(rnd.choice([b"mod", b"missing", b"/nonexistent-dir/in", b"."]))
+                    argv.append(rnd.choice([b"mod", b"missing", b"nonexistent-dir/in", b"."]))
                 elif opt in ("--trace", "--trace-file-filter"):
                     argv.append(rnd.choice([b"all", b"exceptions,vmexit", b"bogus", b"", b"smm,,dma"]))
                 elif opt == "--trace-format":
@@ -78,7 +78,7 @@ class Cli(Campaign):
             if rnd.random() < 0.5:
                 argv += [b"--policy", rnd.choice([b"0x1", b"nan", b"-1", b"0xffffffffffffffffff"])]
         elif cmd == "init":
-            argv.append(rnd.choice([b"newdir", b"/nonexistent-dir/x", b"garbage", b"", b"d\xff"]))
+            argv.append(rnd.choice([b"newdir", b"nonexistent-dir/x", b"garbage", b"", b"d\xff"]))
         else:
             argv += [b"--replay", rnd.choice([b"garbage", b"empty", b"missing", b"kernel"])]
         return {"argv": argv, "mem_huge": rnd.choice((0, 3 << 30))}

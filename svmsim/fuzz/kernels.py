@@ -208,3 +208,21 @@ def elf_kernel(cls64: bool, phoff: int = None, body: bytes = b"\xEB\xFE") -> byt
         ph = struct.pack("<8I", 1, 0x1000, 0x100000, 0x100000, len(mb), len(mb), 5, 0x1000)
     head = eh + ph
     return head + bytes(0x1000 - len(head)) + mb
+
+
+def vmrun_module_kernel(hsave: int = 0x800000) -> bytes:
+    """The smallest hypervisor for ``svmsim fuzz vmcb --kernel``: it sets
+    EFER.SVME and VM_HSAVE_PA, runs VMRUN on Multiboot module 0 where the
+    loader put it (the VMCB page, 4 KiB aligned), and exits with the low
+    byte of the #VMEXIT's EXITCODE (VMCB offset 70h; APM vol 2, table B-1).
+    A real hypervisor would copy the fields it accepts into its own VMCB."""
+    c = Code()
+    c.emit(0xB9, struct.pack("<I", 0xC0000080), 0x0F, 0x32)              # mov ecx, EFER; rdmsr
+    c.emit(0x0D, struct.pack("<I", 1 << 12), 0x0F, 0x30)                 # or eax, SVME; wrmsr
+    c.emit(0xB9, struct.pack("<I", 0xC0010117), 0xB8, struct.pack("<I", hsave))
+    c.emit(0x31, 0xD2, 0x0F, 0x30)                                       # xor edx, edx; wrmsr
+    c.emit(0x8B, 0x43, 0x18, 0x8B, 0x00).store_eax(0x7000)              # mov eax, [ebx+24]; mov eax, [eax]
+    c.emit(0x0F, 0x01, 0xD8)                                             # vmrun (eax: the VMCB)
+    c.load_eax(0x7000).emit(0x8B, 0x40, 0x70, 0x25, struct.pack("<I", 0xFF))   # mov eax, [eax+70h]; and eax, 0xFF
+    c.exit_eax().halt_forever()
+    return kernel(c)

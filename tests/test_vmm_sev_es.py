@@ -253,3 +253,52 @@ def test_demo_sev_es_command():
                      r"\[cpu0 guest\] VMRUN ", err)
     assert trip, err[:3000]
     assert "svmsim demo: PASS" in err
+
+
+# ---------------------------------------------------------------- migration
+@pytest.mark.slow
+def test_a_running_es_guest_migrates_to_another_machine_with_its_vmsa():
+    """`hello` runs as an SEV-ES guest on machine A until it has printed part
+    of its output; A's AMD-SP sends its private memory (SEND_UPDATE_DATA) and
+    the VMSA the CPU sealed at the last #VMEXIT (SEND_UPDATE_VMSA) to machine
+    B's (RECEIVE_START .. RECEIVE_FINISH, under B's own keys); the VMM copies
+    the pages the guest shares (its GHCBs) as they are, and its own GHCB
+    state (the GHCB MSR in the VMCB, the AP jump table).  On B the guest
+    carries on from the VMGEXIT it stopped at and prints the rest."""
+    from elftools.elf.elffile import ELFFile
+    from svmsim.sev.api import SevCmd as C
+    from svmsim.vmm.psp import Psp
+    from svmsim.vmm.vmm import GUEST_BASE
+    from svmsim.vmm.snp_kernel import loaded_regions
+    from test_sev_es_run import _receive, _send
+    kernel = str(gb.build_guest("hello"))
+    with open(kernel, "rb") as f:
+        syms = ELFFile(f).get_section_by_name(".symtab")
+        shared = [syms.get_symbol_by_name(n)[0]["st_value"] for n in ("__shared_start", "__shared_end")]
+
+    out_a = io.BytesIO()
+    a = Vmm(Machine(mem_size="64M", serial_out=out_a))
+    launch = launch_es(a, kernel, "greeting=1 svmsim")
+    end = max(gpa + n for gpa, n in loaded_regions(launch.info))    # image, .bss, Multiboot info
+    assert a.run(max_exits=100).reason == "100 exits"
+    printed = out_a.getvalue().decode()
+    assert 0 < len(printed) < len(gb.expected_transcript("hello"))
+
+    out_b = io.BytesIO()
+    b = Vmm(Machine(mem_size="64M", serial_out=out_b))
+    dst = Psp(b.m)
+    dst.init_platform()
+    vmsa = launch.vmsa_spas[0]
+    stream = _send(Psp(a.m), launch.handle, dst, GUEST_BASE, end, vmsa)
+    handle = _receive(dst, 0x5, stream, GUEST_BASE, vmsa)
+    dst.call(C.ACTIVATE, "activate", handle=handle, asid=b.asid)
+    b.m.bus.write_bytes(GUEST_BASE + shared[0], a.m.bus.read_bytes(GUEST_BASE + shared[0], shared[1] - shared[0]))
+    server = GhcbServer(b)
+    server.attach([vmsa])
+    server.ap_jump_table = a.es.ap_jump_table
+    b.vcpus[0].vmcb["GHCB_GPA"] = a.vcpus[0].vmcb["GHCB_GPA"]
+    assert b.m.bus.read_bytes(vmsa, PAGE_SIZE) != a.m.bus.read_bytes(vmsa, PAGE_SIZE)   # B's key
+
+    result = b.run()
+    assert b.m.stop_status == gb.STATUS_PASS, result.reason
+    assert printed + out_b.getvalue().decode() == gb.expected_transcript("hello").decode()

@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fuzz_parser(sub, common)
     d = sub.add_parser("demo", parents=[common], help="boot a bundled kernel (default: the SVM hypervisor)")
     d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
-                   help="hypervisor (default), sev, sev-es, attacks or smoke")
+                   help="hypervisor (default), sev, sev-es, attacks, smoke, avic, edu, dev, skinit or smm")
     d.add_argument("--smp", type=_count, default=None)
     d.add_argument("--trace", default=None, metavar="CATS",
                    help="sev-es: print these trace events on stderr (e.g. vmexit: each #VMEXIT "
@@ -280,6 +280,14 @@ DEMOS = {
                "the reference VMM, its I/O through the GHCB"),
     "attacks": ("attack_target", "", 1, "the malicious-hypervisor gallery: one guest launched as SEV, "
                 "SEV-ES and SEV-SNP through the AMD-SP, attacked six ways"),
+    "avic": ("svm_avic", "", 2, "an SMP hypervisor with AVIC: two vCPUs on two CPUs send each other "
+             "IPIs with and without #VMEXITs; another VM and the hosts never see them"),
+    "edu": ("edu", "", 1, "a driver for QEMU's edu PCI device: registers, DMA, INTx and MSI", ("edu",)),
+    "dev": ("dev", "", 1, "the Device Exclusion Vector blocking the edu device's DMA page by page",
+            ("edu",)),
+    "skinit": ("skinit", "", 2, "SKINIT: a secure loader measured into the TPM's PCR 17, protected "
+               "from DMA", ("edu",)),
+    "smm": ("smm", "", 1, "system management mode: SMIs by port B2h, the APIC and from a guest; RSM"),
 }
 
 
@@ -315,7 +323,8 @@ def cmd_demo(args) -> int:
     (svmsim.guestkit); a source checkout builds them with gcc.
     """
     import time
-    name, append, smp, what = DEMOS[args.which]
+    name, append, smp, what, *devices = DEMOS[args.which]
+    devices = devices[0] if devices else ()
     smp = args.smp or smp
     print(f"svmsim demo: {what}", file=sys.stderr)
     kernel = demo_kernel(name)
@@ -325,15 +334,20 @@ def cmd_demo(args) -> int:
         return _demo_sev_es(kernel, append, args.trace)
     if args.which == "attacks":
         return _demo_attacks(str(kernel))
-    print(f"svmsim demo: booting it as `qemu-system-x86_64 -kernel` would, --smp {smp}", file=sys.stderr)
+    with_devices = "".join(f" --device {d}" for d in devices)
+    print(f"svmsim demo: booting it as `qemu-system-x86_64 -kernel` would, --smp {smp}{with_devices}",
+          file=sys.stderr)
     from .machine import Machine
-    m = Machine(mem_size="128M", smp=smp, serial_out=sys.stdout.buffer)
+    m = Machine(mem_size="128M", smp=smp, serial_out=sys.stdout.buffer, devices=devices)
     m.load_kernel(str(kernel), append)
     t = time.monotonic()
     result = m.run(timeout=args.timeout)
     sys.stdout.flush()
     if result.svm:
         print(format_svm_summary(result.svm), file=sys.stderr)
+    if m.counters:
+        print("svmsim: platform: " + ", ".join(f"{n} {what}" for what, n in sorted(m.counters.items())),
+              file=sys.stderr)
     verdict = "PASS" if result.status == 1 else "FAIL"
     print(f"svmsim demo: {verdict}: {result.reason}; {result.instructions} instructions in "
           f"{time.monotonic() - t:.1f} s; exit status {result.status}", file=sys.stderr)

@@ -145,6 +145,25 @@ def test_demo_smoke_kernel_passes():
     assert b"smoke: PASS" in p.stdout
 
 
+def test_demo_with_a_device_reports_the_platform():
+    """`svmsim demo dev` boots the DEV kernel with --device edu and ends with
+    the platform counters, as `svmsim run` does (issue 11)."""
+    p = svmsim_cli("demo", "dev", timeout=300)
+    assert p.returncode == 0, p.stderr.decode()[-500:]
+    err = p.stderr.decode()
+    assert b"dev: PASS" in p.stdout and "--smp 1 --device edu" in err
+    assert "svmsim: platform: 4 DMA accesses blocked" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which,last", [("avic", b"svm_avic: PASS"), ("edu", b"edu: PASS"),
+                                        ("skinit", b"skinit: PASS"), ("smm", b"smm: PASS")])
+def test_platform_demos_pass(which, last):
+    p = svmsim_cli("demo", which, timeout=900)
+    assert p.returncode == 0, p.stderr.decode()[-500:]
+    assert last in p.stdout
+
+
 @pytest.mark.slow
 def test_smp_runs_are_reproducible():
     """CPUs interleave deterministically (issue 2, item 8): two runs of the same

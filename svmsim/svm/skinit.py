@@ -24,8 +24,11 @@ operand in EAX, and performs the following steps" (15.27.6):
 Availability (APM vol 3 SKINIT, as STGI/CLGI): #UD with EFER.SVME = 0
 unless SVM-Lock or SKINIT/DEV is supported (CPUID Fn8000_000A_EDX[2],
 Fn8000_0001_ECX[12]); #UD outside protected mode; #GP(0) at CPL > 0.  The SKINIT intercept is checked in guest mode
-(guards.py); a guest's SKINIT without it is not modelled (the manual does
-not describe reinitializing a processor in guest mode).
+(guards.py).  A guest's SKINIT without it: the manual does not describe it;
+svmsim reads step 1 as it models a non-intercepted INIT in guest mode
+(events.init_in_guest): the reinitialization leaves guest mode, so the
+guest's EAX names a system-physical SLB and the secure loader owns the
+machine -- why a hypervisor must intercept SKINIT (noted at run time).
 
 svmsim's readings where the manual is silent (docs/DESIGN.md): an AP not in
 the INIT state at SKINIT is put there by the handshake (and noted); the
@@ -36,7 +39,6 @@ its AP the secure way (until the machine is reset).
 """
 from ..cpu.exceptions import CpuException
 from ..cpu.segments import Segment, CS, SS
-from ..errors import NotModelled
 
 SLB_SIZE = 0x10000
 VM_CR = 0xC0010114
@@ -56,9 +58,11 @@ def check(cpu, ins=None) -> None:
 
 
 def skinit(cpu) -> None:
-    if cpu.svm_guest:
-        raise NotModelled("SKINIT in guest mode without the SKINIT intercept")
     m = cpu.machine
+    if cpu.svm_guest:
+        m.note(f"SKINIT in guest mode (ASID {cpu.svm.asid}) without the SKINIT intercept: the "
+               "processor is reinitialized as by INIT, leaving guest mode; EAX is taken as a "
+               "system-physical SLB address")
     base = cpu.regs[0] & 0xFFFF0000
     entry, length = m.bus.read(base, 2), m.bus.read(base + 2, 2)
     _handshake(cpu)

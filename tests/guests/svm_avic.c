@@ -90,6 +90,15 @@ static volatile uint32_t host_apic_hits[NCPU];   /* guest vectors set in a host 
 static volatile uint32_t stop_b;
 static volatile uint32_t doorbells, post_wakes;   /* how HC_POST reached its target */
 static int fails;
+static bool have_nrips;
+
+/* Past the intercepted HLT or VMMCALL: NRIP, or decoded without NRIP save. */
+static void skip_insn(struct vcpu *v)
+{
+    uint64_t rip = VMCB_U64(v->vmcb, VMCB_RIP);
+    VMCB_U64(v->vmcb, VMCB_RIP) = have_nrips ? VMCB_U64(v->vmcb, VMCB_NRIP)
+                                             : rip + svm_insn_len((const uint8_t *)rip);
+}
 
 static inline void mfence(void) { asm volatile("mfence" ::: "memory"); }
 
@@ -361,7 +370,7 @@ static void run_vcpu(struct vcpu *v, uint32_t host_id)
     log_exit(v, code);
     switch (code) {
     case SVM_EXIT_HLT:
-        VMCB_U64(v->vmcb, VMCB_RIP) = VMCB_U64(v->vmcb, VMCB_NRIP);
+        skip_insn(v);
         v->runnable = 0;
         mfence();
         if (irr_pending(v))          /* an IPI raced with the exit: do not sleep */
@@ -370,7 +379,7 @@ static void run_vcpu(struct vcpu *v, uint32_t host_id)
             v->halted = 1;
         break;
     case SVM_EXIT_VMMCALL:
-        VMCB_U64(v->vmcb, VMCB_RIP) = VMCB_U64(v->vmcb, VMCB_NRIP);
+        skip_insn(v);
         hypercall(v);
         break;
     case SVM_EXIT_AVIC_INCOMPLETE_IPI:   /* trap: RIP is past the ICR write */
@@ -543,10 +552,11 @@ int kmain(uint32_t magic, uint32_t mbi)
     struct svm_info info;
     svm_cpuid(&info);
     kputs("svm_avic: start");
-    if (!info.svm || !(info.features & SVM_FEAT_NP) || !(info.features & SVM_FEAT_NRIPS)) {
-        kputs("svm_avic: needs SVM with nested paging and NRIP save");
+    if (!info.svm || !(info.features & SVM_FEAT_NP)) {
+        kputs("svm_avic: needs SVM with nested paging");
         return 1;
     }
+    have_nrips = (info.features & SVM_FEAT_NRIPS) != 0;
     if (!(info.features & SVM_FEAT_AVIC)) {
         kputs("svm_avic: CPUID 8000_000A EDX[AVIC] = 0");
         return 1;

@@ -295,6 +295,7 @@ def test_smp_hypervisor_kernel_ipis_with_and_without_exits(smp_kernel_run):
     p, gb = smp_kernel_run
     assert p.returncode == gb.STATUS_PASS, p.stdout + p.stderr[-2000:]
     for line in (
+            "svm_avic: xAVIC, the APIC page; VM A = A0 on CPU 0, A1 on CPU 1; VM B = B2 on CPU 1",
             "A0 took: 51 56 57", "A1 took: 50 52 53 55 56", "B2 took: nothing",
             "  step 3: AVIC_INCOMPLETE_IPI ICR 01000000:00000052, ID 1 (IPI target not running), index 1",
             "  step 6: AVIC_INCOMPLETE_IPI ICR 00000000:00000057, ID 1 (IPI target not running), index 0",
@@ -307,6 +308,28 @@ def test_smp_hypervisor_kernel_ipis_with_and_without_exits(smp_kernel_run):
             "svm_avic: PASS"):
         assert line + "\n" in p.stdout, line
     assert "FAIL" not in p.stdout
+
+
+@pytest.mark.slow
+def test_smp_hypervisor_kernel_under_x2avic():
+    """The same hypervisor with X2AVIC_ENABLE (15.29.10): the guests use the
+    x2APIC MSRs (ICR 830h with a 32-bit destination, EOI 80Bh, ID 802h)."""
+    import io
+    import guestbuild as gb
+    from svmsim.machine import Machine
+    out = io.BytesIO()
+    m = Machine(mem_size="128M", smp=2, serial_out=out)
+    m.load_kernel(str(gb.build_guest("svm_avic")), "x2avic=1")
+    r = m.run(max_insns=50_000_000, timeout=300)
+    text = out.getvalue().decode()
+    assert r.status == gb.STATUS_PASS, text + r.reason
+    for line in ("svm_avic: x2AVIC, x2APIC MSRs; VM A = A0 on CPU 0, A1 on CPU 1; VM B = B2 on CPU 1",
+                 "  step 3: AVIC_INCOMPLETE_IPI ICR 00000001:00000052, ID 1 (IPI target not running), index 1",
+                 "  step 9: AVIC_INCOMPLETE_IPI ICR ffffffff:00000056, ID 1 (IPI target not running), index 1",
+                 "A0 took: 51 56 57", "A1 took: 50 52 53 55 56", "B2 took: nothing",
+                 "1. A0 -> A1 50h and A1 -> A0 51h while both run: delivered, no #VMEXIT"):
+        assert line + "\n" in text, line
+    assert "FAIL" not in text
 
 
 def test_smp_hypervisor_kernel_exits_named_in_trace_and_report(smp_kernel_run):

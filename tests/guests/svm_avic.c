@@ -27,6 +27,10 @@
  *      table: ID 2 "invalid target"), all-excluding-self and broadcast FFh;
  *      only VM A's vCPUs receive them, never B2 nor either host CPU.
  * The host prints each vCPU's exits and what each vCPU took at the end.
+ *
+ * With -append x2avic=1 the same runs under x2AVIC (15.29.10): the guests
+ * reach their APICs through the x2APIC MSRs (ID 802h, EOI 80Bh, ICR 830h
+ * with a 32-bit destination, broadcast FFFF_FFFFh).
  */
 #include "svm.h"
 
@@ -91,6 +95,7 @@ static volatile uint32_t stop_b;
 static volatile uint32_t doorbells, post_wakes;   /* how HC_POST reached its target */
 static int fails;
 static bool have_nrips;
+static volatile bool x2;             /* x2AVIC run: the guests use the x2APIC MSRs */
 
 /* Past the intercepted HLT or VMMCALL: NRIP, or decoded without NRIP save. */
 static void skip_insn(struct vcpu *v)
@@ -118,10 +123,13 @@ static void check(bool ok, const char *what)
  * its APIC ID (read from the backing page) and EOIs (accelerated). */
 void guest_irq(uint64_t vector)
 {
-    uint32_t id = GAPIC(LAPIC_ID) >> 24;
+    uint32_t id = x2 ? (uint32_t)rdmsr(0x802) : GAPIC(LAPIC_ID) >> 24;
     if (id < NVCPU)
         vcpus[id].got[vector & 0xFF]++;
-    GAPIC(LAPIC_EOI) = 0;
+    if (x2)
+        wrmsr(0x80B, 0);
+    else
+        GAPIC(LAPIC_EOI) = 0;
 }
 
 /* Handlers for vectors 50h-5Fh, 16 bytes apart, saving what the SysV ABI
@@ -147,6 +155,10 @@ extern char gisr_stubs[];
 
 static inline void g_send(uint32_t dest, uint32_t icrl)
 {
+    if (x2) {
+        wrmsr(0x830, (uint64_t)(dest == 0xFF ? 0xFFFFFFFFu : dest) << 32 | icrl);
+        return;
+    }
     GAPIC(LAPIC_ICR_HI) = dest << 24;
     GAPIC(LAPIC_ICR_LO) = icrl;
 }
@@ -298,7 +310,8 @@ static void incomplete_ipi(struct vcpu *v)
 {
     uint64_t icr = VMCB_U64(v->vmcb, VMCB_EXITINFO1), info2 = VMCB_U64(v->vmcb, VMCB_EXITINFO2);
     uint32_t cause = (uint32_t)(info2 >> 32), index = (uint32_t)(info2 & 0xFFF);
-    bool broadcast = ((icr >> 18) & 3) >= 2 || (icr >> 56) == 0xFF;
+    bool broadcast = ((icr >> 18) & 3) >= 2 ||
+                     (x2 ? (icr >> 32) == 0xFFFFFFFF : (icr >> 56) == 0xFF);
     if (cause != 1)
         return;                      /* invalid type/target/vector: dropped, as on APIC errors */
     for (int i = 0; i < NVCPU; i++) {
@@ -458,7 +471,7 @@ static void vcpu_init(int i, const char *name, int id, int cpu, int asid, volati
     v->stack_top = gstacks[i] + sizeof(gstacks[i]);
     /* The backing page: the guest's APIC at reset, software-enabled
      * (APM vol 2, 16.3: ID, version, DFR flat, SVR). */
-    v->backing[LAPIC_ID / 4] = (uint32_t)id << 24;
+    v->backing[LAPIC_ID / 4] = x2 ? (uint32_t)id : (uint32_t)id << 24;   /* x2APIC: 32-bit ID */
     v->backing[LAPIC_VER / 4] = 0x80050010;
     v->backing[0xE0 / 4] = 0xFFFFFFFF;
     v->backing[LAPIC_SVR / 4] = 0x100 | SPURIOUS_VECTOR;
@@ -472,7 +485,7 @@ static void vcpu_init(int i, const char *name, int id, int cpu, int asid, volati
     VMCB_U32(vmcb, VMCB_INTERCEPT_MISC2) = INTERCEPT_VMRUN | INTERCEPT_VMMCALL;
     VMCB_U64(vmcb, VMCB_NP_CONTROL) = 1;
     VMCB_U64(vmcb, VMCB_N_CR3) = (uint64_t)npml4;
-    VMCB_U32(vmcb, VMCB_V_INTR) = V_INTR_MASKING | AVIC_ENABLE;
+    VMCB_U32(vmcb, VMCB_V_INTR) = V_INTR_MASKING | AVIC_ENABLE | (x2 ? X2AVIC_ENABLE : 0);
     VMCB_U64(vmcb, VMCB_AVIC_APIC_BAR) = LAPIC_BASE;
     VMCB_U64(vmcb, VMCB_AVIC_BACKING) = (uint64_t)v->backing;
     VMCB_U64(vmcb, VMCB_AVIC_LOGICAL) = (uint64_t)logical;
@@ -561,6 +574,13 @@ int kmain(uint32_t magic, uint32_t mbi)
         kputs("svm_avic: CPUID 8000_000A EDX[AVIC] = 0");
         return 1;
     }
+    uint64_t want_x2 = 0;
+    cmdline_u64("x2avic", &want_x2);
+    if (want_x2 && !(info.features & SVM_FEAT_X2AVIC)) {
+        kputs("svm_avic: CPUID 8000_000A EDX[x2AVIC] = 0");
+        return 1;
+    }
+    x2 = want_x2 != 0;
     const char *err = svm_enable(hsave[0]);
     if (err) {
         kprintf("svm_avic: %s\n", err);
@@ -577,7 +597,8 @@ int kmain(uint32_t magic, uint32_t mbi)
     vcpu_init(1, "A1", 1, 1, 1, phys_a, 1, logical_a, guest_a1);
     vcpu_init(2, "B2", 2, 1, 2, phys_b, 2, logical_b, guest_b2);
     vcpus[0].runnable = vcpus[1].runnable = 1;
-    kprintf("svm_avic: VM A = A0 on CPU 0, A1 on CPU 1; VM B = B2 on CPU 1\n");
+    kprintf("svm_avic: %s; VM A = A0 on CPU 0, A1 on CPU 1; VM B = B2 on CPU 1\n",
+            x2 ? "x2AVIC, x2APIC MSRs" : "xAVIC, the APIC page");
 
     ap_main = ap_entry;
     if (!start_ap(1)) {

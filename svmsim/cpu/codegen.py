@@ -1292,7 +1292,8 @@ def _flags_effect(ins):
     return "R"
 
 
-_FLAG_WRITERS = {arith.add, arith.sub, arith.cmp, arith.and_, arith.or_, arith.xor, arith.test, arith.neg}
+_FLAG_WRITERS = {arith.add, arith.sub, arith.cmp, arith.and_, arith.or_, arith.xor, arith.test, arith.neg,
+                 arith.imul}
 _FLAG_NEUTRAL = {data.mov, data.movzx, data.movsx, data.lea, data.nop, arith.not_}
 _SHIFTS = set() if _shift is None else {_shift.shl, _shift.shr, _shift.sar}
 
@@ -1439,7 +1440,35 @@ def _shift_t(kind):
     return t
 
 
+# -- IMUL (ops/arith.py imul): two- and three-operand forms ----------------
+def t_imul(g, ins, k, is_last):
+    """IMUL reg, r/m [, imm]: the signed product truncated to the operand
+    size; CF = OF = "the result had to be truncated", SF/ZF/PF from the
+    result, AF 0 (svmsim's reading of the undefined flags, as the handler):
+    exactly the lazy OP_SHIFT tuple (CF, OF given, AF 0)."""
+    if ins.get1 is None:
+        raise Unsupported("one-operand imul")
+    d = g.operand(ins, 0)
+    if d.kind != "reg" or d.high:
+        raise Unsupported("imul form")
+    if ins.get2 is not None:
+        a = g.read(g.operand(ins, 1), k)
+        b = g.read(g.operand(ins, 2), k, tag="w")
+    else:
+        a = g.reg_read(d)
+        b = g.read(g.operand(ins, 1), k)
+    size = ins.osize
+    m, sign = MASK[size], 1 << (size * 8 - 1)
+    g.emit(f"x{k} = ((({a}) ^ {sign:#x}) - {sign:#x}) * (((({b}) & {m:#x}) ^ {sign:#x}) - {sign:#x})")
+    g.emit(f"r{k} = x{k} & {m:#x}")
+    g.emit(f"o{k} = x{k} != ((r{k} ^ {sign:#x}) - {sign:#x})")
+    g.reg_write(d, f"r{k}", masked=True)
+    g.set_prod(Prod(OP_SHIFT, size * 8, f"o{k}", f"o{k}", f"r{k}", 0))
+    return True
+
+
 TEMPLATES = {
+    arith.imul: t_imul,
     arith.add: _alu2(OP_ADD), arith.sub: _alu2(OP_SUB, exact=True),
     arith.adc: _alu2(OP_ADD, adc=True), arith.sbb: _alu2(OP_SUB, adc=True),
     arith.cmp: _alu2(OP_SUB, write=False, exact=True),

@@ -151,6 +151,7 @@ def per_subtest(build, cfgs, engines, jobs, timeout):
         futs = {(e, s, n): pool.submit(run_subtest, build, cfg, n, q, timeout) for e, s, n, q, cfg in jobs_list}
         for (e, s, n), fut in futs.items():
             r = fut.result()
+            print(f"{e}\t{s}\t{n}\t{r['result']}\t{r['seconds']:.0f} s", file=sys.stderr, flush=True)
             entry = out.setdefault((e, s), {"results": {}, "seconds": 0.0, "verdict": "one boot per subtest"})
             entry["results"][n] = r["result"]
             entry["seconds"] += r["seconds"]
@@ -200,6 +201,7 @@ def main(argv=None):
     ap.add_argument("--timeout", default="90s", help="the runner's TIMEOUT (default its own 90s)")
     ap.add_argument("--nice", type=int, default=19, help="nice level of the svmsim runs")
     ap.add_argument("--no-qemu", action="store_true", help="svmsim only")
+    ap.add_argument("--no-svmsim", action="store_true", help="QEMU TCG only")
     args = ap.parse_args(argv)
     build = args.build.resolve()
     if not (build / "run_tests.sh").exists() or not (build / "x86" / "svm.flat").exists():
@@ -208,7 +210,7 @@ def main(argv=None):
     cfgs = {s: cfgs[s] for s in (args.stanza or STANZAS) if s in cfgs}
     with tempfile.TemporaryDirectory(prefix="kut-bench-") as t:
         tmp = pathlib.Path(t)
-        engines = {"svmsim": svmsim_qemu(tmp, args.nice)}
+        engines = {} if args.no_svmsim else {"svmsim": svmsim_qemu(tmp, args.nice)}
         if not args.no_qemu and shutil.which("qemu-system-x86_64"):
             engines["QEMU TCG"] = shutil.which("qemu-system-x86_64")
         run = per_subtest if args.per_subtest else per_stanza

@@ -10,7 +10,9 @@ from ..cpu.ops import handles
 from ..cpu.exceptions import CpuException, ud
 from . import checks, world
 from .vmcb import VmcbView
-from .vmstate import load_state, save_state
+from .vmstate import StateSpan
+
+_VMCB_SPAN = StateSpan(VmcbView.LOOKUP)
 
 
 
@@ -49,14 +51,14 @@ def vmload(cpu, ins):
     """Load FS, GS, TR, LDTR (with their hidden state), KernelGSBase, the
     SYSCALL and SYSENTER MSRs from the VMCB at rAX (APM vol 3 VMLOAD)."""
     svm_checks(cpu, ins, "VMLOAD")
-    load_state(cpu, VmcbView(cpu.bus, _vmcb_spa(cpu, ins, False)))
+    _VMCB_SPAN.load(cpu, cpu.bus, _vmcb_spa(cpu, ins, False))
 
 
 @handles("VMSAVE")
 def vmsave(cpu, ins):
     """Store the VMLOAD state into the VMCB at rAX (APM vol 3 VMSAVE)."""
     svm_checks(cpu, ins, "VMSAVE")
-    save_state(cpu, VmcbView(cpu.bus, _vmcb_spa(cpu, ins, True)))
+    _VMCB_SPAN.save(cpu, cpu.bus, _vmcb_spa(cpu, ins, True))
 
 
 @handles("STGI", ends_block=True)

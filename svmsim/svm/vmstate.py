@@ -43,3 +43,47 @@ def save_state(cpu, v) -> None:
         v.set_segment(name, seg.sel, seg.attr, seg.limit, seg.base)
     for name, idx in MSR_STATE:
         v[name] = cpu.msr.get(idx, 0)
+
+
+# ---------------------------------------------------------------- VMLOAD/VMSAVE on a VMCB
+# VMLOAD and VMSAVE run in hypervisors' inner loops (kvm-unit-tests' latency_svm_insn
+# times a million of each): the state is moved as one struct unpack (and pack) of the
+# span of the page it occupies, compiled from the layout table (packed.Packed carries
+# the bytes between the fields, so VMSAVE writes nothing else).
+_SEG_PARTS = ("SEL", "ATTRIB", "LIMIT", "BASE")
+
+
+class StateSpan:
+    """The VMLOAD state's fields of one layout table (``lookup``: name -> Field)."""
+
+    def __init__(self, lookup):
+        from .packed import Packed
+        self.segs = [[f"{s}.{p}" for p in _SEG_PARTS] for s in ("FS", "GS", "TR", "LDTR")]
+        fields = [lookup[n] for names in self.segs for n in names] + [lookup[n] for n, _ in MSR_STATE]
+        lo, hi = min(f.offset for f in fields), max(f.end for f in fields)
+        self.packed, self.lo, self.n = Packed(fields, lo, hi), lo, hi - lo
+        ix = self.packed.index
+        self.seg_ix = [[ix[n] for n in names] for names in self.segs]
+        self.msr_ix = [(ix[name], idx, name == "KERNEL_GS_BASE") for name, idx in MSR_STATE]
+
+    def load(self, cpu, bus, pa) -> None:
+        """VMLOAD from the VMCB at system-physical ``pa`` (as load_state)."""
+        vals = self.packed.unpack(bus.read_bytes(pa + self.lo, self.n), -self.lo)
+        bits = cpu.machine.profile.lin_bits
+        segs = [Segment(vals[s], canonical(vals[b], bits), vals[l], vals[a]) for s, a, l, b in self.seg_ix]
+        cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr = segs
+        for i, idx, canon in self.msr_ix:
+            cpu.msr[idx] = canonical(vals[i], bits) if canon else vals[i]
+        cpu.update_mode()
+
+    def save(self, cpu, bus, pa) -> None:
+        """VMSAVE into the VMCB at system-physical ``pa`` (as save_state)."""
+        buf = bytearray(bus.read_bytes(pa + self.lo, self.n))
+        vals = self.packed.unpack(buf, -self.lo)
+        for (s, a, l, b), seg in zip(self.seg_ix, (cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr)):
+            vals[s], vals[a], vals[l], vals[b] = seg.sel & 0xFFFF, seg.attr & 0xFFFF, \
+                seg.limit & 0xFFFFFFFF, seg.base & MASK64
+        for i, idx, _ in self.msr_ix:
+            vals[i] = cpu.msr.get(idx, 0) & MASK64
+        self.packed.pack_into(buf, -self.lo, vals)
+        bus.write_bytes(pa + self.lo, bytes(buf))

@@ -8,5 +8,6 @@ instruction host stub (``mov rax, vmcb; vmrun; hlt``), handling each
 """
 from .vmm import Vmm, GuestExit
 from .sev_launch import launch_sev, SevLaunch
+from .sev_es import launch_es, EsLaunch, GhcbServer
 
-__all__ = ["Vmm", "GuestExit", "launch_sev", "SevLaunch"]
+__all__ = ["Vmm", "GuestExit", "launch_sev", "SevLaunch", "launch_es", "EsLaunch", "GhcbServer"]

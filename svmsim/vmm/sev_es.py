@@ -207,6 +207,23 @@ class GhcbServer:
         (15.35.9; KVM does the same VMSAVE before entering an ES guest)."""
         return bytes.fromhex("48b8") + v.hsave_pa.to_bytes(8, "little") + bytes.fromhex("0f01db")
 
+    HOLD_CODE_OFFSET = 0x800        # in the vCPU's stub page: STGI; HLT
+
+    def park(self, v: Vcpu) -> None:
+        """The vCPU entered AP reset hold: its CPU waits in the host for the
+        guest's INIT-SIPI (its APIC is passed through).  #VMEXIT left GIF = 0,
+        which holds INIT pending (APM 15.17), so the host first executes STGI
+        (interrupts stay off: host RFLAGS.IF = 0), then HLT."""
+        cpu, m = v.cpu, self.m
+        code = v.stub_pa + self.HOLD_CODE_OFFSET
+        m.bus.write_bytes(code, bytes.fromhex("0f01dcf4"))        # STGI; HLT
+        cpu.rip, cpu.halted = code, False
+        current, m.current_cpu = m.current_cpu, cpu
+        try:
+            m.engine.run(cpu, 2)
+        finally:
+            m.current_cpu = current
+
     def sipi(self, v: Vcpu) -> None:
         """The AP's CPU got INIT-SIPI: a vCPU that never ran starts from its
         launched VMSA; one in AP reset hold returns from it with a non-zero
@@ -237,8 +254,12 @@ class GhcbServer:
             if code == ExitCode.VMGEXIT:
                 msr_value = v["GHCB_GPA"]
                 if G.msr_code(msr_value):
-                    return self._msr_protocol(vcpu, msr_value)
-                return self._ghcb_request(vcpu, msr_value)
+                    reason = self._msr_protocol(vcpu, msr_value)
+                else:
+                    reason = self._ghcb_request(vcpu, msr_value)
+                if reason is None and vcpu.state == "held":
+                    self.park(vcpu)
+                return reason
             if code == ExitCode.HLT:            # automatic; the hardware advanced RIP
                 vcpu.state = "halted" if v["GUEST_INTERRUPT_MASK"] else "stopped"
                 return None

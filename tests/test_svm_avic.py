@@ -283,7 +283,7 @@ def smp_kernel_run():
     import sys
     import guestbuild as gb
     p = subprocess.run([sys.executable, "-m", "svmsim", "run", "--smp", "2", "--trace", "vmexit",
-                        str(gb.build_guest("svm_avic"))], capture_output=True, text=True, timeout=300)
+                        "--exit-coverage", str(gb.build_guest("svm_avic"))], capture_output=True, text=True, timeout=300)
     return p, gb
 
 
@@ -337,6 +337,8 @@ def test_smp_hypervisor_kernel_exits_named_in_trace_and_report(smp_kernel_run):
     assert "[cpu0] #VMEXIT AVIC_INCOMPLETE_IPI (0x401) info1=0x100000000000052 info2=0x100000001 " in p.stderr
     assert "[cpu1] #VMEXIT AVIC_INCOMPLETE_IPI (0x401) info1=0x57 info2=0x100000000 " in p.stderr
     assert "svmsim:   0x401 AVIC_INCOMPLETE_IPI: 5\n" in p.stderr
+    assert "svmsim:   AVIC_INCOMPLETE_IPI fired 5 (no intercept bit)\n" in p.stderr
+    assert "svmsim:   HLT                 fired 3\n" in p.stderr      # the column fits the AVIC name
 
 
 def test_smp_hypervisor_kernel_needs_avic():

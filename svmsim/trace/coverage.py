@@ -44,11 +44,12 @@ class ExitCoverage:
         if not d["vmruns"]:
             return "svmsim: exit coverage: no VMRUN"
         lines = [f"svmsim: exit coverage over {d['vmruns']} VMRUN: intercepts enabled at VMRUN, and #VMEXITs"]
+        w = max([16] + [len(n) for n in d["enabled"]] + [len(n) for n in d["without_intercept_bit"]])
         for name in d["enabled"]:
             n = d["fired"].get(name, 0)
-            lines.append(f"svmsim:   {name:<16} {'fired ' + str(n) if n else 'never fired'}")
+            lines.append(f"svmsim:   {name:<{w}} {'fired ' + str(n) if n else 'never fired'}")
         for name, n in d["without_intercept_bit"].items():
-            lines.append(f"svmsim:   {name:<16} fired {n} (no intercept bit)")
+            lines.append(f"svmsim:   {name:<{w}} fired {n} (no intercept bit)")
         lines.append(f"svmsim: {len(d['enabled'])} intercepts enabled, {len(d['fired'])} fired, "
                      f"{len(d['never_fired'])} never did" +
                      (f": {', '.join(d['never_fired'])}" if d["never_fired"] else ""))

@@ -512,6 +512,7 @@ class Machine(DebugApi):
         rounds = 0
         idle = 0                 # ns of halted time in which timers fired and nothing ran
         idle_mark = None         # `total` at the last time jump
+        events = 0               # exceptions delivered (a fault loop retires nothing)
         i, used, ran = self._sched
         ncpus = len(cpus)
         while not self.stopping:
@@ -526,8 +527,9 @@ class Machine(DebugApi):
                 n = engine.run(cpu, QUANTUM - used, debug.stepping or debug.step_over is cpu)
                 cpu.q_base = 0
                 total += n
+                events += cpu.q_events
                 used += min(cpu.q_used, QUANTUM - used)
-                ran = ran or n > 0 or busy
+                ran = ran or n > 0 or busy or cpu.q_events > 0
                 if self.stopping:
                     if self.stop_kind in RESUMABLE:
                         if used >= QUANTUM or cpu.halted or cpu.wait_for_sipi:
@@ -555,8 +557,9 @@ class Machine(DebugApi):
             if clock.next_deadline <= clock.now_ns:
                 clock.run_due()
             rounds += 1
-            if max_insns is not None and total + idle >= max_insns:
+            if max_insns is not None and total + idle + events >= max_insns:
                 why = f" ({idle} ns of it halted, timers waking nothing)" if idle else ""
+                why += f" ({events} exceptions delivered count too)" if events else ""
                 self.pause("budget", f"instruction budget of {max_insns} exhausted{why}", status=STATUS_BUDGET)
             if max_virtual_ns is not None and clock.now_ns >= max_virtual_ns:
                 self.pause("budget", f"virtual time budget of {max_virtual_ns} ns exhausted", status=STATUS_BUDGET)

@@ -156,3 +156,14 @@ def test_vmcb_campaign_against_a_users_hypervisor_kernel(tmp_path):
     # the guest's exits come back as the kernel's exit statuses: (EXITCODE << 1) | 1
     assert all(k.startswith("status ") for k in res["outcomes"]), res["outcomes"]
     assert any(int(k.split()[1]) & 1 for k in res["outcomes"]), res["outcomes"]
+
+
+CORPUS = sorted((__import__("pathlib").Path(__file__).parent / "fuzz_corpus").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_saved_reproducers_pass(path):
+    """Reproducers of fixed findings (tests/fuzz_corpus/, saved by svmsim fuzz
+    and copied here) are replayed: each must keep the invariants."""
+    v = driver.replay(str(path))
+    assert not v.failure, f"{path.name}: {v.failure}\n{v.detail}"

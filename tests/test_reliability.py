@@ -348,3 +348,34 @@ def test_closed_machine_frees_ram_and_refuses_to_run():
     assert m.closed
     with pytest.raises(SvmsimError):
         m.run(max_insns=10)
+
+
+# -- found by the insns campaign: a fault loop that retires nothing ------------------------------
+def _fault_loop_kernel() -> bytes:
+    """ESP in the PCI hole (pushes go nowhere), then UD2; every IDT gate leads
+    to a handler that is UD2 too: each #UD is delivered and faults again at
+    the handler's first instruction, and no instruction ever retires (the
+    CPU loops as hardware would)."""
+    c = K.Code()
+    c.lidt("idtr").emit(0xBC, struct.pack("<I", 0xF0000000)).emit(0x0F, 0x0B)   # mov esp, imm; ud2
+    c.label("handler").emit(0x0F, 0x0B)
+    c.idt("handler")
+    return K.kernel(c)
+
+
+def test_timeout_ends_a_fault_loop_that_retires_nothing(tmp_path):
+    """The insns campaign's finding: the engine's quantum counted only retired
+    instructions, so this loop never left it: neither --timeout nor
+    --max-insns could end the run.  Each delivered exception now takes a
+    step of the quantum and of the budget."""
+    path = tmp_path / "k.bin"
+    path.write_bytes(_fault_loop_kernel())
+    status, _, err = svmsim("run", str(path), "--timeout", "1", "-q", timeout=120)
+    assert status == 8, err
+    status, _, err = svmsim("run", str(path), "--max-insns", "2000", timeout=120)
+    assert status == STATUS_BUDGET and "exceptions delivered" in err[0], err
+
+
+def test_fault_loop_counts_against_the_budget_from_python():
+    r, _, _ = boot(_fault_loop_kernel(), max_insns=1500, timeout=60)
+    assert r.status == STATUS_BUDGET and r.instructions < 10, r.reason

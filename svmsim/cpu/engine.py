@@ -237,22 +237,26 @@ class Engine:
         debugger can resume with the rest of its quantum.
         """
         done = [0]
+        cpu.q_events = 0
         try:
             (self._run_stepping if stepping else self._run)(cpu, budget, done)
         finally:
             cpu.retired += done[0]
             # Time a PAUSE took beyond this quantum is owed to the next one.
-            cpu.q_used = done[0] + cpu.stall
+            cpu.q_used = done[0] + cpu.q_events + cpu.stall
             cpu.stall = max(0, cpu.q_used - budget)
         return done[0]
 
     def _run(self, cpu, budget, done):
         executed = 0
+        # Exceptions delivered take a step of the budget each, so a handler that
+        # faults at its first instruction cannot hold the quantum forever (issue 13).
+        events = 0
         blocks = self.blocks
         machine = self.machine
         smc = self.smc
         try:
-            while executed + cpu.stall < budget and not machine.stopping:
+            while executed + events + cpu.stall < budget and not machine.stopping:
                 if cpu.pending:
                     interrupts.service(cpu)
                     if machine.stopping:
@@ -277,6 +281,7 @@ class Engine:
                         blk = self.translate(cpu, lin, key)
                 except CpuException as e:
                     interrupts.deliver_exception(cpu, e)
+                    events += 1
                     continue
                 cpu.q_exec = executed
                 fn = blk.compiled
@@ -289,6 +294,7 @@ class Engine:
                         cpu.q_exec = executed
                         cpu.rip = cpu.fault_ip
                         interrupts.deliver_exception(cpu, e)
+                        events += 1
                     continue
                 n = 0
                 try:
@@ -310,6 +316,7 @@ class Engine:
                     executed += n
                     cpu.q_exec = executed
                     interrupts.deliver_exception(cpu, e)
+                    events += 1
                     continue
                 executed += n
                 blk.heat += 1
@@ -317,6 +324,7 @@ class Engine:
                     blk.compiled = self.compile(blk, cpu)
         finally:
             done[0] = executed
+            cpu.q_events = events
             cpu.q_exec = 0
 
     def _run_stepping(self, cpu, budget, done):

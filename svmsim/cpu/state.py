@@ -93,6 +93,7 @@ class Cpu:
         self.sev_asid = 0          # the key slot of the running SEV guest (0: none)
         self.retired = 0
         self.q_exec = 0            # instructions retired in the current engine quantum so far
+        self.q_events = 0          # exceptions the last engine quantum delivered (budget steps)
         self.q_base = 0            # what earlier runs used of this quantum (a debugger stop split it)
         self.stall = 0             # virtual ns owed beyond 1 ns per instruction (PAUSE)
         self.tsc_offset = 0        # set by WRMSR TSC (msr.py)

@@ -233,6 +233,7 @@ class WorkerResult:
     failures: list = field(default_factory=list)       # reproducer dicts
     rss_start_mib: int = 0
     rss_peak_mib: int = 0
+    rss_end_mib: int = 0
 
 
 def work(name: str, options: dict, seconds: float, worker: int, workers: int, seed: int,
@@ -279,6 +280,7 @@ def work(name: str, options: dict, seconds: float, worker: int, workers: int, se
         else:
             res.outcomes[v.outcome] = res.outcomes.get(v.outcome, 0) + 1
     res.seconds = time.monotonic() - start
+    res.rss_end_mib = rss_mib()
     return res.__dict__
 
 
@@ -339,6 +341,7 @@ def merge(name: str, seed: int, results: list, wall: float) -> dict:
             "findings": [{"failure": next(f["failure"] for f in failures if signature(f["failure"]) == s),
                           "seeds": seeds[:20], "count": len(seeds)} for s, seeds in findings.items()],
             "rss_peak_mib": max(r["rss_peak_mib"] for r in results),
+            "rss_start_end_mib": [(r["rss_start_mib"], r["rss_end_mib"]) for r in results],
             "outcomes": dict(sorted(outcomes.items(), key=lambda kv: -kv[1])),
             "reproducers": failures}
 
@@ -346,7 +349,8 @@ def merge(name: str, seed: int, results: list, wall: float) -> dict:
 def format_report(rep: dict) -> str:
     lines = [f"svmsim fuzz {rep['campaign']}: {rep['inputs']} inputs in {rep['wall_seconds']} s on "
              f"{rep['workers']} worker(s), seed {rep['seed']}: {rep['failures']} failure(s); "
-             f"peak RSS {rep['rss_peak_mib']} MiB"]
+             f"peak RSS {rep['rss_peak_mib']} MiB (start -> end: "
+             + ", ".join(f"{a} -> {b}" for a, b in rep.get("rss_start_end_mib", [])) + ")"]
     for f in rep["findings"]:
         lines.append(f"  FAIL x{f['count']}: {f['failure']} (seeds {', '.join(map(str, f['seeds'][:5]))})")
     top = list(rep["outcomes"].items())[:8]

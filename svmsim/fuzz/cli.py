@@ -79,6 +79,6 @@ def cmd_fuzz(args) -> int:
     with open(path, "w") as f:
         json.dump(reports if len(reports) > 1 else reports[0], f, indent=1)
     failed = sum(r["failures"] for r in reports)
-    print(f"svmsim fuzz: report in {path}" + (f"; {failed} reproducer(s) in {args.out}/CAMPAIGN/"
+    print(f"svmsim fuzz: report in {path}" + (f"; {failed} reproducer(s) in {args.out}/<campaign>/"
                                                if failed else ""), file=sys.stderr)
     return 1 if failed else 0

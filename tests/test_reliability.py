@@ -374,6 +374,7 @@ def test_timeout_ends_a_fault_loop_that_retires_nothing(tmp_path):
     assert status == 8, err
     status, _, err = svmsim("run", str(path), "--max-insns", "2000", timeout=120)
     assert status == STATUS_BUDGET and "exceptions delivered" in err[0], err
+    assert "times in a row]" in err[-1] and len(err) < 20, err      # the repeated #UD, once
 
 
 def test_fault_loop_counts_against_the_budget_from_python():

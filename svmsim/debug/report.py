@@ -101,8 +101,20 @@ def fault_chain(machine, cpu_index: int, limit: int = 8) -> list:
         lines.append("earlier faults:")
         lines += [_fault_line(machine, cpu, f) for f in earlier]
     lines.append("fault chain (first fault first):")
-    lines += [_fault_line(machine, cpu, f) for f in chain]
+    lines += _collapse([_fault_line(machine, cpu, f) for f in chain])
     return lines
+
+
+def _collapse(lines: list) -> list:
+    """Runs of the same line as one line and a count (a fault loop repeats
+    one fault at one instruction many times)."""
+    out = []
+    for line in lines:
+        if out and out[-1][0] == line:
+            out[-1][1] += 1
+        else:
+            out.append([line, 1])
+    return [line if n == 1 else f"{line} [{n} times in a row]" for line, n in out]
 
 
 def _fault_line(machine, cpu, f) -> str:

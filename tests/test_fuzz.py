@@ -167,3 +167,22 @@ def test_saved_reproducers_pass(path):
     and copied here) are replayed: each must keep the invariants."""
     v = driver.replay(str(path))
     assert not v.failure, f"{path.name}: {v.failure}\n{v.detail}"
+
+
+def test_data_random_draws_from_the_fuzzers_bytes():
+    """--atheris: the campaign's choices are read from the fuzzer's input bytes."""
+    from svmsim.fuzz.coverage import DataRandom
+    camp = CAMPAIGNS["sev-api"]()
+    data = bytes(range(256)) * 4
+    a = driver.encode(camp.generate(DataRandom(data)))
+    assert a == driver.encode(camp.generate(DataRandom(data)))
+    assert a != driver.encode(camp.generate(DataRandom(data[::-1])))
+    assert driver.check(camp, camp.generate(DataRandom(b""))).outcome    # exhausted: zeros
+
+
+@pytest.mark.slow
+def test_atheris_worker(tmp_path):
+    """svmsim fuzz --atheris: a coverage-guided worker (skipped without atheris)."""
+    pytest.importorskip("atheris")
+    rep = driver.run_campaign("sev-api", 5, workers=1, seed=1, out_dir=str(tmp_path), atheris=True)
+    assert rep["inputs"] >= 1 and rep["failures"] == 0, rep

@@ -22,6 +22,9 @@ def add_parser(sub, common):
     f.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the workers as tasks on this Ray cluster ('auto', 'ray://HOST:10001', "
                         "or 'local' for a private local instance); needs pip install 'svmsim[ray]'")
+    f.add_argument("--atheris", action="store_true",
+                   help="coverage-guided: each worker runs atheris (libFuzzer), whose input bytes "
+                        "drive the campaign's choices (pip install atheris)")
     f.add_argument("--kernel", default=None, metavar="FILE",
                    help="vmcb: boot this hypervisor kernel with each random VMCB as Multiboot "
                         "module 0 and the guest code as module 1, instead of svmsim's own host stub")
@@ -65,13 +68,15 @@ def cmd_fuzz(args) -> int:
         if not os.path.isfile(args.kernel):
             raise ConfigError(f"fuzz: --kernel {args.kernel}: not a file")
         options["kernel"] = os.path.abspath(args.kernel)
+    if args.atheris and args.ray:
+        raise ConfigError("fuzz: --atheris runs local workers; it does not combine with --ray")
     names = NAMES if args.campaign == "all" else (args.campaign,)
     reports = []
     for name in names:
         rep = driver.run_campaign(name, args.time, workers, seed=args.seed,
                                   out_dir=os.path.join(args.out, name), options=options,
                                   ray_address=args.ray, rss_limit_mib=args.rss_mib,
-                                  max_inputs=args.max_inputs)
+                                  max_inputs=args.max_inputs, atheris=args.atheris)
         print(driver.format_report(rep), file=sys.stderr, flush=True)
         reports.append(rep)
     os.makedirs(args.out, exist_ok=True)

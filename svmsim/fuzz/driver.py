@@ -290,7 +290,7 @@ def _work_star(kw):
 
 def run_campaign(name: str, seconds: float, workers: int = 1, seed: int = None, out_dir: str = None,
                  options: dict = None, ray_address: str = None, rss_limit_mib: int = 1536,
-                 max_inputs: int = None) -> dict:
+                 max_inputs: int = None, atheris: bool = False) -> dict:
     """Run a campaign on ``workers`` processes (or Ray tasks) and merge the results."""
     load_all()
     if name not in CAMPAIGNS:
@@ -301,7 +301,10 @@ def run_campaign(name: str, seconds: float, workers: int = 1, seed: int = None, 
                  max_inputs=None if max_inputs is None else -(-max_inputs // workers))
             for w in range(workers)]
     t = time.monotonic()
-    if ray_address:
+    if atheris:
+        from .coverage import run_workers
+        results = run_workers(jobs)
+    elif ray_address:
         results = _run_ray(ray_address, jobs)
     elif workers == 1:
         results = [work(**jobs[0])]

@@ -38,6 +38,13 @@ def test_valid_bitmap_bits():
     assert v["VALID_BITMAP_0"] == 1 << 63 and v["VALID_BITMAP_1"] == 1 << (117 - 64)
 
 
+def test_snp_msr_protocol_encodings():
+    """GHCB spec 2.3.1: PSC GFN 51:12, operation 55:52; VMPL in 39:32."""
+    assert ghcb.psc_request(0x7F, ghcb.PscOp.SHARED) == 2 << 52 | 0x7F << 12 | 0x14
+    assert ghcb.vmpl_request(1) == 1 << 32 | 0x16
+    assert ghcb.nae_name(0x80000018) == "RUN_VMPL" and ghcb.nae_name(0x80000011) == "GUEST_REQUEST"
+
+
 def test_msr_protocol_encodings():
     assert ghcb.sev_info(47) == 2 << 48 | 1 << 32 | 47 << 24 | 1
     assert ghcb.cpuid_request(0x8000001F, 1) == 0x8000001F << 32 | 1 << 30 | 4
@@ -63,7 +70,29 @@ def test_c_header_matches_the_python_table(tmp_path):
                         ("GHCB_MSR_TERM_REQ", ghcb.MsrProto.TERM_REQ),
                         ("SVM_VMGEXIT_AP_JUMP_TABLE", ghcb.NaeExit.AP_JUMP_TABLE),
                         ("SVM_VMGEXIT_MMIO_WRITE", ghcb.NaeExit.MMIO_WRITE),
-                        ("GHCB_RESP_MALFORMED_INPUT", ghcb.Response.MALFORMED_INPUT)):
+                        ("GHCB_RESP_MALFORMED_INPUT", ghcb.Response.MALFORMED_INPUT),
+                        ("GHCB_MSR_PSC_REQ", ghcb.MsrProto.PSC_REQ),
+                        ("GHCB_MSR_PSC_RESP", ghcb.MsrProto.PSC_RESP),
+                        ("GHCB_MSR_VMPL_REQ", ghcb.MsrProto.VMPL_REQ),
+                        ("GHCB_MSR_VMPL_RESP", ghcb.MsrProto.VMPL_RESP),
+                        ("SVM_VMGEXIT_PSC", ghcb.NaeExit.PSC),
+                        ("SVM_VMGEXIT_GUEST_REQUEST", ghcb.NaeExit.GUEST_REQUEST),
+                        ("SVM_VMGEXIT_EXT_GUEST_REQUEST", ghcb.NaeExit.EXT_GUEST_REQUEST),
+                        ("SVM_VMGEXIT_AP_CREATION", ghcb.NaeExit.AP_CREATION),
+                        ("SVM_VMGEXIT_SNP_RUN_VMPL", ghcb.NaeExit.RUN_VMPL),
+                        ("SNP_PAGE_PRIVATE", ghcb.PscOp.PRIVATE),
+                        ("SNP_PAGE_SHARED", ghcb.PscOp.SHARED),
+                        ("SNP_PAGE_PSMASH", ghcb.PscOp.PSMASH),
+                        ("GHCB_HV_FT_SNP", ghcb.HvFeature.SNP),
+                        ("GHCB_HV_FT_SNP_AP_CREATION", ghcb.HvFeature.SNP_AP_CREATION),
+                        ("GHCB_HV_FT_SNP_MULTI_VMPL", ghcb.HvFeature.SNP_MULTI_VMPL),
+                        ("SNP_AP_CREATE", ghcb.ApCreation.CREATE),
+                        ("SNP_AP_DESTROY", ghcb.ApCreation.DESTROY),
+                        ("PSC_MAX_ENTRIES", ghcb.PSC_MAX_ENTRIES),
+                        ("GHCB_TERM_SNP_UNSUPPORTED", ghcb.TermReason.SNP_UNSUPPORTED),
+                        ("GHCB_PSC_MSR(0x12345, 2)", ghcb.psc_request(0x12345, 2)),
+                        ("GHCB_VMPL_MSR(1)", ghcb.vmpl_request(1)),
+                        ("sizeof(struct psc_desc)", ghcb.SHARED_BUFFER_SIZE)):
         lines.append(f"_Static_assert({name} == {int(value):#x}, \"{name}\");")
     src = tmp_path / "check.c"
     src.write_text("\n".join(lines) + "\n")

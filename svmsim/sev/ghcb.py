@@ -109,6 +109,10 @@ class MsrProto(IntEnum):
     PREF_GPA_RESP = 0x011                  # 63:12 GFN, or all ones: no preference
     REG_GPA_REQ = 0x012                    # 63:12 GFN to register
     REG_GPA_RESP = 0x013                   # 63:12 the GFN registered, all ones on failure
+    PSC_REQ = 0x014                        # SEV-SNP: GFN 51:12, operation 55:52 (PscOp)
+    PSC_RESP = 0x015                       # 63:32 error code, 0 = done
+    VMPL_REQ = 0x016                       # SEV-SNP: run the vCPU at the VMPL in 39:32
+    VMPL_RESP = 0x017                      # 63:32 error code
     HV_FEATURES_REQ = 0x080
     HV_FEATURES_RESP = 0x081               # 63:12 the feature bitmap
     TERM_REQ = 0x100                       # reason set 15:12, reason code 23:16
@@ -124,9 +128,42 @@ class NaeExit(IntEnum):
     NMI_COMPLETE = 0x80000003
     AP_HLT_LOOP = 0x80000004               # AP reset hold; info2 non-zero when woken by SIPI
     AP_JUMP_TABLE = 0x80000005             # info1 0 = set (info2 = GPA), 1 = get
+    PSC = 0x80000010                       # SEV-SNP: scratch = the PSC descriptor (4.1.6)
+    GUEST_REQUEST = 0x80000011             # info1 = request page, info2 = response page (4.1.8)
+    EXT_GUEST_REQUEST = 0x80000012         # ... and RAX = certificate buffer, RBX = its pages
+    AP_CREATION = 0x80000013               # info1: APIC ID 63:32, VMPL 23:16, request 11:0 (4.1.9)
+    RUN_VMPL = 0x80000018                  # info1[7:0] = the VMPL to run (4.1.13)
     HV_FEATURES = 0x8000FFFD
     TERM_REQUEST = 0x8000FFFE              # info1: reason set 3:0, reason code 11:4
     UNSUPPORTED = 0x8000FFFF
+
+
+class PscOp(IntEnum):
+    """Page state change operations (MSR protocol bits 55:52, PSC entry bits 55:52)."""
+    PRIVATE = 1
+    SHARED = 2
+    PSMASH = 3
+    UNSMASH = 4
+
+
+class HvFeature(IntEnum):
+    """HV_FEATURES bits (GHCB spec, 2.3.4)."""
+    SNP = 1 << 0
+    SNP_AP_CREATION = 1 << 1
+    SNP_RESTRICTED_INJECTION = 1 << 2
+    SNP_RESTRICTED_INJECTION_TIMER = 1 << 3
+    APIC_ID_LIST = 1 << 4
+    SNP_MULTI_VMPL = 1 << 5
+
+
+class ApCreation(IntEnum):
+    """AP creation requests (SW_EXITINFO1[11:0] of AP_CREATION)."""
+    CREATE_ON_INIT = 0
+    CREATE = 1
+    DESTROY = 2
+
+
+PSC_MAX_ENTRIES = 253                      # 8-byte header + 253 entries = the shared buffer
 
 
 class Response(IntEnum):
@@ -157,6 +194,15 @@ class TermReason(IntEnum):
 def msr_request(code: int, data: int = 0) -> int:
     """A GHCB MSR value: ``data`` in bits 63:12, ``code`` in 11:0."""
     return (data << DATA_SHIFT | code) & (1 << 64) - 1
+
+
+def psc_request(gfn: int, op: int) -> int:
+    """The MSR protocol's page state change request for one 4 KiB page."""
+    return (op & 0xF) << 52 | (gfn & (1 << 40) - 1) << 12 | MsrProto.PSC_REQ
+
+
+def vmpl_request(vmpl: int) -> int:
+    return (vmpl & 0xFF) << 32 | MsrProto.VMPL_REQ
 
 
 def msr_code(value: int) -> int:
@@ -190,6 +236,7 @@ def nae_name(code: int) -> str:
 
 
 __all__ = ["GhcbView", "FIELDS", "BY_NAME", "valid_bit", "MsrProto", "NaeExit", "Response",
-           "GhcbError", "TermReason", "msr_request", "msr_code", "msr_data", "sev_info",
+           "GhcbError", "TermReason", "PscOp", "HvFeature", "ApCreation", "PSC_MAX_ENTRIES",
+           "psc_request", "vmpl_request", "msr_request", "msr_code", "msr_data", "sev_info",
            "cpuid_request", "term_request", "nae_name", "GHCB_SIZE", "SHARED_BUFFER",
            "SHARED_BUFFER_SIZE", "PROTOCOL_MIN", "PROTOCOL_MAX", "GPA_NONE"]

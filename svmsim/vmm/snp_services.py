@@ -33,16 +33,16 @@ import struct
 from dataclasses import dataclass, field
 
 from ..memory.rmp import PAGE, PAGES_2M
+from ..sev.ghcb import PSC_MAX_ENTRIES, ApCreation, PscOp
 from . import snp_host
 from .vmm import GUEST_BASE
 
 _2M = PAGE * PAGES_2M
-PSC_PRIVATE, PSC_SHARED, PSC_PSMASH, PSC_UNSMASH = 1, 2, 3, 4
-PSC_MAX_ENTRIES = 253
+PSC_PRIVATE, PSC_SHARED, PSC_PSMASH, PSC_UNSMASH = PscOp.PRIVATE, PscOp.SHARED, PscOp.PSMASH, PscOp.UNSMASH
 PSC_ERROR_GENERIC = 0x100 << 32                 # KVM's VMGEXIT_PSC_ERROR_* (SW_EXITINFO2)
 PSC_ERROR_INVALID_HDR = 1 << 32 | 1
 PSC_ERROR_INVALID_ENTRY = 1 << 32 | 2
-AP_CREATE_ON_INIT, AP_CREATE, AP_DESTROY = 0, 1, 2
+AP_CREATE_ON_INIT, AP_CREATE, AP_DESTROY = ApCreation.CREATE_ON_INIT, ApCreation.CREATE, ApCreation.DESTROY
 
 
 class SnpRequestError(Exception):

@@ -75,6 +75,10 @@ struct ghcb {
 #define GHCB_MSR_PREF_GPA_RESP 0x011
 #define GHCB_MSR_REG_GPA_REQ 0x012
 #define GHCB_MSR_REG_GPA_RESP 0x013
+#define GHCB_MSR_PSC_REQ 0x014             /* SEV-SNP: GFN 51:12, operation 55:52 */
+#define GHCB_MSR_PSC_RESP 0x015            /* error code 63:32, 0 = done */
+#define GHCB_MSR_VMPL_REQ 0x016            /* SEV-SNP: run at the VMPL in 39:32 */
+#define GHCB_MSR_VMPL_RESP 0x017           /* error code 63:32 */
 #define GHCB_MSR_HV_FEATURES_REQ 0x080
 #define GHCB_MSR_HV_FEATURES_RESP 0x081
 #define GHCB_MSR_TERM_REQ 0x100
@@ -85,6 +89,38 @@ struct ghcb {
                                     (((uint64_t)(set) & 0xF) << 12) | GHCB_MSR_TERM_REQ)
 #define GHCB_TERM_GENERAL 0
 #define GHCB_TERM_PROTOCOL_UNSUPPORTED 1
+#define GHCB_TERM_SNP_UNSUPPORTED 2
+
+/* SEV-SNP (GHCB spec 56421, 4.1.6-4.1.13): page state change operations,
+ * HV_FEATURES bits, AP creation requests. */
+#define GHCB_PSC_MSR(gfn, op) ((((uint64_t)(op) & 0xF) << 52) | \
+                               (((uint64_t)(gfn) & 0xFFFFFFFFFFul) << 12) | GHCB_MSR_PSC_REQ)
+#define GHCB_VMPL_MSR(vmpl) ((((uint64_t)(vmpl) & 0xFF) << 32) | GHCB_MSR_VMPL_REQ)
+#define SNP_PAGE_PRIVATE 1
+#define SNP_PAGE_SHARED 2
+#define SNP_PAGE_PSMASH 3
+#define SNP_PAGE_UNSMASH 4
+#define GHCB_HV_FT_SNP (1ul << 0)
+#define GHCB_HV_FT_SNP_AP_CREATION (1ul << 1)
+#define GHCB_HV_FT_SNP_MULTI_VMPL (1ul << 5)
+#define SNP_AP_CREATE_ON_INIT 0
+#define SNP_AP_CREATE 1
+#define SNP_AP_DESTROY 2
+
+/* The PSC NAE event's descriptor, in the GHCB's shared buffer (Linux
+ * struct snp_psc_desc): entries cur_entry..end_entry are processed. */
+struct psc_hdr {
+    uint16_t cur_entry;
+    uint16_t end_entry;
+    uint32_t reserved;
+} __attribute__((packed));
+#define PSC_ENTRY(gfn, op, huge) (((uint64_t)(gfn) << 12) | ((uint64_t)(op) << 52) | \
+                                  ((uint64_t)(huge) << 56))
+#define PSC_MAX_ENTRIES 253
+struct psc_desc {
+    struct psc_hdr hdr;
+    uint64_t entries[PSC_MAX_ENTRIES];
+} __attribute__((packed));
 
 /* SW_EXITCODE values: the SVM exit codes plus the GHCB spec's own. */
 #define SVM_EXIT_READ_DR7 0x027
@@ -105,6 +141,11 @@ struct ghcb {
 #define SVM_VMGEXIT_MMIO_WRITE 0x80000002ul
 #define SVM_VMGEXIT_AP_HLT_LOOP 0x80000004ul
 #define SVM_VMGEXIT_AP_JUMP_TABLE 0x80000005ul
+#define SVM_VMGEXIT_PSC 0x80000010ul
+#define SVM_VMGEXIT_GUEST_REQUEST 0x80000011ul
+#define SVM_VMGEXIT_EXT_GUEST_REQUEST 0x80000012ul
+#define SVM_VMGEXIT_AP_CREATION 0x80000013ul
+#define SVM_VMGEXIT_SNP_RUN_VMPL 0x80000018ul
 #define SVM_VMGEXIT_HV_FEATURES 0x8000FFFDul
 #define SVM_VMGEXIT_TERM_REQUEST 0x8000FFFEul
 #define SVM_VMGEXIT_UNSUPPORTED 0x8000FFFFul

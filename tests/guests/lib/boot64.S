@@ -43,6 +43,10 @@
 #define GHCB_MSR_TERM_REQ 0x100
 #define SVM_EXIT_CPUID 0x72
 #define SEV_STATUS_ES 0x2
+#define SEV_STATUS_SNP 0x4
+#define SNP_CPUID_PAGE 0x10000       /* SEV-SNP: the CPUID page (.sev_metadata) */
+#define SNP_SECRETS_PAGE 0x11000     /* SEV-SNP: the secrets page */
+#define CPUID_ENTRY 0x30             /* struct snp_cpuid_fn (Linux) */
 
 /* ------------------------------------------------------------------ */
 /* Multiboot header: must be 32-bit aligned in the first 8 KiB of the file
@@ -68,6 +72,22 @@ sev_es_reset_block:
     .byte 0xde, 0x71, 0xf7, 0x00, 0x7e, 0x1a, 0xcb, 0x4f
     .byte 0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e
     .long sev_es_ap_reset
+
+/*
+ * SEV metadata (OVMF's ASEV layout: signature, size, version, count, then
+ * {gPA, size, type}): what an SEV-SNP launch prepares besides the image, the
+ * CPUID page (type 3) the AMD-SP checks and the secrets page (type 2) with
+ * the VMPCKs.  Not loaded: the VMM reads the section from the ELF file
+ * (svmsim/vmm/snp_kernel.py); QEMU ignores it.
+ */
+    .section .sev_metadata, ""
+    .ascii "ASEV"
+    .long 16 + 2 * 12, 1, 2
+    .long SNP_CPUID_PAGE, 0x1000, 3
+    .long SNP_SECRETS_PAGE, 0x1000, 2
+    .globl snp_cpuid_page, snp_secrets_page
+    .set snp_cpuid_page, SNP_CPUID_PAGE
+    .set snp_secrets_page, SNP_SECRETS_PAGE
 
 /* ------------------------------------------------------------------ */
 /*
@@ -163,15 +183,45 @@ early_fault:
     hlt
     jmp early_fault
 
-/* #VC in 32-bit mode: CPUID only, one register per MSR-protocol request
- * (GHCB spec 56421, 2.3.1: GHCBData[63:32] = function, [31:30] = register). */
+/* #VC in 32-bit mode: CPUID only.  An SEV-SNP guest takes the answer from
+ * its CPUID page, which the AMD-SP checked at launch (the hypervisor is not
+ * trusted with it; the boot path asks only for leaves without sub-leaves);
+ * an SEV-ES guest asks the hypervisor, one register per MSR-protocol
+ * request (GHCB spec 56421, 2.3.1: GHCBData[63:32] = function, [31:30] =
+ * register). */
 vc32:
     cmpl $SVM_EXIT_CPUID, (%esp)
     jne vc32_terminate
     push %esi
     push %edi
     mov %eax, %esi                   /* the CPUID function */
-    xor %edi, %edi                   /* register: 0 EAX, 1 EBX, 2 ECX, 3 EDX */
+    mov $MSR_SEV_STATUS, %ecx        /* readable: this is an SEV-ES guest */
+    rdmsr
+    test $SEV_STATUS_SNP, %eax
+    jz 3f
+    movl $0, vc32_regs               /* not in the table: all zero */
+    movl $0, vc32_regs+4
+    movl $0, vc32_regs+8
+    movl $0, vc32_regs+12
+    mov SNP_CPUID_PAGE, %ecx         /* the entry count */
+    mov $SNP_CPUID_PAGE + 16, %edi
+4:  test %ecx, %ecx
+    jz 6f
+    cmp %esi, (%edi)
+    je 5f
+    add $CPUID_ENTRY, %edi
+    dec %ecx
+    jmp 4b
+5:  mov 24(%edi), %eax
+    mov %eax, vc32_regs
+    mov 28(%edi), %eax
+    mov %eax, vc32_regs+4
+    mov 32(%edi), %eax
+    mov %eax, vc32_regs+8
+    mov 36(%edi), %eax
+    mov %eax, vc32_regs+12
+    jmp 6f
+3:  xor %edi, %edi                   /* register: 0 EAX, 1 EBX, 2 ECX, 3 EDX */
 1:  mov %edi, %eax
     shl $30, %eax
     or $GHCB_MSR_CPUID_REQ, %eax
@@ -187,7 +237,7 @@ vc32:
     inc %edi
     cmp $4, %edi
     jb 1b
-    pop %edi
+6:  pop %edi
     pop %esi
     mov vc32_regs, %eax
     mov vc32_regs+4, %ebx
@@ -243,7 +293,9 @@ sev_detect:
  * In an SEV guest RAM is private: every entry below 3 GiB carries the C-bit
  * (APM vol 2, 15.34.5), MMIO does not.  The 2 MiB region holding the shared
  * section (the GHCB pages) is mapped with 4 KiB pages so that only those
- * pages are shared.
+ * pages are shared.  An SEV-SNP guest launched them as private, validated
+ * pages: they keep the C-bit here and sev_snp.c shares them (rescind the
+ * validation, page state change, clear the C-bit), as the RMP requires.
  */
 build_page_tables:
     mov sev_cbit_hi, %edx
@@ -292,6 +344,8 @@ build_page_tables:
     jb 6f
     cmp $__shared_end, %eax
     jae 6f
+    testl $SEV_STATUS_SNP, sev_status
+    jnz 6f                           /* SEV-SNP: shared later, by sev_snp.c */
     xor %edi, %edi                   /* shared: no C-bit */
 6:  or $(PG_P | PG_W), %eax
     mov %eax, pt_shared(,%ecx,8)
@@ -448,7 +502,7 @@ mb_info: .long 0
 
     .bss
     .balign 4096
-    .globl pml4, pdpt, pd
+    .globl pml4, pdpt, pd, pt_shared
 pml4: .skip 4096
 pdpt: .skip 4096
 pd: .skip 4 * 4096

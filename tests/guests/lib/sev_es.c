@@ -147,6 +147,14 @@ static void ghcb_init_cpu(int cpu)
     /* The pages read as ciphertext of the zeros boot64.S wrote through the
      * private mapping: clear them through the shared one. */
     memset(ghcb_pages[cpu], 0, sizeof(ghcb_pages[cpu]));
+    if (sev_snp_active()) {
+        /* An SEV-SNP guest registers its GHCB before it uses it (GHCB spec
+         * 2.3.2, MSR protocol 012h): the answer names the same GFN. */
+        uint64_t gfn = ghcb_gpa(&ghcb_pages[cpu][0]) >> 12;
+        uint64_t r = ghcb_msr_protocol(gfn << 12 | GHCB_MSR_REG_GPA_REQ);
+        if ((r & GHCB_MSR_INFO_MASK) != GHCB_MSR_REG_GPA_RESP || r >> 12 != gfn)
+            sev_es_terminate(0, GHCB_TERM_GENERAL);
+    }
     wrmsr(MSR_GHCB, ghcb_gpa(&ghcb_pages[cpu][0]));
 }
 
@@ -171,6 +179,8 @@ void sev_es_init_bsp(void)
             sev_es_terminate(0, GHCB_TERM_GENERAL);
         ghcb_hv_features = r >> 12;
     }
+    if (sev_snp_active())
+        sev_snp_init_bsp();
     ghcb_init_cpu(0);
     /* As a firmware does: tell the hypervisor where the AP jump table is, so
      * the OS part (start_ap) finds it with a GET. */
@@ -333,8 +343,35 @@ static uint64_t guest_xcr0(void)
     return ((uint64_t)hi << 32) | lo;
 }
 
+/* An SEV-SNP guest's CPUID comes from its CPUID page; only the initial
+ * APIC ID (leaf 1 EBX[31:24]), which differs per vCPU, is the hypervisor's
+ * (as Linux snp_cpuid_postprocess takes it). */
+static bool vc_cpuid_snp(struct trap_frame *f, struct ghcb *g, struct insn *in)
+{
+    uint32_t r[4], leaf = (uint32_t)f->rax, sub = (uint32_t)f->rcx;
+    uint32_t apic = 0;
+    if (leaf == 1) {
+        GHCB_SET(g, rax, 1);
+        GHCB_SET(g, rcx, 0);
+        if (!vc_response(f, g, ghcb_call(g, SVM_EXIT_CPUID, 0, 0)))
+            return false;
+        need(GHCB_IS_VALID(g, rbx));
+        apic = (uint32_t)g->rbx & 0xFF000000u;
+    }
+    snp_cpuid(leaf, sub, r);
+    if (leaf == 1)
+        r[1] = (r[1] & 0x00FFFFFFu) | apic;
+    f->rax = r[0];
+    f->rbx = r[1];
+    f->rcx = r[2];
+    f->rdx = r[3];
+    return true;
+}
+
 static bool vc_cpuid(struct trap_frame *f, struct ghcb *g, struct insn *in)
 {
+    if (sev_snp_active())
+        return vc_cpuid_snp(f, g, in);
     GHCB_SET(g, rax, (uint32_t)f->rax);
     GHCB_SET(g, rcx, (uint32_t)f->rcx);
     if ((uint32_t)f->rax == 0xD)            /* XSAVE sizes depend on XCR0 */

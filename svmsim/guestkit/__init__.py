@@ -23,7 +23,8 @@ SOURCE_GUESTS = HERE.parent.parent / "tests" / "guests"
 
 # The kernels a wheel ships: name -> build kind (tests/guestbuild.build_guest).
 DEMO_KERNELS = {"svm_basic": "c", "svm_npt": "c", "smoke": "c", "sev_guest": "asm", "hello": "c",
-                "attack_target": "asm", "svm_avic": "c", "edu": "c", "dev": "c", "skinit": "c", "smm": "c"}
+                "attack_target": "asm", "svm_avic": "c", "edu": "c", "dev": "c", "skinit": "c", "smm": "c",
+                "snp_attest": "c"}
 
 
 def packaged_kernel(name: str):

@@ -92,6 +92,19 @@ def test_report_measurement_is_the_launch_digest_and_its_chain_verifies(attest):
     assert f"measurement {snp.launch_digest.hex()}" in text
     assert fields["report_data"] == snp_demo.REPORT_DATA and fields["vmpl"] == 0
     assert fields["policy"] == snp.launcher.policy
+    # ... which the guest owner predicts from the kernel file with sev-snp-measure's GCTX.
+    gctx_mod = pytest.importorskip("sevsnpmeasure.gctx", reason="sev-snp-measure is not installed")
+    from svmsim.vmm.snp_kernel import loaded_regions, vmsa_from_vmcb
+    from svmsim.vmm.vcpu_reset import vcpu_type
+    owner = Vmm(Machine(mem_size="64M"), guest_mem=GUEST_MEM)
+    owner.load_kernel(snp.launcher.path)
+    g = gctx_mod.GCTX()
+    for at, length in loaded_regions(snp.launcher.result.info):
+        g.update_normal_pages(at, owner.m.bus.read_bytes(GUEST_BASE + at, length))
+    g.update_cpuid_page(0x10000)
+    g.update_secrets_page(0x11000)
+    g.update_vmsa_page(vmsa_from_vmcb(owner.vmcb, owner.gprs, vcpu_type("EPYC-v4").signature, 1))
+    assert g.ld() == fields["measurement"]
     verdict = snp_verify.verify(report, snp.server.certs)
     assert verdict.ok, verdict.checks
     tampered = bytearray(report)
@@ -160,3 +173,20 @@ def test_demo_sev_snp_runs_snp_attest_through_snp_demo(monkeypatch, capsys):
     ok = False
     assert cli.main(["demo", "sev-snp"]) == 1
     assert "svmsim demo: FAIL" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smp_as_an_snp_guest_starts_its_ap_by_ap_creation():
+    """An SNP guest's AP starts from a VMSA the guest built (GHCB AP
+    creation, 4.1.9; VMRUN checks it as table 15-39 says), not from
+    INIT-SIPI-SIPI; the smp kernel prints what it printed on QEMU."""
+    kernel = str(guestbuild.build_guest("smp"))
+    out = io.BytesIO()
+    vmm = Vmm(Machine(mem_size="128M", serial_out=out, smp=2), vcpus=2, guest_mem=GUEST_MEM)
+    snp = launch_snp(vmm, kernel)
+    result = vmm.run(timeout=1200)
+    assert out.getvalue() == guestbuild.expected_transcript("smp"), out.getvalue().decode()
+    assert result.ghcb["AP_CREATION"] == 1 and result.ghcb["MSR_PROTOCOL:REG_GPA"] == 2
+    ap_vmsa = snp.server.services.vcpu(1).vmsas[0]
+    e = vmm.m.rmp.read(ap_vmsa)
+    assert e.vmsa and e.assigned and e.asid == vmm.asid

@@ -97,7 +97,9 @@ def run(kernel: str, machine, say=print, timeout: float | None = None) -> DemoRe
     out.checks.append(("REPORT_DATA is what the guest asked for", fields["report_data"] == REPORT_DATA))
     out.checks.extend(snp_verify.verify(out.report, snp.server.certs).checks)
     if shutil.which("openssl"):
-        out.checks.extend(snp_verify.openssl_verify(out.report, snp.server.certs).checks)
+        seen = {what for what, _ in out.checks}
+        out.checks.extend(c for c in snp_verify.openssl_verify(out.report, snp.server.certs).checks
+                          if c[0] not in seen)
     else:
         say("openssl is not installed: svmsim's own checks only")
     say("the relying party's checks:")

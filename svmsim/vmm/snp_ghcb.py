@@ -80,7 +80,8 @@ class SnpGhcbServer(GhcbServer):
     def attach(self, vmsa_spas) -> None:
         super().attach(vmsa_spas)
         for v, spa in zip(self.vmm.vcpus, vmsa_spas):
-            self.services.vcpu(v.index).vmsas[0] = spa
+            if spa:
+                self.services.vcpu(v.index).vmsas[0] = spa
 
     def vmpl(self, vcpu) -> int:
         return self.services.vcpu(vcpu.index).vmpl
@@ -174,8 +175,18 @@ class SnpGhcbServer(GhcbServer):
         if spa is not None:
             target.vmcb["VMSA_PA"] = spa
             target.vmcb["TLB_CONTROL"] = 1
+            if target is not r.vcpu and target.state != "running":
+                self._start(target)
         self._note(r.vcpu, "AP_CREATION", f"vCPU {apic_id} VMPL{vmpl}: request {request}, "
                                           f"VMSA at gPA {r.info2:#x}")
+
+    def _start(self, v) -> None:
+        """A vCPU that waited (for a SIPI, in AP reset hold, halted) runs from
+        the VMSA the guest gave it, as KVM makes such a vCPU runnable: its
+        CPU leaves wait-for-SIPI and enters the VMM's stub."""
+        self.vmm._host_setup(v, self.stub_prologue(v))
+        v.hold, v.state = "", "running"
+        self.vmm._enter(v)
 
     def _run_vmpl(self, r):
         target, here = r.info1 & 0xFF, self.vmpl(r.vcpu)
@@ -214,7 +225,9 @@ def launch_snp(vmm, kernel: str, append: str = "", **launcher_args) -> SnpKernel
     launcher = SnpKernelLauncher(vmm, kernel, append, **launcher_args)
     r = launcher.run()
     server = SnpGhcbServer(vmm, launcher)
-    server.attach([r.vmsa_spa])
+    # The APs have no VMSA until the guest creates one (AP_CREATION): an
+    # SNP guest starts its APs itself, as Linux does.
+    server.attach([r.vmsa_spa] + [0] * (len(vmm.vcpus) - 1))
     return SnpKernelRun(launcher, server)
 
 

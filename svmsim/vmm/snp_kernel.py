@@ -103,7 +103,9 @@ def map_4k(vmm) -> None:
     for lo, hi in PASSTHROUGH:
         for a in range(lo, hi, PAGE):
             vmm._map(root, a, a, PAGE)
-    vmm.n_cr3 = vmm.vmcb["N_CR3"] = root
+    vmm.n_cr3 = root
+    for v in vmm.vcpus:                      # every vCPU walks the same nested tables
+        v.vmcb["N_CR3"] = root
     for big in range(GUEST_BASE - _2M, GUEST_BASE + vmm.guest_mem, _2M):
         table = vmm._alloc()
         bus.write_bytes(table, b"".join((big + i * PAGE | 3).to_bytes(8, "little") for i in range(512)))

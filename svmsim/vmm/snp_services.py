@@ -109,7 +109,7 @@ class SnpServices:
 
     def _nested_2m(self, gpa: int) -> None:
         self.m.bus.write(self._pd_entry(gpa), 8, GUEST_BASE + gpa | 0x87)     # P RW US PS
-        self.vmm.vmcb["TLB_CONTROL"] = 1
+        self._flush_tlbs()
 
     def _nested_4k(self, gpa: int) -> None:
         bus, pde = self.m.bus, self._pd_entry(gpa)
@@ -119,7 +119,13 @@ class SnpServices:
         bus.write_bytes(table, b"".join((GUEST_BASE + gpa + i * PAGE | 7).to_bytes(8, "little")
                                         for i in range(PAGES_2M)))
         bus.write(pde, 8, table | 7)
-        self.vmm.vmcb["TLB_CONTROL"] = 1
+        self._flush_tlbs()
+
+    def _flush_tlbs(self) -> None:
+        """The nested tables changed: every vCPU flushes its guest TLB at its
+        next VMRUN (TLB_CONTROL = 1)."""
+        for v in self.vmm.vcpus:
+            v.vmcb["TLB_CONTROL"] = 1
 
     def nested_size(self, gpa: int) -> int:
         """The nested page size that maps ``gpa`` now."""

@@ -27,50 +27,14 @@ static uint8_t vmpl0_only[PAGE] __attribute__((aligned(PAGE)));
 static uint8_t vmpl1_vmsa[2 * PAGE] __attribute__((aligned(PAGE)));   /* one page is not 2 MiB aligned */
 extern char vmpl1_entry[];
 
-/* VMSA fields (APM vol 2, table B-4). */
-static void seg(uint8_t *v, int index, uint16_t sel, uint16_t attrib, uint32_t limit, uint64_t base)
-{
-    uint8_t *s = v + 16 * index;
-    memcpy(s, &sel, 2);
-    memcpy(s + 2, &attrib, 2);
-    memcpy(s + 4, &limit, 4);
-    memcpy(s + 8, &base, 8);
-}
-
-static void set64(uint8_t *v, unsigned off, uint64_t x)
-{
-    memcpy(v + off, &x, 8);
-}
-
-enum { ES, CS, SS, DS, FS, GS, GDTR, LDTR, IDTR, TR };
-
+/* VMPL1's entry state (APM vol 2, table B-4): 32-bit protected mode,
+ * paging off, VMPL 1; its three pages in EBX, ESI, EDI. */
 static void build_vmsa(uint8_t *v)
 {
-    memset(v, 0, PAGE);
-    seg(v, CS, 0x08, 0xC9B, 0xFFFFFFFF, 0);              /* 32-bit code, flat */
-    for (int s = ES; s <= GS; s++)
-        if (s != CS)
-            seg(v, s, 0x10, 0xC93, 0xFFFFFFFF, 0);
-    seg(v, GDTR, 0, 0, 0xFFFF, 0);
-    seg(v, IDTR, 0, 0, 0xFFFF, 0);
-    seg(v, LDTR, 0, 0x82, 0xFFFF, 0);
-    seg(v, TR, 0, 0x8B, 0xFFFF, 0);
-    v[0xCA] = 1;                                          /* VMPL */
-    v[0xCB] = 0;                                          /* CPL */
-    set64(v, 0xD0, 1ul << 12);                            /* EFER.SVME */
-    set64(v, 0x158, 0x11);                                /* CR0: PE, ET */
-    set64(v, 0x160, 0x400);                               /* DR7 */
-    set64(v, 0x168, 0xFFFF0FF0);                          /* DR6 */
-    set64(v, 0x170, 0x2);                                 /* RFLAGS */
-    set64(v, 0x178, (uint64_t)vmpl1_entry);               /* RIP */
-    set64(v, 0x268, 0x0007040600070406ul);                /* G_PAT */
-    set64(v, 0x318, (uint64_t)vmpl1_data);                /* RBX */
-    set64(v, 0x330, (uint64_t)vmpl1_ro);                  /* RSI */
-    set64(v, 0x338, (uint64_t)vmpl0_only);                /* RDI */
-    set64(v, 0x3B0, 1);                                   /* SEV_FEATURES: SNPActive */
-    set64(v, 0x3E8, 1);                                   /* XCR0 */
-    *(uint32_t *)(v + 0x408) = 0x1F80;                    /* MXCSR */
-    *(uint16_t *)(v + 0x410) = 0x037F;                    /* x87 FCW */
+    snp_vmsa_flat32(v, 1, (uint64_t)vmpl1_entry, 0x08);
+    snp_vmsa_set(v, VMSA_RBX, (uint64_t)vmpl1_data);
+    snp_vmsa_set(v, VMSA_RSI, (uint64_t)vmpl1_ro);
+    snp_vmsa_set(v, VMSA_RDI, (uint64_t)vmpl0_only);
 }
 
 static void grant(const char *what, void *page, unsigned perms, int vmsa)

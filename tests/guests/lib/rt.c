@@ -598,6 +598,16 @@ bool start_ap(uint32_t apic_id)
 {
     if (apic_id >= MAX_CPUS)
         return false;
+    uint32_t before = ap_started;
+    if (sev_snp_active()) {
+        /* An SEV-SNP AP starts from a VMSA the guest builds and hands to
+         * the hypervisor (GHCB AP creation), not from INIT-SIPI-SIPI. */
+        if (snp_start_ap(apic_id))
+            return false;
+        for (int ms = 0; ms < 1000 && ap_started == before; ms++)
+            delay_us(1000);
+        return ap_started != before;
+    }
     memcpy((void *)TRAMPOLINE_BASE, ap_tramp_start, ap_tramp_end - ap_tramp_start);
     if (sev_es_active()) {
         /* An SEV-ES AP starts from its measured VMSA, not at the SIPI
@@ -609,7 +619,6 @@ bool start_ap(uint32_t apic_id)
         jt[0] = 0;                           /* IP */
         jt[1] = TRAMPOLINE_BASE >> 4;        /* CS */
     }
-    uint32_t before = ap_started;
     lapic_write(LAPIC_ESR, 0);
     lapic_send_ipi(apic_id, ICR_INIT | ICR_ASSERT | ICR_LEVEL);
     delay_us(10000);

@@ -117,6 +117,18 @@ long snp_guest_request(int vmpck, uint8_t type, const void *req, size_t len, voi
 /* MSG_REPORT_REQ with ``report_data`` at ``vmpl``: the 0x4A0-byte report. */
 long snp_get_report(const uint8_t report_data[64], uint32_t vmpl, uint8_t report[0x4A0]);
 
+/* VMSA fields (APM vol 2, table B-4) a guest fills to start a vCPU or a VMPL. */
+#define VMSA_RBX 0x318
+#define VMSA_RSI 0x330
+#define VMSA_RDI 0x338
+void snp_vmsa_set(uint8_t *vmsa, unsigned offset, uint64_t value);
+/* A VMSA page for 32-bit protected mode, paging off, flat segments (code
+ * selector ``cs``), at ``vmpl``, starting at ``rip``; SEV_FEATURES = SNPActive. */
+void snp_vmsa_flat32(uint8_t *vmsa, unsigned vmpl, uint64_t rip, uint16_t cs);
+/* Start the AP with this APIC ID from a VMSA of ours (AP_CREATION), at
+ * ap_entry32 with the kernel's GDT: 0, or the GHCB's error. */
+int snp_start_ap(uint32_t apic_id);
+
 /* AP creation (GHCB 4.1.9) and RUN_VMPL (4.1.13). */
 int snp_ap_create(uint32_t apic_id, unsigned vmpl, uint64_t vmsa_gpa, uint64_t sev_features,
                   unsigned request);

@@ -218,7 +218,69 @@ long snp_get_report(const uint8_t report_data[64], uint32_t vmpl, uint8_t report
     return 0;
 }
 
-/* ================================================================ VMPLs */
+/* ================================================================ VMSAs, APs, VMPLs */
+
+void snp_vmsa_set(uint8_t *v, unsigned off, uint64_t x)
+{
+    memcpy(v + off, &x, 8);
+}
+
+static void vmsa_seg(uint8_t *v, int index, uint16_t sel, uint16_t attrib, uint32_t limit, uint64_t base)
+{
+    uint8_t *s = v + 16 * index;     /* ES CS SS DS FS GS GDTR LDTR IDTR TR, 16 bytes each */
+    memcpy(s, &sel, 2);
+    memcpy(s + 2, &attrib, 2);
+    memcpy(s + 4, &limit, 4);
+    memcpy(s + 8, &base, 8);
+}
+
+void snp_vmsa_flat32(uint8_t *v, unsigned vmpl, uint64_t rip, uint16_t cs)
+{
+    memset(v, 0, PAGE_4K);
+    for (int s = 0; s < 6; s++)
+        vmsa_seg(v, s, s == 1 ? cs : 0x10, s == 1 ? 0xC9B : 0xC93, 0xFFFFFFFF, 0);
+    vmsa_seg(v, 6, 0, 0, 0xFFFF, 0);                      /* GDTR */
+    vmsa_seg(v, 7, 0, 0x82, 0xFFFF, 0);                   /* LDTR */
+    vmsa_seg(v, 8, 0, 0, 0xFFFF, 0);                      /* IDTR */
+    vmsa_seg(v, 9, 0, 0x8B, 0xFFFF, 0);                   /* TR */
+    v[0xCA] = (uint8_t)vmpl;                              /* VMPL */
+    snp_vmsa_set(v, 0xD0, 1ul << 12);                     /* EFER.SVME */
+    snp_vmsa_set(v, 0x158, 0x11);                         /* CR0: PE, ET */
+    snp_vmsa_set(v, 0x160, 0x400);                        /* DR7 */
+    snp_vmsa_set(v, 0x168, 0xFFFF0FF0);                   /* DR6 */
+    snp_vmsa_set(v, 0x170, 0x2);                          /* RFLAGS */
+    snp_vmsa_set(v, 0x178, rip);
+    snp_vmsa_set(v, 0x268, 0x0007040600070406ul);         /* G_PAT */
+    snp_vmsa_set(v, 0x3B0, 1);                            /* SEV_FEATURES: SNPActive */
+    snp_vmsa_set(v, 0x3E8, 1);                            /* XCR0 */
+    *(uint32_t *)(v + 0x408) = 0x1F80;                    /* MXCSR */
+    *(uint16_t *)(v + 0x410) = 0x037F;                    /* x87 FCW */
+}
+
+/* One VMSA page per AP (one more, so none need be 2 MiB aligned: KVM
+ * refuses such a VMSA, an SNP erratum). */
+static uint8_t ap_vmsas[MAX_CPUS + 1][PAGE_4K] __attribute__((aligned(4096)));
+extern char ap_entry32[], gdt[], gdt_end[];
+
+int snp_start_ap(uint32_t apic_id)
+{
+    unsigned i = apic_id;
+    for (unsigned k = 0; k <= apic_id; k++)
+        if (!((uint64_t)ap_vmsas[k] & (PAGE_2M - 1))) {
+            i++;
+            break;
+        }
+    uint8_t *v = ap_vmsas[i];
+    /* An AP whose VMSA page we rewrite must not be running from it: take
+     * the VMSA attribute away first (RMPADJUST by VMPL0, 15.36.7). */
+    if (rmpadjust((uint64_t)v, RMP_PAGE_4K, RMPADJUST_ATTRS(1, 0, 0)))
+        return -1;
+    snp_vmsa_flat32(v, 0, (uint64_t)ap_entry32, 0x18);
+    vmsa_seg(v, 6, 0, 0, (uint32_t)(gdt_end - gdt - 1), (uint64_t)gdt);
+    if (rmpadjust((uint64_t)v, RMP_PAGE_4K, RMPADJUST_ATTRS(1, 0, 1)))
+        return -1;
+    return snp_ap_create(apic_id, 0, (uint64_t)v, 1, SNP_AP_CREATE);
+}
 
 int snp_ap_create(uint32_t apic_id, unsigned vmpl, uint64_t vmsa_gpa, uint64_t sev_features,
                   unsigned request)

@@ -159,6 +159,7 @@ class Machine(DebugApi):
         self.unimplemented: dict = {}        # mnemonic -> times it raised #UD
         self.internal_exception = None       # the svmsim bug that ended a run (status 70)
         self.listeners: list = []            # trace sinks: callables(event dict)
+        self.delivery_via = None             # what delivers the current event, for the trace (AVIC)
         self.pollers: list = []              # callables() run every few hundred rounds (gdb's Ctrl-C)
         self.fault_log = deque(maxlen=64)    # recent faults (Fault), for crash reports
         self.kernel_path = None
@@ -385,8 +386,11 @@ class Machine(DebugApi):
     def on_event(self, cpu, vector, kind, error_code) -> None:
         """Called before every event delivery (the SVM intercept check hooks in)."""
         if self.listeners:
-            self.emit({"type": "deliver", "cpu": cpu.index, "vector": vector, "kind": kind,
-                       "error_code": error_code, "rip": cpu.rip})
+            ev = {"type": "deliver", "cpu": cpu.index, "vector": vector, "kind": kind,
+                  "error_code": error_code, "rip": cpu.rip}
+            if self.delivery_via:
+                ev["via"] = self.delivery_via
+            self.emit(ev)
 
     def svm_event(self, cpu, what: str, data: dict) -> None:
         """VMRUN, #VMEXIT and event injection, for the trace (svmsim.trace)."""

@@ -83,6 +83,8 @@ def test_self_ipi_is_delivered_and_moves_to_isr():
     assert r.recorded() == 0x41
     assert not r.page.test_bit(0x200, 0x41) and r.page.test_bit(0x100, 0x41)
     assert r.page[0xA0] == 0x40                     # PPR follows the in-service vector
+    (ev,) = [e for e in r.events if e["type"] == "deliver"]
+    assert ev["vector"] == 0x41 and ev["via"] == "AVIC"
 
 
 def test_eoi_clears_the_in_service_vector():
@@ -282,7 +284,7 @@ def smp_kernel_run():
     import subprocess
     import sys
     import guestbuild as gb
-    p = subprocess.run([sys.executable, "-m", "svmsim", "run", "--smp", "2", "--trace", "vmexit",
+    p = subprocess.run([sys.executable, "-m", "svmsim", "run", "--smp", "2", "--trace", "vmexit,interrupts",
                         "--exit-coverage", str(gb.build_guest("svm_avic"))], capture_output=True, text=True, timeout=300)
     return p, gb
 
@@ -338,6 +340,8 @@ def test_smp_hypervisor_kernel_exits_named_in_trace_and_report(smp_kernel_run):
     assert "[cpu1] #VMEXIT AVIC_INCOMPLETE_IPI (0x401) info1=0x57 info2=0x100000000 " in p.stderr
     assert "svmsim:   0x401 AVIC_INCOMPLETE_IPI: 5\n" in p.stderr
     assert "svmsim:   AVIC_INCOMPLETE_IPI fired 5 (no intercept bit)\n" in p.stderr
+    assert "[cpu1 guest] deliver interrupt vector=0x50 (AVIC) rip=" in p.stderr      # from the backing page
+    assert "[cpu1] deliver interrupt vector=0xe0 rip=" in p.stderr                 # the host's wake-up IPI
     assert "svmsim:   HLT                 fired 3\n" in p.stderr      # the column fits the AVIC name
 
 

@@ -365,7 +365,12 @@ def take(cpu, vector):
     page.set_bit(IRR, vector, False)
     page.set_bit(ISR, vector)
     page.update_ppr()
-    interrupts.take_interrupt(cpu, vector)
+    m = cpu.machine
+    m.delivery_via = "AVIC"              # named in the trace's deliver event
+    try:
+        interrupts.take_interrupt(cpu, vector)
+    finally:
+        m.delivery_via = None
 
 
 def guest_msr(cpu, idx):

@@ -5,7 +5,8 @@ from Python through ``machine.listeners``.
 Every event is a dict with a ``type``; the machine emits:
 
 * ``deliver``: an exception or interrupt is about to be delivered (vector,
-  kind, error code, RIP).  Kinds are named below.
+  kind, error code, RIP; ``via``: "AVIC" for an interrupt AVIC takes from
+  the vAPIC backing page).  Kinds are named below.
 * ``exception``: a fault raised by an instruction, with svmsim's explanation
   of why (real hardware gives none).
 * ``vmrun``: VMRUN entered a guest (VMCB address, ASID, guest RIP, EVENTINJ).
@@ -170,8 +171,9 @@ def format_event(e: dict) -> str:
         return f"{cpu} fault at {_where(e)}{insn}: {e['detail']}"
     if t == "deliver":
         err = "" if e["error_code"] is None else f" error={e['error_code']:#x}"
+        via = f" ({e['via']})" if e.get("via") else ""
         return (f"{cpu} deliver {KIND_NAMES.get(e['kind'], e['kind'])} "
-                f"vector={e['vector']:#x}{err} {_where(e)}")
+                f"vector={e['vector']:#x}{err}{via} {_where(e)}")
     if t == "vmexit":
         return format_vmexit(e)
     if t == "vmrun":

@@ -61,6 +61,16 @@ def test_kernel_without_skinit_stops(kernel_run):
     assert out.getvalue() == b"skinit: CPUID 8000_0001 ECX[SKINIT] = 0\n"
 
 
+def test_kernel_says_what_it_needs():
+    out = io.BytesIO()
+    m = Machine(mem_size="128M", serial_out=out)
+    m.load_kernel(str(gb.build_guest("skinit")), "")
+    assert m.run(max_insns=5_000_000).status == gb.STATUS_FAIL
+    assert out.getvalue().decode().splitlines()[-1] == (
+        "skinit: needs --smp 2 --device edu (the AP's secure start-up, DMA at the SLB); "
+        "the machine has 1 CPU(s) and no edu device")
+
+
 def _slb(m, code32: bytes, entry=0x10, base=SLB):
     image = struct.pack("<HH", entry, entry + len(code32)).ljust(entry, b"\0") + code32
     m.bus.write_bytes(base, image)

@@ -364,3 +364,14 @@ def test_smp_hypervisor_kernel_on_qemu_finds_no_avic():
         pytest.skip("qemu-system-x86_64 not installed")
     status, out = gb.qemu_run(gb.build_guest("svm_avic"), smp=2)
     assert (status, out) == (gb.STATUS_FAIL, b"svm_avic: start\nsvm_avic: CPUID 8000_000A EDX[AVIC] = 0\n")
+
+
+def test_smp_hypervisor_kernel_on_one_cpu_says_what_it_needs():
+    import io
+    import guestbuild as gb
+    from svmsim.machine import Machine
+    out = io.BytesIO()
+    m = Machine(mem_size="128M", smp=1, serial_out=out)
+    m.load_kernel(str(gb.build_guest("svm_avic")), "")
+    assert m.run(max_insns=5_000_000).status == gb.STATUS_FAIL
+    assert out.getvalue() == b"svm_avic: start\nsvm_avic: needs 2 CPUs (--smp 2), the machine has 1\n"

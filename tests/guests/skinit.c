@@ -281,6 +281,12 @@ int kmain(uint32_t magic, uint32_t mbi)
     kprintf("skinit: CPUID 8000_0001 ECX[SKINIT] = %u\n", (r[2] >> 12) & 1);
     if (!((r[2] >> 12) & 1))
         return 1;
+    if (fw_cfg_ncpus() < 2 || pci_find(0x1234, 0x11E8) < 0) {
+        kprintf("skinit: needs --smp 2 --device edu (the AP's secure start-up, DMA at the SLB); "
+                "the machine has %u CPU(s) and %s\n", fw_cfg_ncpus(),
+                pci_find(0x1234, 0x11E8) < 0 ? "no edu device" : "an edu device");
+        return 1;
+    }
     uint32_t rc = tpm_pcr_read(17, pcr);
     kprintf("skinit: TPM %08x, TPM_ACCESS %02x, PCR17 read rc %u\n", *(volatile uint32_t *)(TPM + 0xF00),
             tpm8(0x00), rc);

@@ -581,6 +581,11 @@ int kmain(uint32_t magic, uint32_t mbi)
         return 1;
     }
     x2 = want_x2 != 0;
+    uint32_t ncpus = fw_cfg_ncpus();
+    if (ncpus < NCPU) {
+        kprintf("svm_avic: needs %d CPUs (--smp %d), the machine has %u\n", NCPU, NCPU, ncpus);
+        return 1;
+    }
     const char *err = svm_enable(hsave[0]);
     if (err) {
         kprintf("svm_avic: %s\n", err);

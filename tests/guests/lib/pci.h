@@ -23,9 +23,6 @@
 #define PCI_CMD_INTX_DISABLE 0x400
 #define PCI_CAP_MSI 0x05
 
-static inline void outw(uint16_t port, uint16_t v) { asm volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
-static inline uint16_t inw(uint16_t port) { uint16_t v; asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-
 static inline void pci_select(int slot, int fn, int reg)
 {
     outl(0xCF8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)fn << 8 | (reg & 0xFC));

@@ -50,8 +50,10 @@ int strncmp(const char *a, const char *b, size_t n);
 
 /* ---- port I/O and privileged instructions ---- */
 static inline void outb(uint16_t port, uint8_t v) { asm volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outw(uint16_t port, uint16_t v) { asm volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
 static inline void outl(uint16_t port, uint32_t v) { asm volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
 static inline uint8_t inb(uint16_t port) { uint8_t v; asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline uint16_t inw(uint16_t port) { uint16_t v; asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline uint32_t inl(uint16_t port) { uint32_t v; asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
 static inline uint64_t rdmsr(uint32_t msr)
@@ -94,6 +96,15 @@ static inline void sti_hlt_cli(void) { asm volatile("sti; hlt; cli" ::: "memory"
 #define CR0_PG (1ul << 31)
 #define MSR_APIC_BASE 0x1B
 #define MSR_EFER 0xC0000080
+
+/* The number of CPUs, from QEMU's fw_cfg (selector port 510h, data 511h;
+ * FW_CFG_NB_CPUS = 05h), which svmsim has too. */
+static inline uint32_t fw_cfg_ncpus(void)
+{
+    outw(0x510, 0x05);
+    uint32_t lo = inb(0x511);
+    return lo | (uint32_t)inb(0x511) << 8;
+}
 
 /* ---- serial console and exit ---- */
 void serial_init(void);

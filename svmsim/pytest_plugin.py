@@ -5,11 +5,13 @@ Fixtures:
 
 * ``svmsim_machine``: a fresh 128 MiB ``Machine`` whose COM1 output is
   captured (``svmsim_machine.serial_output()`` returns it as text);
-* ``run_kernel``: ``run_kernel(path, append="", smp=1, timeout=60, ...)`` boots
-  a kernel as ``qemu-system-x86_64 -kernel`` would and returns a
+* ``run_kernel``: ``run_kernel(path, append="", smp=1, timeout=60, ...,
+  devices=())`` boots a kernel as ``qemu-system-x86_64 -kernel`` would (with
+  ``devices`` such as ``("edu",)``, as ``--device``) and returns a
   ``KernelRun`` (output, status, reason, exits by name...);
 * ``qemu_transcript``: ``qemu_transcript(path, ...)`` is the same kernel's
-  KernelRun under QEMU; the test is skipped when QEMU is not installed.
+  KernelRun under QEMU (``devices`` as ``-device``); the test is skipped
+  when QEMU is not installed.
 
     def test_my_hypervisor(run_kernel, qemu_transcript):
         r = run_kernel("build/hv.elf", smp=2)
@@ -41,8 +43,8 @@ def run_kernel():
 def qemu_transcript():
     from .testing import run_qemu
 
-    def transcript(path, append="", smp=1, timeout=60, memory="128M", cpu="EPYC"):
-        q = run_qemu(path, append, smp, timeout, memory, cpu)
+    def transcript(path, append="", smp=1, timeout=60, memory="128M", cpu="EPYC", devices=()):
+        q = run_qemu(path, append, smp, timeout, memory, cpu, devices)
         if q is None:
             pytest.skip("qemu-system-x86_64 is not installed")
         return q

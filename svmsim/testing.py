@@ -33,11 +33,12 @@ class KernelRun:
 
 
 def run_kernel(path, append: str = "", smp: int = 1, timeout: float = 60, memory="128M",
-               max_insns: int = None, cpu: str = "epyc") -> KernelRun:
-    """Boot ``path`` as ``qemu-system-x86_64 -kernel`` would and run it to its end."""
+               max_insns: int = None, cpu: str = "epyc", devices=()) -> KernelRun:
+    """Boot ``path`` as ``qemu-system-x86_64 -kernel`` would and run it to its end.
+    ``devices``: optional devices by name, as ``--device`` (``("edu",)``)."""
     from .machine import Machine
     out = io.BytesIO()
-    m = Machine(mem_size=memory, smp=smp, cpu=cpu, serial_out=out)
+    m = Machine(mem_size=memory, smp=smp, cpu=cpu, serial_out=out, devices=tuple(devices))
     m.load_kernel(str(path), append)
     r = m.run(max_insns=max_insns, timeout=timeout)
     return KernelRun(out.getvalue().decode("utf-8", "replace"), r.status, r.reason, r.kind, r.instructions,
@@ -48,19 +49,22 @@ def qemu_available() -> bool:
     return shutil.which("qemu-system-x86_64") is not None
 
 
-def qemu_command(kernel, append: str = "", smp: int = 1, memory="128M", cpu="EPYC") -> list:
-    """QEMU as svmsim's conventions assume it: TCG, COM1 on stdout, isa-debug-exit."""
+def qemu_command(kernel, append: str = "", smp: int = 1, memory="128M", cpu="EPYC", devices=()) -> list:
+    """QEMU as svmsim's conventions assume it: TCG, COM1 on stdout, isa-debug-exit;
+    ``devices`` as ``-device`` options (svmsim's --device names are QEMU's)."""
     return ["qemu-system-x86_64", "-accel", "tcg", "-cpu", cpu, "-m", str(memory), "-smp", str(smp),
             "-display", "none", "-serial", "stdio", "-no-reboot",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", str(kernel), "-append", append]
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+            *[a for d in devices for a in ("-device", d)], "-kernel", str(kernel), "-append", append]
 
 
-def run_qemu(path, append: str = "", smp: int = 1, timeout: float = 60, memory="128M", cpu="EPYC"):
+def run_qemu(path, append: str = "", smp: int = 1, timeout: float = 60, memory="128M", cpu="EPYC",
+             devices=()):
     """The same kernel under QEMU (a KernelRun), or None when QEMU is not
     installed; a QEMU that does not finish in ``timeout`` gives status None."""
     if not qemu_available():
         return None
-    cmd = qemu_command(path, append, smp, memory, cpu)
+    cmd = qemu_command(path, append, smp, memory, cpu, devices)
     try:
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
         status, out = p.returncode, p.stdout

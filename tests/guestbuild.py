@@ -251,9 +251,7 @@ def qemu_command(kernel, append: str = "", smp: int = 1, mem: str = "128M",
     one svmsim.testing gives users for their own kernels, with optional
     ``-device``s (the same names as svmsim's --device)."""
     from svmsim.testing import qemu_command as command
-    cmd = command(kernel, append, smp, mem)
-    at = cmd.index("-kernel")
-    return cmd[:at] + [a for d in devices for a in ("-device", d)] + cmd[at:]
+    return command(kernel, append, smp, mem, devices=devices)
 
 
 def qemu_run(kernel, append: str = "", smp: int = 1, mem: str = "128M",

@@ -23,7 +23,7 @@ def test_entry_point_is_declared():
 
 
 def test_a_users_tests_with_the_fixtures(pytester):
-    hello, hv = gb.build_guest("hello"), gb.build_guest("svm_intercepts")
+    hello, hv, edu = gb.build_guest("hello"), gb.build_guest("svm_intercepts"), gb.build_guest("edu")
     pytester.makepyfile(f'''
         def test_hello(run_kernel):
             r = run_kernel({str(hello)!r}, append="greeting=1 svmsim", timeout=60)
@@ -44,9 +44,15 @@ def test_a_users_tests_with_the_fixtures(pytester):
             r = run_kernel({str(hello)!r}, append="a b")
             q = qemu_transcript({str(hello)!r}, append="a b")
             assert (q.output, q.status) == (r.output, r.status)
+
+        def test_a_device_driver_as_on_qemu(run_kernel, qemu_transcript):
+            r = run_kernel({str(edu)!r}, devices=("edu",))
+            assert r.passed and "edu: PASS" in r.output, r.reason
+            q = qemu_transcript({str(edu)!r}, devices=("edu",))
+            assert (q.output, q.status) == (r.output, r.status)
     ''')
     result = pytester.runpytest(*_plugin_args(), "-q")
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) + outcomes.get("skipped", 0) == 4 and not outcomes.get("failed")
+    assert outcomes.get("passed", 0) + outcomes.get("skipped", 0) == 5 and not outcomes.get("failed")
     if gb.qemu_available():
-        assert outcomes["passed"] == 4
+        assert outcomes["passed"] == 5

@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("which", nargs="?", default="hypervisor", choices=sorted(DEMOS),
                    help="hypervisor (default), sev, sev-es, sev-snp, attacks, smoke, avic, edu, dev, skinit or smm")
     d.add_argument("--smp", type=_count, default=None)
+    d.add_argument("--path", action="store_true",
+                   help="print the demo kernel's path (to boot it with svmsim run or QEMU) and exit")
     d.add_argument("--trace", default=None, metavar="CATS",
                    help="sev-es: print these trace events on stderr (e.g. vmexit: each #VMEXIT "
                         "and the GHCB server's answer)")
@@ -328,6 +330,9 @@ def cmd_demo(args) -> int:
     name, append, smp, what, *devices = DEMOS[args.which]
     devices = devices[0] if devices else ()
     smp = args.smp or smp
+    if args.path:
+        print(demo_kernel(name))
+        return 0
     print(f"svmsim demo: {what}", file=sys.stderr)
     kernel = demo_kernel(name)
     if args.which == "sev":

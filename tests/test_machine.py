@@ -1,6 +1,7 @@
 """The machine as a user meets it: `svmsim run`, run endings, and the guest
 kernels of tests/guests compared with what QEMU printed for them (issue 2)."""
 import io
+import os
 import subprocess
 import sys
 
@@ -153,6 +154,9 @@ def test_demo_with_a_device_reports_the_platform():
     err = p.stderr.decode()
     assert b"dev: PASS" in p.stdout and "--smp 1 --device edu" in err
     assert "svmsim: platform: 4 DMA accesses blocked" in err
+    p = svmsim_cli("demo", "dev", "--path", timeout=300)
+    path = p.stdout.decode().strip()
+    assert p.returncode == 0 and path.endswith(".elf") and os.path.isfile(path)
 
 
 @pytest.mark.slow

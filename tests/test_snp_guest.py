@@ -67,8 +67,11 @@ def test_snp_guest_validates_its_memory_and_reports(attest):
                      r"and read back", text)
     assert "secrets page: version 3, VMPCK0 present" in text
     assert "report data is mine: yes" in text
+    assert "extended report: 3 certificates from the VMM" in text
+    assert "derived key bound to the measurement: the same twice: yes, not all zero: yes" in text
     g = snp.server.requests
-    assert g["MSR_PROTOCOL:PSC"] >= 18 and g["PSC"] >= 2 and g["GUEST_REQUEST"] == 1
+    assert g["MSR_PROTOCOL:PSC"] >= 18 and g["PSC"] >= 2
+    assert g["EXT_GUEST_REQUEST"] == 1 and g["GUEST_REQUEST"] == 2       # the report; two keys
     assert g["MSR_PROTOCOL:REG_GPA"] == 1
     # The RMP after the run: accepted pages validated; the GHCB pages shared.
     rmp = snp.launcher.vmm.m.rmp
@@ -105,11 +108,12 @@ def test_report_measurement_is_the_launch_digest_and_its_chain_verifies(attest):
     g.update_secrets_page(0x11000)
     g.update_vmsa_page(vmsa_from_vmcb(owner.vmcb, owner.gprs, vcpu_type("EPYC-v4").signature, 1))
     assert g.ld() == fields["measurement"]
-    verdict = snp_verify.verify(report, snp.server.certs)
+    assert demo.certs.startswith(snp.server.certs)       # the table came with the report
+    verdict = snp_verify.verify(report, demo.certs)
     assert verdict.ok, verdict.checks
     tampered = bytearray(report)
     tampered[0x90] ^= 1
-    assert not snp_verify.verify(bytes(tampered), snp.server.certs).ok
+    assert not snp_verify.verify(bytes(tampered), demo.certs).ok
 
 
 @pytest.mark.slow
@@ -164,7 +168,8 @@ def test_demo_sev_snp_runs_snp_attest_through_snp_demo(monkeypatch, capsys):
     def fake_run(kernel, machine, say, timeout=None):
         seen.append(kernel)
         say("the relying party's checks:")
-        return snp_demo.DemoResult(None, "isa-debug-exit: guest wrote 0x0", b"report", [("check", ok)])
+        return snp_demo.DemoResult(None, "isa-debug-exit: guest wrote 0x0", report=b"report",
+                                    checks=[("check", ok)])
 
     monkeypatch.setattr(snp_demo, "run", fake_run)
     ok = True

@@ -5,9 +5,9 @@ asks for an attestation report with its own REPORT_DATA and hands the
 report out in a page it shares.  svmsim then plays the relying party: it
 prints the report's fields, compares MEASUREMENT with the launch digest the
 firmware chained and REPORT_DATA with what the guest chose, and verifies
-the signature chain with the certificates a key server would give for this
-chip (svmsim's simulated ARK -> ASK -> VCEK), by its own checks and, where
-``openssl`` is installed, by openssl's.
+the signature chain with the certificates that came with the extended
+report (the VMM's table: svmsim's simulated ARK -> ASK -> VCEK), by its own
+checks and, where ``openssl`` is installed, by openssl's.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class DemoResult:
     snp: SnpKernelRun
     reason: str
     report: bytes = b""
+    certs: bytes = b""                             # the certificate table that came with it
     checks: list = field(default_factory=list)     # (what, passed)
 
     @property
@@ -50,14 +51,17 @@ def outbox_gpa(kernel: str) -> int:
     raise LookupError(f"{kernel}: no symbol {OUTBOX_SYMBOL!r}")
 
 
-def handed_out_report(run: SnpKernelRun, gpa: int) -> bytes:
-    """The report the guest left in its shared page (plaintext in DRAM: the
-    hypervisor carries it; the signature protects it); b"" if none."""
-    bus = run.launcher.vmm.m.bus
-    magic, length = struct.unpack("<QQ", bus.read_bytes(GUEST_BASE + gpa, 16))
-    if magic != OUTBOX_MAGIC or length != snp_report.REPORT_LEN:
-        return b""
-    return bus.read_bytes(GUEST_BASE + gpa + 16, length)
+def handed_out(run: SnpKernelRun, gpa: int) -> tuple[bytes, bytes]:
+    """The report and the certificate table the guest left in its shared
+    pages ({magic, report length, certificates gPA, their length, report}):
+    plaintext in DRAM, carried by the hypervisor, protected by the
+    signature; (b"", b"") if there is none."""
+    bus, mem = run.launcher.vmm.m.bus, run.launcher.vmm.guest_mem
+    magic, length, certs_gpa, certs_len = struct.unpack("<QQQQ", bus.read_bytes(GUEST_BASE + gpa, 32))
+    if magic != OUTBOX_MAGIC or length != snp_report.REPORT_LEN or certs_gpa + certs_len > mem:
+        return b"", b""
+    return (bus.read_bytes(GUEST_BASE + gpa + 32, length),
+            bus.read_bytes(GUEST_BASE + certs_gpa, certs_len))
 
 
 def field_lines(report: bytes) -> list:
@@ -85,7 +89,7 @@ def run(kernel: str, machine, say=print, timeout: float | None = None) -> DemoRe
     result = vmm.run(timeout=timeout)
     out = DemoResult(snp, result.reason)
     say(f"guest run ended: {result.reason}; GHCB requests {result.ghcb}")
-    out.report = handed_out_report(snp, outbox_gpa(kernel))
+    out.report, out.certs = handed_out(snp, outbox_gpa(kernel))
     if not out.report:
         say("the guest handed out no report")
         return out
@@ -95,10 +99,10 @@ def run(kernel: str, machine, say=print, timeout: float | None = None) -> DemoRe
     fields = snp_report.parse(out.report)
     out.checks.append(("MEASUREMENT is the launch digest", fields["measurement"] == snp.launch_digest))
     out.checks.append(("REPORT_DATA is what the guest asked for", fields["report_data"] == REPORT_DATA))
-    out.checks.extend(snp_verify.verify(out.report, snp.server.certs).checks)
+    out.checks.extend(snp_verify.verify(out.report, out.certs).checks)
     if shutil.which("openssl"):
         seen = {what for what, _ in out.checks}
-        out.checks.extend(c for c in snp_verify.openssl_verify(out.report, snp.server.certs).checks
+        out.checks.extend(c for c in snp_verify.openssl_verify(out.report, out.certs).checks
                           if c[0] not in seen)
     else:
         say("openssl is not installed: svmsim's own checks only")

@@ -13,10 +13,13 @@
  *     shared the same way, in reverse, by the runtime (lib/sev_snp.c);
  *  3. reads its secrets page (VMPCK0) and asks the AMD-SP for an attestation
  *     report with its own REPORT_DATA: a guest message sealed under VMPCK0,
- *     sent by the GUEST_REQUEST NAE event (lib/snp_msg.c);
- *  4. prints the report's main fields and hands the whole report to the
- *     hypervisor in a shared page, for a relying party to check: the report
- *     is signed by the VCEK, so the untrusted channel cannot change it.
+ *     sent by the EXT_GUEST_REQUEST NAE event (lib/snp_msg.c), which also
+ *     brings the VMM's certificate table (VCEK, ASK, ARK); then a key
+ *     derived from the chip's secret and its measurement (MSG_KEY_REQ);
+ *  4. prints the report's main fields and hands the report and the
+ *     certificates to the hypervisor in shared pages, for a relying party to
+ *     check: the report is signed by the VCEK, so the untrusted channel
+ *     cannot change it.
  */
 #include "rt.h"
 #include "sev.h"
@@ -24,8 +27,12 @@
 #define MIB (1ul << 20)
 #define OUTBOX_MAGIC 0x54524F50504E53ul   /* "SNPPORT" */
 
-/* What the guest hands out: {magic, length, report}.  Shared with the VMM. */
+/* What the guest hands out: {magic, report length, certificate table gPA,
+ * its length, the report}.  Shared with the VMM, as is the certificate
+ * buffer the VMM fills with the extended report. */
 static uint8_t outbox[4096] __attribute__((section(".bss.shared"), aligned(4096)));
+#define CERT_PAGES 4
+static uint8_t certs[CERT_PAGES * 4096] __attribute__((section(".bss.shared"), aligned(4096)));
 static uint8_t report[0x4A0];
 extern char __bss_end[];
 
@@ -92,11 +99,16 @@ int kmain(uint32_t magic, uint32_t mbi)
     memcpy(data, text, strlen(text));
     for (int i = 48; i < 64; i++)
         data[i] = (uint8_t)(i * 7);
-    long rc = snp_get_report(data, (uint32_t)snp_vmpl, report);
+    uint64_t pages = CERT_PAGES;
+    long rc = snp_get_ext_report(data, (uint32_t)snp_vmpl, report, certs, &pages);
     if (rc) {
-        kprintf("report request failed: %lx\n", (unsigned long)rc);
+        kprintf("report request failed: %lx (certificate pages %lu)\n", (unsigned long)rc, pages);
         return 4;
     }
+    uint32_t ncerts = 0;
+    for (const uint8_t *e = certs; e < certs + sizeof certs - 24 && (u64(e) | u64(e + 8)); e += 24)
+        ncerts++;
+    kprintf("extended report: %u certificates from the VMM\n", ncerts);
 
     /* 4. The report's fields (SNP ABI, ATTESTATION_REPORT). */
     kprintf("report: version %u, guest SVN %u, policy %lx, VMPL %u, signature algorithm %u\n",
@@ -107,8 +119,23 @@ int kmain(uint32_t magic, uint32_t mbi)
     hex("measurement", report + 0x90, 48);
     hex("chip_id", report + 0x1A0, 64);
     kprintf("report data is mine: %s\n", memcmp(report + 0x50, data, 64) ? "NO" : "yes");
+
+    /* A sealing key bound to our measurement (MSG_KEY_REQ): the same each time. */
+    uint8_t key1[32], key2[32];
+    if (snp_get_derived_key(SNP_KEY_FIELD_MEASUREMENT, (uint32_t)snp_vmpl, key1) ||
+        snp_get_derived_key(SNP_KEY_FIELD_MEASUREMENT, (uint32_t)snp_vmpl, key2)) {
+        kprintf("key request failed\n");
+        return 5;
+    }
+    kprintf("derived key bound to the measurement: the same twice: %s, not all zero: %s\n",
+            memcmp(key1, key2, 32) ? "NO" : "yes", (u64(key1) | u64(key1 + 8)) ? "yes" : "NO");
+    memset(key1, 0, sizeof key1);
+    memset(key2, 0, sizeof key2);
+
     *(volatile uint64_t *)(outbox + 8) = sizeof report;
-    memcpy(outbox + 16, report, sizeof report);
+    *(volatile uint64_t *)(outbox + 16) = (uint64_t)certs;
+    *(volatile uint64_t *)(outbox + 24) = sizeof certs;
+    memcpy(outbox + 32, report, sizeof report);
     *(volatile uint64_t *)outbox = OUTBOX_MAGIC;
     kprintf("report handed out at gPA %lx\n", (uint64_t)outbox);
     return 0;

@@ -116,6 +116,17 @@ long snp_guest_request(int vmpck, uint8_t type, const void *req, size_t len, voi
                        size_t max, size_t *rsp_len);
 /* MSG_REPORT_REQ with ``report_data`` at ``vmpl``: the 0x4A0-byte report. */
 long snp_get_report(const uint8_t report_data[64], uint32_t vmpl, uint8_t report[0x4A0]);
+/* The same through EXT_GUEST_REQUEST: the VMM also writes its certificate
+ * table (VCEK, ASK, ARK) into ``certs`` (*certs_pages shared pages); too
+ * small: VMM error INVALID_LEN (bits 63:32) and *certs_pages = pages needed. */
+#define SNP_VMM_ERR_INVALID_LEN 1
+long snp_get_ext_report(const uint8_t report_data[64], uint32_t vmpl, uint8_t report[0x4A0],
+                        void *certs, uint64_t *certs_pages);
+/* MSG_KEY_REQ: a key derived from the VCEK's secret and the guest facts
+ * ``field_select`` names (bit 0 policy, 1 image ID, 2 family ID, 3
+ * measurement, 4 guest SVN, 5 TCB version). */
+#define SNP_KEY_FIELD_MEASUREMENT (1u << 3)
+long snp_get_derived_key(uint64_t field_select, uint32_t vmpl, uint8_t key[32]);
 
 /* VMSA fields (APM vol 2, table B-4) a guest fills to start a vCPU or a VMPL. */
 #define VMSA_RBX 0x318

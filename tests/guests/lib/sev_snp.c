@@ -175,8 +175,13 @@ void sev_snp_init_bsp(void)
 
 /* ================================================================ guest messages */
 
-long snp_guest_request(int vmpck, uint8_t type, const void *req, size_t len, void *rsp,
-                       size_t max, size_t *rsp_len)
+/* One guest message (GHCB 4.1.8): sealed in private memory, copied to the
+ * shared request page; the answer copied out of the shared response page
+ * before it is opened.  ``certs``: the extended form, with the certificate
+ * buffer in RAX (gPA) and RBX (pages); *certs_pages then says how many
+ * pages the VMM needed when it answers INVALID_LEN. */
+static long guest_message(int vmpck, uint8_t type, const void *req, size_t len, void *rsp,
+                          size_t max, size_t *rsp_len, void *certs, uint64_t *certs_pages)
 {
     const uint8_t *key = (const uint8_t *)snp_secrets_page + SECRETS_VMPCK0 + 0x20 * vmpck;
     uint64_t seqno = msg_seqno[vmpck] + 1;
@@ -184,8 +189,15 @@ long snp_guest_request(int vmpck, uint8_t type, const void *req, size_t len, voi
     memcpy(msg_req, msg_private, SNP_MSG_PAGE);
     struct ghcb *g = ghcb_get();
     g->valid_bitmap[0] = g->valid_bitmap[1] = 0;
-    int resp = ghcb_call(g, SVM_VMGEXIT_GUEST_REQUEST, (uint64_t)msg_req, (uint64_t)msg_rsp);
+    if (certs) {
+        GHCB_SET(g, rax, (uint64_t)certs);
+        GHCB_SET(g, rbx, *certs_pages);
+    }
+    int resp = ghcb_call(g, certs ? SVM_VMGEXIT_EXT_GUEST_REQUEST : SVM_VMGEXIT_GUEST_REQUEST,
+                         (uint64_t)msg_req, (uint64_t)msg_rsp);
     uint64_t err = g->sw_exit_info_2;
+    if (certs && (err >> 32) == SNP_VMM_ERR_INVALID_LEN && GHCB_IS_VALID(g, rbx))
+        *certs_pages = g->rbx;
     ghcb_put(g);
     if (resp != GHCB_RESP_OK)
         return 0x100000000l;
@@ -200,21 +212,68 @@ long snp_guest_request(int vmpck, uint8_t type, const void *req, size_t len, voi
     return 0;
 }
 
-long snp_get_report(const uint8_t report_data[64], uint32_t vmpl, uint8_t report[0x4A0])
+long snp_guest_request(int vmpck, uint8_t type, const void *req, size_t len, void *rsp,
+                       size_t max, size_t *rsp_len)
 {
-    static struct snp_report_req req;
-    static struct snp_report_rsp rsp;
+    return guest_message(vmpck, type, req, len, rsp, max, rsp_len, NULL, NULL);
+}
+
+static struct snp_report_req report_req;
+static struct snp_report_rsp report_rsp;
+
+static long report(const uint8_t report_data[64], uint32_t vmpl, uint8_t out[0x4A0], void *certs,
+                   uint64_t *certs_pages)
+{
     size_t len;
-    memset(&req, 0, sizeof req);
-    memcpy(req.user_data, report_data, 64);
-    req.vmpl = vmpl;
-    long rc = snp_guest_request((int)snp_vmpl, SNP_MSG_REPORT_REQ, &req, sizeof req, &rsp,
-                                sizeof rsp, &len);
+    memset(&report_req, 0, sizeof report_req);
+    memcpy(report_req.user_data, report_data, 64);
+    report_req.vmpl = vmpl;
+    long rc = guest_message((int)snp_vmpl, SNP_MSG_REPORT_REQ, &report_req, sizeof report_req,
+                            &report_rsp, sizeof report_rsp, &len, certs, certs_pages);
     if (rc)
         return rc;
-    if (len < sizeof rsp || rsp.status || rsp.report_size != 0x4A0)
+    if (len < sizeof report_rsp || report_rsp.status || report_rsp.report_size != 0x4A0)
+        return 0x200000000l | report_rsp.status;
+    memcpy(out, report_rsp.report, 0x4A0);
+    return 0;
+}
+
+long snp_get_report(const uint8_t report_data[64], uint32_t vmpl, uint8_t out[0x4A0])
+{
+    return report(report_data, vmpl, out, NULL, NULL);
+}
+
+long snp_get_ext_report(const uint8_t report_data[64], uint32_t vmpl, uint8_t out[0x4A0],
+                        void *certs, uint64_t *certs_pages)
+{
+    uint64_t have = *certs_pages;
+    long rc = report(report_data, vmpl, out, certs, certs_pages);
+    if ((rc >> 32) == SNP_VMM_ERR_INVALID_LEN && *certs_pages > have) {
+        /* The AMD-SP never saw the request: send it as a plain one so our
+         * sequence number and the firmware's stay together (as Linux does). */
+        uint8_t scratch[0x4A0];
+        report(report_data, vmpl, scratch, NULL, NULL);
+    }
+    return rc;
+}
+
+long snp_get_derived_key(uint64_t field_select, uint32_t vmpl, uint8_t key[32])
+{
+    struct snp_key_req req;
+    struct snp_key_rsp rsp;
+    size_t len;
+    memset(&req, 0, sizeof req);
+    req.root_key_select = 0;         /* the VCEK's secret */
+    req.guest_field_select = field_select;
+    req.vmpl = vmpl;
+    long rc = snp_guest_request((int)snp_vmpl, SNP_MSG_KEY_REQ, &req, sizeof req, &rsp, sizeof rsp,
+                                &len);
+    if (rc)
+        return rc;
+    if (len < sizeof rsp || rsp.status)
         return 0x200000000l | rsp.status;
-    memcpy(report, rsp.report, 0x4A0);
+    memcpy(key, rsp.key, 32);
+    memset(&rsp, 0, sizeof rsp);
     return 0;
 }
 

@@ -351,13 +351,16 @@ def test_closed_machine_frees_ram_and_refuses_to_run():
 
 
 # -- found by the insns campaign: a fault loop that retires nothing ------------------------------
-def _fault_loop_kernel() -> bytes:
+def _fault_loop_kernel(dr7: bool = False) -> bytes:
     """ESP in the PCI hole (pushes go nowhere), then UD2; every IDT gate leads
     to a handler that is UD2 too: each #UD is delivered and faults again at
     the handler's first instruction, and no instruction ever retires (the
-    CPU loops as hardware would)."""
+    CPU loops as hardware would).  ``dr7``: a breakpoint enabled in DR7
+    first (never hit), so the engine runs one instruction at a time."""
     c = K.Code()
-    c.lidt("idtr").emit(0xBC, struct.pack("<I", 0xF0000000)).emit(0x0F, 0x0B)   # mov esp, imm; ud2
+    c.lidt("idtr")
+    if dr7:
+        c.mov_eax(0x1).emit(0x0F, 0x23, 0xF8)                  # mov dr7, eax: L0 (DR0 = 0).emit(0xBC, struct.pack("<I", 0xF0000000)).emit(0x0F, 0x0B)   # mov esp, imm; ud2
     c.label("handler").emit(0x0F, 0x0B)
     c.idt("handler")
     return K.kernel(c)
@@ -377,6 +380,9 @@ def test_timeout_ends_a_fault_loop_that_retires_nothing(tmp_path):
     assert "times in a row]" in err[-1] and len(err) < 20, err      # the repeated #UD, once
 
 
-def test_fault_loop_counts_against_the_budget_from_python():
-    r, _, _ = boot(_fault_loop_kernel(), max_insns=1500, timeout=60)
+@pytest.mark.parametrize("dr7", [False, True])
+def test_fault_loop_counts_against_the_budget_from_python(dr7):
+    """Also when the engine single-steps (a DR7 breakpoint is enabled: the
+    vmcb campaign's guests with random DR7 ran into this)."""
+    r, _, _ = boot(_fault_loop_kernel(dr7), max_insns=1500, timeout=60)
     assert r.status == STATUS_BUDGET and r.instructions < 10, r.reason

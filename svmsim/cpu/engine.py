@@ -265,7 +265,9 @@ class Engine:
                     break
                 if cpu.rflags & TF or cpu.step_once or cpu.dr[7] & 0xFF or cpu.debugctl:
                     cpu.q_exec = executed
-                    executed += self.step(cpu)
+                    n = self.step(cpu)
+                    executed += n
+                    events += not n         # step() delivered an exception instead
                     continue
                 rip = cpu.rip
                 lin = (cpu.ebase[CS] + rip) & cpu.lin_mask

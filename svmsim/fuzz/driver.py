@@ -234,6 +234,7 @@ class WorkerResult:
     rss_start_mib: int = 0
     rss_peak_mib: int = 0
     rss_end_mib: int = 0
+    slowest: list = field(default_factory=list)        # [seconds, seed, outcome or failure], top 5
 
 
 def work(name: str, options: dict, seconds: float, worker: int, workers: int, seed: int,
@@ -254,6 +255,9 @@ def work(name: str, options: dict, seconds: float, worker: int, workers: int, se
         inp = camp.generate(random.Random(s))
         v = check(camp, inp)
         res.inputs += 1
+        if len(res.slowest) < 5 or v.seconds > res.slowest[-1][0]:
+            res.slowest = sorted(res.slowest + [[round(v.seconds, 2), s, v.outcome or v.failure]],
+                                 reverse=True)[:5]
         rss = rss_mib()
         if rss > rss_limit_mib:
             gc.collect()
@@ -345,6 +349,7 @@ def merge(name: str, seed: int, results: list, wall: float) -> dict:
                           "seeds": seeds[:20], "count": len(seeds)} for s, seeds in findings.items()],
             "rss_peak_mib": max(r["rss_peak_mib"] for r in results),
             "rss_start_end_mib": [(r["rss_start_mib"], r["rss_end_mib"]) for r in results],
+            "slowest": sorted((x for r in results for x in r.get("slowest", [])), reverse=True)[:5],
             "outcomes": dict(sorted(outcomes.items(), key=lambda kv: -kv[1])),
             "reproducers": failures}
 
@@ -356,6 +361,8 @@ def format_report(rep: dict) -> str:
              + ", ".join(f"{a} -> {b}" for a, b in rep.get("rss_start_end_mib", [])) + ")"]
     for f in rep["findings"]:
         lines.append(f"  FAIL x{f['count']}: {f['failure']} (seeds {', '.join(map(str, f['seeds'][:5]))})")
+    if rep.get("slowest"):
+        lines.append("  slowest: " + "; ".join(f"{t} s seed {seed} ({what})" for t, seed, what in rep["slowest"][:3]))
     top = list(rep["outcomes"].items())[:8]
     if top:
         lines.append("  outcomes: " + "; ".join(f"{k}: {n}" for k, n in top)

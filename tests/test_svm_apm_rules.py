@@ -436,3 +436,35 @@ def test_vnmi_without_the_nmi_intercept_is_vmexit_invalid():
     assert r.exitcode == ExitCode.INVALID and r.cpu.svm.invalid[-1].rule == "V_NMI_NO_NMI_INTERCEPT"
     r = SvmRig("hlt", intercepts=[ExitCode.HLT, ExitCode.NMI], V_NMI_ENABLE=1).run()
     assert r.exitcode == ExitCode.HLT
+
+
+# ---------------------------------------------------------------- where kvm-unit-tests expects otherwise
+def test_msrpm_ending_just_below_maxphyaddr_is_legal():
+    """15.11: "The four separate bit vectors must be packed together and located
+    in two contiguous physical pages of memory" and "if the address of the last
+    byte in the table is greater than or equal to the maximum supported physical
+    address, this is treated as illegal VMCB state and causes a
+    #VMEXIT(VMEXIT_INVALID)".  An 8 KiB MSRPM at MAXPHYADDR - 8 KiB ends at
+    MAXPHYADDR - 1: legal (kvm-unit-tests' svm_guest_state_test expects
+    VMEXIT_INVALID there; docs/KVM-UNIT-TESTS.md); one page higher it is not."""
+    top = 1 << SvmRig().m.profile.phys_bits
+    r = SvmRig("hlt", intercepts=[ExitCode.HLT, ExitCode.MSR], MSRPM_BASE_PA=top - 0x2000).run()
+    assert r.exitcode == ExitCode.HLT
+    r = SvmRig("hlt", intercepts=[ExitCode.HLT, ExitCode.MSR], MSRPM_BASE_PA=top - 0x1000).run()
+    assert r.exitcode == ExitCode.INVALID and r.cpu.svm.invalid[-1].rule == "MSRPM_RANGE"
+
+
+def test_intercepted_single_step_db_leaves_tf_in_the_saved_rflags():
+    """15.12.2: "Trap-type #DB exceptions cause the VMCB's CS:rIP to indicate the
+    instruction following the instruction that caused the exception", and the
+    intercept is taken instead of delivering the #DB (15.12), so nothing clears
+    RFLAGS.TF: the VMCB keeps the guest's TF, and the next VMRUN single-steps
+    again.  (kvm-unit-tests' svm_exception_test reuses that RFLAGS for its next
+    guest and dies on its #DB, on QEMU TCG as here; docs/KVM-UNIT-TESTS.md.)"""
+    r = SvmRig("nop\nnop\nhlt", idt=True, intercepts=[ExitCode.EXCP_DB], RFLAGS=0x102).run()
+    assert r.exitcode == ExitCode.EXCP_DB
+    assert r.vmcb["RIP"] == GUEST_CODE + 1 and r.vmcb["RFLAGS"] & 0x100
+    assert r.vmcb["DR6"] & 1 << 14                        # BS, as a #DB handler would see it
+    r.vmcb["EXITCODE"] = 0
+    r.run(at_vmrun=True)                                  # the same RFLAGS: one more step
+    assert r.exitcode == ExitCode.EXCP_DB and r.vmcb["RIP"] == GUEST_CODE + 2

@@ -4,12 +4,13 @@
   reads and writes through a guest's key slot, and page-sized transfers,
   per second;
 * ``guest``: tests/guests/sev_work.S (loop.c's body on private data, then
-  sweeps over a 64 KiB private buffer, all private: 32-bit, paging off)
+  sweeps over a 64 KiB private buffer, then memset/memcpy rounds of REP
+  STOSD/REP MOVSD over 64 KiB, all private: 32-bit, paging off)
   booted by the reference VMM (svmsim.vmm) as an SEV guest launched through
   the AMD-SP, next to the same guest without SEV, and - if
   qemu-system-x86_64 is installed - on QEMU TCG (not encrypted there).
 
-Usage: ``python3 bench/sev_bench.py [--iters N] [--sweeps M] [--json]``
+Usage: ``python3 bench/sev_bench.py [--iters N] [--sweeps M] [--clears K] [--json]``
 """
 import argparse
 import io
@@ -83,11 +84,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=100_000)
     ap.add_argument("--sweeps", type=int, default=4)
+    ap.add_argument("--clears", type=int, default=4)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     import guestbuild
     kernel = guestbuild.build_guest("sev_work", kind="asm",
-                                    asflags=(f"-DITERS={a.iters}", f"-DSWEEPS={a.sweeps}"))
+                                    asflags=(f"-DITERS={a.iters}", f"-DSWEEPS={a.sweeps}",
+                                            f"-DCLEARS={a.clears}"))
     res = {"engine": engine_rates(), "guest": [svmsim_guest(kernel, True), svmsim_guest(kernel, False)]}
     q = qemu_guest(kernel)
     if q is not None:

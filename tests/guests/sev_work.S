@@ -4,8 +4,11 @@
  * private (encrypted with the guest's key; seed S20).  It runs ITERS
  * iterations of loop.c's 10-instruction body (32-bit) on private data at
  * 0x300000, then SWEEPS passes that add up and rewrite the dwords of a
- * 64 KiB private buffer at 0x310000, prints both checksums on COM1 and
- * exits through isa-debug-exit with 0.  Build with -DITERS=N -DSWEEPS=M.
+ * 64 KiB private buffer at 0x310000, then CLEARS rounds of memset/memcpy
+ * (REP STOSD over a 64 KiB private buffer at 0x320000, REP MOVSD of it to
+ * 0x330004, so the copy's lines are partial at both ends), prints the three
+ * checksums on COM1 and exits through isa-debug-exit with 0.  Build with
+ * -DITERS=N -DSWEEPS=M -DCLEARS=K.
  * Not an SEV guest (QEMU, or a plain guest of the reference VMM): the same
  * work on plaintext memory.
  */
@@ -14,6 +17,9 @@
 #endif
 #ifndef SWEEPS
 #define SWEEPS 4
+#endif
+#ifndef CLEARS
+#define CLEARS 4
 #endif
     .section .multiboot, "a"
     .balign 4
@@ -63,6 +69,26 @@ _start:
     jne 4b
     dec %ebp
     jnz 3b
+    mov %ebx, %eax
+    call puthex
+
+    cld                                 /* memset and memcpy: REP STOSD, REP MOVSD */
+    mov $CLEARS, %ebp
+    xor %ebx, %ebx
+10: mov %ebp, %eax
+    imul $0x01010101, %eax
+    mov $0x320000, %edi
+    mov $0x4000, %ecx
+    rep stosl
+    mov $0x320000, %esi
+    mov $0x330004, %edi
+    mov $0x4000, %ecx
+    rep movsl
+    add 0x330004, %ebx
+    add 0x340000, %ebx
+    rol $1, %ebx
+    dec %ebp
+    jnz 10b
     mov %ebx, %eax
     call puthex
 

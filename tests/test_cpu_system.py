@@ -445,3 +445,10 @@ def test_alignment_check_at_cpl3():
         cpu.update_mode()
     r = run_code(asm("mov eax, [0x200000]\nmov eax, [0x200001]"), setup=setup)
     assert r.exception[:2] == (17, 0) and r.exception[2] == 0x100000 + len(asm("mov eax, [0x200000]"))
+    # REP string instructions check each element too: no bulk copy past a misaligned one
+    pre = "mov edi, 0x200000\nmov ecx, 4\nrep stosw\nmov edi, 0x200001\nmov ecx, 4\n"
+    r = run_code(asm(pre + "rep stosw"), setup=setup)
+    assert r.exception[:2] == (17, 0) and r.exception[2] == 0x100000 + len(asm(pre))
+    pre = "mov esi, 0x200000\nmov edi, 0x200100\nmov ecx, 4\nrep movsd\nmov esi, 0x200002\nmov ecx, 4\n"
+    r = run_code(asm(pre + "rep movsd"), setup=setup)
+    assert r.exception[:2] == (17, 0) and r.exception[2] == 0x100000 + len(asm(pre))

@@ -221,8 +221,9 @@ def _run(cpu, ins, one, size, bulk=None, cond=None):
     if count == 0:
         cpu.rip = ins.next_ip
         return
-    # Watched memory (data breakpoints, the debugger's watchpoints) goes element by element.
-    if bulk is not None and not (cpu.seg_chk[ins.seg] or cpu.seg_chk[ES] or cpu.watch):
+    # Watched memory (data breakpoints, the debugger's watchpoints) and alignment checking
+    # (#AC at the first misaligned element, APM vol 2, 8.2.18) go element by element.
+    if bulk is not None and not (cpu.seg_chk[ins.seg] or cpu.seg_chk[ES] or cpu.watch or cpu.align_check):
         todo = min(count, MAX_FAST)
         done = bulk(cpu, ins, size, am, todo, step)
         cpu.rip = ins.next_ip if done == count else ins.ip

@@ -21,17 +21,25 @@ from operator import itemgetter
 from .vmcb import FIELDS, CLEAN_BIT_NAMES, CHILDREN
 from .packed import VmcbPage
 
-# clean bit -> (names of the whole fields it covers, a getter of their values)
-GROUPS = {}
+# The copy is a list of the whole fields clean bits cover, in CLEAN_NAMES
+# order (CLEAN_INDEX: name -> position).  GROUPS: clean bit -> (names, a
+# getter of their values from a VmcbPage, the same from the copy).
+_by_bit = {}
 for _f in FIELDS:
     if _f.clean is not None and _f.parent is None:
-        GROUPS.setdefault(_f.clean, []).append(_f.name)
-GROUPS = tuple((bit, tuple(names), itemgetter(*names) if len(names) > 1 else
-                (lambda n: lambda d: (d[n],))(names[0]))
-               for bit, names in sorted(GROUPS.items()))
-CLEAN_NAMES = tuple(n for _, names, _ in GROUPS for n in names)
+        _by_bit.setdefault(_f.clean, []).append(_f.name)
+CLEAN_NAMES = tuple(n for _, names in sorted(_by_bit.items()) for n in names)
+CLEAN_INDEX = {n: i for i, n in enumerate(CLEAN_NAMES)}
+
+
+def _getter(keys):
+    return itemgetter(*keys) if len(keys) > 1 else (lambda k: lambda d: (d[k],))(keys[0])
+
+
+GROUPS = tuple((bit, tuple(names), _getter(names), _getter([CLEAN_INDEX[n] for n in names]))
+               for bit, names in sorted(_by_bit.items()))
 _ALL = itemgetter(*CLEAN_NAMES)
-del _f
+del _f, _by_bit
 
 
 def view_for_vmrun(cpu, vmcb_pa: int, page: bytearray) -> VmcbPage:
@@ -45,12 +53,12 @@ def view_for_vmrun(cpu, vmcb_pa: int, page: bytearray) -> VmcbPage:
     elif cache:
         clean = v["VMCB_CLEAN"]
         if clean:
-            for bit, names, get in GROUPS:
+            for bit, names, get, get_cached in GROUPS:
                 if clean >> bit & 1:
-                    cached = get(cache)
+                    cached = get_cached(cache)
                     if get(v) != cached:
                         _use_cached(cpu, v, bit, names, cached)
-    s.clean_cache = dict(zip(CLEAN_NAMES, _ALL(v)))
+    s.clean_cache = list(_ALL(v))
     return v
 
 
@@ -64,6 +72,13 @@ def _use_cached(cpu, v, bit, names, cached) -> None:
                     (f.name, old >> f.bit & f.mask, memory >> f.bit & f.mask)
                 _stale(cpu, bit, *shown)
             v[name] = old
+
+
+def refresh(cache: list, name: str, value: int) -> None:
+    """#VMEXIT wrote ``value`` into the field ``name``: the copy follows."""
+    i = CLEAN_INDEX.get(name)
+    if i is not None and cache:
+        cache[i] = value
 
 
 def _stale(cpu, clean, name, cached, memory):
@@ -83,4 +98,4 @@ def view_for_exit(cpu, page: bytearray) -> VmcbPage:
 
 def forget(cpu) -> None:
     cpu.svm.cache_pa = None
-    cpu.svm.clean_cache = {}
+    cpu.svm.clean_cache = []

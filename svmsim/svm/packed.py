@@ -89,7 +89,7 @@ _ALL = itemgetter(*VMCB_PACKED.names)
 
 class VmcbPage(dict):
     """A copy of a VMCB page as {field name: value} (see the module
-    docstring).  ``cache``: the clean-bit cache (clean.py) that every write
+    docstring).  ``cache``: the clean-bit copy (clean.py) that every write
     of a field refreshes, as the processor's copy is refreshed by the
     values it writes at #VMEXIT."""
     __slots__ = ("buf", "cache")
@@ -140,7 +140,8 @@ class VmcbPage(dict):
         for child in _CHILD_NAMES.get(name, ()):
             self.pop(child, None)
         if self.cache is not None:
-            self.cache[name] = value & mask
+            from .clean import refresh
+            refresh(self.cache, name, value & mask)
 
     def write(self, f, value) -> None:
         self[f.name] = value
@@ -150,7 +151,9 @@ class VmcbPage(dict):
         guest state); values must already fit their fields."""
         self.update(values)
         if self.cache is not None:
-            self.cache.update(values)
+            from .clean import refresh
+            for name, value in values.items():
+                refresh(self.cache, name, value)
 
     def set_segment(self, seg: str, sel: int, attrib: int, limit: int, base: int) -> None:
         n_sel, n_attr, n_limit, n_base = _SEG_NAMES[seg]

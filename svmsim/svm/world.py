@@ -22,7 +22,7 @@ from . import avic, checks, clean, exits, sev_checks, sev_es, snp
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE, CHILDREN, field
 from .intercepts import WORD_NAMES
-from .packed import VmcbPage, HOST_PACKED, HOST_FIELDS
+from .packed import Packed, VmcbPage, HOST_PACKED, HOST_FIELDS
 from .state import VmExit
 from .vmstate import canonical
 
@@ -226,9 +226,14 @@ def _load_control(cpu, v):
 
 
 def _write_back_control(cpu, v):
-    """Fields the guest can change that #VMEXIT writes back (APM 15.6, 15.21).
-    "If a #VMEXIT occurs during the virtual NMI delivery, EXITINTINFO is set
-    appropriately and V_NMI_MASK is saved as 0" (15.21.10)."""
+    """Fields the guest can change that #VMEXIT writes back (APM 15.6, 15.21)."""
+    v["INT_CTL"], v["INT_STATE"] = _control_words(cpu, v["INT_CTL"], v["INT_STATE"])
+
+
+def _control_words(cpu, int_ctl: int, int_state: int) -> tuple:
+    """INT_CTL and INT_STATE as #VMEXIT writes them back.  "If a #VMEXIT
+    occurs during the virtual NMI delivery, EXITINTINFO is set appropriately
+    and V_NMI_MASK is saved as 0" (15.21.10)."""
     s = cpu.svm
     new = [("V_TPR", s.v_tpr), ("V_IRQ", int(s.v_irq))]
     # The pause-filter count is internal: VMRUN reloads it, nothing writes it back.
@@ -237,11 +242,11 @@ def _write_back_control(cpu, v):
     if s.v_nmi_enable:
         new += (("V_NMI_PENDING", int(s.v_nmi_pending)),
                 ("V_NMI_BLOCKING", int(s.v_nmi_blocking and not s.vnmi_delivery)))
-    v["INT_CTL"] = _merge(v["INT_CTL"], new)
     # Table B-1, 68h bit 1: the guest's RFLAGS.IF, "written back to the VMCB on
     # #VMEXIT": how a hypervisor sees it for an SEV-ES guest.
-    v["INT_STATE"] = _merge(v["INT_STATE"], (("INTERRUPT_SHADOW", int(cpu.shadow or cpu.in_shadow)),
-                                             ("GUEST_INTERRUPT_MASK", cpu.rflags >> 9 & 1)))
+    return (_merge(int_ctl, new),
+            _merge(int_state, (("INTERRUPT_SHADOW", int(cpu.shadow or cpu.in_shadow)),
+                               ("GUEST_INTERRUPT_MASK", cpu.rflags >> 9 & 1))))
 
 
 def _merge(word: int, values) -> int:
@@ -466,26 +471,11 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     s = cpu.svm
     feats = s.feats
     bus = cpu.bus
-    page = _page(bus, s.vmcb_pa)
-    v = clean.view_for_exit(cpu, page)
-    g = sev_es.exit_view(cpu, v) if s.es else v
     guest_rip = cpu.rip if rip is None else rip
     if s.es and code in sev_es.ADVANCES_RIP:
         guest_rip = nrip                           # table 15-33: "HW Advances RIP"
-    _save_guest(cpu, g, guest_rip)
-    _write_back_control(cpu, v)
-    if s.lbr_virt:
-        _lbr_switch(cpu, s.host_lbr, g)
-    if s.es:
-        sev_es.save_guest(cpu, g)
-        if s.snp:
-            _snp_exit_info(g, code, info1, info2, exitintinfo, nrip)
-            v["GUEST_SEV_FEATURES"] = g["SEV_FEATURES"]
-        sev_es.write_back(cpu)
-    if GHCB_MSR in cpu.msr:
-        v["GHCB_GPA"] = cpu.msr[GHCB_MSR]
     info = {"EXITCODE": code & MASK64, "EXITINFO1": info1 & MASK64, "EXITINFO2": info2 & MASK64,
-            "EXITINTINFO": exitintinfo & MASK64, "EVENTINJ": v["EVENTINJ"] & ~exits.EVENT_V}
+            "EXITINTINFO": exitintinfo & MASK64}
     if "nrips" in feats and not s.es:
         info["NRIP"] = nrip & MASK64
     # An SEV-ES guest's instruction bytes are never saved (15.35.4).
@@ -496,8 +486,27 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         info["INSN_LEN"] = len(insn)
         if insn:
             info["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
-    v.set_many(info)
-    bus.write_bytes(s.vmcb_pa, v.flush())
+    if GHCB_MSR in cpu.msr:
+        info["GHCB_GPA"] = cpu.msr[GHCB_MSR]
+    if not s.es and not s.lbr_virt:
+        _exit_packed(cpu, guest_rip, info)
+    else:
+        page = _page(bus, s.vmcb_pa)
+        v = clean.view_for_exit(cpu, page)
+        g = sev_es.exit_view(cpu, v) if s.es else v
+        _save_guest(cpu, g, guest_rip)
+        _write_back_control(cpu, v)
+        if s.lbr_virt:
+            _lbr_switch(cpu, s.host_lbr, g)
+        if s.es:
+            sev_es.save_guest(cpu, g)
+            if s.snp:
+                _snp_exit_info(g, code, info1, info2, exitintinfo, nrip)
+                v["GUEST_SEV_FEATURES"] = g["SEV_FEATURES"]
+            sev_es.write_back(cpu)
+        info["EVENTINJ"] = v["EVENTINJ"] & ~exits.EVENT_V
+        v.set_many(info)
+        bus.write_bytes(s.vmcb_pa, v.flush())
     _count(cpu, code)
     if cpu.machine.listeners:
         cpu.machine.svm_event(cpu, "vmexit", {"code": code, "name": exits.exit_name(code),
@@ -527,6 +536,45 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         s.host_step = False
         cpu.dr[6] |= 0x4000                  # DR6.BS
         interrupts.deliver(cpu, 1, interrupts.HWEXC, None)
+
+
+# What #VMEXIT writes into the VMCB of a guest without SEV-ES or LBR
+# virtualization, as one packed area (060h-647h): the guest state, the
+# written-back controls and the exit information.
+_EXIT_INFO = ("EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO", "NRIP", "INSN_LEN",
+              "INSN_BYTES", "GHCB_GPA")
+EXIT_PACKED = Packed([field(n) for n in (*_SEG_NAMES, *_GUEST_NAMES, "INT_CTL", "INT_STATE",
+                                          "EVENTINJ", *_EXIT_INFO)], 0x060, 0x648)
+_EXIT_GUEST = tuple(EXIT_PACKED.index[n] for n in (*_SEG_NAMES, *_GUEST_NAMES))
+_EXIT_GUEST_MASKS = tuple(field(n).mask for n in (*_SEG_NAMES, *_GUEST_NAMES))
+_X = EXIT_PACKED.index
+# (position in the clean-bit copy, position here) of the written fields a clean bit covers
+_EXIT_CLEAN = tuple((clean.CLEAN_INDEX[n], _X[n]) for n in EXIT_PACKED.names
+                    if n in clean.CLEAN_INDEX)
+
+
+def _exit_packed(cpu, guest_rip: int, info: dict) -> None:
+    """#VMEXIT's VMCB writes with one unpack and one pack (see EXIT_PACKED);
+    the clean-bit copy follows every written field it holds."""
+    s, bus = cpu.svm, cpu.bus
+    pa, start = s.vmcb_pa + EXIT_PACKED.start, EXIT_PACKED.start
+    area = bytearray(bus.read_bytes(pa, EXIT_PACKED.end - start))
+    vals = EXIT_PACKED.unpack(area, -start)
+    new = _segment_values(cpu) + [cpu.efer, cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.get_rflags(),
+                                  guest_rip, cpu.regs[4], cpu.regs[0], cpu.dr[7], cpu.dr[6], cpu.cpl]
+    for i, value, mask in zip(_EXIT_GUEST, new, _EXIT_GUEST_MASKS):
+        vals[i] = value & mask
+    vals[_X["INT_CTL"]], vals[_X["INT_STATE"]] = _control_words(cpu, vals[_X["INT_CTL"]],
+                                                              vals[_X["INT_STATE"]])
+    vals[_X["EVENTINJ"]] &= ~exits.EVENT_V
+    for name, value in info.items():
+        vals[_X[name]] = value
+    EXIT_PACKED.pack_into(area, -start, vals)
+    bus.write_bytes(pa, area)
+    cache = s.clean_cache
+    if cache:
+        for ci, vi in _EXIT_CLEAN:
+            cache[ci] = vals[vi]
 
 
 def _snp_exit_info(g, code, info1, info2, exitintinfo, nrip) -> None:

@@ -1,7 +1,7 @@
 """The machine a Multiboot kernel finds at entry, on svmsim and on QEMU 7.2
 (issue 12, item 6): registers, MSRs (the MTRRs SeaBIOS sets), the 8259 pair
 (vector bases 08h/70h, masks, ELCR), the 8254, COM1, CMOS, the local and I/O
-APIC.  tests/guests/entry_state prints them; it is linked the everyday way
+APIC, the x87 control, status and tag words.  tests/guests/entry_state prints them; it is linked the everyday way
 (``ld -m elf_i386 -Ttext=0x100000``), whose first PT_LOAD holds the ELF
 headers at 0xFF000, so it also shows that such a kernel boots as on QEMU.
 
@@ -91,6 +91,8 @@ def test_what_the_recording_shows(kernel):
     assert rec["pic_imr_master"] == "0xb8" and rec["pit_status[0x0]"] == "0x34"
     assert rec["mem_ff000"] == "0x464c457f"                       # "\x7fELF"
     assert rec["msr[0x2ff]"] == "0xc06" and rec["gp_count"] == "0x0"
+    # x87 in the FNINIT state, not the power-on FCW 0040h / FTW 5555h (boot/firmware.py)
+    assert (rec["x87_fcw"], rec["x87_fsw"], rec["x87_ftw"]) == ("0x37f", "0x0", "0xffff")
 
 
 @pytest.mark.qemu

@@ -20,6 +20,11 @@ IRQ 0 at vector 08h).  Each value below was read back on QEMU 7.2 (TCG,
   SeaBIOS's SMI handler at A_8000h (svmsim's stand-in: an RSM), SMRAM
   enabled at A_0000h in the i440FX (72h = 0Ah: G_SMRAME, closed); the
   PIIX4 PM function's APMC_EN (5Bh bit 1) set, so port B2h raises an SMI.
+* x87 on every CPU: the FNINIT state (FCW 037Fh, FTW FFFFh: all registers
+  empty), which QEMU's CPU reset gives (target/i386/cpu.c x86_cpu_reset) in
+  place of the power-on FCW 0040h / FTW 5555h of APM vol 2 table 14-1
+  (svmsim's RESET and INIT keep that).  kvm-unit-tests never executes FNINIT:
+  with the power-on tags its first FILD overflows the stack (svm_tsc_scale_test).
 """
 MTRR_UC, MTRR_WP, MTRR_WB = 0, 5, 6
 MTRR_DEF_TYPE, MTRR_FIX64K, MTRR_FIX16K_80000, MTRR_FIX16K_A0000 = 0x2FF, 0x250, 0x258, 0x259
@@ -32,8 +37,10 @@ def apply(machine) -> None:
     """Put the machine's devices and CPUs in SeaBIOS's hand-over state."""
     _pic(machine)
     _pit(machine)
+    from ..cpu import fpu_state
     for cpu in machine.cpus:
         mtrrs(cpu, machine.bus.low_top)
+        fpu_state.fninit(cpu)
     smm_setup(machine)
 
 

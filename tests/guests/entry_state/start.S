@@ -43,6 +43,7 @@ _start:
     sidt saved + 80
     sldt saved + 88
     str saved + 90
+    fnstenv fpuenv                  /* x87 control, status and tag words */
     mov $stack_top, %esp
     call idt_setup
     push $saved
@@ -115,6 +116,8 @@ idt_desc:
     .long idt
     .globl saved, last_vector, vector_count, gp_count, irq_mode
 saved: .space 96
+    .globl fpuenv
+fpuenv: .space 28
 last_vector: .long 0
 vector_count: .long 0
 gp_count: .long 0

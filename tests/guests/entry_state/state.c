@@ -18,6 +18,7 @@ struct saved {
     u16 ldtr, tr;
 } __attribute__((packed));
 
+extern u32 fpuenv[7];                   /* FNSTENV, 32-bit protected mode */
 extern volatile u32 last_vector, vector_count, gp_count, irq_mode;
 
 static inline void outb(u16 p, u8 v) { __asm__ volatile("outb %0,%1" : : "a"(v), "Nd"(p)); }
@@ -81,6 +82,8 @@ void state_main(struct saved *r)
     kv("gdt_base", r->gdt_base); kv("gdt_limit", r->gdt_limit);
     kv("idt_base", r->idt_base); kv("idt_limit", r->idt_limit);
     kv("ldtr", r->ldtr); kv("tr", r->tr);
+    kv("x87_fcw", fpuenv[0] & 0xFFFF); kv("x87_fsw", fpuenv[1] & 0xFFFF);
+    kv("x87_ftw", fpuenv[2] & 0xFFFF);
     kv("com1_ier", ier); kv("com1_lcr", lcr); kv("com1_mcr", mcr);
     kv("com1_divisor", dll | dlm << 8);
     /* ld -m elf_i386 -Ttext=0x100000 puts the ELF headers in a first PT_LOAD

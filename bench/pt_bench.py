@@ -20,7 +20,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -41,14 +40,12 @@ def svmsim_run(kernel, append):
 
 
 def qemu_run(kernel, append):
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
+    from svmsim.testing import qemu_available, qemu_command
+    if not qemu_available():
         return None
-    cmd = [qemu, "-accel", "tcg", "-cpu", "EPYC", "-kernel", str(kernel), "-append", append,
-           "-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot",
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", "128M"]
+    cmd = qemu_command(kernel, append)         # the reference QEMU line the tests use
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, timeout=3600)
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
     return time.perf_counter() - t, p.stdout.decode(errors="replace")
 
 

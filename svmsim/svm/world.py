@@ -381,6 +381,23 @@ def vmrun(cpu, ins) -> None:
                                              "eventinj": eventinj})
     if eventinj & exits.EVENT_V:
         inject(cpu, eventinj, v["NRIP"])
+    else:
+        _rip_limit_check(cpu)
+
+
+def _rip_limit_check(cpu) -> None:
+    """A loaded rIP beyond the CS limit is a #GP at the first fetch, not bad
+    state: "It is possible for the VMRUN instruction to load a guest rIP that
+    is outside the limit of the guest code segment ... a #GP fault is
+    delivered inside the guest; the rIP falling outside the limit of the guest
+    code segment is not considered illegal guest state" (APM 15.5.1), and "If
+    the host's rIP reloaded by #VMEXIT is outside the limit of the host's code
+    segment ... a #GP fault is delivered inside the host" (APM 15.6).  The
+    engine checks the limit on control transfers, not on each fetch, so the
+    two loads check it here.  (A non-canonical rIP in 64-bit mode faults at
+    the fetch already.)"""
+    if cpu.bits != 64 and cpu.rip > cpu.segs[CS].limit:
+        interrupts.deliver(cpu, 13, interrupts.HWEXC, 0)
 
 
 def inject(cpu, value: int, nrip: int = 0) -> None:
@@ -438,6 +455,7 @@ def invalid_exit(cpu, v: VmcbPage, hsave_pa: int, reason) -> None:
     restore_host(cpu, hsave_pa)
     cpu.gif = False
     cpu.update_mode()
+    _rip_limit_check(cpu)
 
 
 def _count(cpu, code):
@@ -536,6 +554,8 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         s.host_step = False
         cpu.dr[6] |= 0x4000                  # DR6.BS
         interrupts.deliver(cpu, 1, interrupts.HWEXC, None)
+    else:
+        _rip_limit_check(cpu)
 
 
 # What #VMEXIT writes into the VMCB of a guest without SEV-ES or LBR

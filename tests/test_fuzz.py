@@ -186,3 +186,35 @@ def test_atheris_worker(tmp_path):
     pytest.importorskip("atheris")
     rep = driver.run_campaign("sev-api", 5, workers=1, seed=1, out_dir=str(tmp_path), atheris=True)
     assert rep["inputs"] >= 1 and rep["failures"] == 0, rep
+
+
+def test_atheris_worker_without_result_is_a_failure(tmp_path):
+    """A worker that ends without writing its result (libFuzzer stopped it) is reported as a
+    failure carrying the end of its output, not a FileNotFoundError."""
+    import subprocess
+    import sys
+    from svmsim.fuzz.coverage import _collect
+    log = open(tmp_path / "w0.log", "w+b")
+    proc = subprocess.Popen([sys.executable, "-c", "print('libFuzzer: out-of-memory'); raise SystemExit(3)"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    res = _collect({"name": "sev-api", "worker": 0, "options": {}}, str(tmp_path / "none.json"), log, proc)
+    [f] = res["failures"]
+    assert f["failure"] == "atheris worker ended with status 3 and no result"
+    assert "out-of-memory" in f["detail"]
+
+
+@pytest.mark.slow
+def test_atheris_worker_started_by_a_large_process(tmp_path):
+    """ru_maxrss is inherited across fork and exec: a worker started by a process that once
+    held 2.5 GiB (a long pytest run) must still fuzz (libFuzzer's own RSS limit is off; the
+    driver's bound reads the current RSS)."""
+    pytest.importorskip("atheris")
+    import subprocess
+    import sys
+    code = ("b = bytearray(2600 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ndel b\n"
+            "from svmsim.fuzz import driver\n"
+            f"rep = driver.run_campaign('sev-api', 3, workers=1, seed=1, out_dir={str(tmp_path)!r}, atheris=True)\n"
+            "print(rep['inputs'], rep['failures'], [r['failure'] for r in rep['reproducers']])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    inputs, failures = out.split()[:2]
+    assert int(inputs) >= 1 and failures == "0", out

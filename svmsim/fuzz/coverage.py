@@ -82,7 +82,10 @@ def worker(name: str, options: dict, seconds: float, worker_index: int, out_dir:
 
     atheris.instrument_all()
     # -timeout=0: the driver's own SIGALRM bound applies; libFuzzer's would share the signal.
-    atheris.Setup([sys.argv[0], "-timeout=0", f"-rss_limit_mb={rss_limit_mib + 512}",
+    # -rss_limit_mb=0: the bound above reads the current RSS; libFuzzer reads ru_maxrss, which
+    # a child inherits across fork and exec, so a worker started by a large process (a long
+    # pytest run) would be stopped as out-of-memory before its first input.
+    atheris.Setup([sys.argv[0], "-timeout=0", "-rss_limit_mb=0",
                    f"-seed={worker_index + 1}", "-max_len=4096"], one_input)
     atheris.Fuzz()
     finish()
@@ -105,15 +108,29 @@ def run_workers(jobs: list) -> list:
                                                  "rss_limit_mib")} | {"result_path": path})
             root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-            procs.append((path, subprocess.Popen([sys.executable, "-m", "svmsim.fuzz.coverage", spec],
-                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                 stdin=subprocess.DEVNULL, env=env)))
-        results = []
-        for path, p in procs:
-            p.wait()
-            with open(path) as f:
-                results.append(json.load(f))
-    return results
+            log = open(os.path.join(d, f"w{j['worker']}.log"), "w+b")
+            procs.append((j, path, log, subprocess.Popen([sys.executable, "-m", "svmsim.fuzz.coverage", spec],
+                                                         stdout=log, stderr=subprocess.STDOUT,
+                                                         stdin=subprocess.DEVNULL, env=env)))
+        return [_collect(*p) for p in procs]
+
+
+def _collect(job: dict, path: str, log, proc) -> dict:
+    """A worker's result; a worker that ended without one (libFuzzer stopped it, or it
+    crashed) is reported as a failure carrying the end of its output."""
+    status = proc.wait()
+    log.seek(0)
+    tail = log.read()[-4000:].decode(errors="replace")
+    log.close()
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    from .driver import WorkerResult
+    res = WorkerResult(job["name"], job["worker"])
+    res.failures.append({"campaign": job["name"], "seed": None, "options": job["options"],
+                         "failure": f"atheris worker ended with status {status} and no result",
+                         "detail": tail, "input": None, "shrunk": False, "new": True})
+    return res.__dict__
 
 
 if __name__ == "__main__":

@@ -420,6 +420,7 @@ class Gen:
                 self._slow_write(o, f"{c:#x}", v, 0)
                 return
             self.emit(f"q{k} = fwg({c >> 12:#x})")
+            self._fc_probe(k, f"{c >> 12:#x}", x, s)
             self.emit(f"if q{k} is not None:")
             self._store(s, f"q{k} + {x:#x}", v, x % s == 0, 1)
             lin, off = f"{c:#x}", f"{c:#x}"
@@ -439,6 +440,15 @@ class Gen:
         self.emit(f"elif _wr(cpu, q{k}, {lin}, {o.seg}, {off}, {s}, {v}):")
         self.emit("lim = -1", 1)              # MMIO or code: leave the region at the next transition
         self.slow_write = True
+
+    def _fc_probe(self, k, page, x, s):
+        """After a write-cache miss for the constant page ``page``: the RAM
+        offset from the code-page cache (``cpu.fc``) if bytes ``x``..``x+s``
+        of that page are not translated code (data sharing a page with code)."""
+        self.emit(f"if q{k} is None:")
+        self.emit(f"c{k} = fcg({page})", 1)
+        self.emit(f"if c{k} is not None and c{k}[1].find(1, {x:#x}, {x + s:#x}) < 0:", 1)
+        self.emit(f"q{k} = c{k}[0]", 2)
 
     def rmw_read(self, o, k):
         """Read half of a read-modify-write memory operand; returns the value name.
@@ -468,8 +478,16 @@ class Gen:
         self.emit(f"q{k} = fwg({page})")
         self.emit(f"if {cond}:")
         self.emit(f"q{k} += {add}", 1)
-        self.emit("else:")
-        self.emit(f"q{k} = _rmw(cpu, {lin}, {s})", 1)        # a code page, or the slow path
+        if c is not None:
+            # A constant address on a page holding code (data next to code):
+            # inline, fast unless these bytes are translated code.
+            self.emit("else:")
+            self.emit(f"q{k} = fcg({page})", 1)
+            self.emit(f"q{k} = q{k}[0] + {add} if q{k} is not None and q{k}[1].find(1, {add}, {x + s:#x}) < 0 "
+                      f"else None", 1)
+        else:
+            self.emit("else:")
+            self.emit(f"q{k} = _rmw(cpu, {lin}, {s})", 1)        # a code page, or the slow path
         self.emit(f"a{k} = {self._load(s, f'q{k}', self._rmw[1])} if q{k} is not None "
                   f"else cpu.read({o.seg}, {off}, {s})")
         return f"a{k}"
@@ -820,7 +838,7 @@ class Gen:
         pre = [f"def blk_{self.start:x}(cpu, budget):", "    regs = cpu.regs"]
         reload = []
         if self.uses_mem and self.long64:
-            reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get"]
+            reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get", "fcg = cpu.fc.get"]
             pre.append("    ram = cpu.ram")
             pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
         if self.uses_eb:

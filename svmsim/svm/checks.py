@@ -449,10 +449,11 @@ LATER_CHECKS: list = []
 # those rules pass again and only the others run.  A hypervisor resuming
 # its guest changes none of them.  A rule added to LATER_CHECKS under
 # another name always runs.
-MEMO_FIELDS = (F_EFER, F_CR0, F_CR3, F_CR4, F_DR6, F_DR7, F_CS_ATTRIB, F_INTERCEPT_VMRUN,
-               F_MSRPM_BASE_PA, F_IOPM_BASE_PA, F_EVENTINJ, F_GUEST_ASID, "MISC_CTL", F_N_CR3,
-               F_G_PAT, "INT_CTL", "INTERCEPT_MISC1", "AVIC_BACKING_PAGE", "AVIC_LOGICAL_TABLE",
-               "AVIC_PHYSICAL_TABLE")
+# (Control-area fields first: svm/switch.py builds the same key from the two areas.)
+MEMO_FIELDS = (F_INTERCEPT_VMRUN, F_MSRPM_BASE_PA, F_IOPM_BASE_PA, F_EVENTINJ, F_GUEST_ASID,
+               "MISC_CTL", F_N_CR3, "INT_CTL", "INTERCEPT_MISC1", "AVIC_BACKING_PAGE",
+               "AVIC_LOGICAL_TABLE", "AVIC_PHYSICAL_TABLE",
+               F_EFER, F_CR0, F_CR3, F_CR4, F_DR6, F_DR7, F_CS_ATTRIB, F_G_PAT)
 MEMO_LATER = frozenset({"SEV_NP", "SEV_SMMLOCK", "SEV_ASID", "SEV_64BIT_HOST", "SEV_ES_EVENTINJ",
                         "AVIC"})
 _memo_key = itemgetter(*MEMO_FIELDS)

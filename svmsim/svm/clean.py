@@ -18,7 +18,7 @@ nothing, honouring the clean bits costs a few comparisons.
 """
 from operator import itemgetter
 
-from .vmcb import FIELDS, CLEAN_BIT_NAMES, CHILDREN
+from .vmcb import BY_NAME, FIELDS, CLEAN_BIT_NAMES, CHILDREN
 from .packed import VmcbPage
 
 # The copy is a list of the whole fields clean bits cover, in CLEAN_NAMES
@@ -28,7 +28,9 @@ _by_bit = {}
 for _f in FIELDS:
     if _f.clean is not None and _f.parent is None:
         _by_bit.setdefault(_f.clean, []).append(_f.name)
-CLEAN_NAMES = tuple(n for _, names in sorted(_by_bit.items()) for n in names)
+# (Control-area fields first: svm/switch.py reads them from the two areas.)
+CLEAN_NAMES = tuple(sorted((n for _, names in sorted(_by_bit.items()) for n in names),
+                           key=lambda n: BY_NAME[n].area != "control"))
 CLEAN_INDEX = {n: i for i, n in enumerate(CLEAN_NAMES)}
 
 

@@ -8,7 +8,7 @@ guest mode); what reaches these handlers executes.
 """
 from ..cpu.ops import handles
 from ..cpu.exceptions import CpuException, ud
-from . import checks, world
+from . import checks, switch
 from .vmcb import VmcbView
 from .vmstate import StateSpan
 
@@ -43,7 +43,7 @@ def _vmcb_spa(cpu, ins, write):
 @handles("VMRUN", ends_block=True)
 def vmrun(cpu, ins):
     svm_checks(cpu, ins, "VMRUN")
-    world.vmrun(cpu, ins)
+    switch.vmrun(cpu, ins)
 
 
 @handles("VMLOAD")

@@ -177,3 +177,61 @@ HOST_FIELDS = ("ES.SEL", "ES.ATTRIB", "ES.LIMIT", "ES.BASE", "CS.SEL", "CS.ATTRI
                "DS.LIMIT", "DS.BASE", "GDTR.LIMIT", "GDTR.BASE", "IDTR.LIMIT", "IDTR.BASE",
                "EFER", "CR4", "CR3", "CR0", "RFLAGS", "RIP", "RSP", "RAX")
 HOST_PACKED = Packed([BY_NAME[n] for n in HOST_FIELDS], 0x400, 0x600)
+
+
+# ---------------------------------------------------------------- the world switch's hot path
+# VMRUN reads the control area and the save area each with one unpack
+# (switch.py), straight from RAM; #VMEXIT and the host save area write
+# their fields with one pack per run of adjacent fields, so no byte it
+# does not own (reserved, software-owned) is read back or rewritten.
+CONTROL_PACKED = Packed([f for f in _TOP if f.area == "control"], 0, _vmcb.CONTROL_SIZE)
+SAVE_PACKED = Packed([f for f in _TOP if f.area == "save"], _vmcb.SAVE_BASE,
+                     _vmcb.SAVE_BASE + _vmcb.SAVE_SIZE)
+
+
+class Runs:
+    """Whole fields, in offset order, written with one ``struct`` per run of
+    adjacent fields (``pack_into(buf, base, values)``, values in the same
+    order) and read with one ``struct`` over the lot (``unpack(buf, base)``,
+    gaps skipped).  Fields wider than 64 bits are not supported."""
+
+    def __init__(self, names):
+        fields = [BY_NAME[n] for n in names]
+        if any(f.parent is not None or f.bit or f.width not in _CODES for f in fields):
+            raise ValueError("Runs take whole fields of 8, 16, 32 or 64 bits")
+        if any(b.offset < a.end for a, b in zip(fields, fields[1:])):
+            raise ValueError("Runs take fields in offset order, not overlapping")
+        self.names = tuple(names)
+        runs, first = [], 0
+        for i in range(1, len(fields) + 1):
+            if i == len(fields) or fields[i].offset != fields[i - 1].end:
+                fmt = "<" + "".join(_CODES[f.width] for f in fields[first:i])
+                runs.append((fields[first].offset, struct.Struct(fmt).pack_into, first, i))
+                first = i
+        self.runs = tuple(runs)
+        fmt, pos = ["<"], fields[0].offset
+        for f in fields:
+            if f.offset > pos:
+                fmt.append(f"{f.offset - pos}x")
+            fmt.append(_CODES[f.width])
+            pos = f.end
+        self.start = fields[0].offset
+        self._unpack = struct.Struct("".join(fmt)).unpack_from
+        self.masks = tuple(f.mask for f in fields)
+
+    def unpack(self, buf, base: int = 0) -> tuple:
+        return self._unpack(buf, base + self.start)
+
+    def pack_into(self, buf, base: int, values) -> None:
+        """Write ``values``; any that does not fit its field is cut to its
+        width (as a store into the field would)."""
+        try:
+            for off, pack, a, b in self.runs:
+                pack(buf, base + off, *values[a:b])
+        except struct.error:
+            values = [v & m for v, m in zip(values, self.masks)]
+            for off, pack, a, b in self.runs:
+                pack(buf, base + off, *values[a:b])
+
+
+HOST_RUNS = Runs(HOST_FIELDS)

@@ -140,27 +140,33 @@ def restore_host(cpu, hsave) -> None:
 
 def _load_guest(cpu, v: VmcbView) -> None:
     """Guest state from the VMCB save area (APM vol 3 VMRUN, "load guest state")."""
-    efer = v["EFER"]
-    cr0 = v["CR0"]
+    segs = _SEG_GET(v) if type(v) is VmcbPage else None
+    _load_guest_values(cpu, v["EFER"], v["CR0"], v["CR4"], v["CR3"], v["CR2"], segs, v["RFLAGS"],
+                       v["RIP"], v["RSP"], v["RAX"], v["DR7"], v["DR6"], v["CPL"], v)
+
+
+def _load_guest_values(cpu, efer, cr0, cr4, cr3, cr2, segs, rflags, rip, rsp, rax, dr7, dr6, cpl,
+                       v=None) -> None:
+    """_load_guest from the values; ``segs``: the 20 segment values in
+    _segment_values' order, or None to read them from ``v``."""
     # LMA follows LME and paging: svmsim never holds an LMA that contradicts them.
     efer = efer & ~EFER_LMA | (EFER_LMA if efer & EFER_LME and cr0 & CR0_PG else 0)
     cpu.efer = efer
     cpu.cr0 = cr0
-    cpu.cr4 = v["CR4"]
-    cpu.cr3 = v["CR3"]
-    cpu.cr2 = v["CR2"]
-    if type(v) is VmcbPage:
-        _load_segment_values(cpu, _SEG_GET(v))
+    cpu.cr4 = cr4
+    cpu.cr3 = cr3
+    cpu.cr2 = cr2
+    if segs is not None:
+        _load_segment_values(cpu, segs)
     else:
         _load_segments(cpu, v)
-    rflags = v["RFLAGS"]
     cpu.set_rflags(rflags)
-    cpu.rip = v["RIP"]
-    cpu.regs[4] = v["RSP"]
-    cpu.regs[0] = v["RAX"]
-    cpu.dr[7] = (v["DR7"] & 0xFFFFFFFF) | 0x400
-    cpu.dr[6] = (v["DR6"] & 0xFFFFFFFF)
-    cpl = v["CPL"] & 3
+    cpu.rip = rip
+    cpu.regs[4] = rsp
+    cpu.regs[0] = rax
+    cpu.dr[7] = (dr7 & 0xFFFFFFFF) | 0x400
+    cpu.dr[6] = (dr6 & 0xFFFFFFFF)
+    cpl &= 3
     if not cr0 & CR0_PE:
         cpl = 0
     elif rflags & VM:
@@ -194,34 +200,51 @@ _INT_CTL = tuple((f.name, f.bit, f.mask) for f in CHILDREN["INT_CTL"])
 
 
 # ---------------------------------------------------------------- control area
+_IC = {f.name: f.bit for f in CHILDREN["INT_CTL"]}
+_IC_TPR, _IC_V_IRQ, _IC_PRIO, _IC_IGN_TPR = _IC["V_TPR"], _IC["V_IRQ"], _IC["V_INTR_PRIO"], _IC["V_IGN_TPR"]
+_IC_MASKING, _IC_VGIF_EN, _IC_VGIF = _IC["V_INTR_MASKING"], _IC["V_GIF_ENABLE"], _IC["V_GIF"]
+_IC_VNMI_EN, _IC_VNMI_P, _IC_VNMI_B = _IC["V_NMI_ENABLE"], _IC["V_NMI_PENDING"], _IC["V_NMI_BLOCKING"]
+_PRIO_MASK = field("V_INTR_PRIO").mask
+_NP_BIT = field("NP_ENABLE").bit
+_LBRV_BIT, _VVMSAVE_BIT = field("LBR_VIRTUALIZATION_ENABLE").bit, field("V_VMSAVE_VMLOAD_ENABLE").bit
+
+
 def _load_control(cpu, v):
+    _load_control_values(cpu, _WORDS(v), v["IOPM_BASE_PA"], v["MSRPM_BASE_PA"], v["GUEST_ASID"],
+                         v["TSC_OFFSET"], v["INT_CTL"], v["V_INTR_VECTOR"], v["PAUSE_FILTER_COUNT"],
+                         v["PAUSE_FILTER_THRESHOLD"], v["MISC_CTL"], v["MISC_CTL2"])
+
+
+def _load_control_values(cpu, words, iopm, msrpm, asid, tsc_offset, ic, vector, pause_count,
+                         pause_threshold, misc, misc2):
+    """Load the control area (APM vol 3 VMRUN, "load control information")
+    from its whole fields; the sub-fields (INT_CTL's, NP_ENABLE, ...) are
+    taken out here by their positions in the table (vmcb.py)."""
     s = cpu.svm
     feats = s.feats
-    s.words = _WORDS(v)
-    s.iopm_pa = v["IOPM_BASE_PA"] & ~0xFFF
-    s.msrpm_pa = v["MSRPM_BASE_PA"] & ~0xFFF
-    s.asid = v["GUEST_ASID"]
-    s.tsc_offset = v["TSC_OFFSET"]
-    ic = v["INT_CTL"]
-    i = {name: ic >> bit & mask for name, bit, mask in _INT_CTL}
-    s.v_tpr = i["V_TPR"] & 0xF
-    s.v_irq = bool(i["V_IRQ"])
-    s.v_intr_prio = i["V_INTR_PRIO"]
-    s.v_ign_tpr = bool(i["V_IGN_TPR"])
-    s.v_intr_masking = bool(i["V_INTR_MASKING"])
-    s.v_intr_vector = v["V_INTR_VECTOR"]
-    s.pause_initial = s.pause_count = v["PAUSE_FILTER_COUNT"]
-    s.pause_threshold = v["PAUSE_FILTER_THRESHOLD"]
+    s.words = words
+    s.iopm_pa = iopm & ~0xFFF
+    s.msrpm_pa = msrpm & ~0xFFF
+    s.asid = asid
+    s.tsc_offset = tsc_offset
+    s.v_tpr = ic >> _IC_TPR & 0xF
+    s.v_irq = bool(ic >> _IC_V_IRQ & 1)
+    s.v_intr_prio = ic >> _IC_PRIO & _PRIO_MASK
+    s.v_ign_tpr = bool(ic >> _IC_IGN_TPR & 1)
+    s.v_intr_masking = bool(ic >> _IC_MASKING & 1)
+    s.v_intr_vector = vector
+    s.pause_initial = s.pause_count = pause_count
+    s.pause_threshold = pause_threshold
     s.pause_last = None
-    s.np_enable = bool(v["NP_ENABLE"]) and "npt" in feats
-    s.v_gif_enable = bool(i["V_GIF_ENABLE"]) and "vgif" in feats
-    s.v_gif = bool(i["V_GIF"])
-    s.v_nmi_enable = bool(i["V_NMI_ENABLE"]) and "vnmi" in feats
-    s.v_nmi_pending = s.v_nmi_enable and bool(i["V_NMI_PENDING"])
-    s.v_nmi_blocking = s.v_nmi_enable and bool(i["V_NMI_BLOCKING"])
-    s.lbr_virt = bool(v["LBR_VIRTUALIZATION_ENABLE"]) and "lbrv" in feats
+    s.np_enable = bool(misc >> _NP_BIT & 1) and "npt" in feats
+    s.v_gif_enable = bool(ic >> _IC_VGIF_EN & 1) and "vgif" in feats
+    s.v_gif = bool(ic >> _IC_VGIF & 1)
+    s.v_nmi_enable = vnmi = bool(ic >> _IC_VNMI_EN & 1) and "vnmi" in feats
+    s.v_nmi_pending = vnmi and bool(ic >> _IC_VNMI_P & 1)
+    s.v_nmi_blocking = vnmi and bool(ic >> _IC_VNMI_B & 1)
+    s.lbr_virt = bool(misc2 >> _LBRV_BIT & 1) and "lbrv" in feats
     # Virtual VMSAVE/VMLOAD works only with nested paging (APM 15.33.1).
-    s.v_vmsave_vmload = (bool(v["V_VMSAVE_VMLOAD_ENABLE"]) and s.np_enable
+    s.v_vmsave_vmload = (bool(misc2 >> _VVMSAVE_BIT & 1) and s.np_enable
                          and "v_vmsave_vmload" in feats)
 
 

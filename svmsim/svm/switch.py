@@ -1,0 +1,188 @@
+"""The world switch's common case, without per-field lookups (issue 14, item 1).
+
+world.py holds the whole of VMRUN (APM vol 3 "VMRUN"; vol 2, 15.5) and
+#VMEXIT (15.6), for every kind of guest.  A hypervisor resuming an ordinary
+guest (no SEV, no SNP, its VMCB and host save area in RAM) changes few or
+none of the fields VMRUN checks, so this module does the same work for that
+case from the VMCB's bytes in RAM:
+
+* the control area and the save area are read with one ``struct`` unpack
+  each (packed.CONTROL_PACKED, SAVE_PACKED, compiled from the table in
+  vmcb.py), every field then found by its position;
+* the clean-bit copy (15.15.3) is compared with the VMCB as one tuple: when
+  they are equal no clean bit can change what VMRUN loads;
+* the consistency checks (15.5.1) are not run when the values they read are
+  those of the last VMRUN that passed (the memo of checks.check_guest_state,
+  the same key); the PAE PDPE check, which reads memory, is not memoized, so
+  a guest in legacy PAE paging takes world.vmrun;
+* the host state goes to VM_HSAVE_PA with one pack per run of adjacent
+  fields (packed.HOST_RUNS).
+
+Anything else (a first VMRUN of this VMCB with clean bits that differ, a
+check that must run, SEV, SEV-ES, SNP's RMP, a VMCB outside RAM) goes to
+world.vmrun before anything has changed, so both paths give the same
+result; tests/test_svm_switch.py runs the SVM guests both ways.
+"""
+from operator import itemgetter
+
+from ..cpu.flags import IF
+from ..cpu.state import CR0_PG, EFER_LME
+from . import avic, checks, clean, exits, world
+from .packed import CONTROL_PACKED, SAVE_PACKED, HOST_RUNS
+from .vmcb import field, _LOOKUP
+from .intercepts import WORD_NAMES
+
+CR4_PAE = 1 << 5
+SYSCFG, HWCR = checks.SYSCFG_MSR, checks.HWCR_MSR
+C, S = CONTROL_PACKED.index, SAVE_PACKED.index
+_WHERE = {**{n: (0, i) for n, i in C.items() if isinstance(n, str)},
+          **{n: (1, i) for n, i in S.items() if isinstance(n, str)}}
+
+
+def _getter(positions):
+    """A function giving the tuple of the values at ``positions``."""
+    if len(positions) == 1:
+        p = positions[0]
+        return lambda vals: (vals[p],)
+    return itemgetter(*positions)
+
+
+def _split(names):
+    """Getters of ``names``' values from the control and the save area, for
+    names listed control fields first."""
+    ctrl = [n for n in names if n in C]
+    save = [n for n in names if n in S]
+    if tuple(ctrl + save) != tuple(names):
+        raise AssertionError(f"{names}: control-area fields must come first")
+    return (_getter([C[n] for n in ctrl]) if ctrl else lambda v: (),
+            _getter([S[n] for n in save]) if save else lambda v: ())
+
+
+_CLEAN_C, _CLEAN_S = _split(clean.CLEAN_NAMES)
+_MEMO_C, _MEMO_S = _split(checks.MEMO_FIELDS)
+_WORDS = _getter([C[n] for n in WORD_NAMES])
+_CONTROL = itemgetter(*(C[n] for n in (
+    "IOPM_BASE_PA", "MSRPM_BASE_PA", "GUEST_ASID", "TSC_OFFSET", "INT_CTL", "V_INTR_VECTOR",
+    "PAUSE_FILTER_COUNT", "PAUSE_FILTER_THRESHOLD", "MISC_CTL", "MISC_CTL2")))
+_GUEST = itemgetter(*(S[n] for n in ("EFER", "CR0", "CR4", "CR3", "CR2")))
+_SEGS = itemgetter(*(S[n] for n in world._SEG_NAMES))
+_REGS = itemgetter(*(S[n] for n in ("RFLAGS", "RIP", "RSP", "RAX", "DR7", "DR6", "CPL")))
+_MISC, _INT_CTL, _INT_STATE = C["MISC_CTL"], C["INT_CTL"], C["INT_STATE"]
+_CLEAN, _TLB_CONTROL, _EVENTINJ, _NRIP, _GHCB = (C["VMCB_CLEAN"], C["TLB_CONTROL"], C["EVENTINJ"],
+                                                  C["NRIP"], C["GHCB_GPA"])
+_EFER, _CR0, _CR4 = S["EFER"], S["CR0"], S["CR4"]
+# MISC_CTL bits that ask for SEV or SEV-ES (world.vmrun handles those guests).
+_SEV_BITS = (1 << field("SEV_ENABLE").bit) | (1 << field("SEV_ES_ENABLE").bit)
+_AVIC_BIT = field("AVIC_ENABLE").bit
+_SHADOW_BIT = field("INTERRUPT_SHADOW").bit
+_LATER = [None, False]        # LATER_CHECKS as last seen, and whether one of them is not memoized
+
+
+class Fields:
+    """The VMCB as VMRUN read it (the two unpacked areas), read by name like
+    a VmcbView: for the code this module hands over to (nested paging,
+    AVIC, LBR virtualization), which reads a few fields."""
+    __slots__ = ("areas",)
+
+    def __init__(self, ctrl, save):
+        self.areas = (ctrl, save)
+
+    def __getitem__(self, name):
+        f = _LOOKUP[name]
+        area, i = _WHERE[f.parent or f.name]
+        value = self.areas[area][i]
+        return value >> f.bit & f.mask if f.parent else value
+
+    def __contains__(self, name) -> bool:
+        return name in _LOOKUP
+
+
+def _later_unmemoized() -> bool:
+    later = checks.LATER_CHECKS
+    if _LATER[0] != later:
+        _LATER[:] = [list(later), any(r not in checks.MEMO_LATER for r, _ in later)]
+    return _LATER[1]
+
+
+def vmrun(cpu, ins) -> None:
+    """Execute VMRUN (its #UD/#GP checks and the guest-mode intercept have
+    already been applied by the caller): here when it is the common case,
+    else by world.vmrun."""
+    s = cpu.svm
+    bus = cpu.bus
+    machine = cpu.machine
+    vmcb_pa = cpu.regs[0] & ((1 << (8 * ins.asize)) - 1)
+    hsave_pa = cpu.msr.get(world.VM_HSAVE_PA, 0)
+    off = bus.ram_offset(vmcb_pa)
+    hoff = bus.ram_offset(hsave_pa)
+    if (off is None or hoff is None or hsave_pa & 0xFFF or s.caps is None
+            or machine.rmp.enabled):
+        return world.vmrun(cpu, ins)
+    buf = bus.ram.buf
+    ctrl = CONTROL_PACKED.unpack(buf, off)
+    if ctrl[_MISC] & _SEV_BITS:
+        return world.vmrun(cpu, ins)
+    save = SAVE_PACKED.unpack(buf, off)
+    # Clean bits (15.15.3): with the copy equal to the VMCB, none changes anything.
+    cur = list(_CLEAN_C(ctrl) + _CLEAN_S(save))
+    if s.cache_pa == vmcb_pa and s.clean_cache and ctrl[_CLEAN] and cur != s.clean_cache:
+        return world.vmrun(cpu, ins)
+    # Consistency checks (15.5.1): passed already for these values.
+    if save[_CR0] & CR0_PG and save[_CR4] & CR4_PAE and not save[_EFER] & EFER_LME:
+        return world.vmrun(cpu, ins)            # the PDPE check reads memory: always runs
+    msr = cpu.msr
+    key = (_MEMO_C(ctrl) + _MEMO_S(save), cpu.cr0, cpu.efer, msr.get(SYSCFG), msr.get(HWCR),
+           False, s.caps)
+    if key != s.checked or _later_unmemoized():
+        return world.vmrun(cpu, ins)
+
+    s.cache_pa = vmcb_pa
+    s.clean_cache = cur
+    s.vmcb_pa = vmcb_pa
+    s.host_if = bool(cpu.rflags & IF)
+    _save_host(cpu, buf, hoff, ins.next_ip)
+    s.vmruns += 1
+    world._load_control_values(cpu, _WORDS(ctrl), *_CONTROL(ctrl))
+    host_cr4, host_efer = cpu.cr4, cpu.efer
+    host_key = world.fast_key(cpu)
+    world._load_guest_values(cpu, *_GUEST(save), _SEGS(save), *_REGS(save))
+    s.sev = s.es = False
+    cpu.sev_asid = 0
+    if s.caps_es:
+        msr[world.GHCB_MSR] = ctrl[_GHCB]                 # 15.35.7
+    view = None
+    if s.np_enable:
+        from . import npt
+        view = Fields(ctrl, save)
+        npt.setup(cpu, view, host_cr4, host_efer)
+    if ctrl[_INT_CTL] >> _AVIC_BIT & 1:
+        avic.load(cpu, view or Fields(ctrl, save))
+    else:
+        s.avic = s.x2avic = False
+    if s.lbr_virt:
+        s.host_lbr = {}
+        world._lbr_switch(cpu, view or Fields(ctrl, save), s.host_lbr)
+    cpu.svm_guest = True
+    cpu.shadow = bool(ctrl[_INT_STATE] >> _SHADOW_BIT & 1)
+    cpu.halted = False
+    tlb = cpu.tlb
+    tlb.switch(s.asid, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, keep_fast=True)
+    tlb.select_fast(host_key, world.fast_key(cpu))
+    world._tlb_control(cpu, ctrl[_TLB_CONTROL], s.asid)
+    cpu.update_mode()
+    cpu.gif = True
+    cpu.pending = True
+    eventinj = ctrl[_EVENTINJ]
+    if machine.listeners:
+        machine.svm_event(cpu, "vmrun", {"vmcb": vmcb_pa, "asid": s.asid, "rip": cpu.rip,
+                                         "eventinj": eventinj})
+    if eventinj & exits.EVENT_V:
+        world.inject(cpu, eventinj, ctrl[_NRIP])
+
+
+def _save_host(cpu, buf, hoff: int, next_rip: int) -> None:
+    """world.save_host into the host save page at RAM offset ``hoff``."""
+    HOST_RUNS.pack_into(buf, hoff, world._segment_values(cpu) + [
+        cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0]])
+    for watch in cpu.bus.write_watchers:
+        watch(hoff + HOST_RUNS.start, 0x200)

@@ -178,6 +178,8 @@ def vmrun(cpu, ins) -> None:
                                          "eventinj": eventinj})
     if eventinj & exits.EVENT_V:
         world.inject(cpu, eventinj, ctrl[_NRIP])
+    else:
+        world._rip_limit_check(cpu)
 
 
 def _save_host(cpu, buf, hoff: int, next_rip: int) -> None:

@@ -72,3 +72,65 @@ def test_vmexit_host_rip_beyond_cs_limit_is_a_gp_in_the_host():
     assert r.exitcode == ExitCode.HLT
     assert delivered[0] == (13, CODE_ADDR + len(stub) - 1, False)
     assert r.recorded() == 13
+
+
+# ---------------------------------------------------------------- 15.6: host state checks at #VMEXIT
+from svmharness import HSAVE
+from svmsim.svm.vmcb import field
+from svmsim.cpu.exceptions import Shutdown
+import pytest
+
+
+@pytest.mark.parametrize("name,bit", [("CR4", 31), ("CR0", 29), ("EFER", 2)])
+def test_vmexit_to_an_illegal_host_state_shuts_down(name, bit):
+    """15.6: #VMEXIT "Checks the reloaded host state for consistency; any
+    error causes the processor to shutdown" -- svmsim reloads the host from
+    its save area, so a host state changed there to a reserved CR4 bit, CR0.NW
+    without CD, or a reserved EFER bit is caught at the exit."""
+    r = SvmRig(f"mov rax, {HSAVE + field(name).offset}\nbts qword ptr [rax], {bit}\nhlt",
+               intercepts=[ExitCode.HLT])
+    with pytest.raises(Shutdown, match="15.6"):
+        r.run()
+
+
+def test_vmexit_to_a_legal_changed_host_state_resumes():
+    """Changing the save area to another legal state is not a shutdown (the
+    host resumes with it: svmsim's reading of 15.5.1, see DESIGN.md)."""
+    r = SvmRig(f"mov rax, {HSAVE + field('CR4').offset}\nbts qword ptr [rax], 9\nhlt",
+               intercepts=[ExitCode.HLT]).run()
+    assert r.exitcode == ExitCode.HLT and r.cpu.cr4 >> 9 & 1
+
+
+HOST_PDPT, HOST_PD = 0x60000, 0x61000
+
+
+def test_vmexit_to_a_pae_host_with_an_illegal_pdpe_shuts_down():
+    """15.6: "If the host is in PAE mode, the processor reloads the host's
+    PDPEs from the page table indicated by the host's CR3. If the PDPEs
+    contain illegal state, the processor causes a shutdown."  The host runs
+    VMRUN in 32-bit PAE paging; the guest sets a reserved bit (2) in PDPE 3."""
+    for poke, ok in ((False, True), (True, False)):
+        r = SvmRig(f"mov rax, {HOST_PDPT + 24}\n" + ("bts qword ptr [rax], 2\n" if poke else "")
+                   + "hlt", intercepts=[ExitCode.HLT])
+        cpu, m = r.cpu, r.m
+        for g in range(4):
+            m.bus.write(HOST_PDPT + 8 * g, 8, (HOST_PD + 0x1000 * g) | 1)
+            for i in range(512):
+                m.bus.write(HOST_PD + 0x1000 * g + 8 * i, 8, ((g * 512 + i) << 21) | 0x83)
+        stub = asm(f"mov eax, {VMCB}\nvmrun\nhlt", bits=32)
+        m.bus.write_bytes(CODE_ADDR, stub)
+        from svmsim.cpu.segments import Segment
+        cpu.segs[CS] = Segment(SEL_CODE32, 0, 0xFFFFFFFF, CS_32)
+        cpu.efer = 1 << 12 | 1 << 11
+        cpu.cr3 = HOST_PDPT
+        cpu.tlb.flush_all("test")
+        cpu.update_mode()
+        cpu.rip, cpu.halted = CODE_ADDR, False
+        if ok:
+            while not cpu.halted:
+                assert m.engine.run(cpu, 10_000)
+            assert r.exitcode == ExitCode.HLT and cpu.rip == CODE_ADDR + len(stub)
+        else:
+            with pytest.raises(Shutdown, match="PDPE3"):
+                while not cpu.halted:
+                    assert m.engine.run(cpu, 10_000)

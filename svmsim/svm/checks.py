@@ -536,3 +536,30 @@ def check_vmrun_instruction(cpu, asize: int | None = None, name: str = "VMRUN", 
     if value >> phys:
         return GP_VECTOR, 0, f"{name}: rAX = {value:#x} is beyond the {phys}-bit physical address space"
     return None
+
+
+# ---------------------------------------------------------------- #VMEXIT's host checks
+# "VMRUN performs consistency checks on guest state and #VMEXIT performs the
+# appropriate subset of these consistency checks on host state" (15.5.1);
+# "Checks the reloaded host state for consistency; any error causes the
+# processor to shutdown" and "If the host is in PAE mode, the processor
+# reloads the host's PDPEs ... If the PDPEs contain illegal state, the
+# processor causes a shutdown" (15.6).  The subset is svmsim's reading: the
+# rules on the registers #VMEXIT reloads (CR0, CR3, CR4, EFER, CS), not those
+# on VMCB controls, not EFER.SVME (a host may run with it clear), not DR6/DR7
+# (#VMEXIT does not reload them).
+HOST_STATE_RULES = tuple(r for r in GUEST_STATE_RULES if r[0] in {
+    "CR0.CD_NW", "CR0_HI", "CR3_MBZ", "CR4_MBZ", "EFER_MBZ", "LONG_MODE_UNSUPPORTED",
+    "LME_PG_NO_PAE", "LME_PG_NO_PE", "CS_L_AND_D", "PAE_PDPTE"})
+
+
+def check_host_state(efer, cr0, cr3, cr4, cs_attr, cpu_caps: CpuCaps, host) -> InvalidReason | None:
+    """The first rule the host state #VMEXIT reloads breaks, or None.
+    ``host``: the Cpu (its ``bus`` reads the PDPEs)."""
+    state = {F_EFER: efer, F_CR0: cr0, F_CR3: cr3, F_CR4: cr4, F_CS_ATTRIB: cs_attr,
+             F_NP_ENABLE: 0}
+    for _rule, check in HOST_STATE_RULES:
+        reason = check(state, cpu_caps, host)
+        if reason is not None:
+            return reason
+    return None

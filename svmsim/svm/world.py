@@ -13,7 +13,7 @@ so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
 """
 from operator import itemgetter
 
-from ..cpu.exceptions import CpuException
+from ..cpu.exceptions import CpuException, Shutdown
 from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
@@ -124,8 +124,16 @@ def restore_host(cpu, hsave) -> None:
     else:
         vals = [hsave[n] for n in HOST_FIELDS]
     efer, cr4, cr3, cr0, rflags, rip, rsp, rax = vals[20:]
+    cr0 |= CR0_PE
+    s = cpu.svm
+    state = (efer, cr0, cr3, cr4, vals[5])
+    if state != s.host_checked or not efer & EFER_LME:       # legacy PAE: PDPEs read each time
+        reason = checks.check_host_state(*state, s.caps or checks.CpuCaps.from_cpu(cpu), cpu)
+        if reason is not None:
+            raise Shutdown(f"#VMEXIT: illegal host state: {reason.message} (APM vol 2, 15.6)")
+        s.host_checked = state
     cpu.efer = efer
-    cpu.cr0 = cr0 | CR0_PE
+    cpu.cr0 = cr0
     cpu.cr4 = cr4
     cpu.cr3 = cr3
     _load_segment_values(cpu, vals)

@@ -134,3 +134,119 @@ def test_vmexit_to_a_pae_host_with_an_illegal_pdpe_shuts_down():
             with pytest.raises(Shutdown, match="PDPE3"):
                 while not cpu.halted:
                     assert m.engine.run(cpu, 10_000)
+
+
+# ---------------------------------------------------------------- 15.20: injected NMI
+from svmsim.svm.exits import EVENT_NMI
+
+
+def test_an_injected_nmi_ignores_the_vector_field():
+    """15.20: "If TYPE is 2 (NMI), the VECTOR field is ignored" -- the guest
+    takes vector 2 whatever EVENTINJ's vector says."""
+    r = SvmRig("hlt", idt=True, EVENTINJ=encode_event(0x55, EVENT_NMI)).run()
+    assert r.in_guest and r.recorded() == 2
+
+
+def test_an_injected_nmi_does_not_block_further_nmis():
+    """15.20: "An injected NMI does not block delivery of further NMIs": a
+    physical NMI arriving while the guest runs its NMI handler is taken at
+    once (here intercepted); after a real NMI it would wait for IRET."""
+    r = SvmRig("hlt", idt=True, intercepts=[ExitCode.NMI], EVENTINJ=encode_event(2, EVENT_NMI)).run()
+    assert r.in_guest and r.recorded() == 2 and r.cpu.halted       # in the handler
+    r.cpu.signal_nmi()
+    r.m.engine.run(r.cpu, 1000)
+    assert not r.in_guest and r.exitcode == ExitCode.NMI
+
+
+# ---------------------------------------------------------------- 15.19 / 15.12.15: paged real mode
+def test_paged_real_mode_guest_page_fault_has_the_protected_mode_error_code():
+    """15.19: "the VMRUN instruction may legally load a guest CR0 value with
+    PE = 0 but PG = 1 ... This processor mode behaves in every way like real
+    mode, with the exception that paging is applied"; 15.12.15: "Even when the
+    guest is running in paged real mode, the processor will deliver the
+    (protected-mode) page-fault error code in EXITINFO1".  The real-mode guest
+    writes linear 104h, whose (32-bit paging) page is not present."""
+    code = asm("mov word ptr [0x104], ax\nhlt", bits=16)
+    r = SvmRig(code, intercepts=[ExitCode.EXCP_PF, ExitCode.HLT])
+    v, bus = r.vmcb, r.m.bus
+    pd, pt = 0x60000, 0x61000
+    bus.write(pd, 4, pt | 3)                                   # 32-bit paging: PDE 0 -> PT
+    for i in range(1, 1024):
+        bus.write(pt + 4 * i, 4, (i << 12) | 3)                # page 0 not present
+    v["CR0"], v["CR3"], v["CR4"], v["EFER"] = 1 << 31 | 0x10, pd, 0, 1 << 12
+    for name in ("DS", "SS", "ES"):
+        v.set_segment(name, 0, 0x93, 0xFFFF, 0)
+    v.set_segment("CS", 0x4000, 0x9B, 0xFFFF, 0x40000)
+    bus.write_bytes(0x40000, code)
+    v["RIP"], v["CPL"] = 0, 0
+    r.run()
+    assert r.exitcode == ExitCode.EXCP_PF
+    assert r.vmcb["EXITINFO1"] == 0b010                 # W, not present, supervisor
+    assert r.vmcb["EXITINFO2"] == 0x104
+    assert r.vmcb["RIP"] == 0
+    # the same access to a present page runs: paging, not the real-mode identity
+    bus.write(pt, 4, 0x5000 | 3)
+    r.vmcb["RAX"] = 0x1234
+    r.run()
+    assert r.exitcode == ExitCode.HLT and bus.read(0x5104, 2) == 0x1234
+
+
+# ---------------------------------------------------------------- 15.17: GIF and breakpoints
+from cpuharness import run_code
+
+
+def _arm(dr0, dr7):
+    def setup(m, cpu):
+        cpu.efer |= 1 << 12
+        cpu.update_mode()
+        cpu.dr[0], cpu.dr[7] = dr0, dr7
+    return setup
+
+
+INSN_BP, DATA_BP = 0x401, 0x401 | 1 << 16 | 3 << 18       # DR0: execute; DR0: 4-byte write
+DATA = 0x200000
+
+
+def test_with_gif_0_breakpoint_matches_are_discarded():
+    """Table 15-10: with GIF = 0, a "Debug exception or trap, due to
+    breakpoint register match" is "Ignored and discarded": after CLGI an
+    instruction breakpoint and a data breakpoint raise nothing, and DR6
+    records no match."""
+    r = run_code(asm("clgi\nnop\nnop"), setup=_arm(CODE_ADDR + 4, INSN_BP))
+    assert r.exception is None and r.cpu.dr[6] & 0xF == 0
+    r = run_code(asm(f"clgi\nmov dword ptr [{DATA}], eax\nnop"), setup=_arm(DATA, DATA_BP))
+    assert r.exception is None and r.cpu.dr[6] & 0xF == 0
+
+
+def test_with_gif_1_the_same_breakpoints_fire():
+    r = run_code(asm("nop\nnop\nnop\nnop"), setup=_arm(CODE_ADDR + 4, INSN_BP))
+    assert r.exception[:3] == (1, None, CODE_ADDR + 4)
+    r = run_code(asm(f"stgi\nmov dword ptr [{DATA}], eax\nnop"), setup=_arm(DATA, DATA_BP))
+    assert r.exception[0] == 1 and r.cpu.dr[6] & 1
+
+
+def test_with_gif_0_the_tf_trap_still_happens():
+    """Table 15-10: "Debug trace trap due to EFLAGS.TF": "Normal operation"
+    with GIF = 0."""
+    r = run_code(asm("clgi\npushfq\nor qword ptr [rsp], 0x100\npopfq\nnop\nnop"), setup=_arm(0, 0))
+    assert r.exception is not None and r.exception[0] == 1 and r.cpu.dr[6] & 0x4000
+
+
+# ---------------------------------------------------------------- 15.21.2: CR8 without V_INTR_MASKING
+def test_cr8_write_without_v_intr_masking_reaches_v_tpr_and_the_apic():
+    """15.21.2: "While running a guest with V_INTR_MASKING cleared to 0:
+    Writes to CR8 affect both the APIC's TPR and the V_TPR register", and
+    #VMEXIT writes V_TPR back to the VMCB."""
+    r = SvmRig("mov eax, 5\nmov cr8, rax\nmov rbx, cr8\nhlt", intercepts=[ExitCode.HLT]).run()
+    assert r.exitcode == ExitCode.HLT
+    assert r.vmcb["V_TPR"] == 5 and r.cpu.regs[3] == 5
+    from svmsim.cpu.ops.system import read_cr8
+    assert read_cr8(r.cpu) == 5                          # the host's CR8: the APIC TPR
+
+
+def test_cr8_write_with_v_intr_masking_reaches_only_v_tpr():
+    """15.21.2: with V_INTR_MASKING = 1 "Writes to CR8 affect only the V_TPR
+    register"."""
+    r = SvmRig("mov eax, 7\nmov cr8, rax\nhlt", intercepts=[ExitCode.HLT], V_INTR_MASKING=1)
+    r.run()
+    assert r.vmcb["V_TPR"] == 7

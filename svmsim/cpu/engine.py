@@ -377,7 +377,9 @@ class Engine:
         lin = (cpu.ebase[CS] + rip) & cpu.lin_mask
         if cpu.dr[7] & 0xFF or cpu.watch:
             debug.sync(cpu)
-            if not cpu.rflags & RF:
+            # With GIF = 0 a "Debug exception or trap, due to breakpoint
+            # register match" is "Ignored and discarded" (APM 15.17, table 15-10).
+            if not cpu.rflags & RF and cpu.gif:
                 hits = debug.insn_hits(cpu, lin)
                 if hits:
                     cpu.dr[6] = (cpu.dr[6] & ~0xF) | hits
@@ -417,6 +419,8 @@ class Engine:
             cpu.msr[0x1DB], cpu.msr[0x1DC] = ins.ip, cpu.rip
         if tf and cpu.debugctl & 2 and not branched:
             tf = 0                      # DEBUGCTL.BTF: single-step on branches only (13.1.1.3)
+        if not cpu.gif:
+            cpu.db_hits = 0                 # table 15-10, as above; TF traps still happen
         if cpu.db_hits or tf:
             cpu.dr[6] = (cpu.dr[6] & ~0xF) | cpu.db_hits | (0x4000 if tf else 0)
             interrupts.deliver(cpu, DB_VEC, interrupts.HWEXC, None)

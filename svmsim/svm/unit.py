@@ -91,9 +91,11 @@ class SvmUnit(CpuHooks):
 
     def cr8_write(self, cpu, value) -> bool:
         s = cpu.svm
-        if not (s.v_intr_masking or s.avic):
-            return False
         s.v_tpr = value
+        if not (s.v_intr_masking or s.avic):
+            # "While running a guest with V_INTR_MASKING cleared to 0: Writes
+            # to CR8 affect both the APIC's TPR and the V_TPR register" (15.21.2)
+            return False
         if s.avic:                     # "writes to CR8 update the TPR backing page value bits 7:4"
             page = avic.Backing(cpu.bus, s.backing)
             page[avic.TPR] = value << 4

@@ -455,8 +455,15 @@ def inject(cpu, value: int, nrip: int = 0) -> None:
     if soft and features.enabled(cpu, "nrips"):
         cpu.rip = nrip
     cpu.machine.svm_event(cpu, "inject", {"event": value, "rip": rip})
+    vector = ev.vector
+    nmi_blocked = cpu.nmi_blocked
+    if ev.type == exits.EVENT_NMI:
+        vector = 2                       # "If TYPE is 2 (NMI), the VECTOR field is ignored" (15.20)
     try:
-        interrupts.deliver_with_escalation(cpu, ev.vector, kind, ev.error_code, injected=value)
+        interrupts.deliver_with_escalation(cpu, vector, kind, ev.error_code, injected=value)
+        if ev.type == exits.EVENT_NMI:
+            # "An injected NMI does not block delivery of further NMIs" (15.20)
+            cpu.nmi_blocked = nmi_blocked
     except VmExit as e:
         cpu.rip = rip
         vmexit_from(cpu, e)

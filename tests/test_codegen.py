@@ -17,6 +17,7 @@ from svmsim.cpu.segments import FS
 
 SLOT = 512                    # bytes per assembled test block
 DATA_LEN = 0x2000             # scratch: two 4 KiB pages from DATA_ADDR
+STACK_LEN = 0x1100            # compared below STACK_TOP: the top page and the end of the next
 
 
 class Runner:
@@ -41,7 +42,7 @@ class Runner:
         m.engine.flush()
         m.bus.write_bytes(CODE_ADDR, code)
         m.bus.write_bytes(DATA_ADDR, mem)
-        m.bus.write_bytes(STACK_TOP - 0x100, bytes(0x100))
+        m.bus.write_bytes(STACK_TOP - STACK_LEN, bytes(STACK_LEN))
         cpu.regs[:] = regs
         cpu.rip = CODE_ADDR
         cpu.halted = False
@@ -63,7 +64,7 @@ class Runner:
         n = m.engine.run(cpu, budget)
         return {"n": n, "regs": list(cpu.regs), "rflags": cpu.get_rflags(), "rip": cpu.rip,
                 "mem": bytes(m.bus.read_bytes(DATA_ADDR, DATA_LEN)),
-                "stack": bytes(m.bus.read_bytes(STACK_TOP - 0x100, 0x100)),
+                "stack": bytes(m.bus.read_bytes(STACK_TOP - STACK_LEN, STACK_LEN)),
                 "faults": list(self.faults)}
 
 
@@ -603,3 +604,58 @@ def compare_hot(runners, code, regs, budget):
     for key in a:
         assert a[key] == b[key], f"{budget}: {key} differs"
     return a
+
+
+# ---------------------------------------------------------------- calls: prologues, epilogues, stack groups
+def _call_program(rng):
+    """A loop calling a function with a C-style prologue and epilogue (push
+    rbp, callee-saved pushes, pops in reverse, ret) that calls a leaf, as
+    kvm-unit-tests' install_pages/install_pte do: runs of pushes and pops
+    with register moves between them (codegen stack groups)."""
+    def body(k):
+        out = [_insn(rng, 64) for _ in range(rng.randrange(0, k))]
+        return [b for b in out if not b.startswith(("push", "pop")) and "rbp" not in b and "ebp" not in b
+                and " bp" not in b]
+    saved = rng.sample(["rbx", "r12", "r13", "r15", "rdx"], rng.randrange(1, 5))
+    lines = ["1:"] + body(4) + ["call 3f"] + body(3) + ["dec r14", "jnz 1b", "hlt", "3:",
+                                                        "push rbp", "mov rbp, rsp"]
+    for r in saved:
+        lines.append(f"push {r}")
+        if rng.random() < 0.3:
+            lines.append(rng.choice(["mov eax, 7", "lea rcx, [rsp + 8]", "xor edx, edx", "add rax, 3"]))
+    if rng.random() < 0.5:
+        lines.append(f"push {rng.randrange(0, 0x7f)}")
+        lines.append("pop rax")
+    lines += body(4)
+    if rng.random() < 0.7:
+        lines += ["call 4f"]
+    lines += [f"pop {r}" for r in reversed(saved)]
+    lines += ["pop rbp", rng.choice(["ret", "ret", "ret 0"]) if rng.random() < 0.9 else "ret",
+              "4:", "push rbx", "push r12"] + body(3) + ["pop r12", "pop rbx", "ret"]
+    return lines
+
+
+@pytest.mark.parametrize("count,seed", [(40, 7)])
+def test_random_call_regions_match_interpreter(runners, count, seed):
+    """Hot call-heavy regions against the interpreter, with rSP aligned,
+    misaligned, just above a page boundary (the group's slots span two
+    pages) and unmapped (the first push faults)."""
+    rng = random.Random(seed)
+    cases = [_call_program(rng) for _ in range(count)]
+    blobs = _assemble_cases(cases, 64)
+    interp, comp = runners("long64")
+    grouped = 0
+    for body, code in zip(cases, blobs):
+        regs, mem, flags = _random_state(rng, 64)
+        regs[14] = rng.randrange(8, 40)
+        regs[4] = rng.choice([STACK_TOP - 0x80, STACK_TOP - 0x80, STACK_TOP - 0x83,
+                              STACK_TOP - 0x1000 + rng.choice([0x8, 0x18, 0x28, 0x40]),
+                              0x2_0000_0100])
+        budget = rng.choice([7, 100, 1000, 5000])
+        a = interp.run(code, regs, mem, flags, budget, False)
+        b = comp.run(code, regs, mem, flags, budget, "hot")
+        for key in a:
+            assert a[key] == b[key], f"{budget} rsp={regs[4]:#x}: {'; '.join(body)}: {key} differs"
+        grouped += any("sb" in blk.compiled.source for blk in comp.m.engine.blocks.values()
+                       if blk.compiled is not None)
+    assert grouped > count // 4

@@ -44,7 +44,7 @@ after flushing registers and flags, and reload both afterwards.
 import struct
 import sys
 
-from iced_x86 import OpKind, Register as R
+from iced_x86 import Code, OpKind, Register as R
 
 from .decoder import GPR
 from .exceptions import CpuException, gp
@@ -265,6 +265,13 @@ class Gen:
         self.trans = []              # transitions between members, resolved in assemble()
         self.live_in = []            # per member: reads the flags it was entered with
         self.prods = []              # producers whose flags a transition left in locals (lp)
+        self.dyns = []               # dynamic transitions (goto_dynamic), resolved in assemble()
+        # Registers known to hold a zero-extended 32-bit value here (written
+        # by a 32-bit operation earlier in this block): a 32-bit read of one
+        # needs no mask.  Emptied at each block's start and by a handler call.
+        self.narrow = set()
+        self.ind = 0                 # indentation added to every emitted line
+        self.stack = {}              # block position -> (stack group, slot): see stack_groups()
         self.cur = 0                 # member being generated
         self.n = blk.n               # size of the member being generated
         self.slow_write = False      # this instruction has a slow-path write
@@ -273,7 +280,7 @@ class Gen:
 
     # ------------------------------------------------------------ emission
     def emit(self, text, indent=0):
-        self.lines.append((indent, text, self.k))
+        self.lines.append((indent + self.ind, text, self.k))
 
     # ------------------------------------------------------------ registers
     def reg_read(self, o):
@@ -281,7 +288,7 @@ class Gen:
         g = "g%d" % o.idx
         if o.high:
             return f"(({g} >> 8) & 0xFF)"
-        if o.size == 8:
+        if o.size == 8 or (o.size == 4 and o.idx in self.narrow):
             return g
         return f"({g} & {MASK[o.size]:#x})"
 
@@ -290,6 +297,7 @@ class Gen:
         self.used.add(o.idx)
         self.dirty.add(o.idx)
         self.ever_dirty.add(o.idx)
+        self.set_narrow(o.idx, o.size, ind)
         g = "g%d" % o.idx
         if o.high:
             self.emit(f"{g} = ({g} & 0xFFFFFFFFFFFF00FF) | (({v} & 0xFF) << 8)", ind)
@@ -297,6 +305,26 @@ class Gen:
             self.emit(f"{g} = {v}" if masked else f"{g} = ({v}) & {MASK[o.size]:#x}", ind)
         else:
             self.emit(f"{g} = ({g} & {_KEEP[o.size]:#x}) | ({v} & {MASK[o.size]:#x})", ind)
+
+    def set_narrow(self, idx, size, ind=0):
+        """Register ``idx`` was written with ``size`` bytes (``ind`` > 0: on
+        one path only): 4 makes it narrow, 8 unknown, 1 and 2 keep it."""
+        if size == 4 and not ind:
+            self.narrow.add(idx)
+        elif size >= 4:
+            self.narrow.discard(idx)
+
+    @staticmethod
+    def wrapped(r, size, sign):
+        """``r`` (a local) reduced to ``size`` bytes, as an expression, where
+        ``sign`` bounds it: "add", 0 <= r < 2 * 2**bits (a sum of values of
+        the size), or "sub", -2**bits - 1 <= r < 2**bits (a difference).  A
+        comparison with a constant allocates nothing, unlike ``& mask`` on
+        CPython, so the usual case (no wrap) costs less."""
+        m = MASK[size]
+        if sign == "add":
+            return f"({r} if {r} <= {m:#x} else {r} & {m:#x})"
+        return f"({r} if {r} >= 0 else {r} & {m:#x})"
 
     # ------------------------------------------------------------ memory
     def _lin(self, o, k):
@@ -647,21 +675,47 @@ class Gen:
         self.trans.append((self.cur, b, self.pending, self.seen_writer, final))
         self.emit("@T%d@" % (len(self.trans) - 1), ind)
 
-    def goto_dynamic(self, t):
+    def goto_dynamic(self, t, looked_up=False):
         """Emit: if the run-time target ``t`` starts a member, continue there
-        (checked like a backward transition; the flags are stored, since the
-        target is not known here)."""
+        (checked like a backward transition).  The flags are stored only if
+        that member reads the flags it is entered with (``_dyn``: known once
+        the region is generated).  ``looked_up``: ``b<k>`` already holds
+        ``RM.get(t)``."""
         self.loops = True
         self.ns["RM"] = self.index
-        self.emit(f"b{self.k} = RM.get({t})")
+        if not looked_up:
+            self.emit(f"b{self.k} = RM.get({t})")
         self.emit(f"if b{self.k} is not None:")
         self.emit(f"n += {self.n}", 1)
         self.emit("if n > lim or cpu.pending or machine.stopping:", 1)
         self.exit(t, 0, 2)
-        self.store_flags(1)
-        self.emit("@LPRESET@", 1)
+        self.dyns.append((self.cur, self.pending, self.seen_writer, f"b{self.k}"))
+        self.emit("@DYN%d@" % (len(self.dyns) - 1), 1)
         self.emit(f"pc = b{self.k}", 1)
         self.emit("continue", 1)
+
+    def _dyn(self, d):
+        """Lines handing the flags over at dynamic transition ``d`` (see
+        ``_transition``: stored for a member that reads them on entry, else
+        left in locals, ``lp`` naming the producer)."""
+        cur, prod, seen, bvar = self.dyns[d]
+        if prod is not None:
+            keep = [f"lp = {self._prod_id(prod)}"]
+            store = [f"cpu.lf = {prod.tuple_src()}", "lp = -1"]
+        elif seen or self.live_in[cur]:
+            keep = store = ["lp = -1"]                     # cpu.lf is current
+        else:
+            keep = []                                      # still as lp says
+            store = self._lp_chain() + ["lp = -1"]
+        live = tuple(i for i, x in enumerate(self.live_in) if x)
+        if not live or store == keep:
+            return keep
+        if len(live) == len(self.live_in):
+            return store
+        out = [f"if {bvar} in {live!r}:"] + ["    " + x for x in store]
+        if keep:
+            out += ["else:"] + ["    " + x for x in keep]
+        return out
 
     def after_slow_write(self, ins):
         """Self-modifying code: a slow-path write that changed translated code
@@ -679,6 +733,7 @@ class Gen:
             self.cur, self.n = b, blk.n
             self.pending, self.seen_writer, self.entry_flags_read = None, False, False
             self._ended = False
+            self.narrow = set()
             self.emit("@BLOCK%d@" % b)
             self.gen_block(blk)
             # Blocks that read the flags they are entered with get them in
@@ -690,6 +745,14 @@ class Gen:
     def gen_block(self, blk):
         last = blk.n - 1
         self.blocks_insns = blk.insns
+        self.stack = {}
+        heads = {}
+        if self.long64 and self.stack_bits == 64 and _LITTLE:
+            for ops, lo, hi, writes in stack_groups(blk):
+                first = ops[0][0]
+                heads[first] = (lo, hi, writes)
+                for p, slot in ops:
+                    self.stack[p] = (first, slot)
         if self.long64 and blk.insns[-1].target == blk.insns[0].ip:
             loop = _store_loop(blk)
             if loop is not None:
@@ -702,11 +765,14 @@ class Gen:
             self.ips.append(ins.ip)
             self.fix.append(("prod", self.pending) if self.pending is not None
                             else (None if self.seen_writer else ("entry", self.cur)))
+            if p in heads:
+                self.stack_head(*heads[p])
             tmpl = TEMPLATES.get(ins.fn)
             mark = len(self.lines)
             ntrans = len(self.trans)
             state = (set(self.used), set(self.dirty), set(self.ever_dirty), self.pending,
-                     self.seen_writer, self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops)
+                     self.seen_writer, self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops,
+                     set(self.narrow))
             done = False
             self.slow_write = False
             if tmpl is not None:
@@ -720,7 +786,7 @@ class Gen:
                 del self.lines[mark:]
                 del self.trans[ntrans:]
                 (self.used, self.dirty, self.ever_dirty, self.pending, self.seen_writer,
-                 self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops) = state
+                 self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops, self.narrow) = state
                 self.slow_write = False
                 self.generic(ins, k, p == last)
             if self.slow_write and not self._ended:
@@ -730,6 +796,31 @@ class Gen:
         self.goto(blk.end_ip, final=True)
 
     _ended = False
+
+    def stack_head(self, lo, hi, writes):
+        """Start of a stack group (``stack_groups``): one cache look-up for
+        every stack slot its pushes and pops use, [rSP + lo, rSP + hi) with
+        rSP as here; ``sb<k>`` is the index in ``M8`` of rSP + 0 (each op
+        then indexes it with its slot), or None when the slots are not all
+        in one cached page or rSP is not 8-aligned (each op then takes its
+        own path, as outside a group)."""
+        self.uses_mem = True
+        self.views.add(8)
+        self.used.add(4)
+        j = self.k
+        look = "fwg" if writes else "frg"
+        self.emit(f"sa{j} = g4 - {-lo:#x}" if lo else f"sa{j} = g4")
+        self.emit(f"sb{j} = {look}(sa{j} >> 12) if (g4 + {hi - 1}) >> 12 == sa{j} >> 12 "
+                  f"and not g4 & 7 else None")
+        self.emit(f"if sb{j} is not None:")
+        self.emit(f"sb{j} = ((sb{j} + (sa{j} & 0xFFF)) >> 3) + {-lo // 8}", 1)
+
+    def stack_slot(self):
+        """(``sb`` name, slot) if the current instruction is in a stack group."""
+        e = self.stack.get(self.pos[-1])
+        if e is None:
+            return None
+        return f"sb{self.k - (self.pos[-1] - e[0])}", e[1]
 
     def bulk_store_loop(self, ptr, end, val, size, first_off, cmp_end_first):
         """A memset-style loop (store a register at [ptr], advance ptr by the
@@ -743,6 +834,7 @@ class Gen:
             self.used.add(r)
         self.dirty.add(ptr)
         self.ever_dirty.add(ptr)
+        self.narrow.discard(ptr)
         m = MASK[size]
         self.emit(f"sd{j} = g{end} - g{ptr}")
         exact = "" if cmp_end_first is None else f" and not sd{j} % {size}"
@@ -770,6 +862,7 @@ class Gen:
         self.ns["i%d" % k] = ins
         self.emit("@QEXEC@")
         self.emit(f"h{k}(cpu, i{k})")
+        self.narrow.clear()
         if ins.ends_block:
             self.emit(f"return n + {self.n}")
             self._ended = True
@@ -858,15 +951,26 @@ class Gen:
         pre += ["    try:", "        while True:"]
         out = list(pre)
         line_of = [-1] * (len(pre) + 1)      # line numbers are 1-based
-        base = 16 if multi else 12
+        # Many members: the "pc ==" tests are grouped under "pc <=" tests,
+        # so reaching member b takes about 2 * sqrt(members) tests, not b.
+        nm = len(self.members)
+        group = int(nm ** 0.5 + 0.999) if nm > 4 else 0
+        base = (20 if group else 16) if multi else 12
         for a, b, prod, seen, final in self.trans:
             if prod is not None and not self.live_in[b]:
+                self._prod_id(prod)
+        for cur, prod, seen, bvar in self.dyns:
+            if prod is not None and not all(self.live_in):
                 self._prod_id(prod)
         lp_chain = self._lp_chain()
         for indent, text, k in self.lines:
             if text.startswith("@BLOCK"):
+                b = int(text[6:-1])
+                if group and b % group == 0:
+                    out.append(" " * 12 + f"if pc <= {min(b + group, nm) - 1}:")
+                    line_of.append(-1)
                 if multi:
-                    out.append(" " * 12 + f"if pc == {int(text[6:-1])}:")
+                    out.append(" " * (16 if group else 12) + f"if pc == {b}:")
                     line_of.append(-1)
                 continue
             pad = " " * (base + 4 * indent)
@@ -878,8 +982,8 @@ class Gen:
                 # A handler may read the time (RDTSC): instructions of the
                 # blocks this call already ran count (machine.now_ns).
                 texts = ["cpu.q_exec = q_entry + n"] if moves else []
-            elif text == "@LPRESET@":
-                texts = ["lp = -1"] if not all(self.live_in) else []
+            elif text.startswith("@DYN"):
+                texts = self._dyn(int(text[4:-1]))
             elif text.startswith("@ENTRYFLAGS"):
                 texts = [] if self.live_in[int(text[11:-1])] else lp_chain
             elif text.startswith("@T"):
@@ -968,6 +1072,7 @@ def _alu2(op, write=True, logic=None, adc=False, exact=False):
                 g.used.add(d.idx)
                 g.dirty.add(d.idx)
                 g.ever_dirty.add(d.idx)
+                g.set_narrow(d.idx, d.size)
                 g.emit(f"g{d.idx} = r{k} = {a} {logic} {b}")
             else:
                 g.emit(f"r{k} = {a} {logic} {b}")
@@ -995,8 +1100,12 @@ def _alu2(op, write=True, logic=None, adc=False, exact=False):
         if not keep_a:
             a = f"(r{k} - {b} - {c})" if adc else f"(r{k} - {b})"
         if write:
+            wr = g.wrapped(f"r{k}", size, "add" if op == OP_ADD else "sub") if size >= 4 \
+                else f"r{k} & {MASK[size]:#x}"
             if rmw:
-                g.rmw_write(d, k, f"r{k} & {MASK[size]:#x}")
+                g.rmw_write(d, k, wr)
+            elif d.kind == "reg" and size >= 4 and not d.high:
+                g.reg_write(d, wr, masked=True)
             else:
                 g.write(d, k, f"r{k}")
         g.set_prod(Prod(op, bits, a, b, f"r{k}", 0, exact=exact))
@@ -1010,14 +1119,19 @@ def _incdec(op):
         size = ins.osize
         c = g.carry_in(k)
         sign = "+" if op == OP_INC else "-"
+        wr = g.wrapped(f"r{k}", size, "add" if op == OP_INC else "sub") if size >= 4 \
+            else f"r{k} & {MASK[size]:#x}"
         if d.kind == "mem":
             a = g.rmw_read(d, k)
             g.emit(f"r{k} = {a} {sign} 1")
-            g.rmw_write(d, k, f"r{k} & {MASK[size]:#x}")
+            g.rmw_write(d, k, wr)
         else:
             g.emit(f"r{k} = {g.reg_read(d)} {sign} 1")
             a = f"(r{k} {'-' if op == OP_INC else '+'} 1)"
-            g.write(d, k, f"r{k}")
+            if size >= 4 and not d.high:
+                g.reg_write(d, wr, masked=True)
+            else:
+                g.write(d, k, f"r{k}")
         g.set_prod(Prod(op, size * 8, a, 1, f"r{k}", c))
         return True
     return t
@@ -1051,6 +1165,7 @@ def t_mov(g, ins, k, is_last):
         g.dirty.add(d.idx)
         g.ever_dirty.add(d.idx)
         g.mem_read(s, k, into="g%d" % d.idx)
+        g.set_narrow(d.idx, d.size)
         return True
     v = g.read(s, k)
     g.write(d, k, v, masked=True)
@@ -1079,7 +1194,19 @@ def t_lea(g, ins, k, is_last):
     d = g.operand(ins, 0)
     if d.kind != "reg" or ins.iced.op_kind(1) != OpKind.MEMORY:
         raise Unsupported("lea form")
-    g.write(d, k, g.ea_src(ins))
+    g._raw = None
+    ea = g.ea_src(ins)
+    raw = g._raw if ea.startswith("((") else None
+    if raw is None or d.high or d.size < 4 or ins.asize < d.size:
+        g.write(d, k, ea)
+    elif " - " in raw:
+        g.reg_write(d, raw)                  # & mask: a negative displacement
+    else:
+        # Registers and a displacement, all below 2**64: the sum is below
+        # 2**66 and not negative (the wrap test of wrapped() holds for it).
+        g.emit(f"e{k} = {raw}")
+        m = MASK[d.size]
+        g.reg_write(d, f"(e{k} if e{k} <= {m:#x} else e{k} & {m:#x})", masked=True)
     return True
 
 
@@ -1089,11 +1216,40 @@ def t_nop(g, ins, k, is_last):
 
 
 # -- stack (state.py Cpu.push/pop, by stack size) -------------------------
-def _push(g, k, v, size):
-    """Emit a push of value source ``v`` (masked); rSP changes after the write."""
+def _push(g, k, v, size, ins=None, check_smc=False):
+    """Emit a push of value source ``v`` (masked); rSP changes after the write.
+    In a stack group (Gen.stack_head) the store indexes the group's page
+    directly, and the code below is the fallback; ``check_smc``: the
+    fallback's write may change code that runs later in this block."""
+    grp = g.stack_slot() if size == 8 else None
+    if grp is not None:
+        sbn, slot = grp
+        g.used.add(4)
+        g.dirty.add(4)
+        g.ever_dirty.add(4)
+        g.narrow.discard(4)
+        g.emit(f"if {sbn} is not None:")
+        g.emit(f"M8[{sbn} - {-slot}] = {v}", 1)
+        g.emit("g4 -= 8", 1)
+        g.emit("else:")
+        g.ind += 1
+        _push_plain(g, k, v, size)
+        if check_smc and g.slow_write:
+            g.after_slow_write(ins)
+            g.slow_write = False
+        g.ind -= 1
+        return
+    _push_plain(g, k, v, size)
+
+
+def _push_plain(g, k, v, size):
     sb = g.stack_bits
     g.used.add(4)
-    g.emit(f"s{k} = (g4 - {size}) & {MASK[sb // 8]:#x}")
+    m = MASK[sb // 8]
+    if sb == 64:
+        g.emit(f"s{k} = g4 - {size} if g4 >= {size} else (g4 - {size}) & {m:#x}")
+    else:
+        g.emit(f"s{k} = (g4 - {size}) & {m:#x}")
     so = Opnd()
     so.kind, so.size, so.seg, so.ea, so.high = "mem", size, SS, f"s{k}", False
     g.mem_write(so, k, v)
@@ -1106,7 +1262,22 @@ def _push(g, k, v, size):
 
 
 def _pop(g, k, size):
-    """Emit a pop into v<k>; returns the source of the new rSP (not yet assigned)."""
+    """Emit a pop into v<k>; returns the source of the new rSP (not yet assigned).
+    In a stack group the load indexes the group's page (see _push)."""
+    grp = g.stack_slot() if size == 8 else None
+    if grp is not None:
+        sbn, slot = grp
+        g.emit(f"if {sbn} is not None:")
+        g.emit(f"v{k} = M8[{sbn} + {slot}]", 1)
+        g.emit("else:")
+        g.ind += 1
+        newsp = _pop_plain(g, k, size)
+        g.ind -= 1
+        return newsp
+    return _pop_plain(g, k, size)
+
+
+def _pop_plain(g, k, size):
     sb = g.stack_bits
     g.used.add(4)
     so = Opnd()
@@ -1115,7 +1286,10 @@ def _pop(g, k, size):
     g.mem_read(so, k, "v")
     if sb == 16:
         return f"(g4 & {_KEEP[2]:#x}) | ((g4 + {size}) & 0xFFFF)"
-    return f"(g4 + {size}) & {MASK[sb // 8]:#x}"
+    m = MASK[sb // 8]
+    if sb == 64:
+        return f"g4 + {size} if g4 <= {m - size:#x} else (g4 + {size}) & {m:#x}"
+    return f"(g4 + {size}) & {m:#x}"
 
 
 def t_push(g, ins, k, is_last):
@@ -1131,7 +1305,7 @@ def t_push(g, ins, k, is_last):
     if not v.isidentifier() and not v.startswith("0x"):
         g.emit(f"w{k} = {v}")
         v = f"w{k}"
-    _push(g, k, v, size)
+    _push(g, k, v, size, ins, check_smc=True)
     return True
 
 
@@ -1145,6 +1319,7 @@ def t_pop(g, ins, k, is_last):
     g.emit(f"g4 = {newsp}")
     g.dirty.add(4)
     g.ever_dirty.add(4)
+    g.narrow.discard(4)
     g.reg_write(d, f"v{k}", masked=d.size >= 4)
     return True
 
@@ -1211,11 +1386,11 @@ def _runtime_target_check(g, t, ind=0):
         _check_cs_limit(g, t, ind)
 
 
-def _exit_dynamic(g, t):
+def _exit_dynamic(g, t, looked_up=False):
     """Go on at the run-time target ``t``: a member of the region (a return
     to a call site in it, say) continues there, anything else leaves."""
     if len(g.members) > 1:
-        g.goto_dynamic(t)
+        g.goto_dynamic(t, looked_up)
     g.exit(t, g.n)
     g._ended = True
 
@@ -1252,7 +1427,15 @@ def t_ret(g, ins, k, is_last):
         raise Unsupported("ret position")
     size = ins.osize
     newsp = _pop(g, k, size)
-    _runtime_target_check(g, f"v{k}")
+    looked_up = g.long64 and len(g.members) > 1
+    if looked_up:
+        # A member's address is canonical: check only a target outside the region.
+        g.ns["RM"] = g.index
+        g.emit(f"b{k} = RM.get(v{k})")
+        g.emit(f"if b{k} is None and ((v{k} + 0x800000000000) & 0xFFFFFFFFFFFFFFFF) >> 48:")
+        g.emit("raise _gp(0, 'non-canonical branch target')", 1)
+    else:
+        _runtime_target_check(g, f"v{k}")
     g.emit(f"g4 = {newsp}")
     if ins.imm is not None:
         sb = g.stack_bits
@@ -1262,7 +1445,8 @@ def t_ret(g, ins, k, is_last):
             g.emit(f"g4 = (g4 + {ins.imm & 0xFFFF:#x}) & {MASK[sb // 8]:#x}")
     g.dirty.add(4)
     g.ever_dirty.add(4)
-    _exit_dynamic(g, f"v{k}")
+    g.narrow.discard(4)
+    _exit_dynamic(g, f"v{k}", looked_up)
     return True
 
 
@@ -1314,6 +1498,9 @@ _FLAG_WRITERS = {arith.add, arith.sub, arith.cmp, arith.and_, arith.or_, arith.x
                  arith.imul}
 _FLAG_NEUTRAL = {data.mov, data.movzx, data.movsx, data.lea, data.nop, arith.not_}
 _SHIFTS = set() if _shift is None else {_shift.shl, _shift.shr, _shift.sar}
+_STACK_NEUTRAL = set(_FLAG_WRITERS | _FLAG_NEUTRAL | _SHIFTS
+                      | {arith.adc, arith.sbb, arith.inc, arith.dec, data.setcc, data.cmovcc})
+_NEAR_RETS = {Code.RETNQ, Code.RETNQ_IMM16}
 
 
 def _store_loop(blk):
@@ -1368,6 +1555,82 @@ def _store_loop(blk):
     return ptr, end, val, size, first, order
 
 
+def _stack_kind(ins, last):
+    """How ``ins`` takes part in a stack group: 'push'/'pop' (a 64-bit push
+    or pop of a general register other than rSP, or push of an immediate),
+    'call' (a direct call ending the block) or 'ret' (RET, RET imm16 ending
+    the block), 'neutral' (a templated instruction whose operands are general
+    registers other than rSP, immediates or memory: it leaves rSP and the
+    address translation alone), or None (ends any group)."""
+    i = ins.iced
+    fn = ins.fn
+    if fn is data.push or fn is data.pop:
+        if ins.osize != 8 or ins.get0 is None or i.op_count != 1:
+            return None
+        kind = i.op0_kind
+        if kind == OpKind.REGISTER:
+            g = GPR.get(i.op0_register)
+            if g is None or g[0] == 4 or g[1] != 8 or g[2]:
+                return None
+        elif fn is data.pop or kind not in _IMM_KINDS:
+            return None
+        return "push" if fn is data.push else "pop"
+    if fn is control.call:
+        if last and ins.osize == 8 and ins.get0 is None and ins.target is not None \
+                and not i.is_call_far and i.op0_kind not in (OpKind.FAR_BRANCH16, OpKind.FAR_BRANCH32):
+            return "call"
+        return None
+    if fn is control.ret:
+        return "ret" if last and ins.osize == 8 and i.code in _NEAR_RETS else None
+    if fn not in _STACK_NEUTRAL:
+        return None
+    for n in range(i.op_count):
+        kind = i.op_kind(n)
+        if kind == OpKind.REGISTER:
+            g = GPR.get(i.op_register(n))
+            if g is None or g[0] == 4:
+                return None
+        elif kind != OpKind.MEMORY and kind not in _IMM_KINDS:
+            return None                      # (a memory operand may use rSP: it is kept current)
+    return "neutral"
+
+
+def stack_groups(blk):
+    """Runs of a block's pushes, pops, final call/ret, with only 'neutral'
+    instructions between (``_stack_kind``), as (ops, lo, hi, writes): ops
+    are (position, slot) with slot the 8-byte offset from rSP at the run's
+    first op, [lo, hi) the bytes they use relative to it, writes whether any
+    op stores.  Only runs of two or more ops are worth a group."""
+    out = []
+    run = None
+    last = blk.n - 1
+    for p, ins in enumerate(blk.insns):
+        kind = _stack_kind(ins, p == last)
+        if kind == "neutral":
+            continue
+        if kind is None:
+            if run is not None and len(run[0]) > 1:
+                out.append(tuple(run))
+            run = None
+            continue
+        if run is None:
+            run = [[], 0, 0, False, 0]           # ops, lo, hi, writes, current offset
+        d = run[4]
+        if kind in ("push", "call"):
+            d -= 8
+            run[0].append((p, d // 8))
+            run[1] = min(run[1], d)
+            run[3] = True
+        else:
+            run[0].append((p, d // 8))
+            run[2] = max(run[2], d + 8)
+            d += 8
+        run[4] = d
+    if run is not None and len(run[0]) > 1:
+        out.append(tuple(run))
+    return [(ops, lo, hi, writes) for ops, lo, hi, writes, _ in out]
+
+
 def _regs_of(ins):
     """((index, size), (index, size)) of a two-register instruction, or None."""
     i = ins.iced
@@ -1418,8 +1681,23 @@ def _shift_t(kind):
                 return True
             count, ind = f"{c}", 0
         else:
-            g.emit(f"n{k} = g1 & {cmask:#x}")
             g.used.add(1)
+            m = MASK[size]
+            if g.flags_dead_after() and not d.high:
+                # Nothing observes the flags: the count (0 included) only
+                # shifts the value, and the register is written either way.
+                a = g.reg_read(d)
+                if kind == "shl":
+                    v = f"({a} << (g1 & {cmask:#x})) & {m:#x}"
+                elif kind == "shr":
+                    v = f"{a} >> (g1 & {cmask:#x})"
+                else:
+                    sign = 1 << (bits - 1)
+                    v = f"(({a} ^ {sign:#x}) - {sign:#x}) >> (g1 & {cmask:#x}) & {m:#x}"
+                g.reg_write(d, v, masked=size >= 4)
+                g.flags_eager()
+                return True
+            g.emit(f"n{k} = g1 & {cmask:#x}")
             count, ind = f"n{k}", 1
             dead = g.flags_dead_after()
             if not dead:

@@ -235,3 +235,15 @@ class Runs:
 
 
 HOST_RUNS = Runs(HOST_FIELDS)
+
+
+def field_packer(name: str):
+    """``pack(buf, base, value)`` writing the whole field ``name`` alone (a
+    field wider than 64 bits from an int), cut to its width."""
+    f = BY_NAME[name]
+    code, mask = _CODES.get(f.width), f.mask
+    if code is None:
+        pack_bytes, n = struct.Struct(f"{f.nbytes}s").pack_into, f.nbytes
+        return lambda buf, base, value: pack_bytes(buf, base + f.offset, (value & mask).to_bytes(n, "little"))
+    pack = struct.Struct("<" + code).pack_into
+    return lambda buf, base, value: pack(buf, base + f.offset, value & mask)

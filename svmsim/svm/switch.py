@@ -16,7 +16,8 @@ case from the VMCB's bytes in RAM:
   the same key); the PAE PDPE check, which reads memory, is not memoized, so
   a guest in legacy PAE paging takes world.vmrun;
 * the host state goes to VM_HSAVE_PA with one pack per run of adjacent
-  fields (packed.HOST_RUNS).
+  fields (packed.HOST_RUNS, world.save_host), as #VMEXIT's writes go to
+  the VMCB (world._exit_ram).
 
 Anything else (a first VMRUN of this VMCB with clean bits that differ, a
 check that must run, SEV, SEV-ES, SNP's RMP, a VMCB outside RAM) goes to
@@ -28,7 +29,7 @@ from operator import itemgetter
 from ..cpu.flags import IF
 from ..cpu.state import CR0_PG, EFER_LME
 from . import avic, checks, clean, exits, world
-from .packed import CONTROL_PACKED, SAVE_PACKED, HOST_RUNS
+from .packed import CONTROL_PACKED, SAVE_PACKED
 from .vmcb import field, _LOOKUP
 from .intercepts import WORD_NAMES
 
@@ -116,7 +117,7 @@ def vmrun(cpu, ins) -> None:
     off = bus.ram_offset(vmcb_pa)
     hoff = bus.ram_offset(hsave_pa)
     if (off is None or hoff is None or hsave_pa & 0xFFF or s.caps is None
-            or machine.rmp.enabled):
+            or machine.rmp.enabled or not world.DIRECT):
         return world.vmrun(cpu, ins)
     buf = bus.ram.buf
     ctrl = CONTROL_PACKED.unpack(buf, off)
@@ -140,7 +141,7 @@ def vmrun(cpu, ins) -> None:
     s.clean_cache = cur
     s.vmcb_pa = vmcb_pa
     s.host_if = bool(cpu.rflags & IF)
-    _save_host(cpu, buf, hoff, ins.next_ip)
+    world.save_host(cpu, bus, hsave_pa, ins.next_ip)
     s.vmruns += 1
     world._load_control_values(cpu, _WORDS(ctrl), *_CONTROL(ctrl))
     host_cr4, host_efer = cpu.cr4, cpu.efer
@@ -181,10 +182,3 @@ def vmrun(cpu, ins) -> None:
     else:
         world._rip_limit_check(cpu)
 
-
-def _save_host(cpu, buf, hoff: int, next_rip: int) -> None:
-    """world.save_host into the host save page at RAM offset ``hoff``."""
-    HOST_RUNS.pack_into(buf, hoff, world._segment_values(cpu) + [
-        cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0]])
-    for watch in cpu.bus.write_watchers:
-        watch(hoff + HOST_RUNS.start, 0x200)

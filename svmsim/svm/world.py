@@ -22,13 +22,17 @@ from . import avic, checks, clean, exits, sev_checks, sev_es, snp
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE, CHILDREN, field
 from .intercepts import WORD_NAMES
-from .packed import Packed, VmcbPage, HOST_PACKED, HOST_FIELDS
+from .packed import Runs, VmcbPage, HOST_PACKED, HOST_FIELDS, HOST_RUNS, field_packer
 from .state import VmExit
 from .vmstate import canonical
 
 MASK64 = (1 << 64) - 1
 VM_HSAVE_PA = 0xC0010117
 GHCB_MSR = 0xC0010130
+# The VMCB and the host save area are read and written straight in RAM with
+# precompiled layouts when they are RAM pages (issue 14); False: always
+# through a copy of the page and its field view (tests compare the two).
+DIRECT = True
 SWITCHED_SEGS = (("ES", ES), ("CS", CS), ("SS", SS), ("DS", DS))
 
 # EVENTINJ TYPE -> the delivery kind of svmsim's interrupt logic (APM 15.20).
@@ -98,17 +102,22 @@ def _hsave_page(bus, hsave_pa) -> bytearray:
 def save_host(cpu, bus, hsave_pa: int, next_rip: int) -> None:
     """VMRUN step "save host state" (APM vol 3 VMRUN: ES CS SS DS, GDTR,
     IDTR, EFER, CR0, CR4, CR3, RFLAGS, RIP of the next instruction, RSP, RAX),
-    into the host save area at ``hsave_pa`` with one pack."""
-    area = _hsave_page(bus, hsave_pa)
-    vals = HOST_PACKED.unpack(area, -HOST_PACKED.start)
+    into the host save area at ``hsave_pa``: one pack per run of adjacent
+    fields (packed.HOST_RUNS) when the page is RAM."""
     new = _segment_values(cpu) + [cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip,
                                   cpu.regs[4], cpu.regs[0]]
+    off = None if hsave_pa & 0xFFF or not DIRECT else bus.ram_offset(hsave_pa)
+    if off is not None:
+        HOST_RUNS.pack_into(bus.ram.buf, off, new)
+        for watch in bus.write_watchers:
+            watch(off + HOST_PACKED.start, HOST_PACKED.end - HOST_PACKED.start)
+        return
+    area = _hsave_page(bus, hsave_pa)
+    vals = HOST_PACKED.unpack(area, -HOST_PACKED.start)
     for i, value, mask in zip(_HOST_INDEX, new, _HOST_MASKS):
         vals[i] = value & mask
     HOST_PACKED.pack_into(area, -HOST_PACKED.start, vals)
     bus.write_bytes(hsave_pa + HOST_PACKED.start, area)
-
-
 
 
 def restore_host(cpu, hsave) -> None:
@@ -116,7 +125,10 @@ def restore_host(cpu, hsave) -> None:
     CR0.PE forced to 1, DR7 = 400h (all breakpoints off), RFLAGS.TF kept,
     RF clear (the VMRUN instruction has completed).  ``hsave``: the host
     save area's physical address (or a VmcbView of it)."""
-    if isinstance(hsave, int):
+    if (isinstance(hsave, int) and DIRECT and not hsave & 0xFFF
+            and cpu.bus.ram_offset(hsave) is not None):
+        vals = HOST_RUNS.unpack(cpu.bus.ram.buf, cpu.bus.ram_offset(hsave))
+    elif isinstance(hsave, int):
         raw = HOST_PACKED.unpack(cpu.bus.read_bytes(hsave + HOST_PACKED.start,
                                                     HOST_PACKED.end - HOST_PACKED.start),
                                  -HOST_PACKED.start)
@@ -266,29 +278,37 @@ def _control_words(cpu, int_ctl: int, int_state: int) -> tuple:
     occurs during the virtual NMI delivery, EXITINTINFO is set appropriately
     and V_NMI_MASK is saved as 0" (15.21.10)."""
     s = cpu.svm
-    new = [("V_TPR", s.v_tpr), ("V_IRQ", int(s.v_irq))]
+    int_ctl = _put(_put(int_ctl, _V_TPR, s.v_tpr), _V_IRQ, s.v_irq)
     # The pause-filter count is internal: VMRUN reloads it, nothing writes it back.
     if s.v_gif_enable:
-        new.append(("V_GIF", int(s.v_gif)))
+        int_ctl = _put(int_ctl, _V_GIF, s.v_gif)
     if s.v_nmi_enable:
-        new += (("V_NMI_PENDING", int(s.v_nmi_pending)),
-                ("V_NMI_BLOCKING", int(s.v_nmi_blocking and not s.vnmi_delivery)))
+        int_ctl = _put(_put(int_ctl, _V_NMI_P, s.v_nmi_pending), _V_NMI_B,
+                       s.v_nmi_blocking and not s.vnmi_delivery)
     # Table B-1, 68h bit 1: the guest's RFLAGS.IF, "written back to the VMCB on
     # #VMEXIT": how a hypervisor sees it for an SEV-ES guest.
-    return (_merge(int_ctl, new),
-            _merge(int_state, (("INTERRUPT_SHADOW", int(cpu.shadow or cpu.in_shadow)),
-                               ("GUEST_INTERRUPT_MASK", cpu.rflags >> 9 & 1))))
+    int_state = _put(_put(int_state, _SHADOW, cpu.shadow or cpu.in_shadow), _GIM,
+                     cpu.rflags >> 9 & 1)
+    return int_ctl, int_state
+
+
+def _put(word: int, sub: tuple, value) -> int:
+    """``word`` with the sub-field ``sub`` (bit, mask in place) set to ``value``."""
+    bit, m = sub
+    return word & ~m | (int(value) << bit) & m
 
 
 def _merge(word: int, values) -> int:
     """``word`` with the named sub-fields replaced."""
     for name, value in values:
-        bit, m = _SUB[name]
-        word = word & ~m | (value << bit) & m
+        word = _put(word, _SUB[name], value)
     return word
 
 
 _SUB = {f.name: (f.bit, f.mask << f.bit) for f in (*CHILDREN["INT_CTL"], *CHILDREN["INT_STATE"])}
+_V_TPR, _V_IRQ, _V_GIF = _SUB["V_TPR"], _SUB["V_IRQ"], _SUB["V_GIF"]
+_V_NMI_P, _V_NMI_B = _SUB["V_NMI_PENDING"], _SUB["V_NMI_BLOCKING"]
+_SHADOW, _GIM = _SUB["INTERRUPT_SHADOW"], _SUB["GUEST_INTERRUPT_MASK"]
 
 
 LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),
@@ -544,8 +564,9 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
             info["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
     if GHCB_MSR in cpu.msr:
         info["GHCB_GPA"] = cpu.msr[GHCB_MSR]
-    if not s.es and not s.lbr_virt:
-        _exit_packed(cpu, guest_rip, info)
+    off = None if s.es or s.lbr_virt or not DIRECT else bus.ram_offset(s.vmcb_pa)
+    if off is not None:
+        _exit_ram(cpu, bus, off, guest_rip, info)
     else:
         page = _page(bus, s.vmcb_pa)
         v = clean.view_for_exit(cpu, page)
@@ -597,42 +618,47 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
 
 
 # What #VMEXIT writes into the VMCB of a guest without SEV-ES or LBR
-# virtualization, as one packed area (060h-647h): the guest state, the
-# written-back controls and the exit information.
-_EXIT_INFO = ("EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO", "NRIP", "INSN_LEN",
-              "INSN_BYTES", "GHCB_GPA")
-EXIT_PACKED = Packed([field(n) for n in (*_SEG_NAMES, *_GUEST_NAMES, "INT_CTL", "INT_STATE",
-                                          "EVENTINJ", *_EXIT_INFO)], 0x060, 0x648)
-_EXIT_GUEST = tuple(EXIT_PACKED.index[n] for n in (*_SEG_NAMES, *_GUEST_NAMES))
-_EXIT_GUEST_MASKS = tuple(field(n).mask for n in (*_SEG_NAMES, *_GUEST_NAMES))
-_X = EXIT_PACKED.index
-# (position in the clean-bit copy, position here) of the written fields a clean bit covers
-_EXIT_CLEAN = tuple((clean.CLEAN_INDEX[n], _X[n]) for n in EXIT_PACKED.names
+# virtualization, straight into RAM with one pack per run of adjacent
+# fields: the guest state (in offset order), the written-back controls and
+# the exit information; the optional exit fields one by one.
+_EXIT_GUEST_NAMES = (*_SEG_NAMES, "CPL", "EFER", "CR4", "CR3", "CR0", "DR7", "DR6", "RFLAGS", "RIP",
+                     "RSP", "RAX", "CR2")
+_EXIT_GUEST = Runs(_EXIT_GUEST_NAMES)
+_EXIT_CONTROL = Runs(("INT_CTL", "INT_STATE", "EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO",
+                      "EVENTINJ"))
+_EXIT_READ = Runs(("INT_CTL", "INT_STATE", "EVENTINJ")).unpack
+_EXIT_OPTIONAL = {n: field_packer(n) for n in ("NRIP", "INSN_LEN", "INSN_BYTES", "GHCB_GPA")}
+_EXIT_SPAN = (0x060, 0x648 - 0x060)              # the bytes written (for the write watchers)
+# (position in the clean-bit copy, position in the guest values) of the written
+# fields a clean bit covers; INT_CTL's
+_EXIT_CLEAN = tuple((clean.CLEAN_INDEX[n], i) for i, n in enumerate(_EXIT_GUEST_NAMES)
                     if n in clean.CLEAN_INDEX)
+_CLEAN_INT_CTL = clean.CLEAN_INDEX["INT_CTL"]
 
 
-def _exit_packed(cpu, guest_rip: int, info: dict) -> None:
-    """#VMEXIT's VMCB writes with one unpack and one pack (see EXIT_PACKED);
-    the clean-bit copy follows every written field it holds."""
-    s, bus = cpu.svm, cpu.bus
-    pa, start = s.vmcb_pa + EXIT_PACKED.start, EXIT_PACKED.start
-    area = bytearray(bus.read_bytes(pa, EXIT_PACKED.end - start))
-    vals = EXIT_PACKED.unpack(area, -start)
-    new = _segment_values(cpu) + [cpu.efer, cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.get_rflags(),
-                                  guest_rip, cpu.regs[4], cpu.regs[0], cpu.dr[7], cpu.dr[6], cpu.cpl]
-    for i, value, mask in zip(_EXIT_GUEST, new, _EXIT_GUEST_MASKS):
-        vals[i] = value & mask
-    vals[_X["INT_CTL"]], vals[_X["INT_STATE"]] = _control_words(cpu, vals[_X["INT_CTL"]],
-                                                              vals[_X["INT_STATE"]])
-    vals[_X["EVENTINJ"]] &= ~exits.EVENT_V
-    for name, value in info.items():
-        vals[_X[name]] = value
-    EXIT_PACKED.pack_into(area, -start, vals)
-    bus.write_bytes(pa, area)
-    cache = s.clean_cache
+def _exit_ram(cpu, bus, off: int, guest_rip: int, info: dict) -> None:
+    """#VMEXIT's VMCB writes into the page at RAM offset ``off`` (see
+    _EXIT_GUEST); the clean-bit copy follows every written field it holds."""
+    buf = bus.ram.buf
+    int_ctl, int_state, eventinj = _EXIT_READ(buf, off)
+    int_ctl, int_state = _control_words(cpu, int_ctl, int_state)
+    new = _segment_values(cpu) + [cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
+                                  cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2]
+    _EXIT_GUEST.pack_into(buf, off, new)
+    _EXIT_CONTROL.pack_into(buf, off, (int_ctl, int_state, info["EXITCODE"], info["EXITINFO1"],
+                                       info["EXITINFO2"], info["EXITINTINFO"],
+                                       eventinj & ~exits.EVENT_V))
+    if len(info) > 4:
+        for name in _EXIT_OPTIONAL.keys() & info.keys():
+            _EXIT_OPTIONAL[name](buf, off, info[name])
+    start, n = _EXIT_SPAN
+    for watch in bus.write_watchers:
+        watch(off + start, n)
+    cache = cpu.svm.clean_cache
     if cache:
         for ci, vi in _EXIT_CLEAN:
-            cache[ci] = vals[vi]
+            cache[ci] = new[vi]
+        cache[_CLEAN_INT_CTL] = int_ctl
 
 
 def _snp_exit_info(g, code, info1, info2, exitintinfo, nrip) -> None:

@@ -250,3 +250,49 @@ def test_cr8_write_with_v_intr_masking_reaches_only_v_tpr():
     r = SvmRig("mov eax, 7\nmov cr8, rax\nhlt", intercepts=[ExitCode.HLT], V_INTR_MASKING=1)
     r.run()
     assert r.vmcb["V_TPR"] == 7
+
+
+# ---------------------------------------------------------------- 15.25.2 / 15.25.4: the guest PAT
+from svmharness import NestedTables
+
+PAT_MSR = 0x277
+HOST_PAT, GUEST_PAT, GUEST_PAT_2 = 0x0007040600070404, 0x0606060606060606, 0x0606060606060604
+PAT_PROGRAM = (f"mov ecx, {PAT_MSR}\nrdmsr\nmov ebx, eax\nmov edi, edx\n"
+               f"mov eax, {GUEST_PAT_2 & 0xFFFFFFFF}\nmov edx, {GUEST_PAT_2 >> 32}\nwrmsr\nhlt")
+
+
+def _pat_rig(np):
+    r = SvmRig(PAT_PROGRAM, intercepts=[ExitCode.HLT], G_PAT=GUEST_PAT, NP_ENABLE=int(np))
+    if np:
+        nt = NestedTables(r.m.bus)
+        nt.identity(0, 0x1000000)
+        r.vmcb["N_CR3"] = nt.root
+    r.cpu.msr[PAT_MSR] = HOST_PAT
+    return r.run()
+
+
+def test_a_nested_paging_guest_has_its_own_pat_from_g_pat():
+    """15.25.2: "Most processor state affecting paging is replicated for host
+    and guest. This includes the paging registers CR0, CR3, CR4, EFER and
+    PAT"; 15.25.4: "The guest PAT register is loaded from G_PAT field in the
+    VMCB", and "#VMEXIT writes the guest paging state ... back into the
+    VMCB".  The guest reads G_PAT, its write goes back to G_PAT, and the
+    host's PAT is untouched."""
+    r = _pat_rig(np=True)
+    assert r.exitcode == ExitCode.HLT
+    assert r.cpu.regs[7] << 32 | r.cpu.regs[3] == GUEST_PAT
+    assert r.vmcb["G_PAT"] == GUEST_PAT_2 and r.cpu.msr[PAT_MSR] == HOST_PAT
+    r.vmcb["VMCB_CLEAN"] = 0xFFFFFFFF           # the cached G_PAT follows the guest's write
+    r.vmcb["RIP"] = GUEST_CODE
+    r.run()
+    assert r.cpu.regs[7] << 32 | r.cpu.regs[3] == GUEST_PAT_2
+
+
+def test_without_nested_paging_there_is_one_pat():
+    """15.25.8: "When nested paging is disabled, the processor behaves as
+    though there is no gPAT register ... guest writes to the PAT MSR that
+    aren't intercepted by the VMM will alter the host PAT MSR"."""
+    r = _pat_rig(np=False)
+    assert r.exitcode == ExitCode.HLT
+    assert r.cpu.regs[7] << 32 | r.cpu.regs[3] == HOST_PAT
+    assert r.cpu.msr[PAT_MSR] == GUEST_PAT_2 and r.vmcb["G_PAT"] == GUEST_PAT

@@ -35,6 +35,7 @@ The TLB caches the combined translation (linear -> SPA) tagged by the
 guest's ASID, with the nested permissions kept apart so that a nested
 violation found on a TLB hit is still an #NPF, not a guest #PF.
 """
+from ..cpu.msr import PAT as PAT_MSR, PAT_RESET
 from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_RSV, PF_I
 from ..cpu.paging import Walker, Translation, check_access, EFER_NXE, CR4_SMEP
 from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
@@ -251,5 +252,11 @@ def setup(cpu, v, host_cr4, host_efer) -> None:
     """At VMRUN with NP_ENABLE (APM 15.25.3): the nested tables are walked in
     the host's paging mode as it is at VMRUN."""
     from . import features
+    # "The guest PAT register is loaded from G_PAT field in the VMCB" (15.25.4):
+    # PAT is replicated for host and guest (15.25.2); #VMEXIT saves the guest's
+    # to G_PAT and gives the host its own back (world.vmexit).
+    s = cpu.svm
+    s.host_pat = cpu.msr.get(PAT_MSR, PAT_RESET)
+    cpu.msr[PAT_MSR] = v["G_PAT"]
     gmet = bool(v["GMET_ENABLE"]) and features.enabled(cpu, "gmet")
     cpu.npt = NestedMmu(cpu, v["N_CR3"], host_cr4, host_efer, gmet, cpu.svm.sev)

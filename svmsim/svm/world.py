@@ -24,6 +24,7 @@ from .vmcb import VmcbView, VMCB_SIZE, CHILDREN, field
 from .intercepts import WORD_NAMES
 from .packed import Runs, VmcbPage, HOST_PACKED, HOST_FIELDS, HOST_RUNS, field_packer
 from .state import VmExit
+from ..cpu.msr import PAT as PAT_MSR, PAT_RESET
 from .vmstate import canonical
 
 MASK64 = (1 << 64) - 1
@@ -211,6 +212,7 @@ def _save_guest(cpu, v, rip: int) -> None:
 
 
 _SEG_NAMES = HOST_FIELDS[:20]
+_G_PAT_OFFSET = field("G_PAT").offset
 _GUEST_NAMES = ("EFER", "CR0", "CR2", "CR3", "CR4", "RFLAGS", "RIP", "RSP", "RAX", "DR7", "DR6", "CPL")
 _GUEST_MASKS = tuple((n, field(n).mask) for n in _SEG_NAMES + _GUEST_NAMES)
 _WORDS = itemgetter(*WORD_NAMES)
@@ -548,6 +550,9 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     feats = s.feats
     bus = cpu.bus
     guest_rip = cpu.rip if rip is None else rip
+    # The guest PAT goes back to G_PAT with the rest of the guest paging
+    # state (15.25.2, 15.25.4); without nested paging there is one PAT.
+    gpat = cpu.msr.get(PAT_MSR, PAT_RESET) if cpu.npt is not None else None
     if s.es and code in sev_es.ADVANCES_RIP:
         guest_rip = nrip                           # table 15-33: "HW Advances RIP"
     info = {"EXITCODE": code & MASK64, "EXITINFO1": info1 & MASK64, "EXITINFO2": info2 & MASK64,
@@ -567,11 +572,16 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     off = None if s.es or s.lbr_virt or not DIRECT else bus.ram_offset(s.vmcb_pa)
     if off is not None:
         _exit_ram(cpu, bus, off, guest_rip, info)
+        if gpat is not None:
+            bus.write(s.vmcb_pa + _G_PAT_OFFSET, 8, gpat)
+            clean.refresh(s.clean_cache, "G_PAT", gpat)
     else:
         page = _page(bus, s.vmcb_pa)
         v = clean.view_for_exit(cpu, page)
         g = sev_es.exit_view(cpu, v) if s.es else v
         _save_guest(cpu, g, guest_rip)
+        if gpat is not None:
+            g["G_PAT"] = gpat
         _write_back_control(cpu, v)
         if s.lbr_virt:
             _lbr_switch(cpu, s.host_lbr, g)
@@ -591,6 +601,8 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
                                               "exitintinfo": exitintinfo, "rip": guest_rip,
                                               "asid": s.asid, "detail": detail})
     guest_key = fast_key(cpu)
+    if gpat is not None:
+        cpu.msr[PAT_MSR] = s.host_pat
     cpu.svm_guest = False
     cpu.npt = None
     cpu.sev_asid = 0

@@ -386,3 +386,14 @@ def test_fault_loop_counts_against_the_budget_from_python(dr7):
     vmcb campaign's guests with random DR7 ran into this)."""
     r, _, _ = boot(_fault_loop_kernel(dr7), max_insns=1500, timeout=60)
     assert r.status == STATUS_BUDGET and r.instructions < 10, r.reason
+
+
+def test_kernel_without_header_is_refused_from_its_head(tmp_path):
+    """A sparse 3 GiB file that fits RAM but has no Multiboot header is refused after
+    reading its first 8 KiB (found by the cli campaign: it was read whole, 30 s)."""
+    big = tmp_path / "huge"
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)
+    status, _, err, rss = svmsim_rss("run", str(big), "-m", "3.5G")
+    assert user_error(status, err) and "no Multiboot header" in err[0], err
+    assert rss < 200

@@ -499,13 +499,18 @@ def _file_size(path: str, what: str) -> int:
     return st.st_size
 
 
-def _read_file(path: str, what: str, limit: int) -> bytes:
-    """The whole file, refused before reading if it is larger than ``limit``
-    (the RAM that could hold it): a huge file is not read in vain."""
+def _check_fits(path: str, what: str, limit: int) -> None:
+    """Refuse a file larger than ``limit`` (the RAM that could hold it) from its size."""
     size = _file_size(path, what)
     if size > limit:
         raise LoadError(f"{path}: {what} is {size} bytes, more than the "
                         f"{limit} bytes of RAM below 4 GiB it would have to fit in")
+
+
+def _read_file(path: str, what: str, limit: int) -> bytes:
+    """The whole file, refused before reading if it is larger than ``limit``:
+    a huge file is not read in vain."""
+    _check_fits(path, what, limit)
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
@@ -619,13 +624,20 @@ def load_multiboot(bus, path: str, cmdline: str, modules: list[tuple[str, str]],
     if bus.low_top < 0x100000 + SEABIOS_HIGH_TABLES + PAGE_SIZE:
         raise LoadError(f"{path}: {mem_size >> 10} KiB of RAM is too little "
                         "to boot a Multiboot kernel (need more than 1.125 MiB)")
-    data = _read_file(path, "kernel", bus.low_top)
-    header, bad = scan_header(data[:HEADER_SEARCH])
+    _check_fits(path, "kernel", bus.low_top)
+    try:
+        head = _read_head(path)            # the header first: a file that has none is not read
+    except OSError as exc:
+        raise LoadError(f"{path}: cannot read kernel ({exc.strerror or exc})") from None
+    header, bad = scan_header(head)
     if header is None:
         if bad is not None:
             raise LoadError(f"{path}: Multiboot header at offset {bad:#x} has a bad checksum")
-        what = "ELF file" if is_elf(data) else "file"
+        what = "ELF file" if is_elf(head) else "file"
         raise LoadError(f"{path}: {what} with no Multiboot header in the first 8 KiB")
+    data = _read_file(path, "kernel", bus.low_top)
+    if data[:HEADER_SEARCH] != head:
+        raise LoadError(f"{path}: kernel changed while being read")
     image = _kernel_image(data, header, path)
     mods = _module_specs(modules)
     kernel_cmd = _c_string(f"{path} {cmdline}", path, "command line")

@@ -149,7 +149,10 @@ class Machine(DebugApi):
         from .cpu import profiles
         self.profile = profiles.get(cfg.cpu)
         self.clock = VirtualClock()
-        self.bus = PhysBus(cfg.mem_size)
+        from .memory.enclines import LINE_SLOTS
+        # With SEV, the encryption engine's decrypted line slots follow DRAM in
+        # the host mapping (memory/enclines.py).
+        self.bus = PhysBus(cfg.mem_size, LINE_SLOTS * 4096 if self.profile.extra.get("sev") else 0)
         self.io = IoBus()
         self.code_pages: dict = {}
         self.stopping = False
@@ -175,6 +178,10 @@ class Machine(DebugApi):
         # (issue 13, finding 7): campaigns and notebooks create many.
         me = weakref.proxy(self)
         self.mem_engine = EncryptionEngine(sev.get("max_asid", 0), note=lambda text: me.note(text))   # keys: the AMD-SP's
+        self.enc_lines = None                # the CPU's decrypted lines of private pages (with SEV)
+        if self.bus.ram.window:
+            from .memory.enclines import PlaintextLines
+            self.enc_lines = PlaintextLines(self.mem_engine, self.bus, lambda: me.cpus)
         from .memory.rmp import Rmp
         self.rmp = Rmp(self.bus)                                # SEV-SNP's reverse map (in RAM)
         self.rmp.listeners.append(lambda: me._rmp_changed())

@@ -143,3 +143,67 @@ def test_sev_work_guest_same_results_with_and_without_sev():
         assert (raw[:8] == bytes([1, 0, 0, 0, 8, 0, 0, 0])) != sev     # dwords i * 7 + 1
         outs.append(out.getvalue())
     assert outs[0] == outs[1] and outs[0].count(b"sev_work: 0x") == 3
+
+
+# ---------------------------------------------------------------- the CPU's decrypted lines (enclines.py)
+def test_private_reads_use_decrypted_lines_that_follow_dram():
+    """An SEV guest's private reads index the page's decrypted line (the fast
+    read path); the line lies outside DRAM (no physical address reaches it),
+    and a hypervisor's raw write to DRAM drops it: the guest's next read
+    decrypts what DRAM holds now (garbage)."""
+    from test_sev_hw import sev_rig, KEY as GKEY, GUEST_CODE
+    from svmsim.svm.exits import ExitCode
+    plain = (0x5A5A1234).to_bytes(4, "little") + b"line-plaintext"[:12]
+    r = sev_rig("mov eax, [0x600000]\nmov ebx, [0x600000]\nhlt", data=[(0x600000, plain)])
+    r.run()
+    assert r.exitcode == ExitCode.HLT and r.vmcb["RAX"] & 0xFFFFFFFF == 0x5A5A1234
+    m, ram = r.m, r.m.bus.ram
+    lines = m.enc_lines
+    assert lines.stats["filled"] and 0x600 in lines.pages
+    assert ram.buf.find(plain, 0, ram.size) < 0                  # DRAM: ciphertext only
+    assert ram.buf.find(plain, ram.size) >= 0                    # the line, past the end of DRAM
+    assert m.bus.ram_offset(ram.size) is None
+    r.m.bus.write(0x600000, 4, 0xCAFE)                           # plaintext, by the hypervisor
+    assert 0x600 not in lines.pages
+    r.vmcb["RIP"] = GUEST_CODE
+    r.run()
+    want = EncryptionEngine.decrypt(GKEY, 0x600000, r.m.bus.read_bytes(0x600000, 16))[:4]
+    assert r.vmcb["RAX"] & 0xFFFFFFFF == int.from_bytes(want, "little") != 0x5A5A1234
+
+
+def test_a_page_with_lines_is_never_in_a_write_cache():
+    """Stores to a page with decrypted lines must reach the bus (which keeps
+    the lines exact), so no CPU caches it for fast writes."""
+    from test_sev_hw import sev_rig
+    from svmsim.cpu.tlb import W, FC
+    r = sev_rig("mov eax, [0x600000]\nhlt").run()
+    cpu = r.cpu
+    fast = cpu.tlb.fast[0]
+    cpu.fill_write(fast, 0x777, 0x600000)
+    assert 0x777 not in fast[W] and 0x777 not in fast[FC]
+    cpu.fill_write(fast, 0x778, 0x700000)                        # a page without lines
+    assert fast[W][0x778] == 0x700000
+
+
+def test_private_self_modifying_code_through_lines():
+    """A store of the SEV guest into its own (private) translated code drops
+    the blocks; the next fetch decodes the new bytes."""
+    from test_sev_hw import sev_rig, GUEST_CODE
+    from svmsim.svm.exits import ExitCode
+    r = sev_rig(f"mov ecx, 2\nagain: mov eax, 0x11\ndec ecx\njz done\n"
+                f"mov byte ptr [{GUEST_CODE + 6:#x}], 0x22\njmp again\ndone: hlt").run()
+    assert r.exitcode == ExitCode.HLT and r.vmcb["RAX"] & 0xFFFFFFFF == 0x22
+
+
+def test_guest_stores_write_through_to_dram():
+    """Every store through the key reaches DRAM at once, as ciphertext of the
+    line's plaintext (the blocks it touched re-encrypted)."""
+    from test_sev_hw import sev_rig, KEY as GKEY
+    r = sev_rig("mov dword ptr [0x600004], 0x11223344\nmov eax, [0x600000]\n"
+                "mov word ptr [0x60000e], 0x5566\nhlt",
+                data=[(0x600000, bytes(range(16)))]).run()
+    want = bytearray(range(16))
+    want[4:8] = (0x11223344).to_bytes(4, "little")
+    want[14:16] = (0x5566).to_bytes(2, "little")
+    raw = r.m.bus.read_bytes(0x600000, 16)
+    assert raw != bytes(want) and EncryptionEngine.decrypt(GKEY, 0x600000, raw) == bytes(want)

@@ -16,6 +16,7 @@ import guestbuild
 from svmsim.cpu.ops import string
 from svmsim.machine import Machine
 from svmsim.memory.encryption import EncryptionEngine
+from svmsim.memory.enclines import PlaintextLines
 from svmsim.sev.crypto import GuestOwner
 from svmsim.sev.firmware import SevFirmware
 from svmsim.vmm import Vmm, launch_sev
@@ -38,12 +39,12 @@ def _run(kernel, monkeypatch, bulk):
             mp.setattr(string, "_bulk_stos", None)
             mp.setattr(string, "_bulk_movs", None)
         sizes = []
-        write = EncryptionEngine.write
+        write = PlaintextLines.write          # the CPU's stores through a key
 
-        def spy(self, rd, wr, spa, data, asid):
+        def spy(self, spa, data, asid):
             sizes.append(len(data))
-            return write(self, rd, wr, spa, data, asid)
-        mp.setattr(EncryptionEngine, "write", spy)
+            return write(self, spa, data, asid)
+        mp.setattr(PlaintextLines, "write", spy)
         out = io.BytesIO()
         m = Machine(mem_size="64M", serial_out=out)
         vmm = Vmm(m, asid=ASID)

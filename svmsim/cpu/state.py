@@ -399,7 +399,12 @@ class Cpu:
 
     def fill_write(self, fast, vpn, off):
         """Cache a page writable without a fault: in W, or in FC with its code
-        byte map if it holds translated code (engine.py, codepages.py)."""
+        byte map if it holds translated code (engine.py, codepages.py).  Never
+        a page with decrypted lines (memory/enclines.py): its stores must
+        reach the bus, which keeps the lines exact."""
+        lines = self.machine.enc_lines
+        if lines is not None and off >> 12 in lines.pages:
+            return
         cp = self.machine.code_pages.get(off >> 12)
         if cp is None:
             fast[W][vpn] = off
@@ -453,10 +458,17 @@ class Cpu:
         return self.sev_asid if spa & GUEST_KEY else 0
 
     def _enc_read(self, spa, n):
+        lines = self.machine.enc_lines
+        if lines is not None:
+            return lines.read(spa & ~self.enc_mask, n, self._key_slot(spa))
         bus = self.bus
         return self.machine.mem_engine.read(bus.read_bytes, spa & ~self.enc_mask, n, self._key_slot(spa))
 
     def _enc_write(self, spa, data):
+        lines = self.machine.enc_lines
+        if lines is not None:
+            lines.write(spa & ~self.enc_mask, data, self._key_slot(spa))
+            return
         bus = self.bus
         self.machine.mem_engine.write(bus.read_bytes, bus.write_bytes, spa & ~self.enc_mask, data,
                                       self._key_slot(spa))

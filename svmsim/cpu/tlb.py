@@ -144,11 +144,14 @@ class Tlb:
                 d.clear()
         self._fast_sets.clear()
 
-    def drop_fast_writes(self) -> None:
-        """A page became code: it may be in a write cache (W)."""
+    def drop_fast_writes(self, code_too: bool = False) -> None:
+        """A page became code: it may be in a write cache (W); or a page got
+        decrypted lines (memory/enclines.py): it may be in W or FC."""
         for fast in self._all_fast():
             for per_user in fast:
                 per_user[W].clear()
+                if code_too:
+                    per_user[FC].clear()
 
     def drop_fast_code(self) -> None:
         """The engine forgot its code pages: their byte maps (FC) are stale."""

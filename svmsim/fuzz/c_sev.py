@@ -289,7 +289,7 @@ class SevIsolation(Campaign):
                               for off in range(0x10000, 0x10A00, 4))
             text = " ".join(m.notes).encode() + serial.getvalue() + events.getvalue().encode()
             for s in secrets:
-                if ram.buf.find(s) >= 0:
+                if ram.buf.find(s, 0, ram.size) >= 0:
                     raise Failure("a guest key is in DRAM")
                 if s in window:
                     raise Failure("a guest key is readable in the mailbox window")

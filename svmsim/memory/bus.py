@@ -32,8 +32,8 @@ class MmioRegion:
 class PhysBus:
     """Routes SPA accesses to RAM or to an MMIO device."""
 
-    def __init__(self, ram_size: int):
-        self.ram = Ram(ram_size)
+    def __init__(self, ram_size: int, line_window: int = 0):
+        self.ram = Ram(ram_size, line_window)
         self.low_top = min(ram_size, LOW_RAM_LIMIT)
         self.high_top = FOUR_GIB + (ram_size - self.low_top)
         self.mmio: list[MmioRegion] = []

@@ -55,6 +55,7 @@ class EncryptionEngine:
         # cache): (slot, page) -> _Page, validated against DRAM at every use.
         self._pages: dict = {}
         self._ecb_ctx: dict = {}         # slot -> (encryptor, decryptor) of its key
+        self.forget_listeners: list = []  # callables(asid) when a slot's key changes (enclines.py)
 
     def flush(self) -> None:
         """WBINVD (or a DF_FLUSH of the AMD-SP): no line of any key is cached."""
@@ -90,6 +91,8 @@ class EncryptionEngine:
         self._ecb_ctx.pop(asid, None)
         for k in [k for k in self._pages if k[0] == asid]:
             del self._pages[k]
+        for listener in self.forget_listeners:
+            listener(asid)
 
     def key_loaded(self, asid: int) -> bool:
         return asid in self._slots
@@ -207,12 +210,18 @@ class EncryptionEngine:
         self._pages[(asid, page)] = e
         return e
 
-    def _transform(self, asid, e, lo, hi, encrypt):
-        """Encrypt e.plain[lo:hi] or decrypt e.cipher[lo:hi] (XEX with the page's tweaks)."""
+    def contexts(self, asid):
+        """(ECB encryptor, decryptor) of ``asid``'s key, for the CPU's line
+        slots (enclines.py); the key itself never leaves the engine."""
         ctx = self._ecb_ctx.get(asid)
         if ctx is None:
             c = self._cipher(asid)
             ctx = self._ecb_ctx[asid] = (c.encryptor(), c.decryptor())
+        return ctx
+
+    def _transform(self, asid, e, lo, hi, encrypt):
+        """Encrypt e.plain[lo:hi] or decrypt e.cipher[lo:hi] (XEX with the page's tweaks)."""
+        ctx = self.contexts(asid)
         src = e.plain if encrypt else e.cipher
         return _xor_ends(ctx[0] if encrypt else ctx[1], bytes(src[lo:hi]), e.tweak[lo:hi])
 

@@ -22,12 +22,17 @@ MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith
 class Ram:
     """Host storage for guest DRAM, addressed by *RAM offset* (not by SPA)."""
 
-    def __init__(self, size: int):
-        if size <= 0 or size % PAGE_SIZE:
+    def __init__(self, size: int, window: int = 0):
+        if size <= 0 or size % PAGE_SIZE or window % PAGE_SIZE:
             raise ValueError("RAM size must be a positive multiple of 4 KiB")
         self.size = size
+        # ``window`` bytes past the end of DRAM in the same mapping: the
+        # encryption engine's decrypted line slots (memory/enclines.py), which
+        # the CPU's fast paths index like RAM.  No physical address reaches
+        # them: DRAM is buf[:size].
+        self.window = window
         try:
-            self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
+            self.buf = mmap.mmap(-1, size + window, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
         except (OSError, OverflowError) as e:
             raise ConfigError(f"cannot map {size >> 20} MiB of guest RAM on this host: {e}") from None
         self._views = None

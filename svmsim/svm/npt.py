@@ -158,6 +158,8 @@ class NestedMmu:
                 spa = (t.spa & ~self.c_mask) | GUEST_KEY
                 if access & PF_I:
                     self._fill_code(vpn, t, access, spa)
+                elif not self.rmp.enabled:
+                    self._fill_private(vpn, t, access, spa)
                 return spa | (lin & 0xFFF)
             return t.spa | (lin & 0xFFF)              # shared: the host's C-bit decides
         self._fill_fast(vpn, t, access)
@@ -217,6 +219,28 @@ class NestedMmu:
         page = cpu.code_page(spa)
         if page is not None and self._exec_ok(t, user):
             cpu.tlb.fast[user][X][vpn] = page
+
+    def _fill_private(self, vpn, t, access, spa):
+        """An SEV guest's private data page: the read cache holds the offset
+        of its decrypted line (memory/enclines.py), the slow-path caches its
+        frame with the guest's key (stores go through the engine at once).
+        Not under SNP, whose RMP checks are made at every access."""
+        cpu = self.cpu
+        if cpu.watch or cpu.paging and cpu.cr4 & (1 << 21) and t.us and not access & PF_U:
+            return                      # watched data, or SMAP (depends on RFLAGS.AC)
+        user = 1 if access & PF_U else 0
+        fast = cpu.tlb.fast[user]
+        page = spa & ~0xFFF
+        fast[MMIO_R][vpn] = page
+        lines = cpu.machine.enc_lines
+        if lines is not None:
+            # Reads index the page's decrypted line like RAM (memory/enclines.py).
+            slot = lines.map_read(page & ~cpu.enc_mask, cpu.sev_asid, fast[R], vpn)
+            if slot is not None:
+                fast[R][vpn] = slot
+        guest_w = t.rw or (cpu.paging and not user and not cpu.cr0 & (1 << 16)) or not cpu.paging
+        if t.d and t.n_d and t.n_rw and guest_w:
+            fast[MMIO_W][vpn] = page
 
     def _fill_fast(self, vpn, t, access):
         """Fast caches hold only what needs no further check of either level."""

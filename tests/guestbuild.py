@@ -73,7 +73,7 @@ BASE_LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-z", "max-page-size=0x1000",
 #: tests/guests/suites/*.c (linked into every kernel) so `smoke` reuses them.
 KERNELS = ("hello", "exceptions", "apic_timer", "smp", "smp_burst", "loop", "smoke", "fpu_sse",
            "svm_basic", "svm_invalid", "svm_intercepts", "svm_loop", "svm_world",
-           "svm_events", "svm_npt", "svm_state", "svm_ioio", "workload", "edu", "smm", "sev_es_nae")
+           "svm_events", "svm_npt", "svm_state", "svm_ioio", "workload", "edu", "smm", "sev_es_nae", "smc")
 
 #: How each kernel is booted to produce tests/guests/expected/<name>.txt;
 #: svmsim's own tests should boot the same way and compare the same text.
@@ -101,6 +101,7 @@ KERNEL_RUNS = {
     "edu": {"append": "", "smp": 1, "devices": ("edu",)},   # QEMU: -device edu; svmsim: --device edu
     "smm": {"append": "", "smp": 1},
     "sev_es_nae": {"append": "", "smp": 2, "devices": ("edu",)},   # also an SEV-ES guest: test_vmm_sev_es
+    "smc": {"append": "", "smp": 1},           # every phase, 1000 each; bench/smc_bench.py uses more
 }
 
 

@@ -561,6 +561,133 @@ def test_data_next_to_code_keeps_the_code(runners):
     assert eng.stats["blocks_invalidated"] == 0 and eng.stats["blocks_compiled"] >= 1
 
 
+# ---------------------------------------------------------------- patched immediates
+def _run_both(runners, code, regs, budget=10 ** 6):
+    """Interpreter (threshold never reached) and hot-compiled runs must agree;
+    returns the result and the blocks each run invalidated."""
+    interp, comp = runners("long64")
+    before = [r.m.engine.stats["blocks_invalidated"] for r in (interp, comp)]
+    a = interp.run(code, regs, bytes(DATA_LEN), 0x202, budget, False)
+    b = comp.run(code, regs, bytes(DATA_LEN), 0x202, budget, "hot")
+    for key in a:
+        assert a[key] == b[key], f"{budget}: {key} differs"
+    return a, interp.m.engine.stats["blocks_invalidated"] - before[0], \
+        comp.m.engine.stats["blocks_invalidated"] - before[1]
+
+
+@pytest.mark.parametrize("budget", [4, 11, 100, 10 ** 6])
+def test_patched_immediate_is_read_at_each_execution(runners, budget):
+    """A loop storing into the immediate of the instruction it runs next:
+    every iteration adds the value just stored (the strictest reading of
+    self-modifying code, docs/DESIGN.md).  After the first store the
+    instruction reads its immediate from RAM (codepages.py): one
+    invalidation, not one per iteration, in both tiers."""
+    code = asm("""
+    1:
+        mov dword ptr [rip + 2f], ecx
+        .byte 0x05
+    2:  .long 0x77777777
+        rol eax, 5
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    r, ei, ec = _run_both(runners, code, _regs(rcx=300), budget)
+    if budget == 10 ** 6:
+        acc = 0
+        for i in range(300, 0, -1):
+            acc = (acc + i) & 0xFFFFFFFF
+            acc = ((acc << 5) | (acc >> 27)) & 0xFFFFFFFF
+        assert r["regs"][0] == acc and r["n"] == 1501
+        assert ei <= 2 and ec <= 2
+        assert runners("long64")[1].m.engine.blocks[(CODE_ADDR, runners("long64")[1].cpu.mode_key)].compiled
+
+
+@pytest.mark.parametrize("form,width,values", [
+    ("add rax, 0x11", 1, [0x7F, 0x80, 0xFF, 0x01]),            # 48 83 /0 ib: sign-extended imm8
+    ("add rax, 0x11223344", 4, [0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 5]),   # imm32 -> 64
+    ("add al, 0x11", 1, [0x80, 0xFF, 0x7F]),                    # imm8, 8-bit operand
+    ("sub ax, 0x1122", 2, [0x8000, 0xFFFF, 0x1234]),
+    ("movabs rax, 0x1122334455667788", 8, [1 << 63, 0x0102030405060708]),
+    ("mov eax, 0x11223344", 4, [0x80000000, 0x1234]),
+    ("cmp eax, 0x11", 1, [0x80, 0x05]),                         # 83 /7 ib, flags read by ADC
+    ("xor dword ptr [rsi], 0x11", 1, [0x80, 0x7F]),
+])
+def test_patched_immediate_forms(runners, form, width, values):
+    """Each form with its immediate rewritten to every value in turn (sign
+    extension and operand width as a fresh decode would give): same
+    registers, flags and memory in both tiers as the interpreter, which
+    itself re-reads the immediate after the first rewrite."""
+    ptr = {1: "dl", 2: "dx", 4: "edx", 8: "rdx"}[width]
+    code = asm(f"""
+    1:
+        mov {PTR[width]} ptr [rip + 2f - {width}], {ptr}
+        {form}
+    2:
+        adc rbx, rax
+        rol rdx, 13
+        add rdx, rcx
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    for v in values:
+        regs = _regs(rcx=40, rsi=DATA_ADDR, rdx=v, rax=0x123456789)
+        r, ei, ec = _run_both(runners, code, regs)
+        assert r["faults"] == [] and r["regs"][1] == 0
+        assert ei <= 2 and ec <= 2
+
+
+def test_patched_immediate_then_opcode_rewritten(runners):
+    """After its immediate became data, a store to the opcode byte of the
+    same instruction still drops and re-decodes it (ADD -> SUB), and a store
+    straddling the immediate and the next instruction drops both."""
+    code = asm("""
+        mov edx, 0x2d            # 2D id: SUB eax, imm32
+    1:
+        mov dword ptr [rip + 2f + 1], ecx
+    2:  .byte 0x05
+        .long 0
+        cmp ecx, 20
+        jne 3f
+        mov byte ptr [rip + 2b], dl
+    3:  dec rcx
+        jnz 1b
+        mov dword ptr [rip + 4f + 1], 0x90909090   # the imm32 of the next instruction
+    4:  mov ebx, 0x11111111
+        hlt
+    """)
+    r, ei, ec = _run_both(runners, code, _regs(rcx=40))
+    exp = 0
+    for i in range(40, 0, -1):
+        exp = (exp + i if i >= 20 else exp - i) & 0xFFFFFFFF
+    assert r["regs"][0] == exp
+    assert r["regs"][3] == 0x90909090
+
+
+def test_patched_immediate_straddling_write(runners):
+    """A store covering bytes of a patched immediate and the next
+    instruction's opcode is a code write again: the next instruction is
+    re-decoded (MOV EDI, EAX -> NOP; CLC), in both tiers."""
+    code = asm("""
+    1:
+        mov dword ptr [rip + 2f + 1], ecx
+    2:  .byte 0x05
+        .long 0
+        .byte 0x8b, 0xf8                      # mov edi, eax -> 90 F8: NOP; CLC
+        cmp ecx, 5
+        jne 3f
+        mov edx, 0x90ffffff
+        mov dword ptr [rip + 2b + 2], edx     # imm32 bytes 1-3 of the add, then the next opcode
+    3:  dec rcx
+        jnz 1b
+        hlt
+    """)
+    for budget in (40, 133, 10 ** 6):
+        r, ei, ec = _run_both(runners, code, _regs(rcx=30), budget)
+    assert r["regs"][0] == sum(range(1, 31)) and r["regs"][7] == sum(range(5, 31))
+
+
 def test_code_page_byte_map():
     from svmsim.cpu.codepages import CodePage
     cp = CodePage()

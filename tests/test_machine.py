@@ -68,7 +68,7 @@ def test_sparse_memory_costs_only_touched_pages():
 
 # ---------------------------------------------------------------- the kernels, as QEMU ran them
 @pytest.mark.parametrize("name", ["hello", "exceptions", "apic_timer", "smp", "smp_burst", "workload",
-                                  "fpu_sse"])
+                                  "fpu_sse", "smc"])
 def test_kernel_prints_what_qemu_printed(name):
     result, out = boot(name)
     assert out.decode(errors="replace") == expected_transcript(name).decode(errors="replace")

@@ -552,8 +552,19 @@ class Gen:
             o.raw = self._raw if ins.asize == 8 and o.ea.startswith("((") else None
         elif kind in _IMM_KINDS:
             o.kind = "imm"
-            o.value = getattr(ins, "get%d" % n)(None)   # the constant the handler sees
             o.size = ins.opsz[n] or ins.osize
+            if n == 1 and ins.vimm is not None:
+                # A patched immediate (codepages.py): read from RAM each time.
+                a, size, signed = ins.vimm
+                v = "cpu.ram[%#x]" % a if size == 1 else \
+                    "int.from_bytes(cpu.ram[%#x:%#x], 'little')" % (a, a + size)
+                if signed:
+                    sign = 1 << (8 * size - 1)
+                    v = "(((%s) ^ %#x) - %#x)" % (v, sign, sign)
+                o.value = None
+                o.ea = "(%s) & %#x" % (v, MASK[ins.osize])
+            else:
+                o.value = getattr(ins, "get%d" % n)(None)   # the constant the handler sees
         else:
             raise Unsupported("operand kind")
         return o
@@ -593,6 +604,9 @@ class Gen:
         if o.kind == "reg":
             return self.reg_read(o)
         if o.kind == "imm":
+            if o.value is None:                     # a patched immediate
+                self.emit(f"z{k} = {o.ea}")
+                return f"z{k}"
             return "%#x" % o.value
         return self.mem_read(o, k, tag)
 
@@ -1651,6 +1665,8 @@ def _advance(ins, reg):
     if ins.fn is arith.inc and i.op_count == 1:
         return 1
     if ins.fn is arith.add and i.op1_kind in _IMM_KINDS:
+        if ins.vimm is not None:
+            return None                   # a patched immediate: not a constant
         v = ins.imm & MASK64
         return v if v < 16 else None
     if ins.fn is data.lea and i.memory_base != R.NONE and GPR.get(i.memory_base) == (reg, 8, False) \

@@ -2,10 +2,24 @@
 
 A write changes translated code only if it touches a byte some block was
 decoded from, so the engine keeps, per RAM page holding code, a byte map of
-the translated instructions and the byte range of each block.  A write to
+the translated instructions and the byte ranges of each block.  A write to
 such a page that misses every range (data sharing a page with code, common
 in small kernels and boot code) changes nothing; one that hits drops exactly
 the blocks whose bytes it touched, which are translated again when next run.
+
+Patched immediates: code that rewrites the immediate of an instruction it
+runs (a counter or an address stored into ``add $imm32``: ordinary in
+self-modifying code) would otherwise drop and re-decode its block at every
+store.  The first such store drops the block as any other and records the
+instruction's page offset in ``volatile``; when it is translated again, the
+instruction reads its immediate from RAM each time it runs (``Insn.vimm``,
+engine.py) and its immediate bytes are left out of the byte map, so later
+stores to them are ordinary data stores.  Only the immediate of an
+instruction whose handler uses it as a plain value (ALU ops and MOV) is
+treated so: those bytes never change the instruction's length or meaning,
+and the instruction sees the stored bytes at its next execution exactly as
+if it had been decoded again (the strictest reading of self-modifying code,
+which svmsim keeps: the very next instruction sees a store, docs/DESIGN.md).
 
 A page stays a code page once it held code (even when its last block is
 dropped): its writes keep going through the code-page check, so a loop that
@@ -17,29 +31,43 @@ _ONES = b"\x01" * PAGE
 
 class CodePage:
     """The translated bytes of one RAM page."""
-    __slots__ = ("map", "blocks")
+    __slots__ = ("map", "blocks", "volatile")
 
     def __init__(self):
         self.map = bytearray(PAGE)       # 1 where a translated instruction byte lies
-        self.blocks: dict = {}           # block key -> (lo, hi): its bytes [lo, hi) in this page
+        self.blocks: dict = {}           # block key -> ((lo, hi), ...): its bytes in this page
+        self.volatile: set = set()       # page offsets of instructions whose immediate is patched
 
-    def add(self, key, lo: int, hi: int) -> None:
-        self.blocks[key] = (lo, hi)
-        self.map[lo:hi] = _ONES[:hi - lo]
+    def add(self, key, lo: int, hi: int, holes=()) -> None:
+        """Block ``key`` was decoded from bytes [lo, hi) of this page, except
+        the ``holes`` (sorted (a, b) ranges inside it: patched immediates)."""
+        ranges = []
+        for a, b in holes:
+            if lo < a:
+                ranges.append((lo, a))
+            lo = b
+        if lo < hi:
+            ranges.append((lo, hi))
+        ranges = tuple(ranges)
+        self.blocks[key] = ranges
+        for a, b in ranges:
+            self.map[a:b] = _ONES[:b - a]
 
     def written(self, lo: int, hi: int) -> list:
         """Keys of the blocks whose bytes overlap [lo, hi)."""
         if self.map.find(1, lo, hi) < 0:
             return []
-        return [k for k, (a, b) in self.blocks.items() if a < hi and lo < b]
+        return [k for k, rs in self.blocks.items() if any(a < hi and lo < b for a, b in rs)]
 
     def remove(self, key) -> None:
-        rng = self.blocks.pop(key, None)
-        if rng is None:
+        rs = self.blocks.pop(key, None)
+        if rs is None:
             return
-        lo, hi = rng
-        self.map[lo:hi] = bytes(hi - lo)
-        for a, b in self.blocks.values():      # bytes other blocks still cover
-            if a < hi and lo < b:
-                a, b = max(a, lo), min(b, hi)
-                self.map[a:b] = _ONES[:b - a]
+        for lo, hi in rs:
+            self.map[lo:hi] = bytes(hi - lo)
+        for other in self.blocks.values():      # bytes other blocks still cover
+            for a, b in other:
+                for lo, hi in rs:
+                    if a < hi and lo < b:
+                        x, y = max(a, lo), min(b, hi)
+                        self.map[x:y] = _ONES[:y - x]

@@ -115,7 +115,7 @@ class Insn:
     __slots__ = ("ip", "next_ip", "len", "code", "mnemonic", "name", "osize", "asize",
                  "rep", "repne", "lock", "seg", "cc", "target", "imm", "imm2", "opsz",
                  "get0", "set0", "get1", "set1", "get2", "ea", "mem_size", "iced",
-                 "regs", "fn", "ends_block", "bits", "vx", "idx")
+                 "regs", "fn", "ends_block", "bits", "vx", "idx", "vimm")
 
     def __str__(self):
         return f"{self.ip:#x}: {self.iced}"
@@ -153,6 +153,7 @@ def build_insn(i, bits: int) -> Insn:
     ins.set0 = ins.set1 = None
     ins.regs = []
     ins.vx = None                 # vector-operand layout, built on first use (ops/simd.py)
+    ins.vimm = None               # (RAM offset, size, signed): a patched immediate (engine.py)
     ins.seg = SEG_OF.get(i.memory_segment, DS)
     ins.asize = bits // 8
     opsz = []

@@ -26,6 +26,24 @@ HOT_THRESHOLD = 200      # executions before a block is compiled to Python sourc
 PAGE = 0x1000
 
 
+# Patched immediates (codepages.py): the operand kinds of an immediate source
+# -> (its size in bytes, sign-extended), and the handlers that only use it as
+# a value through get1.
+_VIMM_KINDS = {
+    iced_x86.OpKind.IMMEDIATE8: (1, False), iced_x86.OpKind.IMMEDIATE16: (2, False),
+    iced_x86.OpKind.IMMEDIATE32: (4, False), iced_x86.OpKind.IMMEDIATE64: (8, False),
+    iced_x86.OpKind.IMMEDIATE8TO16: (1, True), iced_x86.OpKind.IMMEDIATE8TO32: (1, True),
+    iced_x86.OpKind.IMMEDIATE8TO64: (1, True), iced_x86.OpKind.IMMEDIATE32TO64: (4, True),
+}
+_VIMM_OPS = set()
+
+
+def _vimm_ops():
+    from .ops import arith, data
+    _VIMM_OPS.update((arith.add, arith.adc, arith.sub, arith.sbb, arith.cmp, arith.and_,
+                      arith.or_, arith.xor, arith.test, data.mov))
+
+
 class Block:
     __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled")
 
@@ -45,6 +63,8 @@ class Engine:
         self.smc = [0]
         self.bus.write_watchers.append(self._on_ram_write)
         ops.load_all()
+        if not _VIMM_OPS:
+            _vimm_ops()
         self.stats = {"blocks_translated": 0, "blocks_invalidated": 0, "blocks_compiled": 0}
         self.hot_threshold = HOT_THRESHOLD
         self.compile = self._compile
@@ -106,6 +126,9 @@ class Engine:
                 if self._insn_len(data, bits, rip) is None:
                     raise
         dec = iced_x86.Decoder(bits, data, iced_x86.DecoderOptions.AMD, ip=rip)
+        lo0 = lin & 0xFFF
+        cp = self.code_pages.get(page_off >> 12) if page_off is not None and page_off >> 52 == 0 else None
+        volatile = cp.volatile if cp is not None else None
         insns = []
         sets_rip = False
         guest = cpu.svm_guest          # instruction intercepts (APM 15.7.1)
@@ -118,6 +141,8 @@ class Engine:
             ins = build_insn(i, bits)
             ins.idx = len(insns)
             ins.fn, ins.ends_block = ops.lookup(ins, self.machine)
+            if volatile and (lo0 + ((ins.ip - rip) & cpu.lin_mask)) in volatile:
+                self._patched_imm(ins, page_off + lo0 + ((ins.ip - rip) & cpu.lin_mask))
             if guest:
                 ins.fn = cpu.hooks.translate(cpu, ins, ins.fn)
             if self.instrument is not None:
@@ -149,7 +174,9 @@ class Engine:
             return blk                     # runs on into MMIO or unmapped space: not cached
         lo = lin & 0xFFF
         end = lo + ((blk.end_ip - rip) & cpu.lin_mask)
-        self._register_code(blk, page_off, lo, min(end, PAGE))
+        holes = [((ins.vimm[0] & 0xFFF), (ins.vimm[0] & 0xFFF) + ins.vimm[1])
+                 for ins in insns if ins.vimm is not None]
+        self._register_code(blk, page_off, lo, min(end, PAGE), holes)
         if page2 is not None:
             self._register_code(blk, page2, 0, end - PAGE)
         self.blocks[key] = blk
@@ -171,7 +198,33 @@ class Engine:
         return i.len
 
     # ---------------------------------------------------------------- self-modifying code
-    def _register_code(self, blk, page_off, lo, hi):
+    def _patched_imm(self, ins, at):
+        """The instruction at RAM offset ``at`` had its immediate rewritten
+        before (codepages.py, ``CodePage.volatile``): if it still is an
+        ALU/MOV with an immediate source, it reads the immediate from RAM
+        each time it runs (tier 1: ``get1``; tier 2: codegen), and those
+        bytes are not registered as translated code."""
+        i = ins.iced
+        size = _VIMM_KINDS.get(i.op1_kind) if i.op_count == 2 else None
+        if size is None or ins.fn not in _VIMM_OPS or (at & 0xFFF) + ins.len > PAGE:
+            return
+        n, signed = size
+        a = at + ins.len - n                  # the immediate ends the instruction
+        mask = (1 << (8 * ins.osize)) - 1
+        ram = self.machine.bus.ram.buf
+        sign = 1 << (8 * n - 1) if signed else 0
+        if n == 1:
+            def get1(cpu):
+                return ((ram[a] ^ sign) - sign) & mask
+        else:
+            b = a + n
+
+            def get1(cpu):
+                return ((int.from_bytes(ram[a:b], "little") ^ sign) - sign) & mask
+        ins.get1 = get1
+        ins.vimm = (a, n, signed)
+
+    def _register_code(self, blk, page_off, lo, hi, holes=()):
         if page_off is None:
             return
         page = (page_off & ((1 << 52) - 1)) >> 12      # the DRAM page, whatever the key
@@ -182,7 +235,7 @@ class Engine:
             # path; writes go through its byte map (Cpu.fc, _on_ram_write).
             for cpu in self.machine.cpus:
                 cpu.tlb.drop_fast_writes()
-        cp.add(blk.key, lo, hi)
+        cp.add(blk.key, lo, hi, holes)
 
     def _on_ram_write(self, off, n):
         """A write of ``n`` bytes at RAM offset ``off`` (within one page):
@@ -197,7 +250,26 @@ class Engine:
             return
         self.smc[0] = 1
         for k in keys:
+            self._note_patched_imm(cp, k, off >> 12, lo, lo + n)
             self.invalidate(k)
+
+    def _note_patched_imm(self, cp, key, page, lo, hi):
+        """A write to bytes [lo, hi) of RAM page ``page`` hit block ``key``:
+        if they lie within the immediate of one of its ALU/MOV instructions,
+        remember that instruction as patched (``CodePage.volatile``)."""
+        blk = self.blocks.get(key)
+        if blk is None or blk.page is None or blk.page >> 12 != page:
+            return
+        ins0 = blk.insns[0]
+        base = key[0] & 0xFFF
+        for ins in blk.insns:
+            start = base + ins.ip - ins0.ip
+            end = start + ins.len
+            if start < hi and lo < end:
+                size = _VIMM_KINDS.get(ins.iced.op1_kind) if ins.iced.op_count == 2 else None
+                if size is not None and ins.fn in _VIMM_OPS and end - size[0] <= lo and hi <= end <= PAGE:
+                    cp.volatile.add(start)
+                return
 
     def invalidate(self, key):
         """Forget the block ``key`` and every region compiled with it."""

@@ -45,7 +45,7 @@ def _vimm_ops():
 
 
 class Block:
-    __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled")
+    __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled", "lo")
 
 
 class Engine:
@@ -170,6 +170,7 @@ class Engine:
         blk.key = key
         blk.heat = 0
         blk.compiled = None
+        blk.lo = lin & 0xFFF               # its first byte's offset in its page
         if crossed and page2 is None:
             return blk                     # runs on into MMIO or unmapped space: not cached
         lo = lin & 0xFFF
@@ -261,7 +262,7 @@ class Engine:
         if blk is None or blk.page is None or blk.page >> 12 != page:
             return
         ins0 = blk.insns[0]
-        base = key[0] & 0xFFF
+        base = blk.lo
         for ins in blk.insns:
             start = base + ins.ip - ins0.ip
             end = start + ins.len

@@ -209,6 +209,13 @@ class Runs:
                 runs.append((fields[first].offset, struct.Struct(fmt).pack_into, first, i))
                 first = i
         self.runs = tuple(runs)
+        # The packs as one generated function, unrolled (no loop, no slices).
+        src = ["def pack(buf, base, v):"]
+        for k, (off, _pack, a, b) in enumerate(runs):
+            src.append(f"    p{k}(buf, base + {off}, {', '.join(f'v[{i}]' for i in range(a, b))})")
+        ns = {f"p{k}": run[1] for k, run in enumerate(runs)}
+        exec("\n".join(src), ns)
+        self._pack = ns["pack"]
         fmt, pos = ["<"], fields[0].offset
         for f in fields:
             if f.offset > pos:
@@ -226,12 +233,9 @@ class Runs:
         """Write ``values``; any that does not fit its field is cut to its
         width (as a store into the field would)."""
         try:
-            for off, pack, a, b in self.runs:
-                pack(buf, base + off, *values[a:b])
+            self._pack(buf, base, values)
         except struct.error:
-            values = [v & m for v, m in zip(values, self.masks)]
-            for off, pack, a, b in self.runs:
-                pack(buf, base + off, *values[a:b])
+            self._pack(buf, base, [v & m for v, m in zip(values, self.masks)])
 
 
 HOST_RUNS = Runs(HOST_FIELDS)

@@ -11,6 +11,7 @@ The host save area's format is implementation-specific (APM 15.5.1,
 "VM_HSAVE_PA"); svmsim uses the VMCB's own save-area layout, as QEMU does,
 so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
 """
+from itertools import islice
 from operator import itemgetter
 
 from ..cpu.exceptions import CpuException, Shutdown
@@ -60,12 +61,10 @@ def _save_segments(cpu, v):
 def _segment_values(cpu) -> list:
     """ES, CS, SS, DS (selector, attributes, limit, base), GDTR and IDTR
     (limit, base): HOST_FIELDS' first 20 values and the VMCB's."""
-    out = []
-    for idx in (ES, CS, SS, DS):
-        s = cpu.segs[idx]
-        out += (s.sel, s.attr, s.limit, s.base)
-    out += (cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base)
-    return out
+    es, cs, ss, ds = cpu.segs[:4]                 # ES, CS, SS, DS = 0..3
+    return [es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
+            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
+            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base]
 
 
 _HOST_INDEX = tuple(HOST_PACKED.index[n] for n in HOST_FIELDS)
@@ -88,10 +87,12 @@ def _load_segment_values(cpu, vals) -> None:
     bits = cpu.machine.profile.lin_bits
     low = 1 << (bits - 1)                  # bases below this are canonical already
     segs = cpu.segs
-    for i, idx in enumerate((ES, CS, SS, DS)):
-        sel, attr, limit, base = vals[4 * i:4 * i + 4]
-        segs[idx] = Segment(sel, base if base < low else canonical(base, bits), limit, attr)
-    gdtr, idtr = vals[17], vals[19]
+    (es_sel, es_attr, es_limit, es_base, cs_sel, cs_attr, cs_limit, cs_base, ss_sel, ss_attr,
+     ss_limit, ss_base, ds_sel, ds_attr, ds_limit, ds_base, _, gdtr, _, idtr) = vals[:20]
+    segs[ES] = Segment(es_sel, es_base if es_base < low else canonical(es_base, bits), es_limit, es_attr)
+    segs[CS] = Segment(cs_sel, cs_base if cs_base < low else canonical(cs_base, bits), cs_limit, cs_attr)
+    segs[SS] = Segment(ss_sel, ss_base if ss_base < low else canonical(ss_base, bits), ss_limit, ss_attr)
+    segs[DS] = Segment(ds_sel, ds_base if ds_base < low else canonical(ds_base, bits), ds_limit, ds_attr)
     cpu.gdtr_limit, cpu.gdtr_base = vals[16], gdtr if gdtr < low else canonical(gdtr, bits)
     cpu.idtr_limit, cpu.idtr_base = vals[18], idtr if idtr < low else canonical(idtr, bits)
 
@@ -641,11 +642,18 @@ _EXIT_CONTROL = Runs(("INT_CTL", "INT_STATE", "EXITCODE", "EXITINFO1", "EXITINFO
 _EXIT_READ = Runs(("INT_CTL", "INT_STATE", "EVENTINJ")).unpack
 _EXIT_OPTIONAL = {n: field_packer(n) for n in ("NRIP", "INSN_LEN", "INSN_BYTES", "GHCB_GPA")}
 _EXIT_SPAN = (0x060, 0x648 - 0x060)              # the bytes written (for the write watchers)
-# (position in the clean-bit copy, position in the guest values) of the written
-# fields a clean bit covers; INT_CTL's
-_EXIT_CLEAN = tuple((clean.CLEAN_INDEX[n], i) for i, n in enumerate(_EXIT_GUEST_NAMES)
-                    if n in clean.CLEAN_INDEX)
+# The written guest fields a clean bit covers fill one slice of the clean-bit
+# copy (clean.CLEAN_NAMES lists them by clean bit, control-area fields first;
+# none between them is left unwritten): _EXIT_CLEAN_AT, and a getter of their
+# values from the guest values.  INT_CTL's position.
+_ci = sorted((clean.CLEAN_INDEX[n], i) for i, n in enumerate(_EXIT_GUEST_NAMES)
+             if n in clean.CLEAN_INDEX)
+_EXIT_CLEAN_AT = slice(_ci[0][0], _ci[-1][0] + 1)
+assert [c for c, _ in _ci] == list(range(_ci[0][0], _ci[-1][0] + 1)), "clean-bit copy order"
+_EXIT_CLEAN = itemgetter(*(i for _, i in _ci))
 _CLEAN_INT_CTL = clean.CLEAN_INDEX["INT_CTL"]
+assert (ES, CS, SS, DS) == (0, 1, 2, 3)                  # _segment_values takes segs[:4]
+del _ci
 
 
 def _exit_ram(cpu, bus, off: int, guest_rip: int, info: dict) -> None:
@@ -660,16 +668,15 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, info: dict) -> None:
     _EXIT_CONTROL.pack_into(buf, off, (int_ctl, int_state, info["EXITCODE"], info["EXITINFO1"],
                                        info["EXITINFO2"], info["EXITINTINFO"],
                                        eventinj & ~exits.EVENT_V))
-    if len(info) > 4:
-        for name in _EXIT_OPTIONAL.keys() & info.keys():
+    if len(info) > 4:                             # NRIP, INSN_LEN, INSN_BYTES, GHCB_GPA
+        for name in islice(info, 4, None):
             _EXIT_OPTIONAL[name](buf, off, info[name])
     start, n = _EXIT_SPAN
     for watch in bus.write_watchers:
         watch(off + start, n)
     cache = cpu.svm.clean_cache
     if cache:
-        for ci, vi in _EXIT_CLEAN:
-            cache[ci] = new[vi]
+        cache[_EXIT_CLEAN_AT] = _EXIT_CLEAN(new)
         cache[_CLEAN_INT_CTL] = int_ctl
 
 

@@ -181,12 +181,9 @@ HOST_PACKED = Packed([BY_NAME[n] for n in HOST_FIELDS], 0x400, 0x600)
 
 # ---------------------------------------------------------------- the world switch's hot path
 # VMRUN reads the control area and the save area each with one unpack
-# (switch.py), straight from RAM; #VMEXIT and the host save area write
-# their fields with one pack per run of adjacent fields, so no byte it
-# does not own (reserved, software-owned) is read back or rewritten.
-CONTROL_PACKED = Packed([f for f in _TOP if f.area == "control"], 0, _vmcb.CONTROL_SIZE)
-SAVE_PACKED = Packed([f for f in _TOP if f.area == "save"], _vmcb.SAVE_BASE,
-                     _vmcb.SAVE_BASE + _vmcb.SAVE_SIZE)
+# (Reader; switch.py), straight from RAM; #VMEXIT and the host save area
+# write their fields with one pack per run of adjacent fields (Runs), so no
+# byte they do not own (reserved, software-owned) is read back or rewritten.
 
 
 class Runs:
@@ -239,6 +236,35 @@ class Runs:
 
 
 HOST_RUNS = Runs(HOST_FIELDS)
+
+
+class Reader:
+    """Whole fields of 8-64 bits read with one ``struct`` (``unpack(buf,
+    base)`` -> a tuple in offset order; ``index[name]`` a field's position),
+    the bytes between them skipped: what VMRUN reads of each area."""
+
+    def __init__(self, fields):
+        fields = sorted(fields, key=lambda f: f.offset)
+        fmt, pos = ["<"], fields[0].offset
+        for f in fields:
+            if f.parent is not None or f.bit or f.width not in _CODES or f.offset < pos:
+                raise ValueError(f"{f.name}: a Reader takes whole, separate fields of 8-64 bits")
+            if f.offset > pos:
+                fmt.append(f"{f.offset - pos}x")
+            fmt.append(_CODES[f.width])
+            pos = f.end
+        self.start = fields[0].offset
+        self.index = {f.name: i for i, f in enumerate(fields)}
+        self._unpack = struct.Struct("".join(fmt)).unpack_from
+
+    def unpack(self, buf, base: int = 0) -> tuple:
+        return self._unpack(buf, base + self.start)
+
+
+# VMRUN's reads: every whole field of each area but the instruction bytes a
+# #VMEXIT leaves for the hypervisor (wider than 64 bits, never read by VMRUN).
+CONTROL_READER = Reader([f for f in _TOP if f.area == "control" and f.width in _CODES])
+SAVE_READER = Reader([f for f in _TOP if f.area == "save"])
 
 
 def field_packer(name: str):

@@ -7,7 +7,7 @@ none of the fields VMRUN checks, so this module does the same work for that
 case from the VMCB's bytes in RAM:
 
 * the control area and the save area are read with one ``struct`` unpack
-  each (packed.CONTROL_PACKED, SAVE_PACKED, compiled from the table in
+  each (packed.CONTROL_READER, SAVE_READER, compiled from the table in
   vmcb.py), every field then found by its position;
 * the clean-bit copy (15.15.3) is compared with the VMCB as one tuple: when
   they are equal no clean bit can change what VMRUN loads;
@@ -29,15 +29,14 @@ from operator import itemgetter
 from ..cpu.flags import IF
 from ..cpu.state import CR0_PG, EFER_LME
 from . import avic, checks, clean, exits, world
-from .packed import CONTROL_PACKED, SAVE_PACKED
+from .packed import CONTROL_READER, SAVE_READER
 from .vmcb import field, _LOOKUP
 from .intercepts import WORD_NAMES
 
 CR4_PAE = 1 << 5
 SYSCFG, HWCR = checks.SYSCFG_MSR, checks.HWCR_MSR
-C, S = CONTROL_PACKED.index, SAVE_PACKED.index
-_WHERE = {**{n: (0, i) for n, i in C.items() if isinstance(n, str)},
-          **{n: (1, i) for n, i in S.items() if isinstance(n, str)}}
+C, S = CONTROL_READER.index, SAVE_READER.index
+_WHERE = {**{n: (0, i) for n, i in C.items()}, **{n: (1, i) for n, i in S.items()}}
 
 
 def _getter(positions):
@@ -120,10 +119,10 @@ def vmrun(cpu, ins) -> None:
             or machine.rmp.enabled or not world.DIRECT):
         return world.vmrun(cpu, ins)
     buf = bus.ram.buf
-    ctrl = CONTROL_PACKED.unpack(buf, off)
+    ctrl = CONTROL_READER.unpack(buf, off)
     if ctrl[_MISC] & _SEV_BITS:
         return world.vmrun(cpu, ins)
-    save = SAVE_PACKED.unpack(buf, off)
+    save = SAVE_READER.unpack(buf, off)
     # Clean bits (15.15.3): with the copy equal to the VMCB, none changes anything.
     cur = list(_CLEAN_C(ctrl) + _CLEAN_S(save))
     if s.cache_pa == vmcb_pa and s.clean_cache and ctrl[_CLEAN] and cur != s.clean_cache:

@@ -296,3 +296,30 @@ def test_without_nested_paging_there_is_one_pat():
     assert r.exitcode == ExitCode.HLT
     assert r.cpu.regs[7] << 32 | r.cpu.regs[3] == HOST_PAT
     assert r.cpu.msr[PAT_MSR] == GUEST_PAT_2 and r.vmcb["G_PAT"] == GUEST_PAT
+
+
+# ---------------------------------------------------------------- 15.27.6: SKINIT and debug traps
+import struct
+
+SKINIT, SLB = b"\x0f\x01\xde", 0x300000
+
+
+def test_skinit_takes_no_trace_trap():
+    """15.27.6: "Because of the processor initialization performed, SKINIT
+    does not honor instruction or data breakpoint traps, or trace traps due
+    to EFLAGS.TF": SKINIT run with TF set enters the secure loader without
+    a #DB (svmsim delivered the single-step trap at the SL entry)."""
+    def setup(m, cpu):
+        image = struct.pack("<HH", 0x10, 0x13).ljust(0x10, b"\0") + asm("nop\nnop\nhlt", bits=32)
+        m.bus.write_bytes(SLB, image)
+        cpu.set_rflags(cpu.get_rflags() | 0x100)
+    r = run_code(SKINIT, regs={"rax": SLB}, setup=setup)
+    assert r.exception is None and r.cpu.halted and r.cpu.rip == SLB + 0x13
+
+
+def test_the_instruction_before_skinit_still_traps():
+    """The TF trap of an ordinary instruction is unaffected."""
+    def setup(m, cpu):
+        cpu.set_rflags(cpu.get_rflags() | 0x100)
+    r = run_code(asm("nop\nnop"), setup=setup)
+    assert r.exception[:3] == (1, None, CODE_ADDR + 1)

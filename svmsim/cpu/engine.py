@@ -459,6 +459,7 @@ class Engine:
                     interrupts.deliver(cpu, DB_VEC, interrupts.HWEXC, None)
                     return 0
         cpu.db_hits = 0
+        cpu.no_traps = False                # set by the instruction (SKINIT) if it reinitializes
         key = (lin, cpu.mode_key, 1)
         try:
             blk = self.blocks.get(key)
@@ -494,6 +495,9 @@ class Engine:
             tf = 0                      # DEBUGCTL.BTF: single-step on branches only (13.1.1.3)
         if not cpu.gif:
             cpu.db_hits = 0                 # table 15-10, as above; TF traps still happen
+        if cpu.no_traps:
+            cpu.no_traps = tf = False       # e.g. "SKINIT does not honor instruction or data
+            cpu.db_hits = 0                 # breakpoint traps, or trace traps" (APM 15.27.6)
         if cpu.db_hits or tf:
             cpu.dr[6] = (cpu.dr[6] & ~0xF) | cpu.db_hits | (0x4000 if tf else 0)
             interrupts.deliver(cpu, DB_VEC, interrupts.HWEXC, None)

@@ -78,6 +78,7 @@ class Cpu:
         self.db_hits = 0           # DR6 B0-B3 bits hit by the current instruction
         self.debugctl = 0          # DEBUGCTL.LBR (bit 0) and BTF (bit 1) as the engine sees them
         self.step_once = False     # run one instruction before the next interrupt check
+        self.no_traps = False      # this instruction reinitialized the CPU (SKINIT): no #DB trap after it
         self.init_pending = False
         self.smi_pending = False
         self.smi_source = ""

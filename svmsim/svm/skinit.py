@@ -75,6 +75,10 @@ def skinit(cpu) -> None:
         tpm.hash_data(image)
         tpm.hash_end()
     cpu.gif = False
+    # "Because of the processor initialization performed, SKINIT does not
+    # honor instruction or data breakpoint traps, or trace traps due to
+    # EFLAGS.TF" (APM 15.27.6)
+    cpu.no_traps = True
     cpu.regs[0] = base
     cpu.regs[4] = base + SLB_SIZE
     cpu.rip = base + entry

@@ -323,3 +323,86 @@ def test_the_instruction_before_skinit_still_traps():
         cpu.set_rflags(cpu.get_rflags() | 0x100)
     r = run_code(asm("nop\nnop"), setup=setup)
     assert r.exception[:3] == (1, None, CODE_ADDR + 1)
+
+
+# ---------------------------------------------------------------- 15.33.1: where virtual VMSAVE/VMLOAD is not recognized
+@pytest.mark.parametrize("insn,code", [("vmsave", ExitCode.VMSAVE), ("vmload", ExitCode.VMLOAD)])
+def test_virtual_vmsave_vmload_without_nested_paging_exits(insn, code):
+    """15.33.1: "This enable bit is only recognized when the hypervisor is in
+    64 bit mode, nested paging is enabled and Secure Encrypted Virtualization
+    is disabled, otherwise attempted execution of a VMLOAD or VMSAVE in the
+    guest will result in a #VMEXIT with a VMSAVE/VMLOAD exit code" -- here
+    without nested paging and without the instruction's intercept."""
+    r = SvmRig(f"mov rax, 0x600000\n{insn}\nhlt", intercepts=[ExitCode.HLT],
+               V_VMSAVE_VMLOAD_ENABLE=1).run()
+    assert r.exitcode == code and r.vmcb["RIP"] == GUEST_CODE + 7
+
+
+def test_virtual_vmsave_from_a_compatibility_mode_host_exits():
+    """The same rule for a hypervisor that runs VMRUN outside 64-bit mode
+    (compatibility mode) with nested paging on."""
+    r = SvmRig("mov rax, 0x600000\nvmsave\nhlt", intercepts=[ExitCode.HLT],
+               V_VMSAVE_VMLOAD_ENABLE=1, NP_ENABLE=1)
+    nt = NestedTables(r.m.bus)
+    nt.identity(0, 0x1000000)
+    r.vmcb["N_CR3"] = nt.root
+    stub = asm(f"mov eax, {VMCB}\nvmrun\nhlt", bits=32)
+    r.m.bus.write_bytes(CODE_ADDR, stub)
+    from svmsim.cpu.segments import Segment
+    r.cpu.segs[CS] = Segment(SEL_CODE32, 0, 0xFFFFFFFF, CS_32)
+    r.cpu.update_mode()
+    r.cpu.rip, r.cpu.halted = CODE_ADDR, False
+    while not r.cpu.halted:
+        assert r.m.engine.run(r.cpu, 10_000)
+    assert r.exitcode == ExitCode.VMSAVE
+
+
+def test_without_the_enable_bit_an_unintercepted_vmsave_runs():
+    """The rule needs the enable bit: a guest VMSAVE that is neither
+    intercepted nor virtualized runs (on a system-physical address)."""
+    r = SvmRig("mov rax, 0x600000\nvmsave\nhlt", intercepts=[ExitCode.HLT]).run()
+    assert r.exitcode == ExitCode.HLT
+
+
+# ---------------------------------------------------------------- 15.32.2 SMM_KEY, 15.30.2 IGNNE
+def _wrmsr(idx, value):
+    return f"mov ecx, {idx:#x}\nmov eax, {value & 0xFFFFFFFF:#x}\nmov edx, {value >> 32:#x}\nwrmsr\n"
+
+
+def _rdmsr_to(idx, reg):
+    return f"mov ecx, {idx:#x}\nrdmsr\nshl rdx, 32\nor rax, rdx\nmov {reg}, rax\n"
+
+
+HWCR, SMM_KEY = 0xC0010015, 0xC0010119
+
+
+def test_smm_key_unlocks_smmlock_only_with_the_same_nonzero_key():
+    """15.32.2: "When SmmLock is zero, writes to SMM_KEY MSR set the 64-bit
+    SMM Key value. When SmmLock is one, writes to SMM_KEY MSR compare the
+    written value to the SMM Key value; if the values match and are
+    non-zero, the SmmLock bit is cleared. If the values mismatch ..., the
+    write to SMM_KEY is ignored" and "reading SMM_KEY MSR always returns
+    zero" (svmsim had no SMM_KEY: #GP)."""
+    key = 0x1234_5678_9ABC_DEF0
+    code = (_wrmsr(SMM_KEY, key) + _rdmsr_to(SMM_KEY, "r8") + _wrmsr(HWCR, 1)
+            + _wrmsr(SMM_KEY, key + 1) + _rdmsr_to(HWCR, "r9")
+            + _wrmsr(SMM_KEY, key) + _rdmsr_to(HWCR, "r10"))
+    r = run_code(asm(code))
+    assert r.exception is None
+    assert r.regs[8] == 0 and r.regs[9] & 1 and not r.regs[10] & 1
+
+
+def test_with_a_zero_smm_key_smmlock_stays():
+    """15.32.2: "If SMM_KEY MSR is equal to zero when SmmLock is one, SmmLock
+    can only be cleared by a processor reset"."""
+    r = run_code(asm(_wrmsr(HWCR, 1) + _wrmsr(SMM_KEY, 0) + _rdmsr_to(HWCR, "r9")))
+    assert r.exception is None and r.regs[9] & 1
+
+
+def test_ignne_bits_63_1_are_mbz():
+    """15.30.2: IGNNE "Bit 0 specifies the current value of IGNNE; all other
+    bits are MBZ"."""
+    r = run_code(asm(_wrmsr(0xC0010115, 1) + _rdmsr_to(0xC0010115, "r8")))
+    assert r.exception is None and r.regs[8] == 1
+    r = run_code(asm(_wrmsr(0xC0010115, 2)))
+    assert r.exception[:2] == (13, 0)

@@ -335,6 +335,31 @@ def svm_key_write(cpu, idx, value):
         cpu.msr[VM_CR] = vm_cr & ~VM_CR_LOCK
 
 
+SMM_KEY = 0xC0010119
+
+
+def smm_key_write(cpu, idx, value):
+    """SMM_KEY (APM vol 2, 15.32.2): "When SmmLock is zero, writes to SMM_KEY
+    MSR set the 64-bit SMM Key value.  When SmmLock is one, writes to SMM_KEY
+    MSR compare the written value to the SMM Key value; if the values match
+    and are non-zero, the SmmLock bit is cleared"; otherwise ignored.  Reads
+    return zero (svm_key_read)."""
+    key = cpu.msr.get(idx, 0)
+    hwcr = cpu.msr.get(HWCR, 0)
+    if not hwcr & HWCR_SMMLOCK:
+        cpu.msr[idx] = value
+    elif key and value == key:
+        cpu.msr[HWCR] = hwcr & ~HWCR_SMMLOCK
+
+
+def ignne_write(cpu, idx, value):
+    """IGNNE (APM vol 2, 15.30.2): "Bit 0 specifies the current value of
+    IGNNE; all other bits are MBZ"."""
+    if value >> 1:
+        raise gp(0, f"WRMSR IGNNE {value:#x}: bits 63:1 are MBZ")
+    cpu.msr[idx] = value
+
+
 SEV_STATUS = 0xC0010131
 GHCB = 0xC0010130
 
@@ -555,6 +580,8 @@ TABLE = {
     SEV_STATUS: ("SEV_STATUS", sev_status_read, read_only_write),
     GHCB: ("GHCB", ghcb_read, ghcb_write),
     SVM_KEY: ("SVM_KEY", svm_key_read, svm_key_write),
+    SMM_KEY: ("SMM_KEY", svm_key_read, smm_key_write),
+    0xC0010115: ("IGNNE", plain_read, ignne_write),
     OSVW_ID_LENGTH: ("OSVW_ID_LENGTH", osvw_read, plain_write),
     OSVW_STATUS: ("OSVW_STATUS", osvw_read, plain_write),
     0xDA0: ("IA32_XSS", plain_read, masked_write(0)),   # no supervisor XSAVE component exists
@@ -570,8 +597,7 @@ for _i in range(4):
 for _i in range(6):
     TABLE[PERF_CTL_EXT + 2 * _i] = (f"PERF_CTL{_i}(ext)", plain_read, perf_ctl_write)
     TABLE[PERF_CTL_EXT + 2 * _i + 1] = (f"PERF_CTR{_i}(ext)", plain_read, perf_ctr_write)
-for _idx, _name in ((0xC0010115, "IGNNE"),
-                    (0xC0010061, "PStateCurLim"), (0xC0010062, "PStateCtl"), (0xC0010063, "PStateStat"),
+for _idx, _name in ((0xC0010061, "PStateCurLim"), (0xC0010062, "PStateCtl"), (0xC0010063, "PStateStat"),
                     (0xC0011020, "LS_CFG"), (0xC0011021, "IC_CFG"), (0xC0011022, "DC_CFG"),
                     (0xC0011023, "TW_CFG"), (0xC0011029, "DE_CFG"), (0xC001102A, "BU_CFG2")):
     TABLE[_idx] = (_name, plain_read, plain_write)

@@ -314,8 +314,16 @@ def vmsave(cpu, ins):
     guest is not supported and will result in a #VMEXIT(VMSAVE)" (APM
     15.36.12): intercepted whatever the bit says (an NAE: #VC 83h)."""
     _pre_svm("VMSAVE")(cpu, ins)
-    if cpu.svm.es or _hit(cpu, MISC2, 3):
+    if cpu.svm.es or _hit(cpu, MISC2, 3) or cpu.svm.vls_exit:
         _exit(cpu, ins, ExitCode.VMSAVE)
+
+
+def vmload(cpu, ins):
+    """VMLOAD's intercept; also taken when V_VMSAVE_VMLOAD_ENABLE is set
+    where the processor does not recognize it (APM 15.33.1, as VMSAVE)."""
+    _pre_svm("VMLOAD")(cpu, ins)
+    if _hit(cpu, MISC2, 2) or cpu.svm.vls_exit:
+        _exit(cpu, ins, ExitCode.VMLOAD)
 
 
 def mwait(cpu, ins):
@@ -380,7 +388,7 @@ GUARDS = {
     M.VMRUN: _simple(MISC2, 0, ExitCode.VMRUN, _pre_svm("VMRUN")),
     M.VMMCALL: vmmcall,
     M.VMGEXIT: vmgexit,
-    M.VMLOAD: _simple(MISC2, 2, ExitCode.VMLOAD, _pre_svm("VMLOAD")),
+    M.VMLOAD: vmload,
     M.VMSAVE: vmsave,
     M.STGI: _simple(MISC2, 4, ExitCode.STGI, _pre_svm("STGI", rax=False)),
     M.CLGI: _simple(MISC2, 5, ExitCode.CLGI, _pre_svm("CLGI", rax=False)),

@@ -84,6 +84,7 @@ class SvmState:
     lbr_virt: bool = False
     host_lbr: dict = field(default_factory=dict)      # host LBR MSRs while a guest runs (15.23)
     v_vmsave_vmload: bool = False
+    vls_exit: bool = False                    # its enable bit set where it is not recognized (15.33.1)
     clean_cache: list = field(default_factory=list)   # cached VMCB fields (clean bits, 15.15.3; clean.py)
     cache_pa: object = None                   # the VMCB the cache belongs to
     exits: dict = field(default_factory=dict)         # exit code -> count (the run's summary)

@@ -229,6 +229,7 @@ _IC_MASKING, _IC_VGIF_EN, _IC_VGIF = _IC["V_INTR_MASKING"], _IC["V_GIF_ENABLE"],
 _IC_VNMI_EN, _IC_VNMI_P, _IC_VNMI_B = _IC["V_NMI_ENABLE"], _IC["V_NMI_PENDING"], _IC["V_NMI_BLOCKING"]
 _PRIO_MASK = field("V_INTR_PRIO").mask
 _NP_BIT = field("NP_ENABLE").bit
+_SEV_BIT, _SYSCFG = field("SEV_ENABLE").bit, 0xC0010010
 _LBRV_BIT, _VVMSAVE_BIT = field("LBR_VIRTUALIZATION_ENABLE").bit, field("V_VMSAVE_VMLOAD_ENABLE").bit
 
 
@@ -266,9 +267,16 @@ def _load_control_values(cpu, words, iopm, msrpm, asid, tsc_offset, ic, vector, 
     s.v_nmi_pending = vnmi and bool(ic >> _IC_VNMI_P & 1)
     s.v_nmi_blocking = vnmi and bool(ic >> _IC_VNMI_B & 1)
     s.lbr_virt = bool(misc2 >> _LBRV_BIT & 1) and "lbrv" in feats
-    # Virtual VMSAVE/VMLOAD works only with nested paging (APM 15.33.1).
-    s.v_vmsave_vmload = (bool(misc2 >> _VVMSAVE_BIT & 1) and s.np_enable
-                         and "v_vmsave_vmload" in feats)
+    # Virtual VMSAVE/VMLOAD: "This enable bit is only recognized when the
+    # hypervisor is in 64 bit mode, nested paging is enabled and Secure
+    # Encrypted Virtualization is disabled, otherwise attempted execution of
+    # a VMLOAD or VMSAVE in the guest will result in a #VMEXIT with a
+    # VMSAVE/VMLOAD exit code" (APM 15.33.1).  The CPU still holds the
+    # host's mode here.
+    vls = bool(misc2 >> _VVMSAVE_BIT & 1) and "v_vmsave_vmload" in feats
+    sev = misc >> _SEV_BIT & 1 and cpu.msr.get(_SYSCFG, 0) >> 23 & 1
+    s.v_vmsave_vmload = usable = vls and s.np_enable and cpu.bits == 64 and not sev
+    s.vls_exit = vls and not usable
 
 
 def _write_back_control(cpu, v):

@@ -406,3 +406,57 @@ def test_ignne_bits_63_1_are_mbz():
     assert r.exception is None and r.regs[8] == 1
     r = run_code(asm(_wrmsr(0xC0010115, 2)))
     assert r.exception[:2] == (13, 0)
+
+
+# ---------------------------------------------------------------- 15.36.2: MSRs frozen by SecureNestedPagingEn
+@pytest.mark.parametrize("idx", [0xC001001A, 0xC001001D, SMM_KEY, 0x250, 0x258, 0x268])
+def test_snp_enabled_freezes_top_mem_smm_key_and_fixed_mtrrs(idx):
+    """15.36.2: "After SecureNestedPagingEn is set to 1 ... certain MSRs may
+    no longer be modified. This includes the fixed range MTRR registers ...,
+    the TOP_MEM and TOP_MEM2 registers ..., the SMM_KEY register ... attempts
+    to write the other MSRs mentioned will result in #GP(0)" (svmsim wrote
+    them).  Host code on an SNP-enabled machine (tests/esharness.py)."""
+    from esharness import EsRig
+    from test_sev_snp import host_run
+    value = 0x0606060606060606 if idx in (0x250, 0x258, 0x268) else 0x1_0000_0000
+    r = EsRig("hlt", snp=True)
+    assert host_run(r, _wrmsr(idx, value)) == (13, 0)
+
+
+def test_before_snp_is_enabled_those_msrs_are_writable():
+    r = run_code(asm(_wrmsr(0xC001001A, 0x8000_0000) + _wrmsr(0x250, 0x0606060606060606)))
+    assert r.exception is None
+
+
+# ---------------------------------------------------------------- 15.34.4: SEV guests outside long mode / PAE
+def test_sev_guest_with_32_bit_paging_accesses_are_private():
+    """15.34.4: "the guest is only able to control memory encryption when
+    operating in long mode or legacy PAE mode. In all other modes, all guest
+    memory accesses are unconditionally considered private and are encrypted
+    with the guest-specific key" -- a guest with 32-bit (non-PAE) paging
+    writes a value whose PTE cannot carry the C-bit, and DRAM holds
+    ciphertext (svmsim wrote it in the clear)."""
+    from test_sev_hw import sev_rig, KEY
+    from svmsim.memory.encryption import EncryptionEngine
+    pd, pt = 0x700000, 0x701000
+    r = sev_rig("mov dword ptr [0x600000], 0x11223344\nmov eax, [0x600000]\nhlt")
+    bus = r.m.bus
+    pde = [0] * 1024
+    pde[0] = pt | 3
+    pte = [(i << 12) | 3 for i in range(1024)]
+    for table, entries in ((pd, pde), (pt, pte)):              # written as the guest's (private)
+        raw = b"".join(e.to_bytes(4, "little") for e in entries)
+        bus.write_bytes(table, EncryptionEngine.encrypt(KEY, table, raw))
+    # 4 MiB of 4 KiB pages: PDE 1 maps 4-8 MiB (the code at 4 MiB, the data at 6 MiB)
+    pt2 = 0x702000
+    raw = b"".join((((1024 + i) << 12) | 3).to_bytes(4, "little") for i in range(1024))
+    bus.write_bytes(pt2, EncryptionEngine.encrypt(KEY, pt2, raw))
+    pde[1] = pt2 | 3
+    raw = b"".join(e.to_bytes(4, "little") for e in pde)
+    bus.write_bytes(pd, EncryptionEngine.encrypt(KEY, pd, raw))
+    r.vmcb["CR3"], r.vmcb["CR0"] = pd, 0x80000011
+    r.run()
+    assert r.exitcode == ExitCode.HLT and r.vmcb["RAX"] & 0xFFFFFFFF == 0x11223344
+    stored = bus.read_bytes(0x600000, 16)
+    assert stored[:4] != (0x11223344).to_bytes(4, "little")
+    assert EncryptionEngine.decrypt(KEY, 0x600000, stored)[:4] == (0x11223344).to_bytes(4, "little")

@@ -591,6 +591,23 @@ for _i in range(8):
     TABLE[MTRR_PHYS0 + _i * 2 + 1] = (f"MTRRphysMask{_i}", plain_read, mtrr_var_write)
 for _idx in MTRR_FIXED:
     TABLE[_idx] = (f"MTRRfix{_idx:#x}", plain_read, mtrr_fixed_write)
+
+
+def _snp_frozen(name, write):
+    """15.36.2: "After SecureNestedPagingEn is set to 1 in MSR C001_0010,
+    certain MSRs may no longer be modified. This includes the fixed range
+    MTRR registers ..., the IORR registers ..., the TOP_MEM and TOP_MEM2
+    registers ..., the SMM_KEY register ... attempts to write the other MSRs
+    mentioned will result in #GP(0)" (svmsim has no IORRs: #GP anyway)."""
+    def frozen(cpu, idx, value):
+        if cpu.msr.get(SYSCFG, 0) & SYSCFG_SNP_EN:
+            raise gp(0, f"WRMSR {name} after SecureNestedPagingEn is set")
+        write(cpu, idx, value)
+    return frozen
+
+
+for _idx in (TOP_MEM, TOP_MEM2, SMM_KEY, *MTRR_FIXED):
+    TABLE[_idx] = TABLE[_idx][:2] + (_snp_frozen(TABLE[_idx][0], TABLE[_idx][2]),)
 for _i in range(4):
     TABLE[PERF_CTL0 + _i] = (f"PERF_CTL{_i}", plain_read, perf_ctl_write)
     TABLE[PERF_CTR0 + _i] = (f"PERF_CTR{_i}", plain_read, perf_ctr_write)

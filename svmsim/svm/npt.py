@@ -36,6 +36,7 @@ guest's ASID, with the nested permissions kept apart so that a nested
 violation found on a TLB hit is still an #NPF, not a guest #PF.
 """
 from ..cpu.msr import PAT as PAT_MSR, PAT_RESET
+CR4_PAE = 1 << 5
 from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_RSV, PF_I
 from ..cpu.paging import Walker, Translation, check_access, EFER_NXE, CR4_SMEP
 from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
@@ -172,6 +173,12 @@ class NestedMmu:
             g = self.guest.walk(lin, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, access)
             check_access(g, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
             gc = g.spa & self.c_mask if self.sev else 0
+            if self.sev and not cpu.cr4 & CR4_PAE:
+                # "the guest is only able to control memory encryption when
+                # operating in long mode or legacy PAE mode. In all other
+                # modes, all guest memory accesses are unconditionally
+                # considered private" (APM 15.34.4): 32-bit paging here.
+                gc = self.c_mask
             gpa = (g.spa & ~gc) | (lin & 0xFFF)
         else:
             # Guest paging off: the linear address is the gPA (32-bit); an SEV

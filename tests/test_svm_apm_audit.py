@@ -460,3 +460,28 @@ def test_sev_guest_with_32_bit_paging_accesses_are_private():
     stored = bus.read_bytes(0x600000, 16)
     assert stored[:4] != (0x11223344).to_bytes(4, "little")
     assert EncryptionEngine.decrypt(KEY, 0x600000, stored)[:4] == (0x11223344).to_bytes(4, "little")
+
+
+# ---------------------------------------------------------------- 15.36.15: SNP TLB management
+def test_snp_vmrun_tracks_pcpu_id_and_flushes_when_it_changes():
+    """15.36.15: "the hardware detects when the VMSA is moved and manages the
+    TLB for that guest automatically ... software may explicitly write
+    PCPU_ID to 0 to force a TLB flush on the next VMRUN to that VMSA ... the
+    hardware will set the PCPU_ID field to a non-zero value when it flushes
+    the TLB" (svmsim left PCPU_ID 0 and never flushed).  The first VMRUN
+    flushes and sets PCPU_ID; a second on the same CPU does not; PCPU_ID
+    written to 0 by the guest owner forces a flush again."""
+    from esharness import EsRig
+    r = EsRig("hlt", snp=True)
+    flushes = r.cpu.tlb.stats["flushes"]
+    r.run()
+    assert r.exitcode == ExitCode.HLT
+    assert r.vmsa()["PCPU_ID"] == r.cpu.index + 1 and flushes.get("snp_vmsa") == 1
+    r.vmcb["RIP"] = GUEST_CODE
+    r.run()
+    assert flushes.get("snp_vmsa") == 1
+    g = r.vmsa()
+    g["PCPU_ID"] = 0
+    r.write_vmsa(g, seal=False)
+    r.run()
+    assert flushes.get("snp_vmsa") == 2 and r.vmsa()["PCPU_ID"] == r.cpu.index + 1

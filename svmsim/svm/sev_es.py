@@ -123,6 +123,8 @@ def load_guest(cpu, g: GuestState) -> None:
     s.vmsa = vmsa.mem.buf
     s.snp = bool(vmsa["SEV_FEATURES"] & 1)
     s.vmpl = vmsa["VMPL"] if s.snp else 0
+    if s.snp:
+        _snp_tlb(cpu, vmsa)
     for n, name in enumerate(GPR_NAMES):
         if n not in (0, 4):                     # RAX and RSP: the legacy fields
             cpu.regs[n] = vmsa[name]
@@ -131,6 +133,24 @@ def load_guest(cpu, g: GuestState) -> None:
     cpu.xcr0 = vmsa["XCR0"]
     cpu.msr[XSS], cpu.msr[TSC_AUX] = vmsa["XSS"], vmsa["TSC_AUX"]
     _load_fpu(cpu, vmsa)
+
+
+def _snp_tlb(cpu, vmsa) -> None:
+    """15.36.15: for SNP-active guests "the hardware detects when the VMSA is
+    moved and manages the TLB for that guest automatically", tracking it in
+    the VMSA's PCPU_ID; "software may explicitly write PCPU_ID to 0 to force a
+    TLB flush on the next VMRUN ... the hardware will set the PCPU_ID field to
+    a non-zero value when it flushes the TLB".  svmsim's PCPU_ID is the CPU
+    index + 1; the guest's ASID is flushed on this CPU when the VMSA comes
+    from another CPU (or PCPU_ID is 0), or when another VMSA of the ASID ran
+    here last.  TLB_ID is not used."""
+    s = cpu.svm
+    here = cpu.index + 1
+    last = s.snp_last_vmsa.get(s.asid)
+    if vmsa["PCPU_ID"] != here or last != s.vmsa_pa:
+        cpu.tlb.flush_asid("snp_vmsa", s.asid)
+        vmsa["PCPU_ID"] = here
+    s.snp_last_vmsa[s.asid] = s.vmsa_pa
 
 
 def _load_fpu(cpu, vmsa):

@@ -485,3 +485,39 @@ def test_snp_vmrun_tracks_pcpu_id_and_flushes_when_it_changes():
     r.write_vmsa(g, seal=False)
     r.run()
     assert flushes.get("snp_vmsa") == 2 and r.vmsa()["PCPU_ID"] == r.cpu.index + 1
+
+
+# ---------------------------------------------------------------- 15.7.1 / 15.12.6: BOUND
+BOUND_GUEST = ("mov eax, {idx}\nmov dword ptr [0x510100], 0\nmov dword ptr [0x510104], 10\n"
+               "bound eax, [0x510100]\nhlt")
+
+
+def _bound_rig(idx, intercepts):
+    code = asm(BOUND_GUEST.format(idx=idx), bits=32)
+    r = guest32(0xFFFFFFFF, intercepts=intercepts)
+    r.m.bus.write_bytes(GUEST_CODE, code)
+    return r, GUEST_CODE + len(code) - 1 - 6        # BOUND: 62 05 disp32 (6 bytes), then HLT
+
+
+def test_intercepted_bound_fault_saves_the_bound_rip_and_nrip_after_it():
+    """15.12.6: the #BR intercept "applies to the fault raised by the BOUND
+    instruction"; 15.7.1: "nRIP is saved ... on all #VMEXITs that are due to
+    ... exceptions caused by the INT3, INTO, and BOUND instructions" (svmsim's
+    CPU had no BOUND: #UD).  A 32-bit guest's index 11 is outside [0, 10]."""
+    r, at = _bound_rig(11, [ExitCode.EXCP_BR, ExitCode.HLT])
+    r.run()
+    assert r.exitcode == ExitCode.EXCP_BR
+    assert r.vmcb["RIP"] == at and r.vmcb["NRIP"] == at + 6
+
+
+def test_bound_within_the_bounds_runs_on():
+    r, _ = _bound_rig(10, [ExitCode.EXCP_BR, ExitCode.HLT])
+    r.run()
+    assert r.exitcode == ExitCode.HLT
+
+
+def test_bound_outside_the_bounds_is_a_br_fault_in_the_host_too():
+    code = asm("mov eax, -1\nmov dword ptr [0x200000], 0\nmov dword ptr [0x200004], 10\n"
+               "bound eax, [0x200000]", bits=32)
+    r = run_code(code, mode="prot32")
+    assert r.exception[:3] == (5, None, CODE_ADDR + len(code) - 6)

@@ -16,7 +16,7 @@
   no interrupt shadow, and V_IGN_TPR = 1 or V_INTR_PRIO > V_TPR; taking it
   clears V_IRQ; the VINTR intercept exits instead of taking it.
 """
-from ..cpu.exceptions import PF, PF_I, NMI as NMI_VECTOR
+from ..cpu.exceptions import BR, PF, PF_I, NMI as NMI_VECTOR
 from ..cpu.flags import IF
 from ..cpu import interrupts
 from . import avic, exits, features
@@ -62,12 +62,22 @@ def check_exception(cpu, vector, error_code, cr2, outer, kind=interrupts.HWEXC) 
     # INT3 / INTO / INT1 are checked after the instruction advanced RIP: NRIP
     # is the next instruction and the exit reports the instruction itself.
     nrip = cpu.rip if kind in (interrupts.SWEXC, interrupts.ICEBP) else 0
+    if vector == BR and kind == interrupts.HWEXC:
+        # Only BOUND raises #BR, a fault (RIP at BOUND); "nRIP is saved ... on
+        # exceptions caused by the INT3, INTO, and BOUND instructions" (15.7.1).
+        nrip = _next_rip(cpu)
     data_pf = vector == PF and not (error_code or 0) & PF_I
     insn = fetch_insn_bytes(cpu) if data_pf and features.enabled(cpu, "decode_assists") else b""
     e = VmExit(exits.exception_exit(vector), error_code or 0, info2, nrip,
                detail=f"exception {vector} intercepted", insn=insn)
     e.exitintinfo = encode_outer(outer)
     raise e
+
+
+def _next_rip(cpu) -> int:
+    import iced_x86
+    return iced_x86.Decoder(cpu.bits, fetch_insn_bytes(cpu), iced_x86.DecoderOptions.AMD,
+                            ip=cpu.rip).decode().next_ip
 
 
 def fetch_insn_bytes(cpu) -> bytes:

@@ -25,7 +25,7 @@ from ..decoder import SEG_OF
 from ..descriptors import (read_descriptor, read_descriptor16, fetch_segment, set_accessed, set_busy,
                            sel_error, is_null, canonical, to_segment,
                            SYS_TSS16_AVAIL, SYS_LDT, SYS_CALL16, SYS_TASK, SYS_TSS_AVAIL, SYS_CALL32)
-from ..exceptions import CpuException, GP, NP, SS as SS_VEC, gp, ud
+from ..exceptions import CpuException, BR, GP, NP, SS as SS_VEC, gp, ud
 from ..farxfer_support import (Rollback, protected, long_mode, real_segment, v86_segment,
                                null_segment, load_data_segment, code_offset_ok, check_long_code,
                                check_return_cs, check_return_ss, enter_code, null_outer_data_segments,
@@ -537,6 +537,22 @@ def into(cpu, ins):
         _soft_int(cpu, ins, 4, SWEXC)
     else:
         cpu.rip = ins.next_ip
+
+
+@handles("BOUND")
+def bound(cpu, ins):
+    """BOUND reg, mem (APM vol 3): #BR, a fault, when the signed index in the
+    register is below the lower bound (at mem) or above the upper bound (at
+    mem + operand size).  The encoding (62h) is EVEX in 64-bit mode."""
+    size = ins.opsz[0]
+    sign = 1 << (8 * size - 1)
+    off = ins.ea(cpu)
+    lo = cpu.read(ins.seg, off, size)
+    hi = cpu.read(ins.seg, (off + size) & ((1 << (8 * ins.asize)) - 1), size)
+    idx = ins.get0(cpu)
+    idx, lo, hi = ((v ^ sign) - sign for v in (idx, lo, hi))
+    if idx < lo or idx > hi:
+        raise CpuException(BR, detail=f"BOUND: index {idx} outside [{lo}, {hi}]")
 
 
 @handles("INT1", ends_block=True)

@@ -2,10 +2,16 @@
 item 4; the record is docs/DESIGN.md, "APM chapter 15 audit").  Each test
 here checks one rule the audit found svmsim missing, by running machine code
 on the VMRUN harness (tests/svmharness.py); the docstrings quote the APM."""
-from svmharness import SvmRig, GUEST_CODE, IDT, REC, VMCB
-from cpuharness import asm, CODE_ADDR, SEL_CODE32
+import struct
+
+import pytest
+
+from svmharness import SvmRig, NestedTables, GUEST_CODE, IDT, REC, VMCB, HSAVE
+from cpuharness import asm, run_code, CODE_ADDR, SEL_CODE32
+from svmsim.cpu.exceptions import Shutdown
 from svmsim.cpu.segments import CS
-from svmsim.svm.exits import ExitCode, encode_event, EVENT_INTR
+from svmsim.svm.exits import ExitCode, encode_event, EVENT_INTR, EVENT_NMI
+from svmsim.svm.vmcb import field
 
 CS_32 = 0x0C9B          # VMCB attribute format: G, D, P, S, code, readable, accessed
 
@@ -75,10 +81,6 @@ def test_vmexit_host_rip_beyond_cs_limit_is_a_gp_in_the_host():
 
 
 # ---------------------------------------------------------------- 15.6: host state checks at #VMEXIT
-from svmharness import HSAVE
-from svmsim.svm.vmcb import field
-from svmsim.cpu.exceptions import Shutdown
-import pytest
 
 
 @pytest.mark.parametrize("name,bit", [("CR4", 31), ("CR0", 29), ("EFER", 2)])
@@ -137,7 +139,6 @@ def test_vmexit_to_a_pae_host_with_an_illegal_pdpe_shuts_down():
 
 
 # ---------------------------------------------------------------- 15.20: injected NMI
-from svmsim.svm.exits import EVENT_NMI
 
 
 def test_an_injected_nmi_ignores_the_vector_field():
@@ -192,7 +193,6 @@ def test_paged_real_mode_guest_page_fault_has_the_protected_mode_error_code():
 
 
 # ---------------------------------------------------------------- 15.17: GIF and breakpoints
-from cpuharness import run_code
 
 
 def _arm(dr0, dr7):
@@ -253,7 +253,6 @@ def test_cr8_write_with_v_intr_masking_reaches_only_v_tpr():
 
 
 # ---------------------------------------------------------------- 15.25.2 / 15.25.4: the guest PAT
-from svmharness import NestedTables
 
 PAT_MSR = 0x277
 HOST_PAT, GUEST_PAT, GUEST_PAT_2 = 0x0007040600070404, 0x0606060606060606, 0x0606060606060604
@@ -299,7 +298,6 @@ def test_without_nested_paging_there_is_one_pat():
 
 
 # ---------------------------------------------------------------- 15.27.6: SKINIT and debug traps
-import struct
 
 SKINIT, SLB = b"\x0f\x01\xde", 0x300000
 

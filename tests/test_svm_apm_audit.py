@@ -519,3 +519,35 @@ def test_bound_outside_the_bounds_is_a_br_fault_in_the_host_too():
                "bound eax, [0x200000]", bits=32)
     r = run_code(code, mode="prot32")
     assert r.exception[:3] == (5, None, CODE_ADDR + len(code) - 6)
+
+
+# ---------------------------------------------------------------- table 15-7: MONITOR / MWAIT
+def test_monitor_checks_all_exceptions_before_its_intercept():
+    """Table 15-7, MONITOR: "Checks all exceptions before the intercept": a
+    non-canonical address is #GP(0) (svmsim checked only the CPL first)."""
+    r = SvmRig("mov rax, 0x0000900000000000\nxor ecx, ecx\nxor edx, edx\nmonitor\nhlt",
+               intercepts=[ExitCode.MONITOR, ExitCode.EXCP_GP]).run()
+    assert r.exitcode == ExitCode.EXCP_GP and r.vmcb["EXITINFO1"] == 0
+
+
+def test_monitor_on_a_good_address_is_intercepted():
+    r = SvmRig("mov rax, 0x400000\nxor ecx, ecx\nxor edx, edx\nmonitor\nhlt",
+               intercepts=[ExitCode.MONITOR, ExitCode.EXCP_GP]).run()
+    assert r.exitcode == ExitCode.MONITOR
+
+
+def test_mwait_with_reserved_ecx_bits_faults_before_its_intercept():
+    """Table 15-7, MWAIT: "Checks all exceptions before the intercept"."""
+    r = SvmRig("mov ecx, 4\nxor eax, eax\nmwait\nhlt",
+               intercepts=[ExitCode.MWAIT, ExitCode.EXCP_GP]).run()
+    assert r.exitcode == ExitCode.EXCP_GP
+
+
+# ---------------------------------------------------------------- table 15-7: RDPMC
+def test_rdpmc_of_a_missing_counter_faults_before_its_intercept():
+    """Table 15-7, RDPMC: "Checks all exceptions before the SVM intercept":
+    ECX naming no counter is #GP(0) (svmsim checked only CR4.PCE first)."""
+    r = SvmRig("mov ecx, 0x1000\nrdpmc\nhlt", intercepts=[ExitCode.RDPMC, ExitCode.EXCP_GP]).run()
+    assert r.exitcode == ExitCode.EXCP_GP
+    r = SvmRig("mov ecx, 1\nrdpmc\nhlt", intercepts=[ExitCode.RDPMC, ExitCode.EXCP_GP]).run()
+    assert r.exitcode == ExitCode.RDPMC

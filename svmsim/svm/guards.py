@@ -171,8 +171,10 @@ def _pre_tsd(cpu, ins):
 
 
 def _pre_pce(cpu, ins):
-    if cpu.cpl and not cpu.cr4 & 0x100:
-        raise gp(0, "RDPMC at CPL > 0 with CR4.PCE=0")
+    """RDPMC: "Checks all exceptions before the SVM intercept" (table 15-7):
+    CR4.PCE at CPL > 0 and the counter number in ECX."""
+    from ..cpu.ops.system import rdpmc_checks
+    rdpmc_checks(cpu)
 
 
 def _pre_v86_iopl(cpu, ins):
@@ -337,8 +339,10 @@ def mwait(cpu, ins):
 
 
 def _pre_monitor(cpu, ins):
-    if cpu.cpl:
-        raise ud(f"{ins.name.upper()} at CPL {cpu.cpl}")
+    """MONITOR and MWAIT: "Checks all exceptions before the
+    intercept" (table 15-7): the instruction's own #UD, #GP and #PF checks."""
+    from ..cpu.ops.system import monitor_checks, mwait_checks
+    (mwait_checks if ins.name.startswith("mwait") else monitor_checks)(cpu, ins)
 
 
 GUARDS_BY_CODE = {

@@ -380,18 +380,22 @@ def rdpid(cpu, ins):
 @handles("RDPMC")
 def rdpmc(cpu, ins):
     """RDPMC: CPL 0 or CR4.PCE; ECX selects a core counter (APM vol 2, 13.2)."""
+    _set_edx_eax(cpu, cpu.msr.get(rdpmc_checks(cpu), 0))
+
+
+def rdpmc_checks(cpu) -> int:
+    """RDPMC's exceptions (#GP), then the counter's MSR; the SVM RDPMC
+    intercept "Checks all exceptions before the SVM intercept" (table 15-7)."""
     if cpu.cpl and not cpu.cr4 & CR4_PCE:
         raise gp(0, "RDPMC at CPL > 0 with CR4.PCE=0")
     n = cpu.regs[1] & 0xFFFFFFFF
     if cpu_has(cpu, "perfctr_core"):
         if n > 5:
             raise gp(0, f"RDPMC: no counter {n}")
-        idx = msrs.PERF_CTL_EXT + 2 * n + 1
-    else:
-        if n > 3:
-            raise gp(0, f"RDPMC: no counter {n}")
-        idx = msrs.PERF_CTR0 + n
-    _set_edx_eax(cpu, cpu.msr.get(idx, 0))
+        return msrs.PERF_CTL_EXT + 2 * n + 1
+    if n > 3:
+        raise gp(0, f"RDPMC: no counter {n}")
+    return msrs.PERF_CTR0 + n
 
 
 # ================================================================ TLB and caches
@@ -670,8 +674,9 @@ def xsetbv(cpu, ins):
     cpu.xcr0 = v
 
 
-@handles("MONITOR")
-def monitor(cpu, ins):
+def monitor_checks(cpu, ins):
+    """Every exception MONITOR raises (#UD, #GP, #PF), without arming it: an
+    SVM MONITOR intercept "Checks all exceptions before the intercept"."""
     if cpu.cpl:
         raise ud("MONITOR at CPL > 0")
     if cpu.regs[1] & 0xFFFFFFFF:
@@ -679,17 +684,27 @@ def monitor(cpu, ins):
     seg = ins.seg if ins.seg is not None else DS
     amask = (1 << (8 * ins.asize)) - 1
     cpu.translate(cpu.linear(seg, cpu.regs[0] & amask), cpu.user_access)
+
+
+@handles("MONITOR")
+def monitor(cpu, ins):
+    monitor_checks(cpu, ins)
     cpu.monitor_armed = True                  # MWAIT would wait (SVM MWAIT_COND intercept)
+
+
+def mwait_checks(cpu, ins):
+    """Every exception MWAIT raises (#UD, #GP), as monitor_checks."""
+    if cpu.cpl:
+        raise ud("MWAIT at CPL > 0")
+    if cpu.regs[1] & ~1 & 0xFFFFFFFF:
+        raise gp(0, "MWAIT: unsupported ECX extensions")
 
 
 @handles("MWAIT")
 def mwait(cpu, ins):
     """MWAIT as a hint: returns at once (a permitted implementation: the
     monitor may be triggered by any event)."""
-    if cpu.cpl:
-        raise ud("MWAIT at CPL > 0")
-    if cpu.regs[1] & ~1 & 0xFFFFFFFF:
-        raise gp(0, "MWAIT: unsupported ECX extensions")
+    mwait_checks(cpu, ins)
     cpu.monitor_armed = False
 
 

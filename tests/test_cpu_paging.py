@@ -227,3 +227,44 @@ def test_branch_to_upper_half_canonical_address_is_not_gp():
         assert r.exception[0] == 14 and r.exception[3] == 0xFFFFFFFF81000000
     r = run_code(asm("mov rax, 0x0000800000000000\njmp rax"))
     assert r.exception[:2] == (13, 0)
+
+
+def test_compiled_loops_follow_invlpg_and_mov_cr3():
+    """Compiled code reads and writes through address caches derived from the
+    TLB (cpu/tlb.py ADDR, codegen.py): a remap that the guest flushes with
+    INVLPG, then with MOV CR3, is seen by hot loops exactly as by the
+    interpreter, and the stale translation is kept until the flush (5.5)."""
+    loop = """
+        mov rcx, 1000
+    1{n}:
+        add {acc}, [rsi]              # 8-byte load (address cache a8r)
+        mov [rsi + 8], ecx            # 4-byte store (a4w)
+        dec rcx
+        jnz 1{n}b
+    """
+    code = asm(f"""
+        xor eax, eax
+        xor edx, edx
+        xor r8d, r8d
+        xor r9d, r9d
+        mov rsi, {VA:#x}
+        {loop.format(n=1, acc='rax')}
+        mov rdi, {PT1:#x}
+        mov rbx, {FRAME + 0x1000 | 3:#x}
+        mov [rdi], rbx                # VA -> FRAME + 4K, not flushed yet
+        {loop.format(n=2, acc='rdx')}
+        invlpg [rsi]
+        {loop.format(n=3, acc='r8')}
+        mov rbx, {FRAME + 0x2000 | 3:#x}
+        mov [rdi], rbx
+        mov rbx, cr3
+        mov cr3, rbx
+        {loop.format(n=4, acc='r9')}
+    """)
+    r = run_code(code, setup=map_pages([P | RW, P | RW, P | RW]), max_insns=50_000)
+    assert r.exception is None
+    assert (r.regs[0], r.regs[2], r.regs[8], r.regs[9]) == (1000 * 0x1111, 1000 * 0x1111,
+                                                            1000 * 0x2222, 1000 * 0x3333)
+    bus = r.machine.bus
+    assert [bus.read(FRAME + 0x1000 * i + 8, 4) for i in range(3)] == [1, 1, 1]
+    assert r.machine.engine.stats["blocks_compiled"] >= 4

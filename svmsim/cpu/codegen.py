@@ -51,6 +51,7 @@ from .exceptions import CpuException, gp
 from .flags import PARITY, ARITH, carry, CF as F_CF
 from .segments import CS, SS, FS, GS
 from .ops import arith, data, control
+from .tlb import ADDR_MAX
 
 try:
     from .ops import shift as _shift
@@ -107,6 +108,36 @@ def _wr(cpu, q, lin, seg, off, size, value):
     return True
 
 
+def _rdA(cpu, lin, seg, off, size):
+    """A 4- or 8-byte load that missed the address cache (``cpu.a4r``/
+    ``cpu.a8r``): naturally aligned and in the read cache, it fills the
+    address cache; else ``_rd``."""
+    p = cpu.fr.get(lin >> 12)
+    if p is not None and not lin & (size - 1):
+        i = (p + (lin & 0xFFF)) >> (3 if size == 8 else 2)
+        d = cpu.a8r if size == 8 else cpu.a4r
+        if len(d) >= ADDR_MAX:
+            d.clear()
+        d[lin] = i
+        return cpu.ram_views[size][i]
+    return _rd(cpu, p, lin, seg, off, size)
+
+
+def _wrA(cpu, lin, seg, off, size, value):
+    """A 4- or 8-byte store that missed the address cache: as ``_rdA`` with
+    the write cache, else ``_wr`` (True: it took the slow path)."""
+    q = cpu.fw.get(lin >> 12)
+    if q is not None and not lin & (size - 1):
+        i = (q + (lin & 0xFFF)) >> (3 if size == 8 else 2)
+        d = cpu.a8w if size == 8 else cpu.a4w
+        if len(d) >= ADDR_MAX:
+            d.clear()
+        d[lin] = i
+        cpu.ram_views[size][i] = value
+        return False
+    return _wr(cpu, q, lin, seg, off, size, value)
+
+
 def _rmw(cpu, lin, size):
     """The RAM offset both halves of a read-modify-write may use when the
     write cache missed: a page holding code whose bytes here are not
@@ -126,7 +157,7 @@ class CodeChanged(Exception):
 
 def _base_ns():
     ns = {"_CpuException": CpuException, "PARITY": PARITY, "_carry": _carry_now, "_gp": gp,
-          "_CodeChanged": CodeChanged, "_rd": _rd, "_wr": _wr, "_rmw": _rmw}
+          "_CodeChanged": CodeChanged, "_rd": _rd, "_wr": _wr, "_rmw": _rmw, "_rdA": _rdA, "_wrA": _wrA}
     for size, fmt in _FMT.items():
         s = struct.Struct(fmt)
         ns["U%d" % size] = s.unpack_from
@@ -190,6 +221,8 @@ class Prod:
         c, neg = cc >> 1, cc & 1
         if c == 2 and not self.exact:
             m = MASK[self.bits // 8]
+            if self.op == OP_LOGIC:           # operands within the size: so is r
+                return f"({self.r})" if neg else f"not {self.r}"
             return f"({self.r} & {m:#x})" if neg else f"not ({self.r} & {m:#x})"
         e = None
         if self.exact:
@@ -277,6 +310,7 @@ class Gen:
         self.slow_write = False      # this instruction has a slow-path write
         self.smc_after = {}          # region insn index -> (next RIP, flags after it)
         self.views = set()           # sizes of the RAM memoryviews used (M2, M4, M8)
+        self.addr = set()            # address caches used (a8r, a4w...: tlb.ADDR)
 
     # ------------------------------------------------------------ emission
     def emit(self, text, indent=0):
@@ -412,6 +446,13 @@ class Gen:
                       f"else cpu.read({o.seg}, {c:#x}, {s})")
             return v
         off, lin = self._lin(o, k)
+        if s in (4, 8) and _LITTLE:
+            # The address cache: one look-up, no page arithmetic (tlb.ADDR).
+            self.views.add(s)
+            self.addr.add(f"a{s}r")
+            self.emit(f"ix{k} = a{s}rg({lin})")
+            self.emit(f"{v} = M{s}[ix{k}] if ix{k} is not None else _rdA(cpu, {lin}, {o.seg}, {off}, {s})")
+            return v
         self.emit(f"p{k} = frg({lin} >> 12)")
         if s == 1:
             self.emit(f"{v} = ram[p{k} + ({lin} & 0xFFF)] if p{k} is not None else cpu.read({o.seg}, {off}, 1)")
@@ -452,6 +493,17 @@ class Gen:
             self.emit(f"if q{k} is not None:")
             self._store(s, f"q{k} + {x:#x}", v, x % s == 0, 1)
             lin, off = f"{c:#x}", f"{c:#x}"
+        elif s in (4, 8) and _LITTLE:
+            off, lin = self._lin(o, k)
+            self.views.add(s)
+            self.addr.add(f"a{s}w")
+            self.emit(f"ix{k} = a{s}wg({lin})")
+            self.emit(f"if ix{k} is not None:")
+            self.emit(f"M{s}[ix{k}] = {v}", 1)
+            self.emit(f"elif _wrA(cpu, {lin}, {o.seg}, {off}, {s}, {v}):")
+            self.emit("lim = -1", 1)
+            self.slow_write = True
+            return
         else:
             off, lin = self._lin(o, k)
             self.emit(f"q{k} = fwg({lin} >> 12)")
@@ -946,6 +998,7 @@ class Gen:
         reload = []
         if self.uses_mem and self.long64:
             reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get", "fcg = cpu.fc.get"]
+            reload += [f"{a}g = cpu.{a}.get" for a in sorted(self.addr)]
             pre.append("    ram = cpu.ram")
             pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
         if self.uses_eb:
@@ -1081,15 +1134,19 @@ def _alu2(op, write=True, logic=None, adc=False, exact=False):
         rmw = d.kind == "mem" and write
         a = g.rmw_read(d, k) if rmw else g.read(d, k, "a")
         b = g.read(s, k, "b")
+        if logic == "&" and s.kind == "imm" and d.kind == "reg" and not d.high:
+            a = "g%d" % d.idx                 # the immediate is within the size: no mask needed
+        if logic in ("&", "|") and a == b:
+            b = None                          # x & x, x | x: x
         if logic:
             if write and d.kind == "reg" and d.size >= 4 and not d.high:
                 g.used.add(d.idx)
                 g.dirty.add(d.idx)
                 g.ever_dirty.add(d.idx)
                 g.set_narrow(d.idx, d.size)
-                g.emit(f"g{d.idx} = r{k} = {a} {logic} {b}")
+                g.emit(f"g{d.idx} = r{k} = {a} {logic} {b}" if b is not None else f"g{d.idx} = r{k} = {a}")
             else:
-                g.emit(f"r{k} = {a} {logic} {b}")
+                g.emit(f"r{k} = {a} {logic} {b}" if b is not None else f"r{k} = {a}")
                 if write:
                     if rmw:
                         g.rmw_write(d, k, f"r{k}")
@@ -1110,6 +1167,11 @@ def _alu2(op, write=True, logic=None, adc=False, exact=False):
         if adc:
             c = g.carry_in(k, temp=True)
             extra = f" {sign} {c}"
+        if not write and not adc:
+            # CMP: the difference only feeds the flags; the lazy tuple and
+            # the conditions compute it from a<k> and b<k> where needed.
+            g.set_prod(Prod(op, bits, a, b, f"({a} {sign} {b})", 0, exact=exact))
+            return True
         g.emit(f"r{k} = {a} {sign} {b}{extra}")
         if not keep_a:
             a = f"(r{k} - {b} - {c})" if adc else f"(r{k} - {b})"

@@ -19,6 +19,13 @@ Two layers, kept apart on purpose:
 R, W, X = 0, 1, 2
 MMIO_R, MMIO_W = 3, 4      # linear page -> SPA page of an MMIO (non-RAM) target
 FC = 5                     # linear page -> (RAM offset, byte map) of a writable page holding code
+# Address-granular caches for compiled code (codegen.py): a naturally aligned
+# linear address -> its index in the RAM view of that size (cpu.ram_views),
+# filled only from a hit in R/W above, so each holds a subset of what they
+# allow; a flush of any page empties them whole.
+A8R, A8W, A4R, A4W = 6, 7, 8, 9
+ADDR = (A8R, A8W, A4R, A4W)
+ADDR_MAX = 1 << 16         # entries per address cache before it is emptied (bounded memory)
 
 
 class Tlb:
@@ -134,9 +141,11 @@ class Tlb:
             glob.pop(v, None)
         for fast in self._all_fast():
             for per_user in fast:
-                for d in per_user:
+                for d in per_user[:A8R]:
                     for v in vpns:
                         d.pop(v, None)
+                for i in ADDR:
+                    per_user[i].clear()
 
     def drop_fast(self) -> None:
         for per_user in self.fast:
@@ -150,6 +159,8 @@ class Tlb:
         for fast in self._all_fast():
             for per_user in fast:
                 per_user[W].clear()
+                per_user[A8W].clear()
+                per_user[A4W].clear()
                 if code_too:
                     per_user[FC].clear()
 
@@ -161,4 +172,4 @@ class Tlb:
 
 
 def _new_fast() -> list:
-    return [[{} for _ in range(6)] for _ in range(2)]
+    return [[{} for _ in range(10)] for _ in range(2)]

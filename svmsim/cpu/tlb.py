@@ -164,6 +164,14 @@ class Tlb:
                 if code_too:
                     per_user[FC].clear()
 
+    def drop_fast_addr(self) -> None:
+        """Entries of R or W were removed one by one (memory/enclines.py):
+        the address caches derived from them go whole."""
+        for fast in self._all_fast():
+            for per_user in fast:
+                for i in ADDR:
+                    per_user[i].clear()
+
     def drop_fast_code(self) -> None:
         """The engine forgot its code pages: their byte maps (FC) are stale."""
         for fast in self._all_fast():

@@ -92,9 +92,15 @@ class PlaintextLines:
         return ln
 
     def _drop(self, ln):
+        dropped = False
         for (_, vpn), d in ln.refs.items():
             if d.get(vpn) == ln.slot:
                 del d[vpn]
+                dropped = True
+        if dropped:
+            # Compiled code's address caches were filled from those entries.
+            for cpu in self.cpus():
+                cpu.tlb.drop_fast_addr()
         del self._lines[ln.key]
         same = self.pages[ln.key[1]]
         del same[ln.key[0]]

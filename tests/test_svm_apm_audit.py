@@ -551,3 +551,67 @@ def test_rdpmc_of_a_missing_counter_faults_before_its_intercept():
     assert r.exitcode == ExitCode.EXCP_GP
     r = SvmRig("mov ecx, 1\nrdpmc\nhlt", intercepts=[ExitCode.RDPMC, ExitCode.EXCP_GP]).run()
     assert r.exitcode == ExitCode.RDPMC
+
+
+# ---------------------------------------------------------------- table 15-7 / 15.25.10: PAE PDPEs at MOV CR3
+PAE_PDPT, PAE_PD, BAD_PDPT = 0x60000, 0x61000, 0x66000        # PDs at 61000h-64FFFh
+
+
+def _pae_tables(bus):
+    """Legacy PAE tables identity-mapping 4 GiB at PAE_PDPT, and a copy at
+    BAD_PDPT whose PDPE 3 has reserved bit 2 set."""
+    for g in range(4):
+        bus.write(PAE_PDPT + 8 * g, 8, (PAE_PD + 0x1000 * g) | 1)
+        bus.write(BAD_PDPT + 8 * g, 8, (PAE_PD + 0x1000 * g) | 1 | (4 if g == 3 else 0))
+        for i in range(512):
+            bus.write(PAE_PD + 0x1000 * g + 8 * i, 8, ((g * 512 + i) << 21) | 0x83)
+
+
+MOV_BAD_CR3 = f"mov eax, {BAD_PDPT}\nmov cr3, eax\nhlt"
+
+
+def test_legacy_pae_mov_cr3_loads_the_pdpes_and_faults_on_a_reserved_bit():
+    """Table 15-7, CR3: "If PAE is enabled, the loading of the four PDPEs can
+    cause a #GP"; 15.25.10 contrasts "(host-only) legacy PAE mode", where
+    illegal PDPEs are "signaled at the time that CR3 is written" (svmsim
+    never read them at MOV CR3)."""
+    def setup(m, cpu):
+        _pae_tables(m.bus)
+        cpu.cr4, cpu.cr3 = 0x20, PAE_PDPT
+        cpu.cr0 |= 1 << 31
+        cpu.update_mode()
+    r = run_code(asm(MOV_BAD_CR3, bits=32), mode="prot32", setup=setup)
+    assert r.exception[:2] == (13, 0)
+
+
+def _pae_guest(intercepts, np=False):
+    r = SvmRig(asm(MOV_BAD_CR3, bits=32), intercepts=intercepts, NP_ENABLE=int(np))
+    _pae_tables(r.m.bus)
+    v = r.vmcb
+    v["CR0"], v["CR3"], v["CR4"], v["EFER"] = 0x80000031, PAE_PDPT, 0x20, 1 << 12
+    for name in ("DS", "SS", "ES"):
+        v.set_segment(name, 0x10, 0xC93, 0xFFFFFFFF, 0)
+    v.set_segment("CS", SEL_CODE32, CS_32, 0xFFFFFFFF, 0)
+    if np:
+        nt = NestedTables(r.m.bus)
+        nt.identity(0, 0x1000000)
+        v["N_CR3"] = nt.root
+    return r.run()
+
+
+def test_the_cr3_intercept_comes_before_the_pdpe_fault():
+    """Table 15-7: "that exception is checked after the intercept check, so
+    the VMM handling a CR3 intercept cannot rely on the PDPEs being legal"."""
+    r = _pae_guest([ExitCode.CR3_WRITE, ExitCode.EXCP_GP, ExitCode.HLT])
+    assert r.exitcode == ExitCode.CR3_WRITE
+    r = _pae_guest([ExitCode.EXCP_GP, ExitCode.HLT])
+    assert r.exitcode == ExitCode.EXCP_GP
+
+
+def test_a_nested_paging_guest_does_not_load_pdpes_at_mov_cr3():
+    """15.25.10: in a nested-paging guest "the guest's four PDPEs are not
+    loaded into the processor at the time CR3 is written ... illegal bit
+    combinations in the PDPEs are not signaled at the time that CR3 is
+    written" -- the MOV CR3 completes; the HLT after it runs from PDPE 0."""
+    r = _pae_guest([ExitCode.EXCP_GP, ExitCode.HLT], np=True)
+    assert r.exitcode == ExitCode.HLT

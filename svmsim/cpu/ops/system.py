@@ -152,10 +152,31 @@ def _cr3_checked(cpu, v):
     return v, noflush
 
 
+def _load_pdptes(cpu, cr3) -> None:
+    """Legacy PAE paging loads the four PDPEs when CR3 is written, and a
+    present PDPE with a reserved bit set is #GP(0): "If PAE is enabled, the
+    loading of the four PDPEs can cause a #GP" (APM vol 2, table 15-7, which
+    checks it after the CR3 intercept).  Not for a nested-paging guest,
+    whose "four PDPEs are not loaded into the processor at the time CR3 is
+    written" (15.25.10).  svmsim's walker still reads the PDPEs from memory
+    at each walk ("an operating system cannot rely on the behavior when the
+    in-memory PDPEs are different than the in-processor copy")."""
+    from ..paging import PDPTE_RSVD
+    table = cr3 & 0xFFFFFFE0
+    rsvd = PDPTE_RSVD | cpu.walker.rsvd_hi
+    for i in range(4):
+        e = cpu.bus.read(table + 8 * i, 8)
+        if e & 1 and e & rsvd:
+            raise gp(0, f"MOV CR3: PDPE{i} = {e:#x} has reserved bits set")
+
+
 def write_cr3(cpu, v):
-    """MOV CR3: reserved bits (long mode), PCID and the no-flush bit 63."""
+    """MOV CR3: reserved bits (long mode), PCID and the no-flush bit 63;
+    the PDPE check of legacy PAE paging."""
     pcide = cpu.cr4 & CR4_PCIDE
     v, noflush = _cr3_checked(cpu, v)
+    if cpu.cr0 & CR0_PG and cpu.cr4 & CR4_PAE and not cpu.efer & EFER_LMA and cpu.npt is None:
+        _load_pdptes(cpu, v)
     cpu.cr3 = v
     tlb = cpu.tlb
     pcid = v & 0xFFF if pcide else 0

@@ -9,6 +9,7 @@ guest mode); what reaches these handlers executes.
 from ..cpu.ops import handles
 from ..cpu.exceptions import CpuException, ud
 from . import checks, switch
+from .checks import CR0_PE, EFER_SVME, RFLAGS_VM
 from .vmcb import VmcbView
 from .vmstate import StateSpan
 
@@ -17,7 +18,11 @@ _VMCB_SPAN = StateSpan(VmcbView.LOOKUP)
 
 
 def svm_checks(cpu, ins, name, rax=True):
-    """#UD / #GP checks shared by the SVM instructions (APM vol 3)."""
+    """#UD / #GP checks shared by the SVM instructions (APM vol 3).  When
+    EFER.SVME = 1, CR0.PE = 1, RFLAGS.VM = 0 and CPL = 0, the instructions
+    without a rAX operand check (STGI, CLGI, INVLPGA) pass: no call."""
+    if not rax and cpu.efer & EFER_SVME and cpu.cr0 & CR0_PE and not cpu.rflags & RFLAGS_VM and not cpu.cpl:
+        return
     bad = checks.check_vmrun_instruction(cpu, ins.asize, name, rax)
     if bad is not None:
         vector, code, detail = bad

@@ -35,6 +35,7 @@ GHCB_MSR = 0xC0010130
 # precompiled layouts when they are RAM pages (issue 14); False: always
 # through a copy of the page and its field view (tests compare the two).
 DIRECT = True
+_NONE_IN_USE = frozenset()
 SWITCHED_SEGS = (("ES", ES), ("CS", CS), ("SS", SS), ("DS", DS))
 
 # EVENTINJ TYPE -> the delivery kind of svmsim's interrupt logic (APM 15.20).
@@ -127,9 +128,9 @@ def restore_host(cpu, hsave) -> None:
     CR0.PE forced to 1, DR7 = 400h (all breakpoints off), RFLAGS.TF kept,
     RF clear (the VMRUN instruction has completed).  ``hsave``: the host
     save area's physical address (or a VmcbView of it)."""
-    if (isinstance(hsave, int) and DIRECT and not hsave & 0xFFF
-            and cpu.bus.ram_offset(hsave) is not None):
-        vals = HOST_RUNS.unpack(cpu.bus.ram.buf, cpu.bus.ram_offset(hsave))
+    off = cpu.bus.ram_offset(hsave) if isinstance(hsave, int) and DIRECT and not hsave & 0xFFF else None
+    if off is not None:
+        vals = HOST_RUNS.unpack(cpu.bus.ram.buf, off)
     elif isinstance(hsave, int):
         raw = HOST_PACKED.unpack(cpu.bus.read_bytes(hsave + HOST_PACKED.start,
                                                     HOST_PACKED.end - HOST_PACKED.start),
@@ -623,7 +624,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     if s.es:
         sev_es.restore_host(cpu, _page(bus, hsave_pa))
         s.es, s.vmsa, s.snp, s.vmpl = False, None, False, 0
-    s.in_use = frozenset()
+    s.in_use = _NONE_IN_USE
     cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, keep_fast=True)
     cpu.tlb.select_fast(guest_key, fast_key(cpu))
     cpu.update_mode()

@@ -476,6 +476,8 @@ class Machine(DebugApi):
             self.request_stop(STATUS_INTERNAL, f"internal error: {type(e).__name__}: {e} "
                               f"(at {where.filename.split('svmsim/')[-1]}:{where.lineno})", "internal-error")
         finally:
+            if self.enc_lines is not None:
+                self.enc_lines.write_back_all()      # DRAM up to date for whoever looks next
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
             if temp is not None:

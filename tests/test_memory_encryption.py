@@ -207,3 +207,85 @@ def test_guest_stores_write_through_to_dram():
     want[14:16] = (0x5566).to_bytes(2, "little")
     raw = r.m.bus.read_bytes(0x600000, 16)
     assert raw != bytes(want) and EncryptionEngine.decrypt(GKEY, 0x600000, raw) == bytes(want)
+
+
+def _lines_rig():
+    """A machine with SEV, slot 5 keyed, page 0x600000 holding ciphertext of
+    0..255 repeated; the line mapped for reading and writing as nested paging
+    maps it (linear page 0x42)."""
+    from svmsim.machine import Machine
+    from svmsim.cpu.tlb import R, W, FC
+    m = Machine(mem_size="32M")
+    m.mem_engine.load_key(5, KEY)
+    plain = bytes(range(256)) * 16
+    m.bus.write_bytes(0x600000, EncryptionEngine.encrypt(KEY, 0x600000, plain))
+    lines = m.enc_lines
+    fast = m.cpus[0].tlb.fast[0]
+    slot = lines.map_read(0x600000, 5, fast[R], 0x42)
+    fast[R][0x42] = slot
+    assert lines.map_write(0x600000, 5, fast[W], fast[FC], 0x42, m.code_pages)
+    assert fast[W][0x42] == slot and 0x600 in lines.dirty
+    return m, lines, fast, slot, plain
+
+
+def test_a_dirty_line_is_written_back_before_the_bus_reads_dram():
+    """A store on the fast path lands in the line (the page is dirty, DRAM
+    behind it, as in a write-back cache); the bus reading the page - a
+    device, the AMD-SP, the hypervisor - writes it back first, and the page
+    leaves the write cache (the next store marks it dirty again)."""
+    from svmsim.cpu.tlb import R, W
+    m, lines, fast, slot, plain = _lines_rig()
+    ram = m.bus.ram.buf
+    ram[slot + 0x10:slot + 0x14] = b"WXYZ"                       # what a fast store does
+    assert EncryptionEngine.decrypt(KEY, 0x600010, bytes(ram[0x600010:0x600020]))[:4] != b"WXYZ"
+    raw = m.bus.read_bytes(0x600010, 16)
+    assert EncryptionEngine.decrypt(KEY, 0x600010, raw)[:4] == b"WXYZ"
+    assert b"WXYZ" not in raw and 0x600 not in lines.dirty
+    assert 0x42 not in fast[W] and fast[R][0x42] == slot          # reads stay fast
+
+
+def test_a_bus_write_to_a_dirty_page_keeps_the_other_blocks():
+    """A device writes one block of a dirty page: the line's other blocks go
+    to DRAM first, the written block is the device's, the lines are dropped."""
+    from svmsim.cpu.tlb import R
+    m, lines, fast, slot, plain = _lines_rig()
+    ram = m.bus.ram.buf
+    ram[slot:slot + 4] = b"head"
+    ram[slot + 0xFF0:slot + 0xFF4] = b"tail"
+    m.bus.write_bytes(0x600800, b"D" * 16)
+    assert 0x600 not in lines.pages and 0x42 not in fast[R]
+    now = EncryptionEngine.decrypt(KEY, 0x600000, bytes(ram[0x600000:0x601000]))
+    assert now[:4] == b"head" and now[0xFF0:0xFF4] == b"tail"
+    assert bytes(ram[0x600800:0x600810]) == b"D" * 16
+    assert now[0x810:0xFF0] == plain[0x810:0xFF0]
+
+
+def test_dirty_lines_are_written_back_at_wbinvd_and_with_their_own_key():
+    m, lines, fast, slot, plain = _lines_rig()
+    ram = m.bus.ram.buf
+    ram[slot:slot + 4] = b"one!"
+    m.mem_engine.flush()                                          # WBINVD
+    assert not lines.dirty
+    assert EncryptionEngine.decrypt(KEY, 0x600000, bytes(ram[0x600000:0x600010]))[:4] == b"one!"
+    m2, lines2, _, slot2, _ = _lines_rig()
+    m2.bus.ram.buf[slot2:slot2 + 4] = b"two!"
+    m2.mem_engine.load_key(5, bytes(16))                          # a new key: lines go, old key first
+    assert not lines2.pages
+    assert EncryptionEngine.decrypt(KEY, 0x600000, bytes(m2.bus.ram.buf[0x600000:0x600010]))[:4] == b"two!"
+
+
+def test_sev_guest_fast_stores_reach_dram_before_anyone_reads_it():
+    """Stores of the SEV guest on the fast path (the second store to a page
+    finds it in the write cache) leave the line dirty; the first read of the
+    page through the bus (here the hypervisor's) writes it back, as
+    ciphertext; DRAM never holds the plaintext."""
+    from test_sev_hw import sev_rig, KEY as GKEY
+    r = sev_rig("mov dword ptr [0x600000], 0x41414141\nmov dword ptr [0x600004], 0x42424242\n"
+                "mov dword ptr [0x600008], 0x43434343\nhlt").run()
+    ram = r.m.bus.ram
+    assert 0x600 in r.m.enc_lines.dirty
+    assert ram.buf.find(b"AAAABBBB", 0, ram.size) < 0
+    raw = r.m.bus.read_bytes(0x600000, 16)
+    assert EncryptionEngine.decrypt(GKEY, 0x600000, raw)[:12] == b"AAAABBBBCCCC"
+    assert bytes(ram.buf[0x600000:0x600010]) == raw and not r.m.enc_lines.dirty
+    assert ram.buf.find(b"AAAABBBB", 0, ram.size) < 0

@@ -385,7 +385,7 @@ class Cpu:
                     fast[MMIO_W][vpn] = spa
             return
         if t is None:
-            fast[R][vpn] = off
+            self.fill_read(fast, vpn, off)
             fast[X][vpn] = off
             if not (self.machine.rmp.enabled and not self.machine.rmp.hypervisor_owned(spa)):
                 self.fill_write(fast, vpn, off)
@@ -394,12 +394,23 @@ class Cpu:
         # path never needs to look at permissions.
         if self.cr4 & (1 << 21) and t.us and not user:
             return                      # SMAP depends on RFLAGS.AC: always recheck
-        fast[R][vpn] = off
+        self.fill_read(fast, vpn, off)
         if not t.nx and not (t.us and not user and self.cr4 & (1 << 20)):
             fast[X][vpn] = off
         if (t.d and (t.rw or (not user and not self.cr0 & CR0_WP))
                 and not (self.machine.rmp.enabled and not self.machine.rmp.hypervisor_owned(spa, t.size))):
             self.fill_write(fast, vpn, off)
+
+    def fill_read(self, fast, vpn, off):
+        """Cache a plain RAM page readable without a fault (R); never a page
+        with decrypted lines (memory/enclines.py): its DRAM may be behind a
+        dirty line, and the bus read writes that back first."""
+        lines = self.machine.enc_lines
+        if lines is not None:
+            if off >> 12 in lines.pages:
+                return
+            lines.plain_r.add(off >> 12)
+        fast[R][vpn] = off
 
     def fill_write(self, fast, vpn, off):
         """Cache a page writable without a fault: in W, or in FC with its code
@@ -407,8 +418,10 @@ class Cpu:
         a page with decrypted lines (memory/enclines.py): its stores must
         reach the bus, which keeps the lines exact."""
         lines = self.machine.enc_lines
-        if lines is not None and off >> 12 in lines.pages:
-            return
+        if lines is not None:
+            if off >> 12 in lines.pages:
+                return
+            lines.plain_w.add(off >> 12)
         cp = self.machine.code_pages.get(off >> 12)
         if cp is None:
             fast[W][vpn] = off

@@ -164,13 +164,27 @@ class Tlb:
                 if code_too:
                     per_user[FC].clear()
 
-    def drop_fast_addr(self) -> None:
+    def drop_fast_addr(self, writes_only: bool = False) -> None:
         """Entries of R or W were removed one by one (memory/enclines.py):
-        the address caches derived from them go whole."""
+        the address caches derived from them go whole (those of W only with
+        ``writes_only``)."""
         for fast in self._all_fast():
             for per_user in fast:
-                for i in ADDR:
+                for i in ((A8W, A4W) if writes_only else ADDR):
                     per_user[i].clear()
+
+    def drop_fast_reads_of(self, off: int) -> None:
+        """The RAM page at offset ``off`` got decrypted lines: no read cache
+        may index its DRAM directly any more (memory/enclines.py)."""
+        for fast in self._all_fast():
+            for per_user in fast:
+                d = per_user[R]
+                gone = [v for v, o in d.items() if o == off]
+                for vpn in gone:
+                    del d[vpn]
+                if gone:
+                    for i in ADDR:
+                        per_user[i].clear()
 
     def drop_fast_code(self) -> None:
         """The engine forgot its code pages: their byte maps (FC) are stale."""

@@ -42,6 +42,10 @@ class PhysBus:
         # slow path, never across a page (the execution engine uses it to
         # drop translated code).
         self.write_watchers: list = []
+        # DRAM page -> a dirty decrypted line of the CPU's (memory/enclines.py),
+        # which ``write_back(page)`` writes to DRAM before the bus reads it.
+        self.dirty: dict = {}
+        self.write_back = None
 
     # -- layout -----------------------------------------------------------
     def add_mmio(self, base: int, size: int, dev, name: str = "") -> None:
@@ -97,6 +101,8 @@ class PhysBus:
         off = self.ram_offset(spa)
         if off is None:
             return (1 << (size * 8)) - 1  # unassigned: all ones
+        if self.dirty and off >> PAGE_SHIFT in self.dirty:
+            self.write_back(off >> PAGE_SHIFT)
         return int.from_bytes(self.ram.buf[off:off + size], "little")
 
     def write(self, spa: int, size: int, value: int) -> None:
@@ -118,6 +124,8 @@ class PhysBus:
             chunk = min(n, PAGE_SIZE - (spa & (PAGE_SIZE - 1)))
             off = self.ram_offset(spa)
             if off is not None:
+                if self.dirty and off >> PAGE_SHIFT in self.dirty:
+                    self.write_back(off >> PAGE_SHIFT)
                 out += self.ram.buf[off:off + chunk]
             else:
                 out += bytes(self.read(spa + i, 1) for i in range(chunk))

@@ -56,9 +56,12 @@ class EncryptionEngine:
         self._pages: dict = {}
         self._ecb_ctx: dict = {}         # slot -> (encryptor, decryptor) of its key
         self.forget_listeners: list = []  # callables(asid) when a slot's key changes (enclines.py)
+        self.flush_listeners: list = []   # callables() at a cache flush (enclines.py writes back)
 
     def flush(self) -> None:
         """WBINVD (or a DF_FLUSH of the AMD-SP): no line of any key is cached."""
+        for listener in self.flush_listeners:
+            listener()
         self._page_key.clear()
 
     def _track(self, spa, n, asid):

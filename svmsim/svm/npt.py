@@ -39,7 +39,7 @@ from ..cpu.msr import PAT as PAT_MSR, PAT_RESET
 CR4_PAE = 1 << 5
 from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_RSV, PF_I
 from ..cpu.paging import Walker, Translation, check_access, EFER_NXE, CR4_SMEP
-from ..cpu.tlb import R, W, X, MMIO_R, MMIO_W
+from ..cpu.tlb import R, W, X, FC, MMIO_R, MMIO_W
 from ..cpu.state import GUEST_KEY
 from . import avic, snp
 from .exits import ExitCode
@@ -228,26 +228,28 @@ class NestedMmu:
             cpu.tlb.fast[user][X][vpn] = page
 
     def _fill_private(self, vpn, t, access, spa):
-        """An SEV guest's private data page: the read cache holds the offset
-        of its decrypted line (memory/enclines.py), the slow-path caches its
-        frame with the guest's key (stores go through the engine at once).
-        Not under SNP, whose RMP checks are made at every access."""
+        """An SEV guest's private data page: the read cache holds the offset of
+        its decrypted line (memory/enclines.py), and after a store the write
+        cache too (the line is then dirty: written back before the bus reads
+        the page, see enclines.py).  Not
+        under SNP, whose RMP checks are made at every access."""
         cpu = self.cpu
         if cpu.watch or cpu.paging and cpu.cr4 & (1 << 21) and t.us and not access & PF_U:
             return                      # watched data, or SMAP (depends on RFLAGS.AC)
+        lines = cpu.machine.enc_lines
+        if lines is None:
+            return
         user = 1 if access & PF_U else 0
         fast = cpu.tlb.fast[user]
-        page = spa & ~0xFFF
-        fast[MMIO_R][vpn] = page
-        lines = cpu.machine.enc_lines
-        if lines is not None:
-            # Reads index the page's decrypted line like RAM (memory/enclines.py).
-            slot = lines.map_read(page & ~cpu.enc_mask, cpu.sev_asid, fast[R], vpn)
-            if slot is not None:
-                fast[R][vpn] = slot
-        guest_w = t.rw or (cpu.paging and not user and not cpu.cr0 & (1 << 16)) or not cpu.paging
-        if t.d and t.n_d and t.n_rw and guest_w:
-            fast[MMIO_W][vpn] = page
+        page = spa & ~0xFFF & ~cpu.enc_mask
+        slot = lines.map_read(page, cpu.sev_asid, fast[R], vpn)
+        if slot is None:
+            return                      # not RAM
+        fast[R][vpn] = slot
+        if access & PF_W:
+            guest_w = t.rw or (cpu.paging and not user and not cpu.cr0 & (1 << 16)) or not cpu.paging
+            if t.d and t.n_d and t.n_rw and guest_w:
+                lines.map_write(page, cpu.sev_asid, fast[W], fast[FC], vpn, cpu.machine.code_pages)
 
     def _fill_fast(self, vpn, t, access):
         """Fast caches hold only what needs no further check of either level."""
@@ -272,7 +274,7 @@ class NestedMmu:
             if writable:
                 fast[MMIO_W][vpn] = t.spa
             return
-        fast[R][vpn] = off
+        cpu.fill_read(fast, vpn, off)
         if exec_ok:
             fast[X][vpn] = off
         if writable and not (self.rmp.enabled and not self.rmp.hypervisor_owned(t.spa, t.n_size)):

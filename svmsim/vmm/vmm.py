@@ -297,6 +297,8 @@ class Vmm:
         v.cpu.rip, v.cpu.halted = v.stub_pa, False
 
     def _result(self, reason):
+        if self.m.enc_lines is not None:
+            self.m.enc_lines.write_back_all()        # DRAM up to date for whoever looks next
         rip = None if self.vcpus[0].es else self.vmcb["RIP"]
         ghcb = dict(self.es.requests) if self.es else {}
         return VmmResult(reason, dict(self.exits), rip, ghcb)

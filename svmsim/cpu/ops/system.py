@@ -475,7 +475,12 @@ def clflush(cpu, ins):
     off = ins.ea(cpu)
     if cpu.seg_chk[ins.seg]:
         cpu.seg_check(ins.seg, off, 1, False)
-    cpu.translate(cpu.linear(ins.seg, off), cpu.user_access)
+    spa = cpu.translate(cpu.linear(ins.seg, off), cpu.user_access)
+    lines = cpu.machine.enc_lines
+    if lines is not None and lines.dirty:
+        ram_off = cpu.bus.ram_offset(spa & ~cpu.enc_mask)
+        if ram_off is not None:
+            lines.write_back_page(ram_off >> 12)     # a dirty decrypted line goes to DRAM
 
 
 # ================================================================ halt, interrupts flag

@@ -363,7 +363,9 @@ class Engine:
                 if fn is not None:
                     # Tier 2: generated Python for the whole block (codegen.py).
                     try:
-                        executed += fn(cpu, budget - executed)
+                        # What is left of the quantum, as the loop above counts it:
+                        # delivered events and owed stall time take their share.
+                        executed += fn(cpu, budget - executed - events - cpu.stall)
                     except CpuException as e:
                         executed += cpu.fault_n
                         cpu.q_exec = executed

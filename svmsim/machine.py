@@ -7,9 +7,14 @@ timer deadline.  Given the same kernel and options, a run is reproducible
 instruction for instruction.
 """
 import signal
+import sys
 import threading
 import time
 import weakref
+try:
+    import resource
+except ImportError:                   # pragma: no cover - not on Windows
+    resource = None
 from collections import deque, namedtuple
 from dataclasses import dataclass, field
 
@@ -637,4 +642,11 @@ class Machine(DebugApi):
 
     def stats(self) -> dict:
         tlb = {"misses": sum(c.tlb.stats["misses"] for c in self.cpus)}
-        return {"engine": dict(self.engine.stats), "tlb": tlb, "virtual_ns": self.clock.now_ns}
+        # Guest RAM is an anonymous mapping reserved from nothing (memory/ram.py):
+        # the host pays for the pages the guest touched, which the process's
+        # peak resident set shows (Linux: ru_maxrss in KiB).
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if resource is not None else 0
+        memory = {"guest_ram_mib": self.config.mem_size >> 20,
+                  "peak_rss_mib": rss >> 20 if sys.platform == "darwin" else rss >> 10}
+        return {"engine": dict(self.engine.stats), "tlb": tlb, "virtual_ns": self.clock.now_ns,
+                "memory": memory}

@@ -66,6 +66,18 @@ def test_sparse_memory_costs_only_touched_pages():
     assert (after - before) * 1024 < 256 << 20
 
 
+def test_run_report_shows_guest_ram_and_peak_rss():
+    """`svmsim run -m 64g` (issue 14, item 5): 64 GiB of guest RAM reserve no
+    host memory; the run report names the RAM size and the process's peak
+    RSS, which stays what a small guest costs."""
+    p = svmsim_cli("run", str(build_guest("hello")), "-m", "64g", "--append", "greeting=1", "--report")
+    assert p.returncode == STATUS_PASS, p.stderr
+    line = [ln for ln in p.stderr.decode().splitlines() if ln.startswith("svmsim: memory:")]
+    assert line and "guest RAM 65536 MiB" in line[0], p.stderr
+    rss = int(line[0].split("peak RSS ")[1].split()[0])
+    assert 0 < rss < 512
+
+
 # ---------------------------------------------------------------- the kernels, as QEMU ran them
 @pytest.mark.parametrize("name", ["hello", "exceptions", "apic_timer", "smp", "smp_burst", "workload",
                                   "fpu_sse", "smc"])

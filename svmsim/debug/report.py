@@ -172,8 +172,12 @@ def format_stats(stats: dict) -> list:
         out.append("svmsim: engine: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in engine.items()))
     if tlb:
         out.append("svmsim: TLB: " + ", ".join(f"{k} {v}" for k, v in tlb.items()))
+    mem = stats.get("memory")
+    if mem:
+        out.append(f"svmsim: memory: guest RAM {mem['guest_ram_mib']} MiB (mapped, host pages only where "
+                   f"touched), peak RSS {mem['peak_rss_mib']} MiB")
     for key, value in stats.items():
-        if key not in ("engine", "tlb", "virtual_ns"):
+        if key not in ("engine", "tlb", "virtual_ns", "memory"):
             out.append(f"svmsim: {key.replace('_', ' ')}: {value}")
     return out
 

@@ -779,7 +779,7 @@ def _call_program(rng):
         out = [_insn(rng, 64) for _ in range(rng.randrange(0, k))]
         return [b for b in out if not b.startswith(("push", "pop")) and "rbp" not in b and "ebp" not in b
                 and " bp" not in b]
-    saved = rng.sample(["rbx", "r12", "r13", "r15", "rdx"], rng.randrange(1, 5))
+    saved = rng.sample(["rbx", "r12", "r13", "r15", "rdx"], rng.randrange(1, 6))
     lines = ["1:"] + body(4) + ["call 3f"] + body(3) + ["dec r14", "jnz 1b", "hlt", "3:",
                                                         "push rbp", "mov rbp, rsp"]
     for r in saved:
@@ -821,4 +821,4 @@ def test_random_call_regions_match_interpreter(runners, count, seed):
             assert a[key] == b[key], f"{budget} rsp={regs[4]:#x}: {'; '.join(body)}: {key} differs"
         grouped += any("sb" in blk.compiled.source for blk in comp.m.engine.blocks.values()
                        if blk.compiled is not None)
-    assert grouped > count // 4
+    assert grouped >= count // 5

@@ -1671,12 +1671,21 @@ def _stack_kind(ins, last):
     return "neutral"
 
 
+GROUP_MIN_PUSHES = 4
+
+
+def _worth_group(run):
+    return run[1] <= -8 * GROUP_MIN_PUSHES
+
+
 def stack_groups(blk):
     """Runs of a block's pushes, pops, final call/ret, with only 'neutral'
     instructions between (``_stack_kind``), as (ops, lo, hi, writes): ops
     are (position, slot) with slot the 8-byte offset from rSP at the run's
     first op, [lo, hi) the bytes they use relative to it, writes whether any
-    op stores.  Only runs of two or more ops are worth a group."""
+    op stores.  Only runs with GROUP_MIN_PUSHES pushes or more are worth a
+    group: a pop through the address cache (tlb.ADDR) costs what a grouped
+    pop does, and the group's look-up costs about two pushes."""
     out = []
     run = None
     last = blk.n - 1
@@ -1685,7 +1694,7 @@ def stack_groups(blk):
         if kind == "neutral":
             continue
         if kind is None:
-            if run is not None and len(run[0]) > 1:
+            if run is not None and _worth_group(run):
                 out.append(tuple(run))
             run = None
             continue
@@ -1702,7 +1711,7 @@ def stack_groups(blk):
             run[2] = max(run[2], d + 8)
             d += 8
         run[4] = d
-    if run is not None and len(run[0]) > 1:
+    if run is not None and _worth_group(run):
         out.append(tuple(run))
     return [(ops, lo, hi, writes) for ops, lo, hi, writes, _ in out]
 

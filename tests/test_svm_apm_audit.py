@@ -615,3 +615,40 @@ def test_a_nested_paging_guest_does_not_load_pdpes_at_mov_cr3():
     written" -- the MOV CR3 completes; the HLT after it runs from PDPE 0."""
     r = _pae_guest([ExitCode.EXCP_GP, ExitCode.HLT], np=True)
     assert r.exitcode == ExitCode.HLT
+
+
+# ---------------------------------------------------------------- 15.36.12: VMSAVE's RMP check
+def test_host_vmsave_to_a_guest_owned_page_is_gp():
+    """15.36.12: "The VMSAVE instruction also performs checks to ensure that
+    the target page is hypervisor-owned ... If VMSAVE is executed in host mode
+    and the target page fails the RMP check, a #GP(0) exception is generated"
+    (svmsim wrote the page): here the guest's VMSA page."""
+    from esharness import EsRig, VMSA
+    from test_sev_snp import host_run
+    r = EsRig("hlt", snp=True)
+    assert host_run(r, f"mov rax, {VMSA}\nvmsave") == (13, 0)
+    assert host_run(r, "mov rax, 0x380000\nvmsave") is None          # a hypervisor page
+
+
+def test_virtual_vmsave_to_a_guest_owned_page_is_an_rmp_npf():
+    """15.36.12: "If VMSAVE is executed in a guest when the VMSAVE instruction
+    is virtualized (see Section 15.33.1) and the target page fails the RMP
+    check, then a #VMEXIT(NPF) is generated indicating an RMP permission
+    error" -- a plain nested-paging guest on an SNP-enabled machine."""
+    from esharness import SYSCFG, RMP_BASE, RMP_END, RMP_AT
+    from svmsim.cpu import msr
+    from svmsim.memory.rmp import RmpEntry, PERM_ALL
+    target = 0x900000
+    r = SvmRig(f"mov rax, {target}\nvmsave\nhlt", intercepts=[ExitCode.HLT],
+               V_VMSAVE_VMLOAD_ENABLE=1, NP_ENABLE=1)
+    nt = NestedTables(r.m.bus)
+    nt.identity(0, 0x1000000)
+    r.vmcb["N_CR3"] = nt.root
+    msr.wrmsr(r.cpu, SYSCFG, 1 << 23)
+    msr.wrmsr(r.cpu, RMP_BASE, RMP_AT)
+    msr.wrmsr(r.cpu, RMP_END, RMP_AT + 0x4000 + 16 * (32 << 20 >> 12) - 1)
+    msr.wrmsr(r.cpu, SYSCFG, 1 << 23 | 1 << 24)
+    r.m.rmp.write(target, RmpEntry(True, 0, False, target, 7, False, True, [PERM_ALL, 0, 0, 0]))
+    r.run()
+    assert r.exitcode == ExitCode.NPF
+    assert r.vmcb["EXITINFO1"] >> 31 & 1 and r.vmcb["EXITINFO2"] == target

@@ -63,7 +63,31 @@ def vmload(cpu, ins):
 def vmsave(cpu, ins):
     """Store the VMLOAD state into the VMCB at rAX (APM vol 3 VMSAVE)."""
     svm_checks(cpu, ins, "VMSAVE")
-    _VMCB_SPAN.save(cpu, cpu.bus, _vmcb_spa(cpu, ins, True))
+    pa = _vmcb_spa(cpu, ins, True)
+    _vmsave_rmp_check(cpu, ins, pa)
+    _VMCB_SPAN.save(cpu, cpu.bus, pa)
+
+
+def _vmsave_rmp_check(cpu, ins, pa) -> None:
+    """APM 15.36.12: "The VMSAVE instruction also performs checks to ensure
+    that the target page is hypervisor-owned ... If VMSAVE is executed in host
+    mode and the target page fails the RMP check, a #GP(0) exception is
+    generated. If VMSAVE is executed in a guest when the VMSAVE instruction is
+    virtualized (see Section 15.33.1) and the target page fails the RMP check,
+    then a #VMEXIT(NPF) is generated indicating an RMP permission error."
+    svmsim's reading for a guest VMSAVE that is neither intercepted nor
+    virtualized (rAX a system-physical address): #GP(0), as in the host."""
+    rmp = cpu.machine.rmp
+    if not rmp.enabled or rmp.hypervisor_owned(pa & ~0xFFF):
+        return
+    if cpu.svm_guest and cpu.svm.v_vmsave_vmload and cpu.npt is not None:
+        from .snp import NPF_RMP, NPF_FINAL
+        from .state import VmExit
+        from .exits import ExitCode
+        from ..cpu.exceptions import PF_P, PF_W, PF_U
+        raise VmExit(ExitCode.NPF, PF_P | PF_W | PF_U | NPF_RMP | NPF_FINAL, _rax(cpu, ins),
+                     detail="virtual VMSAVE to a page that is not hypervisor-owned (RMP)")
+    raise CpuException(13, 0, detail=f"VMSAVE: the page at {pa:#x} is not hypervisor-owned (RMP)")
 
 
 @handles("STGI", ends_block=True)

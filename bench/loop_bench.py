@@ -21,7 +21,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -102,14 +101,12 @@ def run_kernel(path, iters, compiled=True, timeout=600):
 
 
 def run_qemu(path, iters, timeout=600):
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
+    from svmsim.testing import qemu_available, qemu_command
+    if not qemu_available():
         return None
-    cmd = [qemu, "-accel", "tcg", "-kernel", str(path), "-append", f"iters={iters}",
-           "-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot",
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", "128M"]
+    cmd = qemu_command(path, f"iters={iters}")  # the reference QEMU line the tests use
     start = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     wall = time.perf_counter() - start
     ok = f"checksum=0x{checksum(iters):016x}".encode() in p.stdout
     insns = 10 * iters                   # the loop body dominates; boot is negligible

@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -68,14 +67,12 @@ def svmsim_guest(kernel, sev):
 
 
 def qemu_guest(kernel):
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
+    from svmsim.testing import qemu_available, qemu_command
+    if not qemu_available():
         return None
-    cmd = [qemu, "-accel", "tcg", "-cpu", "EPYC", "-kernel", str(kernel), "-serial", "stdio",
-           "-display", "none", "-monitor", "none", "-no-reboot",
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", "128M"]
+    cmd = qemu_command(kernel)                 # the reference QEMU line the tests use
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, timeout=1800)
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
     return {"engine": "qemu tcg (no SEV)", "seconds": time.perf_counter() - t, "ok": p.returncode == 1,
             "output": p.stdout.decode("latin-1")}
 

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -58,14 +57,12 @@ def svmsim_run(kernel, append, mem="128M", profile=None):
 
 
 def qemu_run(kernel, append, mem="128M"):
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
+    from svmsim.testing import qemu_available, qemu_command
+    if not qemu_available():
         return None
-    cmd = [qemu, "-accel", "tcg", "-kernel", str(kernel), "-append", append,
-           "-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot",
-           "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", mem]
+    cmd = qemu_command(kernel, append, memory=mem)  # the reference QEMU line the tests use
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, timeout=1800)
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
     return time.perf_counter() - t, None, p.returncode == 1, p.stdout
 
 

@@ -93,6 +93,7 @@ class Cpu:
         self.c_bit = 0             # memory encryption: the C-bit position, 0 when off
         self.enc_mask = 0          # address bits that route an access through the engine
         self.sev_asid = 0          # the key slot of the running SEV guest (0: none)
+        self.probing = False       # a translation only checked (CLFLUSH): fill no decrypted line
         self.retired = 0
         self.q_exec = 0            # instructions retired in the current engine quantum so far
         self.q_events = 0          # exceptions the last engine quantum delivered (budget steps)

@@ -40,9 +40,18 @@ Keys stay in the engine; this module holds its cipher contexts only.
 """
 from __future__ import annotations
 
-from .encryption import BLOCK, PAGE, _tweaks, _xor_ends
+from .encryption import BLOCK, PAGE, _xor_ends
 
-LINE_SLOTS = 4096          # pages of plaintext kept (16 MiB of host memory, touched lazily)
+LINE_SLOTS = 8192          # pages of plaintext kept (32 MiB of host memory, touched lazily)
+# The 256 block numbers of a page as big-endian 128-bit counters, less the page's own
+# part (a page's first block number has its low 8 bits clear): the tweaks are their
+# ECB encryption (= AES-CTR's keystream, without building a CTR context per page).
+_COUNTERS = int.from_bytes(b"".join(j.to_bytes(16, "big") for j in range(PAGE // BLOCK)), "big")
+
+
+def _page_tweaks(enc, spa):
+    base = int.from_bytes(((spa >> 4) & ~0xFF).to_bytes(16, "big") * (PAGE // BLOCK), "big")
+    return enc.update((_COUNTERS | base).to_bytes(PAGE, "big"))
 
 
 class _Line:
@@ -92,7 +101,7 @@ class PlaintextLines:
             self._write_back(self.dirty[page])
         slot = self._free.pop()
         enc, dec = self.engine.contexts(asid)
-        tweak = _tweaks(self.engine._cipher(asid), spa, PAGE)
+        tweak = _page_tweaks(enc, spa)
         ram = self.ram
         ram[slot:slot + PAGE] = _xor_ends(dec, ram[off:off + PAGE], tweak)
         ln = self._lines[(asid, page)] = _Line((asid, page), slot, off, tweak, enc)
@@ -268,7 +277,8 @@ class PlaintextLines:
                 ram[s + x:s + x + k] = data[pos:pos + k]
                 lo, hi = x & ~(BLOCK - 1), (x + k + BLOCK - 1) & ~(BLOCK - 1)
                 base = off - x
-                ram[base + lo:base + hi] = _xor_ends(ln.enc, ram[s + lo:s + hi], ln.tweak[lo:hi])
+                if self.dirty.get(off >> 12) is not ln:      # a dirty line is written back later
+                    ram[base + lo:base + hi] = _xor_ends(ln.enc, ram[s + lo:s + hi], ln.tweak[lo:hi])
                 same = self.pages[off >> 12]
                 if len(same) > 1:                   # other keys' lines of this page
                     for other in [o for a, o in same.items() if a != asid]:

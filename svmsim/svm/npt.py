@@ -236,6 +236,8 @@ class NestedMmu:
         cpu = self.cpu
         if cpu.watch or cpu.paging and cpu.cr4 & (1 << 21) and t.us and not access & PF_U:
             return                      # watched data, or SMAP (depends on RFLAGS.AC)
+        if cpu.probing:
+            return                      # CLFLUSH: no line for a page only being flushed
         lines = cpu.machine.enc_lines
         if lines is None:
             return

@@ -475,7 +475,11 @@ def clflush(cpu, ins):
     off = ins.ea(cpu)
     if cpu.seg_chk[ins.seg]:
         cpu.seg_check(ins.seg, off, 1, False)
-    spa = cpu.translate(cpu.linear(ins.seg, off), cpu.user_access)
+    cpu.probing = True
+    try:
+        spa = cpu.translate(cpu.linear(ins.seg, off), cpu.user_access)
+    finally:
+        cpu.probing = False
     lines = cpu.machine.enc_lines
     if lines is not None and lines.dirty:
         ram_off = cpu.bus.ram_offset(spa & ~cpu.enc_mask)

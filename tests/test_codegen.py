@@ -724,6 +724,30 @@ def test_patched_immediate_straddling_write(runners):
     assert r["regs"][0] == sum(range(1, 31)) and r["regs"][7] == sum(range(5, 31))
 
 
+@pytest.mark.parametrize("budget", [5, 37, 10 ** 6])
+def test_opcode_flipped_back_and_forth_revives_blocks(runners, budget):
+    """A loop rewriting the opcode of its next instruction every iteration
+    (ADD <-> SUB): each version runs as written, in both tiers, and a block
+    dropped by the write is taken back, not decoded again, when its bytes
+    are as they were (Engine.dropped)."""
+    code = asm("""
+        mov edx, 0x01
+    1:
+        mov byte ptr [rip + 2f], dl
+    2:  .byte 0x01, 0xc8              # add eax, ecx (29 C8: sub eax, ecx)
+        xor edx, 0x28
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    r, ei, ec = _run_both(runners, code, _regs(rcx=100), budget)
+    if budget == 10 ** 6:
+        exp = sum(i if (100 - i) % 2 == 0 else -i for i in range(100, 0, -1)) & 0xFFFFFFFF
+        assert r["regs"][0] == exp
+        for run in runners("long64"):
+            assert run.m.engine.stats["blocks_revived"] >= 150
+
+
 def test_code_page_byte_map():
     from svmsim.cpu.codepages import CodePage
     cp = CodePage()

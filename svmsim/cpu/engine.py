@@ -22,6 +22,7 @@ from . import interrupts
 from .codepages import CodePage
 
 MAX_BLOCK = 64
+MAX_DROPPED = 1024       # keys of dropped blocks kept for revival (Engine.dropped)
 HOT_THRESHOLD = 200      # executions before a block is compiled to Python source (pays back ~150)
 PAGE = 0x1000
 
@@ -45,7 +46,7 @@ def _vimm_ops():
 
 
 class Block:
-    __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled", "lo")
+    __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled", "lo", "code")
 
 
 class Engine:
@@ -57,6 +58,11 @@ class Engine:
         self.blocks: dict = {}
         self.code_pages = machine.code_pages      # RAM page number -> CodePage
         self.regions: dict = {}                   # block key -> keys of the regions it is compiled into
+        # Blocks dropped by a write to their bytes, by key: [(their bytes, block)].
+        # Code that flips between a few versions (an opcode rewritten back and
+        # forth) gets a dropped block back when its bytes are the same again,
+        # without decoding it (translate).
+        self.dropped: dict = {}
         # Set when a write changes translated code; running code checks it
         # after a write so a rewritten later instruction of the same block
         # runs as rewritten (the check clears it).
@@ -65,7 +71,8 @@ class Engine:
         ops.load_all()
         if not _VIMM_OPS:
             _vimm_ops()
-        self.stats = {"blocks_translated": 0, "blocks_invalidated": 0, "blocks_compiled": 0}
+        self.stats = {"blocks_translated": 0, "blocks_invalidated": 0, "blocks_compiled": 0,
+                      "blocks_revived": 0}
         self.hot_threshold = HOT_THRESHOLD
         self.compile = self._compile
         # The debugger's translation-time instrumentation (svmsim.debug.control):
@@ -125,6 +132,11 @@ class Engine:
             except CpuException:
                 if self._insn_len(data, bits, rip) is None:
                     raise
+        variants = self.dropped.get(key)
+        if variants is not None and page2 is None and self.instrument is None:
+            for code, old in variants:
+                if old.page == page_off and old.insns[0].ip == rip and data.startswith(code):
+                    return self._revive(old, lin, key, page_off)
         dec = iced_x86.Decoder(bits, data, iced_x86.DecoderOptions.AMD, ip=rip)
         lo0 = lin & 0xFFF
         cp = self.code_pages.get(page_off >> 12) if page_off is not None and page_off >> 52 == 0 else None
@@ -171,8 +183,11 @@ class Engine:
         blk.heat = 0
         blk.compiled = None
         blk.lo = lin & 0xFFF               # its first byte's offset in its page
+        blk.code = None
         if crossed and page2 is None:
             return blk                     # runs on into MMIO or unmapped space: not cached
+        if page2 is None and not guest and self.instrument is None and page_off >> 52 == 0:
+            blk.code = data[:(blk.end_ip - rip) & cpu.lin_mask]   # kept if a write drops it
         lo = lin & 0xFFF
         end = lo + ((blk.end_ip - rip) & cpu.lin_mask)
         holes = [((ins.vimm[0] & 0xFFF), (ins.vimm[0] & 0xFFF) + ins.vimm[1])
@@ -183,6 +198,31 @@ class Engine:
         self.blocks[key] = blk
         self.stats["blocks_translated"] += 1
         return blk
+
+    def _revive(self, blk, lin, key, page_off):
+        """A block dropped by a write whose bytes are back as they were
+        (Engine.dropped): cached again as it was decoded, tier 1 (its compiled
+        region may have held other dropped blocks)."""
+        blk.compiled = None
+        lo = lin & 0xFFF
+        holes = [((ins.vimm[0] & 0xFFF), (ins.vimm[0] & 0xFFF) + ins.vimm[1])
+                 for ins in blk.insns if ins.vimm is not None]
+        self._register_code(blk, page_off, lo, lo + len(blk.code), holes)
+        self.blocks[key] = blk
+        self.stats["blocks_revived"] += 1
+        return blk
+
+    def _keep_dropped(self, blk):
+        variants = self.dropped.get(blk.key)
+        if variants is None:
+            if len(self.dropped) >= MAX_DROPPED:
+                del self.dropped[next(iter(self.dropped))]
+            variants = self.dropped[blk.key] = []
+        elif any(b is blk for _, b in variants):
+            return
+        elif len(variants) >= 4:
+            del variants[0]
+        variants.append((blk.code, blk))
 
     @staticmethod
     def _page2_ok(cpu, blk, lin):
@@ -252,6 +292,9 @@ class Engine:
         self.smc[0] = 1
         for k in keys:
             self._note_patched_imm(cp, k, off >> 12, lo, lo + n)
+            blk = self.blocks.get(k)
+            if blk is not None and blk.code is not None:
+                self._keep_dropped(blk)
             self.invalidate(k)
 
     def _note_patched_imm(self, cp, key, page, lo, hi):
@@ -290,6 +333,7 @@ class Engine:
 
     def flush(self):
         self.blocks.clear()
+        self.dropped.clear()
         self.code_pages.clear()
         self.regions.clear()
         try:

@@ -120,7 +120,7 @@ def main(argv=None):
                           "peak_rss_mib": rss}, indent=2))
         return 0
     print(f"{'phase':<8} {'count':>9} {'insns':>11} {'cpu s':>6} {'M/s cpu':>8} {'M/s wall':>8} "
-          f"{'retransl':>8} | {'QEMU count':>11} {'cpu s':>6} {'M/s cpu':>8} {'M/s wall':>8}  ok")
+          f"{'dropped':>8} | {'QEMU count':>11} {'cpu s':>6} {'M/s cpu':>8} {'M/s wall':>8}  ok")
     for r in rows.values():
         line = (f"{r['phase']:<8} {r['svmsim_count']:>9,} {r['instructions']:>11,} {r['svmsim_cpu']:>6.2f} "
                 f"{r['svmsim_mips']:>8.2f} {r['svmsim_mips_wall']:>8.2f} "

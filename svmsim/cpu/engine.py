@@ -186,7 +186,7 @@ class Engine:
         blk.code = None
         if crossed and page2 is None:
             return blk                     # runs on into MMIO or unmapped space: not cached
-        if page2 is None and not guest and self.instrument is None and page_off >> 52 == 0:
+        if page2 is None and page_off is not None and not guest and self.instrument is None and page_off >> 52 == 0:
             blk.code = data[:(blk.end_ip - rip) & cpu.lin_mask]   # kept if a write drops it
         lo = lin & 0xFFF
         end = lo + ((blk.end_ip - rip) & cpu.lin_mask)

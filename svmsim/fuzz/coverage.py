@@ -15,6 +15,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 
 
@@ -85,7 +86,9 @@ def worker(name: str, options: dict, seconds: float, worker_index: int, out_dir:
     # -rss_limit_mb=0: the bound above reads the current RSS; libFuzzer reads ru_maxrss, which
     # a child inherits across fork and exec, so a worker started by a large process (a long
     # pytest run) would be stopped as out-of-memory before its first input.
-    atheris.Setup([sys.argv[0], "-timeout=0", "-rss_limit_mb=0",
+    # -artifact_prefix: libFuzzer's own crash files go with the reproducers, not into the cwd.
+    artifacts = os.path.join(out_dir or tempfile.gettempdir(), f"libfuzzer-{worker_index}-")
+    atheris.Setup([sys.argv[0], "-timeout=0", "-rss_limit_mb=0", f"-artifact_prefix={artifacts}",
                    f"-seed={worker_index + 1}", "-max_len=4096"], one_input)
     atheris.Fuzz()
     finish()

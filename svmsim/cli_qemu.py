@@ -113,21 +113,23 @@ def _props(text):
     return first, dict((p.partition("=")[0], p.partition("=")[2]) for p in rest if p)
 
 
-def _memory(text):
+def _implied(text, key, default):
+    """(value, props) of an option whose first part is its implied ``key``
+    ('1' or 'cpus=1,...' for -smp); ``default`` when ``key=`` is not given."""
     first, props = _props(text)
     if "=" in first:
-        key, _, value = first.partition("=")
-        props[key] = value
-        first = props.get("size", "")
-    return first or "128M"
+        k, _, value = first.partition("=")
+        props[k] = value
+        first = props.get(key, default)
+    return first, props
+
+
+def _memory(text):
+    return _implied(text, "size", "")[0] or "128M"
 
 
 def _smp(text):
-    first, props = _props(text)
-    if "=" in first:
-        key, _, value = first.partition("=")
-        props[key] = value
-        first = props.get("cpus", "1")
+    first = _implied(text, "cpus", "1")[0]
     try:
         n = int(first, 0)
     except ValueError:
@@ -141,11 +143,7 @@ def _accel(opts):
     """-machine accel=X / -accel X / -enable-kvm: only TCG (svmsim itself)."""
     accel = "tcg"
     if "machine" in opts:
-        mtype, props = _props(opts["machine"])
-        if "=" in mtype:
-            key, _, value = mtype.partition("=")
-            props[key] = value
-            mtype = props.get("type", "pc")
+        mtype, props = _implied(opts["machine"], "type", "pc")
         if mtype not in ("pc", "") and not mtype.startswith("pc-i440fx"):
             raise QemuUsageError(f"machine type {mtype!r} not supported: svmsim models QEMU's 'pc'")
         accel = props.get("accel", accel)

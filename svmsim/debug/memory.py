@@ -227,12 +227,19 @@ def _pages(addr, n):
         n -= chunk
 
 
+def _walked(addr, n, walker, what):
+    """(offset, chunk, walk) for each page of [addr, addr + n) as ``walker``
+    translates it; a fault is a DebugMemoryError 'cannot WHAT ADDR: fault'."""
+    for a, chunk in _pages(addr, n):
+        w = walker(a)
+        if w.fault:
+            raise DebugMemoryError(f"cannot {what} {a:#x}: {w.fault}")
+        yield a - addr, chunk, w
+
+
 def read_virtual(cpu, lin, n, context=None) -> bytes:
     out = bytearray()
-    for a, chunk in _pages(lin, n):
-        w = walk(cpu, a, context)
-        if w.fault:
-            raise DebugMemoryError(f"cannot read {a:#x}: {w.fault}")
+    for _, chunk, w in _walked(lin, n, lambda a: walk(cpu, a, context), "read"):
         if w.private:
             out += _peek_guest(cpu, w.spa, chunk, w.context.sev_slot)
         else:
@@ -241,11 +248,7 @@ def read_virtual(cpu, lin, n, context=None) -> bytes:
 
 
 def write_virtual(cpu, lin, data, context=None) -> None:
-    pos = 0
-    for a, chunk in _pages(lin, len(data)):
-        w = walk(cpu, a, context)
-        if w.fault:
-            raise DebugMemoryError(f"cannot write {a:#x}: {w.fault}")
+    for pos, chunk, w in _walked(lin, len(data), lambda a: walk(cpu, a, context), "write"):
         part = data[pos:pos + chunk]
         if w.private:
             eng, bus = cpu.machine.mem_engine, cpu.bus
@@ -253,7 +256,6 @@ def write_virtual(cpu, lin, data, context=None) -> None:
                       w.context.sev_slot)
         else:
             write_spa(cpu, w.spa, part)
-        pos += chunk
 
 
 def write_spa(cpu, spa, data) -> None:
@@ -283,22 +285,14 @@ def read_gpa(cpu, gpa, n, context=None) -> bytes:
     """Guest-physical bytes as stored (no guest key: what the hypervisor's own
     mapping of that page would read)."""
     out = bytearray()
-    for a, chunk in _pages(gpa, n):
-        w = gpa_walk(cpu, a, context)
-        if w.fault:
-            raise DebugMemoryError(f"cannot read gPA {a:#x}: {w.fault}")
+    for _, chunk, w in _walked(gpa, n, lambda a: gpa_walk(cpu, a, context), "read gPA"):
         out += peek_spa(cpu, w.spa, chunk)
     return bytes(out)
 
 
 def write_gpa(cpu, gpa, data, context=None) -> None:
-    pos = 0
-    for a, chunk in _pages(gpa, len(data)):
-        w = gpa_walk(cpu, a, context)
-        if w.fault:
-            raise DebugMemoryError(f"cannot write gPA {a:#x}: {w.fault}")
+    for pos, chunk, w in _walked(gpa, len(data), lambda a: gpa_walk(cpu, a, context), "write gPA"):
         write_spa(cpu, w.spa, data[pos:pos + chunk])
-        pos += chunk
 
 
 # ------------------------------------------------------------------ formatting

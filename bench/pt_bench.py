@@ -15,38 +15,16 @@ process, which a loaded machine disturbs less than wall time.  Usage:
     python3 bench/pt_bench.py [--gib N] [--reps R] [--qemu-reps R] [--json]
 """
 import argparse
-import io
 import json
 import os
 import re
 import resource
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-
-def svmsim_run(kernel, append):
-    from svmsim.machine import Machine
-    out = io.BytesIO()
-    m = Machine(mem_size="128M", serial_out=out)
-    m.load_kernel(str(kernel), append)
-    cpu0 = time.process_time()
-    r = m.run(timeout=3600)
-    cpu = time.process_time() - cpu0
-    return r.wall_time, cpu, r.instructions, out.getvalue().decode(errors="replace")
-
-
-def qemu_run(kernel, append):
-    from svmsim.testing import qemu_available, qemu_command
-    if not qemu_available():
-        return None
-    cmd = qemu_command(kernel, append)         # the reference QEMU line the tests use
-    t = time.perf_counter()
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
-    return time.perf_counter() - t, p.stdout.decode(errors="replace")
+from runs import qemu_run, svmsim_run  # noqa: E402 (bench/)
 
 
 def _checksum(text):
@@ -63,7 +41,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import guestbuild
     kernel = guestbuild.build_guest("pt_build")
-    wall, cpu, insns, out = svmsim_run(kernel, f"gib={a.gib} reps={a.reps}")
+    wall, cpu, insns, _, out, _ = svmsim_run(kernel, f"gib={a.gib} reps={a.reps}")
+    out = out.decode(errors="replace")
     rows = [{"engine": "svmsim", "gib": a.gib, "reps": a.reps, "instructions": insns,
              "seconds": wall, "cpu_seconds": cpu, "mips": insns / wall / 1e6,
              "mips_cpu": insns / cpu / 1e6, "ok": "pt_build: PASS" in out,
@@ -71,7 +50,7 @@ def main(argv=None):
              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}]
     q = qemu_run(kernel, f"gib={a.gib} reps={a.qemu_reps}")
     if q is not None:
-        qwall, qout = q
+        qwall, qout = q.wall, q.out.decode(errors="replace")
         qinsns = insns * a.qemu_reps / a.reps           # the same kernel, deterministic
         rows.append({"engine": "qemu tcg", "gib": a.gib, "reps": a.qemu_reps,
                      "instructions": int(qinsns), "seconds": qwall, "mips": qinsns / qwall / 1e6,

@@ -22,17 +22,15 @@ ratios use CPU time (the project machine is shared).  Usage:
     python3 bench/smc_bench.py [--phases near,far,...] [--scale F] [--no-qemu] [--json]
 """
 import argparse
-import io
 import json
 import os
 import resource
-import shutil
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from runs import qemu_run, svmsim_run  # noqa: E402 (bench/)
 
 # phase: (svmsim count, QEMU count)
 PHASES = {
@@ -44,31 +42,6 @@ PHASES = {
     "flipref": (1_000_000, 100_000_000),
 }
 PAIRS = (("near", "far", 2), ("smc", "smcref", 5), ("flip", "flipref", None))
-
-
-def svmsim_run(kernel, append):
-    from svmsim.machine import Machine
-    out = io.BytesIO()
-    m = Machine(mem_size="128M", serial_out=out)
-    m.load_kernel(str(kernel), append)
-    t, c = time.perf_counter(), time.process_time()
-    r = m.run(timeout=1800)
-    return (time.perf_counter() - t, time.process_time() - c, r.instructions,
-            r.status == 1, out.getvalue(), dict(m.engine.stats))
-
-
-def qemu_run(kernel, append):
-    if shutil.which("qemu-system-x86_64") is None:
-        return None
-    from svmsim.testing import qemu_command
-    cmd = qemu_command(str(kernel), append=append)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return wall, cpu, p.returncode == 1, p.stdout
 
 
 def main(argv=None):
@@ -91,14 +64,14 @@ def main(argv=None):
     for p in phases:
         n_s, n_q = (max(1, int(n * a.scale)) for n in PHASES[p])
         wall, cpu, insns, ok, out, stats = svmsim_run(kernel, f"{p}={n_s}")
-        insns -= boot_s[2]
-        wall, cpu = wall - boot_s[0], cpu - boot_s[1]
+        insns -= boot_s.insns
+        wall, cpu = wall - boot_s.wall, cpu - boot_s.cpu
         row = {"phase": p, "svmsim_count": n_s, "instructions": insns, "svmsim_wall": wall,
                "svmsim_cpu": cpu, "svmsim_mips": insns / cpu / 1e6,
                "svmsim_mips_wall": insns / wall / 1e6, "ok": ok, "stats": stats}
         if boot_q is not None:
             qw, qc, okq, outq = qemu_run(kernel, f"{p}={n_q}")
-            qw, qc = max(qw - boot_q[0], 1e-3), max(qc - boot_q[1], 1e-3)
+            qw, qc = max(qw - boot_q.wall, 1e-3), max(qc - boot_q.cpu, 1e-3)
             q_insns = insns * n_q / n_s
             row.update({"qemu_count": n_q, "qemu_wall": qw, "qemu_cpu": qc,
                         "qemu_mips": q_insns / qc / 1e6, "qemu_mips_wall": q_insns / qw / 1e6,
@@ -116,7 +89,7 @@ def main(argv=None):
             ratios.append(r)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if a.json:
-        print(json.dumps({"boot": boot_s[:2], "rows": list(rows.values()), "ratios": ratios,
+        print(json.dumps({"boot": [boot_s.wall, boot_s.cpu], "rows": list(rows.values()), "ratios": ratios,
                           "peak_rss_mib": rss}, indent=2))
         return 0
     print(f"{'phase':<8} {'count':>9} {'insns':>11} {'cpu s':>6} {'M/s cpu':>8} {'M/s wall':>8} "
@@ -136,7 +109,7 @@ def main(argv=None):
             if r["target"] else ""
         q = f", QEMU TCG {r['qemu']:.1f}x" if "qemu" in r else ""
         print(f"{r['pair']}: svmsim {r['svmsim']:.2f}x slower{tgt}{q}")
-    print(f"boot (subtracted): svmsim {boot_s[0]:.2f} s" + (f", QEMU {boot_q[0]:.2f} s" if boot_q else ""))
+    print(f"boot (subtracted): svmsim {boot_s.wall:.2f} s" + (f", QEMU {boot_q.wall:.2f} s" if boot_q else ""))
     print(f"peak RSS: {rss:.0f} MiB")
     return 0
 

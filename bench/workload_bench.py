@@ -15,16 +15,15 @@ phases also report bytes per second.  Usage:
     python3 bench/workload_bench.py [--phases pt,calls,...] [--scale F] [--no-qemu] [--json]
 """
 import argparse
-import io
 import json
 import os
 import resource
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from runs import qemu_run, svmsim_run  # noqa: E402 (bench/)
 
 BUF = 64 << 10
 # phase: (svmsim count, QEMU count, extra arguments, bytes per count or 0)
@@ -39,31 +38,6 @@ PHASES = {
     "far": (1_000_000, 100_000_000, "", 0),
     "smc": (100_000, 100_000, "", 0),
 }
-
-
-def svmsim_run(kernel, append, mem="128M", profile=None):
-    from svmsim.machine import Machine
-    out = io.BytesIO()
-    m = Machine(mem_size=mem, serial_out=out)
-    m.load_kernel(str(kernel), append)
-    if profile:
-        import cProfile
-        prof = cProfile.Profile()
-        r = prof.runcall(m.run, timeout=1800)
-        prof.dump_stats(profile)
-    else:
-        r = m.run(timeout=1800)
-    return r.wall_time, r.instructions, r.status == 1, out.getvalue()
-
-
-def qemu_run(kernel, append, mem="128M"):
-    from svmsim.testing import qemu_available, qemu_command
-    if not qemu_available():
-        return None
-    cmd = qemu_command(kernel, append, memory=mem)  # the reference QEMU line the tests use
-    t = time.perf_counter()
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=1800)
-    return time.perf_counter() - t, None, p.returncode == 1, p.stdout
 
 
 def main(argv=None):
@@ -89,16 +63,17 @@ def main(argv=None):
         n_s = max(1, int(n_s * a.scale))
         n_q = max(1, int(n_q * a.scale))
         prof = f"{a.profile}-{p}.prof" if a.profile else None
-        t, insns, ok, out = svmsim_run(kernel, f"{p}={n_s} {extra}".strip(), profile=prof)
-        secs = t - boot_s[0]
-        phase_insns = insns - boot_s[1]
+        run = svmsim_run(kernel, f"{p}={n_s} {extra}".strip(), profile=prof)
+        ok, out = run.ok, run.out
+        secs = run.wall - boot_s.wall
+        phase_insns = run.insns - boot_s.insns
         row = {"phase": p, "svmsim_count": n_s, "svmsim_seconds": secs, "instructions": phase_insns,
                "svmsim_mips": phase_insns / secs / 1e6, "ok": ok}
         if nbytes:
             row["svmsim_mb_s"] = n_s * nbytes / secs / 1e6
         if boot_q is not None:
             tq, _, okq, outq = qemu_run(kernel, f"{p}={n_q} {extra}".strip())
-            qsecs = max(tq - boot_q[0], 1e-3)
+            qsecs = max(tq - boot_q.wall, 1e-3)
             row.update({"qemu_count": n_q, "qemu_seconds": qsecs,
                         "qemu_mips": phase_insns * n_q / n_s / qsecs / 1e6, "qemu_ok": okq})
             if nbytes:
@@ -110,7 +85,7 @@ def main(argv=None):
         rows.append(row)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if a.json:
-        print(json.dumps({"boot_seconds": boot_s[0], "rows": rows, "peak_rss_mib": rss}, indent=2))
+        print(json.dumps({"boot_seconds": boot_s.wall, "rows": rows, "peak_rss_mib": rss}, indent=2))
         return 0
     print(f"{'phase':<7} {'count':>9} {'insns':>12} {'s':>7} {'M insn/s':>9} {'MB/s':>7} | "
           f"{'QEMU count':>11} {'s':>6} {'M insn/s':>9} {'MB/s':>7} {'QEMU/svmsim':>11}  ok")
@@ -125,7 +100,7 @@ def main(argv=None):
         else:
             line += " " * 50
         print(line + f"  {'yes' if r['ok'] else 'NO'}")
-    print(f"boot (subtracted): svmsim {boot_s[0]:.2f} s" + (f", QEMU {boot_q[0]:.2f} s" if boot_q else ""))
+    print(f"boot (subtracted): svmsim {boot_s.wall:.2f} s" + (f", QEMU {boot_q.wall:.2f} s" if boot_q else ""))
     print(f"peak RSS: {rss:.0f} MiB")
     return 0
 

@@ -177,3 +177,13 @@ def test_pc_testdev_is_optional():
     assert m.io.read(0xE0, 4) == 0xFFFFFFFF
     with pytest.raises(ConfigError):
         Machine(mem_size="16M", devices=("pci-testdev",))
+
+
+def test_svmsim_qemu_is_an_installed_command():
+    """README "As QEMU" runs `QEMU=svmsim-qemu ./run_tests.sh`: the package must install
+    it as a console script (it was once declared as a pytest plugin by mistake)."""
+    import pathlib
+    import tomllib
+    meta = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["scripts"]["svmsim-qemu"] == "svmsim.cli_qemu:main"
+    assert "svmsim-qemu" not in meta["project"]["entry-points"]["pytest11"]

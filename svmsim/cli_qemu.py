@@ -28,6 +28,7 @@ can never go on (every CPU halted for good, a feature svmsim does not model,
 an internal error) ends at once with svmsim's status and reason on stderr,
 where QEMU would hang until the runner's timeout.
 """
+import os
 import sys
 from importlib import metadata
 
@@ -75,6 +76,10 @@ qemu-system-x86_64 that boot a kernel:
 -device pc-testdev | edu | isa-debug-exit,iobase=0xf4,iosize=4 | help
 -display none, -nographic, -nodefaults, -no-reboot, -global, -overcommit,
 -name, -vga none   accepted
+
+Environment: SVMSIM_FORCE_EMULATION_PREFIX=1 turns on KVM's forced-emulation
+prefix (ud2; .ascii "kvm"), as kvm.force_emulation_prefix=1 does on KVM
+(same as -cpu ...,+force-emulation-prefix; off by default: #UD as on hardware)
 """
 
 
@@ -195,6 +200,22 @@ def _modules(text):
     return out
 
 
+FEP_ENV = "SVMSIM_FORCE_EMULATION_PREFIX"
+
+
+def _fep_from_env() -> bool:
+    """``SVMSIM_FORCE_EMULATION_PREFIX=1``: KVM's forced-emulation prefix on,
+    whatever ``-cpu`` says -- the counterpart of KVM's module parameter
+    ``kvm.force_emulation_prefix=1``, which kvm-unit-tests' runner cannot
+    pass either (its stanzas' -cpu lines do not name it)."""
+    value = os.environ.get(FEP_ENV, "").strip().lower()
+    if value in ("", "0", "n", "no", "off", "false"):
+        return False
+    if value in ("1", "y", "yes", "on", "true"):
+        return True
+    raise QemuUsageError(f"{FEP_ENV}={value!r}: use 1 (on) or 0 (off)")
+
+
 def _warn(text):
     print(f"svmsim-qemu: warning: {text}", file=sys.stderr)
 
@@ -209,6 +230,8 @@ def build(opts):
     if kernel is None:
         raise QemuUsageError("no -kernel given: svmsim-qemu boots a kernel (there is no firmware disk boot)")
     profile = profiles.get(opts.get("cpu", "epyc"), warn=_warn)
+    if _fep_from_env():
+        profile = profiles.with_fep(profile)
     out, inp = _serial(opts)
     cfg = MachineConfig(mem_size=_memory(opts.get("m", "128M")), smp=smp, cpu=profile,
                         serial_out=out, serial_in=inp, devices=_devices(opts))

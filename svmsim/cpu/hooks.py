@@ -121,6 +121,11 @@ class CpuHooks:
     def stepped_into_guest(self, cpu, tf: bool) -> None:
         """A single-stepped instruction entered guest mode (VMRUN)."""
 
+    def fep_allowed(self, cpu) -> bool:
+        """May KVM's forced-emulation prefix act in this guest (ops/system.py
+        ud2)?  False where KVM would give the guest's hypervisor the #UD."""
+        return True
+
     def tsc(self, cpu, host_tsc: int) -> int:
         """The TSC a guest reads, from the host's."""
         return host_tsc

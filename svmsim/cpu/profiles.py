@@ -26,6 +26,8 @@ A CPU is named as on QEMU's command line: a model, then features to add or
 remove, ``max,+svm,-npt,-rdtscp`` (``+f``, ``-f``, ``f=on``, ``f=off``).
 Features take svmsim's names (``FEATURE_BITS``) or QEMU's (``QEMU_NAMES``);
 QEMU's model names (``EPYC``, ``EPYC-Milan``, ``qemu64``) are accepted.
+``PROPERTIES`` are set the same way but are not CPUID bits
+(``+force-emulation-prefix``: KVM's forced-emulation prefix, off by default).
 """
 from dataclasses import dataclass, field, replace
 
@@ -112,6 +114,14 @@ QEMU_NAMES = {
     "nrip-save": "nrips", "flushbyasid": "flush_by_asid", "decodeassists": "decode_assists",
     "pfthreshold": "pause_filter_threshold",
 }
+
+# CPU properties that are not CPUID features, set as features are (``+name``,
+# ``name=on``) -> Profile field.  ``force-emulation-prefix`` (alias ``fep``):
+# KVM's forced-emulation prefix ``ud2; .ascii "kvm"`` runs the instruction
+# after it instead of raising #UD (cpu/ops/system.py ud2).  A debugging aid
+# of KVM (its module parameter force_emulation_prefix) that no processor has:
+# off by default, where the prefix is #UD as on hardware.
+PROPERTIES = {"force-emulation-prefix": "fep", "fep": "fep"}
 
 # Fn0000_0001_EDX bits that AMD repeats in Fn8000_0001_EDX (APM vol 3, E.4.2).
 AMD_EDX_ALIASES = ("fpu", "vme", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic",
@@ -236,6 +246,8 @@ class Profile:
     pkg_type: int
     mcg_banks: int
     extra: dict = field(default_factory=dict)
+    # KVM's forced-emulation prefix (PROPERTIES): not a CPUID feature.
+    fep: bool = False
 
     @property
     def reset_edx(self) -> int:
@@ -269,8 +281,13 @@ def get(spec, warn=None) -> Profile:
     if not edits:
         return base
     features = set(base.features)
+    props = {}
     for edit in edits:
         feature, on = _parse_edit(edit)
+        prop = PROPERTIES.get(feature.lower().replace("_", "-"))
+        if prop is not None:
+            props[prop] = on
+            continue
         canon = feature_name(feature)
         if canon is None:
             if warn is None:
@@ -278,7 +295,12 @@ def get(spec, warn=None) -> Profile:
             warn(f"svmsim does not model CPU feature {feature!r}: ignored")
             continue
         (features.add if on else features.discard)(canon)
-    return replace(base, name=str(spec), features=frozenset(features))
+    return replace(base, name=str(spec), features=frozenset(features), **props)
+
+
+def with_fep(profile: "Profile") -> "Profile":
+    """``profile`` with KVM's forced-emulation prefix on (PROPERTIES)."""
+    return profile if profile.fep else replace(profile, name=f"{profile.name},+force-emulation-prefix", fep=True)
 
 
 def feature_name(name: str):

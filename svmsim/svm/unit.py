@@ -136,6 +136,14 @@ class SvmUnit(CpuHooks):
         """A single-stepped VMRUN traps in the host after the #VMEXIT."""
         cpu.svm.host_step = tf
 
+    def fep_allowed(self, cpu) -> bool:
+        """KVM's forced-emulation prefix (a debugging aid of KVM, not of the
+        APM) acts in a guest unless its hypervisor intercepts #UD: KVM then
+        reflects the prefix's #UD to it (nested_svm_exit_handled before
+        handle_ud).  Not in an SEV-ES guest, whose code KVM cannot read."""
+        s = cpu.svm
+        return not (s.words[2] >> 6 & 1 or s.es)
+
     def tsc(self, cpu, host_tsc: int) -> int:
         """Guest TSC = host TSC * TSC_RATIO + VMCB TSC_OFFSET (APM vol 2, 15.30.5)."""
         ratio = cpu.msr.get(TSC_RATIO, TSC_RATIO_ONE)

@@ -15,7 +15,7 @@ loop spins instead of sleeping forever on a store svmsim would not notice).
 """
 import random
 
-from iced_x86 import Code as C, Register as R
+from iced_x86 import Code as C, Mnemonic as M, Register as R
 
 from . import handles
 from .. import msr as msrs
@@ -28,6 +28,7 @@ from ..state import (CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0
 from ...errors import NotModelled
 
 MASK64 = (1 << 64) - 1
+_UD2 = M.UD2
 CR0_VALID = CR0_PE | CR0_MP | CR0_EM | CR0_TS | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_NW | CR0_CD | CR0_PG
 CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE, CR4_PCE = (
     1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100)
@@ -659,9 +660,49 @@ def outs(cpu, ins):
 
 
 # ================================================================ misc
-@handles("UD0", "UD1", "UD2")
+FEP = b"\x0f\x0bkvm"     # KVM's forced-emulation prefix: ud2; .ascii "kvm"
+
+
+@handles("UD0", "UD1", "UD2", ends_block=True)
 def ud2(cpu, ins):
+    """#UD, always -- unless the CPU has the opt-in ``force-emulation-prefix``
+    property (profiles.py; off by default: no processor has it) and this UD2
+    starts KVM's forced-emulation prefix ``ud2; .ascii "kvm"`` (0F 0B 6B 76 6D).
+
+    KVM (arch/x86/kvm/x86.c, handle_ud, module parameter
+    ``force_emulation_prefix``) then skips the five bytes and emulates the
+    instruction after them; kvm-unit-tests (lib/x86/desc.c, is_fep_available)
+    probes for it and runs its ``*_emulate`` subtests only where it works.
+    svmsim's interpreter is its only "emulator", so the prefix just retires
+    like a five-byte instruction that ends here without a single-step or
+    data-breakpoint trap of its own: the next instruction runs at the
+    prefix's end with every rule of its own (intercepts, faults reported at
+    its address -- where KVM leaves RIP -- and the TF trap after it).  As on
+    KVM, where an L1 that intercepts #UD gets the prefix's #UD, the guest
+    mode's extension may refuse it (``hooks.fep_allowed``).  Differences from
+    KVM, which emulates the pair atomically: an interrupt may be taken
+    between the prefix and its instruction (docs/DESIGN.md)."""
+    if ins.mnemonic == _UD2 and getattr(cpu.machine.profile, "fep", False) and _fep_at(cpu, ins.ip):
+        cpu.rip = (ins.ip + len(FEP)) & ((1 << cpu.bits) - 1)
+        cpu.no_traps = True
+        return
     raise ud(f"{ins.name.upper()}")
+
+
+def _fep_at(cpu, ip) -> bool:
+    """The five bytes at CS:ip are the forced-emulation prefix (read as code;
+    bytes that cannot be fetched mean no prefix) and the mode allows it."""
+    from ..segments import CS
+    lin = (cpu.ebase[CS] + ip) & cpu.lin_mask
+    data = b""
+    try:
+        while len(data) < len(FEP):
+            n = min(len(FEP) - len(data), 0x1000 - (lin & 0xFFF))
+            data += cpu.pread_bytes(cpu.fetch_spa(lin), n)
+            lin = (lin + n) & cpu.lin_mask
+    except CpuException:
+        return False
+    return data == FEP and (not cpu.svm_guest or cpu.hooks.fep_allowed(cpu))
 
 
 def _rng(machine):

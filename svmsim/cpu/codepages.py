@@ -31,16 +31,18 @@ _ONES = b"\x01" * PAGE
 
 class CodePage:
     """The translated bytes of one RAM page."""
-    __slots__ = ("map", "blocks", "volatile")
+    __slots__ = ("map", "blocks", "volatile", "hits")
 
     def __init__(self):
         self.map = bytearray(PAGE)       # 1 where a translated instruction byte lies
         self.blocks: dict = {}           # block key -> ((lo, hi), ...): its bytes in this page
         self.volatile: set = set()       # page offsets of instructions whose immediate is patched
+        self.hits: dict = {}             # (lo, hi) -> written(lo, hi) while no block comes or goes
 
-    def add(self, key, lo: int, hi: int, holes=()) -> None:
+    def add(self, key, lo: int, hi: int, holes=()) -> tuple:
         """Block ``key`` was decoded from bytes [lo, hi) of this page, except
-        the ``holes`` (sorted (a, b) ranges inside it: patched immediates)."""
+        the ``holes`` (sorted (a, b) ranges inside it: patched immediates);
+        returns its ranges (``set``).  A key registered before is replaced."""
         ranges = []
         for a, b in holes:
             if lo < a:
@@ -49,6 +51,15 @@ class CodePage:
         if lo < hi:
             ranges.append((lo, hi))
         ranges = tuple(ranges)
+        self.set(key, ranges)
+        return ranges
+
+    def set(self, key, ranges: tuple) -> None:
+        """Register block ``key`` with the byte ranges ``add`` returned for it
+        (a kept version of a block coming back, engine.py ``_revive``)."""
+        if key in self.blocks:
+            self.remove(key)
+        self.hits.clear()
         self.blocks[key] = ranges
         for a, b in ranges:
             self.map[a:b] = _ONES[:b - a]
@@ -57,12 +68,18 @@ class CodePage:
         """Keys of the blocks whose bytes overlap [lo, hi)."""
         if self.map.find(1, lo, hi) < 0:
             return []
-        return [k for k, rs in self.blocks.items() if any(a < hi and lo < b for a, b in rs)]
+        keys = self.hits.get((lo, hi))
+        if keys is None:
+            if len(self.hits) >= 64:
+                self.hits.clear()
+            keys = self.hits[lo, hi] = [k for k, rs in self.blocks.items() if any(a < hi and lo < b for a, b in rs)]
+        return keys
 
     def remove(self, key) -> None:
         rs = self.blocks.pop(key, None)
         if rs is None:
             return
+        self.hits.clear()
         for lo, hi in rs:
             self.map[lo:hi] = bytes(hi - lo)
         for other in self.blocks.values():      # bytes other blocks still cover

@@ -46,7 +46,8 @@ def _vimm_ops():
 
 
 class Block:
-    __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled", "lo", "code")
+    __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled", "lo", "code",
+                 "reg", "imms")
 
 
 class Engine:
@@ -89,12 +90,15 @@ class Engine:
         page, mode = blk.key[0] >> 12, blk.key[1]
         base = cpu.ebase[CS]
         blocks = self.blocks
+        dropped = self.dropped
 
         def lookup(ip):
             lin = (base + ip) & cpu.lin_mask
             b = blocks.get((lin, mode))
             if b is None or lin >> 12 != page or b.page != blk.page or b.page2 is not None:
                 return None
+            if len(dropped.get(b.key, ())) > 1:
+                return None        # its code flips between versions: a region head only (_revive)
             return b
         fn = codegen.compile_block(blk, cpu, lookup if base == 0 else None)
         if fn is not None:
@@ -117,6 +121,15 @@ class Engine:
         """
         bits = cpu.bits
         rip = cpu.rip
+        variants = self.dropped.get(key)
+        if variants is not None and self.instrument is None:
+            page = cpu.fx.get(lin >> 12)
+            if page is not None and not (self.bus.dirty and page >> 12 in self.bus.dirty):
+                a = page + (lin & 0xFFF)
+                ram = cpu.ram
+                for code, old in variants:
+                    if old.page == page and old.insns[0].ip == rip and ram[a:a + len(code)] == code:
+                        return self._revive(old, key)
         spa = cpu.fetch_spa(lin)
         page_off = cpu.code_page(spa)
         avail = PAGE - (lin & 0xFFF)
@@ -132,11 +145,10 @@ class Engine:
             except CpuException:
                 if self._insn_len(data, bits, rip) is None:
                     raise
-        variants = self.dropped.get(key)
         if variants is not None and page2 is None and self.instrument is None:
             for code, old in variants:
                 if old.page == page_off and old.insns[0].ip == rip and data.startswith(code):
-                    return self._revive(old, lin, key, page_off)
+                    return self._revive(old, key)
         dec = iced_x86.Decoder(bits, data, iced_x86.DecoderOptions.AMD, ip=rip)
         lo0 = lin & 0xFFF
         cp = self.code_pages.get(page_off >> 12) if page_off is not None and page_off >> 52 == 0 else None
@@ -184,6 +196,8 @@ class Engine:
         blk.compiled = None
         blk.lo = lin & 0xFFF               # its first byte's offset in its page
         blk.code = None
+        blk.reg = None
+        blk.imms = None
         if crossed and page2 is None:
             return blk                     # runs on into MMIO or unmapped space: not cached
         if page2 is None and page_off is not None and not guest and self.instrument is None and page_off >> 52 == 0:
@@ -192,37 +206,71 @@ class Engine:
         end = lo + ((blk.end_ip - rip) & cpu.lin_mask)
         holes = [((ins.vimm[0] & 0xFFF), (ins.vimm[0] & 0xFFF) + ins.vimm[1])
                  for ins in insns if ins.vimm is not None]
-        self._register_code(blk, page_off, lo, min(end, PAGE), holes)
+        blk.reg = self._register_code(blk, page_off, lo, min(end, PAGE), holes)
         if page2 is not None:
             self._register_code(blk, page2, 0, end - PAGE)
         self.blocks[key] = blk
         self.stats["blocks_translated"] += 1
         return blk
 
-    def _revive(self, blk, lin, key, page_off):
+    def _revive(self, blk, key):
         """A block dropped by a write whose bytes are back as they were
-        (Engine.dropped): cached again as it was decoded, tier 1 (its compiled
-        region may have held other dropped blocks)."""
-        blk.compiled = None
-        lo = lin & 0xFFF
-        holes = [((ins.vimm[0] & 0xFFF), (ins.vimm[0] & 0xFFF) + ins.vimm[1])
-                 for ins in blk.insns if ins.vimm is not None]
-        self._register_code(blk, page_off, lo, lo + len(blk.code), holes)
+        (Engine.dropped) is the live version again, as it was decoded and
+        compiled: its byte ranges are still registered in its code page
+        unless another version replaced them, and its compiled region is kept
+        while every other member of it is live (the same block objects, so
+        the same bytes)."""
         self.blocks[key] = blk
+        cp = self._code_page(blk.page >> 12)
+        if cp.blocks.get(key) != blk.reg:
+            cp.set(key, blk.reg)
+        fn = blk.compiled
+        if fn is not None:
+            blocks = self.blocks
+            regions = self.regions
+            for m in fn.members:
+                if blocks.get(m.key) is not m:
+                    blk.compiled = None
+                    blk.heat = 0
+                    break
+            else:
+                for m in fn.members:
+                    regions.setdefault(m.key, set()).add(key)
         self.stats["blocks_revived"] += 1
         return blk
 
     def _keep_dropped(self, blk):
-        variants = self.dropped.get(blk.key)
+        """Keep a block a write dropped (``blk.code``: its bytes) for
+        ``_revive``: up to 4 versions per key, for MAX_DROPPED keys.  Its
+        byte ranges stay registered in its code page while it is kept (a
+        write to them is still a code write, and finds it not live); a
+        version forgotten here gives them up unless it is live."""
+        dropped = self.dropped
+        key = blk.key
+        variants = dropped.get(key)
         if variants is None:
-            if len(self.dropped) >= MAX_DROPPED:
-                del self.dropped[next(iter(self.dropped))]
-            variants = self.dropped[blk.key] = []
-        elif any(b is blk for _, b in variants):
-            return
-        elif len(variants) >= 4:
-            del variants[0]
+            if len(dropped) >= MAX_DROPPED:
+                k = next(iter(dropped))
+                for _, old in dropped.pop(k):
+                    self._forget(old)
+            variants = dropped[key] = []
+        else:
+            for _, b in variants:
+                if b is blk:
+                    return
+            if len(variants) >= 4:
+                self._forget(variants.pop(0)[1])
         variants.append((blk.code, blk))
+
+    def _forget(self, blk):
+        """A kept version leaves Engine.dropped: unregister its bytes unless
+        it is live or another version's replaced them."""
+        key = blk.key
+        if self.blocks.get(key) is blk:
+            return
+        cp = self.code_pages.get(blk.page >> 12)
+        if cp is not None and cp.blocks.get(key) == blk.reg:
+            cp.remove(key)
 
     @staticmethod
     def _page2_ok(cpu, blk, lin):
@@ -268,7 +316,10 @@ class Engine:
     def _register_code(self, blk, page_off, lo, hi, holes=()):
         if page_off is None:
             return
-        page = (page_off & ((1 << 52) - 1)) >> 12      # the DRAM page, whatever the key
+        cp = self._code_page((page_off & ((1 << 52) - 1)) >> 12)   # the DRAM page, whatever the key
+        return cp.add(blk.key, lo, hi, holes)
+
+    def _code_page(self, page):
         cp = self.code_pages.get(page)
         if cp is None:
             cp = self.code_pages[page] = CodePage()
@@ -276,43 +327,66 @@ class Engine:
             # path; writes go through its byte map (Cpu.fc, _on_ram_write).
             for cpu in self.machine.cpus:
                 cpu.tlb.drop_fast_writes()
-        cp.add(blk.key, lo, hi, holes)
+        return cp
 
     def _on_ram_write(self, off, n):
         """A write of ``n`` bytes at RAM offset ``off`` (within one page):
         drop the blocks whose bytes it touched; the writing instruction ends
-        its block (Engine.smc), so the next instruction sees the store."""
-        cp = self.code_pages.get(off >> 12)
+        its block (Engine.smc), so the next instruction sees the store.
+
+        A dropped block decoded from this page alone is kept with its bytes
+        (``_keep_dropped``) and its registration in the page stays, so that
+        dropping it and taking it back (``_revive``) cost a dictionary
+        update each: code that flips between versions (an opcode rewritten
+        back and forth) swaps the live one.  Registered bytes of a kept
+        block that is not live are bytes of no live block: a write to them
+        changes nothing that runs."""
+        page = off >> 12
+        cp = self.code_pages.get(page)
         if cp is None:
             return
         lo = off & 0xFFF
         keys = cp.written(lo, lo + n)
         if not keys:
             return
-        self.smc[0] = 1
+        blocks = self.blocks
         for k in keys:
-            self._note_patched_imm(cp, k, off >> 12, lo, lo + n)
-            blk = self.blocks.get(k)
-            if blk is not None and blk.code is not None:
+            blk = blocks.get(k)
+            if blk is None:
+                continue                     # kept, not live (or dropped with its page elsewhere)
+            self.smc[0] = 1
+            self._note_patched_imm(cp, blk, page, lo, lo + n)
+            if blk.code is not None and blk.page >> 12 == page:
                 self._keep_dropped(blk)
-            self.invalidate(k)
+                del blocks[k]
+                self.stats["blocks_invalidated"] += 1
+                self._drop_regions(k)
+            else:
+                self.invalidate(k)
 
-    def _note_patched_imm(self, cp, key, page, lo, hi):
-        """A write to bytes [lo, hi) of RAM page ``page`` hit block ``key``:
+    def _note_patched_imm(self, cp, blk, page, lo, hi):
+        """A write to bytes [lo, hi) of RAM page ``page`` hit block ``blk``:
         if they lie within the immediate of one of its ALU/MOV instructions,
         remember that instruction as patched (``CodePage.volatile``)."""
-        blk = self.blocks.get(key)
-        if blk is None or blk.page is None or blk.page >> 12 != page:
+        if blk.page is None or blk.page >> 12 != page:
             return
-        ins0 = blk.insns[0]
-        base = blk.lo
-        for ins in blk.insns:
-            start = base + ins.ip - ins0.ip
-            end = start + ins.len
-            if start < hi and lo < end:
+        imms = blk.imms
+        if imms is None:
+            # Its instructions with such an immediate: (the immediate's first
+            # byte, the instruction's end, its start), as page offsets.
+            ins0 = blk.insns[0]
+            base = blk.lo
+            imms = []
+            for ins in blk.insns:
+                start = base + ins.ip - ins0.ip
+                end = start + ins.len
                 size = _VIMM_KINDS.get(ins.iced.op1_kind) if ins.iced.op_count == 2 else None
-                if size is not None and ins.fn in _VIMM_OPS and end - size[0] <= lo and hi <= end <= PAGE:
-                    cp.volatile.add(start)
+                if size is not None and ins.fn in _VIMM_OPS and end <= PAGE:
+                    imms.append((end - size[0], end, start))
+            imms = blk.imms = tuple(imms)
+        for a, end, start in imms:
+            if a <= lo and hi <= end:       # within it: no other instruction is touched
+                cp.volatile.add(start)
                 return
 
     def invalidate(self, key):
@@ -325,6 +399,10 @@ class Engine:
                     cp = self.code_pages.get((page_off & ((1 << 52) - 1)) >> 12)
                     if cp is not None:
                         cp.remove(key)
+        self._drop_regions(key)
+
+    def _drop_regions(self, key):
+        """The block ``key`` is gone: so is every compiled region holding it."""
         for entry in self.regions.pop(key, ()):
             b = self.blocks.get(entry)
             if b is not None and b.compiled is not None and key in (m.key for m in b.compiled.members):

@@ -240,9 +240,16 @@ class Cpu:
             if b is None:
                 # A page holding code: fast unless the bytes are translated code.
                 c = self.fc.get(lin >> 12)
-                if c is not None and c[1].find(1, o, o + size) < 0:
-                    b = c[0]
-            if b is not None:
+                if c is not None:
+                    b = c[0] + o
+                    self.ram[b:b + size] = (value & ((1 << (size << 3)) - 1)).to_bytes(size, "little")
+                    if c[1].find(1, o, o + size) >= 0:
+                        # Translated code: as the bus would, tell its watchers
+                        # (the engine drops the blocks, engine._on_ram_write).
+                        for watch in self.bus.write_watchers:
+                            watch(b, size)
+                    return
+            else:
                 b += o
                 self.ram[b:b + size] = (value & ((1 << (size << 3)) - 1)).to_bytes(size, "little")
                 return

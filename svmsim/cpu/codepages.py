@@ -21,6 +21,12 @@ and the instruction sees the stored bytes at its next execution exactly as
 if it had been decoded again (the strictest reading of self-modifying code,
 which svmsim keeps: the very next instruction sees a store, docs/DESIGN.md).
 
+Kept versions (engine.py ``Engine.dropped``): a block a write dropped keeps
+its byte ranges registered here while the engine keeps it for taking back,
+so code that flips between versions (an opcode rewritten back and forth)
+swaps the live block without touching the map.  A write to registered bytes
+of a kept block that is not live drops nothing (no live block has them).
+
 A page stays a code page once it held code (even when its last block is
 dropped): its writes keep going through the code-page check, so a loop that
 rewrites its own code does not turn the page back and forth.

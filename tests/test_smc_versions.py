@@ -1,0 +1,272 @@
+"""Self-modifying code: versions of a block swapped when its bytes flip back.
+
+A block dropped by a write to its bytes is kept with them (``Engine.dropped``);
+its byte ranges stay registered in its code page, and it is taken back, with
+its compiled region, when its bytes are as they were (engine.py ``_revive``).
+Each test runs real machine code that rewrites code in one of the ways the
+engine tells apart, in the interpreter and hot-compiled (test_codegen's
+runners), and checks the architectural result against a model: every
+instruction runs as the bytes are when it executes (docs/DESIGN.md).
+"""
+import pytest
+
+from cpuharness import asm, make_machine, CODE_ADDR, DATA_ADDR
+from test_codegen import Runner, _regs, DATA_LEN
+from svmsim.cpu.engine import interrupts
+from svmsim.memory.dma import DmaPort
+
+M32 = 0xFFFFFFFF
+
+
+@pytest.fixture
+def runners(monkeypatch):
+    cache = {}
+
+    def get(mode):
+        if mode not in cache:
+            cache[mode] = (Runner(mode, monkeypatch), Runner(mode, monkeypatch))
+        return cache[mode]
+    return get
+
+
+def _both(runners, code, regs, budget=10 ** 6):
+    interp, comp = runners("long64")
+    a = interp.run(code, regs, bytes(DATA_LEN), 0x202, budget, False)
+    b = comp.run(code, regs, bytes(DATA_LEN), 0x202, budget, "hot")
+    for key in a:
+        assert a[key] == b[key], f"{budget}: {key} differs"
+    assert a["faults"] == []
+    return a, interp.m.engine, comp.m.engine
+
+
+def _alternating(n, first_add=True):
+    """eax after n iterations (rcx = n..1) of add/sub eax, ecx alternating."""
+    acc, add = 0, first_add
+    for i in range(n, 0, -1):
+        acc = (acc + i if add else acc - i) & M32
+        add = not add
+    return acc
+
+
+FLIP = """
+    mov edx, 0x01
+1:
+    mov byte ptr [rip + 2f], dl     # 01 C8: add eax, ecx; 29 C8: sub eax, ecx
+2:  .byte 0x01, 0xc8
+    xor edx, 0x28
+    dec rcx
+    jnz 1b
+    hlt
+"""
+
+
+def test_flipped_opcode_swaps_compiled_versions(runners):
+    """ADD <-> SUB every iteration: after the first two iterations nothing is
+    decoded again, however long the loop runs, and each version of each
+    block the write drops is compiled once and taken back compiled."""
+    code = asm(FLIP)
+    translated = []
+    for n in (100, 400):
+        r, ei, ec = _both(runners, code, _regs(rcx=n))
+        assert r["regs"][0] == _alternating(n) and r["n"] == 1 + 5 * n + 1
+        translated.append(ec.stats["blocks_translated"] - sum(translated))
+        assert ec.stats["blocks_revived"] >= 2 * n - 10
+    assert translated[0] == translated[1] < 12      # the same blocks for 100 and 400 iterations
+    lin2 = CODE_ADDR + code.index(b"\x01\xc8", 8)
+    comp = runners("long64")[1]
+    versions = ec.dropped[(lin2, comp.cpu.mode_key)]
+    assert sorted(c[0] for c, _ in versions) == [0x01, 0x29]
+    assert all(b.compiled is not None for _, b in versions)
+
+
+def test_write_to_bytes_of_a_kept_version_only(runners):
+    """A version that covers more bytes than the live one (ADD AL, 2 falls
+    through into the next instruction; JMP +2 skips it): a store to the
+    bytes only the kept version covers drops nothing that runs, and when the
+    opcode flips back that version is not taken back (its bytes changed):
+    the new instruction there runs (INC EAX -> INC EBX)."""
+    code = asm("""
+        mov edx, 0xeb
+    1:
+        mov byte ptr [rip + 2f], dl     # 04 02: add al, 2 / EB 02: jmp 3f
+    2:  .byte 0x04, 0x02
+        .byte 0xff, 0xc0                # inc eax (ff c3: inc ebx)
+    3:  xor edx, 0xef                   # 0x04 ^ 0xeb
+        cmp ecx, 30                     # JMP +2 is live then
+        jne 4f
+        mov byte ptr [rip + 2b + 3], 0xc3
+    4:  dec rcx
+        jnz 1b
+        hlt
+    """)
+    for budget in (50, 163, 10 ** 6):
+        r, ei, ec = _both(runners, code, _regs(rcx=80), budget)
+    eax = ebx = 0
+    jmp = True
+    for i in range(80, 0, -1):
+        if not jmp:                      # add al, 2 then the instruction after it
+            eax = (eax & ~0xFF) | ((eax + 2) & 0xFF)
+            if i > 30:
+                eax = (eax + 1) & M32
+            else:
+                ebx += 1
+        jmp = not jmp
+    assert (r["regs"][0], r["regs"][3]) == (eax, ebx)
+
+
+def test_region_member_rewritten_while_its_head_is_kept(runners):
+    """The compiled region of a flipping block holds the block it branches
+    to (INC EBX); that block is rewritten (DEC EBX) while the version is not
+    live: taken back, the version does not run its stale copy."""
+    code = asm("""
+        mov edx, 0x01
+    1:
+        mov byte ptr [rip + 2f], dl
+    2:  .byte 0x01, 0xc8                # add / sub eax, ecx
+        xor edx, 0x28
+        test cl, 1
+        jz 3f
+        cmp ecx, 41
+        jne 3f
+        mov byte ptr [rip + 3f + 1], 0xcb
+    3:  .byte 0xff, 0xc3                # inc ebx (ff cb: dec ebx)
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    for budget in (97, 10 ** 6):
+        r, ei, ec = _both(runners, code, _regs(rcx=100), budget)
+    assert r["regs"][0] == _alternating(100) and r["regs"][3] == 59 - 41
+
+
+def test_writes_across_a_page_boundary(runners):
+    """A 4-byte store over the last instruction of one page and the first of
+    the next (INC EAX; INC EBX <-> DEC EAX; DEC EBX), and a 1-byte store to
+    the second page's half of an instruction that straddles the boundary
+    (INC ESI <-> DEC ESI): both pages' blocks see every store."""
+    code = asm("""
+        mov edx, 0xcbffc8ff
+        mov esi, 0xcbffc8ff ^ 0xc3ffc0ff
+        mov r8d, 0xce
+        xor edi, edi
+        jmp 1f
+        .org 0xff0, 0x90
+    1:
+        mov dword ptr [rip + 2f - 2], edx
+        xor edx, esi
+        .org 0xffe, 0x90
+        .byte 0xff, 0xc0                # inc eax | page boundary
+    2:  .byte 0xff, 0xc3                # inc ebx
+        dec rcx
+        jnz 1b
+        mov ecx, 60
+        .org 0x1ff0, 0x90
+    5:
+        mov byte ptr [rip + 6f + 1], r8b
+        xor r8d, 0x08                   # ce <-> c6
+        .org 0x1fff, 0x90
+    6:  .byte 0xff, 0xc6                # inc esi, across the boundary
+        inc edi
+        dec rcx
+        jnz 5b
+        hlt
+    """)
+    assert code[0xFFE:0x1002] == b"\xff\xc0\xff\xc3" and code[0x1FFF:0x2001] == b"\xff\xc6"
+    for budget in (61, 10 ** 6):
+        r, ei, ec = _both(runners, code, _regs(rcx=70), budget)
+    # 70 iterations starting with DEC/DEC: 35 each way.  Then 60 starting
+    # with DEC ESI (esi starts at 0xcbffc8ff ^ 0xc3ffc0ff).
+    assert r["regs"][0] == 0 and r["regs"][3] == 0
+    assert r["regs"][6] == 0xcbffc8ff ^ 0xc3ffc0ff and r["regs"][7] == 60
+
+
+WAIT = """
+1:  cmp byte ptr [rsi], 0               # wait for the writer
+    je 1b
+    mov byte ptr [rsi], 0
+2:  .byte 0x01, 0xc8                    # add / sub eax, ecx: the writer flips it
+    dec rcx
+    jnz 1b
+    hlt
+"""
+
+
+@pytest.mark.parametrize("quantum", [7, 40, 500])
+def test_dma_rewrites_code(runners, quantum):
+    """A device writes the opcode through its DMA port (bus writes, as the
+    edu device's transfers) while the CPU waits for it: each time the CPU
+    runs the instruction as the device left it."""
+    code = asm(WAIT)
+    at = CODE_ADDR + code.index(b"\x01\xc8")
+    results = []
+    for r in runners("long64"):
+        m, cpu = r.m, r.cpu
+        port = DmaPort(m, "edu")
+        ops = iter([0x29, 0x01] * 40)
+        out = r.run(code, _regs(rcx=60, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, 1, False)
+        m.engine.hot_threshold = 5 if r is runners("long64")[1] else 10 ** 9
+        while not cpu.halted:
+            if m.bus.read(DATA_ADDR, 1) == 0:
+                port.write_bytes(at, bytes([next(ops)]))
+                port.write_bytes(DATA_ADDR, b"\x01")
+            m.engine.run(cpu, quantum)
+        assert out["faults"] == [] and r.faults == []
+        results.append(cpu.regs[0])
+    assert results[0] == results[1] == _alternating(60, first_add=False)
+    assert runners("long64")[1].m.engine.stats["blocks_revived"] >= 50
+
+
+def test_other_cpu_rewrites_code():
+    """CPU 1 flips the opcode CPU 0 runs next, each time CPU 0 waits for it
+    (a flag on the data page; CPUID serializes CPU 0 after the wait, as
+    cross-modifying code asks): CPU 0 runs each version as written, with its
+    blocks compiled, whatever the interleaving of the two CPUs."""
+    cpu0_code = asm("""
+    1:  cmp byte ptr [rsi], 1
+        jne 1b
+        mov r9d, eax
+        cpuid
+        mov eax, r9d
+    2:  .byte 0x01, 0xf8                # add / sub eax, edi
+        mov byte ptr [rsi], 0
+        dec rdi
+        jnz 1b
+        hlt
+    """)
+    at = CODE_ADDR + cpu0_code.index(b"\x01\xf8")
+    cpu1_code = asm(f"""
+        mov edx, 0x29
+    1:  cmp byte ptr [rsi], 0
+        jne 1b
+        mov byte ptr [{at:#x}], dl
+        xor edx, 0x28
+        mov byte ptr [rsi], 1
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    for q0, q1 in ((5, 3), (64, 17), (300, 1000)):
+        m = make_machine("long64", smp=2)
+        c0, c1 = m.cpus
+        c1.cr0, c1.cr3, c1.cr4, c1.efer = c0.cr0, c0.cr3, c0.cr4, c0.efer
+        c1.gdtr_base, c1.gdtr_limit = c0.gdtr_base, c0.gdtr_limit
+        c1.segs[:] = [s.copy() for s in c0.segs]
+        c1.wait_for_sipi = False
+        c1.tlb.flush_all("test")
+        c1.update_mode()
+        m.engine.hot_threshold = 5
+        m.bus.write_bytes(CODE_ADDR, cpu0_code)
+        m.bus.write_bytes(CODE_ADDR + 0x3000, cpu1_code)
+        c0.rip, c1.rip = CODE_ADDR, CODE_ADDR + 0x3000
+        c0.regs[6] = c1.regs[6] = DATA_ADDR
+        c0.regs[7] = c1.regs[1] = 50
+        c0.regs[4], c1.regs[4] = 0x80000 - 0x100, 0x70000
+        steps = 0
+        while not (c0.halted and c1.halted):
+            for c, q in ((c0, q0), (c1, q1)):
+                if not c.halted:
+                    m.engine.run(c, q)
+            steps += 1
+            assert steps < 10 ** 5
+        assert c0.regs[0] & M32 == _alternating(50, first_add=False)
+    assert m.engine.stats["blocks_revived"] > 0

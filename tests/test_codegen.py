@@ -745,7 +745,7 @@ def test_opcode_flipped_back_and_forth_revives_blocks(runners, budget):
         exp = sum(i if (100 - i) % 2 == 0 else -i for i in range(100, 0, -1)) & 0xFFFFFFFF
         assert r["regs"][0] == exp
         for run in runners("long64"):
-            assert run.m.engine.stats["blocks_revived"] >= 150
+            assert run.m.engine.stats["blocks_revived"] >= 90     # the block after the store
 
 
 def test_code_page_byte_map():

@@ -99,8 +99,16 @@ def _wr(cpu, q, lin, seg, off, size, value):
     if x + size <= 0x1000:
         if q is None:
             c = cpu.fc.get(lin >> 12)
-            if c is not None and c[1].find(1, x, x + size) < 0:
+            if c is not None:
                 q = c[0]
+                if c[1].find(1, x, x + size) >= 0:
+                    # Translated code (64-bit mode: no segment check): what
+                    # cpu.write does for it, the engine told (Engine.smc).
+                    q += x
+                    cpu.ram[q:q + size] = value.to_bytes(size, "little")
+                    for watch in cpu.bus.write_watchers:
+                        watch(q, size)
+                    return True
         if q is not None:
             cpu.ram[q + x:q + x + size] = value.to_bytes(size, "little")
             return False

@@ -37,6 +37,7 @@ _VIMM_KINDS = {
     iced_x86.OpKind.IMMEDIATE8TO64: (1, True), iced_x86.OpKind.IMMEDIATE32TO64: (4, True),
 }
 _VIMM_OPS = set()
+_MEMORY = iced_x86.OpKind.MEMORY
 
 
 def _vimm_ops():
@@ -181,6 +182,8 @@ class Engine:
             # Not even one instruction fits: fetch faults on the next page.
             cpu.fetch_spa((lin + avail) & cpu.lin_mask)
             raise AssertionError("unreachable: instruction crosses into a fetchable page")
+        if bits == 64 and len(insns) > 1:
+            sets_rip = self._end_at_own_store(insns, sets_rip)
         if not (insns[-1].next_ip - rip) & cpu.lin_mask > avail:
             page2 = None
             crossed = False
@@ -271,6 +274,22 @@ class Engine:
         cp = self.code_pages.get(blk.page >> 12)
         if cp is not None and cp.blocks.get(key) == blk.reg:
             cp.remove(key)
+
+    @staticmethod
+    def _end_at_own_store(insns, sets_rip):
+        """Self-modifying code that stores (RIP-relative) into a later
+        instruction of its own block: the block ends after the store, so the
+        store changes only the blocks from there on, and the storing block
+        stays valid (and compiled) however often the rewritten code
+        changes.  Returns the block's ``sets_rip``; ``insns`` is cut."""
+        end = insns[-1].next_ip
+        for n, ins in enumerate(insns[:-1]):
+            i = ins.iced
+            if (i.op0_kind == _MEMORY and i.is_ip_rel_memory_operand
+                    and ins.next_ip <= i.ip_rel_memory_address < end):
+                del insns[n + 1:]
+                return False
+        return sets_rip
 
     @staticmethod
     def _page2_ok(cpu, blk, lin):

@@ -617,6 +617,117 @@ def test_a_nested_paging_guest_does_not_load_pdpes_at_mov_cr3():
     assert r.exitcode == ExitCode.HLT
 
 
+# ---------------------------------------------------------------- MOV CR0 / MOV CR4 turning legacy PAE paging on
+ENABLE_PG = "mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\nmov ebx, 1\nhlt"
+ENABLE_PAE = "mov eax, cr4\nor eax, 0x20\nmov cr4, eax\nmov ebx, 1\nhlt"
+PD32 = 0x65000          # a 32-bit page directory whose PDEs 8-15 double as a PDPT
+
+
+def _paging_off_pae_on(cr3):
+    def setup(m, cpu):
+        _pae_tables(m.bus)
+        cpu.cr4, cpu.cr3 = 0x20, cr3
+        cpu.update_mode()
+    return setup
+
+
+@pytest.mark.parametrize("cr3,fault", [(PAE_PDPT, False), (BAD_PDPT, True)])
+def test_mov_cr0_enabling_pae_paging_loads_the_pdpes(cr3, fault):
+    """Setting CR0.PG with CR4.PAE = 1 and EFER.LME = 0 starts legacy PAE
+    paging, which loads the four PDPEs as a PAE MOV CR3 does (table 15-7,
+    CR3: "If PAE is enabled, the loading of the four PDPEs can cause a #GP";
+    15.25.10: illegal PDPEs "signaled at the time that CR3 is written" in
+    host-only legacy PAE mode): a reserved bit in a present PDPE is #GP(0)
+    at the MOV CR0, which leaves paging off."""
+    r = run_code(asm(ENABLE_PG, bits=32), mode="prot32", setup=_paging_off_pae_on(cr3))
+    if fault:
+        assert r.exception[:2] == (13, 0) and not r.cpu.cr0 >> 31
+    else:
+        assert r.exception is None and r.cpu.cr0 >> 31 and r.cpu.regs[3] == 1
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_mov_cr4_enabling_pae_under_32_bit_paging_loads_the_pdpes(bad):
+    """Setting CR4.PAE while 32-bit paging is on switches to legacy PAE
+    paging and loads the PDPEs CR3 names: CR3 = PD + 20h, which 32-bit
+    paging reads as the directory at PD (bits 11:5 ignored) and PAE paging as
+    the PDPT at PD + 20h (PDEs 8-15, above the code)."""
+    def setup(m, cpu):
+        _pae_tables(m.bus)
+        for i in range(8):                                   # 0-32 MiB, 4 MiB pages
+            m.bus.write(PD32 + 4 * i, 4, (i << 22) | 0x83)
+        src = BAD_PDPT if bad else PAE_PDPT
+        m.bus.write_bytes(PD32 + 0x20, m.bus.read_bytes(src, 32))
+        cpu.cr4, cpu.cr3 = 0x10, PD32 | 0x20                 # PSE
+        cpu.cr0 |= 1 << 31
+        cpu.update_mode()
+    r = run_code(asm(ENABLE_PAE, bits=32), mode="prot32", setup=setup)
+    if bad:
+        assert r.exception[:2] == (13, 0) and not r.cpu.cr4 & 0x20
+    else:
+        assert r.exception is None and r.cpu.cr4 & 0x20 and r.cpu.regs[3] == 1
+
+
+def test_mov_cr0_entering_long_mode_loads_no_pdpes():
+    """With EFER.LME = 1 the same MOV CR0 activates long mode, where CR3
+    names a PML4 and there are no PDPE registers: a PML4E with RW set (bit 1,
+    reserved in a PAE PDPTE) is no fault; the code runs on in compatibility
+    mode."""
+    pml4, pdpt = 0x67000, 0x68000
+
+    def setup(m, cpu):
+        _pae_tables(m.bus)
+        m.bus.write(pml4, 8, pdpt | 3)
+        m.bus.write(pdpt, 8, PAE_PD | 3)
+        cpu.cr4, cpu.cr3 = 0x20, pml4
+        cpu.efer |= 1 << 8
+        cpu.update_mode()
+    r = run_code(asm(ENABLE_PG, bits=32), mode="prot32", setup=setup)
+    assert r.exception is None and r.cpu.efer >> 10 & 1 and r.cpu.regs[3] == 1
+
+
+# ---------------------------------------------------------------- table 15-7: XSETBV
+OSXSAVE = 1 << 18
+
+
+def _xsetbv(ecx=0, eax=1, osxsave=True, user=False, intercepts=(ExitCode.XSETBV,)):
+    r = SvmRig(f"mov ecx, {ecx}\nxor edx, edx\nmov eax, {eax}\nxsetbv\nhlt",
+               intercepts=[*intercepts, ExitCode.EXCP_UD, ExitCode.EXCP_GP, ExitCode.HLT])
+    r.vmcb["CR4"] = r.vmcb["CR4"] & ~OSXSAVE | (OSXSAVE if osxsave else 0)
+    if user:
+        from test_svm_apm_rules import user_mode
+        from cpuharness import PML4, PDPT, PD
+        user_mode(r)
+        for pte in (PML4, PDPT, PD + 8 * (GUEST_CODE >> 21)):       # the code page: U = 1
+            r.m.bus.write(pte, 8, r.m.bus.read(pte, 8) | 4)
+    return r.run()
+
+
+@pytest.mark.parametrize("case", [dict(ecx=1), dict(eax=0), dict(eax=5), dict(user=True), {}])
+def test_xsetbv_intercept_comes_before_its_gp_checks(case):
+    """Table 15-7, XSETBV: "Checks intercept before exceptions (#GP)": ECX
+    naming no XCR, an invalid XCR0 (x87 clear; AVX without SSE) and CPL 3
+    are #GP(0) on their own, yet the intercept is what the hypervisor sees."""
+    r = _xsetbv(**case)
+    assert r.exitcode == ExitCode.XSETBV and r.vmcb["RIP"] == GUEST_CODE + 12
+    assert r.vmcb["NRIP"] == GUEST_CODE + 15
+
+
+def test_xsetbv_with_osxsave_clear_is_ud_before_its_intercept():
+    """The row names only #GP; CR4.OSXSAVE = 0 makes XSETBV #UD, one of the
+    "simple exceptions (such as #GP—when CPL is incorrect—or #UD)" that
+    "instruction intercepts are checked after" (15.7) -- svmsim took the
+    intercept first."""
+    r = _xsetbv(osxsave=False)
+    assert r.exitcode == ExitCode.EXCP_UD and r.vmcb["RIP"] == GUEST_CODE + 12
+
+
+@pytest.mark.parametrize("case,code", [(dict(ecx=1), ExitCode.EXCP_GP), ({}, ExitCode.HLT)])
+def test_an_unintercepted_xsetbv_faults_or_runs_in_the_guest(case, code):
+    r = _xsetbv(intercepts=(), **case)
+    assert r.exitcode == code
+
+
 # ---------------------------------------------------------------- 15.36.12: VMSAVE's RMP check
 def test_host_vmsave_to_a_guest_owned_page_is_gp():
     """15.36.12: "The VMSAVE instruction also performs checks to ensure that

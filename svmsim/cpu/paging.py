@@ -15,6 +15,23 @@ NX = 1 << 63
 # kvm-unit-tests svm_pae_test sets bits 62:52 and expects a fault).
 PDPTE_RSVD = (0xFFF << 52) | 0x1E6
 
+
+def bad_pdpte(read, cr3: int, rsvd_hi: int):
+    """The legacy-PAE PDPTE check, declared once for every place that loads
+    the four PDPTEs (MOV CR3, MOV CR0/CR4 that turn PAE paging on, VMRUN's
+    guest state and #VMEXIT's host state, APM vol 2 15.5.1, 15.6, table
+    15-7): ``read(pa, size)`` reads memory; ``rsvd_hi`` are the caller's
+    reserved address bits 51:MAXPHYADDR.  Returns (index, address, entry,
+    reserved bits set) of the first present PDPTE with a reserved bit set,
+    or None."""
+    table = cr3 & 0xFFFFFFE0
+    rsvd = PDPTE_RSVD | rsvd_hi
+    for i in range(4):
+        e = read(table + 8 * i, 8)
+        if e & P and e & rsvd:
+            return i, table + 8 * i, e, e & rsvd
+    return None
+
 # CR0/CR4/EFER bits the walker needs.
 CR0_WP = 1 << 16
 CR4_PSE, CR4_PAE, CR4_PGE, CR4_PCIDE, CR4_SMEP, CR4_SMAP, CR4_LA57, CR4_PKE = (

@@ -398,14 +398,12 @@ def _pae_pdpte(vmcb, caps, host):
     if _np_on(vmcb, caps) or not vmcb[F_CR0] & CR0_PG or not vmcb[F_CR4] & CR4_PAE \
             or vmcb[F_EFER] & EFER_LME or getattr(host, "bus", None) is None:
         return None
-    from ..cpu.paging import PDPTE_RSVD
-    table = vmcb[F_CR3] & 0xFFFFFFE0
-    for i in range(4):
-        pdpte = host.bus.read(table + 8 * i, 8)
-        bad = pdpte & (PDPTE_RSVD | _above_phys(caps) & ((1 << 52) - 1)) if pdpte & 1 else 0
-        if bad:
-            return _reason("PAE_PDPTE", F_CR3, vmcb[F_CR3], SEC_CHECKS,
-                           f"PDPE{i} at {table + 8 * i:#x} = {pdpte:#x} has reserved {_bits_desc(bad)} set")
+    from ..cpu.paging import bad_pdpte
+    found = bad_pdpte(host.bus.read, vmcb[F_CR3], _above_phys(caps) & ((1 << 52) - 1))
+    if found:
+        i, at, pdpte, bad = found
+        return _reason("PAE_PDPTE", F_CR3, vmcb[F_CR3], SEC_CHECKS,
+                       f"PDPE{i} at {at:#x} = {pdpte:#x} has reserved {_bits_desc(bad)} set")
 
 
 # ---------------------------------------------------------------- the table

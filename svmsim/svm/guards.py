@@ -3,9 +3,9 @@
 APM vol 2, 15.7.1: instruction intercepts are checked after the simple
 exceptions the instruction raises on its own (#UD for a bad form or mode,
 #GP for the wrong CPL) and before exceptions that depend on memory accesses
-or operand values.  CPUID, INT n, PUSHF/POPF, IRET, PAUSE, RSM, ICEBP and
-XSETBV exit before any of their checks (KVM's emulator encodes the same
-order in its intercept table).  So each guard repeats the instruction's mode/CPL checks,
+or operand values.  CPUID, INT n, PUSHF/POPF, IRET, PAUSE, RSM and ICEBP
+exit before any of their checks, XSETBV before its #GP checks but after its
+#UD (table 15-7: "Checks intercept before exceptions (#GP)").  So each guard repeats the instruction's mode/CPL checks,
 then raises ``VmExit`` if the intercept is set (with EXITINFO1/2 and NRIP as
 the manual defines them for that exit), else lets the handler run.
 
@@ -168,6 +168,15 @@ def _pre_protected(cpu, ins):
 def _pre_tsd(cpu, ins):
     if cpu.cr4 & 4 and cpu.cpl:
         raise gp(0, f"{ins.name.upper()} at CPL > 0 with CR4.TSD=1")
+
+
+def _pre_osxsave(cpu, ins):
+    """XSETBV: "Checks intercept before exceptions (#GP)" (table 15-7) names
+    only its #GP checks (CPL, ECX, the XCR0 value); its #UD for CR4.OSXSAVE
+    = 0 is one of the "simple exceptions (such as ... #UD)" that 15.7 checks
+    before instruction intercepts."""
+    if not cpu.cr4 & (1 << 18):
+        raise ud("XSETBV with CR4.OSXSAVE=0")
 
 
 def _pre_pce(cpu, ins):
@@ -403,7 +412,7 @@ GUARDS = {
     M.WBNOINVD: _simple(MISC2, 9, ExitCode.WBINVD, _pre_cpl0),
     M.MONITOR: _simple(MISC2, 10, ExitCode.MONITOR, _pre_monitor),
     M.MWAIT: mwait,
-    M.XSETBV: _simple(MISC2, 13, ExitCode.XSETBV),
+    M.XSETBV: _simple(MISC2, 13, ExitCode.XSETBV, _pre_osxsave),
     M.INVPCID: _simple(MISC3, 2, ExitCode.INVPCID, _pre_cpl0),
 }
 

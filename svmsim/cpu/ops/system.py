@@ -128,6 +128,8 @@ def write_cr0(cpu, v):
     """MOV CR0 (APM vol 2, 3.1.1 and 14.6): checks, then long-mode activation."""
     old = cpu.cr0
     new, efer = _cr0_checked(cpu, v)
+    if _pae_paging_starts(cpu, old, cpu.cr4, new, cpu.cr4, efer):
+        _load_pdptes(cpu, cpu.cr3, "MOV CR0")
     cpu.cr0 = new
     cpu.efer = efer
     changed = old ^ new
@@ -153,22 +155,33 @@ def _cr3_checked(cpu, v):
     return v, noflush
 
 
-def _load_pdptes(cpu, cr3) -> None:
+def _load_pdptes(cpu, cr3, what="MOV CR3") -> None:
     """Legacy PAE paging loads the four PDPEs when CR3 is written, and a
     present PDPE with a reserved bit set is #GP(0): "If PAE is enabled, the
     loading of the four PDPEs can cause a #GP" (APM vol 2, table 15-7, which
-    checks it after the CR3 intercept).  Not for a nested-paging guest,
-    whose "four PDPEs are not loaded into the processor at the time CR3 is
-    written" (15.25.10).  svmsim's walker still reads the PDPEs from memory
-    at each walk ("an operating system cannot rely on the behavior when the
-    in-memory PDPEs are different than the in-processor copy")."""
-    from ..paging import PDPTE_RSVD
-    table = cr3 & 0xFFFFFFE0
-    rsvd = PDPTE_RSVD | cpu.walker.rsvd_hi
-    for i in range(4):
-        e = cpu.bus.read(table + 8 * i, 8)
-        if e & 1 and e & rsvd:
-            raise gp(0, f"MOV CR3: PDPE{i} = {e:#x} has reserved bits set")
+    checks it after the CR3 intercept).  MOV CR0 and MOV CR4 load them too
+    when they turn legacy PAE paging on (``_pae_paging_starts``).  Not for a
+    nested-paging guest, whose "four PDPEs are not loaded into the processor
+    at the time CR3 is written" (15.25.10).  svmsim's walker still reads the
+    PDPEs from memory at each walk ("an operating system cannot rely on the
+    behavior when the in-memory PDPEs are different than the in-processor
+    copy")."""
+    from ..paging import bad_pdpte
+    found = bad_pdpte(cpu.bus.read, cr3, cpu.walker.rsvd_hi)
+    if found:
+        i, _at, e, _bad = found
+        raise gp(0, f"{what}: PDPE{i} = {e:#x} has reserved bits set")
+
+
+def _pae_paging_starts(cpu, old_cr0, old_cr4, cr0, cr4, efer) -> bool:
+    """Whether a MOV CR0/CR4 turns legacy PAE paging on (PG = 1, PAE = 1,
+    LMA = 0 after it, not before), which loads the four PDPEs as MOV CR3
+    does -- svmsim's reading (docs/DESIGN.md, 15.25.10): the PDPE registers
+    must be loaded before the first walk in that mode.  A nested-paging
+    guest loads none (15.25.10)."""
+    if cpu.npt is not None or efer & EFER_LMA or not (cr0 & CR0_PG and cr4 & CR4_PAE):
+        return False
+    return not (old_cr0 & CR0_PG and old_cr4 & CR4_PAE)
 
 
 def write_cr3(cpu, v):
@@ -208,6 +221,8 @@ def write_cr4(cpu, v):
     """MOV CR4: unsupported bits, PAE in long mode, PCIDE and LA57 rules."""
     old = cpu.cr4
     _cr4_check(cpu, v)
+    if _pae_paging_starts(cpu, cpu.cr0, old, cpu.cr0, v, cpu.efer):
+        _load_pdptes(cpu, cpu.cr3, "MOV CR4")
     cpu.cr4 = v
     changed = old ^ v
     tlb = cpu.tlb

@@ -26,7 +26,8 @@ the host-side cost differs:
   page-crossing access takes ``cpu.read``/``cpu.write``, which raise the
   precise fault;
 * control moves between the region's blocks inside the function (``pc``),
-  never retiring much more than ``budget`` instructions; a backward move
+  leaving at the first block end with ``budget`` instructions retired
+  (where the engine would end the quantum anyway); a backward move
   also leaves when ``cpu.pending`` or ``machine.stopping`` is set, and any
   move leaves after a generic handler or a slow-path write (``lim = -1``).
   A slow-path write that changed translated code (``Engine.smc``) leaves
@@ -1018,7 +1019,9 @@ class Gen:
         moves = bool(self.trans) or self.loops          # n may be non-zero at a handler call
         if moves:
             pre.append("    q_entry = cpu.q_exec")
-        pre += ["    n = 0", f"    lim = budget - {max(b.n for b in self.members)}"]
+        # Leave at the first block end with n >= budget: where the engine's
+        # loop (Engine._run) ends the quantum, so one call runs it to the end.
+        pre += ["    n = 0", "    lim = budget - 1"]
         if any(not x for x in self.live_in):
             pre.append("    lp = -1")
         if multi:

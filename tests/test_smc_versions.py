@@ -303,3 +303,34 @@ def test_other_cpu_rewrites_code():
             assert steps < 10 ** 5
         assert c0.regs[0] & M32 == _alternating(50, first_add=False)
     assert m.engine.stats["blocks_revived"] > 0
+
+
+@pytest.mark.parametrize("target", ["9f", "3f + 1"])
+def test_two_read_modify_writes_of_one_constant_address(runners, target):
+    """Compiled code reuses the RAM offset of the first of two read-modify-
+    writes of the same RIP-relative address for the second, and looks it up
+    again when the first took the slow path: cold caches (compiled before
+    the first execution), or translated code (INC EAX -> DEC EAX -> INC EAX,
+    a code write each).  As the interpreter, every budget."""
+    code = asm(f"""
+    1:
+        add byte ptr [rip + {target}], 8
+        xor byte ptr [rip + {target}], 8
+        call 3f
+        dec rcx
+        jnz 1b
+        hlt
+    3:  .byte 0xff, 0xc0                # inc eax (ff c8: dec eax)
+        ret
+    .balign 8
+    9: .quad 0
+    """)
+    interp, comp = runners("long64")
+    for compiled in (True, "hot"):
+        for budget in (7, 10 ** 5):
+            a = interp.run(code, _regs(rcx=40), bytes(DATA_LEN), 0x202, budget, False)
+            b = comp.run(code, _regs(rcx=40), bytes(DATA_LEN), 0x202, budget, compiled)
+            assert a == b
+    assert a["regs"][0] == 40 and a["faults"] == []
+    comp_src = comp.m.engine.blocks[(CODE_ADDR, comp.cpu.mode_key)].compiled.source
+    assert "q1 = q0" in comp_src

@@ -564,16 +564,28 @@ class Gen:
             self._rmw = (off, None)
             page, add = f"{lin} >> 12", f"({lin} & 0xFFF)"
             cond = f"q{k} is not None" + ("" if s == 1 else f" and ({lin} & 0xFFF) <= {0x1000 - s:#x}")
-        self.emit(f"q{k} = fwg({page})")
-        self.emit(f"if {cond}:")
-        self.emit(f"q{k} += {add}", 1)
+        ind = 0
+        if c is not None:
+            prev = self._qprev
+            if prev is not None and prev[1:] == (c, s):
+                # The previous instruction of this block read-modify-wrote the
+                # same constant address: its RAM offset still holds (nothing
+                # between them can change the caches or the code map unless
+                # it took the slow path, q None: then look up again).
+                self.emit(f"q{k} = q{prev[0]}")
+                self.emit(f"if q{k} is None:")
+                ind = 1
+            self._qmemo = (k, c, s)
+        self.emit(f"q{k} = fwg({page})", ind)
+        self.emit(f"if {cond}:", ind)
+        self.emit(f"q{k} += {add}", ind + 1)
         if c is not None:
             # A constant address on a page holding code (data next to code):
             # inline, fast unless these bytes are translated code.
-            self.emit("else:")
-            self.emit(f"q{k} = fcg({page})", 1)
+            self.emit("else:", ind)
+            self.emit(f"q{k} = fcg({page})", ind + 1)
             self.emit(f"q{k} = q{k}[0] + {add} if q{k} is not None and q{k}[1].find(1, {add}, {x + s:#x}) < 0 "
-                      f"else None", 1)
+                      f"else None", ind + 1)
         else:
             self.emit("else:")
             self.emit(f"q{k} = _rmw(cpu, {lin}, {s})", 1)        # a code page, or the slow path
@@ -833,9 +845,12 @@ class Gen:
             if loop is not None:
                 self.k = len(self.pos)
                 self.bulk_store_loop(*loop)
+        self._qmemo = None
         for p, ins in enumerate(blk.insns):
             self.k = len(self.pos)
             k = self.k
+            # rmw_read's constant address of the previous instruction, if it was one.
+            self._qprev, self._qmemo = self._qmemo, None
             self.pos.append(p)
             self.ips.append(ins.ip)
             self.fix.append(("prod", self.pending) if self.pending is not None
@@ -863,6 +878,7 @@ class Gen:
                 (self.used, self.dirty, self.ever_dirty, self.pending, self.seen_writer,
                  self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops, self.narrow) = state
                 self.slow_write = False
+                self._qmemo = None
                 self.generic(ins, k, p == last)
             if self.slow_write and not self._ended:
                 self.after_slow_write(ins)
@@ -871,6 +887,7 @@ class Gen:
         self.goto(blk.end_ip, final=True)
 
     _ended = False
+    _qprev = _qmemo = None
 
     def stack_head(self, lo, hi, writes):
         """Start of a stack group (``stack_groups``): one cache look-up for

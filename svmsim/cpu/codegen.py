@@ -576,6 +576,20 @@ class Gen:
                 self.emit(f"if q{k} is None:")
                 ind = 1
             self._qmemo = (k, c, s)
+            if isinstance(self.blk.key, tuple) and c >> 12 == self.blk.key[0] >> 12:
+                # On the region's own page, which holds code: the code-page
+                # cache first (a page is in one of the two).
+                self.emit(f"q{k} = fcg({page})", ind)
+                self.emit(f"if q{k} is not None:", ind)
+                self.emit(f"q{k} = q{k}[0] + {add} if q{k}[1].find(1, {add}, {x + s:#x}) < 0 else None",
+                          ind + 1)
+                self.emit("else:", ind)
+                self.emit(f"q{k} = fwg({page})", ind + 1)
+                self.emit(f"if q{k} is not None:", ind + 1)
+                self.emit(f"q{k} += {add}", ind + 2)
+                self.emit(f"a{k} = {self._load(s, f'q{k}', self._rmw[1])} if q{k} is not None "
+                          f"else cpu.read({o.seg}, {off}, {s})")
+                return f"a{k}"
         self.emit(f"q{k} = fwg({page})", ind)
         self.emit(f"if {cond}:", ind)
         self.emit(f"q{k} += {add}", ind + 1)

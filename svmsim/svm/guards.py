@@ -306,8 +306,12 @@ def vmmcall(cpu, ins):
 def cpuid(cpu, ins):
     """CPUID exits first (15.7.1); in an SEV-ES guest "the CPUID instruction
     ... [is] unconditionally intercepted" (APM 15.36.23)."""
-    if cpu.svm.es or _hit(cpu, MISC1, 18):
-        _exit(cpu, ins, ExitCode.CPUID)
+    s = cpu.svm
+    if s.es or s.words[MISC1] >> 18 & 1:
+        raise VmExit(_CPUID, 0, 0, ins.next_ip)
+
+
+_CPUID = ExitCode.CPUID
 
 
 def vmgexit(cpu, ins):

@@ -20,9 +20,18 @@ _VMCB_SPAN = StateSpan(VmcbView.LOOKUP)
 def svm_checks(cpu, ins, name, rax=True):
     """#UD / #GP checks shared by the SVM instructions (APM vol 3).  When
     EFER.SVME = 1, CR0.PE = 1, RFLAGS.VM = 0 and CPL = 0, the instructions
-    without a rAX operand check (STGI, CLGI, INVLPGA) pass: no call."""
-    if not rax and cpu.efer & EFER_SVME and cpu.cr0 & CR0_PE and not cpu.rflags & RFLAGS_VM and not cpu.cpl:
-        return
+    without a rAX operand check (STGI, CLGI, INVLPGA) pass, and those with
+    one (VMRUN, VMLOAD, VMSAVE) when rAX is 4 KiB aligned and within the
+    physical address width: no call (the world switch's hot path)."""
+    if cpu.efer & EFER_SVME and cpu.cr0 & CR0_PE and not cpu.rflags & RFLAGS_VM and not cpu.cpl:
+        if not rax:
+            return
+        # VMRUN, VMLOAD, VMSAVE: rAX 4 KiB aligned and within the physical
+        # address width (checks.check_vmrun_instruction's last two checks).
+        value = cpu.regs[0] & ((1 << (8 * ins.asize)) - 1)
+        phys = getattr(cpu, "maxphyaddr", 0)
+        if phys and not value & 0xFFF and not value >> phys:
+            return
     bad = checks.check_vmrun_instruction(cpu, ins.asize, name, rax)
     if bad is not None:
         vector, code, detail = bad

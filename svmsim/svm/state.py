@@ -21,7 +21,8 @@ class VmExit(CpuException):
 
     def __init__(self, code: int, info1: int = 0, info2: int = 0, nrip: int = 0,
                  trap: bool = False, detail: str = "", insn: bytes = b"", fetch: bool = False):
-        super().__init__(-1, None, detail=detail)
+        Exception.__init__(self, -1, None)         # CpuException.__init__, inlined (hot path)
+        self.vector, self.error_code, self.cr2, self.detail = -1, None, None, detail
         self.code, self.info1, self.info2 = code, info1, info2
         self.nrip, self.trap, self.insn, self.fetch = nrip, trap, insn, fetch
         self.exitintinfo = 0

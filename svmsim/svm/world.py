@@ -11,7 +11,7 @@ The host save area's format is implementation-specific (APM 15.5.1,
 "VM_HSAVE_PA"); svmsim uses the VMCB's own save-area layout, as QEMU does,
 so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
 """
-from itertools import islice
+import struct
 from operator import itemgetter
 
 from ..cpu.exceptions import CpuException, Shutdown
@@ -107,8 +107,11 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int) -> None:
     IDTR, EFER, CR0, CR4, CR3, RFLAGS, RIP of the next instruction, RSP, RAX),
     into the host save area at ``hsave_pa``: one pack per run of adjacent
     fields (packed.HOST_RUNS) when the page is RAM."""
-    new = _segment_values(cpu) + [cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip,
-                                  cpu.regs[4], cpu.regs[0]]
+    es, cs, ss, ds = cpu.segs[:4]                 # _segment_values, inlined (hot path)
+    new = [es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
+           ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
+           cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
+           cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0]]
     off = None if hsave_pa & 0xFFF or not DIRECT else bus.ram_offset(hsave_pa)
     if off is not None:
         HOST_RUNS.pack_into(bus.ram.buf, off, new)
@@ -563,29 +566,35 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
     # The guest PAT goes back to G_PAT with the rest of the guest paging
     # state (15.25.2, 15.25.4); without nested paging there is one PAT.
     gpat = cpu.msr.get(PAT_MSR, PAT_RESET) if cpu.npt is not None else None
-    if s.es and code in sev_es.ADVANCES_RIP:
+    es = s.es
+    if es and code in sev_es.ADVANCES_RIP:
         guest_rip = nrip                           # table 15-33: "HW Advances RIP"
-    info = {"EXITCODE": code & MASK64, "EXITINFO1": info1 & MASK64, "EXITINFO2": info2 & MASK64,
-            "EXITINTINFO": exitintinfo & MASK64}
-    if "nrips" in feats and not s.es:
-        info["NRIP"] = nrip & MASK64
+    nrips = "nrips" in feats and not es
     # An SEV-ES guest's instruction bytes are never saved (15.35.4).
-    if "decode_assists" in feats and not s.es:
-        if code == ExitCode.NPF and not insn and not fetch:
-            from .events import fetch_insn_bytes
-            insn = fetch_insn_bytes(cpu)
-        info["INSN_LEN"] = len(insn)
-        if insn:
-            info["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
-    if GHCB_MSR in cpu.msr:
-        info["GHCB_GPA"] = cpu.msr[GHCB_MSR]
-    off = None if s.es or s.lbr_virt or not DIRECT else bus.ram_offset(s.vmcb_pa)
+    decode = "decode_assists" in feats and not es
+    if decode and code == ExitCode.NPF and not insn and not fetch:
+        from .events import fetch_insn_bytes
+        insn = fetch_insn_bytes(cpu)
+    msr = cpu.msr
+    off = None if es or s.lbr_virt or not DIRECT else bus.ram_offset(s.vmcb_pa)
     if off is not None:
-        _exit_ram(cpu, bus, off, guest_rip, info)
+        _exit_ram(cpu, bus, off, guest_rip, code & MASK64, info1 & MASK64, info2 & MASK64,
+                  exitintinfo & MASK64, nrip & MASK64 if nrips else None, insn if decode else None,
+                  msr[GHCB_MSR] if GHCB_MSR in msr else None)
         if gpat is not None:
             bus.write(s.vmcb_pa + _G_PAT_OFFSET, 8, gpat)
             clean.refresh(s.clean_cache, "G_PAT", gpat)
     else:
+        info = {"EXITCODE": code & MASK64, "EXITINFO1": info1 & MASK64, "EXITINFO2": info2 & MASK64,
+                "EXITINTINFO": exitintinfo & MASK64}
+        if nrips:
+            info["NRIP"] = nrip & MASK64
+        if decode:
+            info["INSN_LEN"] = len(insn)
+            if insn:
+                info["INSN_BYTES"] = int.from_bytes(insn.ljust(15, b"\0"), "little")
+        if GHCB_MSR in msr:
+            info["GHCB_GPA"] = msr[GHCB_MSR]
         page = _page(bus, s.vmcb_pa)
         v = clean.view_for_exit(cpu, page)
         g = sev_es.exit_view(cpu, v) if s.es else v
@@ -648,6 +657,8 @@ _EXIT_GUEST_NAMES = (*_SEG_NAMES, "CPL", "EFER", "CR4", "CR3", "CR0", "DR7", "DR
 _EXIT_GUEST = Runs(_EXIT_GUEST_NAMES)
 _EXIT_CONTROL = Runs(("INT_CTL", "INT_STATE", "EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO",
                       "EVENTINJ"))
+_EXIT_CONTROL_GHCB = Runs(("INT_CTL", "INT_STATE", "EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO",
+                           "GHCB_GPA", "EVENTINJ"))
 _EXIT_READ = Runs(("INT_CTL", "INT_STATE", "EVENTINJ")).unpack
 _EXIT_OPTIONAL = {n: field_packer(n) for n in ("NRIP", "INSN_LEN", "INSN_BYTES", "GHCB_GPA")}
 _EXIT_SPAN = (0x060, 0x648 - 0x060)              # the bytes written (for the write watchers)
@@ -665,21 +676,39 @@ assert (ES, CS, SS, DS) == (0, 1, 2, 3)                  # _segment_values takes
 del _ci
 
 
-def _exit_ram(cpu, bus, off: int, guest_rip: int, info: dict) -> None:
+def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: int,
+              exitintinfo: int, nrip, insn, ghcb) -> None:
     """#VMEXIT's VMCB writes into the page at RAM offset ``off`` (see
-    _EXIT_GUEST); the clean-bit copy follows every written field it holds."""
+    _EXIT_GUEST); the clean-bit copy follows every written field it holds.
+    ``nrip`` (NRIP saving), ``insn`` (decode assists: the bytes, maybe none)
+    and ``ghcb`` (GHCB_GPA) are None when not written."""
     buf = bus.ram.buf
     int_ctl, int_state, eventinj = _EXIT_READ(buf, off)
     int_ctl, int_state = _control_words(cpu, int_ctl, int_state)
-    new = _segment_values(cpu) + [cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
-                                  cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2]
+    es, cs, ss, ds = cpu.segs[:4]
+    new = [es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
+           ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
+           cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
+           cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
+           cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2]
     _EXIT_GUEST.pack_into(buf, off, new)
-    _EXIT_CONTROL.pack_into(buf, off, (int_ctl, int_state, info["EXITCODE"], info["EXITINFO1"],
-                                       info["EXITINFO2"], info["EXITINTINFO"],
-                                       eventinj & ~exits.EVENT_V))
-    if len(info) > 4:                             # NRIP, INSN_LEN, INSN_BYTES, GHCB_GPA
-        for name in islice(info, 4, None):
-            _EXIT_OPTIONAL[name](buf, off, info[name])
+    if ghcb is None:
+        _EXIT_CONTROL.pack_into(buf, off, (int_ctl, int_state, code, info1, info2, exitintinfo,
+                                           eventinj & ~exits.EVENT_V))
+    else:
+        _EXIT_CONTROL_GHCB.pack_into(buf, off, (int_ctl, int_state, code, info1, info2, exitintinfo,
+                                                ghcb, eventinj & ~exits.EVENT_V))
+    if insn is not None:
+        if nrip is None:
+            _EXIT_OPTIONAL["INSN_LEN"](buf, off, len(insn))
+            if insn:
+                _EXIT_OPTIONAL["INSN_BYTES"](buf, off, int.from_bytes(insn.ljust(15, b"\0"), "little"))
+        elif insn:
+            _EXIT_DECODE(buf, off + _NRIP_OFFSET, nrip, len(insn), insn)   # NRIP, INSN_LEN, INSN_BYTES
+        else:
+            _EXIT_NRIP_LEN(buf, off + _NRIP_OFFSET, nrip, 0)              # NRIP, INSN_LEN
+    elif nrip is not None:
+        _EXIT_OPTIONAL["NRIP"](buf, off, nrip)
     start, n = _EXIT_SPAN
     for watch in bus.write_watchers:
         watch(off + start, n)
@@ -687,6 +716,13 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, info: dict) -> None:
     if cache:
         cache[_EXIT_CLEAN_AT] = _EXIT_CLEAN(new)
         cache[_CLEAN_INT_CTL] = int_ctl
+
+
+# NRIP, INSN_LEN and INSN_BYTES are adjacent (table B-1, 0C8h-0DFh): one pack.
+_NRIP_OFFSET = field("NRIP").offset
+assert (field("INSN_LEN").offset, field("INSN_BYTES").offset) == (_NRIP_OFFSET + 8, _NRIP_OFFSET + 9)
+_EXIT_DECODE = struct.Struct("<QB15s").pack_into
+_EXIT_NRIP_LEN = struct.Struct("<QB").pack_into
 
 
 def _snp_exit_info(g, code, info1, info2, exitintinfo, nrip) -> None:

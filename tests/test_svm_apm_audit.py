@@ -80,6 +80,102 @@ def test_vmexit_host_rip_beyond_cs_limit_is_a_gp_in_the_host():
     assert r.recorded() == 13
 
 
+# ---------------------------------------------------------------- the CS limit in straight-line code
+def _limited(limit, base=0):
+    def setup(m, cpu):
+        from svmsim.cpu.segments import Segment
+        s = cpu.segs[CS]
+        cpu.segs[CS] = Segment(s.sel, base, limit, s.attr)
+        cpu.update_mode()
+    return setup
+
+
+MOV2 = "mov ebx, 1\nmov ecx, 2"                   # 5 + 5 bytes, then run_code's HLT
+
+
+@pytest.mark.parametrize("mode", ["prot32", "compat32"])
+@pytest.mark.parametrize("last,fault_at", [(7, 5), (9, 10), (10, None)])
+def test_straight_line_code_faults_at_the_instruction_that_runs_past_the_cs_limit(mode, last, fault_at):
+    """Outside 64-bit mode each instruction fetch is checked against the CS
+    limit (the rule 15.5.1 applies to a guest rIP loaded by VMRUN: "a #GP
+    fault is delivered"); svmsim checked it only at branches, VMRUN and
+    #VMEXIT.  Limit = CODE_ADDR + ``last``: the second MOV (bytes 5-9)
+    straddles +7, the HLT (byte 10) lies beyond +9; #GP(0) at the
+    instruction, the ones before it retired, nothing of it done."""
+    r = run_code(asm(MOV2, bits=32), mode=mode, setup=_limited(CODE_ADDR + last))
+    if fault_at is None:
+        assert r.exception is None and r.cpu.halted
+    else:
+        assert r.exception[:3] == (13, 0, CODE_ADDR + fault_at)
+        assert r.regs[3] == 1 and r.regs[1] == (2 if fault_at == 10 else 0)
+
+
+def test_real_mode_code_that_runs_past_the_cs_limit_faults():
+    """Real mode: CS limit FFFFh; MOV CX at FFFEh whose last byte would be at
+    10000h is #GP(0) (the IDT is empty here, so the harness records the
+    fault)."""
+    r = run_code(asm("mov bx, 1\nmov cx, 2", bits=16), mode="real", addr=0xFFFB)
+    assert r.exception[:3] == (13, 0, 0xFFFE) and r.regs[3] == 1 and r.regs[1] == 0
+
+
+def test_64_bit_code_ignores_the_cs_limit():
+    """64-bit mode does no segment limit checks: the same code with a CS limit
+    that ends inside it runs to its HLT."""
+    r = run_code(asm(MOV2), mode="long64", setup=_limited(CODE_ADDR + 3))
+    assert r.exception is None and r.cpu.halted and r.regs[1] == 2
+
+
+LOW = 0x8000
+SEL_SMALL = 8 * len(__import__("cpuharness").GDT_ENTRIES)
+
+
+def test_a_block_translated_under_one_cs_limit_is_not_reused_under_a_smaller_one():
+    """The same bytes at the same linear address run twice: first with a flat
+    CS (the loop turns hot and is compiled, the tail block is cached), then,
+    after a far JMP to a selector with the same base whose limit ends inside
+    the tail, the fall-through into the tail is #GP(0).  Blocks are keyed by
+    the CS limit, so the flat-limit translation is not reused."""
+    from cpuharness import GDT, GDT_ENTRIES, SEL_CODE32
+    code = asm(f"""
+        mov ecx, 300
+    1:  dec ecx
+        jnz 1b
+        inc esi
+        cmp esi, 2
+        je 2f
+        ljmp {SEL_SMALL}, {LOW}
+    2:  mov ebx, 7
+        hlt
+    """, bits=32)
+    tail = code.index(bytes([0x46]))                    # inc esi
+    limit = LOW + tail - 1                              # the loop fits, the tail does not
+    desc = (limit & 0xFFFF) | ((limit >> 16) & 0xF) << 48 | 0x9A << 40 | 1 << 54
+
+    def setup(m, cpu):
+        m.bus.write(GDT + SEL_SMALL, 8, desc)
+        cpu.gdtr_limit = 8 * (len(GDT_ENTRIES) + 1) - 1
+    r = run_code(code, mode="prot32", setup=setup, addr=LOW)
+    assert r.exception[:3] == (13, 0, LOW + tail)
+    assert r.regs[6] == 1 and r.cpu.segs[CS].sel == SEL_SMALL and r.regs[1] == 0
+    assert r.cpu.segs[CS].sel != SEL_CODE32
+
+
+def test_rip_beyond_the_cs_limit_on_an_unmapped_page_is_gp_not_pf():
+    """Segmentation comes before paging: code in compatibility mode that runs
+    to the end of a CS whose limit ends at a page boundary, where the next
+    page is not mapped, takes #GP(0), not #PF."""
+    from cpuharness import PD
+    page_end = 0x400000                                 # a 2 MiB page boundary
+    code = asm("mov ebx, 1", bits=32)
+    at = page_end - len(code)
+
+    def setup(m, cpu):
+        m.bus.write(PD + 8 * (page_end >> 21), 8, 0)     # not present
+        _limited(page_end - 1)(m, cpu)
+    r = run_code(code, mode="compat32", setup=setup, addr=at)
+    assert r.exception[:3] == (13, 0, page_end) and r.regs[3] == 1
+
+
 # ---------------------------------------------------------------- 15.6: host state checks at #VMEXIT
 
 
@@ -763,3 +859,71 @@ def test_virtual_vmsave_to_a_guest_owned_page_is_an_rmp_npf():
     r.run()
     assert r.exitcode == ExitCode.NPF
     assert r.vmcb["EXITINFO1"] >> 31 & 1 and r.vmcb["EXITINFO2"] == target
+
+
+# ---------------------------------------------------------------- 15.34.10 / 15.36: SEV_FEATURES
+from svmsim.cpu.sev_features import FEATURES                                   # noqa: E402
+
+STATUS_AT = GUEST_CODE + 0x800
+READ_STATUS = f"mov ecx, 0xC0010131\nrdmsr\nmov [{STATUS_AT:#x}], eax\nhlt"
+
+
+def _sev_guest(features, snp):
+    from esharness import EsRig
+    r = EsRig(READ_STATUS, snp=snp)
+    g = r.initial_vmsa()
+    g["SEV_FEATURES"] = features
+    r.write_vmsa(g)
+    return r.run()
+
+
+def _cpuid_8000001f_eax():
+    return run_code(asm("mov eax, 0x8000001F\ncpuid")).regs[0]
+
+
+@pytest.mark.parametrize("f", FEATURES, ids=lambda f: f.name)
+def test_cpuid_and_an_snp_vmrun_agree_on_each_sev_feature(f):
+    """Table 15-32 lists every SEV_FEATURES bit; an SNP-active VMSA may set
+    any of them.  svmsim runs the guest exactly when it implements the
+    feature (SEV_STATUS then shows it: "bit n + 2 ... is enabled in SEV
+    FEATURES[n]"), fails VMRUN with VMEXIT_INVALID otherwise (never a guest
+    that silently runs without the protection it asked for), and CPUID
+    Fn8000_001F EAX advertises a feature's bit exactly when it is
+    implemented."""
+    r = _sev_guest(1 | 1 << f.bit, snp=True)
+    if f.implemented:
+        assert r.exitcode == ExitCode.HLT
+        status = int.from_bytes(r.private(STATUS_AT, 4), "little")
+        assert status == 0b11 | (1 | 1 << f.bit) << 2
+    else:
+        assert r.exitcode == ExitCode.INVALID and r.cpu.svm.invalid[-1].rule == "SNP_SEV_FEATURES"
+        assert f.name in r.cpu.svm.invalid[-1].message
+    if f.cpuid is not None:
+        assert bool(_cpuid_8000001f_eax() >> f.cpuid & 1) == f.implemented
+
+
+@pytest.mark.parametrize("f", [f for f in FEATURES if f.bit], ids=lambda f: f.name)
+def test_an_sev_es_vmsa_gets_only_the_es_features_svmsim_implements(f):
+    """A VMSA that is not SNP-active: the features the manual gives to
+    "SEV-ES and SNP-active guests" (DebugVirtualization, PreventHostIBS, IBS
+    and PMC virtualization) and VmgexitParameter (15.35.6) run when
+    implemented; the SNP-only ones, and every unimplemented one, are
+    VMEXIT_INVALID (svmsim ran any of them silently)."""
+    r = _sev_guest(1 << f.bit, snp=False)
+    if f.implemented and f.scope == "es":
+        assert r.exitcode == ExitCode.HLT
+        assert int.from_bytes(r.private(STATUS_AT, 4), "little") == 0b11 | 1 << f.bit + 2
+    else:
+        assert r.exitcode == ExitCode.INVALID and r.cpu.svm.invalid[-1].rule == "SEV_FEATURES"
+
+
+def test_prevent_host_ibs_holds_because_the_cpu_has_no_ibs():
+    """15.36.17: with PreventHostIBS "the IbsFetchCtl[IbsFetchEn] and
+    IbsOpCtl[IbsOpEn] MSR bits must be 0" at VMRUN.  svmsim's CPU has no IBS
+    (CPUID 8000_0001 ECX[10] = 0; IbsFetchCtl C001_1030h and IbsOpCtl
+    C001_1033h are #GP), so the host can never enable them: the condition
+    always holds and the feature is honoured."""
+    assert not run_code(asm("mov eax, 0x80000001\ncpuid")).regs[1] >> 10 & 1
+    for msr in (0xC0011030, 0xC0011033):
+        r = run_code(asm(f"mov ecx, {msr:#x}\nrdmsr"))
+        assert r.exception[:2] == (13, 0)

@@ -25,6 +25,7 @@ the simulator can honour.
 import iced_x86
 
 from .profiles import FEATURE_BITS, AMD_EDX_ALIASES, REQUIRES
+from . import sev_features
 
 # Instruction-set features decided from iced-x86's per-instruction data:
 # iced CpuidFeature name -> our feature name (profiles.FEATURE_BITS).
@@ -263,6 +264,8 @@ def build_table(profile, fs, smp: int) -> dict:
             if sev.get("snp"):
                 eax |= 1 << 4 | 1 << 5
                 ebx |= sev["vmpls"] << 12
+            if sev.get("es"):          # the SEV_FEATURES svmsim implements (cpu/sev_features.py)
+                eax |= sev_features.cpuid_eax(es=True, snp=bool(sev.get("snp")))
             t[(0x8000001F, None)] = [eax, ebx, sev["max_asid"], sev["min_sev_asid"]]
         else:
             leaf(0x8000001F)

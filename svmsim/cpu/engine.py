@@ -14,7 +14,7 @@ import iced_x86
 
 from . import ops
 from .decoder import build_insn
-from .exceptions import CpuException, DB as DB_VEC
+from .exceptions import CpuException, DB as DB_VEC, gp
 from .flags import TF, RF
 from . import debug
 from .segments import CS
@@ -44,6 +44,15 @@ def _vimm_ops():
     from .ops import arith, data
     _VIMM_OPS.update((arith.add, arith.adc, arith.sub, arith.sbb, arith.cmp, arith.and_,
                       arith.or_, arith.xor, arith.test, data.mov))
+
+
+def _first_fetch(cpu, lin) -> None:
+    """The fetch of the first byte at ``lin`` = CS:rIP on a fetch-TLB miss:
+    the CS limit check (outside 64-bit mode) comes before paging, so rIP
+    beyond the limit is #GP(0) even where the page is not mapped."""
+    if cpu.bits != 64 and cpu.rip > cpu.segs[CS].limit:
+        raise gp(0, f"instruction fetch at {cpu.rip:#x} beyond the CS limit")
+    cpu.fetch_spa(lin)
 
 
 class Block:
@@ -122,6 +131,15 @@ class Engine:
         """
         bits = cpu.bits
         rip = cpu.rip
+        # The CS limit (APM vol 2, ch. 4 segment limit checks; 15.5.1: an rIP
+        # "outside the limit of the guest code segment" is "a #GP fault"):
+        # outside 64-bit mode every byte fetched must lie within it.  A block stops before an instruction that would
+        # run past it; that instruction raises #GP(0) when it is the first.
+        # The limit is part of the block key (mode_key), so a block is never
+        # reused under another limit; 64-bit code checks nothing.
+        limit = None if bits == 64 else cpu.segs[CS].limit
+        if limit is not None and rip > limit:
+            raise gp(0, f"instruction fetch at {rip:#x} beyond the CS limit {limit:#x}")
         variants = self.dropped.get(key)
         if variants is not None and self.instrument is None:
             page = cpu.fx.get(lin >> 12)
@@ -145,6 +163,8 @@ class Engine:
                 crossed = True
             except CpuException:
                 if self._insn_len(data, bits, rip) is None:
+                    if limit is not None and rip + avail > limit:
+                        raise gp(0, "instruction runs past the CS limit") from None   # before paging
                     raise
         if variants is not None and page2 is None and self.instrument is None:
             for code, old in variants:
@@ -161,6 +181,10 @@ class Engine:
             if i.len == 0 or (i.code == iced_x86.Code.INVALID and dec.last_error == iced_x86.DecoderError.NO_MORE_BYTES):
                 break
             end = (i.next_ip - rip) & cpu.lin_mask
+            if limit is not None and i.ip + i.len - 1 > limit:
+                if insns:
+                    break                          # it runs past the CS limit: faults as a first
+                raise gp(0, f"instruction at {i.ip:#x} runs past the CS limit {limit:#x}")
             if end > avail and (insns or not crossed):
                 break                              # crosses the page: next block
             ins = build_insn(i, bits)
@@ -490,7 +514,7 @@ class Engine:
                 page = cpu.fx.get(lin >> 12)
                 try:
                     if page is None:
-                        cpu.fetch_spa(lin)
+                        _first_fetch(cpu, lin)
                         page = cpu.fx.get(lin >> 12)
                     if (blk is None or blk.page != page or page is None
                             or blk.page2 is not None and not self._page2_ok(cpu, blk, lin)):
@@ -608,7 +632,7 @@ class Engine:
             blk = self.blocks.get(key)
             page = cpu.fx.get(lin >> 12)
             if page is None:
-                cpu.fetch_spa(lin)
+                _first_fetch(cpu, lin)
                 page = cpu.fx.get(lin >> 12)
             if blk is None or blk.page != page or blk.page2 is not None and not self._page2_ok(cpu, blk, lin):
                 blk = self.translate(cpu, lin, key, max_len=1)

@@ -178,7 +178,9 @@ class Cpu:
             self.a8r, self.a8w, self.a4r, self.a4w = {}, {}, {}, {}
         # The block cache is keyed by this: anything that changes how bytes
         # decode or which checks a translated block bakes in belongs here.
-        self.mode_key = (bits, self.cpl, self.stack_bits, self.svm_guest)
+        # The CS limit outside 64-bit mode: translation stops blocks at it.
+        self.mode_key = (bits, self.cpl, self.stack_bits, self.svm_guest,
+                         None if bits == 64 else self.segs[CS].limit)
 
     def _flat(self, s: Segment, i: int) -> bool:
         """A segment that can never fail a limit or type check for data."""

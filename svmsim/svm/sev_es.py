@@ -110,8 +110,12 @@ def enter(cpu, v):
         return None, reason
     # An SNP-active VMSA is protected by the RMP instead (15.36.12): the
     # guest itself may create one (AP creation), with no checksum.
-    if not g.vmsa["SEV_FEATURES"] & 1 and not engine.vmsa_intact(spa, plain):
-        return None, sev_checks.integrity_reason(spa)
+    if not g.vmsa["SEV_FEATURES"] & 1:
+        if not engine.vmsa_intact(spa, plain):
+            return None, sev_checks.integrity_reason(spa)
+        reason = snp.es_features_check(g.vmsa)
+        if reason is not None:
+            return None, reason
     return g, None
 
 

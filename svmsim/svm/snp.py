@@ -11,6 +11,7 @@ reference as Linux and Microsoft's intrinsics document them (0 SUCCESS,
 a detail open, svmsim's reading is named in the docstring and in
 docs/DESIGN.md ("SEV-SNP").
 """
+from ..cpu import sev_features
 from ..cpu.exceptions import CpuException, VC, PF_P, PF_W, PF_U, PF_I, gp, ud
 from ..cpu.flags import CF
 from ..cpu.ops import handles
@@ -269,7 +270,7 @@ def _owner_problem(rmp, e, spa, t, asid):
 
 
 # ---------------------------------------------------------------- VMRUN (15.36.12)
-SUPPORTED_FEATURES = 1 << 0            # SEV_FEATURES bits svmsim implements: SNPActive
+SUPPORTED_FEATURES = sev_features.mask(snp=True)     # SEV_FEATURES bits an SNP-active VMSA may set
 SEC_SNP = "APM vol 2, 15.36.12"
 
 
@@ -283,6 +284,21 @@ def vmrun_host_checks(cpu, vmcb_pa, hsave_pa) -> None:
         raise gp(0, f"VMRUN: the VMCB page {vmcb_pa:#x} is not hypervisor-owned (RMP)")
     if hsave_pa == 0:
         raise gp(0, "VMRUN with VM_HSAVE_PA = 0 while SEV-SNP is enabled")
+
+
+def es_features_check(vmsa):
+    """An SEV-ES VMSA that is not SNP-active may set only the implemented
+    features the manual gives to "SEV-ES and SNP-active guests"
+    (cpu/sev_features.py): checked once its integrity is (a VMSA decrypted
+    with the wrong key is an integrity failure, not a feature request)."""
+    from .checks import _reason
+    features = vmsa["SEV_FEATURES"]
+    bad = features & ~sev_features.mask(snp=False)
+    if bad:
+        return _reason("SEV_FEATURES", "SEV_FEATURES", features, "APM vol 2, 15.34.10",
+                       f"SEV_FEATURES {sev_features.names(bad)} not available to an SEV-ES "
+                       "guest that is not SNP-active on this CPU model")
+    return None
 
 
 def vmsa_checks(cpu, v, spa, vmsa):
@@ -305,8 +321,8 @@ def vmsa_checks(cpu, v, spa, vmsa):
                        "an SNP-active VMSA needs SYSCFG.SecureNestedPagingEn = 1")
     if features & ~SUPPORTED_FEATURES:
         return _reason("SNP_SEV_FEATURES", "SEV_FEATURES", features, "APM vol 2, 15.36",
-                       f"SEV_FEATURES bits {features & ~SUPPORTED_FEATURES:#x} are not implemented "
-                       "by this CPU model")
+                       f"SEV_FEATURES {sev_features.names(features & ~SUPPORTED_FEATURES)} "
+                       "not implemented by this CPU model (cpu/sev_features.py)")
     vmpl = vmsa["VMPL"]
     vmpl_en = cpu.msr.get(SYSCFG, 0) & (1 << 25)
     if vmpl >= NUM_VMPLS or vmpl and not vmpl_en:

@@ -124,11 +124,12 @@ class SvmUnit(CpuHooks):
         return value
 
     def sev_status(self, cpu) -> int:
-        """SEV_STATUS: SEV and SEV-ES active (bits 0, 1), then the SNP features
-        of the guest's VMSA (APM 15.34.10)."""
+        """SEV_STATUS: SEV and SEV-ES active (bits 0, 1), then the features
+        of the guest's VMSA (APM 15.34.10; an SEV-ES guest's too, e.g.
+        PreventHostIBS: VMRUN lets through only those it may set)."""
         s = cpu.svm
         status = (1 if s.sev else 0) | (2 if s.es else 0)
-        if s.snp:                      # bit n + 2 = SEV_FEATURES bit n (table 15-32)
+        if s.es:                       # bit n + 2 = SEV_FEATURES bit n (table 15-32)
             status |= (int.from_bytes(s.vmsa[0x3B0:0x3B8], "little") & ((1 << 22) - 1)) << 2
         return status
 

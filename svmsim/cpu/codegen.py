@@ -264,6 +264,25 @@ class Prod:
         return f"not ({e})" if neg else f"({e})"
 
 
+class _Narrow(set):
+    """The registers known narrow (``Gen.narrow``), remembering which ones a
+    block may have written otherwise (``killed``; None: any, after a
+    generic handler) for the region-wide analysis (``Gen.narrow_entries``)."""
+
+    def __init__(self, regs=()):
+        super().__init__(regs)
+        self.killed = set()
+
+    def discard(self, idx):
+        if self.killed is not None:
+            self.killed.add(idx)
+        super().discard(idx)
+
+    def clear(self):
+        self.killed = None
+        super().clear()
+
+
 class Gen:
     """Writes the source of one region function.
 
@@ -282,10 +301,15 @@ class Gen:
     position in the whole region, so they are unique in the function.
     """
 
-    def __init__(self, blk, cpu, members=None):
+    def __init__(self, blk, cpu, members=None, narrow_in=None):
         self.blk = blk
+        self.narrow_in = narrow_in   # per member: registers narrow at its entry (narrow_entries)
         self.members = list(members or [blk])
         self.index = {b.insns[0].ip: i for i, b in enumerate(self.members)}
+        # Members a RET may continue at: those starting where a member's CALL
+        # returns (a RET elsewhere leaves the region).
+        calls = {b.insns[-1].next_ip for b in self.members if b.insns[-1].fn is control.call}
+        self.ret_sites = {ip: i for ip, i in self.index.items() if ip in calls}
         mode = blk.key[1] if isinstance(blk.key, tuple) and len(blk.key) >= 2 else cpu.mode_key
         self.bits, self.stack_bits = mode[0], mode[2]
         self.long64 = self.bits == 64
@@ -333,6 +357,11 @@ class Gen:
             return f"(({g} >> 8) & 0xFF)"
         if o.size == 8 or (o.size == 4 and o.idx in self.narrow):
             return g
+        if o.size == 4:
+            # Usually zero-extended already: a comparison with the constant
+            # costs less than ``&`` with it (CPython's fast path for & is for
+            # one-digit ints; 0xffffffff has two).
+            return f"({g} if {g} <= 0xffffffff else {g} & 0xffffffff)"
         return f"({g} & {MASK[o.size]:#x})"
 
     def reg_write(self, o, v, masked=False, ind=0):
@@ -776,21 +805,26 @@ class Gen:
         self.trans.append((self.cur, b, self.pending, self.seen_writer, final))
         self.emit("@T%d@" % (len(self.trans) - 1), ind)
 
-    def goto_dynamic(self, t, looked_up=False):
+    def goto_dynamic(self, t, looked_up=False, ret=False):
         """Emit: if the run-time target ``t`` starts a member, continue there
         (checked like a backward transition).  The flags are stored only if
         that member reads the flags it is entered with (``_dyn``: known once
         the region is generated).  ``looked_up``: ``b<k>`` already holds
-        ``RM.get(t)``."""
+        ``RM.get(t)`` (``RR.get(t)`` for a RET: ``ret``, which continues
+        only at the return sites, ``ret_sites``)."""
         self.loops = True
-        self.ns["RM"] = self.index
+        if ret:
+            self.ns["RR"] = self.ret_sites
+        else:
+            self.ns["RM"] = self.index
         if not looked_up:
-            self.emit(f"b{self.k} = RM.get({t})")
+            self.emit(f"b{self.k} = {'RR' if ret else 'RM'}.get({t})")
         self.emit(f"if b{self.k} is not None:")
         self.emit(f"n += {self.n}", 1)
         self.emit("if n > lim or cpu.pending or machine.stopping:", 1)
         self.exit(t, 0, 2)
-        self.dyns.append((self.cur, self.pending, self.seen_writer, f"b{self.k}"))
+        targets = tuple(self.ret_sites.values()) if ret else tuple(range(len(self.members)))
+        self.dyns.append((self.cur, self.pending, self.seen_writer, f"b{self.k}", targets))
         self.emit("@DYN%d@" % (len(self.dyns) - 1), 1)
         self.emit(f"pc = b{self.k}", 1)
         self.emit("continue", 1)
@@ -799,7 +833,7 @@ class Gen:
         """Lines handing the flags over at dynamic transition ``d`` (see
         ``_transition``: stored for a member that reads them on entry, else
         left in locals, ``lp`` naming the producer)."""
-        cur, prod, seen, bvar = self.dyns[d]
+        cur, prod, seen, bvar, _targets = self.dyns[d]
         if prod is not None:
             keep = [f"lp = {self._prod_id(prod)}"]
             store = [f"cpu.lf = {prod.tuple_src()}", "lp = -1"]
@@ -830,18 +864,56 @@ class Gen:
 
     # ------------------------------------------------------------ the region
     def generate(self):
+        self.narrow_out = []
         for b, blk in enumerate(self.members):
             self.cur, self.n = b, blk.n
             self.pending, self.seen_writer, self.entry_flags_read = None, False, False
             self._ended = False
-            self.narrow = set()
+            self.narrow = _Narrow(self.narrow_in[b] if self.narrow_in else ())
             self.emit("@BLOCK%d@" % b)
             self.gen_block(blk)
+            self.narrow_out.append((frozenset(self.narrow), self.narrow.killed))
             # Blocks that read the flags they are entered with get them in
             # cpu.lf; the others (most) in lp, for a fault or exit to store.
             self.live_in.append(self.entry_flags_read)
         self.k = -1
         return self.assemble()
+
+    def narrow_entries(self):
+        """After a pass with no register known narrow at any member's entry:
+        per member, the registers narrow (zero-extended 32-bit values) at its
+        entry on every path into it inside the region - the fixed point of
+        in(b) = the intersection over b's predecessors p of out(p), with
+        out(p) = what p leaves narrow itself, plus what it was entered with
+        and did not write (``_Narrow.killed``).  The entry member (entered
+        from the engine) and, when the region has dynamic transitions (RET
+        to a call site), every member those may reach start with nothing
+        known from outside."""
+        nm = len(self.members)
+        preds = [[] for _ in range(nm)]
+        for a, b, _prod, _seen, _final in self.trans:
+            preds[b].append(a)
+        for cur, _prod, _seen, _bvar, targets in self.dyns:
+            for b in targets:
+                preds[b].append(cur)
+        every = frozenset(range(16))
+        nin = [frozenset()] + [every] * (nm - 1)
+
+        def out(a):
+            gen, killed = self.narrow_out[a]
+            return gen if killed is None else gen | (nin[a] - killed)
+        changed = True
+        while changed:
+            changed = False
+            for b in range(1, nm):
+                new = every
+                for a in preds[b]:
+                    new = new & out(a)
+                if not preds[b]:
+                    new = frozenset()
+                if new != nin[b]:
+                    nin[b], changed = new, True
+        return nin
 
     def gen_block(self, blk):
         last = blk.n - 1
@@ -851,9 +923,14 @@ class Gen:
         if self.long64 and self.stack_bits == 64 and _LITTLE:
             for ops, lo, hi, writes in stack_groups(blk):
                 first = ops[0][0]
-                heads[first] = (lo, hi, writes)
+                # The slot looked up: the first store's in a group that
+                # writes (its address is in the write address cache), else
+                # the first load's.
+                ref = next((slot for p, slot in ops if _stack_kind(blk.insns[p], p == last)
+                            in ("push", "call")), ops[0][1]) if writes else ops[0][1]
+                heads[first] = (lo, hi, writes, ref)
                 for p, slot in ops:
-                    self.stack[p] = (first, slot)
+                    self.stack[p] = (first, slot - ref)
         if self.long64 and blk.insns[-1].target == blk.insns[0].ip:
             loop = _store_loop(blk)
             if loop is not None:
@@ -877,6 +954,7 @@ class Gen:
             state = (set(self.used), set(self.dirty), set(self.ever_dirty), self.pending,
                      self.seen_writer, self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops,
                      set(self.narrow))
+            narrow = self.narrow
             done = False
             self.slow_write = False
             if tmpl is not None:
@@ -890,7 +968,12 @@ class Gen:
                 del self.lines[mark:]
                 del self.trans[ntrans:]
                 (self.used, self.dirty, self.ever_dirty, self.pending, self.seen_writer,
-                 self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops, self.narrow) = state
+                 self.entry_flags_read, self.uses_mem, self.uses_eb, self.loops, regs) = state
+                # The same set (what the attempt killed stays killed: it only
+                # makes the region-wide analysis more cautious).
+                self.narrow = narrow
+                set.clear(narrow)
+                narrow.update(regs)
                 self.slow_write = False
                 self._qmemo = None
                 self.generic(ins, k, p == last)
@@ -903,23 +986,31 @@ class Gen:
     _ended = False
     _qprev = _qmemo = None
 
-    def stack_head(self, lo, hi, writes):
-        """Start of a stack group (``stack_groups``): one cache look-up for
-        every stack slot its pushes and pops use, [rSP + lo, rSP + hi) with
-        rSP as here; ``sb<k>`` is the index in ``M8`` of rSP + 0 (each op
-        then indexes it with its slot), or None when the slots are not all
-        in one cached page or rSP is not 8-aligned (each op then takes its
-        own path, as outside a group)."""
+    def stack_head(self, lo, hi, writes, ref):
+        """Start of a stack group (``stack_groups``): one address-cache
+        look-up (tlb.ADDR) for every stack slot its pushes and pops use,
+        [rSP + lo, rSP + hi) with rSP as here: ``sb<k>`` is the index in
+        ``M8`` of slot ``ref`` (rSP + 8 * ref: an 8-byte store of the group
+        if it writes, else its first load), each op indexing from it, or
+        None when that slot is not cached (rSP not 8-aligned, say) or the
+        slots are not all in its page (each op then takes its own path, as
+        outside a group).  A cached slot's page is cached for the same
+        accesses, so every slot in it is."""
         self.uses_mem = True
         self.views.add(8)
         self.used.add(4)
         j = self.k
-        look = "fwg" if writes else "frg"
-        self.emit(f"sa{j} = g4 - {-lo:#x}" if lo else f"sa{j} = g4")
-        self.emit(f"sb{j} = {look}(sa{j} >> 12) if (g4 + {hi - 1}) >> 12 == sa{j} >> 12 "
-                  f"and not g4 & 7 else None")
-        self.emit(f"if sb{j} is not None:")
-        self.emit(f"sb{j} = ((sb{j} + (sa{j} & 0xFFF)) >> 3) + {-lo // 8}", 1)
+        cache = "a8w" if writes else "a8r"
+        self.addr.add(cache)
+        at = "g4" if not ref else (f"g4 + {8 * ref:#x}" if ref > 0 else f"g4 - {-8 * ref:#x}")
+        bounds = []
+        if lo:
+            bounds.append(f"{-lo:#x} <= sx{j}")
+        if hi:
+            bounds.append(f"sx{j} < {0x1000 - hi:#x}")      # rSP stays below 2**64
+        self.emit(f"sx{j} = g4 & 0xFFF")
+        self.emit(f"sb{j} = {cache}g({at}) if {' and '.join(bounds)} else None" if bounds
+                  else f"sb{j} = {cache}g({at})")
 
     def stack_slot(self):
         """(``sb`` name, slot) if the current instruction is in a stack group."""
@@ -1068,7 +1159,7 @@ class Gen:
         for a, b, prod, seen, final in self.trans:
             if prod is not None and not self.live_in[b]:
                 self._prod_id(prod)
-        for cur, prod, seen, bvar in self.dyns:
+        for cur, prod, seen, bvar, _targets in self.dyns:
             if prod is not None and not all(self.live_in):
                 self._prod_id(prod)
         lp_chain = self._lp_chain()
@@ -1334,6 +1425,13 @@ def t_nop(g, ins, k, is_last):
 
 
 # -- stack (state.py Cpu.push/pop, by stack size) -------------------------
+def _slot_ix(sbn, slot):
+    """The M8 index of a stack group's slot, ``slot`` from its reference."""
+    if not slot:
+        return sbn
+    return f"{sbn} + {slot}" if slot > 0 else f"{sbn} - {-slot}"
+
+
 def _push(g, k, v, size, ins=None, check_smc=False):
     """Emit a push of value source ``v`` (masked); rSP changes after the write.
     In a stack group (Gen.stack_head) the store indexes the group's page
@@ -1347,7 +1445,7 @@ def _push(g, k, v, size, ins=None, check_smc=False):
         g.ever_dirty.add(4)
         g.narrow.discard(4)
         g.emit(f"if {sbn} is not None:")
-        g.emit(f"M8[{sbn} - {-slot}] = {v}", 1)
+        g.emit(f"M8[{_slot_ix(sbn, slot)}] = {v}", 1)
         g.emit("g4 -= 8", 1)
         g.emit("else:")
         g.ind += 1
@@ -1379,20 +1477,30 @@ def _push_plain(g, k, v, size):
         g.reg_write(sp, f"s{k}", masked=True)
 
 
-def _pop(g, k, size):
-    """Emit a pop into v<k>; returns the source of the new rSP (not yet assigned).
-    In a stack group the load indexes the group's page (see _push)."""
+def _pop(g, k, size, update=False):
+    """Emit a pop into v<k>; returns the source of the new rSP (not yet
+    assigned), or with ``update`` assigns it and returns None.  In a stack
+    group the load indexes the group's page (see _push); there rSP cannot
+    wrap (the group's slots end below the end of their page)."""
     grp = g.stack_slot() if size == 8 else None
     if grp is not None:
         sbn, slot = grp
         g.emit(f"if {sbn} is not None:")
-        g.emit(f"v{k} = M8[{sbn} + {slot}]", 1)
+        g.emit(f"v{k} = M8[{_slot_ix(sbn, slot)}]", 1)
+        if update:
+            g.emit("g4 += 8", 1)
         g.emit("else:")
         g.ind += 1
         newsp = _pop_plain(g, k, size)
+        if update:
+            g.emit(f"g4 = {newsp}")
         g.ind -= 1
-        return newsp
-    return _pop_plain(g, k, size)
+        return None if update else newsp
+    newsp = _pop_plain(g, k, size)
+    if update:
+        g.emit(f"g4 = {newsp}")
+        return None
+    return newsp
 
 
 def _pop_plain(g, k, size):
@@ -1433,8 +1541,7 @@ def t_pop(g, ins, k, is_last):
     d = g.operand(ins, 0)
     if d.kind != "reg":
         raise Unsupported("pop to memory")
-    newsp = _pop(g, k, ins.osize)
-    g.emit(f"g4 = {newsp}")
+    _pop(g, k, ins.osize, update=True)
     g.dirty.add(4)
     g.ever_dirty.add(4)
     g.narrow.discard(4)
@@ -1545,11 +1652,11 @@ def t_ret(g, ins, k, is_last):
         raise Unsupported("ret position")
     size = ins.osize
     newsp = _pop(g, k, size)
-    looked_up = g.long64 and len(g.members) > 1
+    looked_up = g.long64 and len(g.members) > 1 and bool(g.ret_sites)
     if looked_up:
         # A member's address is canonical: check only a target outside the region.
-        g.ns["RM"] = g.index
-        g.emit(f"b{k} = RM.get(v{k})")
+        g.ns["RR"] = g.ret_sites
+        g.emit(f"b{k} = RR.get(v{k})")
         g.emit(f"if b{k} is None and ((v{k} + 0x800000000000) & 0xFFFFFFFFFFFFFFFF) >> 48:")
         g.emit("raise _gp(0, 'non-canonical branch target')", 1)
     else:
@@ -1564,7 +1671,10 @@ def t_ret(g, ins, k, is_last):
     g.dirty.add(4)
     g.ever_dirty.add(4)
     g.narrow.discard(4)
-    _exit_dynamic(g, f"v{k}", looked_up)
+    if len(g.members) > 1 and g.ret_sites:
+        g.goto_dynamic(f"v{k}", looked_up, ret=True)
+    g.exit(f"v{k}", g.n)
+    g._ended = True
     return True
 
 
@@ -1713,11 +1823,11 @@ def _stack_kind(ins, last):
     return "neutral"
 
 
-GROUP_MIN_PUSHES = 4
+GROUP_MIN_OPS = 3
 
 
 def _worth_group(run):
-    return run[1] <= -8 * GROUP_MIN_PUSHES
+    return len(run[0]) >= GROUP_MIN_OPS
 
 
 def stack_groups(blk):
@@ -1725,9 +1835,9 @@ def stack_groups(blk):
     instructions between (``_stack_kind``), as (ops, lo, hi, writes): ops
     are (position, slot) with slot the 8-byte offset from rSP at the run's
     first op, [lo, hi) the bytes they use relative to it, writes whether any
-    op stores.  Only runs with GROUP_MIN_PUSHES pushes or more are worth a
-    group: a pop through the address cache (tlb.ADDR) costs what a grouped
-    pop does, and the group's look-up costs about two pushes."""
+    op stores.  Only runs of GROUP_MIN_OPS stack ops or more are worth a
+    group: its look-up (one address-cache probe) costs about what one op
+    through the address cache does, and saves about half of each op."""
     out = []
     run = None
     last = blk.n - 1
@@ -1958,9 +2068,17 @@ def region(blk, lookup):
 
 
 def generate(blk, cpu, members=None):
-    """(source, line map, namespace, number of templated instructions)."""
+    """(source, line map, namespace, number of templated instructions).
+    A region of several blocks is generated twice: the second time knowing
+    which registers hold 32-bit values at each member's entry
+    (``Gen.narrow_entries``), so their 32-bit reads need no mask."""
     g = Gen(blk, cpu, members)
     src, line_of = g.generate()
+    if len(g.members) > 1:
+        nin = g.narrow_entries()
+        if any(nin):
+            g = Gen(blk, cpu, members, narrow_in=nin)
+            src, line_of = g.generate()
     return src, line_of, g.ns, g.templated
 
 

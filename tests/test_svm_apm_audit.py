@@ -118,6 +118,26 @@ def test_real_mode_code_that_runs_past_the_cs_limit_faults():
     assert r.exception[:3] == (13, 0, 0xFFFE) and r.regs[3] == 1 and r.regs[1] == 0
 
 
+def test_real_mode_code_that_runs_on_past_ffffh_faults():
+    """An instruction that ends exactly at FFFFh runs; the next fetch, at IP
+    10000h, is beyond the limit: #GP(0) (svmsim's reading: no 8086-style IP
+    wrap for sequential execution)."""
+    r = run_code(asm("mov bx, 1\nmov cx, 2", bits=16), mode="real", addr=0xFFFA)
+    assert r.exception[:3] == (13, 0, 0x10000) and r.regs[1] == 2
+
+
+def test_a_compatibility_mode_guest_running_past_its_cs_limit_takes_gp():
+    """In an SVM guest the same check applies: the guest's code runs into the
+    limit its VMCB CS gives, and the #GP(0) intercept reports the
+    instruction's rIP (the MOVs before it retired)."""
+    code = asm(MOV2 + "\nhlt", bits=32)
+    r = SvmRig(code, intercepts=[ExitCode.EXCP_GP, ExitCode.HLT])
+    r.vmcb.set_segment("CS", SEL_CODE32, CS_32, GUEST_CODE + 8, 0)
+    r.run()
+    assert r.exitcode == ExitCode.EXCP_GP and r.vmcb["RIP"] == GUEST_CODE + 5
+    assert r.vmcb["EXITINFO1"] == 0
+
+
 def test_64_bit_code_ignores_the_cs_limit():
     """64-bit mode does no segment limit checks: the same code with a CS limit
     that ends inside it runs to its HLT."""

@@ -784,6 +784,35 @@ def test_mov_cr4_enabling_pae_under_32_bit_paging_loads_the_pdpes(bad):
         assert r.exception is None and r.cpu.cr4 & 0x20 and r.cpu.regs[3] == 1
 
 
+def _guest_enabling_pae_paging(intercepts, np=False):
+    """A legacy protected-mode guest, paging off, CR4.PAE = 1, CR3 = the PDPT
+    with a reserved bit in PDPE 3, that sets CR0.PG."""
+    r = SvmRig(asm(ENABLE_PG, bits=32), intercepts=[*intercepts, ExitCode.EXCP_GP, ExitCode.HLT],
+               NP_ENABLE=int(np))
+    _pae_tables(r.m.bus)
+    v = r.vmcb
+    v["CR0"], v["CR3"], v["CR4"], v["EFER"] = 0x11, BAD_PDPT, 0x20, 1 << 12
+    for name in ("DS", "SS", "ES"):
+        v.set_segment(name, 0x10, 0xC93, 0xFFFFFFFF, 0)
+    v.set_segment("CS", SEL_CODE32, CS_32, 0xFFFFFFFF, 0)
+    if np:
+        nt = NestedTables(r.m.bus)
+        nt.identity(0, 0x1000000)
+        v["N_CR3"] = nt.root
+    return r.run()
+
+
+def test_the_cr0_intercept_comes_before_the_pdpe_fault_of_enabling_pae_paging():
+    """As for CR3 (table 15-7: the PDPE #GP "is checked after the intercept
+    check"), svmsim checks a guest's CR0 write intercept first; without it
+    the guest's MOV CR0 is #GP(0); a nested-paging guest loads no PDPEs
+    (15.25.10) and goes on to its HLT."""
+    assert _guest_enabling_pae_paging([ExitCode.CR0_WRITE]).exitcode == ExitCode.CR0_WRITE
+    r = _guest_enabling_pae_paging([])
+    assert r.exitcode == ExitCode.EXCP_GP and r.vmcb["RIP"] == GUEST_CODE + 8      # the MOV CR0
+    assert _guest_enabling_pae_paging([], np=True).exitcode == ExitCode.HLT
+
+
 def test_mov_cr0_entering_long_mode_loads_no_pdpes():
     """With EFER.LME = 1 the same MOV CR0 activates long mode, where CR3
     names a PML4 and there are no PDPE registers: a PML4E with RW set (bit 1,

@@ -248,7 +248,7 @@ class Engine:
         while every other member of it is live (the same block objects, so
         the same bytes)."""
         self.blocks[key] = blk
-        cp = self._code_page(blk.page >> 12)
+        cp = self.code_pages.get(blk.page >> 12) or self._code_page(blk.page >> 12)
         if cp.blocks.get(key) != blk.reg:
             cp.set(key, blk.reg)
         fn = blk.compiled
@@ -398,12 +398,18 @@ class Engine:
             if blk is None:
                 continue                     # kept, not live (or dropped with its page elsewhere)
             self.smc[0] = 1
-            self._note_patched_imm(cp, blk, page, lo, lo + n)
+            if blk.imms != ():              # it may have an immediate the write patched
+                self._note_patched_imm(cp, blk, page, lo, lo + n)
             if blk.code is not None and blk.page >> 12 == page:
-                self._keep_dropped(blk)
+                for _, b in self.dropped.get(k, ()):
+                    if b is blk:
+                        break               # kept already (a version taken back)
+                else:
+                    self._keep_dropped(blk)
                 del blocks[k]
                 self.stats["blocks_invalidated"] += 1
-                self._drop_regions(k)
+                if k in self.regions:
+                    self._drop_regions(k)
             else:
                 self.invalidate(k)
 

@@ -372,6 +372,40 @@ def test_write_fault_in_rmw_keeps_state(runners):
     assert r["n"] == 1 and r["faults"][0][:2] == (14, 3)
 
 
+def test_xchg_with_memory(runners):
+    """XCHG of a register with memory (t_xchg), both operand orders, 8 and
+    4 bytes, a misaligned and a page-crossing operand, in both tiers."""
+    code = asm("""
+    1:
+        xchg rax, [rsi + 8]
+        xchg [rsi + 0x10], rdx
+        xchg ecx, [rsi + 0x1d]
+        xchg rdx, [rsi + 0xffd]
+        xchg rsi, [rsi]
+        xchg rsi, rdi
+        xchg rdi, rsi
+        add rax, 1
+        jnz 1b
+        hlt
+    """)
+    mem = bytes(range(256)) * (DATA_LEN // 256)
+    for budget in (4, 40, 400):
+        compare(runners, "long64", code, _regs(rax=3, rcx=(1 << 40) | 5, rdx=9, rsi=DATA_ADDR, rdi=7),
+                mem, 0x202, budget)
+
+
+def test_xchg_write_fault_keeps_state(runners):
+    """XCHG with a read-only memory operand: #PF, the register and memory unchanged."""
+    def readonly(m, cpu):
+        m.bus.write(PD + 8 * 1, 8, (1 << 21) | 0x81)     # 2-4 MiB present, read-only
+        cpu.tlb.flush_all("test")
+        cpu.read(3, DATA_ADDR, 8)                          # the page is in the read cache
+    code = asm("add rax, 1\nxchg [rsi], rax\ninc rcx\njmp 1f\n1: hlt")
+    r = compare(runners, "long64", code, _regs(rax=1, rcx=2, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, 4,
+                setup=readonly)
+    assert r["n"] == 1 and r["faults"][0][:2] == (14, 3)
+
+
 def test_block_ending_in_generic_handler(runners):
     """LOOP has no template: the compiled block calls its handler, which sets RIP."""
     code = asm("""

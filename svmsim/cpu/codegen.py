@@ -2002,6 +2002,28 @@ def t_imul(g, ins, k, is_last):
     return True
 
 
+def t_xchg(g, ins, k, is_last):
+    """XCHG of a register with a register or memory (the implicit LOCK is
+    moot: one CPU runs at a time).  The memory operand is read, then
+    written, then the register set, so a fault leaves both unchanged."""
+    a = g.operand(ins, 0)
+    b = g.operand(ins, 1)
+    if a.kind == "mem":
+        a, b = b, a
+    if a.kind != "reg" or b.kind == "imm" or a.high or a.size < 4 or (b.kind == "reg" and (b.high or b.size < 4)):
+        raise Unsupported("xchg form")
+    if b.kind == "reg":
+        g.emit(f"x{k} = {g.reg_read(a)}")
+        g.reg_write(a, g.reg_read(b), masked=True)
+        g.reg_write(b, f"x{k}", masked=True)
+        return True
+    v = g.mem_read(b, k)
+    g.emit(f"x{k} = {g.reg_read(a)}")
+    g.mem_write(b, k, f"x{k}")
+    g.reg_write(a, v, masked=True)
+    return True
+
+
 TEMPLATES = {
     arith.imul: t_imul,
     arith.add: _alu2(OP_ADD), arith.sub: _alu2(OP_SUB, exact=True),
@@ -2014,6 +2036,7 @@ TEMPLATES = {
     data.mov: t_mov, data.movzx: t_movzx, data.movsx: t_movsx, data.lea: t_lea,
     data.nop: t_nop, data.push: t_push, data.pop: t_pop,
     data.setcc: t_setcc, data.cmovcc: t_cmovcc,
+    data.xchg: t_xchg,
     control.jcc: t_jcc, control.jmp: t_jmp, control.call: t_call, control.ret: t_ret,
 }
 if _shift is not None:

@@ -108,13 +108,16 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int) -> None:
     into the host save area at ``hsave_pa``: one pack per run of adjacent
     fields (packed.HOST_RUNS) when the page is RAM."""
     es, cs, ss, ds = cpu.segs[:4]                 # _segment_values, inlined (hot path)
-    new = [es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
+    new = (es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
-           cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0]]
+           cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0])
     off = None if hsave_pa & 0xFFF or not DIRECT else bus.ram_offset(hsave_pa)
     if off is not None:
-        HOST_RUNS.pack_into(bus.ram.buf, off, new)
+        buf = bus.ram.buf
+        if HOST_RUNS.unpack(buf, off) == new:
+            return          # the area holds these values already (a hypervisor's loop): same bytes
+        HOST_RUNS.pack_into(buf, off, new)
         for watch in bus.write_watchers:
             watch(off + HOST_PACKED.start, HOST_PACKED.end - HOST_PACKED.start)
         return

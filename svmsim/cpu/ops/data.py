@@ -5,6 +5,8 @@ MOVBE, NOP (AMD APM vol 3, ch. 3).
 MOV to and from segment, control and debug registers live with the system
 instructions; they are registered by iced Code there and take precedence.
 """
+from iced_x86 import OpKind
+
 from . import handles
 from ..decoder import SEG_OF
 from ..flags import CF, DF
@@ -57,10 +59,16 @@ def pause(cpu, ins):
 
 @handles("XCHG")
 def xchg(cpu, ins):
+    """The memory operand, if any, is written first: a write that faults
+    leaves the register unchanged too (codegen's t_xchg does the same)."""
     a = ins.get0(cpu)
     b = ins.get1(cpu)
-    ins.set0(cpu, b)
-    ins.set1(cpu, a)
+    if ins.iced.op0_kind == OpKind.MEMORY:
+        ins.set0(cpu, b)
+        ins.set1(cpu, a)
+    else:
+        ins.set1(cpu, a)
+        ins.set0(cpu, b)
 
 
 @handles("BSWAP")

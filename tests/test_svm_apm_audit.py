@@ -976,3 +976,41 @@ def test_prevent_host_ibs_holds_because_the_cpu_has_no_ibs():
     for msr in (0xC0011030, 0xC0011033):
         r = run_code(asm(f"mov ecx, {msr:#x}\nrdmsr"))
         assert r.exception[:2] == (13, 0)
+
+
+def _vmgexit_guest(features, snp=False, user=False):
+    from esharness import EsRig, G_PML4, G_PDPT, G_PD, C_BIT, SHARED
+    r = EsRig("mov rax, 0x123456789\nvmgexit\nhlt", snp=snp)
+    g = r.initial_vmsa()
+    g["SEV_FEATURES"] |= features
+    if user:                                    # CPL 3: user code/stack, U = 1 in the tables
+        g.set_segment("CS", 0x33, 0x2FB, 0xFFFFFFFF, 0)
+        g.set_segment("SS", 0x2B, 0xCF3, 0xFFFFFFFF, 0)
+        g["CPL"] = 3
+        r.put(G_PML4, (G_PDPT | C_BIT | 7).to_bytes(8, "little"))
+        r.put(G_PDPT, (G_PD | C_BIT | 7).to_bytes(8, "little"))
+        r.put(G_PD, b"".join(((i << 21) | (0 if i << 21 == SHARED else C_BIT) | 0x87).to_bytes(8, "little")
+                             for i in range(512)))
+    r.write_vmsa(g)
+    r.vmcb["VMGEXIT_RAX"], r.vmcb["VMGEXIT_CPL"] = 0xAAAA, 0xBB
+    return r.run()
+
+
+@pytest.mark.parametrize("snp", [False, True])
+@pytest.mark.parametrize("user", [False, True])
+def test_vmgexit_parameter_writes_rax_and_cpl_to_the_vmcb(snp, user):
+    """15.35.6: "The VMGEXIT Parameter feature is enabled by setting
+    SEV_FEATURES bit 10 (VmgexitParameter) in VMSA. When this feature is
+    enabled, the RAX and the CPL values are written to the VMCB control area
+    on VMGEXIT at offsets 110h (VMGEXIT_RAX) and 118h (VMGEXIT_CPL)"; CPUID
+    Fn8000_001F EAX[17] advertises it."""
+    r = _vmgexit_guest(1 << 10, snp, user)
+    assert r.exitcode == ExitCode.VMGEXIT
+    assert (r.vmcb["VMGEXIT_RAX"], r.vmcb["VMGEXIT_CPL"]) == (0x123456789, 3 if user else 0)
+    assert _cpuid_8000001f_eax() >> 17 & 1
+
+
+def test_without_vmgexit_parameter_the_vmcb_fields_are_untouched():
+    r = _vmgexit_guest(0)
+    assert r.exitcode == ExitCode.VMGEXIT
+    assert (r.vmcb["VMGEXIT_RAX"], r.vmcb["VMGEXIT_CPL"]) == (0xAAAA, 0xBB)

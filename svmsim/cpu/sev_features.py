@@ -47,7 +47,8 @@ FEATURES = (
     SevFeature(7, "BTBIsolation", "15.36.17", "snp", None, True),
     SevFeature(8, "VmplSSS", "15.36.7", "snp", 7, False),
     SevFeature(9, "SecureTsc", "15.36.18", "snp", 8, False),
-    SevFeature(10, "VmgexitParameter", "15.35.6", "es", 17, False),
+    # VMGEXIT writes RAX and CPL to VMCB 110h/118h (15.35.6; svm/world.py).
+    SevFeature(10, "VmgexitParameter", "15.35.6", "es", 17, True),
     SevFeature(11, "PmcVirtualization", "15.39", "es", 20, False),
     SevFeature(12, "IbsVirtualization", "15.38", "es", 19, False),
     SevFeature(13, "GuestInterceptCtl", "15.36.23", "snp", 22, False),
@@ -57,6 +58,7 @@ FEATURES = (
     SevFeature(21, "IbpbOnEntry", "15.36.17", "snp", 31, False),
 )
 BY_BIT = {f.bit: f for f in FEATURES}
+BIT = {f.name: f.bit for f in FEATURES}
 
 
 def mask(*, snp: bool, implemented_only: bool = True) -> int:

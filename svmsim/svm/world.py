@@ -18,7 +18,7 @@ from ..cpu.exceptions import CpuException, Shutdown
 from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
-from ..cpu import interrupts
+from ..cpu import interrupts, sev_features
 from . import avic, checks, clean, exits, sev_checks, sev_es, snp
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE, CHILDREN, field
@@ -36,6 +36,7 @@ GHCB_MSR = 0xC0010130
 # through a copy of the page and its field view (tests compare the two).
 DIRECT = True
 _NONE_IN_USE = frozenset()
+_VMGEXIT_PARAMETER = sev_features.BIT["VmgexitParameter"]
 SWITCHED_SEGS = (("ES", ES), ("CS", CS), ("SS", SS), ("DS", DS))
 
 # EVENTINJ TYPE -> the delivery kind of svmsim's interrupt logic (APM 15.20).
@@ -613,6 +614,10 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
                 _snp_exit_info(g, code, info1, info2, exitintinfo, nrip)
                 v["GUEST_SEV_FEATURES"] = g["SEV_FEATURES"]
             sev_es.write_back(cpu)
+        if s.es and code == ExitCode.VMGEXIT and g["SEV_FEATURES"] >> _VMGEXIT_PARAMETER & 1:
+            # 15.35.6: "the RAX and the CPL values are written to the VMCB
+            # control area on VMGEXIT at offsets 110h ... and 118h".
+            info["VMGEXIT_RAX"], info["VMGEXIT_CPL"] = cpu.regs[0], cpu.cpl
         info["EVENTINJ"] = v["EVENTINJ"] & ~exits.EVENT_V
         v.set_many(info)
         bus.write_bytes(s.vmcb_pa, v.flush())

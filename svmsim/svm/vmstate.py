@@ -47,43 +47,73 @@ def save_state(cpu, v) -> None:
 
 # ---------------------------------------------------------------- VMLOAD/VMSAVE on a VMCB
 # VMLOAD and VMSAVE run in hypervisors' inner loops (kvm-unit-tests' latency_svm_insn
-# times a million of each): the state is moved as one struct unpack (and pack) of the
-# span of the page it occupies, compiled from the layout table (packed.Packed carries
-# the bytes between the fields, so VMSAVE writes nothing else).
+# times a million of each, and svm_vmrun_errata_test runs VMSAVE on every free page):
+# each segment is one struct of the layout table's four fields (SEL, ATTRIB, LIMIT,
+# BASE: 16 contiguous bytes) and the MSRs one struct over their contiguous block, so
+# VMLOAD is five unpacks and VMSAVE five packs into one read-modify-write of the span
+# (the bytes between the fields -- GDTR, IDTR, the rest of the save area -- stay as
+# they were).
 _SEG_PARTS = ("SEL", "ATTRIB", "LIMIT", "BASE")
+_FMT = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
 class StateSpan:
     """The VMLOAD state's fields of one layout table (``lookup``: name -> Field)."""
 
+    SEGS = ("FS", "GS", "TR", "LDTR")
+
     def __init__(self, lookup):
-        from .packed import Packed
-        self.segs = [[f"{s}.{p}" for p in _SEG_PARTS] for s in ("FS", "GS", "TR", "LDTR")]
-        fields = [lookup[n] for names in self.segs for n in names] + [lookup[n] for n, _ in MSR_STATE]
-        lo, hi = min(f.offset for f in fields), max(f.end for f in fields)
-        self.packed, self.lo, self.n = Packed(fields, lo, hi), lo, hi - lo
-        ix = self.packed.index
-        self.seg_ix = [[ix[n] for n in names] for names in self.segs]
-        self.msr_ix = [(ix[name], idx, name == "KERNEL_GS_BASE") for name, idx in MSR_STATE]
+        import struct
+        segs = [[lookup[f"{s}.{p}"] for p in _SEG_PARTS] for s in self.SEGS]
+        msrs = sorted(((lookup[n], idx, n == "KERNEL_GS_BASE") for n, idx in MSR_STATE),
+                      key=lambda t: t[0].offset)
+        fields = [f for fs in segs for f in fs] + [f for f, _, _ in msrs]
+        self.lo = min(f.offset for f in fields)
+        self.n = max(f.end for f in fields) - self.lo
+        self.seg_structs = []
+        for fs in segs:
+            self.seg_structs.append((self._run(fs), fs[0].offset - self.lo))
+        self.msr_struct, self.msr_off = self._run([f for f, _, _ in msrs]), msrs[0][0].offset - self.lo
+        self.msr_idx = tuple(idx for _, idx, _ in msrs)
+        self.kgs = [i for i, (_, _, kgs) in enumerate(msrs) if kgs][0]
+
+    def _run(self, fields):
+        """One little-endian struct for fields that follow each other without gaps."""
+        import struct
+        for a, b in zip(fields, fields[1:]):
+            if a.end != b.offset:
+                raise AssertionError(f"VMLOAD state fields {a.name}, {b.name} are not contiguous")
+        return struct.Struct("<" + "".join(_FMT[f.end - f.offset] for f in fields))
 
     def load(self, cpu, bus, pa) -> None:
         """VMLOAD from the VMCB at system-physical ``pa`` (as load_state)."""
-        vals = self.packed.unpack(bus.read_bytes(pa + self.lo, self.n), -self.lo)
-        bits = cpu.machine.profile.lin_bits
-        segs = [Segment(vals[s], canonical(vals[b], bits), vals[l], vals[a]) for s, a, l, b in self.seg_ix]
+        buf = bus.read_bytes(pa + self.lo, self.n)
+        top = 1 << (cpu.machine.profile.lin_bits - 1)
+        low = 2 * top - 1
+        segs = []
+        for st, off in self.seg_structs:
+            sel, attr, limit, base = st.unpack_from(buf, off)
+            segs.append(Segment(sel, ((base & low) ^ top) - top & MASK64, limit, attr))
+        fs, gs = segs[0], segs[1]
         cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr = segs
-        for i, idx, canon in self.msr_ix:
-            cpu.msr[idx] = canonical(vals[i], bits) if canon else vals[i]
-        cpu.update_mode()
+        vals = self.msr_struct.unpack_from(buf, self.msr_off)
+        msr = cpu.msr
+        for idx, v in zip(self.msr_idx, vals):
+            msr[idx] = v
+        k = self.msr_idx[self.kgs]
+        msr[k] = ((msr[k] & low) ^ top) - top & MASK64
+        if cpu.long64:
+            # 64-bit mode: only the FS and GS bases of update_mode's state change.
+            cpu.ebase[4], cpu.ebase[5] = fs.base, gs.base
+        else:
+            cpu.update_mode()
 
     def save(self, cpu, bus, pa) -> None:
         """VMSAVE into the VMCB at system-physical ``pa`` (as save_state)."""
         buf = bytearray(bus.read_bytes(pa + self.lo, self.n))
-        vals = self.packed.unpack(buf, -self.lo)
-        for (s, a, l, b), seg in zip(self.seg_ix, (cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr)):
-            vals[s], vals[a], vals[l], vals[b] = seg.sel & 0xFFFF, seg.attr & 0xFFFF, \
-                seg.limit & 0xFFFFFFFF, seg.base & MASK64
-        for i, idx, _ in self.msr_ix:
-            vals[i] = cpu.msr.get(idx, 0) & MASK64
-        self.packed.pack_into(buf, -self.lo, vals)
+        for (st, off), seg in zip(self.seg_structs, (cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr)):
+            st.pack_into(buf, off, seg.sel & 0xFFFF, seg.attr & 0xFFFF, seg.limit & 0xFFFFFFFF,
+                         seg.base & MASK64)
+        get = cpu.msr.get
+        self.msr_struct.pack_into(buf, self.msr_off, *[get(i, 0) & MASK64 for i in self.msr_idx])
         bus.write_bytes(pa + self.lo, bytes(buf))

@@ -398,8 +398,11 @@ def _tsc_check(cpu):
 
 @handles("RDTSC")
 def rdtsc(cpu, ins):
-    _tsc_check(cpu)
-    _set_edx_eax(cpu, msrs.tsc_value(cpu, ins.idx))
+    if cpu.cr4 & CR4_TSD and cpu.cpl:         # _tsc_check, inline: guests time loops with it
+        raise gp(0, "RDTSC at CPL > 0 with CR4.TSD=1")
+    v = msrs.tsc_value(cpu, ins.idx)
+    regs = cpu.regs
+    regs[0], regs[2] = v & 0xFFFFFFFF, v >> 32
 
 
 @handles("RDTSCP")

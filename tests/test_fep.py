@@ -4,12 +4,16 @@ ud2): kvm-unit-tests' ``*_emulate`` subtests run an instruction behind it and
 expect every SVM rule of that instruction to hold.  No processor has it: off by
 default the prefix is #UD as on hardware (APM vol 3, UD2).  Each case runs
 machine code in a guest of the SvmRig host stub (tests/svmharness.py)."""
+import io
+
 import pytest
 
+import guestbuild as gb
 from svmharness import SvmRig, GUEST_CODE, REC
 from svmsim import cli_qemu
 from svmsim.cpu import profiles
 from svmsim.errors import SvmsimError
+from svmsim.machine import Machine
 from svmsim.svm.exits import ExitCode
 
 FEP = "ud2\n.byte 0x6b, 0x76, 0x6d\n"         # ud2; .ascii "kvm"
@@ -113,3 +117,41 @@ def test_svmsim_qemu_refuses_a_bad_value(monkeypatch):
     monkeypatch.setenv(cli_qemu.FEP_ENV, "maybe")
     with pytest.raises(SvmsimError):
         cli_qemu._fep_from_env()
+
+
+# ---------------------------------------------------------------- tests/guests/svm_fep.c
+FEP_TRANSCRIPT = """svm_fep: KVM's forced-emulation prefix under a hypervisor
+host: forced-emulation prefix available
+enable: ok
+exit 1: CR0_SEL_WRITE rip=gf_mov_cd nrip=gf_mov_cd+3
+guest CR0.CD after it: 0
+exit 2: CR0_SEL_WRITE rip=gf_lmsw nrip=gf_fep3
+exit 3: HLT rip=gf_hlt nrip=gf_hlt+1
+guest CR0.MP changed by the MOV behind gf_fep3: yes
+with #UD intercepted:
+exit 4: EXCP_UD rip=gf_fep1
+svm_fep: PASS
+"""
+
+
+def _boot_svm_fep(cpu):
+    out = io.BytesIO()
+    m = Machine(mem_size="128M", cpu=cpu, serial_out=out)
+    m.load_kernel(str(gb.build_guest("svm_fep")), "")
+    r = m.run(max_insns=20_000_000, timeout=120)
+    return r, out.getvalue().decode()
+
+
+def test_svm_fep_kernel_with_the_prefix():
+    """Our own hypervisor kernel: the host's probe finds the prefix, and the
+    guest's prefixed MOV CR0 / LMSW / MOV CR0 / HLT take exactly the exits of
+    the bare instructions, reported at the instruction after the prefix."""
+    r, out = _boot_svm_fep("epyc,+force-emulation-prefix")
+    assert r.status == gb.STATUS_PASS, r.reason
+    assert out == FEP_TRANSCRIPT
+
+
+def test_svm_fep_kernel_without_it_sees_ud_as_on_hardware():
+    r, out = _boot_svm_fep("epyc")
+    assert r.status == gb.STATUS_PASS, r.reason
+    assert out.splitlines()[1] == "host: forced-emulation prefix absent (#UD)"

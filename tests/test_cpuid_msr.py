@@ -103,8 +103,8 @@ def test_extended_features_svm_lm_nx_and_brand():
     # SME, SEV, 64-bit host required; C-bit 47, 5 bits cut (48 -> 43); 15 SEV
     # guests from ASID 1 (seed S14, S18); PreventHostIbs (15) and
     # VmgexitParameter (17), the SEV_FEATURES with a CPUID bit svmsim
-    # implements (cpu/sev_features.py).
-    assert run_cpuid(0x8000001F) == [0x83B | 1 << 15 | 1 << 17, 47 | 5 << 6 | 4 << 12, 15, 5]
+    # implements, and the Allowed SEV Features mask (27) (cpu/sev_features.py).
+    assert run_cpuid(0x8000001F) == [0x83B | 1 << 15 | 1 << 17 | 1 << 27, 47 | 5 << 6 | 4 << 12, 15, 5]
 
 
 def test_cache_leaves_decode_to_the_profile():

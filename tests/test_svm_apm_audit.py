@@ -1014,3 +1014,36 @@ def test_without_vmgexit_parameter_the_vmcb_fields_are_untouched():
     r = _vmgexit_guest(0)
     assert r.exitcode == ExitCode.VMGEXIT
     assert (r.vmcb["VMGEXIT_RAX"], r.vmcb["VMGEXIT_CPL"]) == (0xAAAA, 0xBB)
+
+
+# ---------------------------------------------------------------- 15.36.20: Allowed SEV Features
+def _snp_with_mask(features, allowed):
+    from esharness import EsRig
+    r = EsRig("hlt", snp=True, ALLOWED_SEV_FEATURES=allowed)
+    g = r.initial_vmsa()
+    g["SEV_FEATURES"] = features
+    r.write_vmsa(g)
+    return r.run()
+
+
+@pytest.mark.parametrize("allowed,runs", [
+    (0, True),                              # mask not enabled (bit 63 clear): not checked
+    (1 << 63 | 0x41, True),                 # SNPActive and PreventHostIBS allowed
+    (1 << 63 | 0x01, False),                # PreventHostIBS not allowed
+    (1 << 63, False),                       # not even SNPActive
+    (0x40, True),                           # bits without bit 63 mean nothing
+])
+def test_allowed_sev_features_mask_limits_the_vmsa_features(allowed, runs):
+    """15.36.20: "When the Allowed SEV Features Mask is enabled, the VMRUN
+    instruction checks that all SEV_FEATURES bits which are set in VMSA
+    offset 3B0h are also set in ALLOWED_SEV_FEATURES_MASK. If not, VMRUN
+    fails with a VMEXIT_INVALID error code. SEV_FEATURES is saved to VMCB
+    field GUEST_SEV_FEATURES at offset 140h on a #VMEXIT"; CPUID
+    Fn8000_001F EAX[27] advertises the mask."""
+    r = _snp_with_mask(1 | 1 << 6, allowed)
+    if runs:
+        assert r.exitcode == ExitCode.HLT and r.vmcb["GUEST_SEV_FEATURES"] == 0x41
+    else:
+        assert r.exitcode == ExitCode.INVALID
+        assert r.cpu.svm.invalid[-1].rule == "ALLOWED_SEV_FEATURES"
+    assert _cpuid_8000001f_eax() >> 27 & 1

@@ -57,6 +57,9 @@ FEATURES = (
     SevFeature(16, "SecureAvic", "15.36.21", "snp", 26, False),
     SevFeature(21, "IbpbOnEntry", "15.36.17", "snp", 31, False),
 )
+# Allowed SEV Features (15.36.20): not a SEV_FEATURES bit but the VMCB mask
+# at 138h that limits them; Fn8000_001F EAX[27] advertises it (svm/snp.py).
+ALLOWED_SEV_FEATURES_CPUID = 27
 BY_BIT = {f.bit: f for f in FEATURES}
 BIT = {f.name: f.bit for f in FEATURES}
 
@@ -74,7 +77,7 @@ def mask(*, snp: bool, implemented_only: bool = True) -> int:
 def cpuid_eax(es: bool, snp: bool) -> int:
     """The Fn8000_001F EAX bits of the implemented features the profile's
     SEV-ES/SNP support can offer."""
-    eax = 0
+    eax = 1 << ALLOWED_SEV_FEATURES_CPUID if snp else 0
     for f in FEATURES:
         if f.implemented and f.cpuid is not None and (snp or es and f.scope == "es"):
             eax |= 1 << f.cpuid

@@ -271,6 +271,12 @@ def _owner_problem(rmp, e, spa, t, asid):
 
 # ---------------------------------------------------------------- VMRUN (15.36.12)
 SUPPORTED_FEATURES = sev_features.mask(snp=True)     # SEV_FEATURES bits an SNP-active VMSA may set
+# 15.36.20: "The Allowed SEV Features Mask is enabled when bit 63 at offset
+# 138h in the VMCB is set to 1 ... ALLOWED_SEV_FEATURES_MASK bits 61:0
+# correspond to VMSA SEV_FEATURES bits 61:0"; "VMRUN checks that all
+# SEV_FEATURES bits which are set in VMSA offset 3B0h are also set in
+# ALLOWED_SEV_FEATURES_MASK. If not, VMRUN fails with a VMEXIT_INVALID".
+ALLOWED_MASK_BITS = (1 << 62) - 1
 SEC_SNP = "APM vol 2, 15.36.12"
 
 
@@ -306,8 +312,9 @@ def vmsa_checks(cpu, v, spa, vmsa):
     SNP-active VMSA (SEV_FEATURES bit 0) must be covered, owned by the
     guest's ASID, mutable and marked VMSA in the RMP; any other VMSA must be
     hypervisor-owned.  SNP-active also needs SNP enabled (15.36.12), SEV
-    features svmsim implements, and a VMPL below CPUID's count (with VMPLEn
-    for any VMPL but 0: svmsim's reading).  Returns an InvalidReason or None."""
+    features svmsim implements and, when the VMCB enables the mask, allows
+    (15.36.20), and a VMPL below CPUID's count (with VMPLEn for any VMPL but
+    0: svmsim's reading).  Returns an InvalidReason or None."""
     from .checks import _reason
     rmp = cpu.machine.rmp
     features = vmsa["SEV_FEATURES"]
@@ -323,6 +330,11 @@ def vmsa_checks(cpu, v, spa, vmsa):
         return _reason("SNP_SEV_FEATURES", "SEV_FEATURES", features, "APM vol 2, 15.36",
                        f"SEV_FEATURES {sev_features.names(features & ~SUPPORTED_FEATURES)} "
                        "not implemented by this CPU model (cpu/sev_features.py)")
+    allowed = v["ALLOWED_SEV_FEATURES"]
+    if allowed >> 63 and features & ~allowed & ALLOWED_MASK_BITS:
+        return _reason("ALLOWED_SEV_FEATURES", "SEV_FEATURES", features, "APM vol 2, 15.36.20",
+                       f"SEV_FEATURES {sev_features.names(features & ~allowed & ALLOWED_MASK_BITS)} "
+                       f"not allowed by ALLOWED_SEV_FEATURES {allowed:#x}")
     vmpl = vmsa["VMPL"]
     vmpl_en = cpu.msr.get(SYSCFG, 0) & (1 << 25)
     if vmpl >= NUM_VMPLS or vmpl and not vmpl_en:

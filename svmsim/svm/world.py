@@ -297,7 +297,9 @@ def _control_words(cpu, int_ctl: int, int_state: int) -> tuple:
     occurs during the virtual NMI delivery, EXITINTINFO is set appropriately
     and V_NMI_MASK is saved as 0" (15.21.10)."""
     s = cpu.svm
-    int_ctl = _put(_put(int_ctl, _V_TPR, s.v_tpr), _V_IRQ, s.v_irq)
+    # _put of V_TPR and V_IRQ, and below of the shadow and GIM bits, unrolled.
+    int_ctl = (int_ctl & _KEEP_TPR_IRQ | (s.v_tpr << _V_TPR[0]) & _V_TPR[1]
+               | (int(s.v_irq) << _V_IRQ[0]) & _V_IRQ[1])
     # The pause-filter count is internal: VMRUN reloads it, nothing writes it back.
     if s.v_gif_enable:
         int_ctl = _put(int_ctl, _V_GIF, s.v_gif)
@@ -306,8 +308,8 @@ def _control_words(cpu, int_ctl: int, int_state: int) -> tuple:
                        s.v_nmi_blocking and not s.vnmi_delivery)
     # Table B-1, 68h bit 1: the guest's RFLAGS.IF, "written back to the VMCB on
     # #VMEXIT": how a hypervisor sees it for an SEV-ES guest.
-    int_state = _put(_put(int_state, _SHADOW, cpu.shadow or cpu.in_shadow), _GIM,
-                     cpu.rflags >> 9 & 1)
+    int_state = (int_state & _KEEP_SHADOW_GIM | (int(cpu.shadow or cpu.in_shadow) << _SHADOW[0]) & _SHADOW[1]
+                 | ((cpu.rflags >> 9 & 1) << _GIM[0]) & _GIM[1])
     return int_ctl, int_state
 
 
@@ -328,6 +330,8 @@ _SUB = {f.name: (f.bit, f.mask << f.bit) for f in (*CHILDREN["INT_CTL"], *CHILDR
 _V_TPR, _V_IRQ, _V_GIF = _SUB["V_TPR"], _SUB["V_IRQ"], _SUB["V_GIF"]
 _V_NMI_P, _V_NMI_B = _SUB["V_NMI_PENDING"], _SUB["V_NMI_BLOCKING"]
 _SHADOW, _GIM = _SUB["INTERRUPT_SHADOW"], _SUB["GUEST_INTERRUPT_MASK"]
+_KEEP_TPR_IRQ = ~(_V_TPR[1] | _V_IRQ[1])
+_KEEP_SHADOW_GIM = ~(_SHADOW[1] | _GIM[1])
 
 
 LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),

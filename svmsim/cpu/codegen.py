@@ -786,8 +786,13 @@ class Gen:
     def exit(self, rip, count, ind=0):
         """Leave the region at ``rip`` (a constant or a source) with ``count``
         more instructions retired: flags here, registers and RIP in the
-        function's epilogue (after its loop)."""
-        self.store_flags(ind)
+        function's epilogue (after its loop); flags a transition left in
+        locals (``lp``) are stored there too (``xf``), so each exit does not
+        carry its own copy of that chain."""
+        if self.pending is not None:
+            self.emit(f"cpu.lf = {self.pending.tuple_src()}", ind)
+        elif not self.seen_writer:
+            self.emit("@EXITFLAGS%d@" % self.cur, ind)
         if count:
             self.emit(f"n += {count}", ind)
         self.emit(f"nip = {rip:#x}" if isinstance(rip, int) else f"nip = {rip}", ind)
@@ -1098,8 +1103,8 @@ class Gen:
         in_lp = prod is None and not seen and not self.live_in[a]   # flags still as lp says
         if prod is not None:
             out.append(f"    cpu.lf = {prod.tuple_src()}")
-        elif in_lp:
-            out += ["    " + c for c in self._lp_chain()]
+        elif in_lp and self.prods:
+            out.append("    xf = 1")                  # the epilogue stores them
         out.append(f"    nip = {self.members[b].insns[0].ip:#x}")
         out.append("    break")
         if prod is not None and self.live_in[b]:
@@ -1145,7 +1150,7 @@ class Gen:
         # loop (Engine._run) ends the quantum, so one call runs it to the end.
         pre += ["    n = 0", "    lim = budget - 1"]
         if any(not x for x in self.live_in):
-            pre.append("    lp = -1")
+            pre += ["    lp = -1", "    xf = 0"]
         if multi:
             pre.append("    pc = 0")
         pre += ["    try:", "        while True:"]
@@ -1186,6 +1191,8 @@ class Gen:
                 texts = self._dyn(int(text[4:-1]))
             elif text.startswith("@ENTRYFLAGS"):
                 texts = [] if self.live_in[int(text[11:-1])] else lp_chain
+            elif text.startswith("@EXITFLAGS"):
+                texts = [] if self.live_in[int(text[10:-1])] or not lp_chain else ["xf = 1"]
             elif text.startswith("@T"):
                 texts = self._transition(int(text[2:-1]))
             else:
@@ -1193,7 +1200,8 @@ class Gen:
             for t in texts:
                 out.append(pad + t)
                 line_of.append(k)
-        epilogue = self._flush_lines() + ["cpu.rip = nip", "return n"]
+        epilogue = (["if xf:"] + ["    " + c for c in lp_chain] if lp_chain else []) + \
+            self._flush_lines() + ["cpu.rip = nip", "return n"]
         out += ["        " + e for e in epilogue]
         line_of += [-1] * len(epilogue)
         out.append("    except _CpuException as e:")
@@ -1212,16 +1220,23 @@ class Gen:
         """Leave after instruction k, whose write changed translated code."""
         s = ["k = LK[e.__traceback__.tb_lineno]", "SMC[0] = 0"]
         s += self._flush_lines()
-        first = True
+        groups, lp_ks = {}, []
         for k, (nip, f) in self.smc_after.items():
-            s.append(f"{'if' if first else 'elif'} k == {k}:")
-            first = False
             if isinstance(f, Prod):
-                s.append(f"    cpu.lf = {f.tuple_src()}")
+                groups.setdefault(f.tuple_src(), []).append(k)
             elif f is not None and not self.live_in[f[1]]:
-                s += ["    " + c for c in self._lp_chain()]
-            s.append(f"    cpu.rip = {nip:#x}")
-        s.append("return n + POS[k] + 1")
+                lp_ks.append(k)
+        first = True
+        for tup, ks in groups.items():
+            s.append(f"{'if' if first else 'elif'} k in {tuple(ks)!r}:")
+            s.append(f"    cpu.lf = {tup}")
+            first = False
+        chain = self._lp_chain()
+        if lp_ks and chain:
+            s.append(f"{'if' if first else 'elif'} k in {tuple(lp_ks)!r}:")
+            s += ["    " + c for c in chain]
+        self.ns["SMCRIP"] = {k: nip for k, (nip, f) in self.smc_after.items()}
+        s += ["cpu.rip = SMCRIP[k]", "return n + POS[k] + 1"]
         return s
 
     def except_src(self):

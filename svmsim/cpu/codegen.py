@@ -1130,7 +1130,16 @@ class Gen:
         multi = len(self.members) > 1
         # Named after the guest address, so a profile (svmsim run --profile)
         # shows which guest code the time went to.
-        pre = [f"def blk_{self.start:x}(cpu, budget):", "    regs = cpu.regs"]
+        pre = [f"def blk_{self.start:x}(cpu, budget, pc=0):", "    regs = cpu.regs"]
+        # Entered at member pc > 0 (Engine._compile lends the function to the
+        # other members): the registers that member counts as narrow on entry
+        # (narrow_entries) must be; if one is not, decline (-1: the engine
+        # runs the block itself).
+        checks = {b: tuple(sorted(r)) for b, r in enumerate(self.narrow_in or ()) if b and r}
+        if checks:
+            self.ns["NCHK"] = checks
+            pre += ["    if pc in NCHK:", "        for i in NCHK[pc]:",
+                    "            if regs[i] > 0xffffffff:", "                return -1"]
         reload = []
         if self.uses_mem and self.long64:
             reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get", "fcg = cpu.fc.get"]
@@ -1151,8 +1160,6 @@ class Gen:
         pre += ["    n = 0", "    lim = budget - 1"]
         if any(not x for x in self.live_in):
             pre += ["    lp = -1", "    xf = 0"]
-        if multi:
-            pre.append("    pc = 0")
         pre += ["    try:", "        while True:"]
         out = list(pre)
         line_of = [-1] * (len(pre) + 1)      # line numbers are 1-based

@@ -57,7 +57,7 @@ def _first_fetch(cpu, lin) -> None:
 
 class Block:
     __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled", "lo", "code",
-                 "reg", "imms")
+                 "reg", "imms", "entry")
 
 
 class Engine:
@@ -113,8 +113,17 @@ class Engine:
         fn = codegen.compile_block(blk, cpu, lookup if base == 0 else None)
         if fn is not None:
             self.stats["blocks_compiled"] += 1
+            regions = self.regions
             for m in fn.members:
-                self.regions.setdefault(m.key, set()).add(blk.key)
+                regions.setdefault(m.key, set()).add(blk.key)
+            # The other members not compiled yet run the same function from
+            # their own place in it (a quantum that ends inside the region
+            # resumes there), instead of each compiling a region of its own.
+            for i, m in enumerate(fn.members):
+                if i and m.compiled is None and blocks.get(m.key) is m:
+                    m.compiled, m.entry = fn, i
+                    for x in fn.members:
+                        regions.setdefault(x.key, set()).add(m.key)
         return fn
 
     # ---------------------------------------------------------------- translation
@@ -221,6 +230,7 @@ class Engine:
         blk.key = key
         blk.heat = 0
         blk.compiled = None
+        blk.entry = 0                      # its index in the region of blk.compiled
         blk.lo = lin & 0xFFF               # its first byte's offset in its page
         blk.code = None
         blk.reg = None
@@ -257,7 +267,7 @@ class Engine:
             regions = self.regions
             for m in fn.members:
                 if blocks.get(m.key) is not m:
-                    blk.compiled = None
+                    blk.compiled, blk.entry = None, 0
                     blk.heat = 0
                     break
             else:
@@ -456,6 +466,7 @@ class Engine:
             b = self.blocks.get(entry)
             if b is not None and b.compiled is not None and key in (m.key for m in b.compiled.members):
                 b.compiled = None
+                b.entry = 0
                 b.heat = 0
 
     def flush(self):
@@ -536,14 +547,18 @@ class Engine:
                     try:
                         # What is left of the quantum, as the loop above counts it:
                         # delivered events and owed stall time take their share.
-                        executed += fn(cpu, budget - executed - events - cpu.stall)
+                        r = fn(cpu, budget - executed - events - cpu.stall, blk.entry)
                     except CpuException as e:
                         executed += cpu.fault_n
                         cpu.q_exec = executed
                         cpu.rip = cpu.fault_ip
                         interrupts.deliver_exception(cpu, e)
                         events += 1
-                    continue
+                        continue
+                    if r >= 0:
+                        executed += r
+                        continue
+                    # Declined at a lent entry (codegen NCHK): run the block here.
                 n = 0
                 try:
                     for ins in blk.insns:
@@ -569,7 +584,7 @@ class Engine:
                 executed += n
                 blk.heat += 1
                 if blk.heat == self.hot_threshold:
-                    blk.compiled = self.compile(blk, cpu)
+                    blk.compiled, blk.entry = self.compile(blk, cpu), 0
         finally:
             done[0] = executed
             cpu.q_events = events

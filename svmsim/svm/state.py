@@ -43,6 +43,11 @@ class SvmState:
     snp_last_vmsa: dict = field(default_factory=dict)   # ASID -> the VMSA it last ran here (15.36.15)
     host_pat: int = 0                         # the host's PAT while a nested-paging guest runs (15.25.2)
     host_checked: object = None               # host state the last #VMEXIT found consistent (15.6)
+    # The ES/CS/SS/DS Segment objects a world switch set aside, with the 16
+    # values they held (world._load_segment_values reuses them when the
+    # values loaded are the same): the host's at VMRUN, the guest's at #VMEXIT.
+    host_segs: object = None
+    guest_segs: object = None
     caps_es: bool = False                     # the CPU has SEV-ES (VMRUN loads the GHCB MSR)
     words: tuple = (0, 0, 0, 0, 0, 0)        # intercept words 000h-014h
     iopm_pa: int = 0

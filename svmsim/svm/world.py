@@ -84,11 +84,21 @@ def _load_segments(cpu, v):
     cpu.idtr_limit, cpu.idtr_base = v["IDTR.LIMIT"], canonical(v["IDTR.BASE"], bits)
 
 
-def _load_segment_values(cpu, vals) -> None:
-    """_load_segments from the 20 values of _segment_values' order."""
+def _load_segment_values(cpu, vals, stash=None) -> None:
+    """_load_segments from the 20 values of _segment_values' order.
+    ``stash``: Segment objects a world switch set aside (_stash) and the
+    values they hold; when ``vals`` names the same, they are put back instead
+    of four new objects (nothing else refers to them, and their bases are
+    canonical)."""
     bits = cpu.machine.profile.lin_bits
     low = 1 << (bits - 1)                  # bases below this are canonical already
     segs = cpu.segs
+    if stash is not None and vals[:16] == stash[4]:
+        segs[ES], segs[CS], segs[SS], segs[DS] = stash[0], stash[1], stash[2], stash[3]
+        gdtr, idtr = vals[17], vals[19]
+        cpu.gdtr_limit, cpu.gdtr_base = vals[16], gdtr if gdtr < low else canonical(gdtr, bits)
+        cpu.idtr_limit, cpu.idtr_base = vals[18], idtr if idtr < low else canonical(idtr, bits)
+        return
     (es_sel, es_attr, es_limit, es_base, cs_sel, cs_attr, cs_limit, cs_base, ss_sel, ss_attr,
      ss_limit, ss_base, ds_sel, ds_attr, ds_limit, ds_base, _, gdtr, _, idtr) = vals[:20]
     segs[ES] = Segment(es_sel, es_base if es_base < low else canonical(es_base, bits), es_limit, es_attr)
@@ -97,6 +107,14 @@ def _load_segment_values(cpu, vals) -> None:
     segs[DS] = Segment(ds_sel, ds_base if ds_base < low else canonical(ds_base, bits), ds_limit, ds_attr)
     cpu.gdtr_limit, cpu.gdtr_base = vals[16], gdtr if gdtr < low else canonical(gdtr, bits)
     cpu.idtr_limit, cpu.idtr_base = vals[18], idtr if idtr < low else canonical(idtr, bits)
+
+
+def _stash(es, cs, ss, ds, vals):
+    """ES, CS, SS, DS set aside with their 16 values (a tuple), or None when
+    a base is 2**47 or more (it might not be canonical for _load_segment_values)."""
+    if (es.base | cs.base | ss.base | ds.base) >> 47:
+        return None
+    return es, cs, ss, ds, tuple(vals[:16])
 
 
 def _hsave_page(bus, hsave_pa) -> bytearray:
@@ -113,6 +131,7 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int) -> None:
            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
            cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0])
+    cpu.svm.host_segs = _stash(es, cs, ss, ds, new)
     off = None if hsave_pa & 0xFFF or not DIRECT else bus.ram_offset(hsave_pa)
     if off is not None:
         buf = bus.ram.buf
@@ -158,7 +177,8 @@ def restore_host(cpu, hsave) -> None:
     cpu.cr0 = cr0
     cpu.cr4 = cr4
     cpu.cr3 = cr3
-    _load_segment_values(cpu, vals)
+    _load_segment_values(cpu, vals, s.host_segs)
+    s.host_segs = None
     cpu.cpl = 0
     cpu.set_rflags(rflags & ~(VM | RF))     # VMRUN completed: RF is 0 after it
     cpu.rip = rip
@@ -178,7 +198,11 @@ def _load_guest(cpu, v: VmcbView) -> None:
 def _load_guest_values(cpu, efer, cr0, cr4, cr3, cr2, segs, rflags, rip, rsp, rax, dr7, dr6, cpl,
                        v=None) -> None:
     """_load_guest from the values; ``segs``: the 20 segment values in
-    _segment_values' order, or None to read them from ``v``."""
+    _segment_values' order, or None to read them from ``v``.  The guest's
+    Segment objects set aside at the last #VMEXIT are reused if the values
+    are theirs."""
+    stash = cpu.svm.guest_segs
+    cpu.svm.guest_segs = None
     # LMA follows LME and paging: svmsim never holds an LMA that contradicts them.
     efer = efer & ~EFER_LMA | (EFER_LMA if efer & EFER_LME and cr0 & CR0_PG else 0)
     cpu.efer = efer
@@ -187,7 +211,7 @@ def _load_guest_values(cpu, efer, cr0, cr4, cr3, cr2, segs, rflags, rip, rsp, ra
     cpu.cr3 = cr3
     cpu.cr2 = cr2
     if segs is not None:
-        _load_segment_values(cpu, segs)
+        _load_segment_values(cpu, segs, stash)
     else:
         _load_segments(cpu, v)
     cpu.set_rflags(rflags)
@@ -704,6 +728,7 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: 
            cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
            cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2]
     _EXIT_GUEST.pack_into(buf, off, new)
+    cpu.svm.guest_segs = _stash(es, cs, ss, ds, new)
     if ghcb is None:
         _EXIT_CONTROL.pack_into(buf, off, (int_ctl, int_state, code, info1, info2, exitintinfo,
                                            eventinj & ~exits.EVENT_V))

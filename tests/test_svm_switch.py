@@ -58,3 +58,38 @@ def test_common_case_switch_gives_the_general_result(name, monkeypatch, slow_cal
     assert fast[4] == general[4]                          # RAM (VMCBs, host save areas)
     if name == "svm_loop":
         assert n_general <= 2 < fast[3][0][3]             # resuming the guest takes the common case
+
+
+def test_segments_set_aside_follow_the_save_areas():
+    """A switch puts back the ES/CS/SS/DS objects it set aside only when the
+    values loaded are theirs: a guest that rewrites the host save area gets
+    the host state as written there at #VMEXIT (15.6, "reload host state"),
+    a hypervisor that changes the guest's DS in the VMCB gets it loaded by
+    the next VMRUN ("load guest state"), and neither world's objects leak
+    into the other."""
+    from svmharness import SvmRig, HSAVE
+    from svmsim.cpu.segments import DS
+    from svmsim.svm.exits import ExitCode
+    from svmsim.svm.vmcb import field
+    ds_base = HSAVE + field("DS.BASE").offset
+    rig = SvmRig(f"mov rax, {ds_base}\nmov qword ptr [rax], 0x2000\ncpuid\ncpuid\ncpuid\nhlt",
+                 intercepts=(ExitCode.CPUID,))
+    cpu, v = rig.cpu, rig.vmcb
+    guest_ds = v["DS.BASE"]
+    rig.run()
+    assert rig.exitcode == ExitCode.CPUID and not rig.in_guest
+    assert cpu.segs[DS].base == 0x2000 and v["DS.BASE"] == guest_ds
+    host_objs = cpu.segs[:4]
+    v["RIP"] += 2
+    v["DS.BASE"] = 0x3000
+    rig.run(at_vmrun=True)
+    assert rig.exitcode == ExitCode.CPUID and v["DS.BASE"] == 0x3000
+    assert cpu.segs[DS].base == 0x2000 and cpu.segs[:4] == host_objs
+    assert all(a is b for a, b in zip(cpu.segs[:4], host_objs))     # put back, not rebuilt
+    guest_objs = cpu.svm.guest_segs[:4]
+    assert not any(g is h for g in guest_objs for h in host_objs)
+    v["RIP"] += 2
+    rig.run(at_vmrun=True)
+    assert rig.exitcode == ExitCode.CPUID and v["DS.BASE"] == 0x3000
+    assert cpu.segs[DS].base == 0x2000
+    assert all(a is b for a, b in zip(cpu.svm.guest_segs[:4], guest_objs))   # the guest's again

@@ -132,47 +132,88 @@ class Walker:
         return self._walk_tail(lin, pdpte & self.addr_mask, RW, US, 0, nxe, access, steps)
 
     def _walk_long(self, lin, table, levels, nxe, access, steps):
-        """4- and 5-level long-mode paging (APM 5.3.3-5.3.6)."""
+        """4- and 5-level long-mode paging (APM 5.3.3-5.3.6).
+
+        The per-level work is inlined (a 2-D walk under nested paging runs
+        this five times per guest translation, APM 15.25.5): the checks are
+        ``_check_entry``'s, made there only when an entry fails them (it
+        raises); Accessed is set as ``_set_ad`` sets it."""
+        read, write = self.read_pte, self.write_pte
+        rsvd = self.rsvd_hi if nxe else self.rsvd_hi | NX
+        addr_mask = self.addr_mask
         rw, us, nx = RW, US, 0
+        shift = 12 + 9 * (levels - 1)
         for level in range(levels, 3, -1):       # PML5E (if LA57), PML4E
-            name = "PML%dE" % level
-            addr = table | ((lin >> (12 + 9 * (level - 1))) & 0x1FF) << 3
-            e = self._read(addr, 8, steps, name)
-            self._check_entry(lin, e, nxe, access, name, ps_ok=False)
-            self._set_ad(addr, e, 8, access, final=False)
-            rw, us, nx = rw & e, us & e, nx | (e & NX if nxe else 0)
-            table = e & self.addr_mask
+            addr = table | ((lin >> shift) & 0x1FF) << 3
+            e = read(addr, 8)
+            if steps is not None:
+                steps.append(("PML%dE" % level, addr, e))
+            if not e & P or e & (rsvd | PS | G):
+                self._check_entry(lin, e, nxe, access, "PML%dE" % level, ps_ok=False)
+            if not e & A:
+                write(addr, 8, e | A)
+            rw &= e
+            us &= e
+            if nxe:
+                nx |= e & NX
+            table = e & addr_mask
+            shift -= 9
         addr = table | ((lin >> 30) & 0x1FF) << 3
-        e = self._read(addr, 8, steps, "PDPE")
-        self._check_entry(lin, e, nxe, access, "PDPE", ps_ok=True)
-        rw, us, nx = rw & e, us & e, nx | (e & NX if nxe else 0)
+        e = read(addr, 8)
+        if steps is not None:
+            steps.append(("PDPE", addr, e))
+        if not e & P or e & rsvd:
+            self._check_entry(lin, e, nxe, access, "PDPE", ps_ok=True)
+        rw &= e
+        us &= e
+        if nxe:
+            nx |= e & NX
         if e & PS:                                 # 1 GiB page
             if e & 0x3FFFE000:
                 raise self._pf(lin, access, PF_P | PF_RSV, "reserved bits 29:13 in 1 GiB PDPE")
             self._set_ad(addr, e, 8, access, final=True)
-            spa = (e & self.addr_mask & ~0x3FFFFFFF) | (lin & 0x3FFFF000)
+            spa = (e & addr_mask & ~0x3FFFFFFF) | (lin & 0x3FFFF000)
             return Translation(spa, rw, us, nx, e & G, access & PF_W or e & D, 1 << 30, steps)
-        self._set_ad(addr, e, 8, access, final=False)
-        return self._walk_tail(lin, e & self.addr_mask, rw, us, nx, nxe, access, steps)
+        if not e & A:
+            write(addr, 8, e | A)
+        return self._walk_tail(lin, e & addr_mask, rw, us, nx, nxe, access, steps)
 
     def _walk_tail(self, lin, table, rw, us, nx, nxe, access, steps):
-        """PDE and PTE levels, common to PAE and long mode."""
+        """PDE and PTE levels, common to PAE and long mode (inlined as in
+        ``_walk_long``)."""
+        read = self.read_pte
+        rsvd = self.rsvd_hi if nxe else self.rsvd_hi | NX
+        addr_mask = self.addr_mask
         pde_addr = table | ((lin >> 21) & 0x1FF) << 3
-        pde = self._read(pde_addr, 8, steps, "PDE")
-        self._check_entry(lin, pde, nxe, access, "PDE", ps_ok=True)
-        rw, us, nx = rw & pde, us & pde, nx | (pde & NX if nxe else 0)
+        pde = read(pde_addr, 8)
+        if steps is not None:
+            steps.append(("PDE", pde_addr, pde))
+        if not pde & P or pde & rsvd:
+            self._check_entry(lin, pde, nxe, access, "PDE", ps_ok=True)
+        rw &= pde
+        us &= pde
+        if nxe:
+            nx |= pde & NX
         if pde & PS:                               # 2 MiB page
             if pde & 0x1FE000:
                 raise self._pf(lin, access, PF_P | PF_RSV, "reserved bits 20:13 in 2 MiB PDE")
             self._set_ad(pde_addr, pde, 8, access, final=True)
-            spa = (pde & self.addr_mask & ~0x1FFFFF) | (lin & 0x1FF000)
+            spa = (pde & addr_mask & ~0x1FFFFF) | (lin & 0x1FF000)
             return Translation(spa, rw, us, nx, pde & G, access & PF_W or pde & D, 1 << 21, steps)
-        self._set_ad(pde_addr, pde, 8, access, final=False)
-        pte_addr = (pde & self.addr_mask) | ((lin >> 12) & 0x1FF) << 3
-        pte = self._read(pte_addr, 8, steps, "PTE")
-        self._check_entry(lin, pte, nxe, access, "PTE", ps_ok=True)
-        self._set_ad(pte_addr, pte, 8, access, final=True)
-        return Translation(pte & self.addr_mask, rw & pte, us & pte, nx | (pte & NX if nxe else 0),
+        if not pde & A:
+            self.write_pte(pde_addr, 8, pde | A)
+        pte_addr = (pde & addr_mask) | ((lin >> 12) & 0x1FF) << 3
+        pte = read(pte_addr, 8)
+        if steps is not None:
+            steps.append(("PTE", pte_addr, pte))
+        if not pte & P or pte & rsvd:
+            self._check_entry(lin, pte, nxe, access, "PTE", ps_ok=True)
+        new = pte | A | D if access & PF_W else pte | A       # _set_ad, final level
+        if new != pte:
+            self.write_pte(pte_addr, 8, new)
+        if nxe:
+            nx |= pte & NX
+        return Translation(pte & addr_mask, rw & pte, us & pte, nx,
                            pte & G, access & PF_W or pte & D, 4096, steps)
 
     # -- helpers -------------------------------------------------------------

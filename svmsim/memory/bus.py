@@ -96,10 +96,16 @@ class PhysBus:
     # -- access -------------------------------------------------------------
     def read(self, spa: int, size: int) -> int:
         region = self._mmio_pages.get(spa >> PAGE_SHIFT)
-        if region is not None and region.base <= spa < region.end:
-            return region.dev.mmio_read(spa - region.base, size)
-        off = self.ram_offset(spa)
-        if off is None:
+        if region is not None:
+            if region.base <= spa < region.end:
+                return region.dev.mmio_read(spa - region.base, size)
+            return (1 << (size * 8)) - 1  # unassigned: all ones
+        # ram_offset, inlined (page-table walks read through here)
+        if spa < self.low_top:
+            off = spa
+        elif FOUR_GIB <= spa < self.high_top:
+            off = spa - FOUR_GIB + self.low_top
+        else:
             return (1 << (size * 8)) - 1  # unassigned: all ones
         if self.dirty and off >> PAGE_SHIFT in self.dirty:
             self.write_back(off >> PAGE_SHIFT)

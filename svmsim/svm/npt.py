@@ -95,6 +95,10 @@ class NestedMmu:
 
     def _check_nested(self, t, gpa, access):
         if not self.gmet:
+            # check_access for a user access with CR0.WP set and no SMEP/SMAP,
+            # called only when it will raise (a walk per guest table level).
+            if t.us and (t.rw or not access & PF_W) and not (access & PF_I and t.nx):
+                return
             check_access(t, gpa, (access & (PF_W | PF_I)) | PF_U, HOST_CR0_PG, 0, self.host_efer, 0)
             return
         # GMET: the nested U/S bit no longer restricts data accesses; it marks

@@ -60,6 +60,8 @@ class Walker:
     tables; nested paging replaces them with functions that translate GPAs.
     """
 
+    log = None          # a list: every walk appends its (level, address, entry) steps (debug)
+
     def __init__(self, read_pte, write_pte, maxphyaddr: int = 48):
         self.read_pte = read_pte
         self.write_pte = write_pte
@@ -86,7 +88,7 @@ class Walker:
         rechecked without walking.  Reserved-bit and not-present faults are
         raised here.
         """
-        steps = [] if record else None
+        steps = [] if record else self.log
         if cr4 & CR4_PAE == 0:
             return self._walk32(lin, cr3, cr4, access, steps)
         nxe = bool(efer & EFER_NXE)

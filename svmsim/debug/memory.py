@@ -106,12 +106,7 @@ class _QuietWalker(Walker):
         super().__init__(read_pte, lambda addr, size, value: None, like.maxphyaddr)
         if not plain:                   # plain: no C-bit, no cut address bits
             self.rsvd_hi, self.addr_mask = like.rsvd_hi, like.addr_mask
-        self.log = []
-
-    def _read(self, addr, size, steps, name):
-        value = self.read_pte(addr, size)
-        self.log.append((name, addr, value))
-        return value
+        self.log = []                   # every walk records into it (Walker.walk)
 
 
 # ------------------------------------------------------------------ walks

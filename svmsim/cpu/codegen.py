@@ -132,6 +132,19 @@ def _rdA(cpu, lin, seg, off, size):
     return _rd(cpu, p, lin, seg, off, size)
 
 
+def _rd1(cpu, lin, seg, off):
+    """A byte load that missed the byte address cache (``cpu.a1r``): in
+    the read cache, it fills it; else the slow path."""
+    p = cpu.fr.get(lin >> 12)
+    if p is not None:
+        d = cpu.a1r
+        if len(d) >= ADDR_MAX:
+            d.clear()
+        i = d[lin] = p + (lin & 0xFFF)
+        return cpu.ram[i]
+    return cpu.read(seg, off, 1)
+
+
 def _wrA(cpu, lin, seg, off, size, value):
     """A 4- or 8-byte store that missed the address cache: as ``_rdA`` with
     the write cache, else ``_wr`` (True: it took the slow path)."""
@@ -166,7 +179,8 @@ class CodeChanged(Exception):
 
 def _base_ns():
     ns = {"_CpuException": CpuException, "PARITY": PARITY, "_carry": _carry_now, "_gp": gp,
-          "_CodeChanged": CodeChanged, "_rd": _rd, "_wr": _wr, "_rmw": _rmw, "_rdA": _rdA, "_wrA": _wrA}
+          "_CodeChanged": CodeChanged, "_rd": _rd, "_wr": _wr, "_rmw": _rmw, "_rdA": _rdA, "_wrA": _wrA,
+          "_rd1": _rd1}
     for size, fmt in _FMT.items():
         s = struct.Struct(fmt)
         ns["U%d" % size] = s.unpack_from
@@ -491,10 +505,13 @@ class Gen:
             self.emit(f"ix{k} = a{s}rg({lin})")
             self.emit(f"{v} = M{s}[ix{k}] if ix{k} is not None else _rdA(cpu, {lin}, {o.seg}, {off}, {s})")
             return v
-        self.emit(f"p{k} = frg({lin} >> 12)")
         if s == 1:
-            self.emit(f"{v} = ram[p{k} + ({lin} & 0xFFF)] if p{k} is not None else cpu.read({o.seg}, {off}, 1)")
+            # The byte address cache: one look-up, no page arithmetic.
+            self.addr.add("a1r")
+            self.emit(f"ix{k} = a1rg({lin})")
+            self.emit(f"{v} = ram[ix{k}] if ix{k} is not None else _rd1(cpu, {lin}, {o.seg}, {off})")
             return v
+        self.emit(f"p{k} = frg({lin} >> 12)")
         if _LITTLE:
             self.views.add(s)
             self.emit(f"if p{k} is not None and not {lin} & {s - 1}:")

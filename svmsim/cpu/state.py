@@ -41,7 +41,7 @@ class Cpu:
         self.walker = Walker(self._pt_read, self._pt_write)
         self.walk_lin = 0          # the linear address being walked (an RMP fault on an A/D update)
         self.fr, self.fw, self.fx = self.tlb.fast[0][:3]
-        self.a8r, self.a8w, self.a4r, self.a4w = self.tlb.fast[0][6:10]
+        self.a8r, self.a8w, self.a4r, self.a4w, self.a1r = self.tlb.fast[0][6:11]
         self.debug_watch = ()      # ranges the debugger watches (svmsim.debug.control)
         self.fc = self.tlb.fast[0][FC]
         self.reset()
@@ -169,13 +169,13 @@ class Cpu:
         fast = self.tlb.fast[1 if user else 0]
         self.fr, self.fw, self.fx = fast[:3]
         self.fc = fast[FC]
-        self.a8r, self.a8w, self.a4r, self.a4w = fast[6:10]     # tlb.ADDR (codegen)
+        self.a8r, self.a8w, self.a4r, self.a4w, self.a1r = fast[6:11]     # tlb.ADDR (codegen)
         # Alignment checking (APM vol 2, 8.2.18): CR0.AM, RFLAGS.AC and CPL 3.
         # Data accesses then take the slow path, which checks alignment.
         self.align_check = bool(user and self.cr0 & CR0_AM and self.rflags & F_AC)
         if self.align_check:
             self.fr, self.fw, self.fc = {}, {}, {}
-            self.a8r, self.a8w, self.a4r, self.a4w = {}, {}, {}, {}
+            self.a8r, self.a8w, self.a4r, self.a4w, self.a1r = {}, {}, {}, {}, {}
         # The block cache is keyed by this: anything that changes how bytes
         # decode or which checks a translated block bakes in belongs here.
         # The CS limit outside 64-bit mode: translation stops blocks at it.

@@ -20,11 +20,12 @@ R, W, X = 0, 1, 2
 MMIO_R, MMIO_W = 3, 4      # linear page -> SPA page of an MMIO (non-RAM) target
 FC = 5                     # linear page -> (RAM offset, byte map) of a writable page holding code
 # Address-granular caches for compiled code (codegen.py): a naturally aligned
-# linear address -> its index in the RAM view of that size (cpu.ram_views),
-# filled only from a hit in R/W above, so each holds a subset of what they
-# allow; a flush of any page empties them whole.
-A8R, A8W, A4R, A4W = 6, 7, 8, 9
-ADDR = (A8R, A8W, A4R, A4W)
+# linear address -> its index in the RAM view of that size (cpu.ram_views;
+# A1R: a byte address -> its RAM offset), filled only from a hit in R/W
+# above, so each holds a subset of what they allow; a flush of any page
+# empties them whole.
+A8R, A8W, A4R, A4W, A1R = 6, 7, 8, 9, 10
+ADDR = (A8R, A8W, A4R, A4W, A1R)
 ADDR_MAX = 1 << 16         # entries per address cache before it is emptied (bounded memory)
 
 
@@ -194,4 +195,4 @@ class Tlb:
 
 
 def _new_fast() -> list:
-    return [[{} for _ in range(10)] for _ in range(2)]
+    return [[{} for _ in range(11)] for _ in range(2)]

@@ -72,7 +72,7 @@ class NestedMmu:
         reduction = enc.get("reduction", 0) if cpu.c_bit else 0
         self.c_mask = 1 << cpu.c_bit if cpu.c_bit else 0
         # Nested tables are host memory: the host's C-bit (SME) applies to them.
-        self.nested = Walker(cpu.pread, cpu.pwrite, cpu.maxphyaddr)
+        self.nested = Walker(cpu.pt_read(), cpu.pwrite, cpu.maxphyaddr)
         self.nested.set_maxphyaddr(cpu.maxphyaddr, cpu.c_bit, reduction)
         self.guest = Walker(self._guest_pt_read, self._guest_pt_write, cpu.maxphyaddr)
         if sev:
@@ -298,4 +298,11 @@ def setup(cpu, v, host_cr4, host_efer) -> None:
     s.host_pat = cpu.msr.get(PAT_MSR, PAT_RESET)
     cpu.msr[PAT_MSR] = v["G_PAT"]
     gmet = bool(v["GMET_ENABLE"]) and features.enabled(cpu, "gmet")
-    cpu.npt = NestedMmu(cpu, v["N_CR3"], host_cr4, host_efer, gmet, cpu.svm.sev)
+    # A NestedMmu holds only what it was made from: the last one is reused
+    # when all of that is the same (it caches no translation, see translate).
+    key = (v["N_CR3"], host_cr4, host_efer, gmet, s.sev, cpu.maxphyaddr, cpu.c_bit, cpu.enc_mask)
+    last = s.npt_last
+    if last is None or last.key != key:
+        last = s.npt_last = NestedMmu(cpu, v["N_CR3"], host_cr4, host_efer, gmet, s.sev)
+        last.key = key
+    cpu.npt = last

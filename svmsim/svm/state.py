@@ -40,6 +40,7 @@ class SvmState:
     caps: object = None                       # checks.CpuCaps of this CPU, computed once
     feats: frozenset = frozenset()            # its optional SVM features (features.py), with caps
     checked: object = None                    # inputs of the last VMRUN that passed the checks
+    npt_last: object = None                   # npt.NestedMmu of the last VMRUN with nested paging
     snp_last_vmsa: dict = field(default_factory=dict)   # ASID -> the VMSA it last ran here (15.36.15)
     host_pat: int = 0                         # the host's PAT while a nested-paging guest runs (15.25.2)
     host_checked: object = None               # host state the last #VMEXIT found consistent (15.6)

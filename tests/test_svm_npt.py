@@ -4,7 +4,7 @@ running real machine code over nested tables built from Python."""
 import pytest
 
 from svmharness import SvmRig, NestedTables, GUEST_CODE, GUEST_STACK, IDT, REC
-from cpuharness import asm, PML4
+from cpuharness import asm, PML4, PD
 from svmsim.svm.exits import ExitCode, encode_event, EVENT_INTR
 
 FINAL, TABLE = 1 << 32, 1 << 33
@@ -315,3 +315,29 @@ def test_virtual_vmsave_uses_a_guest_physical_address(virtual, where):
     from svmsim.svm.vmcb import VmcbView
     assert r.exitcode == ExitCode.CPUID
     assert VmcbView(r.m.bus, where)["STAR"] == 0x5151
+
+
+@pytest.mark.parametrize("tlb_control,stale", [(0, True), (1, False), (3, False)])
+def test_nested_translation_of_a_guest_table_is_walked_again_after_a_flush(tlb_control, stale):
+    """The nested translations of guest page-table pages are cached like the
+    combined ones (npt.NestedMmu.nested_walk) and dropped by the same flushes:
+    the hypervisor moves the guest's page directory (gPA PD) to another SPA
+    whose entry maps 0x600000 elsewhere; after TLB_CONTROL 1 or 3 the guest
+    walks through the new copy (APM 15.16, 15.25.5)."""
+    r = SvmRig("mov eax, [0x600000]\ncpuid\nhlt", intercepts=(ExitCode.CPUID, ExitCode.HLT),
+               NP_ENABLE=1)
+    r.nt = NestedTables(r.m.bus)
+    r.nt.identity(0, 0x200000, size=4096)              # 4 KiB nested pages: PD can move alone
+    r.nt.identity(0x200000, 0x1000000)
+    r.vmcb["N_CR3"] = r.nt.root
+    r.m.bus.write(0x600000, 4, 1)
+    r.m.bus.write(0xA00000, 4, 2)
+    r.run()
+    assert r.exitcode == ExitCode.CPUID and r.vmcb["RAX"] == 1
+    copy = 0x1C00000
+    r.m.bus.write_bytes(copy, r.m.bus.read_bytes(PD, 4096))
+    r.m.bus.write(copy + 3 * 8, 8, 0xA00000 | 0x83)     # gVA 0x600000 -> gPA 0xA00000 (2 MiB)
+    r.nt.map(PD, copy)
+    r.vmcb["RIP"], r.vmcb["TLB_CONTROL"] = GUEST_CODE, tlb_control
+    r.run()
+    assert r.exitcode == ExitCode.CPUID and r.vmcb["RAX"] == (1 if stale else 2)

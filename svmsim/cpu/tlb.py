@@ -43,6 +43,9 @@ class Tlb:
         # large page drops every slice (APM 5.5.2), so remember them by page.
         self._large: dict = {}        # (asid, size, first vpn) -> {vpn}
         self.stats = {"hits": 0, "misses": 0, "flushes": {}}
+        # Counts every flush of any kind: translations cached elsewhere (the
+        # nested ones of svm/npt.py) are dropped when it moves.
+        self.epoch = 0
 
     # -- lookup --------------------------------------------------------------
     def lookup(self, vpn):
@@ -93,6 +96,7 @@ class Tlb:
 
     # -- flushes (each names its architectural cause for the statistics) -------
     def _count(self, cause):
+        self.epoch += 1
         f = self.stats["flushes"]
         f[cause] = f.get(cause, 0) + 1
 

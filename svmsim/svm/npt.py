@@ -75,17 +75,35 @@ class NestedMmu:
         self.nested = Walker(cpu.pt_read(), cpu.pwrite, cpu.maxphyaddr)
         self.nested.set_maxphyaddr(cpu.maxphyaddr, cpu.c_bit, reduction)
         self.guest = Walker(self._guest_pt_read, self._guest_pt_write, cpu.maxphyaddr)
+        self._ncache: dict = {}       # gPA page -> nested Translation (nested_walk)
+        self._epoch, self._asid = None, None
         if sev:
             # An SEV guest's page tables carry its C-bit at the same position.
             self.guest.set_maxphyaddr(cpu.maxphyaddr, cpu.c_bit, reduction)
 
     # -- nested (gPA -> SPA) ----------------------------------------------------
     def nested_walk(self, gpa, access, where):
-        """gPA -> nested Translation for ``access`` (W/I bits), or #NPF."""
+        """gPA -> nested Translation for ``access`` (W/I bits), or #NPF.
+
+        The nested translations are cached as the TLB caches combined ones
+        (svmsim's reading of APM 15.16 and 15.25.5, docs/DESIGN.md: a TLB may
+        hold nested translations too, under the guest's ASID): filled only by walks, all dropped at any flush of
+        the TLB (``Tlb.epoch``, whatever its scope) or a change of ASID, so
+        after a flush every nested translation is walked again.  An entry
+        whose Dirty bit is clear is walked again for a write, which sets it
+        (APM 5.4.2); permissions are checked at every use."""
+        tlb = self.cpu.tlb
+        if tlb.epoch != self._epoch or tlb.asid != self._asid:
+            self._ncache.clear()
+            self._epoch, self._asid = tlb.epoch, tlb.asid
+        vpn = gpa >> 12
+        t = self._ncache.get(vpn)
         user_access = (access & (PF_W | PF_I)) | PF_U
         try:
-            t = self.nested.walk(gpa, HOST_CR0_PG, self.n_cr3, self.host_cr4, self.host_efer,
-                                 user_access)
+            if t is None or access & PF_W and not t.d:
+                t = self.nested.walk(gpa, HOST_CR0_PG, self.n_cr3, self.host_cr4, self.host_efer,
+                                     user_access)
+                self._ncache[vpn] = t
             self._check_nested(t, gpa, access)
         except CpuException as e:
             if e.vector != PF:

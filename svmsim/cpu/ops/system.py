@@ -473,6 +473,7 @@ def invpcid(cpu, ins):
         d = tlb._tagged.get((tlb.asid, pcid))
         if d is not None:
             d.pop(lin >> 12, None)
+        tlb.epoch += 1                  # a flush (Tlb._count)
         tlb.drop_fast()
     elif kind == 1:
         tlb.flush_nonglobal("invpcid single-context", pcid=pcid)

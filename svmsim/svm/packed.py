@@ -261,10 +261,10 @@ class Reader:
         return self._unpack(buf, base + self.start)
 
 
-# VMRUN's reads: every whole field of each area but the instruction bytes a
-# #VMEXIT leaves for the hypervisor (wider than 64 bits, never read by VMRUN).
+# VMRUN's reads of the control area: every whole field but the instruction
+# bytes a #VMEXIT leaves for the hypervisor (wider than 64 bits, never read
+# by VMRUN).  Its reader of the save area (the fields it uses) is switch.py's.
 CONTROL_READER = Reader([f for f in _TOP if f.area == "control" and f.width in _CODES])
-SAVE_READER = Reader([f for f in _TOP if f.area == "save"])
 
 
 def field_packer(name: str):

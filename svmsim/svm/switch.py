@@ -7,8 +7,12 @@ none of the fields VMRUN checks, so this module does the same work for that
 case from the VMCB's bytes in RAM:
 
 * the control area and the save area are read with one ``struct`` unpack
-  each (packed.CONTROL_READER, SAVE_READER, compiled from the table in
-  vmcb.py), every field then found by its position;
+  each (packed.CONTROL_READER and ``_SAVE_READER`` below, compiled from the
+  table in vmcb.py), every field then found by its position.  Of the save
+  area only the fields this path uses are unpacked (41 of 67): those clean
+  bits cover, those the consistency memo keys on, and the state VMRUN loads;
+  FS, GS, TR, LDTR and the SYSCALL/SYSENTER MSRs are VMLOAD's (APM vol 3
+  VMLOAD), VMRUN does not load them (15.5.1), nor SPEC_CTRL or VMPL;
 * the clean-bit copy (15.15.3) is compared with the VMCB as one tuple: when
   they are equal no clean bit can change what VMRUN loads;
 * the consistency checks (15.5.1) are not run when the values they read are
@@ -29,13 +33,19 @@ from operator import itemgetter
 from ..cpu.flags import IF
 from ..cpu.state import CR0_PG, EFER_LME
 from . import avic, checks, clean, exits, world
-from .packed import CONTROL_READER, SAVE_READER
-from .vmcb import field, _LOOKUP
+from .packed import CONTROL_READER, Reader
+from .vmcb import BY_NAME, field, _LOOKUP
 from .intercepts import WORD_NAMES
 
 CR4_PAE = 1 << 5
 SYSCFG, HWCR = checks.SYSCFG_MSR, checks.HWCR_MSR
-C, S = CONTROL_READER.index, SAVE_READER.index
+_LOADED = ("EFER", "CR0", "CR4", "CR3", "CR2", *world._SEG_NAMES,
+           "RFLAGS", "RIP", "RSP", "RAX", "DR7", "DR6", "CPL")
+# The save-area fields this module reads: clean-bit copy, memo key, loaded state.
+_SAVE_USED = tuple(dict.fromkeys(n for n in (*clean.CLEAN_NAMES, *checks.MEMO_FIELDS, *_LOADED)
+                                 if BY_NAME[n].area == "save"))
+_SAVE_READER = Reader([BY_NAME[n] for n in _SAVE_USED])
+C, S = CONTROL_READER.index, _SAVE_READER.index
 _WHERE = {**{n: (0, i) for n, i in C.items()}, **{n: (1, i) for n, i in S.items()}}
 
 
@@ -64,7 +74,7 @@ _WORDS = _getter([C[n] for n in WORD_NAMES])
 _CONTROL = itemgetter(*(C[n] for n in (
     "IOPM_BASE_PA", "MSRPM_BASE_PA", "GUEST_ASID", "TSC_OFFSET", "INT_CTL", "V_INTR_VECTOR",
     "PAUSE_FILTER_COUNT", "PAUSE_FILTER_THRESHOLD", "MISC_CTL", "MISC_CTL2")))
-_GUEST = itemgetter(*(S[n] for n in ("EFER", "CR0", "CR4", "CR3", "CR2")))
+_GUEST = itemgetter(*(S[n] for n in _LOADED[:5]))
 _SEGS = itemgetter(*(S[n] for n in world._SEG_NAMES))
 _REGS = itemgetter(*(S[n] for n in ("RFLAGS", "RIP", "RSP", "RAX", "DR7", "DR6", "CPL")))
 _MISC, _INT_CTL, _INT_STATE = C["MISC_CTL"], C["INT_CTL"], C["INT_STATE"]
@@ -81,7 +91,8 @@ _LATER = [None, False]        # LATER_CHECKS as last seen, and whether one of th
 class Fields:
     """The VMCB as VMRUN read it (the two unpacked areas), read by name like
     a VmcbView: for the code this module hands over to (nested paging,
-    AVIC, LBR virtualization), which reads a few fields."""
+    AVIC, LBR virtualization), which reads a few fields, all among those
+    unpacked (a save-area field outside ``_SAVE_USED`` is a KeyError)."""
     __slots__ = ("areas",)
 
     def __init__(self, ctrl, save):
@@ -122,7 +133,7 @@ def vmrun(cpu, ins) -> None:
     ctrl = CONTROL_READER.unpack(buf, off)
     if ctrl[_MISC] & _SEV_BITS:
         return world.vmrun(cpu, ins)
-    save = SAVE_READER.unpack(buf, off)
+    save = _SAVE_READER.unpack(buf, off)
     # Clean bits (15.15.3): with the copy equal to the VMCB, none changes anything.
     cur = list(_CLEAN_C(ctrl) + _CLEAN_S(save))
     if s.cache_pa == vmcb_pa and s.clean_cache and ctrl[_CLEAN] and cur != s.clean_cache:

@@ -11,22 +11,11 @@ instruction runs as the bytes are when it executes (docs/DESIGN.md).
 import pytest
 
 from cpuharness import asm, make_machine, CODE_ADDR, DATA_ADDR
-from test_codegen import Runner, _regs, DATA_LEN
+from test_codegen import Runner, _regs, DATA_LEN, runners  # noqa: F401 (runners: the fixture)
 from svmsim.cpu.engine import interrupts
 from svmsim.memory.dma import DmaPort
 
 M32 = 0xFFFFFFFF
-
-
-@pytest.fixture
-def runners(monkeypatch):
-    cache = {}
-
-    def get(mode):
-        if mode not in cache:
-            cache[mode] = (Runner(mode, monkeypatch), Runner(mode, monkeypatch))
-        return cache[mode]
-    return get
 
 
 def _both(runners, code, regs, budget=10 ** 6):

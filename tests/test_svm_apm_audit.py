@@ -700,11 +700,14 @@ def test_legacy_pae_mov_cr3_loads_the_pdpes_and_faults_on_a_reserved_bit():
     assert r.exception[:2] == (13, 0)
 
 
-def _pae_guest(intercepts, np=False):
-    r = SvmRig(asm(MOV_BAD_CR3, bits=32), intercepts=intercepts, NP_ENABLE=int(np))
+def _legacy_pae_guest(code, cr0, cr3, intercepts, np=False):
+    """A 32-bit protected-mode guest with CR4.PAE = 1 (APM 15.5.1: legacy PAE
+    guests), flat segments, running ``code``; optionally under identity
+    nested tables."""
+    r = SvmRig(asm(code, bits=32), intercepts=intercepts, NP_ENABLE=int(np))
     _pae_tables(r.m.bus)
     v = r.vmcb
-    v["CR0"], v["CR3"], v["CR4"], v["EFER"] = 0x80000031, PAE_PDPT, 0x20, 1 << 12
+    v["CR0"], v["CR3"], v["CR4"], v["EFER"] = cr0, cr3, 0x20, 1 << 12
     for name in ("DS", "SS", "ES"):
         v.set_segment(name, 0x10, 0xC93, 0xFFFFFFFF, 0)
     v.set_segment("CS", SEL_CODE32, CS_32, 0xFFFFFFFF, 0)
@@ -713,6 +716,10 @@ def _pae_guest(intercepts, np=False):
         nt.identity(0, 0x1000000)
         v["N_CR3"] = nt.root
     return r.run()
+
+
+def _pae_guest(intercepts, np=False):
+    return _legacy_pae_guest(MOV_BAD_CR3, 0x80000031, PAE_PDPT, intercepts, np)
 
 
 def test_the_cr3_intercept_comes_before_the_pdpe_fault():
@@ -787,19 +794,8 @@ def test_mov_cr4_enabling_pae_under_32_bit_paging_loads_the_pdpes(bad):
 def _guest_enabling_pae_paging(intercepts, np=False):
     """A legacy protected-mode guest, paging off, CR4.PAE = 1, CR3 = the PDPT
     with a reserved bit in PDPE 3, that sets CR0.PG."""
-    r = SvmRig(asm(ENABLE_PG, bits=32), intercepts=[*intercepts, ExitCode.EXCP_GP, ExitCode.HLT],
-               NP_ENABLE=int(np))
-    _pae_tables(r.m.bus)
-    v = r.vmcb
-    v["CR0"], v["CR3"], v["CR4"], v["EFER"] = 0x11, BAD_PDPT, 0x20, 1 << 12
-    for name in ("DS", "SS", "ES"):
-        v.set_segment(name, 0x10, 0xC93, 0xFFFFFFFF, 0)
-    v.set_segment("CS", SEL_CODE32, CS_32, 0xFFFFFFFF, 0)
-    if np:
-        nt = NestedTables(r.m.bus)
-        nt.identity(0, 0x1000000)
-        v["N_CR3"] = nt.root
-    return r.run()
+    return _legacy_pae_guest(ENABLE_PG, 0x11, BAD_PDPT,
+                             [*intercepts, ExitCode.EXCP_GP, ExitCode.HLT], np)
 
 
 def test_the_cr0_intercept_comes_before_the_pdpe_fault_of_enabling_pae_paging():

@@ -11,8 +11,7 @@ instruction runs as the bytes are when it executes (docs/DESIGN.md).
 import pytest
 
 from cpuharness import asm, make_machine, CODE_ADDR, DATA_ADDR
-from test_codegen import Runner, _regs, DATA_LEN, runners  # noqa: F401 (runners: the fixture)
-from svmsim.cpu.engine import interrupts
+from test_codegen import _regs, DATA_LEN, runners  # noqa: F401 (runners: the fixture)
 from svmsim.memory.dma import DmaPort
 
 M32 = 0xFFFFFFFF

@@ -2014,6 +2014,87 @@ def _shift_t(kind):
     return t
 
 
+# -- rotates (ops/shift.py rol/ror; CF and OF written into rflags) ---------
+def _rotate_t(left):
+    """ROL/ROR of a register or memory operand by an immediate, 1 or CL
+    (APM vol 3 "ROL", "ROR"): the count is masked to 5 bits (6 with a 64-bit
+    operand), 8/16-bit operands then rotate by it modulo their width.  CF is
+    the bit rotated in (ROL: bit 0 of the result, ROR: its MSB); OF, defined
+    for a count of 1, is computed for every count as the handler does (ROL:
+    MSB ^ CF, ROR: the two top bits XORed, QEMU's choice); the other flags
+    are unchanged, so they are materialised (``cpu.get_rflags``) and CF/OF
+    replaced in ``cpu.rflags``.  A masked count of 0 changes no flag but the
+    destination is still written back (read-modify-write memory access,
+    zero extension of a 32-bit register)."""
+    def t(g, ins, k, is_last):
+        d = g.operand(ins, 0)
+        s = g.operand(ins, 1)
+        if d.kind == "imm" or s.kind == "mem" or (s.kind == "imm" and s.value is None) \
+                or (s.kind == "reg" and (s.idx, s.size, s.high) != (1, 1, False)):
+            raise Unsupported("rotate form")
+        size = ins.osize
+        bits = size * 8
+        m = MASK[size]
+        top = bits - 1
+        cmask = 0x3F if bits == 64 else 0x1F
+        mem = d.kind == "mem"
+        if s.kind == "imm":
+            c = s.value & cmask
+            ind = 0
+            if c == 0:
+                if mem:
+                    a = g.rmw_read(d, k)
+                    g.rmw_write(d, k, a)
+                else:
+                    g.reg_write(d, g.reg_read(d), masked=True)
+                return True
+            n = c % bits
+            count = f"{n}"
+        else:
+            g.used.add(1)
+            g.emit(f"n{k} = g1 & {cmask:#x}")
+            ind = 1
+            count = f"(n{k} % {bits})" if bits < 32 else f"n{k}"
+        dead = g.flags_dead_after()
+        if not dead:
+            # The flags this rotate leaves unchanged are the current ones.
+            g.store_flags()
+            if not g.seen_writer:
+                g.entry_flags_read = True
+        if mem:
+            g.rmw_read(d, k)             # into a<k>
+        else:
+            g.emit(f"a{k} = {g.reg_read(d)}")
+        if ind:
+            g.emit(f"if n{k}:")
+        if left:
+            g.emit(f"r{k} = ((a{k} << {count}) | (a{k} >> ({bits} - {count}))) & {m:#x}", ind)
+            cf, of = f"(r{k} & 1)", f"((r{k} >> {top}) ^ r{k}) & 1"
+        else:
+            g.emit(f"r{k} = ((a{k} >> {count}) | (a{k} << ({bits} - {count}))) & {m:#x}", ind)
+            cf, of = f"(r{k} >> {top})", f"((r{k} >> {top}) ^ (r{k} >> {top - 1})) & 1"
+        if not ind:
+            if mem:
+                g.rmw_write(d, k, f"r{k}")
+            else:
+                g.reg_write(d, f"r{k}", masked=True)
+        else:
+            g.emit("else:")
+            g.emit(f"r{k} = a{k}", 1)
+            if mem:
+                g.rmw_write(d, k, f"r{k}")
+            else:
+                g.reg_write(d, f"r{k}", masked=True)
+            if not dead:
+                g.emit(f"if n{k}:")
+        if not dead:
+            g.emit(f"cpu.rflags = (cpu.get_rflags() & ~0x801) | {cf} | (({of}) << 11)", ind)
+            g.emit("cpu.lf = None", ind)
+        g.flags_eager()                  # cpu.lf/rflags are current (or dead)
+        return True
+    return t
+
+
 # -- IMUL (ops/arith.py imul): two- and three-operand forms ----------------
 def t_imul(g, ins, k, is_last):
     """IMUL reg, r/m [, imm]: the signed product truncated to the operand
@@ -2080,7 +2161,8 @@ TEMPLATES = {
 }
 if _shift is not None:
     TEMPLATES.update({_shift.shl: _shift_t("shl"), _shift.shr: _shift_t("shr"),
-                      _shift.sar: _shift_t("sar")})
+                      _shift.sar: _shift_t("sar"),
+                      _shift.rol: _rotate_t(True), _shift.ror: _rotate_t(False)})
 
 
 # ---------------------------------------------------------------- entry point

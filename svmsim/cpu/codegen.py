@@ -52,6 +52,7 @@ from .exceptions import CpuException, gp
 from .flags import PARITY, ARITH, carry, CF as F_CF
 from .segments import CS, SS, FS, GS
 from .ops import arith, data, control
+from . import ops as _ops
 from .tlb import ADDR_MAX
 
 try:
@@ -970,7 +971,7 @@ class Gen:
                             else (None if self.seen_writer else ("entry", self.cur)))
             if p in heads:
                 self.stack_head(*heads[p])
-            tmpl = TEMPLATES.get(ins.fn)
+            tmpl = TEMPLATES.get(ins.fn) or _gif_template(ins.fn)
             mark = len(self.lines)
             ntrans = len(self.trans)
             state = (set(self.used), set(self.dirty), set(self.ever_dirty), self.pending,
@@ -2159,6 +2160,51 @@ TEMPLATES = {
     data.xchg: t_xchg,
     control.jcc: t_jcc, control.jmp: t_jmp, control.call: t_call, control.ret: t_ret,
 }
+def _t_gif(value):
+    """STGI / CLGI (APM vol 3; GIF, APM 15.17) in host mode.  Inline: the
+    checks that pass (EFER.SVME = 1, CR0.PE = 1, RFLAGS.VM = 0, CPL = 0, not
+    in guest mode), then GIF.  Otherwise the interpreter's handler runs: it
+    raises the #UD/#GP of ``svm.checks.check_vmrun_instruction`` (the SVM-Lock
+    / SKINIT rule for EFER.SVME = 0 included) or, in guest mode, sets the
+    virtual GIF (APM 15.17.1).  Guest-mode blocks never get here: their
+    handler is the intercept guard's wrapper (``hooks.translate``), which has
+    no template, so the STGI/CLGI intercepts (APM 15.9) run as interpreted.
+
+    STGI sets ``cpu.pending`` as the handler does (``cpu.kick``) and leaves
+    the region: an NMI, INTR, SMI or INIT held while GIF was 0 is taken at
+    the boundary right after it (APM 15.17, Table 15-10).  CLGI only holds
+    events, so the region goes on."""
+    def t(g, ins, k, is_last):
+        g.ns["h%d" % k] = ins.fn
+        g.ns["i%d" % k] = ins
+        g.emit("if cpu.efer & 0x1000 and cpu.cr0 & 1 and not cpu.rflags & 0x20000 "
+               "and not cpu.cpl and not cpu.svm_guest:")
+        g.emit(f"cpu.gif = {value}", 1)
+        if value:
+            g.emit("cpu.pending = True", 1)           # cpu.kick()
+        g.emit("else:")
+        g.emit(f"h{k}(cpu, i{k})", 1)                  # #UD/#GP, or the virtual GIF
+        if value:
+            g.exit(ins.next_ip, g.n)                  # STGI ends its block
+            g._ended = True
+        return True
+    return t
+
+
+_T_STGI, _T_CLGI = _t_gif(True), _t_gif(False)
+
+
+def _gif_template(fn):
+    """The template of the host-mode STGI or CLGI handler (registered by the
+    SVM unit, svm/insns.py: cpu/ does not import it), or None."""
+    by = _ops.BY_MNEMONIC
+    if fn is by.get(_ops.M.STGI):
+        return _T_STGI
+    if fn is by.get(_ops.M.CLGI):
+        return _T_CLGI
+    return None
+
+
 if _shift is not None:
     TEMPLATES.update({_shift.shl: _shift_t("shl"), _shift.shr: _shift_t("shr"),
                       _shift.sar: _shift_t("sar"),

@@ -360,15 +360,19 @@ def test_fault_in_later_loop_iteration(runners):
     assert r["n"] == 13 and r["faults"][0][0] == 14 and r["faults"][0][3] == 0x400000
 
 
+def _readonly_data_page(m, cpu):
+    """Make the data page's 2 MiB mapping read-only, with the page already in
+    the read cache (so only the write path can notice)."""
+    m.bus.write(PD + 8 * 1, 8, (1 << 21) | 0x81)     # 2-4 MiB present, read-only
+    cpu.tlb.flush_all("test")
+    cpu.read(3, DATA_ADDR, 8)
+
+
 def test_write_fault_in_rmw_keeps_state(runners):
     """A read-modify-write whose write faults (read-only page) changes nothing."""
-    def readonly(m, cpu):
-        m.bus.write(PD + 8 * 1, 8, (1 << 21) | 0x81)     # 2-4 MiB present, read-only
-        cpu.tlb.flush_all("test")
-        cpu.read(3, DATA_ADDR, 8)                          # the page is in the read cache
     code = asm("add rax, 1\nadd [rsi], rax\ninc rcx\njmp 1f\n1: hlt")
     r = compare(runners, "long64", code, _regs(rax=1, rcx=2, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, 4,
-                setup=readonly)
+                setup=_readonly_data_page)
     assert r["n"] == 1 and r["faults"][0][:2] == (14, 3)
 
 
@@ -396,13 +400,9 @@ def test_xchg_with_memory(runners):
 
 def test_xchg_write_fault_keeps_state(runners):
     """XCHG with a read-only memory operand: #PF, the register and memory unchanged."""
-    def readonly(m, cpu):
-        m.bus.write(PD + 8 * 1, 8, (1 << 21) | 0x81)     # 2-4 MiB present, read-only
-        cpu.tlb.flush_all("test")
-        cpu.read(3, DATA_ADDR, 8)                          # the page is in the read cache
     code = asm("add rax, 1\nxchg [rsi], rax\ninc rcx\njmp 1f\n1: hlt")
     r = compare(runners, "long64", code, _regs(rax=1, rcx=2, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, 4,
-                setup=readonly)
+                setup=_readonly_data_page)
     assert r["n"] == 1 and r["faults"][0][:2] == (14, 3)
 
 

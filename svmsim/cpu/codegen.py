@@ -1109,6 +1109,21 @@ class Gen:
             out.append(f"    cpu.lf = {p.tuple_src()}")
         return out
 
+    def _lf_by_k(self, groups, lp_ks):
+        """Source that stores cpu.lf as of leaving at instruction ``k``:
+        ``groups`` maps a producer's tuple source to the k it holds at,
+        ``lp_ks`` are the k where the flags are still in locals (``lp``)."""
+        out, first = [], True
+        for tup, ks in groups.items():
+            out.append(f"{'if' if first else 'elif'} k in {tuple(ks)!r}:")
+            out.append(f"    cpu.lf = {tup}")
+            first = False
+        chain = self._lp_chain() if lp_ks else []
+        if chain:
+            out.append(f"{'if' if first else 'elif'} k in {tuple(lp_ks)!r}:")
+            out += ["    " + c for c in chain]
+        return out
+
     def _transition(self, t):
         """Lines of transition ``t``: count the block, check the budget (and,
         going backwards, interrupts and stop requests), hand over the flags:
@@ -1251,15 +1266,7 @@ class Gen:
                 groups.setdefault(f.tuple_src(), []).append(k)
             elif f is not None and not self.live_in[f[1]]:
                 lp_ks.append(k)
-        first = True
-        for tup, ks in groups.items():
-            s.append(f"{'if' if first else 'elif'} k in {tuple(ks)!r}:")
-            s.append(f"    cpu.lf = {tup}")
-            first = False
-        chain = self._lp_chain()
-        if lp_ks and chain:
-            s.append(f"{'if' if first else 'elif'} k in {tuple(lp_ks)!r}:")
-            s += ["    " + c for c in chain]
+        s += self._lf_by_k(groups, lp_ks)
         self.ns["SMCRIP"] = {k: nip for k, (nip, f) in self.smc_after.items()}
         s += ["cpu.rip = SMCRIP[k]", "return n + POS[k] + 1"]
         return s
@@ -1277,14 +1284,7 @@ class Gen:
                 groups.setdefault(f[1].tuple_src(), []).append(k)
             elif not self.live_in[f[1]]:
                 lp_ks.append(k)
-        first = True
-        for tup, ks in groups.items():
-            s.append(f"{'if' if first else 'elif'} k in {tuple(ks)!r}:")
-            s.append(f"    cpu.lf = {tup}")
-            first = False
-        if lp_ks and self.prods:
-            s.append(f"{'if' if first else 'elif'} k in {tuple(lp_ks)!r}:")
-            s += ["    " + c for c in self._lp_chain()]
+        s += self._lf_by_k(groups, lp_ks)
         self.ns["POS"] = tuple(self.pos)
         self.ns["IPS"] = tuple(self.ips)
         s += ["cpu.fault_n = n + POS[k]", "cpu.fault_ip = IPS[k]", "raise"]

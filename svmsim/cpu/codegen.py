@@ -316,11 +316,20 @@ class Gen:
     position in the whole region, so they are unique in the function.
     """
 
-    def __init__(self, blk, cpu, members=None, narrow_in=None):
+    def __init__(self, blk, cpu, members=None, narrow_in=None, vips=()):
         self.blk = blk
         self.narrow_in = narrow_in   # per member: registers narrow at its entry (narrow_entries)
         self.members = list(members or [blk])
-        self.index = {b.insns[0].ip: i for i, b in enumerate(self.members)}
+        # Versions (``region``): at these addresses the members are the kept
+        # versions of one block (code flipping between versions, engine.py
+        # ``Engine.dropped``); a transition there runs the member that is the
+        # live block at run time (``goto_version``), none of them statically.
+        self.vips = frozenset(vips)
+        self.vsel = {}               # version address -> {block: member index}
+        for i, b in enumerate(self.members):
+            if b.insns[0].ip in self.vips:
+                self.vsel.setdefault(b.insns[0].ip, {})[b] = i
+        self.index = {b.insns[0].ip: i for i, b in enumerate(self.members) if b.insns[0].ip not in self.vips}
         # Members a RET may continue at: those starting where a member's CALL
         # returns (a RET elsewhere leaves the region).
         calls = {b.insns[-1].next_ip for b in self.members if b.insns[-1].fn is control.call}
@@ -556,8 +565,7 @@ class Gen:
             self.emit(f"ix{k} = a{s}wg({lin})")
             self.emit(f"if ix{k} is not None:")
             self.emit(f"M{s}[ix{k}] = {v}", 1)
-            self.emit(f"elif _wrA(cpu, {lin}, {o.seg}, {off}, {s}, {v}):")
-            self.emit("lim = -1", 1)
+            self.slow_store(f"_wrA(cpu, {lin}, {o.seg}, {off}, {s}, {v})")
             self.slow_write = True
             return
         else:
@@ -573,8 +581,7 @@ class Gen:
                 self.views.add(s)
                 self.emit(f"if q{k} is not None and not {lin} & {s - 1}:")
                 self.emit(f"M{s}[(q{k} + ({lin} & 0xFFF)) >> {_SHIFT[s]}] = {v}", 1)
-        self.emit(f"elif _wr(cpu, q{k}, {lin}, {o.seg}, {off}, {s}, {v}):")
-        self.emit("lim = -1", 1)              # MMIO or code: leave the region at the next transition
+        self.slow_store(f"_wr(cpu, q{k}, {lin}, {o.seg}, {off}, {s}, {v})")
         self.slow_write = True
 
     def _fc_probe(self, k, page, x, s):
@@ -819,6 +826,9 @@ class Gen:
     def goto(self, target, ind=0, final=False):
         """Continue at ``target`` after the current block: inside the region
         if it is a member, else leave.  ``final``: the block's last statement."""
+        if target in self.vsel:
+            self.goto_version(target, ind)
+            return
         b = self.index.get(target)
         if b is None:
             self.exit(target, self.n, ind)
@@ -827,6 +837,53 @@ class Gen:
             self.loops = True
         self.trans.append((self.cur, b, self.pending, self.seen_writer, final))
         self.emit("@T%d@" % (len(self.trans) - 1), ind)
+
+    def goto_version(self, target, ind=0):
+        """Continue at ``target``, where the members are versions of one
+        block: the one that is the live block now (``BG``: the engine's block
+        look-up; a write to the code swaps it, engine.py ``_swap``), checked
+        like a backward transition; if none of them is (a version decoded
+        after this region was compiled), leave."""
+        self.loops = True
+        sel = self.vsel[target]
+        self.ns[f"VS{target:x}"] = sel.get
+        self.ns[f"VK{target:x}"] = next(iter(sel)).key
+        bk = f"vb{self.k}"          # not b<k>: an operand a flags tuple may name
+        self.emit(f"{bk} = VS{target:x}(BG(VK{target:x}))", ind)
+        self.emit(f"if {bk} is not None:", ind)
+        self.emit(f"n += {self.n}", ind + 1)
+        self.emit("if n > lim or cpu.pending or machine.stopping:", ind + 1)
+        self.exit(target, 0, ind + 2)
+        self.dyns.append((self.cur, self.pending, self.seen_writer, bk, tuple(sel.values())))
+        self.emit("@DYN%d@" % (len(self.dyns) - 1), ind + 1)
+        self.emit(f"pc = {bk}", ind + 1)
+        self.emit("continue", ind + 1)
+        self.exit(target, self.n, ind)
+
+    def slow_store(self, call):
+        """The ``elif`` branch of a store the caches did not take: ``call``
+        (``_wr``/``_wrA``) is True when it took the slow path (MMIO,
+        translated code, a fault check), and then the region is left at the
+        next transition (``lim = -1``; after the instruction if code changed,
+        ``after_slow_write``), unless all the store did was swap the live
+        version of a block the region reaches only through ``goto_version``
+        (``Engine.smc`` then holds that block's key, cleared before the store
+        so only this store's write counts), other than the running one."""
+        self.slow_write = True
+        cur = self.members[self.cur].key
+        vx = frozenset(b.key for sel in self.vsel.values() for b in sel) - {cur}
+        if not vx:
+            self.emit(f"elif {call}:")
+            self.emit("lim = -1", 1)
+            return
+        self.ns[f"VX{self.cur}"] = vx
+        self.emit("else:")
+        self.emit("SMC[0] = 0", 1)
+        self.emit(f"if {call}:", 1)
+        self.emit(f"if SMC[0] in VX{self.cur}:", 2)
+        self.emit("SMC[0] = 0", 3)
+        self.emit("else:", 2)
+        self.emit("lim = -1", 3)
 
     def goto_dynamic(self, t, looked_up=False, ret=False):
         """Emit: if the run-time target ``t`` starts a member, continue there
@@ -2235,39 +2292,59 @@ def successors(blk):
     return []
 
 
-def region(blk, lookup):
+def region(blk, lookup, vips=None):
     """The members of ``blk``'s region in layout order, ``blk`` first:
     blocks reached by static edges that ``lookup(ip)`` finds (translated, in
     the same mode and linear page), depth first with fall-through successors
-    laid out right after their predecessor."""
-    members, seen = [], set()
+    laid out right after their predecessor.
+
+    Versions: where ``lookup.versions(ip)`` lists blocks (the versions of a
+    block whose code flips between them, engine.py), they are all members,
+    and ``ip`` goes into the set ``vips``: the region reaches them only
+    through ``Gen.goto_version``."""
+    members, seen, vis = [], set(), set()
     total = [0]
+    versions = getattr(lookup, "versions", None)
+
+    def add_versions(ip):
+        vs = versions(ip) if versions is not None else None
+        if not vs:
+            return False
+        if vips is not None:
+            vips.add(ip)
+        for v in vs:
+            if id(v) not in vis and len(members) < MAX_REGION_BLOCKS and total[0] + v.n <= MAX_REGION_INSNS:
+                visit(v)
+        return True
 
     def visit(b):
         members.append(b)
+        vis.add(id(b))
         seen.add(b.insns[0].ip)
         total[0] += b.n
         for ip in successors(b):
-            if ip in seen or len(members) >= MAX_REGION_BLOCKS:
+            if len(members) >= MAX_REGION_BLOCKS or add_versions(ip) or ip in seen:
                 continue
             nb = lookup(ip)
             if nb is not None and nb.n and total[0] + nb.n <= MAX_REGION_INSNS:
                 visit(nb)
     visit(blk)
+    if vips is not None and versions is not None and blk.insns[0].ip not in vips:
+        add_versions(blk.insns[0].ip)
     return members
 
 
-def generate(blk, cpu, members=None):
+def generate(blk, cpu, members=None, vips=()):
     """(source, line map, namespace, number of templated instructions).
     A region of several blocks is generated twice: the second time knowing
     which registers hold 32-bit values at each member's entry
     (``Gen.narrow_entries``), so their 32-bit reads need no mask."""
-    g = Gen(blk, cpu, members)
+    g = Gen(blk, cpu, members, vips=vips)
     src, line_of = g.generate()
     if len(g.members) > 1:
         nin = g.narrow_entries()
         if any(nin):
-            g = Gen(blk, cpu, members, narrow_in=nin)
+            g = Gen(blk, cpu, members, narrow_in=nin, vips=vips)
             src, line_of = g.generate()
     return src, line_of, g.ns, g.templated
 
@@ -2281,15 +2358,16 @@ def compile_block(blk, cpu, lookup=None):
     Generating and compiling costs ~100-250 us per instruction on CPython
     3.11 (mostly the parser) and saves ~1.5 us per executed instruction, so
     the engine asks only after a block ran HOT_THRESHOLD (200) times."""
-    members = region(blk, lookup) if lookup is not None and _mode(blk, cpu)[0] != 16 else [blk]
-    return compile_now(blk, cpu, members)
+    vips = set()
+    members = region(blk, lookup, vips) if lookup is not None and _mode(blk, cpu)[0] != 16 else [blk]
+    return compile_now(blk, cpu, members, vips)
 
 
 def _mode(blk, cpu):
     return blk.key[1] if isinstance(blk.key, tuple) and len(blk.key) >= 2 else cpu.mode_key
 
 
-def compile_now(blk, cpu, members=None):
+def compile_now(blk, cpu, members=None, vips=()):
     """A function ``fn(cpu, budget) -> retired`` for ``blk``, or None.
 
     16-bit code (real mode, vm86, 16-bit protected segments) stays
@@ -2301,7 +2379,7 @@ def compile_now(blk, cpu, members=None):
         stats["declined"] += 1
         return None
     try:
-        src, line_of, ns, templated = generate(blk, cpu, members)
+        src, line_of, ns, templated = generate(blk, cpu, members, vips)
     except Exception as e:                       # noqa: BLE001 - see docstring
         stats["declined"] += 1
         if not isinstance(e, Unsupported):
@@ -2327,8 +2405,14 @@ def compile_now(blk, cpu, members=None):
     env.update(ns)
     env["LK"] = line_of
     env["SMC"] = cpu.machine.engine.smc
+    env["BG"] = cpu.machine.engine.blocks.get
     exec(code, env)
     fn = env[f"blk_{blk.insns[0].ip:x}"]
     fn.source = src
     fn.members = tuple(members)
+    # The members it runs only while they are the live block (versions,
+    # goto_version), and the others: the engine drops the function when one
+    # of those is invalidated.
+    fn.vkeys = frozenset(m.key for m in members if m.insns[0].ip in vips)
+    fn.static = tuple(m for m in members if m.insns[0].ip not in vips)
     return fn

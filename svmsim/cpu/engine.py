@@ -108,21 +108,39 @@ class Engine:
             if b is None or lin >> 12 != page or b.page != blk.page or b.page2 is not None:
                 return None
             if len(dropped.get(b.key, ())) > 1:
-                return None        # its code flips between versions: a region head only (_revive)
+                return None        # its code flips between versions: versions() below
             return b
+
+        def versions(ip):
+            # A block whose code flips between versions (kept twice or more):
+            # each version on this page is a member, the region runs the live
+            # one (codegen goto_version), and a write that swaps them need
+            # not leave it (Engine.smc holds the key, _on_ram_write).
+            lin = (base + ip) & cpu.lin_mask
+            key = (lin, mode)
+            kept = dropped.get(key, ())
+            if len(kept) < 2 or lin >> 12 != page:
+                return None
+            out = [b for _, b in kept]
+            live = blocks.get(key)
+            if live is not None and live not in out:
+                out.append(live)
+            return [b for b in out if b.page == blk.page and b.page2 is None and b.n and b.insns[0].ip == ip]
+        lookup.versions = versions
         fn = codegen.compile_block(blk, cpu, lookup if base == 0 else None)
         if fn is not None:
             self.stats["blocks_compiled"] += 1
             regions = self.regions
-            for m in fn.members:
+            for m in fn.static:
                 regions.setdefault(m.key, set()).add(blk.key)
             # The other members not compiled yet run the same function from
             # their own place in it (a quantum that ends inside the region
-            # resumes there), instead of each compiling a region of its own.
+            # resumes there), instead of each compiling a region of its own;
+            # so do the versions not live now (when a write makes one live).
             for i, m in enumerate(fn.members):
-                if i and m.compiled is None and blocks.get(m.key) is m:
+                if i and m.compiled is None and (blocks.get(m.key) is m or m.key in fn.vkeys):
                     m.compiled, m.entry = fn, i
-                    for x in fn.members:
+                    for x in fn.static:
                         regions.setdefault(x.key, set()).add(m.key)
         return fn
 
@@ -265,13 +283,13 @@ class Engine:
         if fn is not None:
             blocks = self.blocks
             regions = self.regions
-            for m in fn.members:
+            for m in fn.static:
                 if blocks.get(m.key) is not m:
                     blk.compiled, blk.entry = None, 0
                     blk.heat = 0
                     break
             else:
-                for m in fn.members:
+                for m in fn.static:
                     regions.setdefault(m.key, set()).add(key)
         self.stats["blocks_revived"] += 1
         return blk
@@ -403,11 +421,13 @@ class Engine:
         if not keys:
             return
         blocks = self.blocks
+        hits = 0
+        swapped = None
         for k in keys:
             blk = blocks.get(k)
             if blk is None:
                 continue                     # kept, not live (or dropped with its page elsewhere)
-            self.smc[0] = 1
+            hits += 1
             if blk.imms != ():              # it may have an immediate the write patched
                 self._note_patched_imm(cp, blk, page, lo, lo + n)
             if blk.code is not None and blk.page >> 12 == page:
@@ -420,8 +440,39 @@ class Engine:
                 self.stats["blocks_invalidated"] += 1
                 if k in self.regions:
                     self._drop_regions(k)
+                if self._swap(blk, page):
+                    swapped = k
             else:
                 self.invalidate(k)
+        if hits:
+            # Engine.smc: the key of the one block the write swapped for a
+            # kept version (compiled code that selects that block's version
+            # goes on, codegen Gen.code_write), else 1; two writes before
+            # anyone looks: 1 unless both swapped the same block.
+            new = swapped if hits == 1 and swapped is not None else 1
+            cur = self.smc[0]
+            self.smc[0] = new if not cur or cur == new else 1
+
+    def _swap(self, blk, page):
+        """The write just dropped ``blk``: if its bytes are now those of a
+        kept version of it (an opcode flipped back), that version is the
+        live block again right away (``_revive``, as ``translate`` would when
+        the block is next run: its whole code compared with RAM), so the
+        next dispatch finds it without translating."""
+        variants = self.dropped.get(blk.key)
+        if variants is None or len(variants) < 2 or self.instrument is not None:
+            return False
+        if self.bus.dirty and page in self.bus.dirty:
+            return False                    # RAM may be behind a CPU's decrypted line
+        ram = self.bus.ram.buf
+        ip = blk.insns[0].ip
+        a = blk.page + blk.lo
+        for code, old in variants:
+            if (old is not blk and old.page == blk.page and old.insns[0].ip == ip
+                    and ram[a:a + len(code)] == code):
+                self._revive(old, blk.key)
+                return True
+        return False
 
     def _note_patched_imm(self, cp, blk, page, lo, hi):
         """A write to bytes [lo, hi) of RAM page ``page`` hit block ``blk``:
@@ -464,7 +515,7 @@ class Engine:
         """The block ``key`` is gone: so is every compiled region holding it."""
         for entry in self.regions.pop(key, ()):
             b = self.blocks.get(entry)
-            if b is not None and b.compiled is not None and key in (m.key for m in b.compiled.members):
+            if b is not None and b.compiled is not None and key in (m.key for m in b.compiled.static):
                 b.compiled = None
                 b.entry = 0
                 b.heat = 0

@@ -322,3 +322,173 @@ def test_two_read_modify_writes_of_one_constant_address(runners, target):
     assert a["regs"][0] == 40 and a["faults"] == []
     comp_src = comp.m.engine.blocks[(CODE_ADDR, comp.cpu.mode_key)].compiled.source
     assert "q1 = q0" in comp_src
+
+
+def _region_selects(engine, lin, mode):
+    """The compiled regions that run the versions at ``lin`` as the live
+    block selects them (codegen goto_version), by head address."""
+    out = set()
+    for blk in list(engine.blocks.values()) + [b for vs in engine.dropped.values() for _, b in vs]:
+        fn = blk.compiled
+        if fn is not None and (lin, mode) in fn.vkeys:
+            out.add(fn.members[0].key[0])
+    return out
+
+
+def test_flip_stays_in_the_compiled_region(runners):
+    """ADD <-> SUB every iteration, compiled: the loop's region holds both
+    versions and runs the live one; the store that swaps them leaves the
+    region only when the quantum ends (Engine.smc holds the key): a run of
+    2000 iterations in one quantum enters compiled code a handful of times."""
+    code = asm(FLIP)
+    lin2 = CODE_ADDR + code.index(b"\x01\xc8", 8)
+    for budget in (1000, 10 ** 6):
+        r, ei, ec = _both(runners, code, _regs(rcx=2000), budget)
+    assert r["regs"][0] == _alternating(2000) and r["n"] == 1 + 5 * 2000 + 1
+    comp = runners("long64")[1]
+    assert _region_selects(ec, lin2, comp.cpu.mode_key)
+    calls = []
+    m, cpu = comp.m, comp.cpu
+    for blk in list(ec.blocks.values()) + [b for vs in ec.dropped.values() for _, b in vs]:
+        fn = blk.compiled
+        if fn is not None and not hasattr(fn, "counted"):
+            def counted(cpu, budget, pc=0, _fn=fn):
+                calls.append(pc)
+                return _fn(cpu, budget, pc)
+            counted.counted = True
+            counted.members, counted.static, counted.vkeys = fn.members, fn.static, fn.vkeys
+            for b in list(ec.blocks.values()) + [b for vs in ec.dropped.values() for _, b in vs]:
+                if b.compiled is fn:
+                    b.compiled = counted
+    cpu.rip, cpu.halted = CODE_ADDR, False
+    cpu.regs[0], cpu.regs[1] = 0, 2000
+    ec.run(cpu, 10 ** 6)
+    assert cpu.halted and cpu.regs[0] == _alternating(2000)
+    assert 0 < len(calls) < 10
+
+
+MIDDLE = """
+    mov edx, 0xd8
+1:
+    mov byte ptr [rip + 2f + 1], dl # 01 C8: add eax, ecx; 01 D8: add eax, ebx
+2:  .byte 0x01, 0xc8
+    xor edx, 0x10
+    dec rcx
+    jnz 1b
+    hlt
+"""
+
+LENGTH = """
+    mov edx, 0x05
+1:
+    mov byte ptr [rip + 2f], dl     # 01 C8 / 90 90 90: add eax, ecx; nop x3
+2:  .byte 0x01, 0xc8, 0x90, 0x90, 0x90  # 05 C8 90 90 90: add eax, 0x909090c8
+    xor edx, 0x04
+    dec rcx
+    jnz 1b
+    hlt
+"""
+
+
+@pytest.mark.parametrize("budget", [37, 500, 10 ** 6])
+def test_write_into_the_middle_of_an_instruction(runners, budget):
+    """The flipped byte is the ModRM byte (ADD EAX, ECX <-> ADD EAX, EBX):
+    the versions differ inside the instruction, both are selected in the
+    region, every quantum size gives the interpreter's result."""
+    code = asm(MIDDLE)
+    r, ei, ec = _both(runners, code, _regs(rcx=300, rbx=7), budget)
+    if budget == 10 ** 6:
+        acc = 0
+        for i in range(300, 0, -1):
+            acc = (acc + (7 if (300 - i) % 2 == 0 else i)) & M32
+        assert r["regs"][0] == acc and r["n"] == 1 + 5 * 300 + 1
+        comp = runners("long64")[1]
+        assert _region_selects(ec, CODE_ADDR + code.index(b"\x01\xc8", 8), comp.cpu.mode_key)
+
+
+@pytest.mark.parametrize("budget", [41, 10 ** 6])
+def test_write_that_changes_the_instruction_length(runners, budget):
+    """ADD EAX, ECX; NOP; NOP; NOP <-> ADD EAX, imm32 (one 5-byte instruction
+    over the same bytes): the versions have different instructions and
+    counts, the region runs each as it is when reached."""
+    code = asm(LENGTH)
+    r, ei, ec = _both(runners, code, _regs(rcx=300), budget)
+    if budget == 10 ** 6:
+        acc, n = 0, 1
+        for i in range(300, 0, -1):
+            if (300 - i) % 2 == 0:
+                acc, n = (acc + 0x909090c8) & M32, n + 5     # the store wrote 05 first
+            else:
+                acc, n = (acc + i) & M32, n + 8
+        assert r["regs"][0] == acc and r["n"] == n + 1
+        comp = runners("long64")[1]
+        assert _region_selects(ec, CODE_ADDR + code.index(b"\x01\xc8\x90", 8), comp.cpu.mode_key)
+
+
+@pytest.mark.parametrize("budget", [29, 10 ** 6])
+def test_running_version_rewrites_itself(runners, budget):
+    """A block whose first instruction flips (ADD <-> SUB, every iteration)
+    stores, through registers, into that instruction and into a later one
+    of its own (INC EBX <-> DEC EBX, every other iteration), so it has four
+    versions: each store makes another version of the running block live,
+    which its region must not take as a swap it selects (the rest of the
+    running block is stale): the next instruction runs as rewritten."""
+    code = asm("""
+        mov edx, 0x29
+        mov r8d, 0xc3c3cbcb             # low byte: cb cb c3 c3 cb ...
+    1:
+        .byte 0x01, 0xc8                # add / sub eax, ecx
+        mov byte ptr [rsi], dl          # rsi -> 1b: this block's first instruction
+        xor edx, 0x28
+        mov byte ptr [rdi], r8b         # rdi -> 3f + 1: a later instruction of it
+        ror r8d, 8
+    3:  .byte 0xff, 0xc3                # inc ebx (ff cb: dec ebx)
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    at1 = CODE_ADDR + code.index(b"\x01\xc8")
+    at3 = CODE_ADDR + code.index(b"\xff\xc3")
+    r, ei, ec = _both(runners, code, _regs(rcx=201, rsi=at1, rdi=at3 + 1), budget)
+    if budget == 10 ** 6:
+        # The ADD runs before the store that flips it; INC/DEC after its store.
+        assert r["regs"][0] == _alternating(201) and r["regs"][3] == M32
+        comp = runners("long64")[1]
+        assert len(ec.dropped[(at1, comp.cpu.mode_key)]) == 4
+        assert _region_selects(ec, at1, comp.cpu.mode_key)
+
+
+@pytest.mark.parametrize("tier", ["interp", "hot"])
+def test_flip_store_that_faults(runners, tier):
+    """The code page turns read-only (its page-table entry rewritten, the
+    TLB flushed, as an OS would) while the flip loop runs compiled: the next
+    flipping store raises #PF at the store with the state of the iterations
+    before it, and the code is as the last store left it."""
+    code = asm(FLIP)
+    interp, comp = runners("long64")
+    r = interp if tier == "interp" else comp
+    m, cpu = r.m, r.cpu
+    out = r.run(code, _regs(rcx=1000), bytes(DATA_LEN), 0x202, 1, False)
+    assert out["faults"] == []
+    m.engine.hot_threshold = 5 if tier == "hot" else 10 ** 9
+    done = out["n"]
+    while done < 1 + 5 * 400:
+        done += m.engine.run(cpu, 97)
+    from cpuharness import PD
+    m.bus.write(PD, 8, 0x81)                  # 0-2 MiB present, read-only
+    cpu.tlb.flush_all("test")
+    while not r.faults:
+        done += m.engine.run(cpu, 97)
+        assert done < 10 ** 5
+    vec, err, rip, cr2 = r.faults[0]
+    lin2 = CODE_ADDR + code.index(b"\x01\xc8", 8)
+    assert (vec, err & 3, rip, cr2) == (14, 3, CODE_ADDR + 5, lin2)
+    # Iterations run whole: every one stored, then ran its ADD or SUB.
+    k = (done - 1) // 5
+    assert (done - 1) % 5 == 0 and cpu.regs[1] == 1000 - k
+    acc, add = 0, True
+    for i in range(1000, 1000 - k, -1):
+        acc = (acc + i if add else acc - i) & M32
+        add = not add
+    assert cpu.regs[0] & M32 == acc
+    assert m.bus.read(lin2, 1) == (0x01 if k % 2 else 0x29)      # iteration j stores 01 if j is odd

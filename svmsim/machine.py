@@ -160,6 +160,10 @@ class Machine(DebugApi):
         self.bus = PhysBus(cfg.mem_size, LINE_SLOTS * 4096 if self.profile.extra.get("sev") else 0)
         self.io = IoBus()
         self.code_pages: dict = {}
+        from .cpu.walkmemo import PtWatch
+        wme = weakref.proxy(self)
+        # Page walks kept across TLB flushes, dropped by writes to their entries.
+        self.pt_watch = PtWatch(self.bus, self.code_pages, lambda page: wme.engine._code_page(page))
         self.stopping = False
         self.stop_status = None
         self.stop_reason = ""

@@ -30,6 +30,12 @@ of a kept block that is not live drops nothing (no live block has them).
 A page stays a code page once it held code (even when its last block is
 dropped): its writes keep going through the code-page check, so a loop that
 rewrites its own code does not turn the page back and forth.
+
+Page-table entries (cpu/walkmemo.py): a page holding an 8-byte entry that a
+memoized page walk read is made a code page too, and the entry's bytes are
+marked in its byte map (``pt``), so every store to them reaches the write
+watchers as a store to translated code does; they stay marked when blocks
+come and go.
 """
 PAGE = 0x1000
 _ONES = b"\x01" * PAGE
@@ -37,13 +43,21 @@ _ONES = b"\x01" * PAGE
 
 class CodePage:
     """The translated bytes of one RAM page."""
-    __slots__ = ("map", "blocks", "volatile", "hits")
+    __slots__ = ("map", "blocks", "volatile", "hits", "pt")
 
     def __init__(self):
         self.map = bytearray(PAGE)       # 1 where a translated instruction byte lies
         self.blocks: dict = {}           # block key -> ((lo, hi), ...): its bytes in this page
         self.volatile: set = set()       # page offsets of instructions whose immediate is patched
         self.hits: dict = {}             # (lo, hi) -> written(lo, hi) while no block comes or goes
+        self.pt = None                   # page offsets of watched page-table entries (walkmemo.py)
+
+    def mark_pt(self, o: int) -> None:
+        """The 8-byte page-table entry at page offset ``o`` is watched."""
+        if self.pt is None:
+            self.pt = set()
+        self.pt.add(o)
+        self.map[o:o + 8] = _ONES[:8]
 
     def add(self, key, lo: int, hi: int, holes=()) -> tuple:
         """Block ``key`` was decoded from bytes [lo, hi) of this page, except
@@ -94,3 +108,6 @@ class CodePage:
                     if a < hi and lo < b:
                         x, y = max(a, lo), min(b, hi)
                         self.map[x:y] = _ONES[:y - x]
+        if self.pt:
+            for o in self.pt:                   # watched page-table entries stay marked
+                self.map[o:o + 8] = _ONES[:8]

@@ -527,6 +527,7 @@ class Engine:
         self.regions.clear()
         try:
             cpus = self.machine.cpus
+            self.machine.pt_watch.clear()    # its marks were in the code pages (walkmemo.py)
         except ReferenceError:               # the machine is gone (its RAM is being freed)
             return
         for cpu in cpus:
@@ -561,8 +562,11 @@ class Engine:
         blocks = self.blocks
         machine = self.machine
         smc = self.smc
+        ptq = machine.pt_watch.queue
         try:
             while executed + events + cpu.stall < budget and not machine.stopping:
+                if ptq:
+                    machine.pt_watch.commit()     # page walks to memoize (walkmemo.py)
                 if cpu.pending:
                     interrupts.service(cpu)
                     if machine.stopping:
@@ -650,8 +654,11 @@ class Engine:
         executed = 0
         machine = self.machine
         after = machine.debug.after_step
+        ptq = machine.pt_watch.queue
         try:
             while executed + cpu.stall < budget and not machine.stopping:
+                if ptq:
+                    machine.pt_watch.commit()
                 if cpu.pending:
                     where = (cpu.rip, cpu.svm_guest)
                     interrupts.service(cpu)

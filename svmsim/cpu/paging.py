@@ -46,11 +46,12 @@ class Translation:
     pages are split into 4 KiB TLB entries (hardware may do this too).
     ``rw``/``us`` are the AND of all levels; ``nx`` the OR.
     """
-    __slots__ = ("spa", "rw", "us", "nx", "g", "d", "size", "steps")
+    __slots__ = ("spa", "rw", "us", "nx", "g", "d", "size", "steps", "deps")
 
     def __init__(self, spa, rw, us, nx, g, d, size, steps=None):
         self.spa, self.rw, self.us, self.nx, self.g, self.d, self.size = spa, rw, us, nx, g, d, size
         self.steps = steps
+        self.deps = None       # a memoizing walk's ((RAM offset, value), ...) (cpu/walkmemo.py)
 
 
 class Walker:
@@ -61,11 +62,24 @@ class Walker:
     """
 
     log = None          # a list: every walk appends its (level, address, entry) steps (debug)
+    memo = None         # long-mode walks kept across TLB flushes (enable_memo)
 
     def __init__(self, read_pte, write_pte, maxphyaddr: int = 48):
         self.read_pte = read_pte
         self.write_pte = write_pte
         self.set_maxphyaddr(maxphyaddr)
+
+    def enable_memo(self, watch, deps) -> None:
+        """Keep long-mode walks in a memo that TLB flushes leave alone and
+        writes to the entries a walk read empty (cpu/walkmemo.py, docs/DESIGN.md
+        "Walk memo"): ``watch`` is the machine's PtWatch, ``deps(steps)`` gives
+        ((RAM offset, value), ...) of the entries a walk read, or None when
+        one is not plain RAM (the walk is then not kept)."""
+        self.watch, self.memo_deps = watch, deps
+        self.memo, self.memo_gen = {}, watch.gen
+
+    def disable_memo(self) -> None:
+        self.memo = None
 
     def set_maxphyaddr(self, bits: int, c_bit: int = 0, reduction: int = 0) -> None:
         """With memory encryption on (SYSCFG.MemEncryptionModEn), the top
@@ -78,6 +92,8 @@ class Walker:
         # Bits 51:MAXPHYADDR of an entry are reserved (APM 5.3.x tables).
         self.rsvd_hi = ((1 << 52) - 1) & ~((1 << eff) - 1) & ~c_mask
         self.addr_mask = (((1 << eff) - 1) | c_mask) & ~0xFFF
+        if self.memo is not None:
+            self.memo = {}           # walks under other reserved bits / C-bit (a new dict: see PtWatch)
 
     # -- public ------------------------------------------------------------
     def walk(self, lin, cr0, cr3, cr4, efer, access, record=False):
@@ -94,8 +110,32 @@ class Walker:
         nxe = bool(efer & EFER_NXE)
         if efer & (1 << 10):  # LMA
             levels = 5 if cr4 & CR4_LA57 else 4
+            if self.memo is not None and steps is None:
+                return self._walk_memo(lin, cr3 & self.addr_mask, levels, nxe, access)
             return self._walk_long(lin, cr3 & self.addr_mask, levels, nxe, access, steps)
         return self._walk_pae(lin, cr3, nxe, access, steps)
+
+    def _walk_memo(self, lin, table, levels, nxe, access):
+        """A long-mode walk through the memo: the walk's inputs are the key
+        (the page, the root, the number of levels, NXE; the reserved bits and
+        the C-bit are the walker's own, ``set_maxphyaddr`` starts a new memo).
+        A kept walk serves a write only if it found the page dirty (else the
+        walk sets D, APM 5.4.2).  Faults are never kept."""
+        watch = self.watch
+        if self.memo_gen != watch.gen:
+            self.memo, self.memo_gen = {}, watch.gen
+        memo = self.memo
+        key = (lin >> 12, table, levels, nxe)
+        t = memo.get(key)
+        if t is not None and (t.d or not access & PF_W):
+            return t
+        steps = []
+        t = self._walk_long(lin, table, levels, nxe, access, steps)
+        t.steps = None
+        pairs = t.deps = self.memo_deps(steps)
+        if pairs is not None:
+            watch.pend(memo, key, t, pairs)
+        return t
 
     # -- modes ---------------------------------------------------------------
     def _walk32(self, lin, cr3, cr4, access, steps):

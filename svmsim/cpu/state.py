@@ -9,6 +9,7 @@ linear address.  Everything that can fault raises before changing state.
 from .exceptions import CpuException, GP, PF, SS as SS_VEC, AC as AC_VEC, PF_P, PF_W, PF_U, PF_I, PF_RMP
 from .flags import arith_flags, cond_from_flags, ARITH, FIXED1, WRITABLE, AC as F_AC, VM as F_VM
 from .paging import Walker, check_access
+from .walkmemo import bus_deps
 from .segments import Segment, CS, SS, FS, GS, A_L, A_DB, A_P, A_S, T_CODE, T_WRITABLE, T_READABLE, T_EXPAND_DOWN
 from .tlb import Tlb, R, W, X, MMIO_R, MMIO_W, FC
 from . import debug, fpu_state
@@ -39,6 +40,7 @@ class Cpu:
         self.lapic = None
         self.tlb = Tlb()
         self.walker = Walker(self.bus.read, self._pt_write)     # pt_read(): no encryption yet
+        self.walker.enable_memo(machine.pt_watch, bus_deps(self.bus))
         self.walk_lin = 0          # the linear address being walked (an RMP fault on an A/D update)
         self.fr, self.fw, self.fx = self.tlb.fast[0][:3]
         self.a8r, self.a8w, self.a4r, self.a4w, self.a1r = self.tlb.fast[0][6:11]
@@ -508,8 +510,16 @@ class Cpu:
             self.c_bit, reduction, self.enc_mask = 0, 0, 0
         self.walker.set_maxphyaddr(self.maxphyaddr, self.c_bit, reduction)
         self.walker.read_pte = self.pt_read()
+        # Walks are memoized only while they read the bus directly (walkmemo.py).
+        if self.enc_mask:
+            self.walker.disable_memo()
+        else:
+            self.walker.enable_memo(self.machine.pt_watch, bus_deps(self.bus))
         if self.npt is not None:
             self.npt.nested.read_pte = self.pt_read()
+            if self.enc_mask:
+                self.npt.nested.disable_memo()
+                self.npt.guest.disable_memo()
         self.tlb.flush_all("syscfg.mem_encryption")
 
     def pt_read(self):

@@ -42,6 +42,9 @@ class PhysBus:
         # slow path, never across a page (the execution engine uses it to
         # drop translated code).
         self.write_watchers: list = []
+        # Called with no argument when an MMIO window comes or goes (memoized
+        # page walks that read RAM there are dropped, cpu/walkmemo.py).
+        self.layout_listeners: list = []
         # DRAM page -> a dirty decrypted line of the CPU's (memory/enclines.py),
         # which ``write_back(page)`` writes to DRAM before the bus reads it.
         self.dirty: dict = {}
@@ -53,6 +56,8 @@ class PhysBus:
         self.mmio.append(region)
         for page in range(base >> PAGE_SHIFT, (base + size + PAGE_SIZE - 1) >> PAGE_SHIFT):
             self._mmio_pages[page] = region
+        for notify in self.layout_listeners:
+            notify()
 
     def remove_mmio(self, base: int) -> None:
         """Drop the MMIO window at ``base`` (a PCI BAR that moved or was disabled)."""
@@ -61,6 +66,8 @@ class PhysBus:
         for page in range(base >> PAGE_SHIFT, (region.end + PAGE_SIZE - 1) >> PAGE_SHIFT):
             if self._mmio_pages.get(page) is region:
                 del self._mmio_pages[page]
+        for notify in self.layout_listeners:
+            notify()
 
     def ram_offset(self, spa: int):
         """RAM offset backing ``spa``, or None for MMIO and unbacked addresses."""

@@ -40,6 +40,7 @@ CR4_PAE = 1 << 5
 from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_RSV, PF_I
 from ..cpu.paging import Walker, Translation, check_access, EFER_NXE, CR4_SMEP
 from ..cpu.tlb import R, W, X, FC, MMIO_R, MMIO_W
+from ..cpu.walkmemo import bus_deps
 from ..cpu.state import GUEST_KEY
 from . import avic, snp
 from .exits import ExitCode
@@ -80,6 +81,13 @@ class NestedMmu:
         if sev:
             # An SEV guest's page tables carry its C-bit at the same position.
             self.guest.set_maxphyaddr(cpu.maxphyaddr, cpu.c_bit, reduction)
+        if not cpu.enc_mask:
+            # Walks kept across flushes (cpu/walkmemo.py): the nested ones
+            # read the bus; a guest walk depends on the guest entries and on
+            # the nested walks of their gPAs (``_guest_deps``).
+            self.nested.enable_memo(cpu.machine.pt_watch, bus_deps(cpu.bus))
+            if not sev:
+                self.guest.enable_memo(cpu.machine.pt_watch, self._guest_deps)
 
     # -- nested (gPA -> SPA) ----------------------------------------------------
     def nested_walk(self, gpa, access, where):
@@ -149,6 +157,27 @@ class NestedMmu:
             spa = (spa & ~self.c_mask) | GUEST_KEY
         return spa
 
+    def _guest_deps(self, steps):
+        """What a guest walk read (``Walker.enable_memo``): each guest entry
+        at the SPA its nested translation gave, and the nested entries of
+        that translation; None if one is not plain RAM, or with the RMP on
+        (its checks of each table access, 15.36.10, are not memoized)."""
+        if self.rmp.enabled:
+            return None
+        ncache = self._ncache
+        ram_offset = self.cpu.bus.ram_offset
+        out = []
+        for _, gpa, e in steps:
+            n = ncache.get(gpa >> 12)
+            if n is None or n.deps is None:
+                return None
+            off = ram_offset(n.spa | (gpa & 0xFFF))
+            if off is None:
+                return None
+            out += n.deps
+            out.append((off, e))
+        return out
+
     def _guest_pt_read(self, gpa, size):
         return self.cpu.pread(self._table_frame(gpa), size)
 
@@ -192,6 +221,8 @@ class NestedMmu:
         """Guest walk, guest permission check, final nested walk (15.25.6)."""
         cpu = self.cpu
         if cpu.paging:
+            if self.rmp.enabled and self.guest.memo is not None:
+                self.guest.disable_memo()        # see _guest_deps
             g = self.guest.walk(lin, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, access)
             check_access(g, lin, access, cpu.cr0, cpu.cr4, cpu.efer, cpu.rflags & (1 << 18))
             gc = g.spa & self.c_mask if self.sev else 0

@@ -1,0 +1,264 @@
+"""Page walks kept across TLB flushes (svmsim/cpu/walkmemo.py).
+
+A flush guarantees only that no stale translation is used (APM 15.16); a walk
+kept in the memo must therefore give exactly what a fresh walk of the same
+memory gives.  The differential test runs the same random walks and random
+writes (slow-path and fast-path stores of two CPUs, DMA, the walker's own
+A/D updates) on two machines, memo on and off, and compares every result
+and the tables at the end.  The machine-code tests change a page-table
+entry after a flush (INVLPG, MOV CR3) by a store, by DMA and by the other
+CPU, in the interpreter and compiled, and check the new mapping is seen.
+"""
+import random
+
+import pytest
+
+from cpuharness import make_machine, asm, CODE_ADDR, DATA_ADDR, PD
+from svmsim.cpu.exceptions import CpuException, PF_W, PF_U, PF_I
+from svmsim.cpu.segments import DS
+from svmsim.memory.dma import DmaPort
+
+TABLES = 0x400000            # random tables: 64 pages from 4 MiB (identity-mapped by the harness)
+NPAGES = 64
+P, RW, US, A, D, PS, NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
+
+
+def _random_entry(rng, leaf_ok):
+    """An entry pointing at one of the table pages (or a frame), with random
+    present/RW/US/A/D/PS/NX bits (mostly valid)."""
+    e = TABLES + rng.randrange(NPAGES) * 0x1000
+    e |= rng.choice([P | RW | US, P | RW | US, P | RW | US | A, P | RW | US | A | D, P | US | A, P | RW | A, 0])
+    if leaf_ok and rng.random() < 0.1:
+        e |= PS
+    if rng.random() < 0.05:
+        e |= NX
+    return e
+
+
+def _fill(m, rng):
+    for i in range(NPAGES * 512):
+        m.bus.write(TABLES + 8 * i, 8, _random_entry(rng, True) if rng.random() < 0.9 else 0)
+
+
+def _walk(m, cpu, lin, access, cr3, nxe):
+    efer = (1 << 8) | (1 << 10) | ((1 << 11) if nxe else 0)
+    try:
+        t = cpu.walker.walk(lin, 0x80010011, cr3, 1 << 5, efer, access)
+        return ("t", t.spa, bool(t.rw), bool(t.us), bool(t.nx), bool(t.g), bool(t.d), t.size)
+    except CpuException as e:
+        return ("pf", e.vector, e.error_code)
+
+
+def _machines(seed):
+    out = []
+    for memo in (True, False):
+        m = make_machine("long64", smp=2)
+        for c in m.cpus[1:]:
+            c0 = m.cpus[0]
+            c.cr0, c.cr3, c.cr4, c.efer = c0.cr0, c0.cr3, c0.cr4, c0.efer
+            c.segs[:] = [s.copy() for s in c0.segs]
+            c.gdtr_base, c.gdtr_limit = c0.gdtr_base, c0.gdtr_limit
+            c.tlb.flush_all("test")
+            c.update_mode()
+        if not memo:
+            for c in m.cpus:
+                c.walker.disable_memo()
+        _fill(m, random.Random(seed))
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_memo_matches_fresh_walks(seed):
+    """Random walks (two roots, NXE on and off, read/write/fetch, user and
+    supervisor) interleaved with random entry writes by every writer, with
+    or without a commit (the engine's between-block step) in between: the
+    memo's machine gives every walk's result and ends with the same tables."""
+    rng = random.Random(1000 + seed)
+    ma, mb = _machines(seed)
+    ports = [DmaPort(m, "edu") for m in (ma, mb)]
+    roots = [TABLES + rng.randrange(NPAGES) * 0x1000 for _ in range(2)]
+    # a few linear pages, so walks repeat (and hit the memo)
+    lins = [rng.randrange(1 << 47) & ~0xFFF for _ in range(24)]
+    for step in range(3000):
+        r = rng.random()
+        if r < 0.6:
+            lin, access = rng.choice(lins), rng.choice([0, PF_W, PF_I, PF_U, PF_U | PF_W])
+            cr3, nxe = rng.choice(roots), rng.random() < 0.7
+            cpu_i = rng.randrange(2)
+            got = [_walk(m, m.cpus[cpu_i], lin, access, cr3, nxe) for m in (ma, mb)]
+            assert got[0] == got[1], f"step {step}: {got}"
+        elif r < 0.9:
+            # an entry the walks use (a step of a recent walk) or any entry
+            off = TABLES + 8 * rng.randrange(NPAGES * 512)
+            used = sorted(o for o in ma.pt_watch.deps if TABLES <= o < TABLES + NPAGES * 0x1000)
+            if rng.random() < 0.7 and used:
+                off = rng.choice(used)
+            old = ma.bus.read(off, 8)
+            value = rng.choice([old ^ A, old ^ D, old ^ P, old ^ RW, old ^ NX, _random_entry(rng, True),
+                                old ^ (rng.randrange(NPAGES) << 12)])
+            size, at = rng.choice([(8, 0), (4, 0), (4, 4), (1, 0), (2, 2)])
+            part = (value >> (8 * at)) & ((1 << (8 * size)) - 1)
+            how = rng.choice(["bus", "dma", "cpu0", "cpu1", "bytes"])
+            for m, port in zip((ma, mb), ports):
+                if how == "bus":
+                    m.bus.write(off + at, size, part)
+                elif how == "dma":
+                    port.write_bytes(off + at, part.to_bytes(size, "little"))
+                elif how == "bytes":
+                    m.bus.write_bytes(off + at, part.to_bytes(size, "little"))
+                else:                        # a store of CPU 0 or 1 (its write caches, the harness's identity map)
+                    m.cpus[int(how[-1])].write(DS, off + at, size, part)
+        else:
+            ma.pt_watch.commit()
+        if rng.random() < 0.3:
+            ma.pt_watch.commit()
+    assert ma.bus.read_bytes(TABLES, NPAGES * 0x1000) == mb.bus.read_bytes(TABLES, NPAGES * 0x1000)
+    assert ma.pt_watch.stats["entered"] > 50 and ma.pt_watch.stats["dropped"] > 3
+
+
+# ---------------------------------------------------------------- machine code
+PT = 0x30000                 # a 4 KiB page table for linear 0x600000 (PD entry 3)
+P1, P2 = 0x31000, 0x32000    # the two frames the PTE flips between
+VLIN = 0x600000
+
+
+def _map_4k(m):
+    m.bus.write(PT, 8, P1 | 0x23)                      # present, RW, accessed
+    m.bus.write(P1, 8, 0x1111)
+    m.bus.write(P2, 8, 0x2222)
+    m.bus.write(PD + 8 * 3, 8, PT | 0x23)
+    for c in m.cpus:
+        c.tlb.flush_all("test")
+
+
+FLUSHES = {"invlpg": "invlpg [rbx]",
+           "cr3": "mov rdx, cr3\n    mov cr3, rdx"}
+
+
+def _flip_loop(flush, writer):
+    """rcx times: read the mapped page (twice, across a flush: the second
+    walk is the memo's), have ``writer`` point the PTE at the other frame,
+    flush, read again; sum of the values read in r8."""
+    return asm(f"""
+        mov rbx, {VLIN:#x}
+        xor r8, r8
+    1:  add r8, [rbx]
+        {FLUSHES[flush]}
+        jmp 2f
+    2:  add r8, [rbx]
+        {FLUSHES[flush]}
+        jmp 3f
+    3:  add r8, [rbx]
+        {writer}
+        {FLUSHES[flush]}
+        add r8, [rbx]
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+
+
+def _expected(n):
+    total, cur = 0, 0x1111
+    for _ in range(n):
+        total += 3 * cur
+        cur = 0x2222 if cur == 0x1111 else 0x1111
+        total += cur
+    return total
+
+
+def _run(m, cpu, budget=10 ** 6):
+    while not cpu.halted and budget > 0:
+        budget -= max(1, m.engine.run(cpu, 1000))
+
+
+@pytest.mark.parametrize("flush", sorted(FLUSHES))
+@pytest.mark.parametrize("hot", [False, True])
+def test_store_to_pte_after_flush_is_seen(flush, hot):
+    """The CPU itself rewrites the PTE (XOR of the frame bits: a
+    read-modify-write, in compiled code inline through the code-page cache
+    once the table page is watched)."""
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    _map_4k(m)
+    code = _flip_loop(flush, f"xor qword ptr [{PT:#x}], {P1 ^ P2:#x}")
+    m.bus.write_bytes(CODE_ADDR, code)
+    cpu.rip, cpu.regs[1] = CODE_ADDR, 40
+    m.engine.hot_threshold = 3 if hot else 10 ** 9
+    _run(m, cpu)
+    assert cpu.halted and cpu.regs[8] == _expected(40)
+    assert m.pt_watch.stats["entered"] > 0 and m.pt_watch.stats["dropped"] >= 39
+    if hot:
+        assert m.engine.stats["blocks_compiled"] > 0
+
+
+@pytest.mark.parametrize("quantum", [3, 11, 200])
+def test_dma_rewrites_pte_after_flush(quantum):
+    """A device rewrites the PTE through its DMA port while the CPU waits for
+    a flag the device sets with it; the CPU flushes and reads the new frame."""
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    _map_4k(m)
+    code = _flip_loop("invlpg", f"""
+        mov byte ptr [{DATA_ADDR:#x}], 1
+    4:  cmp byte ptr [{DATA_ADDR:#x}], 1
+        je 4b""")
+    m.bus.write_bytes(CODE_ADDR, code)
+    m.bus.write(DATA_ADDR, 1, 0)
+    cpu.rip, cpu.regs[1] = CODE_ADDR, 30
+    m.engine.hot_threshold = 5
+    port = DmaPort(m, "edu")
+    frame = P1
+    for _ in range(10 ** 5):
+        if cpu.halted:
+            break
+        if m.bus.read(DATA_ADDR, 1) == 1:
+            frame ^= P1 ^ P2
+            port.write_bytes(PT, (frame | 0x23).to_bytes(8, "little"))
+            port.write_bytes(DATA_ADDR, b"\x00")
+        m.engine.run(cpu, quantum)
+    assert cpu.halted and cpu.regs[8] == _expected(30)
+    assert m.pt_watch.stats["dropped"] >= 29
+
+
+@pytest.mark.parametrize("q0,q1", [(5, 3), (64, 17), (300, 1000)])
+def test_other_cpu_rewrites_pte_after_flush(q0, q1):
+    """CPU 1 flips the PTE CPU 0 uses each time CPU 0 waits for it; CPU 0
+    flushes (MOV CR3) and reads the new frame, whatever the interleaving."""
+    m = make_machine("long64", smp=2)
+    c0, c1 = m.cpus
+    c1.cr0, c1.cr3, c1.cr4, c1.efer = c0.cr0, c0.cr3, c0.cr4, c0.efer
+    c1.gdtr_base, c1.gdtr_limit = c0.gdtr_base, c0.gdtr_limit
+    c1.segs[:] = [s.copy() for s in c0.segs]
+    c1.wait_for_sipi = False
+    c1.update_mode()
+    _map_4k(m)
+    code0 = _flip_loop("cr3", f"""
+        mov byte ptr [{DATA_ADDR:#x}], 1
+    4:  cmp byte ptr [{DATA_ADDR:#x}], 1
+        je 4b""")
+    code1 = asm(f"""
+    1:  cmp byte ptr [{DATA_ADDR:#x}], 1
+        jne 1b
+        xor qword ptr [{PT:#x}], {P1 ^ P2:#x}
+        mov byte ptr [{DATA_ADDR:#x}], 0
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    m.bus.write_bytes(CODE_ADDR, code0)
+    m.bus.write_bytes(CODE_ADDR + 0x3000, code1)
+    m.bus.write(DATA_ADDR, 1, 0)
+    c0.rip, c1.rip = CODE_ADDR, CODE_ADDR + 0x3000
+    c0.regs[1] = c1.regs[1] = 30
+    c0.regs[4], c1.regs[4] = 0x80000 - 0x100, 0x70000
+    m.engine.hot_threshold = 5
+    for _ in range(10 ** 5):
+        if c0.halted and c1.halted:
+            break
+        for c, q in ((c0, q0), (c1, q1)):
+            if not c.halted:
+                m.engine.run(c, q)
+    assert c0.halted and c1.halted and c0.regs[8] == _expected(30)
+    assert m.pt_watch.stats["dropped"] >= 29

@@ -262,3 +262,53 @@ def test_other_cpu_rewrites_pte_after_flush(q0, q1):
                 m.engine.run(c, q)
     assert c0.halted and c1.halted and c0.regs[8] == _expected(30)
     assert m.pt_watch.stats["dropped"] >= 29
+
+
+# ---------------------------------------------------------------- TLB_CONTROL, nested paging
+ALT_PT = 0x34000             # a second page table: entry 0 maps VLIN to P2
+
+
+@pytest.mark.parametrize("which", ["guest_pte", "nested_pte", "nested_table", "none"])
+def test_entry_changed_between_vmruns_with_tlb_control(which):
+    """A hypervisor runs a nested-paging guest (TLB_CONTROL = 1 at every
+    VMRUN) that reads VLIN; after each #VMEXIT it flips one entry by a
+    store: the guest's PTE, the nested PTE of the final gPA, or the nested
+    PTE of the guest's page-table page (the guest walk's nested dependency).
+    Every run sees the new mapping (APM 15.16.1: TLB_CONTROL 1 flushes every
+    ASID)."""
+    from svmharness import SvmRig, NestedTables, VMCB
+    from svmsim.svm.exits import ExitCode
+    rig = SvmRig("mov rdx, [rbx]\nvmmcall", intercepts=[ExitCode.VMMCALL])
+    m, cpu = rig.m, rig.cpu
+    _map_4k(m)
+    m.bus.write(ALT_PT, 8, P2 | 0x23)
+    nt = NestedTables(m.bus)
+    for a in range(0, 0x200000, 0x1000):
+        nt.map(a, a)
+    nt.identity(0x200000, 0x2000000)
+    entry, flip = {"guest_pte": (PT, P1 ^ P2), "nested_pte": (nt.entry_addr(P1, 1), P1 ^ P2),
+                   "nested_table": (nt.entry_addr(PT, 1), PT ^ ALT_PT), "none": (DATA_ADDR, 0)}[which]
+    rig.vmcb["NP_ENABLE"], rig.vmcb["N_CR3"], rig.vmcb["TLB_CONTROL"] = 1, nt.root, 1
+    host = asm(f"""
+        xor r8, r8
+    1:  mov rax, {VMCB:#x}
+        mov qword ptr [{VMCB + 0x578:#x}], {0x400000:#x}
+        vmrun
+        add r8, rdx
+        xor qword ptr [{entry:#x}], {flip:#x}
+        dec rcx
+        jnz 1b
+        hlt
+    """)
+    from cpuharness import CODE_ADDR as HOST
+    m.bus.write_bytes(HOST, host)
+    cpu.rip, cpu.regs[1], cpu.regs[3] = HOST, 30, VLIN
+    cpu.halted = False
+    m.engine.hot_threshold = 5
+    _run(m, cpu)
+    assert cpu.halted and not cpu.svm_guest
+    n1 = 30 if which == "none" else 15
+    assert cpu.regs[8] == n1 * 0x1111 + (30 - n1) * 0x2222
+    assert m.pt_watch.stats["entered"] > 0
+    if which != "none":
+        assert m.pt_watch.stats["dropped"] >= 29

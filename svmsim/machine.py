@@ -45,6 +45,8 @@ RESUMABLE = frozenset({"budget", "timeout", "breakpoint", "watchpoint", "step", 
                        "interrupted", "halted"})
 
 QUANTUM = 1000
+#: The most instructions a bulk loop may run beyond its quantum (Machine.run_ahead).
+RUN_AHEAD_MAX = 1 << 16
 
 # One fault raised by an instruction or a delivery, for crash reports.
 Fault = namedtuple("Fault", "cpu insns vector error_code cr2 rip lin bits guest asid detail")
@@ -178,6 +180,9 @@ class Machine(DebugApi):
         self._symbols = None
         self.stop_cpu = self.stop_address = None
         self._sched = (0, 0, False)          # where a paused round resumes: CPU, quantum used, ran
+        self._ahead_room = 0                 # run_ahead's bound for the quantum running (_loop)
+        self.ahead = True                    # run_ahead and the skipped stall rounds (off: tests' reference)
+        self.ahead_stats = {"grants": 0, "rounds_skipped": 0}
         self._sigint = 0
         from .memory.encryption import EncryptionEngine
         sev = self.profile.extra.get("sev") or {}
@@ -546,7 +551,19 @@ class Machine(DebugApi):
                 self.current_cpu = cpu
                 busy = cpu.stall > 0             # still paying for a PAUSE or a long REP
                 cpu.q_base = used                # a quantum resumed after a stop keeps its time
-                n = engine.run(cpu, QUANTUM - used, debug.stepping or debug.step_over is cpu)
+                stepping = debug.stepping or debug.step_over is cpu
+                if self.ahead and not stepping:
+                    # run_ahead's bounds that only this loop knows: the run's budget,
+                    # its virtual-time limit and the next poll of the devices, each
+                    # at least a quantum away from where this one ends.
+                    room = (254 - rounds % 256) * QUANTUM
+                    if max_insns is not None:
+                        room = min(room, max_insns - (total + idle + events) - 2 * QUANTUM)
+                    if max_virtual_ns is not None:
+                        room = min(room, (max_virtual_ns - clock.now_ns) // clock.ns_per_insn - 2 * QUANTUM)
+                    self._ahead_room = min(room, RUN_AHEAD_MAX)
+                n = engine.run(cpu, QUANTUM - used, stepping)
+                self._ahead_room = 0
                 cpu.q_base = 0
                 total += n
                 events += cpu.q_events
@@ -591,8 +608,82 @@ class Machine(DebugApi):
                 self.pause("interrupted", "interrupted (Ctrl-C)", status=STATUS_INTERRUPTED)
             if rounds % 256 == 0:
                 self.poll_devices()
+            if self.ahead and not self.stopping:
+                skip = self._stall_rounds(rounds, max_virtual_ns)
+                if skip:
+                    # The next rounds would only advance the clock and take a
+                    # quantum each of one CPU's stall (``_stall_rounds``).
+                    clock.advance(skip * QUANTUM * clock.ns_per_insn)
+                    for c in cpus:
+                        if c.stall:
+                            c.stall -= skip * QUANTUM
+                    rounds += skip
+                    self.ahead_stats["rounds_skipped"] += skip
         self._sched = (0, 0, False)
         return total
+
+    def run_ahead(self, cpu) -> int:
+        """How many instructions beyond the end of its quantum ``cpu`` may run
+        now in a bulk loop of plain RAM stores (codegen's bulk_store_loop: no
+        MMIO, no code, no I/O, no interrupt window), or 0.
+
+        The rounds are unchanged (``_loop``: each CPU runs a quantum in turn,
+        then the clock advances and due timers fire): what runs ahead is
+        work the CPU would have done in the next rounds anyway, paid for as
+        stall (``cpu.stall``: it retires nothing until the rounds have caught
+        up), and nothing can observe the difference when every other CPU is
+        halted (or waits for a SIPI) with nothing pending -- only a timer, a
+        device poll or an IPI can wake it, and the stores send none -- and
+        the work ends at least a quantum before the next timer deadline, the
+        next poll of the devices and the run's instruction and time limits:
+        the CPU takes every interrupt at the same instruction as in the
+        rounds one at a time, and sees the same time (RDTSC, the APIC
+        timer's count).  So the run is the same run, in fewer rounds."""
+        room = self._ahead_room
+        if room <= 0:
+            return 0
+        for c in self.cpus:
+            if c is not cpu and (c.pending or not (c.halted or c.wait_for_sipi)):
+                return 0
+        clock = self.clock
+        if clock.next_deadline != float("inf"):
+            room = min(room, int(clock.next_deadline - clock.now_ns) // clock.ns_per_insn
+                       - cpu.stall - 2 * QUANTUM)
+        if room <= 0:
+            return 0
+        self.ahead_stats["grants"] += 1
+        return room
+
+    def _stall_rounds(self, rounds, max_virtual_ns) -> int:
+        """How many of the next rounds would only advance the clock and take
+        a quantum of one CPU's stall (a bulk loop that ran ahead, a long REP,
+        PAUSE), each of the other CPUs halted (or waiting for a SIPI) with
+        nothing pending: 0 unless at least one, none of them ending at or
+        after the next timer deadline, at a device poll (every 256 rounds)
+        or at the run's virtual-time limit.  (The instruction budget cannot
+        end in them: no instruction retires.)"""
+        busy = None
+        for c in self.cpus:
+            if c.stall:
+                if busy is not None or c.pending:
+                    return 0
+                busy = c
+            elif c.pending or not (c.halted or c.wait_for_sipi):
+                return 0
+        if busy is None or busy.halted or busy.wait_for_sipi:
+            return 0
+        # Rounds whose whole quantum the stall takes (the CPU runs nothing in
+        # them, takes no event), none of them a poll round (rounds % 256 == 0
+        # after the count) nor ending where a timer is due or the run's
+        # virtual time ends.
+        k = min(busy.stall // QUANTUM, 255 - rounds % 256)
+        clock = self.clock
+        step = QUANTUM * clock.ns_per_insn
+        if clock.next_deadline != float("inf"):
+            k = min(k, (int(clock.next_deadline) - clock.now_ns - 1) // step)
+        if max_virtual_ns is not None:
+            k = min(k, (max_virtual_ns - clock.now_ns - 1) // step)
+        return max(0, k)
 
     def poll_devices(self) -> None:
         uart = getattr(self, "uart", None)

@@ -1105,7 +1105,10 @@ class Gen:
         but its last iteration within the store's page and the budget are
         done as one slice assignment in a writable RAM page (the fast write
         cache: not code, not MMIO), counted as the instructions they are.
-        The last iteration runs as compiled below and sets flags and RIP."""
+        The last iteration runs as compiled below and sets flags and RIP.
+        Where the quantum's end is what stops it, the machine may let it
+        run further (Machine.run_ahead: the other CPUs halted, no timer due
+        for a while), the CPU paying for the extra iterations as stall."""
         j = self.k
         for r in (ptr, end, val):
             self.used.add(r)
@@ -1118,7 +1121,9 @@ class Gen:
         self.emit(f"if sd{j} > {size}{exact}:")
         self.emit(f"sa{j} = g{ptr} + {first_off}", 1)
         self.emit(f"sx{j} = sa{j} & 0xFFF", 1)
-        self.emit(f"sc{j} = min((sd{j} - 1) // {size}, (0x1000 - sx{j}) // {size}, (lim - n) >> 2)", 1)
+        self.emit(f"sc{j} = min((sd{j} - 1) // {size}, (0x1000 - sx{j}) // {size})", 1)
+        self.emit(f"if sc{j} > (lim - n) // {self.n}:", 1)
+        self.emit(f"sc{j} = min(sc{j}, (lim - n + cpu.machine.run_ahead(cpu)) // {self.n})", 2)
         self.emit(f"sq{j} = fwg(sa{j} >> 12)", 1)
         self.emit(f"if sc{j} > 0 and sq{j} is not None:", 1)
         self.emit(f"sq{j} += sx{j}", 2)

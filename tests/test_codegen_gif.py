@@ -79,3 +79,60 @@ def test_held_nmi_taken_right_after_compiled_stgi(runners, monkeypatch):
         assert seen == [(CODE_ADDR + 6, 8, True)], compiled
     src = runners("long64")[1].m.engine.blocks[(CODE_ADDR, runners("long64")[1].cpu.mode_key)].compiled.source
     assert "cpu.gif = True" in src
+
+
+def test_compiled_stgi_goes_on_when_nothing_is_held(runners, monkeypatch):
+    """Nothing held (no INIT/SMI/NMI, IF = 1 but no interrupt waiting): the
+    compiled STGI does not leave its region, whose members include the
+    block after it (``successors``), and no event check runs between the
+    iterations of the loop; results equal the interpreter's."""
+    code = asm("l: add rax, rcx\nstgi\ndec rcx\njnz l\nhlt")
+    calls = []
+    real = interrupts.service
+    monkeypatch.setattr(interrupts, "service", lambda cpu: (calls.append(cpu.rip), real(cpu)))
+    out = []
+    for compiled in (False, "hot"):
+        runner = runners("long64")[int(bool(compiled))]
+        calls.clear()
+        out.append(runner.run(code, _regs(rax=1, rcx=40), bytes(DATA_LEN), 0x202, 10 ** 4, compiled,
+                              _svme(True, False)))
+        out[-1]["service"] = len(calls)
+    a, b = out
+    assert a["regs"][0] == 1 + sum(range(1, 41)) and a["faults"] == []
+    assert b["service"] < a["service"] // 2           # the interpreter services after each STGI
+    del a["service"], b["service"]
+    assert a == b
+    comp = runners("long64")[1]
+    fn = comp.m.engine.blocks[(CODE_ADDR, comp.cpu.mode_key)].compiled
+    assert len(fn.members) >= 2 and "EVW(cpu)" in fn.source
+
+
+def test_waiting_interrupt_taken_right_after_compiled_stgi(runners):
+    """A maskable interrupt waiting (RFLAGS.IF = 1) while GIF = 0 is taken at
+    the boundary right after STGI (APM 15.17) in both tiers, also when the
+    compiled STGI sits in a loop its region would go on with.  The line
+    rises once the loop has stored 390 (read from RAM, where the compiled
+    store is seen at once)."""
+    code = asm("l: mov [rsi], rcx\nstgi\nclgi\ndec rcx\njnz l\nhlt")
+    seen = []
+
+    def setup(m, cpu):
+        _svme(True, False)(m, cpu)
+
+        def pending(c):
+            return int.from_bytes(m.bus.read_bytes(DATA_ADDR, 8), "little") <= 390
+
+        def ack(c):
+            if pending(c):
+                seen.append((c.rip, c.regs[1], c.gif))
+                m.request_stop(0, "intr", "intr")
+            return None
+        m.interrupt_pending = pending
+        m.interrupt_acknowledge = ack
+    for compiled in (False, "hot"):
+        runner = runners("long64")[int(bool(compiled))]
+        seen.clear()
+        runner.run(code, _regs(rcx=400, rsi=DATA_ADDR), bytes(DATA_LEN), 0x202, 10 ** 5, compiled, setup)
+        assert seen == [(CODE_ADDR + 6, 390, True)], compiled
+    comp = runners("long64")[1]
+    assert "EVW(cpu)" in comp.m.engine.blocks[(CODE_ADDR, comp.cpu.mode_key)].compiled.source

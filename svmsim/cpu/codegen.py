@@ -42,6 +42,7 @@ back, restores ``cpu.lf`` as of the previous instruction, and sets
 Instructions without a template call their handler (``h<j>(cpu, i<j>)``)
 after flushing registers and flags, and reload both afterwards.
 """
+import re
 import struct
 import sys
 
@@ -53,6 +54,7 @@ from .flags import PARITY, ARITH, carry, CF as F_CF
 from .segments import CS, SS, FS, GS
 from .ops import arith, data, control
 from . import ops as _ops
+from . import interrupts as _interrupts
 from .tlb import ADDR_MAX
 
 try:
@@ -567,6 +569,7 @@ class Gen:
             self.emit(f"M{s}[ix{k}] = {v}", 1)
             self.slow_store(f"_wrA(cpu, {lin}, {o.seg}, {off}, {s}, {v})")
             self.slow_write = True
+            self._slow_at = len(self.lines)
             return
         else:
             off, lin = self._lin(o, k)
@@ -583,6 +586,7 @@ class Gen:
                 self.emit(f"M{s}[(q{k} + ({lin} & 0xFFF)) >> {_SHIFT[s]}] = {v}", 1)
         self.slow_store(f"_wr(cpu, q{k}, {lin}, {o.seg}, {off}, {s}, {v})")
         self.slow_write = True
+        self._slow_at = len(self.lines)
 
     def _fc_probe(self, k, page, x, s):
         """After a write-cache miss for the constant page ``page``: the RAM
@@ -937,8 +941,15 @@ class Gen:
         (Engine.smc set) ends the region after this instruction, so a later
         instruction of the same block runs as rewritten (the handler of
         CodeChanged in except_src() leaves with the state after it)."""
-        self.emit("if lim < 0 and SMC[0]:")
-        self.emit("raise _CodeChanged", 1)
+        if self._slow_at == len(self.lines):
+            # The slow path's branch ends the instruction: test there, so
+            # the fast path pays nothing.
+            ind = self.lines[-1][0]
+            self.lines.append((ind, "if SMC[0]:", self.k))
+            self.lines.append((ind + 1, "raise _CodeChanged", self.k))
+        else:
+            self.emit("if lim < 0 and SMC[0]:")
+            self.emit("raise _CodeChanged", 1)
         self.smc_after[self.k] = (ins.next_ip, self.pending if self.pending is not None
                                   else (None if self.seen_writer else ("entry", self.cur)))
 
@@ -1065,6 +1076,7 @@ class Gen:
 
     _ended = False
     _qprev = _qmemo = None
+    _slow_at = -1                # len(lines) right after a slow-path store's "lim = -1"
 
     def stack_head(self, lo, hi, writes, ref):
         """Start of a stack group (``stack_groups``): one address-cache
@@ -1237,9 +1249,13 @@ class Gen:
                     "            if regs[i] > 0xffffffff:", "                return -1"]
         reload = []
         if self.uses_mem and self.long64:
-            reload += ["frg = cpu.fr.get", "fwg = cpu.fw.get", "fcg = cpu.fc.get"]
+            # Only the caches the code looks up (a region of address-cache
+            # accesses needs no page cache).
+            text = "\n".join(t for _, t, _ in self.lines)
+            reload += [f"{c}g = cpu.{c}.get" for c in ("fr", "fw", "fc") if f"{c}g(" in text]
             reload += [f"{a}g = cpu.{a}.get" for a in sorted(self.addr)]
-            pre.append("    ram = cpu.ram")
+            if re.search(r"\bram\b", text):
+                pre.append("    ram = cpu.ram")
             pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
         if self.uses_eb:
             reload += ["eb4 = cpu.ebase[4]", "eb5 = cpu.ebase[5]"]
@@ -2232,23 +2248,31 @@ def _t_gif(value):
     handler is the intercept guard's wrapper (``hooks.translate``), which has
     no template, so the STGI/CLGI intercepts (APM 15.9) run as interpreted.
 
-    STGI sets ``cpu.pending`` as the handler does (``cpu.kick``) and leaves
-    the region: an NMI, INTR, SMI or INIT held while GIF was 0 is taken at
-    the boundary right after it (APM 15.17, Table 15-10).  CLGI only holds
-    events, so the region goes on."""
+    STGI: an NMI, INTR, SMI or INIT held while GIF was 0 is taken at the
+    boundary right after it (APM 15.17, Table 15-10).  When one may be
+    waiting (``interrupts.event_waiting``, or ``cpu.pending`` already set)
+    it sets ``cpu.pending`` as the handler does (``cpu.kick``) and leaves
+    the region there; otherwise nothing is held and the region goes on
+    (``successors``: the block after STGI is a static successor).  The
+    handler's path always leaves.  CLGI only holds events, so the region
+    goes on."""
     def t(g, ins, k, is_last):
         g.ns["h%d" % k] = ins.fn
         g.ns["i%d" % k] = ins
+        if value:
+            g.ns["EVW"] = _interrupts.event_waiting
         g.emit("if cpu.efer & 0x1000 and cpu.cr0 & 1 and not cpu.rflags & 0x20000 "
                "and not cpu.cpl and not cpu.svm_guest:")
         g.emit(f"cpu.gif = {value}", 1)
         if value:
-            g.emit("cpu.pending = True", 1)           # cpu.kick()
+            g.emit(f"x{k} = cpu.pending or EVW(cpu)", 1)
         g.emit("else:")
         g.emit(f"h{k}(cpu, i{k})", 1)                  # #UD/#GP, or the virtual GIF
         if value:
-            g.exit(ins.next_ip, g.n)                  # STGI ends its block
-            g._ended = True
+            g.emit(f"x{k} = True", 1)                 # it set cpu.pending (cpu.kick)
+            g.emit(f"if x{k}:")
+            g.emit("cpu.pending = True", 1)
+            g.exit(ins.next_ip, g.n, 1)               # STGI ends its block
         return True
     return t
 
@@ -2284,8 +2308,8 @@ def successors(blk):
     in the region continues there, see goto_dynamic)."""
     last = blk.insns[-1]
     i = last.iced
-    if not blk.sets_rip:
-        return [blk.end_ip]
+    if not blk.sets_rip or _gif_template(last.fn) is _T_STGI:
+        return [blk.end_ip]                # STGI's template goes on unless an event is held
     if last.fn is control.jcc and last.target is not None:
         return [last.next_ip, last.target]
     direct = last.target is not None and last.get0 is None and not i.is_call_far \

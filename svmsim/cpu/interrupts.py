@@ -66,6 +66,17 @@ def service(cpu) -> None:
             take_interrupt(cpu, vector)
 
 
+def event_waiting(cpu) -> bool:
+    """Whether ``service`` may take something on a host-mode CPU with GIF = 1:
+    a pending INIT, SMI or NMI, an interrupt shadow, or (RFLAGS.IF = 1) a
+    maskable interrupt waiting.  False means ``service`` would take nothing
+    now, so compiled code may go on after STGI without leaving its region
+    (codegen ``_t_gif``); True may be conservative (the NMI mask is not
+    looked at)."""
+    return bool(cpu.init_pending or cpu.smi_pending or cpu.nmi_pending or cpu.shadow
+                or cpu.rflags & IF and cpu.machine.interrupt_pending(cpu))
+
+
 VM_CR, VM_CR_R_INIT = 0xC0010114, 0x2
 
 

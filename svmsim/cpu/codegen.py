@@ -1039,7 +1039,8 @@ class Gen:
                             else (None if self.seen_writer else ("entry", self.cur)))
             if p in heads:
                 self.stack_head(*heads[p])
-            tmpl = TEMPLATES.get(ins.fn) or _gif_template(ins.fn)
+            tmpl = TEMPLATES.get(ins.fn) or _gif_template(ins.fn) or \
+                (t_direct if getattr(ins.fn, "direct", None) is not None else None)
             mark = len(self.lines)
             ntrans = len(self.trans)
             state = (set(self.used), set(self.dirty), set(self.ever_dirty), self.pending,
@@ -2278,6 +2279,28 @@ def _t_gif(value):
 
 
 _T_STGI, _T_CLGI = _t_gif(True), _t_gif(False)
+
+
+def t_direct(g, ins, k, is_last):
+    """A handler that always ends in an event it raises (``fn.direct``: an
+    intercept the extension resolved when the block was translated, see
+    ``hooks.translate``): the region leaves with the state as a fault there
+    leaves it (registers and flags written back, RIP at the instruction,
+    ``cpu.event_ins`` the instruction) and returns ``-2 - retired``; the
+    engine then calls ``direct`` where it would deliver the fault, with no
+    exception raised and unwound (``Engine._run``)."""
+    g.ns["i%d" % k] = ins
+    g.emit("@FLUSH@")
+    g.store_flags()
+    if not g.seen_writer:
+        g.entry_flags_read = True        # the event may save RFLAGS as the block was entered
+    g.pending = None
+    g.seen_writer = True
+    g.emit(f"cpu.rip = {ins.ip:#x}")
+    g.emit(f"cpu.event_ins = i{k}")
+    g.emit(f"return {-2 - g.pos[-1]} - n")
+    g._ended = True
+    return True
 
 
 def _gif_template(fn):

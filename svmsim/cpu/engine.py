@@ -613,6 +613,15 @@ class Engine:
                     if r >= 0:
                         executed += r
                         continue
+                    if r < -1:
+                        # It left at an instruction whose event is decided
+                        # (codegen t_direct): take it as a fault there is.
+                        executed += -2 - r
+                        cpu.q_exec = executed
+                        ins = cpu.event_ins
+                        ins.fn.direct(cpu, ins)
+                        events += 1
+                        continue
                     # Declined at a lent entry (codegen NCHK): run the block here.
                 n = 0
                 try:

@@ -28,8 +28,16 @@ class CpuHooks:
 
     def translate(self, cpu, ins, fn):
         """An instruction decoded in guest mode: the handler to run for it
-        (e.g. ``fn`` wrapped in its intercept check)."""
+        (e.g. ``fn`` wrapped in its intercept check, or, when the intercept
+        is decided by state fixed for the guest's run, the exit itself).
+        What it depends on must be in ``block_key``."""
         return fn
+
+    def block_key(self, cpu):
+        """In guest mode, a true hashable value that is equal for two runs
+        exactly when ``translate`` decides the same for both (part of the
+        block cache's key, ``Cpu.mode_key``)."""
+        return True
 
     def msr_entry(self, cpu, idx):
         """(name, read, write) of an MSR the extension defines or overrides

@@ -98,6 +98,7 @@ class Cpu:
         self.probing = False       # a translation only checked (CLFLUSH): fill no decrypted line
         self.retired = 0
         self.q_exec = 0            # instructions retired in the current engine quantum so far
+        self.event_ins = None      # where compiled code left for an event it did not raise (codegen t_direct)
         self.q_events = 0          # exceptions the last engine quantum delivered (budget steps)
         self.q_base = 0            # what earlier runs used of this quantum (a debugger stop split it)
         self.stall = 0             # virtual ns owed beyond 1 ns per instruction (PAUSE)
@@ -181,7 +182,10 @@ class Cpu:
         # The block cache is keyed by this: anything that changes how bytes
         # decode or which checks a translated block bakes in belongs here.
         # The CS limit outside 64-bit mode: translation stops blocks at it.
-        self.mode_key = (bits, self.cpl, self.stack_bits, self.svm_guest,
+        # In guest mode, what the extension decides when it translates (the
+        # intercepts: hooks.block_key), a true value; False in host mode.
+        self.mode_key = (bits, self.cpl, self.stack_bits,
+                         self.hooks.block_key(self) if self.svm_guest else False,
                          None if bits == 64 else self.segs[CS].limit)
 
     def _flat(self, s: Segment, i: int) -> bool:

@@ -9,10 +9,16 @@ exit before any of their checks, XSETBV before its #GP checks but after its
 then raises ``VmExit`` if the intercept is set (with EXITINFO1/2 and NRIP as
 the manual defines them for that exit), else lets the handler run.
 
-Guards are installed when a block is translated in guest mode (the block
-key carries ``cpu.svm_guest``), so host code pays nothing; they read the
-intercept words cached at VMRUN on every execution, so a hypervisor can
-change intercepts between VMRUNs without invalidating blocks.
+Guards are installed when a block is translated in guest mode, so host
+code pays nothing.  The intercept words and SEV-ES are fixed from VMRUN to
+#VMEXIT (the processor works from what VMRUN loaded, 15.5.1), and the block
+key carries them (``block_key``: a number per distinct set), so a hypervisor
+that changes intercepts between VMRUNs gets other blocks.  An intercept
+decided by them alone (``RESOLVED``: CPUID, PUSHF, POPF, IRET, RSM, ICEBP,
+which exit before any check of their own) is resolved when the block is
+translated (``wrap``): the handler itself when the intercept is clear, the
+exit when it is set (``exit_handler``: compiled code takes it without
+raising, ``direct``).  The other guards test the words at each execution.
 """
 import iced_x86
 
@@ -147,7 +153,14 @@ def _simple(word, bit, code, pre=None):
         if _hit(cpu, word, bit):
             _exit(cpu, ins, code)
     guard.__name__ = f"guard_{code.name.lower()}"
+    if pre is None:
+        RESOLVED[guard] = (word, bit, code)
     return guard
+
+
+# Guards decided by one intercept bit alone, outside SEV-ES guests: guard ->
+# (word, bit, exit code); ``wrap`` resolves them at translation.
+RESOLVED = {}
 
 
 def _pre_cpl0(cpu, ins):
@@ -312,6 +325,7 @@ def cpuid(cpu, ins):
 
 
 _CPUID = ExitCode.CPUID
+RESOLVED[cpuid] = (MISC1, 18, _CPUID)     # an SEV-ES guest's CPUID: the guard (#VC, reflect)
 
 
 def vmgexit(cpu, ins):
@@ -451,9 +465,61 @@ POST_GUARDS_BY_CODE = {C.MOV_CR_R32: cr_write_trap, C.MOV_CR_R64: cr_write_trap}
 POST_GUARDS = {M.CLTS: cr_write_trap, M.LMSW: cr_write_trap, M.WRMSR: efer_write_trap}
 
 
-def wrap(ins, fn):
+# ---------------------------------------------------------------- resolved at translation
+_KEYS: dict = {}              # (intercept words, SEV-ES) -> its block key
+_NEXT = [1]
+_KEYS_MAX = 4096
+
+
+def block_key(cpu):
+    """The guest-mode part of the block key (``hooks.block_key``): a number
+    for the intercept words and SEV-ES of this run, everything ``wrap``
+    decides by.  Numbers are never reused (a forgotten set gets a new one),
+    so a block is never found under inputs it was not translated for."""
+    s = cpu.svm
+    k = (s.words, s.es)
+    n = _KEYS.get(k)
+    if n is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        n = _KEYS[k] = _NEXT[0]
+        _NEXT[0] += 1
+    return n
+
+
+_EXITS: dict = {}
+
+
+def _world():
+    from . import world          # world imports the SVM unit's modules; not at import time
+    return world
+
+
+def exit_handler(code):
+    """The handler of an instruction whose intercept is set (resolved at
+    translation): it raises the exit, as its guard would (before the
+    instruction changes anything, NRIP the next instruction).  Compiled code
+    calls ``direct`` instead, with RIP at the instruction (``Engine._run``):
+    the same #VMEXIT as the engine's fault path (``vmexit_from`` of that
+    VmExit), without an exception."""
+    h = _EXITS.get(code)
+    if h is None:
+        def h(cpu, ins):
+            raise VmExit(code, 0, 0, ins.next_ip)
+
+        def direct(cpu, ins):
+            _world().vmexit(cpu, code, 0, 0, rip=cpu.rip, nrip=ins.next_ip)
+        h.__name__ = f"exit_{code.name.lower()}"
+        h.direct = direct
+        _EXITS[code] = h
+    return h
+
+
+def wrap(ins, fn, cpu=None):
     """The handler to run for ``ins`` in guest mode: ``fn`` between its guard
-    and, for CR/EFER writes, its write-trap check."""
+    and, for CR/EFER writes, its write-trap check; for a guard in
+    ``RESOLVED`` outside an SEV-ES guest, ``fn`` alone or the exit, as the
+    intercept words of ``cpu`` say (``block_key`` keys the block by them)."""
     guard = GUARDS_BY_CODE.get(ins.code) or GUARDS.get(ins.mnemonic)
     post = POST_GUARDS_BY_CODE.get(ins.code) or POST_GUARDS.get(ins.mnemonic)
     if guard is None or fn is not_reported:
@@ -461,6 +527,10 @@ def wrap(ins, fn):
         # (15.7: "instruction intercepts are checked after simple exceptions
         # (such as ... #UD)"); its feature is absent from CPUID.
         return fn
+    r = RESOLVED.get(guard)
+    if r is not None and post is None and cpu is not None and not cpu.svm.es:
+        word, bit, code = r
+        return exit_handler(code) if cpu.svm.words[word] >> bit & 1 else fn
     if post is None:
         def guarded(cpu, ins):
             guard(cpu, ins)

@@ -28,7 +28,10 @@ class SvmUnit(CpuHooks):
             cpu.svm.exits, cpu.svm.vmruns, cpu.svm.invalid = old.exits, old.vmruns, old.invalid
 
     def translate(self, cpu, ins, fn):
-        return guards.wrap(ins, fn)
+        return guards.wrap(ins, fn, cpu)
+
+    def block_key(self, cpu):
+        return guards.block_key(cpu)
 
     def cpuid_leaf(self, cpu, leaf):
         if leaf == 0x8000000A:

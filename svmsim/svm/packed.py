@@ -211,8 +211,22 @@ class Runs:
         for k, (off, _pack, a, b) in enumerate(runs):
             src.append(f"    p{k}(buf, base + {off}, {', '.join(f'v[{i}]' for i in range(a, b))})")
         ns = {f"p{k}": run[1] for k, run in enumerate(runs)}
+        # The same, writing only the runs whose values differ from ``old``:
+        # returns the first and the end offset of what it wrote, or None.
+        src.append("def pack_changed(buf, base, old, v):")
+        src.append("    lo = None")
+        for k, (off, _pack, a, b) in enumerate(runs):
+            end = fields[b - 1].end
+            test = (f"old[{a}:{b}] != v[{a}:{b}]" if b - a > 3
+                    else " or ".join(f"old[{i}] != v[{i}]" for i in range(a, b)))
+            src.append(f"    if {test}:")
+            src.append(f"        p{k}(buf, base + {off}, {', '.join(f'v[{i}]' for i in range(a, b))})")
+            src.append(f"        if lo is None:\n            lo = {off}")
+            src.append(f"        hi = {end}")
+        src.append("    return None if lo is None else (lo, hi)")
         exec("\n".join(src), ns)
         self._pack = ns["pack"]
+        self._pack_changed = ns["pack_changed"]
         fmt, pos = ["<"], fields[0].offset
         for f in fields:
             if f.offset > pos:
@@ -235,6 +249,18 @@ class Runs:
             self._pack(buf, base, [v & m for v, m in zip(values, self.masks)])
 
 
+    def pack_changed(self, buf, base: int, old, values):
+        """Write the runs in which ``values`` differ from ``old`` (what the
+        buffer holds, as ``unpack`` gives it); return the byte range
+        written, (first offset, end offset), or None when nothing was."""
+        if type(values) is not tuple:
+            values = tuple(values)              # runs are compared as tuple slices
+        try:
+            return self._pack_changed(buf, base, old, values)
+        except struct.error:
+            return self._pack_changed(buf, base, old, [v & m for v, m in zip(values, self.masks)])
+
+
 HOST_RUNS = Runs(HOST_FIELDS)
 
 
@@ -255,6 +281,40 @@ class Reader:
             pos = f.end
         self.start = fields[0].offset
         self.index = {f.name: i for i, f in enumerate(fields)}
+        self._unpack = struct.Struct("".join(fmt)).unpack_from
+
+    def unpack(self, buf, base: int = 0) -> tuple:
+        return self._unpack(buf, base + self.start)
+
+
+class ByteRuns:
+    """The bytes of some whole fields, read with one ``struct`` as byte
+    strings (``unpack(buf, base)`` -> a tuple of ``bytes``): one string per
+    run of the fields, runs merged across gaps that hold no other field of
+    the table (reserved bytes), the other bytes skipped.  Two reads are
+    equal exactly when every byte of the fields (and of those gaps) is: the
+    world switch's delta test (switch.py)."""
+
+    def __init__(self, fields):
+        fields = sorted(fields, key=lambda f: f.offset)
+        runs = []
+        for f in fields:
+            if f.parent is not None or f.bit:
+                raise ValueError(f"{f.name}: ByteRuns take whole fields")
+            if runs and f.offset < runs[-1][1]:
+                raise ValueError(f"{f.name} overlaps the previous field")
+            if runs and not any(runs[-1][1] < g.end and g.offset < f.offset for g in _TOP):
+                runs[-1][1] = f.end                       # only reserved bytes between: one run
+            else:
+                runs.append([f.offset, f.end])
+        fmt, pos = ["<"], runs[0][0]
+        for start, end in runs:
+            if start > pos:
+                fmt.append(f"{start - pos}x")
+            fmt.append(f"{end - start}s")
+            pos = end
+        self.runs = tuple(tuple(r) for r in runs)
+        self.start = runs[0][0]
         self._unpack = struct.Struct("".join(fmt)).unpack_from
 
     def unpack(self, buf, base: int = 0) -> tuple:

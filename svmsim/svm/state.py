@@ -95,6 +95,7 @@ class SvmState:
     vls_exit: bool = False                    # its enable bit set where it is not recognized (15.33.1)
     clean_cache: list = field(default_factory=list)   # cached VMCB fields (clean bits, 15.15.3; clean.py)
     cache_pa: object = None                   # the VMCB the cache belongs to
+    delta: object = None                      # switch.vmrun's values of the last VMCB it ran
     exits: dict = field(default_factory=dict)         # exit code -> count (the run's summary)
     vmruns: int = 0
     invalid: list = field(default_factory=list)   # InvalidReason of each VMEXIT_INVALID

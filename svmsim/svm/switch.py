@@ -33,7 +33,7 @@ from operator import itemgetter
 from ..cpu.flags import IF
 from ..cpu.state import CR0_PG, EFER_LME
 from . import avic, checks, clean, exits, world
-from .packed import CONTROL_READER, Reader
+from .packed import CONTROL_READER, ByteRuns, Reader
 from .vmcb import BY_NAME, field, _LOOKUP
 from .intercepts import WORD_NAMES
 
@@ -76,7 +76,8 @@ _CONTROL = itemgetter(*(C[n] for n in (
     "PAUSE_FILTER_COUNT", "PAUSE_FILTER_THRESHOLD", "MISC_CTL", "MISC_CTL2")))
 _GUEST = itemgetter(*(S[n] for n in _LOADED[:5]))
 _SEGS = itemgetter(*(S[n] for n in world._SEG_NAMES))
-_REGS = itemgetter(*(S[n] for n in ("RFLAGS", "RIP", "RSP", "RAX", "DR7", "DR6", "CPL")))
+_RFLAGS, _RIP, _RSP, _RAX, _DR7, _DR6, _CPL = (S[n] for n in ("RFLAGS", "RIP", "RSP", "RAX", "DR7",
+                                                                "DR6", "CPL"))
 _MISC, _INT_CTL, _INT_STATE = C["MISC_CTL"], C["INT_CTL"], C["INT_STATE"]
 _CLEAN, _TLB_CONTROL, _EVENTINJ, _NRIP, _GHCB = (C["VMCB_CLEAN"], C["TLB_CONTROL"], C["EVENTINJ"],
                                                   C["NRIP"], C["GHCB_GPA"])
@@ -85,6 +86,18 @@ _EFER, _CR0, _CR4 = S["EFER"], S["CR0"], S["CR4"]
 _SEV_BITS = (1 << field("SEV_ENABLE").bit) | (1 << field("SEV_ES_ENABLE").bit)
 _AVIC_BIT = field("AVIC_ENABLE").bit
 _SHADOW_BIT = field("INTERRUPT_SHADOW").bit
+# The delta (issue 14): the fields a hypervisor changes between two VMRUNs of
+# its loop (the guest's RIP, RSP, RAX, RFLAGS; NRIP for an injection) are
+# read at each VMRUN (_VOLATILE, in offset order); the exit information
+# VMRUN never reads (EXITCODE ... EXITINTINFO, INSN_LEN) is skipped; every
+# other byte this path reads is compared as byte strings (_STABLE) with the
+# bytes of the last VMRUN that took it.  None of the volatile fields is
+# covered by a clean bit or keys the consistency checks' memo.
+_VOLATILE_NAMES = ("NRIP", "RFLAGS", "RIP", "RSP", "RAX")
+_UNREAD = ("EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO", "INSN_LEN")
+assert not set(_VOLATILE_NAMES + _UNREAD) & set(clean.CLEAN_NAMES + checks.MEMO_FIELDS)
+_VOLATILE = Reader([BY_NAME[n] for n in _VOLATILE_NAMES]).unpack
+_STABLE = ByteRuns([BY_NAME[n] for n in (*C, *S) if n not in _VOLATILE_NAMES + _UNREAD]).unpack
 _LATER = [None, False]        # LATER_CHECKS as last seen, and whether one of them is not memoized
 
 
@@ -121,15 +134,26 @@ def vmrun(cpu, ins) -> None:
     else by world.vmrun."""
     s = cpu.svm
     bus = cpu.bus
-    machine = cpu.machine
     vmcb_pa = cpu.regs[0] & ((1 << (8 * ins.asize)) - 1)
     hsave_pa = cpu.msr.get(world.VM_HSAVE_PA, 0)
     off = bus.ram_offset(vmcb_pa)
     hoff = bus.ram_offset(hsave_pa)
     if (off is None or hoff is None or hsave_pa & 0xFFF or s.caps is None
-            or machine.rmp.enabled or not world.DIRECT):
+            or cpu.machine.rmp.enabled or not world.DIRECT):
         return world.vmrun(cpu, ins)
     buf = bus.ram.buf
+    msr = cpu.msr
+    d = s.delta
+    # The delta: every byte this path decides on is as the last time it ran
+    # on this VMCB (the volatile fields aside), and the clean-bit copy and the
+    # checks' memo are where that VMRUN left them (the VMCB's part of the key
+    # is d[3]): the same decision, from the same values.
+    if (d is not None and d[0] == vmcb_pa and _STABLE(buf, off) == d[1] and s.cache_pa == vmcb_pa
+            and s.clean_cache == d[2]
+            and (d[3], cpu.cr0, cpu.efer, msr.get(SYSCFG), msr.get(HWCR), False, s.caps) == s.checked
+            and not _later_unmemoized()):
+        _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, *_VOLATILE(buf, off))
+        return
     ctrl = CONTROL_READER.unpack(buf, off)
     if ctrl[_MISC] & _SEV_BITS:
         return world.vmrun(cpu, ins)
@@ -141,54 +165,70 @@ def vmrun(cpu, ins) -> None:
     # Consistency checks (15.5.1): passed already for these values.
     if save[_CR0] & CR0_PG and save[_CR4] & CR4_PAE and not save[_EFER] & EFER_LME:
         return world.vmrun(cpu, ins)            # the PDPE check reads memory: always runs
-    msr = cpu.msr
-    key = (_MEMO_C(ctrl) + _MEMO_S(save), cpu.cr0, cpu.efer, msr.get(SYSCFG), msr.get(HWCR),
-           False, s.caps)
+    vmcb_key = _MEMO_C(ctrl) + _MEMO_S(save)
+    key = (vmcb_key, cpu.cr0, cpu.efer, msr.get(SYSCFG), msr.get(HWCR), False, s.caps)
     if key != s.checked or _later_unmemoized():
         return world.vmrun(cpu, ins)
-
     s.cache_pa = vmcb_pa
     s.clean_cache = cur
+    d = s.delta = (vmcb_pa, _STABLE(buf, off), list(cur), vmcb_key, _WORDS(ctrl), _CONTROL(ctrl),
+                   _GUEST(save), _SEGS(save), save[_DR7], save[_DR6], save[_CPL], ctrl[_GHCB],
+                   ctrl[_INT_CTL] >> _AVIC_BIT & 1, bool(ctrl[_INT_STATE] >> _SHADOW_BIT & 1),
+                   ctrl[_TLB_CONTROL], ctrl[_EVENTINJ])
+    _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, ctrl[_NRIP], save[_RFLAGS], save[_RIP],
+           save[_RSP], save[_RAX], ctrl, save)
+
+
+def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp, rax,
+           ctrl=None, save=None) -> None:
+    """VMRUN's work once its checks have passed: save the host, load the
+    control area and the guest (``d``: the values of the delta, see vmrun;
+    the volatile fields as arguments; ``ctrl``/``save``: the two areas, or
+    None to read them again for the code that reads fields by name)."""
+    machine = cpu.machine
     s.vmcb_pa = vmcb_pa
     s.host_if = bool(cpu.rflags & IF)
-    world.save_host(cpu, bus, hsave_pa, ins.next_ip)
+    world.save_host(cpu, bus, hsave_pa, ins.next_ip, hoff)
     s.vmruns += 1
-    world._load_control_values(cpu, _WORDS(ctrl), *_CONTROL(ctrl))
+    world._load_control_values(cpu, d[4], *d[5])
     host_cr4, host_efer = cpu.cr4, cpu.efer
     host_key = world.fast_key(cpu)
-    world._load_guest_values(cpu, *_GUEST(save), _SEGS(save), *_REGS(save))
+    world._load_guest_values(cpu, *d[6], d[7], rflags, rip, rsp, rax, d[8], d[9], d[10])
     s.sev = s.es = False
     cpu.sev_asid = 0
     if s.caps_es:
-        msr[world.GHCB_MSR] = ctrl[_GHCB]                 # 15.35.7
+        cpu.msr[world.GHCB_MSR] = d[11]                   # 15.35.7
     view = None
+    if s.np_enable or d[12] or s.lbr_virt:
+        if ctrl is None:
+            buf, off = bus.ram.buf, bus.ram_offset(vmcb_pa)
+            ctrl, save = CONTROL_READER.unpack(buf, off), _SAVE_READER.unpack(buf, off)
+        view = Fields(ctrl, save)
     if s.np_enable:
         from . import npt
-        view = Fields(ctrl, save)
         npt.setup(cpu, view, host_cr4, host_efer)
-    if ctrl[_INT_CTL] >> _AVIC_BIT & 1:
-        avic.load(cpu, view or Fields(ctrl, save))
+    if d[12]:
+        avic.load(cpu, view)
     else:
         s.avic = s.x2avic = False
     if s.lbr_virt:
         s.host_lbr = {}
-        world._lbr_switch(cpu, view or Fields(ctrl, save), s.host_lbr)
+        world._lbr_switch(cpu, view, s.host_lbr)
     cpu.svm_guest = True
-    cpu.shadow = bool(ctrl[_INT_STATE] >> _SHADOW_BIT & 1)
+    cpu.shadow = d[13]
     cpu.halted = False
     tlb = cpu.tlb
     tlb.switch(s.asid, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, keep_fast=True)
     tlb.select_fast(host_key, world.fast_key(cpu))
-    world._tlb_control(cpu, ctrl[_TLB_CONTROL], s.asid)
+    world._tlb_control(cpu, d[14], s.asid)
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True
-    eventinj = ctrl[_EVENTINJ]
+    eventinj = d[15]
     if machine.listeners:
         machine.svm_event(cpu, "vmrun", {"vmcb": vmcb_pa, "asid": s.asid, "rip": cpu.rip,
                                          "eventinj": eventinj})
     if eventinj & exits.EVENT_V:
-        world.inject(cpu, eventinj, ctrl[_NRIP])
+        world.inject(cpu, eventinj, nrip)
     else:
         world._rip_limit_check(cpu)
-

@@ -11,7 +11,6 @@ The host save area's format is implementation-specific (APM 15.5.1,
 "VM_HSAVE_PA"); svmsim uses the VMCB's own save-area layout, as QEMU does,
 so a hypervisor author can dump it with ``VmcbView(bus, hsave_pa).dump()``.
 """
-import struct
 from operator import itemgetter
 
 from ..cpu.exceptions import CpuException, Shutdown
@@ -121,25 +120,28 @@ def _hsave_page(bus, hsave_pa) -> bytearray:
     return bytearray(bus.read_bytes(hsave_pa + HOST_PACKED.start, HOST_PACKED.end - HOST_PACKED.start))
 
 
-def save_host(cpu, bus, hsave_pa: int, next_rip: int) -> None:
+def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
     """VMRUN step "save host state" (APM vol 3 VMRUN: ES CS SS DS, GDTR,
     IDTR, EFER, CR0, CR4, CR3, RFLAGS, RIP of the next instruction, RSP, RAX),
     into the host save area at ``hsave_pa``: one pack per run of adjacent
-    fields (packed.HOST_RUNS) when the page is RAM."""
+    fields (packed.HOST_RUNS) when the page is RAM (``off``: its RAM offset
+    when the caller has it)."""
     es, cs, ss, ds = cpu.segs[:4]                 # _segment_values, inlined (hot path)
     new = (es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
            cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0])
     cpu.svm.host_segs = _stash(es, cs, ss, ds, new)
-    off = None if hsave_pa & 0xFFF or not DIRECT else bus.ram_offset(hsave_pa)
+    if off is None and DIRECT and not hsave_pa & 0xFFF:
+        off = bus.ram_offset(hsave_pa)
     if off is not None:
         buf = bus.ram.buf
-        if HOST_RUNS.unpack(buf, off) == new:
-            return          # the area holds these values already (a hypervisor's loop): same bytes
-        HOST_RUNS.pack_into(buf, off, new)
-        for watch in bus.write_watchers:
-            watch(off + HOST_PACKED.start, HOST_PACKED.end - HOST_PACKED.start)
+        old = HOST_RUNS.unpack(buf, off)
+        if old != new:      # else the area holds these values already (a hypervisor's loop)
+            span = HOST_RUNS.pack_changed(buf, off, old, new)     # often RFLAGS alone
+            if span is not None:
+                for watch in bus.write_watchers:
+                    watch(off + span[0], span[1] - span[0])
         return
     area = _hsave_page(bus, hsave_pa)
     vals = HOST_PACKED.unpack(area, -HOST_PACKED.start)
@@ -690,14 +692,22 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
 # the exit information; the optional exit fields one by one.
 _EXIT_GUEST_NAMES = (*_SEG_NAMES, "CPL", "EFER", "CR4", "CR3", "CR0", "DR7", "DR6", "RFLAGS", "RIP",
                      "RSP", "RAX", "CR2")
-_EXIT_GUEST = Runs(_EXIT_GUEST_NAMES)
-_EXIT_CONTROL = Runs(("INT_CTL", "INT_STATE", "EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO",
-                      "EVENTINJ"))
-_EXIT_CONTROL_GHCB = Runs(("INT_CTL", "INT_STATE", "EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO",
-                           "GHCB_GPA", "EVENTINJ"))
-_EXIT_READ = Runs(("INT_CTL", "INT_STATE", "EVENTINJ")).unpack
-_EXIT_OPTIONAL = {n: field_packer(n) for n in ("NRIP", "INSN_LEN", "INSN_BYTES", "GHCB_GPA")}
-_EXIT_SPAN = (0x060, 0x648 - 0x060)              # the bytes written (for the write watchers)
+# The control fields #VMEXIT writes, in offset order, before the guest
+# state: one Runs per combination of the optional ones (GHCB_GPA; NRIP with
+# NRIP saving; INSN_LEN with decode assists).  INSN_BYTES (15 bytes) is
+# written on its own.
+_EXIT_RUNS = {}
+for _g in (False, True):
+    for _n in (False, True):
+        for _i in (False, True):
+            _EXIT_RUNS[_g, _n, _i] = Runs(
+                ("INT_CTL", "INT_STATE", "EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO")
+                + ("GHCB_GPA",) * _g + ("EVENTINJ",) + ("NRIP",) * _n + ("INSN_LEN",) * _i
+                + _EXIT_GUEST_NAMES)
+del _g, _n, _i
+_EXIT_EVENTINJ = {k: r.names.index("EVENTINJ") for k, r in _EXIT_RUNS.items()}
+_INSN_BYTES = field_packer("INSN_BYTES")
+_INSN_BYTES_AT = (field("INSN_BYTES").offset, field("INSN_BYTES").end)
 # The written guest fields a clean bit covers fill one slice of the clean-bit
 # copy (clean.CLEAN_NAMES lists them by clean bit, control-area fields first;
 # none between them is left unwritten): _EXIT_CLEAN_AT, and a getter of their
@@ -714,52 +724,47 @@ del _ci
 
 def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: int,
               exitintinfo: int, nrip, insn, ghcb) -> None:
-    """#VMEXIT's VMCB writes into the page at RAM offset ``off`` (see
-    _EXIT_GUEST); the clean-bit copy follows every written field it holds.
-    ``nrip`` (NRIP saving), ``insn`` (decode assists: the bytes, maybe none)
-    and ``ghcb`` (GHCB_GPA) are None when not written."""
+    """#VMEXIT's VMCB writes into the page at RAM offset ``off``: the
+    written-back controls, the exit information and the guest state, with
+    one read of what the VMCB holds and one pack per run of adjacent fields
+    whose values differ from it (a loop's guest usually changes RIP alone:
+    the same bytes as writing every field); the clean-bit copy follows every
+    written field it holds.  ``nrip`` (NRIP saving), ``insn`` (decode
+    assists: the bytes, maybe none) and ``ghcb`` (GHCB_GPA) are None when
+    not written."""
     buf = bus.ram.buf
-    int_ctl, int_state, eventinj = _EXIT_READ(buf, off)
-    int_ctl, int_state = _control_words(cpu, int_ctl, int_state)
+    kind = (ghcb is not None, nrip is not None, insn is not None)
+    runs = _EXIT_RUNS[kind]
+    old = runs.unpack(buf, off)
+    int_ctl, int_state = _control_words(cpu, old[0], old[1])
+    head = (int_ctl, int_state, code, info1, info2, exitintinfo)
+    if ghcb is not None:
+        head += (ghcb,)
+    head += (old[_EXIT_EVENTINJ[kind]] & ~exits.EVENT_V,)
+    if nrip is not None:
+        head += (nrip,)
+    if insn is not None:
+        head += (len(insn),)
     es, cs, ss, ds = cpu.segs[:4]
-    new = [es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
+    new = (es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
            cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
-           cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2]
-    _EXIT_GUEST.pack_into(buf, off, new)
+           cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2)
+    span = runs.pack_changed(buf, off, old, head + new)
+    if insn:
+        _INSN_BYTES(buf, off, int.from_bytes(insn.ljust(15, b"\0"), "little"))
+        span = _INSN_BYTES_AT if span is None else (min(span[0], _INSN_BYTES_AT[0]),
+                                                    max(span[1], _INSN_BYTES_AT[1]))
     cpu.svm.guest_segs = _stash(es, cs, ss, ds, new)
-    if ghcb is None:
-        _EXIT_CONTROL.pack_into(buf, off, (int_ctl, int_state, code, info1, info2, exitintinfo,
-                                           eventinj & ~exits.EVENT_V))
-    else:
-        _EXIT_CONTROL_GHCB.pack_into(buf, off, (int_ctl, int_state, code, info1, info2, exitintinfo,
-                                                ghcb, eventinj & ~exits.EVENT_V))
-    if insn is not None:
-        if nrip is None:
-            _EXIT_OPTIONAL["INSN_LEN"](buf, off, len(insn))
-            if insn:
-                _EXIT_OPTIONAL["INSN_BYTES"](buf, off, int.from_bytes(insn.ljust(15, b"\0"), "little"))
-        elif insn:
-            _EXIT_DECODE(buf, off + _NRIP_OFFSET, nrip, len(insn), insn)   # NRIP, INSN_LEN, INSN_BYTES
-        else:
-            _EXIT_NRIP_LEN(buf, off + _NRIP_OFFSET, nrip, 0)              # NRIP, INSN_LEN
-    elif nrip is not None:
-        _EXIT_OPTIONAL["NRIP"](buf, off, nrip)
-    start, n = _EXIT_SPAN
-    for watch in bus.write_watchers:
-        watch(off + start, n)
+    if span is not None:       # unchanged bytes need no notice (SMC, SEV lines: world.save_host)
+        start, end = span
+        for watch in bus.write_watchers:
+            watch(off + start, end - start)
     cache = cpu.svm.clean_cache
     if cache:
         cache[_EXIT_CLEAN_AT] = _EXIT_CLEAN(new)
         cache[_CLEAN_INT_CTL] = int_ctl
-
-
-# NRIP, INSN_LEN and INSN_BYTES are adjacent (table B-1, 0C8h-0DFh): one pack.
-_NRIP_OFFSET = field("NRIP").offset
-assert (field("INSN_LEN").offset, field("INSN_BYTES").offset) == (_NRIP_OFFSET + 8, _NRIP_OFFSET + 9)
-_EXIT_DECODE = struct.Struct("<QB15s").pack_into
-_EXIT_NRIP_LEN = struct.Struct("<QB").pack_into
 
 
 def _snp_exit_info(g, code, info1, info2, exitintinfo, nrip) -> None:

@@ -287,11 +287,17 @@ class Reader:
         return self._unpack(buf, base + self.start)
 
 
+# Byte ranges of the VMCB page that hold something: the table's fields and
+# the 32 bytes at 3E0h the APM leaves to software (vmcb.py's docstring).
+_OTHERS = tuple((f.offset, f.end) for f in _TOP) + ((0x3E0, 0x400),)
+
+
 class ByteRuns:
     """The bytes of some whole fields, read with one ``struct`` as byte
     strings (``unpack(buf, base)`` -> a tuple of ``bytes``): one string per
     run of the fields, runs merged across gaps that hold no other field of
-    the table (reserved bytes), the other bytes skipped.  Two reads are
+    the table and none of the software's bytes (reserved bytes), the other
+    bytes skipped.  Two reads are
     equal exactly when every byte of the fields (and of those gaps) is: the
     world switch's delta test (switch.py)."""
 
@@ -303,7 +309,8 @@ class ByteRuns:
                 raise ValueError(f"{f.name}: ByteRuns take whole fields")
             if runs and f.offset < runs[-1][1]:
                 raise ValueError(f"{f.name} overlaps the previous field")
-            if runs and not any(runs[-1][1] < g.end and g.offset < f.offset for g in _TOP):
+            gap = (runs[-1][1], f.offset) if runs else None
+            if runs and not any(gap[0] < end and start < gap[1] for start, end in _OTHERS):
                 runs[-1][1] = f.end                       # only reserved bytes between: one run
             else:
                 runs.append([f.offset, f.end])

@@ -550,6 +550,7 @@ class Gen:
             return
         s = o.size
         c = self._const(o)
+        code = None
         if c is not None:
             x = c & 0xFFF
             if x > 0x1000 - s:
@@ -560,6 +561,7 @@ class Gen:
             self.emit(f"if q{k} is not None:")
             self._store(s, f"q{k} + {x:#x}", v, x % s == 0, 1)
             lin, off = f"{c:#x}", f"{c:#x}"
+            code = (k, x, s, v)
         elif s in (4, 8) and _LITTLE:
             off, lin = self._lin(o, k)
             self.views.add(s)
@@ -584,7 +586,7 @@ class Gen:
                 self.views.add(s)
                 self.emit(f"if q{k} is not None and not {lin} & {s - 1}:")
                 self.emit(f"M{s}[(q{k} + ({lin} & 0xFFF)) >> {_SHIFT[s]}] = {v}", 1)
-        self.slow_store(f"_wr(cpu, q{k}, {lin}, {o.seg}, {off}, {s}, {v})")
+        self.slow_store(f"_wr(cpu, q{k}, {lin}, {o.seg}, {off}, {s}, {v})", code)
         self.slow_write = True
         self._slow_at = len(self.lines)
 
@@ -845,7 +847,7 @@ class Gen:
     def goto_version(self, target, ind=0):
         """Continue at ``target``, where the members are versions of one
         block: the one that is the live block now (``BG``: the engine's block
-        look-up; a write to the code swaps it, engine.py ``_swap``), checked
+        look-up; a write to the code swaps it, engine.py ``_on_ram_write``), checked
         like a backward transition; if none of them is (a version decoded
         after this region was compiled), leave."""
         self.loops = True
@@ -864,7 +866,7 @@ class Gen:
         self.emit("continue", ind + 1)
         self.exit(target, self.n, ind)
 
-    def slow_store(self, call):
+    def slow_store(self, call, code=None):
         """The ``elif`` branch of a store the caches did not take: ``call``
         (``_wr``/``_wrA``) is True when it took the slow path (MMIO,
         translated code, a fault check), and then the region is left at the
@@ -872,7 +874,11 @@ class Gen:
         ``after_slow_write``), unless all the store did was swap the live
         version of a block the region reaches only through ``goto_version``
         (``Engine.smc`` then holds that block's key, cleared before the store
-        so only this store's write counts), other than the running one."""
+        so only this store's write counts), other than the running one.
+        ``code``: (k, page offset, size, value) of a store to a constant
+        address whose page the code-page cache holds (``_fc_probe``: ``c<k>``
+        is not None here only if the bytes are translated code): that write
+        is done here, as ``_wr`` does it."""
         self.slow_write = True
         cur = self.members[self.cur].key
         vx = frozenset(b.key for sel in self.vsel.values() for b in sel) - {cur}
@@ -883,6 +889,17 @@ class Gen:
         self.ns[f"VX{self.cur}"] = vx
         self.emit("else:")
         self.emit("SMC[0] = 0", 1)
+        if code is not None:
+            k, x, s, v = code
+            self.emit(f"if c{k} is not None:", 1)
+            self.emit(f"w{k} = c{k}[0] + {x:#x}", 2)
+            self._store(s, f"w{k}", v, x % s == 0, 2)
+            self.emit("for watch in WW:", 2)
+            self.emit(f"watch(w{k}, {s})", 3)
+            self.emit(f"c{k} = True", 2)
+            self.emit("else:", 1)
+            self.emit(f"c{k} = {call}", 2)
+            call = f"c{k}"
         self.emit(f"if {call}:", 1)
         self.emit(f"if SMC[0] in VX{self.cur}:", 2)
         self.emit("SMC[0] = 0", 3)
@@ -2458,6 +2475,7 @@ def compile_now(blk, cpu, members=None, vips=()):
     env["LK"] = line_of
     env["SMC"] = cpu.machine.engine.smc
     env["BG"] = cpu.machine.engine.blocks.get
+    env["WW"] = cpu.bus.write_watchers
     exec(code, env)
     fn = env[f"blk_{blk.insns[0].ip:x}"]
     fn.source = src

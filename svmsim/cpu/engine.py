@@ -79,6 +79,7 @@ class Engine:
         # runs as rewritten (the check clears it).
         self.smc = [0]
         self.bus.write_watchers.append(self._on_ram_write)
+        self.ram = self.bus.ram.buf
         ops.load_all()
         if not _VIMM_OPS:
             _vimm_ops()
@@ -268,20 +269,23 @@ class Engine:
         self.stats["blocks_translated"] += 1
         return blk
 
-    def _revive(self, blk, key):
+    def _revive(self, blk, key, cp=None):
         """A block dropped by a write whose bytes are back as they were
         (Engine.dropped) is the live version again, as it was decoded and
         compiled: its byte ranges are still registered in its code page
-        unless another version replaced them, and its compiled region is kept
-        while every other member of it is live (the same block objects, so
-        the same bytes)."""
-        self.blocks[key] = blk
-        cp = self.code_pages.get(blk.page >> 12) or self._code_page(blk.page >> 12)
+        (``cp``, if the caller has it) unless another version replaced them,
+        and its compiled region is kept while every member the region runs
+        statically is live (the same block objects, so the same bytes; the
+        versions it selects at run time are checked there, codegen
+        ``goto_version``)."""
+        blocks = self.blocks
+        blocks[key] = blk
+        if cp is None:
+            cp = self.code_pages.get(blk.page >> 12) or self._code_page(blk.page >> 12)
         if cp.blocks.get(key) != blk.reg:
             cp.set(key, blk.reg)
         fn = blk.compiled
         if fn is not None:
-            blocks = self.blocks
             regions = self.regions
             for m in fn.static:
                 if blocks.get(m.key) is not m:
@@ -290,7 +294,11 @@ class Engine:
                     break
             else:
                 for m in fn.static:
-                    regions.setdefault(m.key, set()).add(key)
+                    heads = regions.get(m.key)
+                    if heads is None:
+                        regions[m.key] = {key}
+                    else:
+                        heads.add(key)
         self.stats["blocks_revived"] += 1
         return blk
 
@@ -417,10 +425,15 @@ class Engine:
         if cp is None:
             return
         lo = off & 0xFFF
-        keys = cp.written(lo, lo + n)
-        if not keys:
-            return
+        hi = lo + n
+        if cp.map.find(1, lo, hi) < 0:
+            return                           # data next to code
+        keys = cp.hits.get((lo, hi))
+        if keys is None:
+            keys = cp.written(lo, hi)
         blocks = self.blocks
+        dropped = self.dropped
+        regions = self.regions
         hits = 0
         swapped = None
         for k in keys:
@@ -428,51 +441,60 @@ class Engine:
             if blk is None:
                 continue                     # kept, not live (or dropped with its page elsewhere)
             hits += 1
-            if blk.imms != ():              # it may have an immediate the write patched
-                self._note_patched_imm(cp, blk, page, lo, lo + n)
-            if blk.code is not None and blk.page >> 12 == page:
-                for _, b in self.dropped.get(k, ()):
-                    if b is blk:
-                        break               # kept already (a version taken back)
-                else:
-                    self._keep_dropped(blk)
-                del blocks[k]
-                self.stats["blocks_invalidated"] += 1
-                if k in self.regions:
-                    self._drop_regions(k)
-                if self._swap(blk, page):
-                    swapped = k
-            else:
+            imms = blk.imms
+            if imms is None:                 # it may have an immediate the write patched
+                self._note_patched_imm(cp, blk, page, lo, hi)
+            elif imms and blk.page >> 12 == page:
+                for a, end, start in imms:
+                    if a <= lo and hi <= end:
+                        cp.volatile.add(start)      # as _note_patched_imm
+                        break
+            if blk.code is None or blk.page >> 12 != page:
                 self.invalidate(k)
+                continue
+            # In one pass: is it kept already (a version taken back), and is
+            # a kept version's code what RAM holds now (an opcode flipped
+            # back: that version is the live block again right away, as
+            # translate would take it back when the block next runs)?
+            variants = dropped.get(k)
+            kept = False
+            match = None
+            if variants is not None:
+                if len(variants) > 1 and self.instrument is None and not (
+                        self.bus.dirty and page in self.bus.dirty):   # else RAM may be behind a line
+                    a = blk.page + blk.lo
+                    ip = blk.insns[0].ip
+                    ram = self.ram
+                    for code, old in variants:
+                        if old is blk:
+                            kept = True
+                        elif (match is None and ram[a:a + len(code)] == code and old.page == blk.page
+                              and old.insns[0].ip == ip):
+                            match = old
+                else:
+                    for _, b in variants:
+                        if b is blk:
+                            kept = True
+                            break
+            if not kept:
+                self._keep_dropped(blk)
+            self.stats["blocks_invalidated"] += 1
+            if k in regions:
+                del blocks[k]
+                self._drop_regions(k)
+            elif match is None:
+                del blocks[k]
+            if match is not None:
+                self._revive(match, k, cp)       # replaces it in blocks
+                swapped = k
         if hits:
             # Engine.smc: the key of the one block the write swapped for a
             # kept version (compiled code that selects that block's version
-            # goes on, codegen Gen.code_write), else 1; two writes before
+            # goes on, codegen Gen.slow_store), else 1; two writes before
             # anyone looks: 1 unless both swapped the same block.
             new = swapped if hits == 1 and swapped is not None else 1
             cur = self.smc[0]
             self.smc[0] = new if not cur or cur == new else 1
-
-    def _swap(self, blk, page):
-        """The write just dropped ``blk``: if its bytes are now those of a
-        kept version of it (an opcode flipped back), that version is the
-        live block again right away (``_revive``, as ``translate`` would when
-        the block is next run: its whole code compared with RAM), so the
-        next dispatch finds it without translating."""
-        variants = self.dropped.get(blk.key)
-        if variants is None or len(variants) < 2 or self.instrument is not None:
-            return False
-        if self.bus.dirty and page in self.bus.dirty:
-            return False                    # RAM may be behind a CPU's decrypted line
-        ram = self.bus.ram.buf
-        ip = blk.insns[0].ip
-        a = blk.page + blk.lo
-        for code, old in variants:
-            if (old is not blk and old.page == blk.page and old.insns[0].ip == ip
-                    and ram[a:a + len(code)] == code):
-                self._revive(old, blk.key)
-                return True
-        return False
 
     def _note_patched_imm(self, cp, blk, page, lo, hi):
         """A write to bytes [lo, hi) of RAM page ``page`` hit block ``blk``:

@@ -31,7 +31,9 @@ the host-side cost differs:
   also leaves when ``cpu.pending`` or ``machine.stopping`` is set, and any
   move leaves after a generic handler or a slow-path write (``lim = -1``).
   A slow-path write that changed translated code (``Engine.smc``) leaves
-  right after its instruction (``CodeChanged``).
+  right after its instruction (``CodeChanged``), unless all it did was swap
+  the version of a block whose versions the region selects at run time
+  (``Gen.goto_version``: code flipping between versions).
 
 Precise faults (APM vol 2, 8.1): every instruction writes its register
 locals only after its last access that can fault.  The ``except`` clause maps

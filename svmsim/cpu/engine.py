@@ -76,7 +76,10 @@ class Engine:
         self.dropped: dict = {}
         # Set when a write changes translated code; running code checks it
         # after a write so a rewritten later instruction of the same block
-        # runs as rewritten (the check clears it).
+        # runs as rewritten (the check clears it).  1, or the key of the one
+        # block the write swapped for a kept version of it (_on_ram_write):
+        # a compiled region that selects that block's version at run time
+        # goes on (codegen Gen.slow_store).
         self.smc = [0]
         self.bus.write_watchers.append(self._on_ram_write)
         self.ram = self.bus.ram.buf

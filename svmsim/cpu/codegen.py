@@ -78,6 +78,8 @@ _LITTLE = sys.byteorder == "little"
 OP_ADD, OP_SUB, OP_LOGIC, OP_INC, OP_DEC, OP_SHIFT = 0, 1, 2, 3, 4, 5
 
 _CACHE: dict = {}                     # generated source -> code object
+FULL_LOAD = 7                         # registers used from which a region loads all 16 at once
+FULL_FLUSH = 6                        # registers written from which it stores all 16 at once
 _CACHE_MAX = 2048                     # code objects kept (bounded memory)
 stats = {"compiled": 0, "cache_hits": 0, "declined": 0}
 
@@ -1041,6 +1043,15 @@ class Gen:
                 heads[first] = (lo, hi, writes, ref)
                 for p, slot in ops:
                     self.stack[p] = (first, slot - ref)
+        self.based = {}
+        bheads = {}
+        if self.long64 and _LITTLE:
+            for b, ops, lo, hi, writes in base_groups(blk):
+                first = ops[0][0]
+                ref = next((d for p, d, st in ops if st), ops[0][1]) if writes else ops[0][1]
+                bheads[first] = (b, lo, hi, writes, ref)
+                for p, d, st in ops:
+                    self.based[p] = (first, (d - ref) // 8)
         if self.long64 and blk.insns[-1].target == blk.insns[0].ip:
             loop = _store_loop(blk)
             if loop is not None:
@@ -1058,6 +1069,8 @@ class Gen:
                             else (None if self.seen_writer else ("entry", self.cur)))
             if p in heads:
                 self.stack_head(*heads[p])
+            if p in bheads:
+                self.base_head(*bheads[p])
             tmpl = TEMPLATES.get(ins.fn) or _gif_template(ins.fn) or \
                 (t_direct if getattr(ins.fn, "direct", None) is not None else None)
             mark = len(self.lines)
@@ -1096,6 +1109,7 @@ class Gen:
 
     _ended = False
     _qprev = _qmemo = None
+    all_regs = False             # assemble(): every register loaded (FULL_LOAD)
     _slow_at = -1                # len(lines) right after a slow-path store's "lim = -1"
 
     def stack_head(self, lo, hi, writes, ref):
@@ -1123,6 +1137,36 @@ class Gen:
         self.emit(f"sx{j} = g4 & 0xFFF")
         self.emit(f"sb{j} = {cache}g({at}) if {' and '.join(bounds)} else None" if bounds
                   else f"sb{j} = {cache}g({at})")
+
+    def base_head(self, b, lo, hi, writes, ref):
+        """Start of a base group (``base_groups``): one address-cache look-up
+        for the 8-byte MOVs at [B + d] that follow with B unchanged, as
+        ``stack_head`` does for rSP: ``bb<k>`` is the index in ``M8`` of
+        [B + ref], or None when that address is not cached or the group's
+        bytes [B + lo, B + hi) are not all in its page (each MOV then takes
+        its own path)."""
+        self.uses_mem = True
+        self.views.add(8)
+        self.used.add(b)
+        j = self.k
+        cache = "a8w" if writes else "a8r"
+        self.addr.add(cache)
+        at = f"g{b}" if not ref else (f"g{b} + {ref:#x}" if ref > 0 else f"g{b} - {-ref:#x}")
+        bounds = []
+        if lo < 0:
+            bounds.append(f"{-lo:#x} <= bx{j}")
+        if hi > 1:
+            bounds.append(f"bx{j} <= {0x1000 - hi:#x}")
+        self.emit(f"bx{j} = g{b} & 0xFFF")
+        self.emit(f"bb{j} = {cache}g({at}) if {' and '.join(bounds)} else None" if bounds
+                  else f"bb{j} = {cache}g({at})")
+
+    def base_slot(self):
+        """(``bb`` name, slot) if the current instruction is in a base group."""
+        e = self.based.get(self.pos[-1])
+        if e is None:
+            return None
+        return f"bb{self.k - (self.pos[-1] - e[0])}", e[1]
 
     def stack_slot(self):
         """(``sb`` name, slot) if the current instruction is in a stack group."""
@@ -1249,6 +1293,9 @@ class Gen:
         return out
 
     def _flush_lines(self):
+        if self.all_regs and len(self.ever_dirty) >= FULL_FLUSH:
+            # Every register is a local (all_regs): one slice store.
+            return ["regs[:] = " + ", ".join("g%d" % i for i in range(16))]
         return ["regs[%d] = g%d" % (i, i) for i in sorted(self.ever_dirty)]
 
     def assemble(self):
@@ -1279,7 +1326,13 @@ class Gen:
             pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
         if self.uses_eb:
             reload += ["eb4 = cpu.ebase[4]", "eb5 = cpu.ebase[5]"]
-        reload += ["g%d = regs[%d]" % (i, i) for i in regs]
+        # Many registers: all sixteen in one unpack (cheaper than a load
+        # each), and then every one is a local the flush may store.
+        self.all_regs = len(regs) >= FULL_LOAD
+        if self.all_regs:
+            reload.append(", ".join("g%d" % i for i in range(16)) + " = regs")
+        else:
+            reload += ["g%d = regs[%d]" % (i, i) for i in regs]
         pre += ["    " + s for s in reload]
         if self.loops:
             pre.append("    machine = cpu.machine")
@@ -1507,6 +1560,32 @@ def _unary(neg):
 def t_mov(g, ins, k, is_last):
     d = g.operand(ins, 0)
     s = g.operand(ins, 1)
+    grp = g.base_slot()
+    if grp is not None:
+        # In a base group (Gen.base_head): index its page directly; the
+        # ordinary code below is the fallback.
+        bbn, slot = grp
+        at = f"M8[{_slot_ix(bbn, slot)}]"
+        if d.kind == "reg":
+            g.used.add(d.idx)
+            g.dirty.add(d.idx)
+            g.ever_dirty.add(d.idx)
+            g.emit(f"if {bbn} is not None:")
+            g.emit(f"g{d.idx} = {at}", 1)
+            g.emit("else:")
+            g.ind += 1
+            g.mem_read(s, k, into="g%d" % d.idx)
+            g.ind -= 1
+            g.set_narrow(d.idx, 8)
+            return True
+        v = g.read(s, k)
+        g.emit(f"if {bbn} is not None:")
+        g.emit(f"{at} = {v}", 1)
+        g.emit("else:")
+        g.ind += 1
+        g.mem_write(d, k, v)
+        g.ind -= 1
+        return True
     if s.kind == "mem" and d.kind == "reg" and d.size >= 4 and not d.high:
         g.used.add(d.idx)
         g.dirty.add(d.idx)
@@ -2004,6 +2083,117 @@ def stack_groups(blk):
     if run is not None and _worth_group(run):
         out.append(tuple(run))
     return [(ops, lo, hi, writes) for ops, lo, hi, writes, _ in out]
+
+
+BASE_MIN_OPS = 3
+
+
+def _base_op(ins):
+    """(B, d, store) if ``ins`` is an 8-byte MOV between a general register
+    (or an immediate, storing) and [B + d] in 64-bit addressing, B a general
+    register other than rSP, no index, no FS/GS; else None."""
+    if ins.fn is not data.mov or ins.osize != 8 or ins.asize != 8:
+        return None
+    i = ins.iced
+    if i.op_count != 2:
+        return None
+    k0, k1 = i.op0_kind, i.op1_kind
+    if k0 == OpKind.MEMORY and (k1 == OpKind.REGISTER or k1 in _IMM_KINDS):
+        store = True
+        r = i.op1_register if k1 == OpKind.REGISTER else None
+    elif k0 == OpKind.REGISTER and k1 == OpKind.MEMORY:
+        store, r = False, i.op0_register
+    else:
+        return None
+    if r is not None:
+        g = GPR.get(r)
+        if g is None or g[1] != 8 or g[2]:
+            return None
+    if i.memory_index != R.NONE or i.segment_prefix in (R.FS, R.GS):
+        return None
+    b = GPR.get(i.memory_base)
+    if b is None or b[1] != 8 or b[0] == 4:
+        return None
+    d = i.memory_displacement
+    if d >= 1 << 63:
+        d -= 1 << 64
+    return b[0], d, store
+
+
+def _touches(ins, b):
+    """Whether ``ins`` names general register ``b`` (any size) in an
+    operand or its memory operand, or writes registers it does not name."""
+    i = ins.iced
+    if ins.fn is arith.imul and i.op_count == 1:
+        return True                          # RDX:RAX
+    for n in range(i.op_count):
+        kind = i.op_kind(n)
+        if kind == OpKind.REGISTER:
+            g = GPR.get(i.op_register(n))
+            if g is None or g[0] == b:
+                return True
+        elif kind == OpKind.MEMORY:
+            for reg in (i.memory_base, i.memory_index):
+                g = GPR.get(reg)
+                if g is not None and g[0] == b:
+                    return True
+    return False
+
+
+def base_groups(blk):
+    """Runs of a block's 8-byte MOVs at [B + d] (``_base_op``) with B not
+    written between them, as (B, ops, lo, hi, writes): ops are (position,
+    d, store), [lo, hi) the bytes they use relative to B, writes whether
+    any op stores.  Between them only templated instructions that leave the
+    address translation alone (those of stack groups, pushes and pops) and
+    do not name B; a load into B ends its run.  All d of a run are equal
+    modulo 8 (one aligned look-up serves them all).  Runs of BASE_MIN_OPS
+    or more are worth a group (a hypervisor's save/restore of the guest's
+    registers, a structure filled or read field by field)."""
+    out = []
+    runs = {}                                # B -> [ops, lo, hi, writes]
+
+    def close(b):
+        r = runs.pop(b, None)
+        if r is not None and len(r[0]) >= BASE_MIN_OPS and 0x1000 - r[2] >= 0:
+            out.append((b, tuple(r[0]), r[1], r[2], r[3]))
+    for p, ins in enumerate(blk.insns):
+        op = _base_op(ins)
+        if op is not None:
+            b, d, store = op
+            r = runs.get(b)
+            if r is not None and (d - r[0][0][1]) % 8:
+                close(b)
+                r = None
+            if r is None:
+                r = runs[b] = [[], d, d + 8, False]
+            r[0].append((p, d, store))
+            r[1], r[2] = min(r[1], d), max(r[2], d + 8)
+            r[3] = r[3] or store
+            if r[2] - r[1] > 0x1000:
+                r[0].pop()
+                close(b)
+                runs[b] = [[(p, d, store)], d, d + 8, store]
+            # Other runs: this MOV writes its register operand (a load).
+            if not store:
+                dst = GPR[ins.iced.op0_register][0]
+                if dst == b:
+                    close(b)
+                if dst != b and dst in runs:
+                    close(dst)
+            continue
+        fn = ins.fn
+        if fn is data.push:
+            continue                         # writes rSP and the stack only
+        if fn in _STACK_NEUTRAL or fn is data.pop:
+            for b in [b for b in runs if _touches(ins, b)]:
+                close(b)
+            continue
+        for b in list(runs):
+            close(b)
+    for b in list(runs):
+        close(b)
+    return sorted(out, key=lambda g: g[1][0][0])
 
 
 def _regs_of(ins):

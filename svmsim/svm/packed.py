@@ -213,16 +213,31 @@ class Runs:
         ns = {f"p{k}": run[1] for k, run in enumerate(runs)}
         # The same, writing only the runs whose values differ from ``old``:
         # returns the first and the end offset of what it wrote, or None.
+        # Runs of one field that follow each other are tested together first
+        # (one slice compare), then one by one.
         src.append("def pack_changed(buf, base, old, v):")
         src.append("    lo = None")
-        for k, (off, _pack, a, b) in enumerate(runs):
-            end = fields[b - 1].end
-            test = (f"old[{a}:{b}] != v[{a}:{b}]" if b - a > 3
-                    else " or ".join(f"old[{i}] != v[{i}]" for i in range(a, b)))
-            src.append(f"    if {test}:")
-            src.append(f"        p{k}(buf, base + {off}, {', '.join(f'v[{i}]' for i in range(a, b))})")
-            src.append(f"        if lo is None:\n            lo = {off}")
-            src.append(f"        hi = {end}")
+        groups = []
+        for k, run in enumerate(runs):
+            single = run[3] - run[2] == 1
+            if single and groups and groups[-1][0] and len(groups[-1][1]) < 8:
+                groups[-1][1].append(k)
+            else:
+                groups.append((single, [k]))
+
+        def test(a, b):
+            return f"old[{a}] != v[{a}]" if b - a == 1 else f"old[{a}:{b}] != v[{a}:{b}]"
+        for _single, ks in groups:
+            pad = "    "
+            if len(ks) > 1:
+                src.append(f"    if {test(runs[ks[0]][2], runs[ks[-1]][3])}:")
+                pad = "        "
+            for k in ks:
+                off, _pack, a, b = runs[k]
+                src.append(f"{pad}if {test(a, b)}:")
+                src.append(f"{pad}    p{k}(buf, base + {off}, {', '.join(f'v[{i}]' for i in range(a, b))})")
+                src.append(f"{pad}    if lo is None:\n{pad}        lo = {off}")
+                src.append(f"{pad}    hi = {fields[b - 1].end}")
         src.append("    return None if lo is None else (lo, hi)")
         exec("\n".join(src), ns)
         self._pack = ns["pack"]

@@ -171,7 +171,9 @@ def vmrun(cpu, ins) -> None:
         return world.vmrun(cpu, ins)
     s.cache_pa = vmcb_pa
     s.clean_cache = cur
-    d = s.delta = (vmcb_pa, _STABLE(buf, off), list(cur), vmcb_key, _WORDS(ctrl), _CONTROL(ctrl),
+    args = (_WORDS(ctrl), *_CONTROL(ctrl))
+    d = s.delta = (vmcb_pa, _STABLE(buf, off), list(cur), vmcb_key, args,
+                   (cpu.bits, s.feats, world._control_state(cpu, *args)),
                    _GUEST(save), _SEGS(save), save[_DR7], save[_DR6], save[_CPL], ctrl[_GHCB],
                    ctrl[_INT_CTL] >> _AVIC_BIT & 1, bool(ctrl[_INT_STATE] >> _SHADOW_BIT & 1),
                    ctrl[_TLB_CONTROL], ctrl[_EVENTINJ])
@@ -190,7 +192,10 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
     s.host_if = bool(cpu.rflags & IF)
     world.save_host(cpu, bus, hsave_pa, ins.next_ip, hoff)
     s.vmruns += 1
-    world._load_control_values(cpu, d[4], *d[5])
+    bits, feats, state = d[5]        # the control state as loaded from these fields before
+    if bits != cpu.bits or feats is not s.feats:
+        state = world._control_state(cpu, *d[4])          # another host mode (or features)
+    world._apply_control(s, state)
     host_cr4, host_efer = cpu.cr4, cpu.efer
     host_key = world.fast_key(cpu)
     world._load_guest_values(cpu, *d[6], d[7], rflags, rip, rsp, rax, d[8], d[9], d[10])

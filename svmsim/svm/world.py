@@ -276,31 +276,21 @@ def _load_control(cpu, v):
 def _load_control_values(cpu, words, iopm, msrpm, asid, tsc_offset, ic, vector, pause_count,
                          pause_threshold, misc, misc2):
     """Load the control area (APM vol 3 VMRUN, "load control information")
-    from its whole fields; the sub-fields (INT_CTL's, NP_ENABLE, ...) are
-    taken out here by their positions in the table (vmcb.py)."""
-    s = cpu.svm
-    feats = s.feats
-    s.words = words
-    s.iopm_pa = iopm & ~0xFFF
-    s.msrpm_pa = msrpm & ~0xFFF
-    s.asid = asid
-    s.tsc_offset = tsc_offset
-    s.v_tpr = ic >> _IC_TPR & 0xF
-    s.v_irq = bool(ic >> _IC_V_IRQ & 1)
-    s.v_intr_prio = ic >> _IC_PRIO & _PRIO_MASK
-    s.v_ign_tpr = bool(ic >> _IC_IGN_TPR & 1)
-    s.v_intr_masking = bool(ic >> _IC_MASKING & 1)
-    s.v_intr_vector = vector
-    s.pause_initial = s.pause_count = pause_count
-    s.pause_threshold = pause_threshold
-    s.pause_last = None
-    s.np_enable = bool(misc >> _NP_BIT & 1) and "npt" in feats
-    s.v_gif_enable = bool(ic >> _IC_VGIF_EN & 1) and "vgif" in feats
-    s.v_gif = bool(ic >> _IC_VGIF & 1)
-    s.v_nmi_enable = vnmi = bool(ic >> _IC_VNMI_EN & 1) and "vnmi" in feats
-    s.v_nmi_pending = vnmi and bool(ic >> _IC_VNMI_P & 1)
-    s.v_nmi_blocking = vnmi and bool(ic >> _IC_VNMI_B & 1)
-    s.lbr_virt = bool(misc2 >> _LBRV_BIT & 1) and "lbrv" in feats
+    from its whole fields."""
+    _apply_control(cpu.svm, _control_state(cpu, words, iopm, msrpm, asid, tsc_offset, ic, vector,
+                                           pause_count, pause_threshold, misc, misc2))
+
+
+def _control_state(cpu, words, iopm, msrpm, asid, tsc_offset, ic, vector, pause_count,
+                   pause_threshold, misc, misc2) -> tuple:
+    """What VMRUN loads into the SvmState from the control area's whole
+    fields, in _apply_control's order; the sub-fields (INT_CTL's,
+    NP_ENABLE, ...) are taken out here by their positions in the table
+    (vmcb.py).  Depends on the fields, the CPU's features, the host's mode
+    (cpu.bits) and SYSCFG."""
+    feats = cpu.svm.feats
+    vnmi = bool(ic >> _IC_VNMI_EN & 1) and "vnmi" in feats
+    np_enable = bool(misc >> _NP_BIT & 1) and "npt" in feats
     # Virtual VMSAVE/VMLOAD: "This enable bit is only recognized when the
     # hypervisor is in 64 bit mode, nested paging is enabled and Secure
     # Encrypted Virtualization is disabled, otherwise attempted execution of
@@ -309,8 +299,22 @@ def _load_control_values(cpu, words, iopm, msrpm, asid, tsc_offset, ic, vector, 
     # host's mode here.
     vls = bool(misc2 >> _VVMSAVE_BIT & 1) and "v_vmsave_vmload" in feats
     sev = misc >> _SEV_BIT & 1 and cpu.msr.get(_SYSCFG, 0) >> 23 & 1
-    s.v_vmsave_vmload = usable = vls and s.np_enable and cpu.bits == 64 and not sev
-    s.vls_exit = vls and not usable
+    usable = vls and np_enable and cpu.bits == 64 and not sev
+    return (words, iopm & ~0xFFF, msrpm & ~0xFFF, asid, tsc_offset,
+            ic >> _IC_TPR & 0xF, bool(ic >> _IC_V_IRQ & 1), ic >> _IC_PRIO & _PRIO_MASK,
+            bool(ic >> _IC_IGN_TPR & 1), bool(ic >> _IC_MASKING & 1), vector,
+            pause_count, pause_count, pause_threshold, None, np_enable,
+            bool(ic >> _IC_VGIF_EN & 1) and "vgif" in feats, bool(ic >> _IC_VGIF & 1),
+            vnmi, vnmi and bool(ic >> _IC_VNMI_P & 1), vnmi and bool(ic >> _IC_VNMI_B & 1),
+            bool(misc2 >> _LBRV_BIT & 1) and "lbrv" in feats, usable, vls and not usable)
+
+
+def _apply_control(s, values) -> None:
+    """Set what _control_state gives (one assignment: no name look-ups)."""
+    (s.words, s.iopm_pa, s.msrpm_pa, s.asid, s.tsc_offset, s.v_tpr, s.v_irq, s.v_intr_prio,
+     s.v_ign_tpr, s.v_intr_masking, s.v_intr_vector, s.pause_initial, s.pause_count,
+     s.pause_threshold, s.pause_last, s.np_enable, s.v_gif_enable, s.v_gif, s.v_nmi_enable,
+     s.v_nmi_pending, s.v_nmi_blocking, s.lbr_virt, s.v_vmsave_vmload, s.vls_exit) = values
 
 
 def _write_back_control(cpu, v):

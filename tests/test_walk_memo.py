@@ -37,7 +37,7 @@ def _random_entry(rng, leaf_ok):
 
 def _fill(m, rng):
     for i in range(NPAGES * 512):
-        m.bus.write(TABLES + 8 * i, 8, _random_entry(rng, True) if rng.random() < 0.9 else 0)
+        m.bus.write(TABLES + 8 * i, 8, _random_entry(rng, True) if rng.random() < 0.95 else 0)
 
 
 def _walk(m, cpu, lin, access, cr3, nxe):
@@ -79,16 +79,16 @@ def test_memo_matches_fresh_walks(seed):
     ports = [DmaPort(m, "edu") for m in (ma, mb)]
     roots = [TABLES + rng.randrange(NPAGES) * 0x1000 for _ in range(2)]
     # a few linear pages, so walks repeat (and hit the memo)
-    lins = [rng.randrange(1 << 47) & ~0xFFF for _ in range(24)]
+    lins = [rng.randrange(1 << 47) & ~0xFFF for _ in range(12)]
     for step in range(3000):
         r = rng.random()
-        if r < 0.6:
+        if r < 0.75:
             lin, access = rng.choice(lins), rng.choice([0, PF_W, PF_I, PF_U, PF_U | PF_W])
             cr3, nxe = rng.choice(roots), rng.random() < 0.7
             cpu_i = rng.randrange(2)
             got = [_walk(m, m.cpus[cpu_i], lin, access, cr3, nxe) for m in (ma, mb)]
             assert got[0] == got[1], f"step {step}: {got}"
-        elif r < 0.9:
+        elif r < 0.92:
             # an entry the walks use (a step of a recent walk) or any entry
             off = TABLES + 8 * rng.randrange(NPAGES * 512)
             used = sorted(o for o in ma.pt_watch.deps if TABLES <= o < TABLES + NPAGES * 0x1000)
@@ -114,7 +114,7 @@ def test_memo_matches_fresh_walks(seed):
         if rng.random() < 0.3:
             ma.pt_watch.commit()
     assert ma.bus.read_bytes(TABLES, NPAGES * 0x1000) == mb.bus.read_bytes(TABLES, NPAGES * 0x1000)
-    assert ma.pt_watch.stats["entered"] > 50 and ma.pt_watch.stats["dropped"] > 3
+    assert ma.pt_watch.stats["entered"] > 10 and ma.pt_watch.stats["dropped"] > 2
 
 
 # ---------------------------------------------------------------- machine code

@@ -37,6 +37,7 @@ CR0_WP = 1 << 16
 CR4_PSE, CR4_PAE, CR4_PGE, CR4_PCIDE, CR4_SMEP, CR4_SMAP, CR4_LA57, CR4_PKE = (
     1 << 4, 1 << 5, 1 << 7, 1 << 17, 1 << 20, 1 << 21, 1 << 12, 1 << 22)
 EFER_NXE = 1 << 11
+SEEN_MAX = 1 << 16          # walked pages a walker remembers (Walker._walk_memo)
 
 
 class Translation:
@@ -77,6 +78,7 @@ class Walker:
         one is not plain RAM (the walk is then not kept)."""
         self.watch, self.memo_deps = watch, deps
         self.memo, self.memo_gen = {}, watch.gen
+        self.memo_seen = set()
 
     def disable_memo(self) -> None:
         self.memo = None
@@ -120,7 +122,10 @@ class Walker:
         (the page, the root, the number of levels, NXE; the reserved bits and
         the C-bit are the walker's own, ``set_maxphyaddr`` starts a new memo).
         A kept walk serves a write only if it found the page dirty (else the
-        walk sets D, APM 5.4.2).  Faults are never kept."""
+        walk sets D, APM 5.4.2).  Faults are never kept.  Only a walk made
+        before (``memo_seen``) is recorded for the memo: the first walk of a
+        page costs what it cost without the memo, so code that touches many
+        pages once (building page tables, a memset) pays almost nothing for it."""
         watch = self.watch
         if self.memo_gen != watch.gen:
             self.memo, self.memo_gen = {}, watch.gen
@@ -129,6 +134,12 @@ class Walker:
         t = memo.get(key)
         if t is not None and (t.d or not access & PF_W):
             return t
+        seen = self.memo_seen
+        if key not in seen:
+            if len(seen) >= SEEN_MAX:
+                seen.clear()
+            seen.add(key)
+            return self._walk_long(lin, table, levels, nxe, access, None)
         steps = []
         t = self._walk_long(lin, table, levels, nxe, access, steps)
         t.steps = None

@@ -31,6 +31,8 @@ walker's page-table read is then not the bus's).  A change of the bus layout
 (an MMIO window added or removed) or of the code pages (``Engine.flush``)
 drops every memo (``clear``).
 """
+import sys
+
 DEPS_MAX = 1 << 20     # registered (entry, memo entry) pairs before everything is dropped
 MEMO_MAX = 1 << 16     # entries of one walker's memo before it is emptied
 QUEUE_MAX = 1 << 12    # walks waiting for ``commit``
@@ -49,7 +51,9 @@ class PtWatch:
     update, leaves it out: the next walk after a flush is queued again)."""
 
     def __init__(self, bus, code_pages, make_code_page):
-        self.ram = bus.ram.buf
+        self.buf = bus.ram.buf
+        # RAM as 8-byte words in the host's order (entries are aligned), if that is little-endian
+        self.view = bus.ram.word_views()[8] if sys.byteorder == "little" else None
         self.code_pages = code_pages
         self.make_code_page = make_code_page   # RAM page -> its CodePage (made a code page if new)
         self.deps: dict = {}                  # entry offset -> [(memo dict, key), ...]
@@ -63,14 +67,17 @@ class PtWatch:
 
     def pend(self, memo: dict, key, t, pairs) -> None:
         """Walk ``key`` of ``memo`` gave ``t`` reading the 8-byte entries
-        ``pairs`` ((RAM offset, value), ...): enter it at the next ``commit``."""
+        ``pairs`` (RAM offset, value, RAM offset, value, ...): enter it at
+        the next ``commit``."""
         q = self.queue
         if len(q) < QUEUE_MAX:
             q.append((memo, key, t, pairs))
 
     def commit(self) -> None:
-        """Enter the queued walks whose entries are unchanged (engine loop)."""
-        ram = self.ram
+        """Enter the queued walks whose entries are unchanged (engine loop;
+        nothing writes RAM while it runs, so the entries are checked first and
+        marked as they are registered)."""
+        view = self.view
         deps = self.deps
         code_pages = self.code_pages
         stats = self.stats
@@ -79,28 +86,34 @@ class PtWatch:
             if self.n >= DEPS_MAX:
                 self.clear()
                 break
-            for off, _ in pairs:
-                if off not in deps:
-                    deps[off] = []
-                    page = off >> 12
-                    cp = code_pages.get(page)
-                    if cp is None:
-                        cp = self.make_code_page(page)
-                    cp.mark_pt(off & 0xFFF)
-                    self.pages.add(page)
-            for off, value in pairs:
-                if int.from_bytes(ram[off:off + 8], "little") != value:
+            offs = pairs[0::2]
+            for off, value in zip(offs, pairs[1::2]):
+                if (view[off >> 3] if view is not None else self.word(off)) != value:
                     stats["stale"] += 1
                     break
             else:
                 if len(memo) >= MEMO_MAX:
                     memo.clear()
                 memo[key] = t
-                for off, _ in pairs:
-                    deps[off].append((memo, key))
-                self.n += len(pairs)
+                ref = (memo, key)
+                for off in offs:
+                    lst = deps.get(off)
+                    if lst is None:
+                        lst = deps[off] = []
+                        page = off >> 12
+                        cp = code_pages.get(page)
+                        if cp is None:
+                            cp = self.make_code_page(page)
+                        cp.mark_pt(off & 0xFFF)
+                        self.pages.add(page)
+                    lst.append(ref)
+                self.n += len(offs)
                 stats["entered"] += 1
         q.clear()
+
+    def word(self, off: int) -> int:
+        """The aligned 8-byte entry at RAM offset ``off``."""
+        return int.from_bytes(self.buf[off:off + 8], "little")
 
     def _on_write(self, off: int, n: int) -> None:
         """RAM bytes [off, off + n) (within one page) were written."""
@@ -128,16 +141,21 @@ class PtWatch:
 
 def bus_deps(bus):
     """The dependency function of a walker that reads page tables from the
-    bus: ((RAM offset, value), ...) of the entries a walk read (its
-    ``steps``), or None if one is not plain RAM."""
-    ram_offset = bus.ram_offset
+    bus: (RAM offset, value, RAM offset, value, ...) of the entries a walk
+    read (its ``steps``), or None if one is not plain RAM (``ram_offset``
+    inlined: it runs once per entry of every walk not in the memo)."""
+    mmio, low, high, four = bus._mmio_pages, bus.low_top, bus.high_top, 1 << 32
 
     def deps(steps):
         out = []
         for _, addr, e in steps:
-            off = ram_offset(addr)
-            if off is None:
+            if addr >> 12 in mmio:
                 return None
-            out.append((off, e))
-        return out
+            if addr < low:
+                out += (addr, e)
+            elif four <= addr < high:
+                out += (addr - four + low, e)
+            else:
+                return None
+        return tuple(out)
     return deps

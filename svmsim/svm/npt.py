@@ -175,8 +175,8 @@ class NestedMmu:
             if off is None:
                 return None
             out += n.deps
-            out.append((off, e))
-        return out
+            out += (off, e)
+        return tuple(out)
 
     def _guest_pt_read(self, gpa, size):
         return self.cpu.pread(self._table_frame(gpa), size)

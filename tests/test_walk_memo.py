@@ -312,3 +312,65 @@ def test_entry_changed_between_vmruns_with_tlb_control(which):
     assert m.pt_watch.stats["entered"] > 0
     if which != "none":
         assert m.pt_watch.stats["dropped"] >= 29
+
+
+# ---------------------------------------------------------------- what is not memoized
+class _TableDevice:
+    """An MMIO window whose qwords read as ``value`` (a page table a device
+    answers): it may change without any write."""
+    value = 0
+
+    def mmio_read(self, offset, size):
+        return self.value & ((1 << (8 * size)) - 1)
+
+    def mmio_write(self, offset, size, value):
+        pass
+
+
+def _walk_twice(m, cpu, lin=VLIN):
+    out = []
+    for _ in range(3):
+        out.append(_walk(m, cpu, lin, 0, cpu.cr3, True))
+        m.pt_watch.commit()
+    return out
+
+
+def test_walk_reading_mmio_is_not_kept():
+    """A page table in an MMIO window is read at every walk (a device may
+    change what it returns without a write anyone sees)."""
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    dev = _TableDevice()
+    m.bus.add_mmio(0xE0000000, 0x1000, dev, "table")
+    m.bus.write(PD + 8 * 3, 8, 0xE0000000 | 0x23)       # the PT of VLIN is the device
+    dev.value = P1 | 0x63
+    assert [r[1] for r in _walk_twice(m, cpu)] == [P1] * 3
+    dev.value = P2 | 0x63
+    assert _walk(m, cpu, VLIN, 0, cpu.cr3, True)[1] == P2
+    assert m.pt_watch.stats["entered"] == 0
+
+
+def test_bus_layout_change_drops_kept_walks():
+    """An MMIO window that comes over a page-table page drops every kept walk:
+    the next walk reads the device."""
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    _map_4k(m)
+    assert [r[1] for r in _walk_twice(m, cpu)] == [P1] * 3
+    assert m.pt_watch.stats["entered"] == 1
+    dev = _TableDevice()
+    dev.value = P2 | 0x63
+    m.bus.add_mmio(PT, 0x1000, dev, "table")
+    assert _walk(m, cpu, VLIN, 0, cpu.cr3, True)[1] == P2
+
+
+def test_no_memo_through_the_encryption_engine():
+    """With SYSCFG.MemEncryptionModEn the walker reads page tables through
+    the encryption engine, not the bus: no walk is kept (walkmemo.py)."""
+    m = make_machine("long64", cpu="epyc")
+    cpu = m.cpus[0]
+    assert cpu.walker.memo is not None
+    cpu.set_mem_encryption(True)
+    assert cpu.walker.memo is None
+    cpu.set_mem_encryption(False)
+    assert cpu.walker.memo is not None

@@ -11,7 +11,7 @@ view), and the two must agree byte for byte: VMCB, host save area, registers,
 segments, exits, the VMEXIT_INVALID reasons and every vmrun/vmexit event."""
 import pytest
 
-from svmharness import SvmRig, VMCB, HSAVE, GUEST_CODE, GUEST_STACK
+from svmharness import SvmRig, NestedTables, VMCB, HSAVE, GUEST_CODE, GUEST_STACK
 from svmsim.svm import world
 from svmsim.svm.exits import ExitCode
 from svmsim.svm.intercepts import set_intercept
@@ -86,8 +86,13 @@ EDITS = [
 ]
 
 
-def _scenario(edit, guest=GUEST):
-    rig = SvmRig(guest, intercepts=(ExitCode.CPUID, ExitCode.HLT, ExitCode.SHUTDOWN))
+def _scenario(edit, guest=GUEST, npt=False):
+    rig = SvmRig(guest, intercepts=(ExitCode.CPUID, ExitCode.HLT, ExitCode.SHUTDOWN),
+                 **({"NP_ENABLE": 1} if npt else {}))
+    if npt:                       # nested tables identity-mapping the first 16 MiB (2 MiB pages)
+        rig.nt = NestedTables(rig.m.bus)
+        rig.nt.identity(0, 0x1000000)
+        rig.vmcb["N_CR3"] = rig.nt.root
     for _ in range(3):            # the first VMRUN, the common case, and its delta
         rig.run(at_vmrun=True)
     delta = rig.cpu.svm.delta
@@ -110,6 +115,41 @@ def test_a_change_between_vmruns_acts_as_on_the_general_path(edit, monkeypatch):
     assert delta is not None                       # the common case ran and kept its values
     monkeypatch.setattr(world, "DIRECT", False)
     general, _ = _scenario(edit)
+    for key in fast:
+        assert fast[key] == general[key], key
+
+
+def _other_nested_tables(v, rig):
+    """N_CR3 moved to a second set of tables that map guest page 0x400000
+    (the guest's code) to a copy with CPUID replaced by HLT, the TLB
+    flushed."""
+    nt = NestedTables(rig.m.bus, base=0x1800000)
+    nt.identity(0, 0x400000)
+    nt.identity(0x600000, 0x1000000)
+    nt.identity(0x400000, 0x600000, size=4096)
+    rig.m.bus.write_bytes(0x1700000, rig.m.bus.read_bytes(GUEST_CODE, 4096))
+    rig.m.bus.write_bytes(0x1700002, b"\xf4")
+    nt.map(GUEST_CODE, 0x1700000, size=4096)
+    v["N_CR3"] = nt.root
+    v["TLB_CONTROL"] = 1          # translations of the old tables may be cached (15.16.1)
+
+
+NPT_EDITS = [_set("G_PAT", 0x0606060606060606), _set("G_PAT", 0x0808080808080808),   # the second is illegal
+             _other_nested_tables, _set("NP_ENABLE", 0), _set("RIP", GUEST_CODE)]
+
+
+@pytest.mark.parametrize("edit", NPT_EDITS, ids=lambda e: e.__name__)
+def test_with_nested_paging_a_change_acts_as_on_the_general_path(edit, monkeypatch):
+    """Nested paging's fields (N_CR3, G_PAT: 15.25.3-4) read by name at
+    VMRUN from the areas the delta kept: a change is seen, an illegal G_PAT
+    is VMEXIT_INVALID (15.25.4), as on the general path."""
+    fast, delta = _scenario(edit, npt=True)
+    assert delta is not None
+    assert fast["exitcode"] == {"_other_nested_tables": ExitCode.HLT,
+                                "G_PAT=0x808080808080808": ExitCode.INVALID}.get(edit.__name__,
+                                                                                ExitCode.CPUID)
+    monkeypatch.setattr(world, "DIRECT", False)
+    general, _ = _scenario(edit, npt=True)
     for key in fast:
         assert fast[key] == general[key], key
 

@@ -98,6 +98,7 @@ _UNREAD = ("EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO", "INSN_LEN")
 assert not set(_VOLATILE_NAMES + _UNREAD) & set(clean.CLEAN_NAMES + checks.MEMO_FIELDS)
 _VOLATILE = Reader([BY_NAME[n] for n in _VOLATILE_NAMES]).unpack
 _STABLE = ByteRuns([BY_NAME[n] for n in (*C, *S) if n not in _VOLATILE_NAMES + _UNREAD]).unpack
+_WHERE_STABLE = {n: w for n, w in _WHERE.items() if n not in _VOLATILE_NAMES + _UNREAD}
 _LATER = [None, False]        # LATER_CHECKS as last seen, and whether one of them is not memoized
 
 
@@ -105,15 +106,18 @@ class Fields:
     """The VMCB as VMRUN read it (the two unpacked areas), read by name like
     a VmcbView: for the code this module hands over to (nested paging,
     AVIC, LBR virtualization), which reads a few fields, all among those
-    unpacked (a save-area field outside ``_SAVE_USED`` is a KeyError)."""
-    __slots__ = ("areas",)
+    unpacked (a save-area field outside ``_SAVE_USED`` is a KeyError).
+    ``where``: the fields it may give (_WHERE_STABLE: the areas as read by
+    an earlier VMRUN, whose bytes the delta found unchanged)."""
+    __slots__ = ("areas", "where")
 
-    def __init__(self, ctrl, save):
+    def __init__(self, ctrl, save, where=None):
         self.areas = (ctrl, save)
+        self.where = _WHERE if where is None else where
 
     def __getitem__(self, name):
         f = _LOOKUP[name]
-        area, i = _WHERE[f.parent or f.name]
+        area, i = self.where[f.parent or f.name]
         value = self.areas[area][i]
         return value >> f.bit & f.mask if f.parent else value
 
@@ -176,7 +180,7 @@ def vmrun(cpu, ins) -> None:
                    (cpu.bits, s.feats, world._control_state(cpu, *args)),
                    _GUEST(save), _SEGS(save), save[_DR7], save[_DR6], save[_CPL], ctrl[_GHCB],
                    ctrl[_INT_CTL] >> _AVIC_BIT & 1, bool(ctrl[_INT_STATE] >> _SHADOW_BIT & 1),
-                   ctrl[_TLB_CONTROL], ctrl[_EVENTINJ])
+                   ctrl[_TLB_CONTROL], ctrl[_EVENTINJ], ctrl, save)
     _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, ctrl[_NRIP], save[_RFLAGS], save[_RIP],
            save[_RSP], save[_RAX], ctrl, save)
 
@@ -185,8 +189,8 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
            ctrl=None, save=None) -> None:
     """VMRUN's work once its checks have passed: save the host, load the
     control area and the guest (``d``: the values of the delta, see vmrun;
-    the volatile fields as arguments; ``ctrl``/``save``: the two areas, or
-    None to read them again for the code that reads fields by name)."""
+    the volatile fields as arguments; ``ctrl``/``save``: the two areas as
+    read now, or None when the delta's are used)."""
     machine = cpu.machine
     s.vmcb_pa = vmcb_pa
     s.host_if = bool(cpu.rflags & IF)
@@ -205,10 +209,9 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
         cpu.msr[world.GHCB_MSR] = d[11]                   # 15.35.7
     view = None
     if s.np_enable or d[12] or s.lbr_virt:
-        if ctrl is None:
-            buf, off = bus.ram.buf, bus.ram_offset(vmcb_pa)
-            ctrl, save = CONTROL_READER.unpack(buf, off), _SAVE_READER.unpack(buf, off)
-        view = Fields(ctrl, save)
+        # The areas as read now, or those the delta's bytes are of (without
+        # the volatile fields: a read of one of those is a KeyError).
+        view = Fields(ctrl, save) if ctrl is not None else Fields(d[16], d[17], _WHERE_STABLE)
     if s.np_enable:
         from . import npt
         npt.setup(cpu, view, host_cr4, host_efer)

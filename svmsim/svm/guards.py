@@ -491,8 +491,16 @@ _EXITS: dict = {}
 
 
 def _world():
-    from . import world          # world imports the SVM unit's modules; not at import time
-    return world
+    """svm.world (it imports the SVM unit's modules: not at import time),
+    imported once (an import statement per exit cost ~2% of a round trip)."""
+    w = _WORLD[0]
+    if w is None:
+        from . import world
+        w = _WORLD[0] = world
+    return w
+
+
+_WORLD = [None]
 
 
 def exit_handler(code):

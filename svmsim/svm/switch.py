@@ -32,7 +32,7 @@ from operator import itemgetter
 
 from ..cpu.flags import IF
 from ..cpu.state import CR0_PG, EFER_LME
-from . import avic, checks, clean, exits, world
+from . import avic, checks, clean, exits, npt, world
 from .packed import CONTROL_READER, ByteRuns, Reader
 from .vmcb import BY_NAME, field, _LOOKUP
 from .intercepts import WORD_NAMES
@@ -213,7 +213,6 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
         # the volatile fields: a read of one of those is a KeyError).
         view = Fields(ctrl, save) if ctrl is not None else Fields(d[16], d[17], _WHERE_STABLE)
     if s.np_enable:
-        from . import npt
         npt.setup(cpu, view, host_cr4, host_efer)
     if d[12]:
         avic.load(cpu, view)

@@ -492,3 +492,41 @@ def test_flip_store_that_faults(runners, tier):
         add = not add
     assert cpu.regs[0] & M32 == acc
     assert m.bus.read(lin2, 1) == (0x01 if k % 2 else 0x29)      # iteration j stores 01 if j is odd
+
+
+def test_forgotten_versions_leave_the_live_block_registered(runners, monkeypatch):
+    """Kept versions are forgotten when too many addresses have them
+    (MAX_DROPPED, here 2): a forgotten version with the same byte ranges as
+    the live block of its address must not unregister them, or a later
+    store to that code would go unseen.  Three flipping loops, the third
+    one's versions pushing out the first one's; then the first one's
+    instruction is rewritten to INC EBX and run."""
+    from svmsim.cpu import engine as engine_mod
+    monkeypatch.setattr(engine_mod, "MAX_DROPPED", 2)
+    loops = "".join(f"""
+    {i}1:
+        mov edx, 0x01
+    {i}3:
+        mov byte ptr [rip + {i}2f], dl
+    {i}2:
+        .byte 0x01, 0xc8                # add / sub eax, ecx
+        xor edx, 0x28
+        dec rcx
+        jnz {i}3b
+        ret
+    """ for i in (1, 2, 3))
+    code = asm(f"""
+        mov ecx, 40
+        call 11f
+        mov ecx, 40
+        call 21f
+        mov ecx, 40
+        call 31f
+        mov word ptr [rip + 12f], 0xc3ff    # inc ebx
+        mov ecx, 1
+        call 12f
+        hlt
+    {loops}
+    """)
+    r, ei, ec = _both(runners, code, _regs())
+    assert r["regs"][0] == (3 * _alternating(40)) & M32 and r["regs"][3] == 1

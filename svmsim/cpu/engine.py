@@ -330,9 +330,11 @@ class Engine:
 
     def _forget(self, blk):
         """A kept version leaves Engine.dropped: unregister its bytes unless
-        it is live or another version's replaced them."""
+        a block is live at its address (the registration is that block's,
+        even when it has the same ranges: versions of one instruction
+        usually do) or another version's replaced them."""
         key = blk.key
-        if self.blocks.get(key) is blk:
+        if key in self.blocks:
             return
         cp = self.code_pages.get(blk.page >> 12)
         if cp is not None and cp.blocks.get(key) == blk.reg:

@@ -2,8 +2,8 @@
 
 The engine interprets a block ``HOT_THRESHOLD`` times, then calls
 ``compile_block(blk, cpu, lookup)``.  This module writes one Python function
-for the block and the translated blocks it reaches by static edges on its
-page (its region, ``region()``), specialised at compile time on operand
+for the block and the translated blocks it reaches by static edges (its
+region, ``region()``; on other pages checked at each move there), specialised at compile time on operand
 kinds, sizes and the CPU mode, and ``exec``s it.  The function
 ``fn(cpu, budget) -> retired`` has the same architectural effect as running
 the blocks' handlers (svmsim/cpu/ops/*.py are the reference semantics); only
@@ -336,10 +336,17 @@ class Gen:
             if b.insns[0].ip in self.vips:
                 self.vsel.setdefault(b.insns[0].ip, {})[b] = i
         self.index = {b.insns[0].ip: i for i, b in enumerate(self.members) if b.insns[0].ip not in self.vips}
+        # Members on another linear page than the first (the region is only
+        # entered on that page, engine.py _compile): a static transition to
+        # one checks that its page is still mapped as it was decoded
+        # (``_transition``); dynamic ones (``dindex``) only reach members on
+        # the first page, whose mapping the engine checked at entry.
+        self.lpage = [b.key[0] >> 12 for b in self.members]
+        self.dindex = {ip: i for ip, i in self.index.items() if self.lpage[i] == self.lpage[0]}
         # Members a RET may continue at: those starting where a member's CALL
         # returns (a RET elsewhere leaves the region).
         calls = {b.insns[-1].next_ip for b in self.members if b.insns[-1].fn is control.call}
-        self.ret_sites = {ip: i for ip, i in self.index.items() if ip in calls}
+        self.ret_sites = {ip: i for ip, i in self.dindex.items() if ip in calls}
         mode = blk.key[1] if isinstance(blk.key, tuple) and len(blk.key) >= 2 else cpu.mode_key
         self.bits, self.stack_bits = mode[0], mode[2]
         self.long64 = self.bits == 64
@@ -921,14 +928,14 @@ class Gen:
         if ret:
             self.ns["RR"] = self.ret_sites
         else:
-            self.ns["RM"] = self.index
+            self.ns["RM"] = self.dindex
         if not looked_up:
             self.emit(f"b{self.k} = {'RR' if ret else 'RM'}.get({t})")
         self.emit(f"if b{self.k} is not None:")
         self.emit(f"n += {self.n}", 1)
         self.emit("if n > lim or cpu.pending or machine.stopping:", 1)
         self.exit(t, 0, 2)
-        targets = tuple(self.ret_sites.values()) if ret else tuple(range(len(self.members)))
+        targets = tuple(self.ret_sites.values()) if ret else tuple(self.dindex.values())
         self.dyns.append((self.cur, self.pending, self.seen_writer, f"b{self.k}", targets))
         self.emit("@DYN%d@" % (len(self.dyns) - 1), 1)
         self.emit(f"pc = b{self.k}", 1)
@@ -1270,6 +1277,8 @@ class Gen:
         a, b, prod, seen, final = self.trans[t]
         out = [f"n += {self.members[a].n}"]
         test = "n > lim or cpu.pending or machine.stopping" if b <= a else "n > lim"
+        if self._cross(a, b):
+            test += f" or fxg({self.lpage[b]:#x}) != {self.members[b].page:#x}"
         out.append(f"if {test}:")
         in_lp = prod is None and not seen and not self.live_in[a]   # flags still as lp says
         if prod is not None:
@@ -1291,6 +1300,14 @@ class Gen:
         if not (final and b == a + 1):
             out.append("continue")
         return out
+
+    def _cross(self, a, b):
+        """Whether the transition from member ``a`` to ``b`` must check that
+        ``b``'s page is mapped as it was decoded: it moves to another page
+        than ``a``'s and the region's first (checked by the engine); a
+        member on the same page as ``a`` was checked getting to ``a``."""
+        lp = self.lpage
+        return lp[b] != lp[a] and lp[b] != lp[0]
 
     def _flush_lines(self):
         if self.all_regs and len(self.ever_dirty) >= FULL_FLUSH:
@@ -1324,6 +1341,8 @@ class Gen:
             if re.search(r"\bram\b", text):
                 pre.append("    ram = cpu.ram")
             pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
+        if any(self._cross(a, b) for a, b, *_ in self.trans):
+            reload.append("fxg = cpu.fx.get")
         if self.uses_eb:
             reload += ["eb4 = cpu.ebase[4]", "eb5 = cpu.ebase[5]"]
         # Many registers: all sixteen in one unpack (cheaper than a load
@@ -2556,7 +2575,8 @@ def successors(blk):
 def region(blk, lookup, vips=None):
     """The members of ``blk``'s region in layout order, ``blk`` first:
     blocks reached by static edges that ``lookup(ip)`` finds (translated, in
-    the same mode and linear page), depth first with fall-through successors
+    the same mode, on the same linear page or another one mapped as when they
+    were decoded: Engine._compile), depth first with fall-through successors
     laid out right after their predecessor.
 
     Versions: where ``lookup.versions(ip)`` lists blocks (the versions of a

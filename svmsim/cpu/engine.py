@@ -96,7 +96,8 @@ class Engine:
 
     def _compile(self, blk, cpu):
         """Tier 2: generated Python source for a hot block and the translated
-        blocks it branches to on its page (its region), or None."""
+        blocks it reaches by static edges (its region: on its page, or on
+        another page mapped as when they were decoded), or None."""
         try:
             from . import codegen
         except ImportError:
@@ -109,7 +110,17 @@ class Engine:
         def lookup(ip):
             lin = (base + ip) & cpu.lin_mask
             b = blocks.get((lin, mode))
-            if b is None or lin >> 12 != page or b.page != blk.page or b.page2 is not None:
+            if b is None or b.page2 is not None:
+                return None
+            if lin >> 12 != page:
+                # On another page (a call into a function elsewhere): a member
+                # if that page is mapped now as it was decoded; the region
+                # checks the mapping again where it moves there (codegen
+                # Gen._transition).  Not for code with versions.
+                if b.page is None or cpu.fx.get(lin >> 12) != b.page or b.key in dropped:
+                    return None
+                return b
+            if b.page != blk.page:
                 return None
             if len(dropped.get(b.key, ())) > 1:
                 return None        # its code flips between versions: versions() below
@@ -142,7 +153,8 @@ class Engine:
             # resumes there), instead of each compiling a region of its own;
             # so do the versions not live now (when a write makes one live).
             for i, m in enumerate(fn.members):
-                if i and m.compiled is None and (blocks.get(m.key) is m or m.key in fn.vkeys):
+                if i and m.compiled is None and (blocks.get(m.key) is m or m.key in fn.vkeys) \
+                        and m.key[0] >> 12 == page:          # entered on the region's own page
                     m.compiled, m.entry = fn, i
                     for x in fn.static:
                         regions.setdefault(x.key, set()).add(m.key)

@@ -1,0 +1,49 @@
+"""Regions across pages (engine.py ``_compile``, codegen ``Gen._transition``):
+a hot caller's region takes in the function it calls on another page (a
+hypervisor's loop calling its VMRUN stub), and moves there only while that
+linear page is mapped as it was when the callee was decoded (the engine
+checks the page of each block it enters; the region checks the callee's at
+the call).  Real machine code through the real engine, compiled against
+interpreted."""
+from cpuharness import make_machine, asm, CODE_ADDR, DATA_ADDR, PD
+
+CALLEE = DATA_ADDR + 0x100         # in the 2-4 MiB mapping (PD entry 1)
+OTHER = 0x600000                   # where that mapping moves: another callee
+
+
+def _run(m, rcx):
+    cpu = m.cpus[0]
+    cpu.rip, cpu.halted = CODE_ADDR, False
+    cpu.regs[1], cpu.regs[3] = rcx, 0
+    cpu.regs[4] = 0x80000
+    m.engine.run(cpu, 100_000)
+    return cpu.regs[3], cpu.rip
+
+
+def _code(m):
+    # call rel32 from CODE_ADDR to CALLEE; the callees return 1 and 100.
+    call = b"\xe8" + ((CALLEE - (CODE_ADDR + 5)) & 0xFFFFFFFF).to_bytes(4, "little")
+    m.bus.write_bytes(CODE_ADDR, call + asm("add rbx, rax\ndec rcx\njnz $-11\nhlt"))
+    m.bus.write_bytes(CALLEE, asm("mov eax, 1\nret"))
+    m.bus.write_bytes(OTHER + 0x100, asm("mov eax, 100\nret"))
+
+
+def test_region_takes_in_callee_on_another_page_and_checks_its_mapping():
+    out = []
+    for hot in (5, 10 ** 9):
+        m = make_machine("long64")
+        m.engine.hot_threshold = hot
+        _code(m)
+        cpu = m.cpus[0]
+        first = _run(m, 50)
+        if hot == 5:
+            fn = m.engine.blocks[(CODE_ADDR, cpu.mode_key)].compiled
+            assert fn is not None and any(b.key[0] == CALLEE for b in fn.members)
+            assert "fxg(0x200)" in fn.source
+        # Move the 2-4 MiB mapping to OTHER (a TLB flush, as MOV CR3 does):
+        # the cached blocks stay, the callee at CALLEE now returns 100.
+        m.bus.write(PD + 8, 8, OTHER | 0x83)
+        cpu.tlb.flush_all("test")
+        second = _run(m, 50)
+        out.append((first, second))
+    assert out[0] == out[1] == (((50, CODE_ADDR + 14)), (5000, CODE_ADDR + 14))

@@ -880,3 +880,49 @@ def test_random_call_regions_match_interpreter(runners, count, seed):
         grouped += any("sb" in blk.compiled.source for blk in comp.m.engine.blocks.values()
                        if blk.compiled is not None)
     assert grouped >= count // 5
+
+
+# ---------------------------------------------------------------- handlers a region goes on after
+_TIMED_SVM = """
+1:  rdtsc
+    mov [rbx], eax
+    mov rax, rsi
+    .byte 0x0f, 0x01, 0xdb            # vmsave rax
+    add qword ptr [rsi + 0x448], 0x10 # the VMCB's FS.base
+    .byte 0x0f, 0x01, 0xda            # vmload rax
+    mov rax, qword ptr fs:[0x10]      # through the FS base just loaded
+    add r9, rax
+    rdtsc
+    sub eax, [rbx]
+    add r10, rax
+    add rbx, 4
+    dec rcx
+    jnz 1b
+    hlt
+"""
+
+
+@pytest.mark.parametrize("budget", [3, 20, 77, 10 ** 5])
+def test_rdtsc_vmsave_vmload_in_a_compiled_loop_match_interpreter(runners, budget):
+    """RDTSC, VMSAVE and (64-bit) VMLOAD do not end the compiled region
+    (codegen._stays: latency_svm_insn's loop): registers, the TSC deltas,
+    the VMCB written, the FS base reloaded after VMLOAD, the budget, all as
+    the interpreter has them."""
+    def setup(m, cpu):
+        cpu.efer |= 1 << 12                       # EFER.SVME
+        fs = cpu.segs[FS].copy()
+        fs.base = DATA_ADDR
+        cpu.segs[FS] = fs
+        cpu.update_mode()
+    interp, comp = runners("long64")
+    code = asm(_TIMED_SVM)
+    regs = _regs(rcx=40, rbx=DATA_ADDR + 0x800, rsi=DATA_ADDR + 0x1000)
+    a = interp.run(code, regs, bytes(DATA_LEN), 0x202, budget, False, setup=setup)
+    b = comp.run(code, regs, bytes(DATA_LEN), 0x202, budget, "hot", setup=setup)
+    for key in a:
+        assert a[key] == b[key], f"{budget}: {key} differs"
+    assert not a["faults"]
+    if budget == 10 ** 5:
+        assert a["regs"][10] == 40 * 8            # RDTSC to RDTSC: 8 instructions each time
+        blk = comp.m.engine.blocks.get((CODE_ADDR, comp.cpu.mode_key))
+        assert "if SMC[0] or cpu.machine.stopping:" in blk.compiled.source

@@ -1233,9 +1233,15 @@ class Gen:
             self._ended = True
             return
         self.emit("@RELOAD@")
-        # It may have changed anything (mode, pending interrupts, code):
-        # leave the region at the next transition, or now if code changed.
-        self.emit("lim = -1")
+        if _stays(ins.fn, self.long64):
+            # Registers, FS/GS bases (reloaded above) and memory only: leave
+            # as any slow write does, if it changed code or a hook stopped.
+            self.emit("if SMC[0] or cpu.machine.stopping:")
+            self.emit("lim = -1", 1)
+        else:
+            # It may have changed anything (mode, pending interrupts, code):
+            # leave the region at the next transition, or now if code changed.
+            self.emit("lim = -1")
         self.slow_write = True
 
     # ------------------------------------------------------------ assembling
@@ -2529,6 +2535,22 @@ def t_direct(g, ins, k, is_last):
     g.emit(f"return {-2 - g.pos[-1]} - n")
     g._ended = True
     return True
+
+
+def _stays(fn, long64):
+    """Whether a compiled region may go on after calling handler ``fn``:
+    RDTSC and RDTSCP (EDX:EAX, ECX), VMSAVE (memory: a write to code still
+    ends the region) and, in 64-bit mode, VMLOAD (FS, GS, TR, LDTR and MSRs
+    that compiled code does not read, the FS/GS bases reloaded after the
+    call; outside 64-bit mode it also recomputes the mode's segment state):
+    none changes the mode, the paging, RFLAGS or what is pending, so the
+    region need not be left (kvm-unit-tests' latency_svm_insn times a
+    million of each between RDTSCs).  Intercepted in a guest they are
+    guard wrappers, not these handlers, and stay generic."""
+    by = _ops.BY_MNEMONIC
+    if fn is by.get(_ops.M.RDTSC) or fn is by.get(_ops.M.RDTSCP) or fn is by.get(_ops.M.VMSAVE):
+        return True
+    return long64 and fn is by.get(_ops.M.VMLOAD)
 
 
 def _gif_template(fn):

@@ -640,8 +640,8 @@ class Machine(DebugApi):
         rounds one at a time, and sees the same time (RDTSC, the APIC
         timer's count).  So the run is the same run, in fewer rounds."""
         room = self._ahead_room
-        if room <= 0:
-            return 0
+        if room <= 0 or cpu.pending:
+            return 0                                 # (a pending event, even a masked one: keep the rounds)
         for c in self.cpus:
             if c is not cpu and (c.pending or not (c.halted or c.wait_for_sipi)):
                 return 0

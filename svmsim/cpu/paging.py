@@ -112,8 +112,14 @@ class Walker:
         nxe = bool(efer & EFER_NXE)
         if efer & (1 << 10):  # LMA
             levels = 5 if cr4 & CR4_LA57 else 4
-            if self.memo is not None and steps is None:
-                return self._walk_memo(lin, cr3 & self.addr_mask, levels, nxe, access)
+            memo = self.memo
+            if memo is not None and steps is None:
+                table = cr3 & self.addr_mask
+                if self.memo_gen == self.watch.gen:      # _walk_memo's hit, inlined
+                    t = memo.get((lin >> 12, table, levels, nxe))
+                    if t is not None and (t.d or not access & PF_W):
+                        return t
+                return self._walk_memo(lin, table, levels, nxe, access)
             return self._walk_long(lin, cr3 & self.addr_mask, levels, nxe, access, steps)
         return self._walk_pae(lin, cr3, nxe, access, steps)
 

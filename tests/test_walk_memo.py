@@ -374,3 +374,26 @@ def test_no_memo_through_the_encryption_engine():
     assert cpu.walker.memo is None
     cpu.set_mem_encryption(False)
     assert cpu.walker.memo is not None
+
+
+@pytest.mark.parametrize("flush", sorted(FLUSHES))
+def test_guest_store_to_its_pte_under_nested_paging(flush):
+    """A nested-paging guest rewrites its own PTE (its store goes through its
+    write caches: the table page, once watched, through the code-page cache)
+    and flushes with INVLPG or MOV CR3 (its own ASID): it reads the new frame
+    every time, its walks and their nested walks served by the memo between."""
+    from svmharness import SvmRig, NestedTables
+    from svmsim.svm.exits import ExitCode
+    code = _flip_loop(flush, f"xor qword ptr [{PT:#x}], {P1 ^ P2:#x}")
+    rig = SvmRig(code, intercepts=[ExitCode.HLT])
+    m, cpu = rig.m, rig.cpu
+    _map_4k(m)
+    nt = NestedTables(m.bus)
+    nt.identity(0, 0x2000000)
+    rig.vmcb["NP_ENABLE"], rig.vmcb["N_CR3"], rig.vmcb["TLB_CONTROL"] = 1, nt.root, 1
+    cpu.regs[1] = 40
+    m.engine.hot_threshold = 3
+    rig.run(max_insns=10 ** 6)
+    assert rig.exitcode == ExitCode.HLT
+    assert cpu.regs[8] == _expected(40)
+    assert m.pt_watch.stats["entered"] > 0 and m.pt_watch.stats["dropped"] >= 39

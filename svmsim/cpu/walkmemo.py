@@ -83,7 +83,7 @@ class PtWatch:
         stats = self.stats
         q = self.queue
         for memo, key, t, pairs in q:
-            if self.n >= DEPS_MAX:
+            if self.n >= DEPS_MAX or len(deps) >= DEPS_MAX:
                 self.clear()
                 break
             offs = pairs[0::2]

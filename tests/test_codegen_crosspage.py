@@ -47,3 +47,55 @@ def test_region_takes_in_callee_on_another_page_and_checks_its_mapping():
         second = _run(m, 50)
         out.append((first, second))
     assert out[0] == out[1] == (((50, CODE_ADDR + 14)), (5000, CODE_ADDR + 14))
+
+
+CALLER, FN, FPTR, NEW = 0x400000, 0x200100, 0x200800, 0x800000
+
+
+def _ret_code(m):
+    """A loop at CALLER (PD entry 2) calling FN (PD entry 1) through a
+    pointer: the indirect call leaves the caller's region, so FN's block is
+    entered from the engine and heads a region of its own whose RET goes back
+    to CALLER's page (the predicted return site).  At NEW, a caller whose
+    code after the call differs (adds 1000 more)."""
+    call = asm(f"call qword ptr [{FPTR:#x}]")
+    tail = asm("add rbx, rax\ndec rcx\njnz $-{}\nhlt".format(len(call) + 3 + 3))
+    m.bus.write_bytes(CALLER, call + tail)
+    tail2 = asm("add rbx, rax\nadd rbx, 1000\ndec rcx\njnz $-{}\nhlt".format(len(call) + 3 + 7 + 3))
+    m.bus.write_bytes(NEW, call + tail2)
+    m.bus.write_bytes(FN, asm("mov eax, 1\nret"))
+    m.bus.write(FPTR, 8, FN)
+
+
+def _go(m, rcx):
+    cpu = m.cpus[0]
+    cpu.rip, cpu.halted = CALLER, False
+    cpu.regs[1], cpu.regs[3] = rcx, 0
+    cpu.regs[4] = 0x80000
+    m.engine.run(cpu, 100_000)
+    return cpu.regs[3], cpu.rip - CALLER
+
+
+def test_predicted_return_site_on_another_page_checks_its_mapping():
+    """The callee's region continues at its RET's return site on the
+    caller's page only while that page is mapped as when the site was
+    decoded: after the caller's page moves to NEW (other code), the RET
+    leaves to the engine, which runs NEW's code."""
+    out = []
+    for hot in (5, 10 ** 9):
+        m = make_machine("long64")
+        m.engine.hot_threshold = hot
+        _ret_code(m)
+        cpu = m.cpus[0]
+        first = _go(m, 50)
+        if hot == 5:
+            fn = m.engine.blocks[(FN, cpu.mode_key)].compiled
+            assert fn is not None and fn.members[0].key[0] == FN
+            assert any(b.key[0] >> 12 == CALLER >> 12 for b in fn.members)
+            assert "fxg(XC[" in fn.source
+        m.bus.write(PD + 16, 8, NEW | 0x83)
+        cpu.tlb.flush_all("test")
+        second = _go(m, 50)
+        out.append((first, second))
+    n = len(asm(f"call qword ptr [{FPTR:#x}]"))
+    assert out[0] == out[1] == ((50, n + 9), (50 * 1001, n + 16))

@@ -322,7 +322,7 @@ class Gen:
     position in the whole region, so they are unique in the function.
     """
 
-    def __init__(self, blk, cpu, members=None, narrow_in=None, vips=()):
+    def __init__(self, blk, cpu, members=None, narrow_in=None, vips=(), rsite=None):
         self.blk = blk
         self.narrow_in = narrow_in   # per member: registers narrow at its entry (narrow_entries)
         self.members = list(members or [blk])
@@ -347,6 +347,14 @@ class Gen:
         # returns (a RET elsewhere leaves the region).
         calls = {b.insns[-1].next_ip for b in self.members if b.insns[-1].fn is control.call}
         self.ret_sites = {ip: i for ip, i in self.dindex.items() if ip in calls}
+        # The head's predicted return site (compile_block): it may be on
+        # another page, so a RET there checks that page's mapping (XC).
+        self.xc = {}
+        if rsite is not None and rsite in self.index:
+            i = self.index[rsite]
+            self.ret_sites[rsite] = i
+            if self.lpage[i] != self.lpage[0]:
+                self.xc[i] = (self.lpage[i], self.members[i].page)
         mode = blk.key[1] if isinstance(blk.key, tuple) and len(blk.key) >= 2 else cpu.mode_key
         self.bits, self.stack_bits = mode[0], mode[2]
         self.long64 = self.bits == 64
@@ -931,6 +939,12 @@ class Gen:
             self.ns["RM"] = self.dindex
         if not looked_up:
             self.emit(f"b{self.k} = {'RR' if ret else 'RM'}.get({t})")
+        if ret and self.xc:
+            # A return site on another page: continue there only while that
+            # page is mapped as when it was decoded.
+            self.ns["XC"] = self.xc
+            self.emit(f"if b{self.k} in XC and fxg(XC[b{self.k}][0]) != XC[b{self.k}][1]:")
+            self.emit(f"b{self.k} = None", 1)
         self.emit(f"if b{self.k} is not None:")
         self.emit(f"n += {self.n}", 1)
         self.emit("if n > lim or cpu.pending or machine.stopping:", 1)
@@ -1311,7 +1325,8 @@ class Gen:
         """Whether the transition from member ``a`` to ``b`` must check that
         ``b``'s page is mapped as it was decoded: it moves to another page
         than ``a``'s and the region's first (checked by the engine); a
-        member on the same page as ``a`` was checked getting to ``a``."""
+        member on the same page as ``a`` was checked getting to ``a`` (or
+        at the RET to the predicted return site, ``xc``)."""
         lp = self.lpage
         return lp[b] != lp[a] and lp[b] != lp[0]
 
@@ -1347,7 +1362,7 @@ class Gen:
             if re.search(r"\bram\b", text):
                 pre.append("    ram = cpu.ram")
             pre += [f"    M{v} = cpu.ram_views[{v}]" for v in sorted(self.views)]
-        if any(self._cross(a, b) for a, b, *_ in self.trans):
+        if self.xc or any(self._cross(a, b) for a, b, *_ in self.trans):
             reload.append("fxg = cpu.fx.get")
         if self.uses_eb:
             reload += ["eb4 = cpu.ebase[4]", "eb5 = cpu.ebase[5]"]
@@ -2637,17 +2652,42 @@ def region(blk, lookup, vips=None):
     return members
 
 
-def generate(blk, cpu, members=None, vips=()):
+def region_from(ip, lookup, members):
+    """More members for a region already holding ``members``: the block at
+    ``ip`` (``lookup``) and the blocks it reaches by static edges, within
+    the region's limits; [] if there is no block there."""
+    have = {b.insns[0].ip for b in members}
+    total = [sum(b.n for b in members)]
+    out = []
+
+    def visit(b):
+        out.append(b)
+        have.add(b.insns[0].ip)
+        total[0] += b.n
+        for nip in successors(b):
+            if len(members) + len(out) >= MAX_REGION_BLOCKS or nip in have:
+                continue
+            nb = lookup(nip)
+            if nb is not None and nb.n and total[0] + nb.n <= MAX_REGION_INSNS:
+                visit(nb)
+    b = lookup(ip)
+    if b is None or not b.n or total[0] + b.n > MAX_REGION_INSNS:
+        return []
+    visit(b)
+    return out
+
+
+def generate(blk, cpu, members=None, vips=(), rsite=None):
     """(source, line map, namespace, number of templated instructions).
     A region of several blocks is generated twice: the second time knowing
     which registers hold 32-bit values at each member's entry
     (``Gen.narrow_entries``), so their 32-bit reads need no mask."""
-    g = Gen(blk, cpu, members, vips=vips)
+    g = Gen(blk, cpu, members, vips=vips, rsite=rsite)
     src, line_of = g.generate()
     if len(g.members) > 1:
         nin = g.narrow_entries()
         if any(nin):
-            g = Gen(blk, cpu, members, narrow_in=nin, vips=vips)
+            g = Gen(blk, cpu, members, narrow_in=nin, vips=vips, rsite=rsite)
             src, line_of = g.generate()
     return src, line_of, g.ns, g.templated
 
@@ -2662,15 +2702,32 @@ def compile_block(blk, cpu, lookup=None):
     3.11 (mostly the parser) and saves ~1.5 us per executed instruction, so
     the engine asks only after a block ran HOT_THRESHOLD (200) times."""
     vips = set()
-    members = region(blk, lookup, vips) if lookup is not None and _mode(blk, cpu)[0] != 16 else [blk]
-    return compile_now(blk, cpu, members, vips)
+    rsite = None
+    if lookup is not None and _mode(blk, cpu)[0] != 16:
+        members = region(blk, lookup, vips)
+        # A head block ending in a near RET: where it returned when it was
+        # found hot (``lookup.ret_site``), as a member its RET may continue
+        # at (a hypervisor's VMRUN stub returning to its loop).
+        rsite = getattr(lookup, "ret_site", None)
+        last = blk.insns[-1]
+        if rsite is not None and last.fn is control.ret and last.iced.code in _NEAR_RETS \
+                and rsite not in {b.insns[0].ip for b in members} and len(members) < MAX_REGION_BLOCKS:
+            more = region_from(rsite, lookup, members)
+            members = members + more if more else members
+            if not more:
+                rsite = None
+        else:
+            rsite = None
+    else:
+        members = [blk]
+    return compile_now(blk, cpu, members, vips, rsite)
 
 
 def _mode(blk, cpu):
     return blk.key[1] if isinstance(blk.key, tuple) and len(blk.key) >= 2 else cpu.mode_key
 
 
-def compile_now(blk, cpu, members=None, vips=()):
+def compile_now(blk, cpu, members=None, vips=(), rsite=None):
     """A function ``fn(cpu, budget) -> retired`` for ``blk``, or None.
 
     16-bit code (real mode, vm86, 16-bit protected segments) stays
@@ -2682,7 +2739,7 @@ def compile_now(blk, cpu, members=None, vips=()):
         stats["declined"] += 1
         return None
     try:
-        src, line_of, ns, templated = generate(blk, cpu, members, vips)
+        src, line_of, ns, templated = generate(blk, cpu, members, vips, rsite)
     except Exception as e:                       # noqa: BLE001 - see docstring
         stats["declined"] += 1
         if not isinstance(e, Unsupported):

@@ -142,6 +142,9 @@ class Engine:
                 out.append(live)
             return [b for b in out if b.page == blk.page and b.page2 is None and b.n and b.insns[0].ip == ip]
         lookup.versions = versions
+        # The block just ran (Engine._run compiles after running it): a RET
+        # at its end went to cpu.rip, a return site the region may include.
+        lookup.ret_site = cpu.rip
         fn = codegen.compile_block(blk, cpu, lookup if base == 0 else None)
         if fn is not None:
             self.stats["blocks_compiled"] += 1

@@ -865,8 +865,8 @@ class Gen:
 
     def goto_version(self, target, ind=0):
         """Continue at ``target``, where the members are versions of one
-        block: the one that is the live block now (``BG``: the engine's block
-        look-up; a write to the code swaps it, engine.py ``_on_ram_write``), checked
+        block: the one to run now (``LV``: engine.py ``live_version``, the live
+        block, or the version of a group whose bytes RAM holds), checked
         like a backward transition; if none of them is (a version decoded
         after this region was compiled), leave."""
         self.loops = True
@@ -874,7 +874,7 @@ class Gen:
         self.ns[f"VS{target:x}"] = sel.get
         self.ns[f"VK{target:x}"] = next(iter(sel)).key
         bk = f"vb{self.k}"          # not b<k>: an operand a flags tuple may name
-        self.emit(f"{bk} = VS{target:x}(BG(VK{target:x}))", ind)
+        self.emit(f"{bk} = VS{target:x}(LV(VK{target:x}))", ind)
         self.emit(f"if {bk} is not None:", ind)
         self.emit(f"n += {self.n}", ind + 1)
         self.emit("if n > lim or cpu.pending or machine.stopping:", ind + 1)
@@ -2765,7 +2765,7 @@ def compile_now(blk, cpu, members=None, vips=(), rsite=None):
     env.update(ns)
     env["LK"] = line_of
     env["SMC"] = cpu.machine.engine.smc
-    env["BG"] = cpu.machine.engine.blocks.get
+    env["LV"] = cpu.machine.engine.live_version
     env["WW"] = cpu.bus.write_watchers
     exec(code, env)
     fn = env[f"blk_{blk.insns[0].ip:x}"]

@@ -57,7 +57,7 @@ def _first_fetch(cpu, lin) -> None:
 
 class Block:
     __slots__ = ("insns", "n", "end_ip", "page", "page2", "sets_rip", "key", "heat", "compiled", "lo", "code",
-                 "reg", "imms", "entry")
+                 "reg", "imms", "entry", "hole")
 
 
 class Engine:
@@ -122,7 +122,7 @@ class Engine:
                 return b
             if b.page != blk.page:
                 return None
-            if len(dropped.get(b.key, ())) > 1:
+            if len(dropped.get(b.key, ())) > 1 or b.hole is not None:
                 return None        # its code flips between versions: versions() below
             return b
 
@@ -134,10 +134,10 @@ class Engine:
             lin = (base + ip) & cpu.lin_mask
             key = (lin, mode)
             kept = dropped.get(key, ())
-            if len(kept) < 2 or lin >> 12 != page:
+            live = blocks.get(key)
+            if lin >> 12 != page or len(kept) < 2 and (live is None or live.hole is None):
                 return None
             out = [b for _, b in kept]
-            live = blocks.get(key)
             if live is not None and live not in out:
                 out.append(live)
             return [b for b in out if b.page == blk.page and b.page2 is None and b.n and b.insns[0].ip == ip]
@@ -272,6 +272,7 @@ class Engine:
         blk.code = None
         blk.reg = None
         blk.imms = None
+        blk.hole = None                    # its version group (_group), if any
         if crossed and page2 is None:
             return blk                     # runs on into MMIO or unmapped space: not cached
         if page2 is None and page_off is not None and not guest and self.instrument is None and page_off >> 52 == 0:
@@ -306,7 +307,7 @@ class Engine:
         if fn is not None:
             regions = self.regions
             for m in fn.static:
-                if blocks.get(m.key) is not m:
+                if blocks.get(m.key) is not m or m.hole is not None:
                     blk.compiled, blk.entry = None, 0
                     blk.heat = 0
                     break
@@ -507,6 +508,8 @@ class Engine:
             if match is not None:
                 self._revive(match, k, cp)       # replaces it in blocks
                 swapped = k
+                if len(k) == 2:
+                    self._group(k, cp)
         if hits:
             # Engine.smc: the key of the one block the write swapped for a
             # kept version (compiled code that selects that block's version
@@ -515,6 +518,92 @@ class Engine:
             new = swapped if hits == 1 and swapped is not None else 1
             cur = self.smc[0]
             self.smc[0] = new if not cur or cur == new else 1
+
+    def _group(self, key, cp):
+        """The versions of the block ``key`` (kept, and the live one) that
+        differ only in bytes [d0, d1) of their first instruction, with the
+        same length, page and no patched immediates, become a group: those
+        bytes leave the byte map (a write there is a data write), and the
+        version that runs is the one whose bytes [d0, d1) RAM holds when the
+        block is entered - by the dispatcher (``_guard``) or a region
+        (``live_version``).  Exact: every other byte of the block is still
+        registered (a write there drops it as before), and nothing in the
+        block runs before its first instruction.  Regions that ran a version
+        statically are dropped (``_drop_regions``, ``_revive`` refuses them)."""
+        live = self.blocks.get(key)
+        vs = [b for _, b in self.dropped.get(key, ())]
+        if live is None or not vs or self.instrument is not None:
+            return
+        if live not in vs:
+            vs.append(live)
+        b0 = vs[0]
+        code0, lo, page = b0.code, b0.lo, b0.page
+        n = len(code0)
+        if lo + n > PAGE:
+            return
+        first = n
+        for b in vs:
+            if (b.code is None or len(b.code) != n or b.page != page or b.lo != lo
+                    or b.page2 is not None or any(ins.vimm is not None for ins in b.insns)):
+                return
+            first = min(first, b.insns[0].len)
+        d0, d1 = n, 0
+        for b in vs:
+            c = b.code
+            for i in range(first):
+                if c[i] != code0[i]:
+                    d0, d1 = min(d0, i), max(d1, i + 1)
+            if c[first:] != code0[first:]:
+                return                      # they differ after the first instruction
+        if d0 >= d1:
+            return
+        table = {}
+        for b in vs:
+            table.setdefault(b.code[d0] if d1 - d0 == 1 else bytes(b.code[d0:d1]), b)
+        group = (page + lo + d0, d1 - d0, table)
+        reg = tuple(r for r in ((lo, lo + d0), (lo + d1, lo + n)) if r[0] < r[1])
+        for b in vs:
+            b.hole, b.reg = group, reg
+            fn = b.compiled
+            if fn is not None and any(m.key == key for m in fn.static):
+                b.compiled, b.entry, b.heat = None, 0, 0
+        cp.set(key, reg)
+        if key in self.regions:
+            self._drop_regions(key)
+
+    def live_version(self, key):
+        """The block to run at ``key`` now, for a compiled region's
+        transition to a block it selects (codegen ``goto_version``): the
+        live block, or for one in a version group (``_group``) the version
+        whose bytes RAM holds (None: no version has them; the region leaves
+        and the dispatcher decodes them)."""
+        b = self.blocks.get(key)
+        if b is None or b.hole is None:
+            return b
+        a, d, table = b.hole
+        if self.bus.dirty and a >> 12 in self.bus.dirty:
+            return None                     # RAM may be behind a CPU's decrypted line
+        return table.get(self.ram[a] if d == 1 else self.ram[a:a + d])
+
+    def _guard(self, blk):
+        """The dispatcher enters ``blk``, which is in a version group: the
+        version whose bytes RAM holds becomes the live block (``_revive``);
+        if none has them, ``blk`` is dropped (kept) and None returned, to
+        translate."""
+        a, d, table = blk.hole
+        v = table.get(self.ram[a] if d == 1 else self.ram[a:a + d])
+        if v is blk:
+            return blk
+        key = blk.key
+        if v is not None and not (self.bus.dirty and a >> 12 in self.bus.dirty):
+            return self._revive(v, key)
+        self._keep_dropped(blk)
+        if self.blocks.get(key) is blk:
+            del self.blocks[key]
+            self.stats["blocks_invalidated"] += 1
+        if key in self.regions:
+            self._drop_regions(key)
+        return None
 
     def _note_patched_imm(self, cp, blk, page, lo, hi):
         """A write to bytes [lo, hi) of RAM page ``page`` hit block ``blk``:
@@ -631,7 +720,8 @@ class Engine:
                         _first_fetch(cpu, lin)
                         page = cpu.fx.get(lin >> 12)
                     if (blk is None or blk.page != page or page is None
-                            or blk.page2 is not None and not self._page2_ok(cpu, blk, lin)):
+                            or blk.page2 is not None and not self._page2_ok(cpu, blk, lin)
+                            or blk.hole is not None and (blk := self._guard(blk)) is None):
                         blk = self.translate(cpu, lin, key)
                 except CpuException as e:
                     interrupts.deliver_exception(cpu, e)

@@ -252,3 +252,23 @@ def test_the_stable_bytes_are_the_fields_vmrun_decides_on():
         assert switch._STABLE(page, 0) == ref, name
     page[0x3E0:0x400] = b"\xff" * 32                # the bytes the APM leaves to software
     assert switch._STABLE(page, 0) == ref
+
+
+def test_the_host_save_area_rewritten_while_the_guest_runs_is_reloaded():
+    """#VMEXIT reloads the host state from the host save area (APM 15.6; svmsim
+    keeps it in the VMCB save-area layout, world.py): a guest that rewrites the
+    saved RAX there gets that value into the host's RAX, also when the area's
+    bytes were unchanged at the VMRUNs before (the values VMRUN saw are reused
+    only for the same bytes)."""
+    rax = HSAVE + field("RAX").offset
+    guest = f"cpuid\nmov rax, {rax}\nmov qword ptr [rax], 0x5a5a\ncpuid\nhlt"
+    rig = SvmRig(guest, intercepts=(ExitCode.CPUID, ExitCode.HLT))
+    for _ in range(3):
+        rig.run(at_vmrun=True)
+        assert rig.exitcode == ExitCode.CPUID and rig.cpu.regs[0] == VMCB
+    rig.vmcb["RIP"] = rig.vmcb["NRIP"]
+    rig.run(at_vmrun=True)
+    assert rig.exitcode == ExitCode.CPUID and rig.cpu.regs[0] == 0x5A5A
+    rig.vmcb["RIP"] = rig.vmcb["NRIP"]
+    rig.run(at_vmrun=True)                       # VMRUN writes the area again
+    assert rig.exitcode == ExitCode.HLT and rig.cpu.regs[0] == VMCB

@@ -96,6 +96,7 @@ class SvmState:
     clean_cache: list = field(default_factory=list)   # cached VMCB fields (clean bits, 15.15.3; clean.py)
     cache_pa: object = None                   # the VMCB the cache belongs to
     delta: object = None                      # switch.vmrun's values of the last VMCB it ran
+    hsave_seen: object = None                 # (RAM offset, bytes, values) of the host save area as last seen
     exits: dict = field(default_factory=dict)         # exit code -> count (the run's summary)
     vmruns: int = 0
     invalid: list = field(default_factory=list)   # InvalidReason of each VMEXIT_INVALID

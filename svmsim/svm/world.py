@@ -116,6 +116,9 @@ def _stash(es, cs, ss, ds, vals):
     return es, cs, ss, ds, tuple(vals[:16])
 
 
+_HOST_AT, _HOST_END = HOST_PACKED.start, HOST_PACKED.end
+
+
 def _hsave_page(bus, hsave_pa) -> bytearray:
     return bytearray(bus.read_bytes(hsave_pa + HOST_PACKED.start, HOST_PACKED.end - HOST_PACKED.start))
 
@@ -136,12 +139,20 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
         off = bus.ram_offset(hsave_pa)
     if off is not None:
         buf = bus.ram.buf
-        old = HOST_RUNS.unpack(buf, off)
+        s = cpu.svm
+        area = buf[off + _HOST_AT:off + _HOST_END]
+        seen = s.hsave_seen
+        # The values the area holds: those it held when VMRUN or #VMEXIT last
+        # saw the same bytes, or read now.
+        old = seen[2] if seen is not None and seen[0] == off and seen[1] == area else HOST_RUNS.unpack(buf, off)
         if old != new:      # else the area holds these values already (a hypervisor's loop)
             span = HOST_RUNS.pack_changed(buf, off, old, new)     # often RFLAGS alone
             if span is not None:
                 for watch in bus.write_watchers:
                     watch(off + span[0], span[1] - span[0])
+            area = buf[off + _HOST_AT:off + _HOST_END]
+            old = HOST_RUNS.unpack(buf, off)
+        s.hsave_seen = (off, area, old)
         return
     area = _hsave_page(bus, hsave_pa)
     vals = HOST_PACKED.unpack(area, -HOST_PACKED.start)
@@ -158,7 +169,12 @@ def restore_host(cpu, hsave) -> None:
     save area's physical address (or a VmcbView of it)."""
     off = cpu.bus.ram_offset(hsave) if isinstance(hsave, int) and DIRECT and not hsave & 0xFFF else None
     if off is not None:
-        vals = HOST_RUNS.unpack(cpu.bus.ram.buf, off)
+        buf = cpu.bus.ram.buf
+        seen = cpu.svm.hsave_seen
+        if seen is not None and seen[0] == off and seen[1] == buf[off + _HOST_AT:off + _HOST_END]:
+            vals = seen[2]                 # the bytes VMRUN left: the values it saw in them
+        else:
+            vals = HOST_RUNS.unpack(buf, off)
     elif isinstance(hsave, int):
         raw = HOST_PACKED.unpack(cpu.bus.read_bytes(hsave + HOST_PACKED.start,
                                                     HOST_PACKED.end - HOST_PACKED.start),

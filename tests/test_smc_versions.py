@@ -204,10 +204,17 @@ def test_writes_across_a_page_boundary(runners):
     assert r["regs"][6] == 0xcbffc8ff ^ 0xc3ffc0ff and r["regs"][7] == 60
 
 
+def _grouped(engine, key):
+    """Whether the versions of the block ``key`` formed a group (Engine._group)."""
+    vs = [b for _, b in engine.dropped.get(key, ())] + [b for b in [engine.blocks.get(key)] if b]
+    return any(b.hole is not None for b in vs)
+
+
 WAIT = """
 1:  cmp byte ptr [rsi], 0               # wait for the writer
     je 1b
     mov byte ptr [rsi], 0
+    {jmp}
 2:  .byte 0x01, 0xc8                    # add / sub eax, ecx: the writer flips it
     dec rcx
     jnz 1b
@@ -216,11 +223,15 @@ WAIT = """
 
 
 @pytest.mark.parametrize("quantum", [7, 40, 500])
-def test_dma_rewrites_code(runners, quantum):
+@pytest.mark.parametrize("jmp", ["", "jmp 2f"])
+def test_dma_rewrites_code(runners, quantum, jmp):
     """A device writes the opcode through its DMA port (bus writes, as the
     edu device's transfers) while the CPU waits for it: each time the CPU
-    runs the instruction as the device left it."""
-    code = asm(WAIT)
+    runs the instruction as the device left it.  With ``jmp 2f`` the
+    rewritten instruction starts its block, and its versions form a group
+    (Engine._group): the device's later writes are plain RAM writes, which
+    the CPU meets by reading the opcode at each entry."""
+    code = asm(WAIT.format(jmp=jmp))
     at = CODE_ADDR + code.index(b"\x01\xc8")
     results = []
     for r in runners("long64"):
@@ -237,26 +248,36 @@ def test_dma_rewrites_code(runners, quantum):
         assert out["faults"] == [] and r.faults == []
         results.append(cpu.regs[0])
     assert results[0] == results[1] == _alternating(60, first_add=False)
-    assert runners("long64")[1].m.engine.stats["blocks_revived"] >= 50
+    comp = runners("long64")[1]
+    assert _grouped(comp.m.engine, (at, comp.cpu.mode_key)) == bool(jmp)
+    if not jmp:
+        assert comp.m.engine.stats["blocks_revived"] >= 50     # each write swapped versions
+    else:
+        assert comp.m.engine.stats["blocks_translated"] < 12  # nothing decoded again
 
 
-def test_other_cpu_rewrites_code():
+@pytest.mark.parametrize("jmp", ["", "jmp 2f"])
+def test_other_cpu_rewrites_code(jmp):
     """CPU 1 flips the opcode CPU 0 runs next, each time CPU 0 waits for it
     (a flag on the data page; CPUID serializes CPU 0 after the wait, as
     cross-modifying code asks): CPU 0 runs each version as written, with its
-    blocks compiled, whatever the interleaving of the two CPUs."""
+    blocks compiled, whatever the interleaving of the two CPUs.  With ``jmp
+    2f`` the rewritten instruction starts its block and its versions form a
+    group: CPU 1's stores are then plain stores, and CPU 0 reads the opcode
+    when it enters the block."""
     cpu0_code = asm("""
     1:  cmp byte ptr [rsi], 1
         jne 1b
         mov r9d, eax
         cpuid
         mov eax, r9d
+        {jmp}
     2:  .byte 0x01, 0xf8                # add / sub eax, edi
         mov byte ptr [rsi], 0
         dec rdi
         jnz 1b
         hlt
-    """)
+    """.format(jmp=jmp))
     at = CODE_ADDR + cpu0_code.index(b"\x01\xf8")
     cpu1_code = asm(f"""
         mov edx, 0x29
@@ -293,6 +314,7 @@ def test_other_cpu_rewrites_code():
             steps += 1
             assert steps < 10 ** 5
         assert c0.regs[0] & M32 == _alternating(50, first_add=False)
+        assert _grouped(m.engine, (at, c0.mode_key)) == bool(jmp)      # a version group
     assert m.engine.stats["blocks_revived"] > 0
 
 

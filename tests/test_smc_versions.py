@@ -598,3 +598,59 @@ def test_version_group_meets_new_bytes(runners, budget):
         at = CODE_ADDR + code.index(b"\x01\xc8")
         live = ec.blocks[(at, comp.cpu.mode_key)]
         assert live.hole is not None and len(live.hole[2]) >= 2
+
+
+def test_group_without_kept_versions_is_no_static_member(runners, monkeypatch):
+    """A version group whose kept versions were forgotten (MAX_DROPPED, here
+    2) is still a group: a region that takes it in as the return site of a
+    function on another page (codegen region_from) must not run it as a
+    static member (the version that runs is read from RAM at each entry).
+    The flipping instruction is the return site of an indirect call; the
+    function called in the last phase is compiled after the forgetting."""
+    from svmsim.cpu import engine as engine_mod
+    monkeypatch.setattr(engine_mod, "MAX_DROPPED", 2)
+    loops = "".join(f"""
+    {i}1:
+        mov edx, 0x01
+    {i}3:
+        mov byte ptr [rip + {i}2f], dl
+    {i}2:
+        .byte 0x01, 0xc8                # add / sub eax, ecx
+        xor edx, 0x28
+        dec rcx
+        jnz {i}3b
+        ret
+    """ for i in (2, 3))
+    code = asm(f"""
+        lea r8, [rip + 81f]
+        mov ecx, 40
+        call 11f
+        mov ecx, 40
+        call 21f
+        mov ecx, 40
+        call 31f                        # pushes out the first loop's kept versions
+        lea r8, [rip + 82f]
+        mov ecx, 40
+        call 11f
+        hlt
+    11:
+        mov edx, 0x01
+    13:
+        mov byte ptr [rip + 12f], dl
+        call r8
+    12:
+        .byte 0x01, 0xc8                # add / sub eax, ecx: the return site
+        xor edx, 0x28
+        dec rcx
+        jnz 13b
+        ret
+    {loops}
+        .org 0x1000, 0x90
+    81: ret
+    82: ret
+    """)
+    r, ei, ec = _both(runners, code, _regs())
+    assert r["regs"][0] == (4 * _alternating(40)) & M32
+    comp = runners("long64")[1]
+    k = (CODE_ADDR + code.index(b"\x01\xc8"), comp.cpu.mode_key)
+    assert k not in ec.dropped and ec.blocks[k].hole is not None

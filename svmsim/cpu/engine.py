@@ -116,8 +116,10 @@ class Engine:
                 # On another page (a call into a function elsewhere): a member
                 # if that page is mapped now as it was decoded; the region
                 # checks the mapping again where it moves there (codegen
-                # Gen._transition).  Not for code with versions.
-                if b.page is None or cpu.fx.get(lin >> 12) != b.page or b.key in dropped:
+                # Gen._transition).  Not for code with versions (kept, or in
+                # a version group: Engine._group).
+                if (b.page is None or cpu.fx.get(lin >> 12) != b.page or b.key in dropped
+                        or b.hole is not None):
                     return None
                 return b
             if b.page != blk.page:

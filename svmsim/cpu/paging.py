@@ -141,7 +141,7 @@ class Walker:
         if t is not None and (t.d or not access & PF_W):
             return t
         seen = self.memo_seen
-        if key not in seen:
+        if key not in seen or watch.off:
             if len(seen) >= SEEN_MAX:
                 seen.clear()
             seen.add(key)

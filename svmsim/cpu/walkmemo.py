@@ -36,6 +36,7 @@ import sys
 DEPS_MAX = 1 << 20     # registered (entry, memo entry) pairs before everything is dropped
 MEMO_MAX = 1 << 16     # entries of one walker's memo before it is emptied
 QUEUE_MAX = 1 << 12    # walks waiting for ``commit``
+CHURN_MIN = 256        # kept walks dropped before PtWatch.off may be set
 
 
 class PtWatch:
@@ -60,6 +61,11 @@ class PtWatch:
         self.pages: set = set()               # RAM pages holding a watched entry
         self.queue: list = []                 # (memo, key, Translation, ((offset, value), ...))
         self.gen = 0                          # moves at ``clear``: every memo is stale
+        # Set when kept walks are mostly dropped by writes before they serve
+        # (page tables that change all the time, as an OS's do): walks are no
+        # longer recorded, so their pages are not watched (stores to them
+        # stay in the write caches).
+        self.off = False
         self.n = 0
         self.stats = {"entered": 0, "stale": 0, "dropped": 0, "cleared": 0}
         bus.write_watchers.append(self._on_write)
@@ -121,13 +127,29 @@ class PtWatch:
             return
         deps = self.deps
         for e in range(off & ~7, off + n, 8):
-            lst = deps.get(e)
-            if lst:
+            lst = deps.pop(e, None)
+            if lst is not None:
                 self.n -= len(lst)
                 for memo, key in lst:
                     if memo.pop(key, None) is not None:
                         self.stats["dropped"] += 1
-                lst.clear()
+                cp = self.code_pages.get(e >> 12)
+                if cp is not None:
+                    cp.unmark_pt(e & 0xFFF)      # watched again if a walk reads it again
+                    if not cp.pt and not cp.code:
+                        self._release(e >> 12, cp)
+                if self.stats["dropped"] >= CHURN_MIN and self.stats["dropped"] * 2 > self.stats["entered"]:
+                    self.off = True
+
+    def _release(self, page, cp) -> None:
+        """A page made a code page only for its watched entries has none left:
+        it is a plain page again (its stores go back to the write caches).
+        Code-page cache entries still holding its byte map send every store
+        to the watchers from now on (the map is all ones), which find no
+        code and no watched entry: correct until they are dropped."""
+        del self.code_pages[page]
+        cp.map[:] = b"\x01" * 4096
+        self.pages.discard(page)
 
     def clear(self) -> None:
         """Forget every memo (each walker sees ``gen`` move and empties its own)."""

@@ -397,3 +397,24 @@ def test_guest_store_to_its_pte_under_nested_paging(flush):
     assert rig.exitcode == ExitCode.HLT
     assert cpu.regs[8] == _expected(40)
     assert m.pt_watch.stats["entered"] > 0 and m.pt_watch.stats["dropped"] >= 39
+
+
+def test_written_entry_is_released_and_its_page_is_plain_again():
+    """A watched page-table page leaves the write caches (a code page with
+    its entries marked); once its watched entry is written, nothing is kept
+    on it and it is a plain page again: a CPU store to it goes through the
+    write cache (W), and a later kept walk watches it anew."""
+    from svmsim.cpu.tlb import W
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    _map_4k(m)
+    _walk_twice(m, cpu)
+    page = PT >> 12
+    assert page in m.code_pages and m.code_pages[page].map[0] == 1
+    cpu.write(DS, PT, 8, P2 | 0x23)                  # the watched PTE: the kept walk goes
+    assert page not in m.code_pages and m.pt_watch.stats["dropped"] == 1
+    cpu.tlb.flush_all("test")
+    cpu.write(DS, PT + 0x800, 8, 0)                  # data on the page: the write cache again
+    assert cpu.tlb.fast[0][W].get(PT >> 12) == PT
+    assert [r[1] for r in _walk_twice(m, cpu)] == [P2] * 3
+    assert page in m.code_pages and m.code_pages[page].map[0] == 1

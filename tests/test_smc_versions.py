@@ -349,6 +349,45 @@ def test_two_read_modify_writes_of_one_constant_address(runners, target):
     assert "q1 = q0" in comp_src
 
 
+@pytest.mark.parametrize("store", ["xor qword ptr [rip + 3f], rdx",
+                                   "mov qword ptr [rip + 3f], rbx"])
+def test_aligned_quadword_store_into_translated_code(runners, store):
+    """A compiled 8-byte store to an aligned quadword of its own page tests
+    that quadword of the byte map with one index (codegen ``_not_code``):
+    here the quadword holds translated code (NOP, INC EAX <-> DEC EAX, RET),
+    so the store must take the code-write path and the next call must run
+    the new bytes; a data quadword on the same page stays on the fast path.
+    As the interpreter, every budget."""
+    code = asm(f"""
+        mov rdx, 0x080000               # c0 ^ 08 = c8: inc eax <-> dec eax
+        mov rbx, 0xc3c8ff90             # nop; dec eax; ret
+    1:
+        call 3f
+        {store}
+        call 3f
+        call 3f
+        xor qword ptr [rip + 3f], rdx   # back to inc eax (mov: c8 ^ 08 = c0)
+        add qword ptr [rip + 9f], 1     # data on the page: the fast path
+        dec rcx
+        jnz 1b
+        hlt
+    .balign 8
+    3:  .byte 0x90, 0xff, 0xc0, 0xc3    # nop; inc eax; ret (not its first
+                                        # instruction: no version group)
+    .balign 8
+    9: .quad 0
+    """)
+    interp, comp = runners("long64")
+    for compiled in (True, "hot"):
+        for budget in (11, 10 ** 5):
+            a = interp.run(code, _regs(rcx=40), bytes(DATA_LEN), 0x202, budget, False)
+            b = comp.run(code, _regs(rcx=40), bytes(DATA_LEN), 0x202, budget, compiled)
+            assert a == b
+    assert a["regs"][0] == (-40) & M32 and a["faults"] == []
+    srcs = [b.compiled.source for b in comp.m.engine.blocks.values() if b.compiled]
+    assert any("[2][" in src for src in srcs)     # the quadword test was compiled
+
+
 def _region_selects(engine, lin, mode):
     """The compiled regions that run the versions at ``lin`` as the live
     block selects them (codegen goto_version), by head address."""

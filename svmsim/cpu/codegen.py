@@ -167,6 +167,15 @@ def _wrA(cpu, lin, seg, off, size, value):
     return _wr(cpu, q, lin, seg, off, size, value)
 
 
+def _not_code(c, x, s):
+    """Source testing that bytes x..x+s of the code page whose cache entry
+    (RAM offset, byte map, the map as quadwords) is named ``c`` hold no
+    translated code: one index for an aligned quadword, else a search."""
+    if s == 8 and not x & 7:
+        return f"not {c}[2][{x >> 3:#x}]"
+    return f"{c}[1].find(1, {x:#x}, {x + s:#x}) < 0"
+
+
 def _rmw(cpu, lin, size):
     """The RAM offset both halves of a read-modify-write may use when the
     write cache missed: a page holding code whose bytes here are not
@@ -615,7 +624,7 @@ class Gen:
         of that page are not translated code (data sharing a page with code)."""
         self.emit(f"if q{k} is None:")
         self.emit(f"c{k} = fcg({page})", 1)
-        self.emit(f"if c{k} is not None and c{k}[1].find(1, {x:#x}, {x + s:#x}) < 0:", 1)
+        self.emit(f"if c{k} is not None and {_not_code(f'c{k}', x, s)}:", 1)
         self.emit(f"q{k} = c{k}[0]", 2)
 
     def rmw_read(self, o, k):
@@ -660,7 +669,7 @@ class Gen:
                 # cache first (a page is in one of the two).
                 self.emit(f"q{k} = fcg({page})", ind)
                 self.emit(f"if q{k} is not None:", ind)
-                self.emit(f"q{k} = q{k}[0] + {add} if q{k}[1].find(1, {add}, {x + s:#x}) < 0 else None",
+                self.emit(f"q{k} = q{k}[0] + {add} if {_not_code(f'q{k}', x, s)} else None",
                           ind + 1)
                 self.emit("else:", ind)
                 self.emit(f"q{k} = fwg({page})", ind + 1)
@@ -677,7 +686,7 @@ class Gen:
             # inline, fast unless these bytes are translated code.
             self.emit("else:", ind)
             self.emit(f"q{k} = fcg({page})", ind + 1)
-            self.emit(f"q{k} = q{k}[0] + {add} if q{k} is not None and q{k}[1].find(1, {add}, {x + s:#x}) < 0 "
+            self.emit(f"q{k} = q{k}[0] + {add} if q{k} is not None and {_not_code(f'q{k}', x, s)} "
                       f"else None", ind + 1)
         else:
             self.emit("else:")

@@ -43,10 +43,13 @@ _ONES = b"\x01" * PAGE
 
 class CodePage:
     """The translated bytes of one RAM page."""
-    __slots__ = ("map", "blocks", "volatile", "hits", "pt", "code")
+    __slots__ = ("map", "map8", "blocks", "volatile", "hits", "pt", "code")
 
     def __init__(self):
         self.map = bytearray(PAGE)       # 1 where a translated instruction byte lies
+        # The same bytes as 8-byte words: compiled code tests an aligned
+        # quadword with one index (the map is only ever assigned in place).
+        self.map8 = memoryview(self.map).cast("Q")
         self.blocks: dict = {}           # block key -> ((lo, hi), ...): its bytes in this page
         self.volatile: set = set()       # page offsets of instructions whose immediate is patched
         self.hits: dict = {}             # (lo, hi) -> written(lo, hi) while no block comes or goes

@@ -442,7 +442,7 @@ class Cpu:
         if cp is None:
             fast[W][vpn] = off
         else:
-            fast[FC][vpn] = (off, cp.map)
+            fast[FC][vpn] = (off, cp.map, cp.map8)
 
     def _pt_write(self, spa, size, value):
         if self.machine.rmp.enabled and not self.svm_guest:

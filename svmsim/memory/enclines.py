@@ -215,7 +215,7 @@ class PlaintextLines:
             fast_w[vpn] = ln.slot
             ln.refs[(id(fast_w), vpn)] = (fast_w, True)
         else:
-            fast_fc[vpn] = (ln.slot, cp.map)
+            fast_fc[vpn] = (ln.slot, cp.map, cp.map8)
             ln.refs[(id(fast_fc), vpn)] = (fast_fc, True)
         self.dirty[page] = ln
         return True

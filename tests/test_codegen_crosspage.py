@@ -99,3 +99,29 @@ def test_predicted_return_site_on_another_page_checks_its_mapping():
         out.append((first, second))
     n = len(asm(f"call qword ptr [{FPTR:#x}]"))
     assert out[0] == out[1] == ((50, n + 9), (50 * 1001, n + 16))
+
+
+def test_own_page_blocks_come_before_a_long_callee_on_another_page():
+    """A region takes in what it reaches on its own page before blocks on
+    another page (codegen ``region``): a loop calling a function of more
+    blocks than a region holds keeps its return site and loop tail in the
+    region, instead of losing them to the callee's blocks (kvm-unit-tests'
+    page-table loop calling memset lost them, and left its region on every
+    iteration).  Compiled against interpreted."""
+    from svmsim.cpu.codegen import MAX_REGION_BLOCKS
+    chain = "".join(f"inc eax\njmp {i + 2}f\n{i + 2}:\n" for i in range(MAX_REGION_BLOCKS + 4))
+    out = []
+    for hot in (5, 10 ** 9):
+        m = make_machine("long64")
+        m.engine.hot_threshold = hot
+        call = b"\xe8" + ((CALLEE - (CODE_ADDR + 5)) & 0xFFFFFFFF).to_bytes(4, "little")
+        m.bus.write_bytes(CODE_ADDR, call + asm("add rbx, rax\ndec rcx\njnz $-11\nhlt"))
+        m.bus.write_bytes(CALLEE, asm("xor eax, eax\n" + chain + "ret"))
+        cpu = m.cpus[0]
+        out.append(_run(m, 30))
+        if hot == 5:
+            fn = m.engine.blocks[(CODE_ADDR, cpu.mode_key)].compiled
+            keys = [b.key[0] for b in fn.members]
+            assert CODE_ADDR + 5 in keys and CALLEE in keys
+            assert keys.index(CODE_ADDR + 5) < keys.index(CALLEE)
+    assert out[0] == out[1] == (30 * (MAX_REGION_BLOCKS + 4), CODE_ADDR + 14)

@@ -2644,7 +2644,13 @@ def region(blk, lookup, vips=None):
                 visit(v)
         return True
 
-    def visit(b):
+    # Blocks on another page (a callee elsewhere) come after everything the
+    # region reaches on its own page: a loop calling a function on another
+    # page must not lose its own blocks to the callee's within the limits.
+    page = blk.key[0] >> 12 if isinstance(blk.key, tuple) else None
+    later = []
+
+    def visit(b, defer=True):
         members.append(b)
         vis.add(id(b))
         seen.add(b.insns[0].ip)
@@ -2654,8 +2660,14 @@ def region(blk, lookup, vips=None):
                 continue
             nb = lookup(ip)
             if nb is not None and nb.n and total[0] + nb.n <= MAX_REGION_INSNS:
-                visit(nb)
+                if defer and page is not None and isinstance(nb.key, tuple) and nb.key[0] >> 12 != page:
+                    later.append(nb)
+                    continue
+                visit(nb, defer)
     visit(blk)
+    for nb in later:
+        if id(nb) not in vis and len(members) < MAX_REGION_BLOCKS and total[0] + nb.n <= MAX_REGION_INSNS:
+            visit(nb, False)
     if vips is not None and versions is not None and blk.insns[0].ip not in vips:
         add_versions(blk.insns[0].ip)
     return members

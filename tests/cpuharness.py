@@ -87,6 +87,19 @@ def make_machine(mode="long64", mem_size="16M", **kw):
     return m
 
 
+def start_like_bsp(m, i=1):
+    """CPU ``i`` of ``m`` set up in CPU 0's mode (control registers, GDT,
+    segments) and running, as an AP is after INIT-SIPI and its own set-up."""
+    c0, c = m.cpus[0], m.cpus[i]
+    c.cr0, c.cr3, c.cr4, c.efer = c0.cr0, c0.cr3, c0.cr4, c0.efer
+    c.gdtr_base, c.gdtr_limit = c0.gdtr_base, c0.gdtr_limit
+    c.segs[:] = [s.copy() for s in c0.segs]
+    c.wait_for_sipi = False
+    c.tlb.flush_all("harness")
+    c.update_mode()
+    return c
+
+
 def run_code(code: bytes, mode="long64", regs=None, rflags=None, mem=None, max_insns=100_000,
              setup=None, mem_size="16M", addr=None):
     """Run ``code`` (then HLT) and return a Result.  ``regs`` maps index or

@@ -20,10 +20,15 @@ def _run(m, rcx):
     return cpu.regs[3], cpu.rip
 
 
-def _code(m):
-    # call rel32 from CODE_ADDR to CALLEE; the callees return 1 and 100.
+def _caller(m):
+    """At CODE_ADDR, rcx times: call rel32 CALLEE, rbx += rax; then HLT."""
     call = b"\xe8" + ((CALLEE - (CODE_ADDR + 5)) & 0xFFFFFFFF).to_bytes(4, "little")
     m.bus.write_bytes(CODE_ADDR, call + asm("add rbx, rax\ndec rcx\njnz $-11\nhlt"))
+
+
+def _code(m):
+    # The callees return 1 and 100.
+    _caller(m)
     m.bus.write_bytes(CALLEE, asm("mov eax, 1\nret"))
     m.bus.write_bytes(OTHER + 0x100, asm("mov eax, 100\nret"))
 
@@ -114,8 +119,7 @@ def test_own_page_blocks_come_before_a_long_callee_on_another_page():
     for hot in (5, 10 ** 9):
         m = make_machine("long64")
         m.engine.hot_threshold = hot
-        call = b"\xe8" + ((CALLEE - (CODE_ADDR + 5)) & 0xFFFFFFFF).to_bytes(4, "little")
-        m.bus.write_bytes(CODE_ADDR, call + asm("add rbx, rax\ndec rcx\njnz $-11\nhlt"))
+        _caller(m)
         m.bus.write_bytes(CALLEE, asm("xor eax, eax\n" + chain + "ret"))
         cpu = m.cpus[0]
         out.append(_run(m, 30))

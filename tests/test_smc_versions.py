@@ -10,7 +10,7 @@ instruction runs as the bytes are when it executes (docs/DESIGN.md).
 """
 import pytest
 
-from cpuharness import asm, make_machine, CODE_ADDR, DATA_ADDR
+from cpuharness import asm, make_machine, start_like_bsp, CODE_ADDR, DATA_ADDR
 from test_codegen import _regs, DATA_LEN, runners  # noqa: F401 (runners: the fixture)
 from svmsim.memory.dma import DmaPort
 
@@ -292,13 +292,7 @@ def test_other_cpu_rewrites_code(jmp):
     """)
     for q0, q1 in ((5, 3), (64, 17), (300, 1000)):
         m = make_machine("long64", smp=2)
-        c0, c1 = m.cpus
-        c1.cr0, c1.cr3, c1.cr4, c1.efer = c0.cr0, c0.cr3, c0.cr4, c0.efer
-        c1.gdtr_base, c1.gdtr_limit = c0.gdtr_base, c0.gdtr_limit
-        c1.segs[:] = [s.copy() for s in c0.segs]
-        c1.wait_for_sipi = False
-        c1.tlb.flush_all("test")
-        c1.update_mode()
+        c0, c1 = m.cpus[0], start_like_bsp(m)
         m.engine.hot_threshold = 5
         m.bus.write_bytes(CODE_ADDR, cpu0_code)
         m.bus.write_bytes(CODE_ADDR + 0x3000, cpu1_code)
@@ -558,16 +552,10 @@ def test_flip_store_that_faults(runners, tier):
     assert m.bus.read(lin2, 1) == (0x01 if k % 2 else 0x29)      # iteration j stores 01 if j is odd
 
 
-def test_forgotten_versions_leave_the_live_block_registered(runners, monkeypatch):
-    """Kept versions are forgotten when too many addresses have them
-    (MAX_DROPPED, here 2): a forgotten version with the same byte ranges as
-    the live block of its address must not unregister them, or a later
-    store to that code would go unseen.  Three flipping loops, the third
-    one's versions pushing out the first one's; then the first one's
-    instruction is rewritten to INC EBX and run."""
-    from svmsim.cpu import engine as engine_mod
-    monkeypatch.setattr(engine_mod, "MAX_DROPPED", 2)
-    loops = "".join(f"""
+def _flip_loops(ids):
+    """Functions ``<i>1`` (ecx iterations of FLIP's ADD <-> SUB loop; the
+    flipped instruction at ``<i>2``) for each i in ``ids``."""
+    return "".join(f"""
     {i}1:
         mov edx, 0x01
     {i}3:
@@ -578,7 +566,19 @@ def test_forgotten_versions_leave_the_live_block_registered(runners, monkeypatch
         dec rcx
         jnz {i}3b
         ret
-    """ for i in (1, 2, 3))
+    """ for i in ids)
+
+
+def test_forgotten_versions_leave_the_live_block_registered(runners, monkeypatch):
+    """Kept versions are forgotten when too many addresses have them
+    (MAX_DROPPED, here 2): a forgotten version with the same byte ranges as
+    the live block of its address must not unregister them, or a later
+    store to that code would go unseen.  Three flipping loops, the third
+    one's versions pushing out the first one's; then the first one's
+    instruction is rewritten to INC EBX and run."""
+    from svmsim.cpu import engine as engine_mod
+    monkeypatch.setattr(engine_mod, "MAX_DROPPED", 2)
+    loops = _flip_loops((1, 2, 3))
     code = asm(f"""
         mov ecx, 40
         call 11f
@@ -648,18 +648,7 @@ def test_group_without_kept_versions_is_no_static_member(runners, monkeypatch):
     function called in the last phase is compiled after the forgetting."""
     from svmsim.cpu import engine as engine_mod
     monkeypatch.setattr(engine_mod, "MAX_DROPPED", 2)
-    loops = "".join(f"""
-    {i}1:
-        mov edx, 0x01
-    {i}3:
-        mov byte ptr [rip + {i}2f], dl
-    {i}2:
-        .byte 0x01, 0xc8                # add / sub eax, ecx
-        xor edx, 0x28
-        dec rcx
-        jnz {i}3b
-        ret
-    """ for i in (2, 3))
+    loops = _flip_loops((2, 3))
     code = asm(f"""
         lea r8, [rip + 81f]
         mov ecx, 40

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from cpuharness import make_machine, asm, CODE_ADDR, DATA_ADDR, PD
+from cpuharness import make_machine, asm, start_like_bsp, CODE_ADDR, DATA_ADDR, PD
 from svmsim.cpu.exceptions import CpuException, PF_W, PF_U, PF_I
 from svmsim.cpu.segments import DS
 from svmsim.memory.dma import DmaPort
@@ -227,12 +227,7 @@ def test_other_cpu_rewrites_pte_after_flush(q0, q1):
     """CPU 1 flips the PTE CPU 0 uses each time CPU 0 waits for it; CPU 0
     flushes (MOV CR3) and reads the new frame, whatever the interleaving."""
     m = make_machine("long64", smp=2)
-    c0, c1 = m.cpus
-    c1.cr0, c1.cr3, c1.cr4, c1.efer = c0.cr0, c0.cr3, c0.cr4, c0.efer
-    c1.gdtr_base, c1.gdtr_limit = c0.gdtr_base, c0.gdtr_limit
-    c1.segs[:] = [s.copy() for s in c0.segs]
-    c1.wait_for_sipi = False
-    c1.update_mode()
+    c0, c1 = m.cpus[0], start_like_bsp(m)
     _map_4k(m)
     code0 = _flip_loop("cr3", f"""
         mov byte ptr [{DATA_ADDR:#x}], 1

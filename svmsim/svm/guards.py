@@ -27,7 +27,7 @@ from ..cpu.flags import VM
 from ..cpu.segments import ES
 from ..cpu.state import CR0_PE, CR0_TS, CR0_MP
 from ..cpu.ops import not_reported
-from ..cpu.ops.system import check_cr_write, check_dr_write, dr_number
+from ..cpu.ops.system import check_cr_write, check_dr_write, dr_number, io_check
 from . import exits, features, intercepts
 from .exits import ExitCode
 from .state import VmExit
@@ -264,7 +264,6 @@ def pause(cpu, ins):
 def _io_common(cpu, ins, port, size, is_in, string, seg):
     """In an SEV-ES guest "all IO port accesses are unconditionally
     intercepted" (APM 15.36.23), whatever the IOPM says."""
-    from ..cpu.ops.system import io_check
     io_check(cpu, port, size)
     if not cpu.svm.es:
         if not _hit(cpu, MISC1, 27):

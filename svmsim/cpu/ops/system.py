@@ -636,6 +636,24 @@ def _areg_set(cpu, idx, v, asize):
         cpu.regs[idx] = (cpu.regs[idx] & ~0xFFFF) | (v & 0xFFFF)
 
 
+def _probe_write(cpu, seg, off, size):
+    """INS writes its element only after the port read; the write must not
+    fault after the device has been read, so it is probed first (APM vol 3
+    INS: a #PF leaves rDI and the port as they were).  A page in the fast
+    write caches (``cpu.fw``, or ``cpu.fc`` for a page holding code) takes
+    the write without a fault or an accessed/dirty update: those caches hold
+    only what a recheck would allow (state.py ``_fill_fast``, npt.py
+    ``_fill_fast``) and are dropped with the TLB entries they come from, so
+    the full translation is skipped there, as ``Cpu.write`` skips it."""
+    if not cpu.seg_chk[seg]:
+        lin = (cpu.ebase[seg] + off) & cpu.lin_mask
+        if (lin & 0xFFF) + size <= 0x1000:
+            vpn = lin >> 12
+            if vpn in cpu.fw or vpn in cpu.fc:
+                return
+    cpu.check_write(seg, off, size)
+
+
 def _string_io(cpu, ins, size, inp):
     port = cpu.regs[2] & 0xFFFF
     io_check(cpu, port, size)
@@ -651,7 +669,7 @@ def _string_io(cpu, ins, size, inp):
     while count is None or todo:
         off = cpu.regs[idx] & amask
         if inp:
-            cpu.check_write(seg, off, size)
+            _probe_write(cpu, seg, off, size)
             cpu.write(seg, off, size, cpu.io.read(port, size))
         else:
             cpu.io.write(port, size, cpu.read(seg, off, size))
@@ -668,14 +686,17 @@ def _string_io(cpu, ins, size, inp):
 MAX_REP_IO = 1 << 12     # elements per execution of REP INS/OUTS
 
 
+_STRING_IO_SIZE = {"insb": 1, "insw": 2, "insd": 4, "outsb": 1, "outsw": 2, "outsd": 4}
+
+
 @handles("INSB", "INSW", "INSD", ends_block=True)
 def ins_(cpu, ins):
-    _string_io(cpu, ins, {"insb": 1, "insw": 2, "insd": 4}[ins.name], True)
+    _string_io(cpu, ins, _STRING_IO_SIZE[ins.name], True)
 
 
 @handles("OUTSB", "OUTSW", "OUTSD", ends_block=True)
 def outs(cpu, ins):
-    _string_io(cpu, ins, {"outsb": 1, "outsw": 2, "outsd": 4}[ins.name], False)
+    _string_io(cpu, ins, _STRING_IO_SIZE[ins.name], False)
 
 
 # ================================================================ misc

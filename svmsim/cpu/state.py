@@ -143,7 +143,44 @@ class Cpu:
         decoder uses, the linear-address mask, effective segment bases and
         which segments need limit checks, and selects the fast TLB caches
         for the current privilege.
+
+        64-bit mode (the world switch's common case: issue 14) takes a
+        short path with the same results: no segment limits or bases but
+        FS's and GS's (APM vol 2, 4.8.1-4.8.2), a 64-bit stack, 64-bit linear
+        addresses; ``_update_mode_general`` is the rule for every mode
+        (tests/test_mode64.py compares the two).
         """
+        segs = self.segs
+        cr0 = self.cr0
+        if self.efer & EFER_LMA and segs[CS].attr & A_L and cr0 & CR0_PE and not self.rflags & F_VM:
+            cpl = self.cpl
+            self.bits = 64
+            self.long64 = True
+            self.lin_mask = self.lin_mask_sys = MASK64
+            self.ebase = [0, 0, 0, 0, segs[FS].base, segs[GS].base]
+            self.seg_chk = [False] * 6
+            self.stack_bits = 64
+            self.paging = bool(cr0 & CR0_PG)
+            if cpl == 3:
+                self.user_access = PF_U
+                fast = self.tlb.fast[1]
+                self.align_check = bool(cr0 & CR0_AM and self.rflags & F_AC)
+            else:
+                self.user_access = 0
+                fast = self.tlb.fast[0]
+                self.align_check = False
+            self.fr, self.fw, self.fx = fast[:3]
+            self.fc = fast[FC]
+            self.a8r, self.a8w, self.a4r, self.a4w, self.a1r = fast[6:11]     # tlb.ADDR (codegen)
+            if self.align_check:
+                self.fr, self.fw, self.fc = {}, {}, {}
+                self.a8r, self.a8w, self.a4r, self.a4w, self.a1r = {}, {}, {}, {}, {}
+            self.mode_key = (64, cpl, 64, self.hooks.block_key(self) if self.svm_guest else False, None)
+            return
+        self._update_mode_general()
+
+    def _update_mode_general(self) -> None:
+        """update_mode's rule for every mode."""
         cs = self.segs[CS]
         lma = self.efer & EFER_LMA
         if not self.cr0 & CR0_PE:

@@ -155,7 +155,7 @@ def vmrun(cpu, ins) -> None:
     if (d is not None and d[0] == vmcb_pa and _STABLE(buf, off) == d[1] and s.cache_pa == vmcb_pa
             and s.clean_cache == d[2]
             and (d[3], cpu.cr0, cpu.efer, msr.get(SYSCFG), msr.get(HWCR), False, s.caps) == s.checked
-            and not _later_unmemoized()):
+            and (checks.LATER_CHECKS == _LATER[0] and not _LATER[1] or not _later_unmemoized())):
         _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, *_VOLATILE(buf, off))
         return
     ctrl = CONTROL_READER.unpack(buf, off)
@@ -201,7 +201,9 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
         state = world._control_state(cpu, *d[4])          # another host mode (or features)
     world._apply_control(s, state)
     host_cr4, host_efer = cpu.cr4, cpu.efer
-    host_key = world.fast_key(cpu)
+    # world.fast_key of the host (no RMP here: vmrun sent that case to world.vmrun).
+    host_key = None if cpu.watch else (0, cpu.cr3, cpu.cr0, host_cr4, host_efer, cpu.sev_asid,
+                                       cpu.enc_mask)
     world._load_guest_values(cpu, *d[6], d[7], rflags, rip, rsp, rax, d[8], d[9], d[10])
     s.sev = s.es = False
     cpu.sev_asid = 0
@@ -227,7 +229,8 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
     tlb = cpu.tlb
     tlb.switch(s.asid, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, keep_fast=True)
     tlb.select_fast(host_key, world.fast_key(cpu))
-    world._tlb_control(cpu, d[14], s.asid)
+    if d[14]:
+        world._tlb_control(cpu, d[14], s.asid)
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True
@@ -237,5 +240,5 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
                                          "eventinj": eventinj})
     if eventinj & exits.EVENT_V:
         world.inject(cpu, eventinj, nrip)
-    else:
+    elif cpu.bits != 64:
         world._rip_limit_check(cpu)

@@ -85,7 +85,7 @@ def _load_segments(cpu, v):
 
 def _load_segment_values(cpu, vals, stash=None) -> None:
     """_load_segments from the 20 values of _segment_values' order.
-    ``stash``: Segment objects a world switch set aside (_stash) and the
+    ``stash``: Segment objects a world switch set aside (save_host, _exit_ram) and the
     values they hold; when ``vals`` names the same, they are put back instead
     of four new objects (nothing else refers to them, and their bases are
     canonical)."""
@@ -108,14 +108,6 @@ def _load_segment_values(cpu, vals, stash=None) -> None:
     cpu.idtr_limit, cpu.idtr_base = vals[18], idtr if idtr < low else canonical(idtr, bits)
 
 
-def _stash(es, cs, ss, ds, vals):
-    """ES, CS, SS, DS set aside with their 16 values (a tuple), or None when
-    a base is 2**47 or more (it might not be canonical for _load_segment_values)."""
-    if (es.base | cs.base | ss.base | ds.base) >> 47:
-        return None
-    return es, cs, ss, ds, tuple(vals[:16])
-
-
 _HOST_AT, _HOST_END = HOST_PACKED.start, HOST_PACKED.end
 
 
@@ -134,7 +126,9 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
            cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0])
-    cpu.svm.host_segs = _stash(es, cs, ss, ds, new)
+    # ES, CS, SS, DS set aside with their 16 values, unless a base is 2**47
+    # or more (it might not be canonical for _load_segment_values).
+    cpu.svm.host_segs = None if (es.base | cs.base | ss.base | ds.base) >> 47 else (es, cs, ss, ds, new[:16])
     if off is None and DIRECT and not hsave_pa & 0xFFF:
         off = bus.ram_offset(hsave_pa)
     if off is not None:
@@ -671,12 +665,14 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         info["EVENTINJ"] = v["EVENTINJ"] & ~exits.EVENT_V
         v.set_many(info)
         bus.write_bytes(s.vmcb_pa, v.flush())
-    _count(cpu, code)
-    if cpu.machine.listeners:
-        cpu.machine.svm_event(cpu, "vmexit", {"code": code, "name": exits.exit_name(code),
-                                              "info1": info1, "info2": info2,
-                                              "exitintinfo": exitintinfo, "rip": guest_rip,
-                                              "asid": s.asid, "detail": detail})
+    ex = s.exits                                     # _count, inlined (hot path)
+    ex[code] = ex.get(code, 0) + 1
+    machine = cpu.machine
+    if machine.listeners:
+        machine.svm_event(cpu, "vmexit", {"code": code, "name": exits.exit_name(code),
+                                          "info1": info1, "info2": info2,
+                                          "exitintinfo": exitintinfo, "rip": guest_rip,
+                                          "asid": s.asid, "detail": detail})
     guest_key = fast_key(cpu)
     if gpat is not None:
         cpu.msr[PAT_MSR] = s.host_pat
@@ -702,7 +698,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         s.host_step = False
         cpu.dr[6] |= 0x4000                  # DR6.BS
         interrupts.deliver(cpu, 1, interrupts.HWEXC, None)
-    else:
+    elif cpu.bits != 64:
         _rip_limit_check(cpu)
 
 
@@ -776,7 +772,9 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: 
         _INSN_BYTES(buf, off, int.from_bytes(insn.ljust(15, b"\0"), "little"))
         span = _INSN_BYTES_AT if span is None else (min(span[0], _INSN_BYTES_AT[0]),
                                                     max(span[1], _INSN_BYTES_AT[1]))
-    cpu.svm.guest_segs = _stash(es, cs, ss, ds, new)
+    # ES, CS, SS, DS set aside with their 16 values, unless a base is 2**47
+    # or more (it might not be canonical for _load_segment_values).
+    cpu.svm.guest_segs = None if (es.base | cs.base | ss.base | ds.base) >> 47 else (es, cs, ss, ds, new[:16])
     if span is not None:       # unchanged bytes need no notice (SMC, SEV lines: world.save_host)
         start, end = span
         for watch in bus.write_watchers:

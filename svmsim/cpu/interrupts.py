@@ -15,6 +15,7 @@ from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, SX, CONTRIB
 from .flags import IF, TF, NT, RF, VM, AC
 from .segments import Segment, CS, SS as SS_SEG, A_L, A_DB, A_P, T_CODE, T_CONFORMING
 from .descriptors import read_descriptor, to_segment
+from .farxfer_support import tss_rsp_64
 from .hooks import INTERCEPT
 from ..errors import NotModelled
 
@@ -377,7 +378,6 @@ def _deliver_long(cpu, vector, kind, error_code):
     ist = hi & 7
     flags = cpu.get_rflags()
     old_cs, old_ss, old_rsp = cpu.segs[CS].sel, cpu.segs[SS_SEG].sel, cpu.regs[4]
-    from .farxfer_support import tss_rsp_64
     if ist:
         rsp = tss_rsp_64(cpu, ist=ist)
     elif new_cpl < cpu.cpl:

@@ -321,7 +321,20 @@ class Cpu:
         self.write_lin_slow(lin, size, value, self.user_access if user is None else user, False)
 
     def read_sys(self, lin: int, size: int) -> int:
-        """Implicit supervisor read (descriptor tables, TSS, IDT: APM 5.6.x)."""
+        """Implicit supervisor read (descriptor tables, TSS, IDT: APM 5.6.x).
+
+        A page in the supervisor read cache is read there, as ``read`` does
+        for an explicit access: that cache holds only pages a supervisor read
+        reaches without a fault, never with SMAP's user pages or data
+        breakpoints armed (``_fill_fast``), so the translation it skips would
+        have found the same page (an event delivery reads its gate, its code
+        descriptor and, at IRET, two more from the same pages)."""
+        o = lin & 0xFFF
+        if o + size <= 0x1000:
+            b = self.tlb.fast[0][R].get(lin >> 12)
+            if b is not None:
+                b += o
+                return int.from_bytes(self.ram[b:b + size], "little")
         return self.read_lin_slow(lin, size, 0, False)
 
     def write_sys(self, lin: int, size: int, value: int) -> None:

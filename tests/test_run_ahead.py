@@ -71,3 +71,18 @@ def test_nothing_runs_ahead_while_another_cpu_runs():
     ref, ref_out = boot(False, ARGS + " spin=1")
     ref.run(max_insns=50_000_000)
     assert ref_out.getvalue().decode() == text
+
+
+def test_the_same_run_without_bulk_store_loops(monkeypatch):
+    """Timer interrupts land in the memset at the same instructions, with the
+    same TSC, whether its loop runs in bulk (and ahead) or one compiled
+    iteration at a time (``codegen.BULK_LOOPS``)."""
+    from svmsim.cpu import codegen
+    got = []
+    for bulk in (True, False):
+        monkeypatch.setattr(codegen, "BULK_LOOPS", bulk)
+        m, out = boot(True)
+        r = m.run(max_insns=50_000_000)
+        got.append((out.getvalue().decode(), r.instructions, r.stats["virtual_ns"], state(m)))
+    assert "run_ahead: PASS" in got[0][0] and got[0][0].count("tick ") >= 5
+    assert got[0] == got[1]

@@ -82,6 +82,9 @@ FULL_LOAD = 7                         # registers used from which a region loads
 FULL_FLUSH = 6                        # registers written from which it stores all 16 at once
 _CACHE_MAX = 2048                     # code objects kept (bounded memory)
 stats = {"compiled": 0, "cache_hits": 0, "declined": 0}
+# Counted store loops run in bulk (Gen.bulk_store_loop); False compiles them
+# as any loop (tests compare the two).
+BULK_LOOPS = True
 
 
 def _carry_now(cpu):
@@ -1082,7 +1085,7 @@ class Gen:
                 bheads[first] = (b, lo, hi, writes, ref)
                 for p, d, st in ops:
                     self.based[p] = (first, (d - ref) // 8)
-        if self.long64 and blk.insns[-1].target == blk.insns[0].ip:
+        if BULK_LOOPS and self.long64 and blk.insns[-1].target == blk.insns[0].ip:
             loop = _store_loop(blk)
             if loop is not None:
                 self.k = len(self.pos)
@@ -1205,7 +1208,7 @@ class Gen:
             return None
         return f"sb{self.k - (self.pos[-1] - e[0])}", e[1]
 
-    def bulk_store_loop(self, ptr, end, val, size, first_off, cmp_end_first):
+    def bulk_store_loop(self, ptr, end, val, size, first_off, end_first, exact):
         """A memset-style loop (store a register at [ptr], advance ptr by the
         store size, loop while ptr != end or ptr < end; see _store_loop): all
         but its last iteration within the store's page and the budget are
@@ -1223,7 +1226,7 @@ class Gen:
         self.narrow.discard(ptr)
         m = MASK[size]
         self.emit(f"sd{j} = g{end} - g{ptr}")
-        exact = "" if cmp_end_first is None else f" and not sd{j} % {size}"
+        exact = f" and not sd{j} % {size}" if exact else ""
         self.emit(f"if sd{j} > {size}{exact}:")
         self.emit(f"sa{j} = g{ptr} + {first_off}", 1)
         self.emit(f"sx{j} = sa{j} & 0xFFF", 1)
@@ -1236,6 +1239,12 @@ class Gen:
         self.emit(f"ram[sq{j}:sq{j} + sc{j} * {size}] = (g{val} & {m:#x}).to_bytes({size}, 'little') * sc{j}", 2)
         self.emit(f"g{ptr} = (g{ptr} + sc{j} * {size}) & {MASK64:#x}", 2)
         self.emit(f"n += {self.n} * sc{j}", 2)
+        # The flags are the last bulk iteration's CMP's: a fault or a code
+        # change at the store that follows must leave them, not those the
+        # block was entered with (nor an earlier iteration's in locals).
+        a, b = (end, ptr) if end_first else (ptr, end)
+        self.emit(f"cpu.lf = {Prod(OP_SUB, 64, f'g{a}', f'g{b}', f'(g{a} - g{b})', 0).tuple_src()}", 2)
+        self.emit("lp = -1", 2)
         self.uses_mem = True
 
     def generic(self, ins, k, is_last):
@@ -1998,12 +2007,13 @@ _NEAR_RETS = {Code.RETNQ, Code.RETNQ_IMM16}
 
 
 def _store_loop(blk):
-    """(ptr, end, value, size, first store's offset from ptr, cmp order) if
-    ``blk`` is a memset-style self-loop of 64-bit registers: a store
-    ``mov [ptr+d], value`` and ``add ptr, size`` (or ``inc``/``lea``) in
-    either order, ``cmp ptr, end`` + ``jne``/``jb`` or ``cmp end, ptr`` +
-    ``jne``/``ja``; else None.  The cmp order is None for ``jb``/``ja``
-    (loop while below), True/False for ``jne`` (an exact count is needed)."""
+    """(ptr, end, value, size, first store's offset from ptr, end first,
+    exact) if ``blk`` is a memset-style self-loop of 64-bit registers: a
+    store ``mov [ptr+d], value`` and ``add ptr, size`` (or ``inc``/``lea``)
+    in either order, ``cmp ptr, end`` + ``jne``/``jb`` or ``cmp end, ptr`` +
+    ``jne``/``ja``; else None.  ``end first``: the CMP is ``cmp end, ptr``;
+    ``exact``: the branch is ``jne`` (an exact count is needed), not
+    ``jb``/``ja`` (loop while below)."""
     if blk.n != 4:
         return None
     cmp_, jcc = blk.insns[2], blk.insns[3]
@@ -2041,12 +2051,12 @@ def _store_loop(blk):
     cc = jcc.cc - 1
     (r0, _), (r1, _) = c
     if r0 == ptr and r1 != ptr and cc in (2, 5):           # cmp ptr, end: jb / jne
-        end, order = r1, (None if cc == 2 else False)
+        end, end_first = r1, False
     elif r1 == ptr and r0 != ptr and cc in (7, 5):         # cmp end, ptr: ja / jne
-        end, order = r0, (None if cc == 7 else True)
+        end, end_first = r0, True
     else:
         return None
-    return ptr, end, val, size, first, order
+    return ptr, end, val, size, first, end_first, cc == 5
 
 
 def _stack_kind(ins, last):

@@ -92,3 +92,31 @@ def test_legacy_and_virtual_8086_modes_take_the_general_rule():
     cpu.rflags |= VM
     fast, general = _both(cpu)
     assert fast == general and general["bits"] == 16
+
+
+@pytest.mark.parametrize("guest_rflags", (0x2, 0x40202))
+def test_the_mode_after_a_world_switch_is_the_general_rule(guest_rflags):
+    """VMRUN and #VMEXIT load RFLAGS without Cpu.set_rflags' own mode update
+    and recompute the mode once at the end (svm/switch.py, world.restore_host):
+    the state after each is that of the general rule, with RFLAGS.AC set in
+    one world and not in the other."""
+    from svmharness import SvmRig
+    from svmsim.svm.exits import ExitCode
+    rig = SvmRig("cpuid\nhlt", intercepts=(ExitCode.CPUID,), RFLAGS=guest_rflags)
+    cpu = rig.cpu
+    seen = []
+    update = cpu.update_mode
+
+    def recorded():
+        update()
+        fast = _derived(cpu)
+        cpu._update_mode_general()
+        general = _derived(cpu)
+        seen.append((cpu.svm_guest, fast == general, cpu.rflags & AC))
+    cpu.update_mode = recorded
+    for _ in range(3):
+        rig.run(at_vmrun=True)
+        assert rig.exitcode == ExitCode.CPUID
+    assert all(same for _, same, _ in seen)
+    modes = {(g, ac) for g, _, ac in seen}
+    assert (True, guest_rflags & AC) in modes and (False, 0) in modes

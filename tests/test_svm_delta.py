@@ -69,6 +69,7 @@ EDITS = [
     # volatile fields (read at every VMRUN)
     _set("RIP", GUEST_CODE + 2), _set("RSP", GUEST_STACK - 0x100), _set("RAX", 0xDEAD),
     _set("RFLAGS", 0x246), _set("NRIP", 0x1234),
+    _set("RFLAGS", 0x40202), _set("RFLAGS", 0x20202),            # AC; VM (virtual-8086: CPL 3)
     # controls
     _set("RIP", GUEST_CODE), _no_cpuid_intercept, _tsc_offset_from_the_start, _set("GUEST_ASID", 7),
     _set("V_TPR", 5),
@@ -77,6 +78,8 @@ EDITS = [
     # guest state
     _set("DS.BASE", 0x3000), _set("SS.SEL", 0x18), _xor("ES.ATTRIB", 1), _set("CR2", 0xCAFE000),
     _set("DR7", 0x401), _set("DR6", 0xFFFF0FF1), _set("CPL", 3), _xor("CR0", 1 << 16),
+    _set("GDTR.BASE", 0x0000900000001000), _set("IDTR.BASE", 0x0000_8000_0000_2000),  # canonicalized
+    _set("IDTR.LIMIT", 0xFFF), _set("CS.BASE", 0x0000_A000_0000_0000),
     # illegal guest state: #VMEXIT(VMEXIT_INVALID) (15.5.1)
     _xor("CR0", CR0_NW), _xor("CR0", 1 << 32), _xor("EFER", 1 << 12), _set("GUEST_ASID", 0),
     _xor("CR4", 1 << 31), _set("EVENTINJ", (1 << 31) | (3 << 8) | 1), _no_vmrun_intercept,

@@ -515,7 +515,8 @@ def exit_handler(code):
             raise VmExit(code, 0, 0, ins.next_ip)
 
         def direct(cpu, ins):
-            _world().vmexit(cpu, code, 0, 0, rip=cpu.rip, nrip=ins.next_ip)
+            # rip, nrip positional (a call with keywords takes CPython's slow path)
+            _world().vmexit(cpu, code, 0, 0, cpu.rip, ins.next_ip)
         h.__name__ = f"exit_{code.name.lower()}"
         h.direct = direct
         _EXITS[code] = h

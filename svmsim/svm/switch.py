@@ -30,12 +30,14 @@ result; tests/test_svm_switch.py runs the SVM guests both ways.
 """
 from operator import itemgetter
 
-from ..cpu.flags import IF
-from ..cpu.state import CR0_PG, EFER_LME
+from ..cpu.flags import IF, VM, WRITABLE, FIXED1
+from ..cpu.segments import ES, CS, SS, DS
+from ..cpu.state import CR0_PE, CR0_PG, EFER_LMA, EFER_LME
 from . import avic, checks, clean, exits, npt, world
 from .packed import CONTROL_READER, ByteRuns, Reader
 from .vmcb import BY_NAME, field, _LOOKUP
 from .intercepts import WORD_NAMES
+from .vmstate import canonical
 
 CR4_PAE = 1 << 5
 SYSCFG, HWCR = checks.SYSCFG_MSR, checks.HWCR_MSR
@@ -156,7 +158,8 @@ def vmrun(cpu, ins) -> None:
             and s.clean_cache == d[2]
             and (d[3], cpu.cr0, cpu.efer, msr.get(SYSCFG), msr.get(HWCR), False, s.caps) == s.checked
             and (checks.LATER_CHECKS == _LATER[0] and not _LATER[1] or not _later_unmemoized())):
-        _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, *_VOLATILE(buf, off))
+        nrip, rflags, rip, rsp, rax = _VOLATILE(buf, off)     # positional: no f(*args) call
+        _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp, rax)
         return
     ctrl = CONTROL_READER.unpack(buf, off)
     if ctrl[_MISC] & _SEV_BITS:
@@ -180,9 +183,55 @@ def vmrun(cpu, ins) -> None:
                    (cpu.bits, s.feats, world._control_state(cpu, *args)),
                    _GUEST(save), _SEGS(save), save[_DR7], save[_DR6], save[_CPL], ctrl[_GHCB],
                    ctrl[_INT_CTL] >> _AVIC_BIT & 1, bool(ctrl[_INT_STATE] >> _SHADOW_BIT & 1),
-                   ctrl[_TLB_CONTROL], ctrl[_EVENTINJ], ctrl, save)
+                   ctrl[_TLB_CONTROL], ctrl[_EVENTINJ], ctrl, save, _guest_values(cpu, save))
     _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, ctrl[_NRIP], save[_RFLAGS], save[_RIP],
            save[_RSP], save[_RAX], ctrl, save)
+
+
+def _guest_values(cpu, save) -> tuple:
+    """What world._load_guest_values makes of the save area's fields apart
+    from the volatile ones (d[18] of the delta): EFER with LMA as LME and
+    paging give it, CR0, CR4, CR3, CR2; the 16 ES/CS/SS/DS values; GDTR's
+    and IDTR's limits and canonical bases (15.5.1); DR7 and DR6 as loaded;
+    the CPL for CR0.PE = 1 outside virtual-8086 mode (0 with CR0.PE = 0)
+    and CR0.PE."""
+    efer, cr0, cr4, cr3, cr2 = _GUEST(save)
+    segs = _SEGS(save)
+    bits = cpu.machine.profile.lin_bits
+    efer = efer & ~EFER_LMA | (EFER_LMA if efer & EFER_LME and cr0 & CR0_PG else 0)
+    pe = bool(cr0 & CR0_PE)
+    return ((efer, cr0, cr4, cr3, cr2), segs[:16],
+            (segs[16], canonical(segs[17], bits), segs[18], canonical(segs[19], bits)),
+            (save[_DR7] & 0xFFFFFFFF) | 0x400, save[_DR6] & 0xFFFFFFFF,
+            save[_CPL] & 3 if pe else 0, pe)
+
+
+def _load_guest(cpu, s, d, rflags, rip, rsp, rax) -> None:
+    """world._load_guest_values from the delta's values (d[18],
+    _guest_values) and the volatile fields: the same state.  RFLAGS is set
+    without Cpu.set_rflags' mode update: _enter recomputes the mode once the
+    guest is loaded (nothing between reads it)."""
+    g = d[18]
+    stash = s.guest_segs
+    s.guest_segs = None
+    cpu.efer, cpu.cr0, cpu.cr4, cpu.cr3, cpu.cr2 = g[0]
+    if stash is not None and g[1] == stash[4]:
+        # The guest's Segment objects set aside at the last #VMEXIT hold these values.
+        segs = cpu.segs
+        segs[ES], segs[CS], segs[SS], segs[DS] = stash[0], stash[1], stash[2], stash[3]
+        cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base = g[2]
+    else:
+        world._load_segment_values(cpu, d[7], stash)
+    cpu.lf = None
+    cpu.rflags = (rflags & WRITABLE) | FIXED1
+    cpu.rip = rip
+    regs = cpu.regs
+    regs[4] = rsp
+    regs[0] = rax
+    dr = cpu.dr
+    dr[7] = g[3]
+    dr[6] = g[4]
+    cpu.cpl = 3 if rflags & VM and g[6] else g[5]
 
 
 def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp, rax,
@@ -204,7 +253,7 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
     # world.fast_key of the host (no RMP here: vmrun sent that case to world.vmrun).
     host_key = None if cpu.watch else (0, cpu.cr3, cpu.cr0, host_cr4, host_efer, cpu.sev_asid,
                                        cpu.enc_mask)
-    world._load_guest_values(cpu, *d[6], d[7], rflags, rip, rsp, rax, d[8], d[9], d[10])
+    _load_guest(cpu, s, d, rflags, rip, rsp, rax)
     s.sev = s.es = False
     cpu.sev_asid = 0
     if s.caps_es:
@@ -227,7 +276,7 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
     cpu.shadow = d[13]
     cpu.halted = False
     tlb = cpu.tlb
-    tlb.switch(s.asid, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, keep_fast=True)
+    tlb.switch(s.asid, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, True)     # keep_fast
     tlb.select_fast(host_key, world.fast_key(cpu))
     if d[14]:
         world._tlb_control(cpu, d[14], s.asid)

@@ -15,7 +15,7 @@ from operator import itemgetter
 
 from ..cpu.exceptions import CpuException, Shutdown
 from ..cpu.segments import Segment, ES, CS, SS, DS
-from ..cpu.flags import IF, VM, RF
+from ..cpu.flags import IF, VM, RF, WRITABLE, FIXED1
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts, sev_features
 from . import avic, checks, clean, exits, sev_checks, sev_es, snp
@@ -160,7 +160,8 @@ def restore_host(cpu, hsave) -> None:
     """#VMEXIT "reload host state" (APM 15.6): the saved registers, CPL 0,
     CR0.PE forced to 1, DR7 = 400h (all breakpoints off), RFLAGS.TF kept,
     RF clear (the VMRUN instruction has completed).  ``hsave``: the host
-    save area's physical address (or a VmcbView of it)."""
+    save area's physical address (or a VmcbView of it).  The caller
+    recomputes the mode (Cpu.update_mode) afterwards."""
     off = cpu.bus.ram_offset(hsave) if isinstance(hsave, int) and DIRECT and not hsave & 0xFFF else None
     if off is not None:
         buf = cpu.bus.ram.buf
@@ -192,7 +193,10 @@ def restore_host(cpu, hsave) -> None:
     _load_segment_values(cpu, vals, s.host_segs)
     s.host_segs = None
     cpu.cpl = 0
-    cpu.set_rflags(rflags & ~(VM | RF))     # VMRUN completed: RF is 0 after it
+    # VMRUN completed: RF is 0 after it.  Cpu.set_rflags without its mode
+    # update: both callers recompute the mode (update_mode) after this.
+    cpu.lf = None
+    cpu.rflags = (rflags & ~(VM | RF) & WRITABLE) | FIXED1
     cpu.rip = rip
     cpu.regs[4] = rsp
     cpu.regs[0] = rax
@@ -603,7 +607,7 @@ def _insn_length(cpu) -> int:
     return i.len
 
 
-def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: int = 0,
+def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, rip=None, nrip: int = 0, *,
            exitintinfo: int = 0, insn: bytes = b"", fetch: bool = False, detail: str = "") -> None:
     """Leave the guest (APM 15.6).  ``fetch``: an #NPF on an instruction
     fetch, which records no instruction bytes (15.8.4)."""
@@ -688,7 +692,7 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, *, rip=None, nrip: in
         sev_es.restore_host(cpu, _page(bus, hsave_pa))
         s.es, s.vmsa, s.snp, s.vmpl = False, None, False, 0
     s.in_use = _NONE_IN_USE
-    cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, keep_fast=True)
+    cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, True)     # keep_fast
     cpu.tlb.select_fast(guest_key, fast_key(cpu))
     cpu.update_mode()
     cpu.pending = True
@@ -733,6 +737,13 @@ _ci = sorted((clean.CLEAN_INDEX[n], i) for i, n in enumerate(_EXIT_GUEST_NAMES)
 _EXIT_CLEAN_AT = slice(_ci[0][0], _ci[-1][0] + 1)
 assert [c for c, _ in _ci] == list(range(_ci[0][0], _ci[-1][0] + 1)), "clean-bit copy order"
 _EXIT_CLEAN = itemgetter(*(i for _, i in _ci))
+# All three optional fields written: the Runs, where EVENTINJ and the guest
+# state start in its values, and the clean-bit getter from those values.
+_EXIT_RUNS_ALL = _EXIT_RUNS[True, True, True]
+_ALL_EVENTINJ = _EXIT_EVENTINJ[True, True, True]
+_ALL_AT = len(_EXIT_RUNS_ALL.names) - len(_EXIT_GUEST_NAMES)
+assert _EXIT_RUNS_ALL.names[_ALL_AT:] == _EXIT_GUEST_NAMES and _ALL_EVENTINJ == 7
+_ALL_CLEAN = itemgetter(*(_ALL_AT + i for _, i in _ci))
 _CLEAN_INT_CTL = clean.CLEAN_INDEX["INT_CTL"]
 assert (ES, CS, SS, DS) == (0, 1, 2, 3)                  # _segment_values takes segs[:4]
 del _ci
@@ -749,39 +760,56 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: 
     assists: the bytes, maybe none) and ``ghcb`` (GHCB_GPA) are None when
     not written."""
     buf = bus.ram.buf
-    kind = (ghcb is not None, nrip is not None, insn is not None)
-    runs = _EXIT_RUNS[kind]
-    old = runs.unpack(buf, off)
-    int_ctl, int_state = _control_words(cpu, old[0], old[1])
-    head = (int_ctl, int_state, code, info1, info2, exitintinfo)
-    if ghcb is not None:
-        head += (ghcb,)
-    head += (old[_EXIT_EVENTINJ[kind]] & ~exits.EVENT_V,)
-    if nrip is not None:
-        head += (nrip,)
-    if insn is not None:
-        head += (len(insn),)
     es, cs, ss, ds = cpu.segs[:4]
-    new = (es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
-           ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
-           cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
-           cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
-           cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2)
-    span = runs.pack_changed(buf, off, old, head + new)
+    if ghcb is not None and nrip is not None and insn is not None:
+        # Every optional field written (a CPU with SEV-ES, NRIP saving and
+        # decode assists): the values in one tuple, the guest's from _ALL_AT.
+        runs = _EXIT_RUNS_ALL
+        old = runs.unpack(buf, off)
+        int_ctl, int_state = _control_words(cpu, old[0], old[1])
+        vals = (int_ctl, int_state, code, info1, info2, exitintinfo, ghcb,
+                old[_ALL_EVENTINJ] & ~exits.EVENT_V, nrip, len(insn),
+                es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
+                ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
+                cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
+                cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
+                cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2)
+        span = runs.pack_changed(buf, off, old, vals)
+        segs16, clean = vals[_ALL_AT:_ALL_AT + 16], _ALL_CLEAN
+    else:
+        kind = (ghcb is not None, nrip is not None, insn is not None)
+        runs = _EXIT_RUNS[kind]
+        old = runs.unpack(buf, off)
+        int_ctl, int_state = _control_words(cpu, old[0], old[1])
+        head = (int_ctl, int_state, code, info1, info2, exitintinfo)
+        if ghcb is not None:
+            head += (ghcb,)
+        head += (old[_EXIT_EVENTINJ[kind]] & ~exits.EVENT_V,)
+        if nrip is not None:
+            head += (nrip,)
+        if insn is not None:
+            head += (len(insn),)
+        vals = (es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
+                ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
+                cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
+                cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
+                cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2)
+        span = runs.pack_changed(buf, off, old, head + vals)
+        segs16, clean = vals[:16], _EXIT_CLEAN
     if insn:
         _INSN_BYTES(buf, off, int.from_bytes(insn.ljust(15, b"\0"), "little"))
         span = _INSN_BYTES_AT if span is None else (min(span[0], _INSN_BYTES_AT[0]),
                                                     max(span[1], _INSN_BYTES_AT[1]))
     # ES, CS, SS, DS set aside with their 16 values, unless a base is 2**47
     # or more (it might not be canonical for _load_segment_values).
-    cpu.svm.guest_segs = None if (es.base | cs.base | ss.base | ds.base) >> 47 else (es, cs, ss, ds, new[:16])
+    cpu.svm.guest_segs = None if (es.base | cs.base | ss.base | ds.base) >> 47 else (es, cs, ss, ds, segs16)
     if span is not None:       # unchanged bytes need no notice (SMC, SEV lines: world.save_host)
         start, end = span
         for watch in bus.write_watchers:
             watch(off + start, end - start)
     cache = cpu.svm.clean_cache
     if cache:
-        cache[_EXIT_CLEAN_AT] = _EXIT_CLEAN(new)
+        cache[_EXIT_CLEAN_AT] = clean(vals)
         cache[_CLEAN_INT_CTL] = int_ctl
 
 

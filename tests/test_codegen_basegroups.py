@@ -136,3 +136,59 @@ def test_all_registers_loaded_and_stored_at_once(runners):
     src = _source(runners("long64")[1])
     unpack = ", ".join("g%d" % i for i in range(16)) + " = regs"
     assert src.count(unpack) >= 3 and "regs[:] = " in src     # entry, after each handler
+
+
+SAVE_PUSH_POP = """
+1:
+    mov [rsi], rbx
+    mov [rsi + 8], rcx
+    mov [rsi + 0x10], rdx
+    mov [rsi + 0x18], rbp
+    push rbx
+    push rcx
+    push rdx
+    pop r8
+    pop r9
+    pop r10
+    add rbx, r10
+    dec rdi
+    jnz 1b
+    hlt
+"""
+
+
+@pytest.mark.parametrize("base", [DATA_ADDR + 0x100, DATA_ADDR + 0xFF0])
+def test_a_group_tests_its_index_once(runners, base):
+    """The group's tests of its index that follow each other are one test
+    (codegen.merge_group_tests: the stores of a base group, the pushes and
+    pops of a stack group, a pop's register move taken into both branches):
+    the same results as the interpreter within a page and across its end
+    (every MOV its own path), at every budget."""
+    for budget in (3, 6, 9, 200):
+        compare(runners, "long64", asm(SAVE_PUSH_POP),
+                _regs(rbx=0x1111, rcx=0x2222, rdx=0x3333, rbp=0x4444, rdi=5, rsi=base),
+                _mem(), 0x202, budget, label=f"{base:#x}/{budget}")
+    src = _source(runners("long64")[1])
+    assert src.count("if bb0 is not None:") == 1
+    assert len([line for line in src.splitlines() if line.strip().startswith("if sb")]) == 1
+
+
+def test_merge_group_tests_keeps_each_line_and_its_instruction():
+    """merge_group_tests on generated lines: the branches of two adjacent
+    tests of one group (and the register move between them) joined, each
+    line with its instruction number; another group's test, a test without
+    else and other lines between stay as they are."""
+    lines = [(0, "if bb1 is not None:", 1), (1, "M8[bb1] = g3", 1), (0, "else:", 1), (1, "slow(1)", 1),
+             (0, "g5 = v7", 2),
+             (0, "if bb1 is not None:", 2), (1, "M8[bb1 + 1] = g1", 2), (0, "else:", 2),
+             (1, "slow(2)", 2), (1, "if lim < 0:", 2), (2, "raise X", 2),
+             (0, "if bb2 is not None:", 3), (1, "M8[bb2] = g0", 3), (0, "else:", 3), (1, "slow(3)", 3),
+             (0, "n += 1", 3),
+             (0, "if bb2 is not None:", 4), (1, "M8[bb2 + 1] = g0", 4)]
+    assert codegen.merge_group_tests(lines) == [
+        (0, "if bb1 is not None:", 1), (1, "M8[bb1] = g3", 1), (1, "g5 = v7", 2),
+        (1, "M8[bb1 + 1] = g1", 2), (0, "else:", 1), (1, "slow(1)", 1), (1, "g5 = v7", 2),
+        (1, "slow(2)", 2), (1, "if lim < 0:", 2), (2, "raise X", 2),
+        (0, "if bb2 is not None:", 3), (1, "M8[bb2] = g0", 3), (0, "else:", 3), (1, "slow(3)", 3),
+        (0, "n += 1", 3),
+        (0, "if bb2 is not None:", 4), (1, "M8[bb2 + 1] = g0", 4)]

@@ -275,3 +275,25 @@ def test_the_host_save_area_rewritten_while_the_guest_runs_is_reloaded():
     rig.vmcb["RIP"] = rig.vmcb["NRIP"]
     rig.run(at_vmrun=True)                       # VMRUN writes the area again
     assert rig.exitcode == ExitCode.HLT and rig.cpu.regs[0] == VMCB
+
+
+@pytest.mark.parametrize("name, value, loaded", [
+    ("GDTR.BASE", 0x0000_9000_0000_1000, 0xFFFF_9000_0000_1000),     # canonicalized (15.6)
+    ("IDTR.BASE", 0x0000_7000_0000_2000, 0x0000_7000_0000_2000),
+    ("ES.BASE", 0x0000_8000_0000_0000, 0xFFFF_8000_0000_0000)])
+def test_host_bases_rewritten_while_the_guest_runs_are_canonicalized(name, value, loaded):
+    """#VMEXIT reloads the host's segment and descriptor-table bases from the
+    host save area and canonicalizes them ("sign-extend to bit 63", 15.6
+    with 15.5.1), also when VMRUN set the host's Segment objects aside for
+    reuse (the values differ, or a base needs sign-extending)."""
+    at = HSAVE + field(name).offset
+    guest = f"cpuid\nmov rax, {at}\nmov rbx, {value}\nmov qword ptr [rax], rbx\ncpuid\nhlt"
+    rig = SvmRig(guest, intercepts=(ExitCode.CPUID, ExitCode.HLT))
+    for _ in range(2):
+        rig.run(at_vmrun=True)
+    rig.vmcb["RIP"] = rig.vmcb["NRIP"]
+    rig.run(at_vmrun=True)
+    cpu = rig.cpu
+    assert rig.exitcode == ExitCode.CPUID and not cpu.svm_guest
+    got = {"GDTR.BASE": cpu.gdtr_base, "IDTR.BASE": cpu.idtr_base, "ES.BASE": cpu.segs[0].base}[name]
+    assert got == loaded

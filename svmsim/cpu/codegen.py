@@ -1417,7 +1417,7 @@ class Gen:
             if prod is not None and not all(self.live_in):
                 self._prod_id(prod)
         lp_chain = self._lp_chain()
-        for indent, text, k in self.lines:
+        for indent, text, k in merge_group_tests(self.lines):
             if text.startswith("@BLOCK"):
                 b = int(text[6:-1])
                 if group and b % group == 0:
@@ -2097,6 +2097,62 @@ def _stack_kind(ins, last):
         elif kind != OpKind.MEMORY and kind not in _IMM_KINDS:
             return None                      # (a memory operand may use rSP: it is kept current)
     return "neutral"
+
+
+_GROUP_TEST = re.compile(r"if [bs]b\d+ is not None:$")
+_MOVE = re.compile(r"g\d+ = v\d+$")
+
+
+def _branches(lines, i):
+    """The if-statement at ``lines[i]``: (its body, its else line, the else
+    body, the index after it), or None when it has no plain else."""
+    ind, n, j = lines[i][0], len(lines), i + 1
+    while j < n and lines[j][0] > ind:
+        j += 1
+    if j == n or lines[j][0] != ind or lines[j][1] != "else:":
+        return None
+    e = j
+    j += 1
+    while j < n and lines[j][0] > ind:
+        j += 1
+    return lines[i + 1:e], lines[e], lines[e + 1:j], j
+
+
+def merge_group_tests(lines):
+    """The generated lines with the tests of a stack or base group's index
+    (``stack_head``, ``base_head``: "if sb<k> is not None:" / "else:") that
+    follow each other merged: ``if X: A1 else: B1`` then ``if X: A2 else: B2``
+    becomes ``if X: A1 A2 else: B1 B2``.  Nothing assigns X after its head,
+    so either way A1, A2 or B1, B2 run, in that order (a hypervisor's
+    register save and restore: one test per group instead of one per
+    instruction).  Each line keeps its instruction (faults, SMC exits)."""
+    out = []
+    i, n = 0, len(lines)
+    while i < n:
+        line = lines[i]
+        parts = _GROUP_TEST.match(line[1]) and _branches(lines, i)
+        if not parts:
+            out.append(line)
+            i += 1
+            continue
+        body, else_line, other, j = parts
+        body, other = list(body), list(other)
+        while True:
+            # Register moves between two tests (a pop's "g15 = v16") go into
+            # both branches, where they ran after either.
+            m = j
+            while m < n and lines[m][0] == line[0] and _MOVE.match(lines[m][1]):
+                m += 1
+            more = m < n and lines[m][0] == line[0] and lines[m][1] == line[1] and _branches(lines, m)
+            if not more:
+                break
+            moves = [(ind + 1, text, k) for ind, text, k in lines[j:m]]
+            body += moves + list(more[0])
+            other += moves + list(more[2])
+            j = more[3]
+        out += [line, *body, else_line, *other]
+        i = j
+    return out
 
 
 GROUP_MIN_OPS = 3

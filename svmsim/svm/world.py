@@ -190,8 +190,19 @@ def restore_host(cpu, hsave) -> None:
     cpu.cr0 = cr0
     cpu.cr4 = cr4
     cpu.cr3 = cr3
-    _load_segment_values(cpu, vals, s.host_segs)
+    stash = s.host_segs
     s.host_segs = None
+    if stash is not None and vals[:16] == stash[4]:
+        # _load_segment_values' reuse of the Segment objects VMRUN set aside, inlined.
+        segs = cpu.segs
+        segs[ES], segs[CS], segs[SS], segs[DS] = stash[0], stash[1], stash[2], stash[3]
+        gdtr, idtr = vals[17], vals[19]
+        if (gdtr | idtr) >> 47:                 # maybe not canonical (15.6): the general way
+            _load_segment_values(cpu, vals, stash)
+        else:
+            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base = vals[16], gdtr, vals[18], idtr
+    else:
+        _load_segment_values(cpu, vals, stash)
     cpu.cpl = 0
     # VMRUN completed: RF is 0 after it.  Cpu.set_rflags without its mode
     # update: both callers recompute the mode (update_mode) after this.
@@ -692,8 +703,12 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, rip=None, nrip: int =
         sev_es.restore_host(cpu, _page(bus, hsave_pa))
         s.es, s.vmsa, s.snp, s.vmpl = False, None, False, 0
     s.in_use = _NONE_IN_USE
-    cpu.tlb.switch(0, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, True)     # keep_fast
-    cpu.tlb.select_fast(guest_key, fast_key(cpu))
+    cr3, cr4 = cpu.cr3, cpu.cr4
+    cpu.tlb.switch(0, cr3 & 0xFFF if cr4 & (1 << 17) else 0, True)     # keep_fast
+    # fast_key of the host, inlined (hot path)
+    host_key = (None if cpu.watch or machine.rmp.enabled
+                else (0, cr3, cpu.cr0, cr4, cpu.efer, cpu.sev_asid, cpu.enc_mask))
+    cpu.tlb.select_fast(guest_key, host_key)
     cpu.update_mode()
     cpu.pending = True
     if s.host_step:

@@ -41,7 +41,7 @@ def runs(monkeypatch):
     """run(code, regs, budget, setup, extra): the three results."""
     runners = {}
 
-    def run(code, regs, budget, setup=None, extra=None, entry="direct", flags=0x202):
+    def run(code, regs, budget, setup=None, extra=None, entry="direct", flags=0x202, bulk=True):
         out = {}
         for mode in MODES:
             if mode not in runners:
@@ -54,7 +54,7 @@ def runs(monkeypatch):
             if extra is not None:
                 got["extra"] = extra(r.m, r.cpu)
             out[mode] = got
-            assert _has_bulk(r.m) == (mode == "on")
+            assert _has_bulk(r.m) == (mode == "on" and bulk)
         for mode in ("off", "on"):
             for key, want in out["interp"].items():
                 assert out[mode][key] == want, f"{mode}: {key} differs"
@@ -180,25 +180,183 @@ def test_unassigned_addresses_after_ram(runs):
     assert got["extra"][-0x300:] == b"\x5a" * 0x300 and got["retired"] == 4 * 0x600 + 1
 
 
-def test_nested_guest_npf_mid_loop(monkeypatch):
+@pytest.mark.parametrize("small", [False, True])
+def test_nested_guest(monkeypatch, small):
     """In an SVM guest with nested paging, the loop runs from a mapped gPA
     range into one the nested tables lack: #VMEXIT(NPF) at the store that
-    reaches it, with the guest state (RFLAGS the last CMP's) and memory as
-    without the bulk path."""
+    reaches it, with the guest state (RFLAGS the last CMP's), the retired
+    count and memory as without the bulk path.  ``small``: the guest's own
+    tables map its data with 4 KiB pages, Accessed and Dirty clear, so each
+    page's first store is a two-dimensional walk setting them, and the
+    tenth page maps a gPA the nested tables lack."""
     from test_svm_npt import npt_rig
     from svmsim.svm.exits import ExitCode
+    start, end = (0x201010, 0x209400) if small else (0x5FE010, 0x600400)
     results = {}
     for mode in MODES:
         monkeypatch.setattr(codegen, "BULK_LOOPS", mode == "on")
-        guest = "\n".join(["mov rcx, 0x5fe010", "mov rdx, 0x600400", "mov esi, 0xa5", "1:"]
-                          + SHAPES[0][:-1] + ["jne 1b", "hlt"])
+        guest = "\n".join([f"mov rcx, {start:#x}", f"mov rdx, {end:#x}", "mov esi, 0xa5", "1:"]
+                          + SHAPES[0] + ["hlt"])
         r = npt_rig(guest, identity_to=0x600000)
+        if small:
+            for i in range(512):
+                r.m.bus.write(PT + 8 * i, 8, (DATA_ADDR + 0x1000 * i if i < 9 else 0x700000) | 3)
+            r.m.bus.write(PD + 8, 8, PT | 3)
         r.m.engine.hot_threshold = 10 ** 9 if mode == "interp" else 3
         r.run(max_insns=10 ** 6)
         v = r.vmcb
         results[mode] = (r.exitcode, v["EXITINFO1"], v["EXITINFO2"], v["RIP"], v["RFLAGS"],
                          list(r.cpu.regs[1:4]), r.cpu.retired,
-                         bytes(r.m.bus.read_bytes(0x5FE000, 0x2000)))
-        assert r.exitcode == ExitCode.NPF and v["EXITINFO2"] == 0x600000
+                         bytes(r.m.bus.read_bytes(start & ~0xFFF, (end - start) | 0xFFF)),
+                         bytes(r.m.bus.read_bytes(PT, 0x1000)))
+        if small:
+            assert r.exitcode == ExitCode.NPF and v["EXITINFO2"] == 0x700000
+        else:
+            assert r.exitcode == ExitCode.NPF and v["EXITINFO2"] == 0x600000
         assert _has_bulk(r.m) == (mode == "on")
     assert results["on"] == results["off"] == results["interp"]
+
+
+# ---------------------------------------------------------------- 4 KiB pages, one walk per page
+PT = 0x16000                   # a page table for [2 MiB, 4 MiB) (DATA_ADDR's), after the harness's
+PAGES = 8                      # pages of the data area the loops run over
+MMIO_PAGE = 0xE0000000         # where the recorder sits (outside RAM)
+
+
+def _small_pages(special=None):
+    """A setup mapping [2 MiB, 4 MiB) with 4 KiB pages, Accessed and Dirty
+    clear, so the loop's first store in each page walks and sets them;
+    ``special`` maps data page i (PTE value) for faults, MMIO and aliases."""
+    dev = {}
+
+    def setup(m, cpu):
+        if MMIO_PAGE >> 12 not in m.bus._mmio_pages:
+            dev[m] = _Recorder()
+            m.bus.add_mmio(MMIO_PAGE, 0x1000, dev[m], "recorder")
+        dev[m].log.clear()
+        m.bus.write_bytes(DATA_ADDR, bytes(PAGES * 0x1000))
+        for i in range(512):
+            m.bus.write(PT + 8 * i, 8, (DATA_ADDR + 0x1000 * i) | 3)
+        for i, pte in (special or {}).items():
+            m.bus.write(PT + 8 * i, 8, pte)
+        m.bus.write(PD + 8, 8, PT | 3)
+        cpu.tlb.flush_all("test")
+
+    def extra(m, cpu):
+        return (list(dev[m].log), bytes(m.bus.read_bytes(DATA_ADDR, PAGES * 0x1000)),
+                bytes(m.bus.read_bytes(PT, 8 * PAGES)), m.bus.read(PD + 8, 8),
+                bytes(m.bus.read_bytes(CODE_ADDR, 0x1000)))
+    return setup, extra
+
+
+def _over_pages(body, start=0x100, end=PAGES * 0x1000 - 0x100):
+    return _regs(rcx=DATA_ADDR + start, rdx=DATA_ADDR + end, rsi=VALUE)
+
+
+@pytest.mark.parametrize("entry", ["direct", "hot"])
+@pytest.mark.parametrize("body", SHAPES)
+def test_fresh_pages_walked_as_the_stores_would(runs, body, entry):
+    """Eight pages the TLB does not hold: each page's first store walks the
+    tables and sets its Accessed and Dirty bits; the bulk path does that
+    walk for it and goes on to the next page within the same call."""
+    setup, extra = _small_pages()
+    got, runner = runs(_loop(body), _over_pages(body), 10 ** 6, setup, extra, entry)
+    assert not got["faults"] and got["retired"] == 4 * ((PAGES * 0x1000 - 0x200) // _size(body)) + 1
+    ptes = got["extra"][2]
+    assert all(int.from_bytes(ptes[8 * i:8 * i + 8], "little") & 0x60 == 0x60 for i in range(PAGES))
+
+
+@pytest.mark.parametrize("pte,vector", [(0, 14), ((DATA_ADDR + 0x5000) | 1, 14)])
+@pytest.mark.parametrize("body", SHAPES[:1] + SHAPES[3:4] + SHAPES[-1:])
+def test_fault_on_a_later_page(runs, body, pte, vector):
+    """Page 5 not present, or read-only: #PF at its first store, after the
+    pages before it went in bulk."""
+    setup, extra = _small_pages({5: pte})
+    got, _ = runs(_loop(body), _over_pages(body), 10 ** 6, setup, extra, "hot")
+    assert got["faults"][0][0] == vector and got["faults"][0][3] == DATA_ADDR + 0x5000
+
+
+@pytest.mark.parametrize("body", SHAPES[:1] + SHAPES[-1:])
+def test_mmio_page_among_fresh_pages(runs, body):
+    """Page 3 maps the recorder device: it sees each store, in order."""
+    setup, extra = _small_pages({3: MMIO_PAGE | 3})
+    got, _ = runs(_loop(body), _over_pages(body), 10 ** 6, setup, extra, "hot")
+    assert len(got["extra"][0]) == 0x1000 // _size(body) and not got["faults"]
+
+
+def test_alias_of_the_loops_own_code_page(runs):
+    """Page 2 maps the loop's own code page: its first store there puts a
+    NOP over the loop's REX prefix, which takes effect at the next
+    instruction (self-modifying code: ``mov [rcx], dh`` from then on), and
+    the run goes on from there alike."""
+    setup, extra = _small_pages({2: CODE_ADDR | 3})
+    regs = _over_pages(SHAPES[0], 0x1F00, 0x3100)
+    regs[6] = 0x90
+    got, _ = runs(_loop(SHAPES[0]) + b"\xf4" * 16, regs, 10 ** 5, setup, extra, "hot")
+    assert got["extra"][4][0] == 0x90 and got["extra"][4][1] == 0x31 and not got["faults"]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The budgets the compiled region functions were called with."""
+    got = []
+    real = codegen.compile_block
+
+    def counting(blk, cpu, *a, **kw):
+        fn = real(blk, cpu, *a, **kw)
+        if fn is None:
+            return None
+
+        def counted(cpu, budget, pc=0):
+            got.append(budget)
+            return fn(cpu, budget, pc)
+        counted.__dict__.update(fn.__dict__)
+        return counted
+    monkeypatch.setattr(codegen, "compile_block", counting)
+    return got
+
+
+def test_one_call_runs_every_fresh_page(runs, calls):
+    """The loop's region is left neither at each new page (the bulk path
+    walks it) nor after the store that walks it: one call runs all pages."""
+    setup, extra = _small_pages()
+    got, _ = runs(_loop(SHAPES[0]), _over_pages(SHAPES[0]), 10 ** 6, setup, extra)
+    assert calls == [10 ** 6] * 2              # the bulk path off (one call too), then on
+
+
+def test_a_store_that_walks_does_not_end_the_region(runs, calls):
+    """One 8-byte store per page (no bulk path), each to a page the TLB
+    does not hold: its slow path walks and gives a plain RAM page, so the
+    region goes on as after any RAM store: one call, every A and D bit set
+    where the interpreter sets them."""
+    code = asm("1:\nmov [rcx], rsi\nadd rcx, 0x1000\ndec rdx\njnz 1b\nhlt")
+    setup, extra = _small_pages()
+    got, _ = runs(code, _regs(rcx=DATA_ADDR + 8, rdx=PAGES, rsi=VALUE), 10 ** 6, setup, extra, bulk=False)
+    assert calls == [10 ** 6] * 2 and got["retired"] == 4 * PAGES + 1
+    ptes = got["extra"][2]
+    assert all(int.from_bytes(ptes[8 * i:8 * i + 8], "little") & 0x60 == 0x60 for i in range(PAGES))
+
+
+def test_walk_that_rewrites_translated_code(runs):
+    """The first store to page 3 walks the tables and sets its PTE's
+    Accessed and Dirty bits -- bytes of translated code here (the PTE is
+    the immediate of ``mov rax, imm64`` in a block translated from the page
+    table's page; its high bytes are the previous PTE's, unused).  The walk
+    changes code, so the store ends the loop's block after it, as without
+    the bulk path (which walks that page for the store and must not then
+    run the store from the write cache)."""
+    pte3 = (DATA_ADDR + 0x3000) | 3
+    base_setup, base_extra = _small_pages({3: pte3, 4: (DATA_ADDR + 0x4000) | 0xC3})
+    stub = PT + 8 * 3 - 2                        # 48 B8 <PTE 3> C3: mov rax, PTE 3; ret
+
+    def setup(m, cpu):
+        base_setup(m, cpu)
+        m.bus.write_bytes(stub, b"\x48\xb8")
+        m.engine.translate(cpu, stub, (stub, cpu.mode_key))
+
+    def extra(m, cpu):
+        return base_extra(m, cpu) + ((stub, m.cpus[0].mode_key) in m.engine.blocks,)
+
+    got, _ = runs(_loop(SHAPES[0]), _over_pages(SHAPES[0], 0x3100), 10 ** 6, setup, extra)
+    assert got["extra"][-1] is False and not got["faults"]
+    assert int.from_bytes(got["extra"][2][24:32], "little") == pte3 | 0x60

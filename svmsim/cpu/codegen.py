@@ -51,7 +51,7 @@ import sys
 from iced_x86 import Code, OpKind, Register as R
 
 from .decoder import GPR
-from .exceptions import CpuException, gp
+from .exceptions import CpuException, gp, PF_W
 from .flags import PARITY, ARITH, carry, CF as F_CF
 from .segments import CS, SS, FS, GS
 from .ops import arith, data, control
@@ -105,7 +105,13 @@ def _rd(cpu, p, lin, seg, off, size):
 def _wr(cpu, q, lin, seg, off, size, value):
     """A store compiled code did not do inline: unaligned within its page,
     to a page holding code (fast if it misses every translated byte), or the
-    slow path ``cpu.write`` (then True: MMIO, code, a fault check)."""
+    slow path ``cpu.write``: then True (the region is left at its next
+    transition: MMIO, code, a data breakpoint...) unless it was a plain RAM
+    store after all -- a write-cache miss (a new page, a TLB flush) whose
+    translation put the page in the write cache, and nothing else happened:
+    no translated code changed (Engine.smc), as the walk's Accessed and Dirty
+    updates could do; those pages' stores are the ones compiled code does
+    inline, so the region may go on as after an inline store."""
     x = lin & 0xFFF
     if x + size <= 0x1000:
         if q is None:
@@ -123,8 +129,39 @@ def _wr(cpu, q, lin, seg, off, size, value):
         if q is not None:
             cpu.ram[q + x:q + x + size] = value.to_bytes(size, "little")
             return False
+        cpu.write(seg, off, size, value)
+        return cpu.fw.get(lin >> 12) is None or cpu.machine.engine.smc[0] != 0
     cpu.write(seg, off, size, value)
     return True
+
+
+def _bulk_page(cpu, lin):
+    """The RAM offset of the page of ``lin``, the next page of a bulk store
+    loop (Gen.bulk_store_loop), which missed the write cache: translated for
+    a write as the first store there would be -- the same page walk with the
+    same Accessed and Dirty updates, at the same point -- if that puts it in
+    the write cache (plain RAM: not MMIO, not code, not a watched page-table
+    page, not an encrypted or SNP-protected page).  Else None, the store then
+    running on its own path: a fault (raised there by its own walk, which
+    finds what this one found), MMIO, a code page, a data breakpoint, an
+    alignment check; a walk whose updates changed translated code takes the
+    page back out of the write cache, so the store's own path sees the code
+    change (Engine.smc) and the region ends after it."""
+    if cpu.watch or cpu.align_check or lin >> 64:
+        return None
+    vpn = lin >> 12
+    if vpn in cpu.fc:
+        return None
+    smc = cpu.machine.engine.smc
+    before = smc[0]
+    try:
+        cpu.translate(lin, PF_W | cpu.user_access, False)
+    except CpuException:
+        return None
+    if smc[0] != before:
+        cpu.fw.pop(vpn, None)
+        return None
+    return cpu.fw.get(vpn)
 
 
 def _rdA(cpu, lin, seg, off, size):
@@ -199,7 +236,7 @@ class CodeChanged(Exception):
 def _base_ns():
     ns = {"_CpuException": CpuException, "PARITY": PARITY, "_carry": _carry_now, "_gp": gp,
           "_CodeChanged": CodeChanged, "_rd": _rd, "_wr": _wr, "_rmw": _rmw, "_rdA": _rdA, "_wrA": _wrA,
-          "_rd1": _rd1}
+          "_rd1": _rd1, "_bulkpg": _bulk_page}
     for size, fmt in _FMT.items():
         s = struct.Struct(fmt)
         ns["U%d" % size] = s.unpack_from
@@ -1211,13 +1248,18 @@ class Gen:
     def bulk_store_loop(self, ptr, end, val, size, first_off, end_first, exact):
         """A memset-style loop (store a register at [ptr], advance ptr by the
         store size, loop while ptr != end or ptr < end; see _store_loop): all
-        but its last iteration within the store's page and the budget are
-        done as one slice assignment in a writable RAM page (the fast write
-        cache: not code, not MMIO), counted as the instructions they are.
-        The last iteration runs as compiled below and sets flags and RIP.
-        Where the quantum's end is what stops it, the machine may let it
-        run further (Machine.run_ahead: the other CPUs halted, no timer due
-        for a while), the CPU paying for the extra iterations as stall."""
+        but its last iteration, as far as the budget goes, are done as one
+        slice assignment per page of RAM in the write cache (not code, not
+        MMIO), counted as the instructions they are.  A page that is not in
+        the write cache yet is translated for a write first, as its first
+        store would be (``_bulk_page``: the same walk, with the same Accessed
+        and Dirty updates, at the same point); where that does not give a
+        plain RAM page, or a store would straddle two pages, the iterations
+        run as compiled below, one at a time, the store on its own path.
+        The last iteration also runs below and sets flags and RIP.  Where
+        the quantum's end is what stops it, the machine may let it run
+        further (Machine.run_ahead: the other CPUs halted, no timer due for
+        a while), the CPU paying for the extra iterations as stall."""
         j = self.k
         for r in (ptr, end, val):
             self.used.add(r)
@@ -1228,13 +1270,20 @@ class Gen:
         self.emit(f"sd{j} = g{end} - g{ptr}")
         exact = f" and not sd{j} % {size}" if exact else ""
         self.emit(f"if sd{j} > {size}{exact}:")
-        self.emit(f"sa{j} = g{ptr} + {first_off}", 1)
-        self.emit(f"sx{j} = sa{j} & 0xFFF", 1)
-        self.emit(f"sc{j} = min((sd{j} - 1) // {size}, (0x1000 - sx{j}) // {size})", 1)
-        self.emit(f"if sc{j} > (lim - n) // {self.n}:", 1)
-        self.emit(f"sc{j} = min(sc{j}, (lim - n + cpu.machine.run_ahead(cpu)) // {self.n})", 2)
-        self.emit(f"sq{j} = fwg(sa{j} >> 12)", 1)
-        self.emit(f"if sc{j} > 0 and sq{j} is not None:", 1)
+        self.emit("while True:", 1)
+        self.emit(f"sa{j} = g{ptr} + {first_off}", 2)
+        self.emit(f"sx{j} = sa{j} & 0xFFF", 2)
+        self.emit(f"sp{j} = (0x1000 - sx{j}) // {size}", 2)
+        self.emit(f"sc{j} = min((sd{j} - 1) // {size}, sp{j})", 2)
+        self.emit(f"if sc{j} > (lim - n) // {self.n}:", 2)
+        self.emit(f"sc{j} = min(sc{j}, (lim - n + cpu.machine.run_ahead(cpu)) // {self.n})", 3)
+        self.emit(f"if sc{j} <= 0:", 2)
+        self.emit("break", 3)
+        self.emit(f"sq{j} = fwg(sa{j} >> 12)", 2)
+        self.emit(f"if sq{j} is None:", 2)
+        self.emit(f"sq{j} = _bulkpg(cpu, sa{j})", 3)
+        self.emit(f"if sq{j} is None:", 3)
+        self.emit("break", 4)
         self.emit(f"sq{j} += sx{j}", 2)
         self.emit(f"ram[sq{j}:sq{j} + sc{j} * {size}] = (g{val} & {m:#x}).to_bytes({size}, 'little') * sc{j}", 2)
         self.emit(f"g{ptr} = (g{ptr} + sc{j} * {size}) & {MASK64:#x}", 2)
@@ -1245,6 +1294,10 @@ class Gen:
         a, b = (end, ptr) if end_first else (ptr, end)
         self.emit(f"cpu.lf = {Prod(OP_SUB, 64, f'g{a}', f'g{b}', f'(g{a} - g{b})', 0).tuple_src()}", 2)
         self.emit("lp = -1", 2)
+        # On to the next page only if this one is done.
+        self.emit(f"if sc{j} < sp{j}:", 2)
+        self.emit("break", 3)
+        self.emit(f"sd{j} = g{end} - g{ptr}", 2)
         self.uses_mem = True
 
     def generic(self, ins, k, is_last):

@@ -54,7 +54,7 @@ from .decoder import GPR
 from .exceptions import CpuException, gp, PF_W
 from .flags import PARITY, ARITH, carry, CF as F_CF
 from .segments import CS, SS, FS, GS
-from .ops import arith, data, control
+from .ops import arith, bits as _bits, data, control
 from . import ops as _ops
 from . import interrupts as _interrupts
 from .tlb import ADDR_MAX
@@ -2552,6 +2552,34 @@ def _rotate_t(left):
     return t
 
 
+# -- BT of a register (ops/bits.py bt) ------------------------------------
+def t_bt(g, ins, k, is_last):
+    """BT of a register by a register or an immediate (APM vol 3 "BT"): CF
+    is the bit whose number is the offset modulo the operand size; the other
+    flags (undefined in the APM) are left unchanged, as the handler leaves
+    them (QEMU's choice, ops/bits.py), so they are materialised and CF
+    replaced in ``cpu.rflags``.  A generic call would end the region
+    (kvm-unit-tests' page allocator tests its area mask with BT in a loop).
+    Memory operands (bit strings) stay generic."""
+    d = g.operand(ins, 0)
+    s = g.operand(ins, 1)
+    if d.kind != "reg" or s.kind == "mem" or (s.kind == "imm" and s.value is None):
+        raise Unsupported("bt form")
+    bits = ins.osize * 8
+    if g.flags_dead_after():
+        g.flags_eager()                  # nothing can see CF before it is overwritten
+        return True
+    a = g.reg_read(d)
+    b = s.value & (bits - 1) if s.kind == "imm" else f"({g.reg_read(s)} & {bits - 1})"
+    g.store_flags()
+    if not g.seen_writer:
+        g.entry_flags_read = True
+    g.emit(f"cpu.rflags = (cpu.get_rflags() & ~1) | (({a} >> {b}) & 1)")
+    g.emit("cpu.lf = None")
+    g.flags_eager()
+    return True
+
+
 # -- IMUL (ops/arith.py imul): two- and three-operand forms ----------------
 def t_imul(g, ins, k, is_last):
     """IMUL reg, r/m [, imm]: the signed product truncated to the operand
@@ -2706,6 +2734,8 @@ def _gif_template(fn):
         return _T_CLGI
     return None
 
+
+TEMPLATES[_bits.bt] = t_bt
 
 if _shift is not None:
     TEMPLATES.update({_shift.shl: _shift_t("shl"), _shift.shr: _shift_t("shr"),

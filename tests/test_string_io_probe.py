@@ -3,7 +3,7 @@
 ``cpu.fc`` for a page holding translated code) needs no translation, any
 other page is checked by ``Cpu.check_write`` as before.  kvm-unit-tests'
 reg_corruption spins on INSB from its guest with nested paging (1.7 M of
-them), where the full translation was ~40% of the subtest.
+them), where the full translation was 30% of the subtest.
 
 Each case runs machine code twice, with the shortcut and with every probe
 forced through ``check_write``: registers, RFLAGS, memory, the fault or

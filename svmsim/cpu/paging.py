@@ -47,12 +47,17 @@ class Translation:
     pages are split into 4 KiB TLB entries (hardware may do this too).
     ``rw``/``us`` are the AND of all levels; ``nx`` the OR.
     """
-    __slots__ = ("spa", "rw", "us", "nx", "g", "d", "size", "steps", "deps")
+    __slots__ = ("spa", "rw", "us", "nx", "g", "d", "size", "steps", "deps", "kept", "mkey", "memo")
 
     def __init__(self, spa, rw, us, nx, g, d, size, steps=None):
         self.spa, self.rw, self.us, self.nx, self.g, self.d, self.size = spa, rw, us, nx, g, d, size
         self.steps = steps
         self.deps = None       # a memoizing walk's ((RAM offset, value), ...) (cpu/walkmemo.py)
+        # Set when the walk enters a memo (PtWatch.commit): the watch's
+        # generation then (-1 again once an entry it read is written), the
+        # memo key and the memo; what a TLB flush checks to keep this
+        # translation (cpu/tlbkeep.py).
+        self.kept = -1
 
 
 class Walker:

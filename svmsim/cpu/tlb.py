@@ -129,6 +129,64 @@ class Tlb:
         self._large.clear()
         self.drop_fast()
 
+    def flush_keeping(self, cause: str, checks, asid=None, keep_global=False) -> None:
+        """A flush (``flush_all``, or ``flush_asid`` of ``asid``) that keeps
+        the translations a walk made now would give again with no write
+        (cpu/tlbkeep.py; docs/DESIGN.md "Flushes that keep what a walk
+        gives"). ``checks``: (fast-set key, tag, valid) per context whose
+        inputs are known, the key None for the current fast set;
+        ``valid(vpn, t)`` says whether ``t`` is that walk's result under
+        the context's inputs.  Every other tag in scope is emptied, every
+        other fast set in scope dropped; the fast sets kept lose the pages
+        whose translation went (their address caches go whole then)."""
+        self._count(cause)
+        gone, tags = {}, set()
+        for key, tag, valid in checks:
+            if asid is not None and tag[0] != asid:
+                continue
+            out = gone[key] = []
+            d = self._tagged.get(tag)
+            if d:
+                out += [v for v, t in d.items() if not valid(v, t)]
+                for v in out:
+                    del d[v]
+            g = self._global.get(tag[0])
+            if g and not keep_global:
+                bad = [v for v, t in g.items() if not valid(v, t)]
+                for v in bad:
+                    del g[v]
+                out += bad
+            tags.add(tag)
+        for tag, d in self._tagged.items():
+            if tag not in tags and (asid is None or tag[0] == asid):
+                d.clear()
+        kept = {t[0] for t in tags}
+        if not keep_global:
+            for a, g in self._global.items():
+                if (asid is None or a == asid) and a not in kept:
+                    g.clear()
+        if asid is None:
+            for k in [k for k in self._large if k[0] not in kept]:
+                del self._large[k]
+        self._keep_fast(gone, asid)
+
+    def _keep_fast(self, gone, asid) -> None:
+        """The fast sets of ``flush_keeping``: those named in ``gone``
+        (key -> pages whose translation went) lose those pages; the others
+        whose context the flush reached are dropped."""
+        sets = self._fast_sets
+        for key in list(sets):
+            if key in gone:
+                _forget_pages(sets[key], gone[key])
+            elif asid is None or key[0] == asid:
+                del sets[key]
+        if None in gone:
+            _forget_pages(self.fast, gone[None])
+        elif asid is None or self.asid == asid:
+            for per_user in self.fast:
+                for d in per_user:
+                    d.clear()
+
     def flush_page(self, vpn: int, cause: str, asid=None, all_pcids=True) -> None:
         """INVLPG / INVLPGA: one linear page, global entries included; for a
         large page, every 4 KiB slice of it (APM 5.5.2)."""
@@ -196,6 +254,17 @@ class Tlb:
         for fast in self._all_fast():
             for per_user in fast:
                 per_user[FC].clear()
+
+
+def _forget_pages(fast, vpns) -> None:
+    """Drop pages ``vpns`` from a fast set (its address caches whole)."""
+    if vpns:
+        for per_user in fast:
+            for d in per_user[:A8R]:
+                for v in vpns:
+                    d.pop(v, None)
+            for i in ADDR:
+                per_user[i].clear()
 
 
 def _new_fast() -> list:

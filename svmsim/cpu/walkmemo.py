@@ -57,7 +57,7 @@ class PtWatch:
         self.view = bus.ram.word_views()[8] if sys.byteorder == "little" else None
         self.code_pages = code_pages
         self.make_code_page = make_code_page   # RAM page -> its CodePage (made a code page if new)
-        self.deps: dict = {}                  # entry offset -> [(memo dict, key), ...]
+        self.deps: dict = {}                  # entry offset -> [(memo dict, key, Translation), ...]
         self.pages: set = set()               # RAM pages holding a watched entry
         self.queue: list = []                 # (memo, key, Translation, ((offset, value), ...))
         self.gen = 0                          # moves at ``clear``: every memo is stale
@@ -101,7 +101,8 @@ class PtWatch:
                 if len(memo) >= MEMO_MAX:
                     memo.clear()
                 memo[key] = t
-                ref = (memo, key)
+                t.kept, t.mkey, t.memo = self.gen, key, memo
+                ref = (memo, key, t)
                 for off in offs:
                     lst = deps.get(off)
                     if lst is None:
@@ -130,7 +131,8 @@ class PtWatch:
             lst = deps.pop(e, None)
             if lst is not None:
                 self.n -= len(lst)
-                for memo, key in lst:
+                for memo, key, t in lst:
+                    t.kept = -1                  # no longer what a walk gives (tlbkeep.py)
                     if memo.pop(key, None) is not None:
                         self.stats["dropped"] += 1
                 cp = self.code_pages.get(e >> 12)

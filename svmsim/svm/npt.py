@@ -41,6 +41,7 @@ from ..cpu.exceptions import CpuException, GP, SS, PF, PF_P, PF_W, PF_U, PF_RSV,
 from ..cpu.paging import Walker, Translation, check_access, EFER_NXE, CR4_SMEP
 from ..cpu.tlb import R, W, X, FC, MMIO_R, MMIO_W
 from ..cpu.walkmemo import bus_deps
+from ..cpu import tlbkeep
 from ..cpu.state import GUEST_KEY
 from . import avic, snp
 from .exits import ExitCode
@@ -54,8 +55,9 @@ CR0_WP = 1 << 16
 
 class NestedTranslation(Translation):
     """A combined translation: guest permissions plus the nested ones; ``gc``
-    is the guest's C-bit (an SEV guest's private page)."""
-    __slots__ = ("gpa", "n_rw", "n_us", "n_nx", "n_d", "gc", "n_size")
+    is the guest's C-bit (an SEV guest's private page); ``gt``/``nt`` the
+    guest and final nested translations it was made of (cpu/tlbkeep.py)."""
+    __slots__ = ("gpa", "n_rw", "n_us", "n_nx", "n_d", "gc", "n_size", "gt", "nt")
 
 
 class NestedMmu:
@@ -244,7 +246,28 @@ class NestedMmu:
         t = NestedTranslation(n.spa if spa is None else spa, g.rw, g.us, g.nx, g.g, g.d, g.size)
         t.gpa, t.n_rw, t.n_us, t.n_nx, t.n_d = gpa & ~0xFFF, n.rw, n.us, n.nx, n.d
         t.gc, t.n_size = bool(gc), n.size
+        t.gt, t.nt = g, n
         return t
+
+    def keep_check(self):
+        """``valid(vpn, t)`` for the guest's TLB entries (cpu/tlbkeep.py):
+        a combined translation is what a walk made now gives when its guest
+        walk and its final nested walk are both kept walks under the current
+        inputs (a guest walk's own dependencies hold the nested walks of its
+        table gPAs, 15.25.5); None when nothing is kept (guest paging off or
+        not in long mode, SEV, the RMP, AVIC's backing page)."""
+        cpu = self.cpu
+        if self.sev or self.rmp.enabled or cpu.svm.avic or not cpu.paging:
+            return None
+        watch = cpu.machine.pt_watch
+        guest = tlbkeep.walk_check(self.guest, watch, cpu.cr3, cpu.cr4, cpu.efer)
+        nested = tlbkeep.walk_check(self.nested, watch, self.n_cr3, self.host_cr4, self.host_efer)
+        if guest is None or nested is None:
+            return None
+
+        def valid(vpn, t):
+            return t.__class__ is NestedTranslation and guest(vpn, t.gt) and nested(t.gpa >> 12, t.nt)
+        return valid
 
     def walk_for(self, lin, access):
         """The combined translation of ``lin`` for an instruction operand

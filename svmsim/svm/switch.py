@@ -279,7 +279,7 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
     tlb.switch(s.asid, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, True)     # keep_fast
     tlb.select_fast(host_key, world.fast_key(cpu))
     if d[14]:
-        world._tlb_control(cpu, d[14], s.asid)
+        world._tlb_control(cpu, d[14], s.asid, host_key)
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True

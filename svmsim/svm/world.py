@@ -17,7 +17,7 @@ from ..cpu.exceptions import CpuException, Shutdown
 from ..cpu.segments import Segment, ES, CS, SS, DS
 from ..cpu.flags import IF, VM, RF, WRITABLE, FIXED1
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
-from ..cpu import interrupts, sev_features
+from ..cpu import interrupts, sev_features, tlbkeep
 from . import avic, checks, clean, exits, sev_checks, sev_es, snp
 from .exits import ExitCode
 from .vmcb import VmcbView, VMCB_SIZE, CHILDREN, field
@@ -406,21 +406,41 @@ def _lbr_switch(cpu, load, store) -> None:
 
 # Control bits whose features svmsim does not implement yet: a guest that
 # needs them must not silently run without them.
-def _tlb_control(cpu, value: int, asid: int) -> None:
+def _tlb_control(cpu, value: int, asid: int, host_key=None) -> None:
     """TLB_CONTROL (APM 15.16.1): 0 nothing, 1 flush every ASID, 3 this
     guest's ASID, 7 this guest's non-global entries; other values are
-    reserved (svmsim flushes everything for them, the safe reading)."""
+    reserved (svmsim flushes everything for them, the safe reading).  The
+    translations a walk made now would give again are kept, the guest's and
+    (``host_key``: the host's fast-set key) the host's (cpu/tlbkeep.py)."""
     tlb = cpu.tlb
     if value == 0:
         return
+    checks = _keep_checks(cpu, host_key if value not in (3, 7) else None)
     if value == 3:
-        tlb.flush_asid("tlb_control", asid)
+        tlb.flush_keeping("tlb_control", checks, asid)
     elif value == 7:
-        tlb.flush_asid("tlb_control", asid, keep_global=True)
+        tlb.flush_keeping("tlb_control", checks, asid, keep_global=True)
     else:
         if value != 1:
             cpu.machine.note(f"VMRUN with reserved TLB_CONTROL {value:#x}: svmsim flushes the whole TLB")
-        tlb.flush_all("tlb_control")
+        tlb.flush_keeping("tlb_control", checks)
+
+
+def _keep_checks(cpu, host_key):
+    """The contexts whose translations a TLB_CONTROL flush may keep: the
+    guest being entered (its current fast set), the host (its fast set put
+    aside under ``host_key``)."""
+    out = []
+    if tlbkeep.ENABLED and fast_key(cpu) is not None:
+        npt = cpu.npt
+        valid = (npt.keep_check() if npt is not None else
+                 tlbkeep.walk_check(cpu.walker, cpu.machine.pt_watch, cpu.cr3, cpu.cr4, cpu.efer))
+        if valid is not None:
+            out.append((None, (cpu.tlb.asid, cpu.tlb.pcid), valid))
+    host = tlbkeep.host_check(cpu, host_key)
+    if host is not None:
+        out.append(host)
+    return out
 
 
 def fast_key(cpu):
@@ -500,7 +520,7 @@ def vmrun(cpu, ins) -> None:
     pcid = cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0
     tlb.switch(s.asid, pcid, keep_fast=True)
     tlb.select_fast(host_key, fast_key(cpu))
-    _tlb_control(cpu, v["TLB_CONTROL"], s.asid)
+    _tlb_control(cpu, v["TLB_CONTROL"], s.asid, host_key)
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True

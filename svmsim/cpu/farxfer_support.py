@@ -54,15 +54,20 @@ class Rollback:
     multi-step instruction (far CALL, IRET...), so the fault stays precise.
 
     Memory the instruction already wrote (stack slots below the old stack
-    pointer, accessed bits) stays written, as on hardware."""
+    pointer, accessed bits) stays written, as on hardware.
+
+    The segment registers, LDTR and TR are kept as the objects they are:
+    these instructions put new Segment objects into the CPU (from descriptors,
+    ``real_segment``, ``null_segment``...) and change only those in place
+    (``enter_code``, the accessed bit of a loaded SS), never one the CPU
+    held before, so the old objects still hold the old values."""
 
     def __init__(self, cpu):
         self.cpu = cpu
 
     def __enter__(self):
         c = self.cpu
-        self.saved = (list(c.regs), c.rip, c.get_rflags(), [s.copy() for s in c.segs],
-                      c.cpl, c.ldtr.copy(), c.tr.copy())
+        self.saved = (list(c.regs), c.rip, c.get_rflags(), list(c.segs), c.cpl, c.ldtr, c.tr)
         return self
 
     def __exit__(self, kind, exc, tb):
@@ -226,14 +231,16 @@ def check_return_ss(cpu, sel: int, rpl: int, cs: Segment):
     return seg, hi
 
 
-def enter_code(cpu, seg: Segment, cpl: int, rip: int) -> None:
-    """Commit a new CS (RPL forced to the new CPL), CPL and RIP."""
+def enter_code(cpu, seg: Segment, cpl: int, rip: int, update: bool = True) -> None:
+    """Commit a new CS (RPL forced to the new CPL), CPL and RIP; ``update``
+    False leaves the mode's derived state to the caller's ``update_mode``."""
     seg.sel = (seg.sel & ~3) | cpl
     seg.attr |= 1
     cpu.segs[CS] = seg
     cpu.cpl = cpl
     cpu.rip = rip
-    cpu.update_mode()
+    if update:
+        cpu.update_mode()
 
 
 def null_outer_data_segments(cpu) -> None:

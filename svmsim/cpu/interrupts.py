@@ -240,7 +240,11 @@ def deliver_event(cpu, vector, kind, error_code, cr2=None, outer=None, check=Tru
 
 
 def _snapshot(cpu):
-    return (list(cpu.regs), cpu.rip, cpu.get_rflags(), [s.copy() for s in cpu.segs], cpu.cpl)
+    """What a fault in the middle of a delivery puts back.  The segment
+    registers are kept as the objects they are: a delivery only ever puts new
+    Segment objects into ``cpu.segs`` (from the IDT's and TSS's descriptors)
+    and changes none in place, so the old ones still hold the old values."""
+    return (list(cpu.regs), cpu.rip, cpu.get_rflags(), list(cpu.segs), cpu.cpl)
 
 
 def _restore(cpu, snap):

@@ -386,10 +386,10 @@ def _return_outer(cpu, seg, sel, hi, ip, ss_sel, sp):
         set_accessed(cpu, ss_sel, ss_hi)
         ss_seg.attr |= 1
     cpu.segs[SS] = ss_seg
-    enter_code(cpu, seg, rpl, ip)
-    _set_sp(cpu, sp)
-    null_outer_data_segments(cpu)
+    enter_code(cpu, seg, rpl, ip, update=False)
+    null_outer_data_segments(cpu)        # by the new CPL and the segments only
     cpu.update_mode()
+    _set_sp(cpu, sp)                     # by the new stack's size
 
 
 # ================================================================ IRET

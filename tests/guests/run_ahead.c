@@ -13,7 +13,9 @@
  * "bytes=N" (default 262144): the buffer; "passes=P" (default 6);
  * "period=T" (default 150000): the timer's initial count, divide by 1.
  * "smp=0": do not start the AP; "spin=1": the AP does not halt but spins
- * (PAUSE) until the passes are done, so nothing may run ahead.
+ * (PAUSE) until the passes are done, so nothing may run ahead; "nmi=K": the
+ * AP sends the BSP an NMI after every K PAUSEs until the passes are done,
+ * and the BSP's NMI handler records where the memset was, as the timer's.
  */
 #include "rt.h"
 
@@ -26,11 +28,23 @@ static volatile uint8_t cur;
 static uint64_t nbytes;
 static uint64_t where[MAX_TICKS], when[MAX_TICKS];
 static volatile uint32_t done;
+static uint64_t nmi_every;
+static volatile uint32_t nmis;
+static uint64_t nmi_where[MAX_TICKS], nmi_when[MAX_TICKS];
 
 static void spin_ap_main(int apic_id)
 {
     while (!done)
         pause();
+}
+
+static void nmi_ap_main(int apic_id)
+{
+    while (!done) {
+        for (uint64_t i = 0; i < nmi_every && !done; i++)
+            pause();
+        lapic_send_ipi(0, (4u << 8) | ICR_ASSERT);     /* delivery mode NMI */
+    }
 }
 
 static uint64_t progress(void)
@@ -56,6 +70,15 @@ static void timer_handler(struct trap_frame *f)
     lapic_eoi();
 }
 
+static void nmi_handler(struct trap_frame *f)
+{
+    uint32_t t = nmis++;
+    if (t < MAX_TICKS) {
+        nmi_where[t] = progress();
+        nmi_when[t] = rdtsc();
+    }
+}
+
 int kmain(uint32_t magic, uint32_t mbi)
 {
     uint64_t passes = 6, period = 150000, smp = 1, spin = 0;
@@ -65,8 +88,13 @@ int kmain(uint32_t magic, uint32_t mbi)
     cmdline_u64("period", &period);
     cmdline_u64("smp", &smp);
     cmdline_u64("spin", &spin);
+    cmdline_u64("nmi", &nmi_every);
     if (spin)
         ap_main = spin_ap_main;
+    if (nmi_every) {
+        set_handler(2, nmi_handler);
+        ap_main = nmi_ap_main;
+    }
     if (smp)
         kprintf("run_ahead: AP started: %s\n", start_ap(1) ? "yes" : "no");
     set_handler(TIMER_VECTOR, timer_handler);
@@ -90,6 +118,8 @@ int kmain(uint32_t magic, uint32_t mbi)
         kprintf("pass %lu: done at tsc+%lu\n", p, after[p]);
     for (uint32_t t = 0; t < n; t++)
         kprintf("tick %u: byte %lu tsc+%lu\n", t, where[t], when[t] - t0);
+    for (uint32_t t = 0; t < nmis && t < MAX_TICKS; t++)
+        kprintf("nmi %u: byte %lu tsc+%lu\n", t, nmi_where[t], nmi_when[t] - t0);
     int ok = progress() == nbytes && BUF[nbytes] != cur;  /* the last pass wrote every byte, no more */
     kprintf("run_ahead: %s\n", ok && ticks > 0 ? "PASS" : "FAIL");
     return ok && ticks > 0 ? 0 : 1;

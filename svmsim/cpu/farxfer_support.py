@@ -1,4 +1,6 @@
 """TSS stack lookups used by interrupt delivery and far calls (APM vol 2, 12.2.5, 12.2.6)."""
+from struct import pack, unpack_from
+
 from .exceptions import CpuException, TS
 from .descriptors import read_descriptor, to_segment
 
@@ -32,6 +34,47 @@ def tss_stack_32(cpu, cpl, ext):
     if not a & 0x80:
         raise CpuException(11 + 1, (sel & ~3) | ext, detail="TSS stack segment not present")
     return seg, esp
+
+
+# ---------------------------------------------------------------- 64-bit stack frames
+# An event's frame and IRET's are five or six stack slots.  Where all of them
+# lie on one page in the CPU's fast read (write) cache, in 64-bit mode (no
+# segment base or limit), no slot can fault and none reaches a device or
+# translated code (those caches hold plain RAM reachable without a fault,
+# state.py ``_fill_fast``), so the slots are moved at once; otherwise slot by
+# slot, in the order that decides which fault comes first.
+_SLOT_FMT = {8: "Q", 4: "I", 2: "H"}
+
+
+def frame_on_one_page(cpu, low: int, nbytes: int, cache):
+    """The RAM offset of ``nbytes`` at 64-bit stack address ``low`` if they
+    lie on one page in ``cache`` (``cpu.fr`` or ``cpu.fw``), else None."""
+    o = low & 0xFFF
+    if o + nbytes > 0x1000 or not cpu.long64:
+        return None
+    b = cache.get(low >> 12)
+    return None if b is None else b + o
+
+
+def pop_slots(cpu, size: int, n: int):
+    """``n`` pops of ``size`` bytes from a 64-bit stack read at once, RSP
+    advanced past them, or None where they must be popped one by one."""
+    rsp = cpu.regs[4]
+    b = frame_on_one_page(cpu, rsp, size * n, cpu.fr)
+    if b is None:
+        return None
+    cpu.regs[4] = (rsp + size * n) & 0xFFFF_FFFF_FFFF_FFFF
+    return unpack_from("<%d%s" % (n, _SLOT_FMT[size]), cpu.ram, b)
+
+
+def write_slots(cpu, low: int, values) -> bool:
+    """Store ``values`` (8 bytes each, the first at ``low``) at once if they
+    lie on one page of the fast write cache; False: nothing written."""
+    b = frame_on_one_page(cpu, low, 8 * len(values), cpu.fw)
+    if b is None:
+        return False
+    cpu.ram[b:b + 8 * len(values)] = pack("<%dQ" % len(values), *values)
+    return True
 
 
 # ---------------------------------------------------------------- added for far transfers

@@ -15,7 +15,7 @@ from .exceptions import CpuException, Shutdown, NMI, DF, NP, GP, PF, SX, CONTRIB
 from .flags import IF, TF, NT, RF, VM, AC
 from .segments import Segment, CS, SS as SS_SEG, A_L, A_DB, A_P, T_CODE, T_CONFORMING
 from .descriptors import read_descriptor, to_segment
-from .farxfer_support import tss_rsp_64
+from .farxfer_support import tss_rsp_64, write_slots
 from .hooks import INTERCEPT
 from ..errors import NotModelled
 
@@ -397,7 +397,9 @@ def _deliver_long(cpu, vector, kind, error_code):
     cpu.cpl = new_cpl
     cpu.segs[CS] = seg
     cpu.update_mode()                      # now in 64-bit mode at the new CPL
-    for i, v in enumerate(frame):
-        cpu.write(SS_SEG, (rsp - 8 * (i + 1)) & ((1 << 64) - 1), 8, v)
-    cpu.regs[4] = (rsp - 8 * len(frame)) & ((1 << 64) - 1)
+    low = (rsp - 8 * len(frame)) & ((1 << 64) - 1)
+    if not write_slots(cpu, low, [v & ((1 << 64) - 1) for v in reversed(frame)]):
+        for i, v in enumerate(frame):
+            cpu.write(SS_SEG, (rsp - 8 * (i + 1)) & ((1 << 64) - 1), 8, v)
+    cpu.regs[4] = low
     _enter(cpu, seg, new_cpl, offset, flags, gtype)

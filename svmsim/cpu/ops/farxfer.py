@@ -26,7 +26,7 @@ from ..descriptors import (read_descriptor, read_descriptor16, fetch_segment, se
                            sel_error, is_null, canonical, to_segment,
                            SYS_TSS16_AVAIL, SYS_LDT, SYS_CALL16, SYS_TASK, SYS_TSS_AVAIL, SYS_CALL32)
 from ..exceptions import CpuException, BR, GP, NP, SS as SS_VEC, gp, ud
-from ..farxfer_support import (Rollback, protected, long_mode, real_segment, v86_segment,
+from ..farxfer_support import (Rollback, pop_slots, protected, long_mode, real_segment, v86_segment,
                                null_segment, load_data_segment, code_offset_ok, check_long_code,
                                check_return_cs, check_return_ss, enter_code, null_outer_data_segments,
                                tss_rsp_64, tss_stack_32)
@@ -460,9 +460,14 @@ def _iret_protected(cpu, size):
     old_cpl = cpu.cpl
     old_flags = cpu.get_rflags()
     with Rollback(cpu):
-        ip = cpu.pop(size)
-        sel = cpu.pop(size) & 0xFFFF
-        flags = cpu.pop(size)
+        # 64-bit mode always pops all five slots (below): at once where none can fault.
+        slots = pop_slots(cpu, size, 5) if cpu.long64 else None
+        if slots is None:
+            ip = cpu.pop(size)
+            sel = cpu.pop(size) & 0xFFFF
+            flags = cpu.pop(size)
+        else:
+            ip, sel, flags = slots[0], slots[1] & 0xFFFF, slots[2]
         if flags & VM and size == 4 and old_cpl == 0 and not long_mode(cpu):
             _iret_to_v86(cpu, ip, sel, flags)
             return
@@ -474,8 +479,11 @@ def _iret_protected(cpu, size):
         if old_cpl == 0:
             mask |= IOPL | VIF | VIP
         if cpu.long64 or rpl != old_cpl:       # 64-bit mode always pops SS:RSP
-            sp = cpu.pop(size)
-            ss_sel = cpu.pop(size) & 0xFFFF
+            if slots is None:
+                sp = cpu.pop(size)
+                ss_sel = cpu.pop(size) & 0xFFFF
+            else:
+                sp, ss_sel = slots[3], slots[4] & 0xFFFF
             _merge_flags(cpu, flags & ~VM, size, mask | VM)
             _return_outer(cpu, seg, sel, hi, ip, ss_sel, sp)
         else:

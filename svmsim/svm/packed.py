@@ -273,7 +273,12 @@ class Runs:
         try:
             return self._pack_changed(buf, base, old, values)
         except struct.error:
+            self.exact = False      # from now on: a field may hold less than its value
             return self._pack_changed(buf, base, old, [v & m for v, m in zip(values, self.masks)])
+
+    # No value has been cut to its field by pack_changed: the runs it left
+    # unwritten hold exactly the values given (world.save_host relies on it).
+    exact = True
 
 
 HOST_RUNS = Runs(HOST_FIELDS)

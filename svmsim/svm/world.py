@@ -109,6 +109,8 @@ def _load_segment_values(cpu, vals, stash=None) -> None:
 
 
 _HOST_AT, _HOST_END = HOST_PACKED.start, HOST_PACKED.end
+_HOST_SEGS_END = field("DS.BASE").end          # ES..DS: HOST_RUNS' first run, 16 fields
+assert HOST_RUNS.runs[0][0] == field("ES.SEL").offset and HOST_RUNS.runs[0][3] == 16
 
 
 def _hsave_page(bus, hsave_pa) -> bytearray:
@@ -126,9 +128,10 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
            cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0])
-    # ES, CS, SS, DS set aside with their 16 values, unless a base is 2**47
-    # or more (it might not be canonical for _load_segment_values).
-    cpu.svm.host_segs = None if (es.base | cs.base | ss.base | ds.base) >> 47 else (es, cs, ss, ds, new[:16])
+    # ES, CS, SS, DS set aside with their 16 values (and below, the values
+    # read from the area when its first 16 are those), unless a base is
+    # 2**47 or more (it might not be canonical for _load_segment_values).
+    keep = not (es.base | cs.base | ss.base | ds.base) >> 47
     if off is None and DIRECT and not hsave_pa & 0xFFF:
         off = bus.ram_offset(hsave_pa)
     if off is not None:
@@ -139,6 +142,7 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
         # The values the area holds: those it held when VMRUN or #VMEXIT last
         # saw the same bytes, or read now.
         old = seen[2] if seen is not None and seen[0] == off and seen[1] == area else HOST_RUNS.unpack(buf, off)
+        same = True         # the area's first 16 values are the segments' (restore_host: by identity)
         if old != new:      # else the area holds these values already (a hypervisor's loop)
             span = HOST_RUNS.pack_changed(buf, off, old, new)     # often RFLAGS alone
             if span is not None:
@@ -146,8 +150,12 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
                     watch(off + span[0], span[1] - span[0])
             area = buf[off + _HOST_AT:off + _HOST_END]
             old = HOST_RUNS.unpack(buf, off)
+            # The segments' run unwritten: it held their values (no value cut).
+            same = HOST_RUNS.exact and (span is None or span[0] >= _HOST_SEGS_END)
         s.hsave_seen = (off, area, old)
+        s.host_segs = (es, cs, ss, ds, new[:16], old if same else None) if keep else None
         return
+    cpu.svm.host_segs = (es, cs, ss, ds, new[:16], None) if keep else None
     area = _hsave_page(bus, hsave_pa)
     vals = HOST_PACKED.unpack(area, -HOST_PACKED.start)
     for i, value, mask in zip(_HOST_INDEX, new, _HOST_MASKS):
@@ -192,7 +200,7 @@ def restore_host(cpu, hsave) -> None:
     cpu.cr3 = cr3
     stash = s.host_segs
     s.host_segs = None
-    if stash is not None and vals[:16] == stash[4]:
+    if stash is not None and (stash[5] is vals or vals[:16] == stash[4]):
         # _load_segment_values' reuse of the Segment objects VMRUN set aside, inlined.
         segs = cpu.segs
         segs[ES], segs[CS], segs[SS], segs[DS] = stash[0], stash[1], stash[2], stash[3]

@@ -516,7 +516,7 @@ def exit_handler(code):
 
         def direct(cpu, ins):
             # rip, nrip positional (a call with keywords takes CPython's slow path)
-            _world().vmexit(cpu, code, 0, 0, cpu.rip, ins.next_ip)
+            (_WORLD[0] or _world()).vmexit(cpu, code, 0, 0, cpu.rip, ins.next_ip)
         h.__name__ = f"exit_{code.name.lower()}"
         h.direct = direct
         _EXITS[code] = h

@@ -216,6 +216,7 @@ class Runs:
         # Runs of one field that follow each other are tested together first
         # (one slice compare), then one by one.
         src.append("def pack_changed(buf, base, old, v):")
+        body = len(src)
         src.append("    lo = None")
         groups = []
         for k, run in enumerate(runs):
@@ -239,9 +240,29 @@ class Runs:
                 src.append(f"{pad}    if lo is None:\n{pad}        lo = {off}")
                 src.append(f"{pad}    hi = {fields[b - 1].end}")
         src.append("    return None if lo is None else (lo, hi)")
+        # pack_changed as callers call it (one Python call): values as a
+        # tuple (runs are compared as tuple slices), and a value too wide
+        # for its field cut to it, as a store into the field would.
+        src += ["def pack_changed_t(buf, base, old, v):",
+                "    if type(v) is not tuple:",
+                "        v = tuple(v)",
+                "    try:"]
+        src += ["    " + line.replace("\n", "\n    ") for line in src[body:-4]]
+        src += ["    except _error:",
+                "        return _cut(buf, base, old, v)"]
+        ns["_error"] = struct.error
+
+        def cut(buf, base, old, v):
+            self.exact = False      # from now on: a field may hold less than its value
+            return self._pack_changed(buf, base, old, [x & m for x, m in zip(v, self.masks)])
+        ns["_cut"] = cut
         exec("\n".join(src), ns)
         self._pack = ns["pack"]
         self._pack_changed = ns["pack_changed"]
+        # Write the runs in which the values (a sequence) differ from ``old``
+        # (what the buffer holds, as ``unpack`` gives it); return the byte
+        # range written, (first offset, end offset), or None when nothing was.
+        self.pack_changed = ns["pack_changed_t"]
         fmt, pos = ["<"], fields[0].offset
         for f in fields:
             if f.offset > pos:
@@ -250,6 +271,7 @@ class Runs:
             pos = f.end
         self.start = fields[0].offset
         self._unpack = struct.Struct("".join(fmt)).unpack_from
+        self.unpack_at = self._unpack       # (buf, base + start): unpack without a Python call
         self.masks = tuple(f.mask for f in fields)
 
     def unpack(self, buf, base: int = 0) -> tuple:
@@ -263,18 +285,6 @@ class Runs:
         except struct.error:
             self._pack(buf, base, [v & m for v, m in zip(values, self.masks)])
 
-
-    def pack_changed(self, buf, base: int, old, values):
-        """Write the runs in which ``values`` differ from ``old`` (what the
-        buffer holds, as ``unpack`` gives it); return the byte range
-        written, (first offset, end offset), or None when nothing was."""
-        if type(values) is not tuple:
-            values = tuple(values)              # runs are compared as tuple slices
-        try:
-            return self._pack_changed(buf, base, old, values)
-        except struct.error:
-            self.exact = False      # from now on: a field may hold less than its value
-            return self._pack_changed(buf, base, old, [v & m for v, m in zip(values, self.masks)])
 
     # No value has been cut to its field by pack_changed: the runs it left
     # unwritten hold exactly the values given (world.save_host relies on it).
@@ -302,6 +312,7 @@ class Reader:
         self.start = fields[0].offset
         self.index = {f.name: i for i, f in enumerate(fields)}
         self._unpack = struct.Struct("".join(fmt)).unpack_from
+        self.unpack_at = self._unpack       # (buf, base + start): unpack without a Python call
 
     def unpack(self, buf, base: int = 0) -> tuple:
         return self._unpack(buf, base + self.start)
@@ -343,6 +354,7 @@ class ByteRuns:
         self.runs = tuple(tuple(r) for r in runs)
         self.start = runs[0][0]
         self._unpack = struct.Struct("".join(fmt)).unpack_from
+        self.unpack_at = self._unpack       # (buf, base + start): unpack without a Python call
 
     def unpack(self, buf, base: int = 0) -> tuple:
         return self._unpack(buf, base + self.start)

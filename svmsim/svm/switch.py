@@ -98,8 +98,12 @@ _SHADOW_BIT = field("INTERRUPT_SHADOW").bit
 _VOLATILE_NAMES = ("NRIP", "RFLAGS", "RIP", "RSP", "RAX")
 _UNREAD = ("EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO", "INSN_LEN")
 assert not set(_VOLATILE_NAMES + _UNREAD) & set(clean.CLEAN_NAMES + checks.MEMO_FIELDS)
-_VOLATILE = Reader([BY_NAME[n] for n in _VOLATILE_NAMES]).unpack
-_STABLE = ByteRuns([BY_NAME[n] for n in (*C, *S) if n not in _VOLATILE_NAMES + _UNREAD]).unpack
+_VOLATILE_READER = Reader([BY_NAME[n] for n in _VOLATILE_NAMES])
+_STABLE_RUNS = ByteRuns([BY_NAME[n] for n in (*C, *S) if n not in _VOLATILE_NAMES + _UNREAD])
+_VOLATILE, _STABLE = _VOLATILE_READER.unpack, _STABLE_RUNS.unpack
+# The same struct reads without the Python call (buf, base + its first offset).
+_VOLATILE_AT, _VOLATILE_RAW = _VOLATILE_READER.start, _VOLATILE_READER.unpack_at
+_STABLE_AT, _STABLE_RAW = _STABLE_RUNS.start, _STABLE_RUNS.unpack_at
 _WHERE_STABLE = {n: w for n, w in _WHERE.items() if n not in _VOLATILE_NAMES + _UNREAD}
 _LATER = [None, False]        # LATER_CHECKS as last seen, and whether one of them is not memoized
 
@@ -154,11 +158,12 @@ def vmrun(cpu, ins) -> None:
     # on this VMCB (the volatile fields aside), and the clean-bit copy and the
     # checks' memo are where that VMRUN left them (the VMCB's part of the key
     # is d[3]): the same decision, from the same values.
-    if (d is not None and d[0] == vmcb_pa and _STABLE(buf, off) == d[1] and s.cache_pa == vmcb_pa
+    if (d is not None and d[0] == vmcb_pa and _STABLE_RAW(buf, off + _STABLE_AT) == d[1]
+            and s.cache_pa == vmcb_pa
             and s.clean_cache == d[2]
             and (d[3], cpu.cr0, cpu.efer, msr.get(SYSCFG), msr.get(HWCR), False, s.caps) == s.checked
             and (checks.LATER_CHECKS == _LATER[0] and not _LATER[1] or not _later_unmemoized())):
-        nrip, rflags, rip, rsp, rax = _VOLATILE(buf, off)     # positional: no f(*args) call
+        nrip, rflags, rip, rsp, rax = _VOLATILE_RAW(buf, off + _VOLATILE_AT)
         _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp, rax)
         return
     ctrl = CONTROL_READER.unpack(buf, off)

@@ -15,7 +15,7 @@ from operator import itemgetter
 
 from ..cpu.exceptions import CpuException, Shutdown
 from ..cpu.segments import Segment, ES, CS, SS, DS
-from ..cpu.flags import IF, VM, RF, WRITABLE, FIXED1
+from ..cpu.flags import IF, VM, RF, WRITABLE, FIXED1, ARITH, arith_flags
 from ..cpu.state import EFER_LME, EFER_LMA, CR0_PE, CR0_PG
 from ..cpu import interrupts, sev_features, tlbkeep
 from . import avic, checks, clean, exits, sev_checks, sev_es, snp
@@ -109,6 +109,7 @@ def _load_segment_values(cpu, vals, stash=None) -> None:
 
 
 _HOST_AT, _HOST_END = HOST_PACKED.start, HOST_PACKED.end
+_HOST_RAW, _HOST_RAW_AT = HOST_RUNS.unpack_at, HOST_RUNS.start      # HOST_RUNS.unpack, no Python call
 _HOST_SEGS_END = field("DS.BASE").end          # ES..DS: HOST_RUNS' first run, 16 fields
 assert HOST_RUNS.runs[0][0] == field("ES.SEL").offset and HOST_RUNS.runs[0][3] == 16
 
@@ -127,7 +128,9 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
     new = (es.sel, es.attr, es.limit, es.base, cs.sel, cs.attr, cs.limit, cs.base,
            ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
            cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
-           cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.get_rflags(), next_rip, cpu.regs[4], cpu.regs[0])
+           cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0,
+           cpu.rflags if cpu.lf is None else cpu.rflags & ~ARITH | arith_flags(cpu.lf),   # get_rflags
+           next_rip, cpu.regs[4], cpu.regs[0])
     # ES, CS, SS, DS set aside with their 16 values (and below, the values
     # read from the area when its first 16 are those), unless a base is
     # 2**47 or more (it might not be canonical for _load_segment_values).
@@ -141,7 +144,8 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
         seen = s.hsave_seen
         # The values the area holds: those it held when VMRUN or #VMEXIT last
         # saw the same bytes, or read now.
-        old = seen[2] if seen is not None and seen[0] == off and seen[1] == area else HOST_RUNS.unpack(buf, off)
+        old = (seen[2] if seen is not None and seen[0] == off and seen[1] == area
+               else _HOST_RAW(buf, off + _HOST_RAW_AT))
         same = True         # the area's first 16 values are the segments' (restore_host: by identity)
         if old != new:      # else the area holds these values already (a hypervisor's loop)
             span = HOST_RUNS.pack_changed(buf, off, old, new)     # often RFLAGS alone
@@ -149,7 +153,7 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
                 for watch in bus.write_watchers:
                     watch(off + span[0], span[1] - span[0])
             area = buf[off + _HOST_AT:off + _HOST_END]
-            old = HOST_RUNS.unpack(buf, off)
+            old = _HOST_RAW(buf, off + _HOST_RAW_AT)
             # The segments' run unwritten: it held their values (no value cut).
             same = HOST_RUNS.exact and (span is None or span[0] >= _HOST_SEGS_END)
         s.hsave_seen = (off, area, old)
@@ -787,6 +791,7 @@ _ALL_EVENTINJ = _EXIT_EVENTINJ[True, True, True]
 _ALL_AT = len(_EXIT_RUNS_ALL.names) - len(_EXIT_GUEST_NAMES)
 assert _EXIT_RUNS_ALL.names[_ALL_AT:] == _EXIT_GUEST_NAMES and _ALL_EVENTINJ == 7
 _ALL_CLEAN = itemgetter(*(_ALL_AT + i for _, i in _ci))
+_ALL_RAW, _ALL_RAW_AT = _EXIT_RUNS_ALL.unpack_at, _EXIT_RUNS_ALL.start
 _CLEAN_INT_CTL = clean.CLEAN_INDEX["INT_CTL"]
 assert (ES, CS, SS, DS) == (0, 1, 2, 3)                  # _segment_values takes segs[:4]
 del _ci
@@ -808,7 +813,7 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: 
         # Every optional field written (a CPU with SEV-ES, NRIP saving and
         # decode assists): the values in one tuple, the guest's from _ALL_AT.
         runs = _EXIT_RUNS_ALL
-        old = runs.unpack(buf, off)
+        old = _ALL_RAW(buf, off + _ALL_RAW_AT)
         int_ctl, int_state = _control_words(cpu, old[0], old[1])
         vals = (int_ctl, int_state, code, info1, info2, exitintinfo, ghcb,
                 old[_ALL_EVENTINJ] & ~exits.EVENT_V, nrip, len(insn),
@@ -816,7 +821,8 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: 
                 ss.sel, ss.attr, ss.limit, ss.base, ds.sel, ds.attr, ds.limit, ds.base,
                 cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base,
                 cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
-                cpu.get_rflags(), guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2)
+                cpu.rflags if cpu.lf is None else cpu.rflags & ~ARITH | arith_flags(cpu.lf),   # get_rflags
+                guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2)
         span = runs.pack_changed(buf, off, old, vals)
         segs16, clean = vals[_ALL_AT:_ALL_AT + 16], _ALL_CLEAN
     else:

@@ -742,7 +742,9 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, rip=None, nrip: int =
                 else (0, cr3, cpu.cr0, cr4, cpu.efer, cpu.sev_asid, cpu.enc_mask))
     cpu.tlb.select_fast(guest_key, host_key)
     cpu.update_mode()
-    cpu.pending = True
+    # No interrupt check asked for (cpu.pending): GIF is 0 now, so nothing is
+    # taken between instructions (15.17) until STGI or VMRUN sets GIF, and
+    # both ask for one; interrupts.service would only find GIF = 0.
     if s.host_step:
         # The single-step trap of VMRUN is taken in the host, on the
         # instruction after VMRUN, once the guest has exited.

@@ -223,7 +223,7 @@ def _load_guest(cpu, s, d, rflags, rip, rsp, rax) -> None:
     if stash is not None and g[1] == stash[4]:
         # The guest's Segment objects set aside at the last #VMEXIT hold these values.
         segs = cpu.segs
-        segs[ES], segs[CS], segs[SS], segs[DS] = stash[0], stash[1], stash[2], stash[3]
+        segs[:4] = stash[:4]                   # ES, CS, SS, DS
         cpu.gdtr_limit, cpu.gdtr_base, cpu.idtr_limit, cpu.idtr_base = g[2]
     else:
         world._load_segment_values(cpu, d[7], stash)

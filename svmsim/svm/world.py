@@ -93,7 +93,7 @@ def _load_segment_values(cpu, vals, stash=None) -> None:
     low = 1 << (bits - 1)                  # bases below this are canonical already
     segs = cpu.segs
     if stash is not None and vals[:16] == stash[4]:
-        segs[ES], segs[CS], segs[SS], segs[DS] = stash[0], stash[1], stash[2], stash[3]
+        segs[:4] = stash[:4]                   # ES, CS, SS, DS
         gdtr, idtr = vals[17], vals[19]
         cpu.gdtr_limit, cpu.gdtr_base = vals[16], gdtr if gdtr < low else canonical(gdtr, bits)
         cpu.idtr_limit, cpu.idtr_base = vals[18], idtr if idtr < low else canonical(idtr, bits)
@@ -207,7 +207,7 @@ def restore_host(cpu, hsave) -> None:
     if stash is not None and (stash[5] is vals or vals[:16] == stash[4]):
         # _load_segment_values' reuse of the Segment objects VMRUN set aside, inlined.
         segs = cpu.segs
-        segs[ES], segs[CS], segs[SS], segs[DS] = stash[0], stash[1], stash[2], stash[3]
+        segs[:4] = stash[:4]                   # ES, CS, SS, DS
         gdtr, idtr = vals[17], vals[19]
         if (gdtr | idtr) >> 47:                 # maybe not canonical (15.6): the general way
             _load_segment_values(cpu, vals, stash)
@@ -365,8 +365,8 @@ def _control_words(cpu, int_ctl: int, int_state: int) -> tuple:
     and V_NMI_MASK is saved as 0" (15.21.10)."""
     s = cpu.svm
     # _put of V_TPR and V_IRQ, and below of the shadow and GIM bits, unrolled.
-    int_ctl = (int_ctl & _KEEP_TPR_IRQ | (s.v_tpr << _V_TPR[0]) & _V_TPR[1]
-               | (int(s.v_irq) << _V_IRQ[0]) & _V_IRQ[1])
+    int_ctl = (int_ctl & _KEEP_TPR_IRQ | (s.v_tpr << _TPR_AT) & _TPR_MASK
+               | (_V_IRQ_BIT if s.v_irq else 0))
     # The pause-filter count is internal: VMRUN reloads it, nothing writes it back.
     if s.v_gif_enable:
         int_ctl = _put(int_ctl, _V_GIF, s.v_gif)
@@ -375,8 +375,8 @@ def _control_words(cpu, int_ctl: int, int_state: int) -> tuple:
                        s.v_nmi_blocking and not s.vnmi_delivery)
     # Table B-1, 68h bit 1: the guest's RFLAGS.IF, "written back to the VMCB on
     # #VMEXIT": how a hypervisor sees it for an SEV-ES guest.
-    int_state = (int_state & _KEEP_SHADOW_GIM | (int(cpu.shadow or cpu.in_shadow) << _SHADOW[0]) & _SHADOW[1]
-                 | ((cpu.rflags >> 9 & 1) << _GIM[0]) & _GIM[1])
+    int_state = (int_state & _KEEP_SHADOW_GIM | (_SHADOW_BIT if cpu.shadow or cpu.in_shadow else 0)
+                 | (_GIM_BIT if cpu.rflags & IF else 0))
     return int_ctl, int_state
 
 
@@ -399,6 +399,11 @@ _V_NMI_P, _V_NMI_B = _SUB["V_NMI_PENDING"], _SUB["V_NMI_BLOCKING"]
 _SHADOW, _GIM = _SUB["INTERRUPT_SHADOW"], _SUB["GUEST_INTERRUPT_MASK"]
 _KEEP_TPR_IRQ = ~(_V_TPR[1] | _V_IRQ[1])
 _KEEP_SHADOW_GIM = ~(_SHADOW[1] | _GIM[1])
+# The one-bit sub-fields as their bit in the word, V_TPR's position and mask.
+_TPR_AT, _TPR_MASK = _V_TPR
+_V_IRQ_BIT, _SHADOW_BIT, _GIM_BIT = (1 << _V_IRQ[0]) & _V_IRQ[1], (1 << _SHADOW[0]) & _SHADOW[1], \
+    (1 << _GIM[0]) & _GIM[1]
+assert _V_IRQ_BIT and _SHADOW_BIT and _GIM_BIT
 
 
 LBR_MSRS = (("DBGCTL", 0x1D9), ("BR_FROM", 0x1DB), ("BR_TO", 0x1DC),

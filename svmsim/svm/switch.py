@@ -31,7 +31,6 @@ result; tests/test_svm_switch.py runs the SVM guests both ways.
 from operator import itemgetter
 
 from ..cpu.flags import IF, VM, WRITABLE, FIXED1
-from ..cpu.segments import ES, CS, SS, DS
 from ..cpu.state import CR0_PE, CR0_PG, EFER_LMA, EFER_LME
 from . import avic, checks, clean, exits, npt, world
 from .packed import CONTROL_READER, ByteRuns, Reader

@@ -263,6 +263,11 @@ class Runs:
         # (what the buffer holds, as ``unpack`` gives it); return the byte
         # range written, (first offset, end offset), or None when nothing was.
         self.pack_changed = ns["pack_changed_t"]
+        # No value has been cut to its field by pack_changed: the runs it left
+        # unwritten hold exactly the values given (world.save_host relies on
+        # it).  An instance attribute: CPython 3.11 reads a class attribute
+        # through an instance without its attribute cache.
+        self.exact = True
         fmt, pos = ["<"], fields[0].offset
         for f in fields:
             if f.offset > pos:
@@ -285,10 +290,6 @@ class Runs:
         except struct.error:
             self._pack(buf, base, [v & m for v, m in zip(values, self.masks)])
 
-
-    # No value has been cut to its field by pack_changed: the runs it left
-    # unwritten hold exactly the values given (world.save_host relies on it).
-    exact = True
 
 
 HOST_RUNS = Runs(HOST_FIELDS)

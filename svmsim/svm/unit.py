@@ -30,10 +30,8 @@ class SvmUnit(CpuHooks):
     def translate(self, cpu, ins, fn):
         return guards.wrap(ins, fn, cpu)
 
-    # The two points the world switch's round trip calls (update_mode after
-    # each VMRUN and #VMEXIT, the interrupt check after VMRUN): the module's
-    # functions themselves, no method in between.
-    block_key = staticmethod(guards.block_key)
+    def block_key(self, cpu):
+        return guards.block_key(cpu)
 
     def cpuid_leaf(self, cpu, leaf):
         if leaf == 0x8000000A:
@@ -41,7 +39,8 @@ class SvmUnit(CpuHooks):
         return None
 
     # ------------------------------------------------------------ events
-    service = staticmethod(events.service_guest)
+    def service(self, cpu) -> None:
+        events.service_guest(cpu)
 
     def init(self, cpu) -> None:
         events.init_in_guest(cpu)

@@ -110,6 +110,9 @@ def _load_segment_values(cpu, vals, stash=None) -> None:
 
 _HOST_AT, _HOST_END = HOST_PACKED.start, HOST_PACKED.end
 _HOST_RAW, _HOST_RAW_AT = HOST_RUNS.unpack_at, HOST_RUNS.start      # HOST_RUNS.unpack, no Python call
+# HOST_RUNS.pack_changed as a global: an instance attribute holding a
+# function is looked up without CPython 3.11's method cache.
+_HOST_PACK = HOST_RUNS.pack_changed
 _HOST_SEGS_END = field("DS.BASE").end          # ES..DS: HOST_RUNS' first run, 16 fields
 assert HOST_RUNS.runs[0][0] == field("ES.SEL").offset and HOST_RUNS.runs[0][3] == 16
 
@@ -148,7 +151,7 @@ def save_host(cpu, bus, hsave_pa: int, next_rip: int, off=None) -> None:
                else _HOST_RAW(buf, off + _HOST_RAW_AT))
         same = True         # the area's first 16 values are the segments' (restore_host: by identity)
         if old != new:      # else the area holds these values already (a hypervisor's loop)
-            span = HOST_RUNS.pack_changed(buf, off, old, new)     # often RFLAGS alone
+            span = _HOST_PACK(buf, off, old, new)     # often RFLAGS alone
             if span is not None:
                 for watch in bus.write_watchers:
                     watch(off + span[0], span[1] - span[0])
@@ -799,6 +802,7 @@ _ALL_AT = len(_EXIT_RUNS_ALL.names) - len(_EXIT_GUEST_NAMES)
 assert _EXIT_RUNS_ALL.names[_ALL_AT:] == _EXIT_GUEST_NAMES and _ALL_EVENTINJ == 7
 _ALL_CLEAN = itemgetter(*(_ALL_AT + i for _, i in _ci))
 _ALL_RAW, _ALL_RAW_AT = _EXIT_RUNS_ALL.unpack_at, _EXIT_RUNS_ALL.start
+_ALL_PACK = _EXIT_RUNS_ALL.pack_changed
 _CLEAN_INT_CTL = clean.CLEAN_INDEX["INT_CTL"]
 assert (ES, CS, SS, DS) == (0, 1, 2, 3)                  # _segment_values takes segs[:4]
 del _ci
@@ -819,7 +823,6 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: 
     if ghcb is not None and nrip is not None and insn is not None:
         # Every optional field written (a CPU with SEV-ES, NRIP saving and
         # decode assists): the values in one tuple, the guest's from _ALL_AT.
-        runs = _EXIT_RUNS_ALL
         old = _ALL_RAW(buf, off + _ALL_RAW_AT)
         int_ctl, int_state = _control_words(cpu, old[0], old[1])
         vals = (int_ctl, int_state, code, info1, info2, exitintinfo, ghcb,
@@ -830,7 +833,7 @@ def _exit_ram(cpu, bus, off: int, guest_rip: int, code: int, info1: int, info2: 
                 cpu.cpl, cpu.efer, cpu.cr4, cpu.cr3, cpu.cr0, cpu.dr[7], cpu.dr[6],
                 cpu.rflags if cpu.lf is None else cpu.rflags & ~ARITH | arith_flags(cpu.lf),   # get_rflags
                 guest_rip, cpu.regs[4], cpu.regs[0], cpu.cr2)
-        span = runs.pack_changed(buf, off, old, vals)
+        span = _ALL_PACK(buf, off, old, vals)
         segs16, clean = vals[_ALL_AT:_ALL_AT + 16], _ALL_CLEAN
     else:
         kind = (ghcb is not None, nrip is not None, insn is not None)

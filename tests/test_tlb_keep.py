@@ -192,3 +192,32 @@ def test_change_after_the_flush_without_invlpg(keep, monkeypatch):
         r.run()
         got.append(r.vmcb["RAX"])
     assert got[4:] == ([0x1111, 0x2222] * 2 if keep else [0x2222] * 4)
+
+
+@pytest.mark.parametrize("npt", [False, True])
+@pytest.mark.parametrize("how", ["bus", "dma", "store"])
+def test_quiet_round_trips_then_a_change(npt, how, monkeypatch):
+    """Once every kept entry was found valid, a flush with nothing changed
+    since looks at none of them (the same check, no walk dropped, no entry
+    added: Tlb._clean); a change after such quiet round trips is still seen
+    at the next VMRUN, by whichever writer."""
+    monkeypatch.setattr(tlbkeep, "ENABLED", True)
+    r = _rig(npt)
+    r.vmcb["TLB_CONTROL"] = 1
+    seen = []
+    for _ in range(6):
+        r.vmcb["RIP"] = r.guest_label(0)
+        r.run()
+        seen.append(dict(r.cpu.tlb._clean))
+    assert seen[-1] and all(seen[-1][k] is seen[-2][k] for k in seen[-1])
+    value = r.m.bus.read(PT, 8) ^ (FRAMES ^ (FRAMES + 0x4000))
+    if how == "bus":
+        r.m.bus.write(PT, 8, value)
+    elif how == "dma":
+        DmaPort(r.m, "edu").write_bytes(PT, value.to_bytes(8, "little"))
+    else:
+        r.cpu.write(DS, PT, 8, value)
+    before = r.vmcb["RAX"]
+    r.vmcb["RIP"] = r.guest_label(0)
+    r.run()
+    assert r.vmcb["RAX"] == before - 2 * 0x1111 + 2 * 0x5555

@@ -69,6 +69,7 @@ class Walker:
 
     log = None          # a list: every walk appends its (level, address, entry) steps (debug)
     memo = None         # long-mode walks kept across TLB flushes (enable_memo)
+    keep_checks = None  # inputs -> the last check tlbkeep.walk_check made for them
 
     def __init__(self, read_pte, write_pte, maxphyaddr: int = 48):
         self.read_pte = read_pte

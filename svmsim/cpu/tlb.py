@@ -43,6 +43,10 @@ class Tlb:
         # large page drops every slice (APM 5.5.2), so remember them by page.
         self._large: dict = {}        # (asid, size, first vpn) -> {vpn}
         self.stats = {"hits": 0, "misses": 0, "flushes": {}}
+        # tag -> (check, PtWatch.drops, globals checked too) of the last
+        # flush_keeping that found every entry of the tag valid; emptied by
+        # any insert.
+        self._clean: dict = {}
         # Counts every flush of any kind: translations cached elsewhere (the
         # nested ones of svm/npt.py) are dropped when it moves.
         self.epoch = 0
@@ -55,6 +59,8 @@ class Tlb:
         return t
 
     def insert(self, vpn, t) -> None:
+        if self._clean:
+            self._clean.clear()
         if t.size > 4096:
             first = vpn & ~((t.size >> 12) - 1)
             self._large.setdefault((self.asid, t.size, first), set()).add(vpn)
@@ -129,7 +135,7 @@ class Tlb:
         self._large.clear()
         self.drop_fast()
 
-    def flush_keeping(self, cause: str, checks, asid=None, keep_global=False) -> None:
+    def flush_keeping(self, cause: str, checks, drops=None, asid=None, keep_global=False) -> None:
         """A flush (``flush_all``, or ``flush_asid`` of ``asid``) that keeps
         the translations a walk made now would give again with no write
         (cpu/tlbkeep.py; docs/DESIGN.md "Flushes that keep what a walk
@@ -138,11 +144,20 @@ class Tlb:
         ``valid(vpn, t)`` says whether ``t`` is that walk's result under
         the context's inputs.  Every other tag in scope is emptied, every
         other fast set in scope dropped; the fast sets kept lose the pages
-        whose translation went (their address caches go whole then)."""
+        whose translation went (their address caches go whole then).
+        ``drops``: the PtWatch's count of dropped walks; a tag whose entries
+        were all valid under the same check, with no entry added and no walk
+        dropped since, is not looked at again."""
         self._count(cause)
         gone, tags = {}, set()
+        clean = self._clean
         for key, tag, valid in checks:
             if asid is not None and tag[0] != asid:
+                continue
+            tags.add(tag)
+            c = clean.get(tag)
+            if c is not None and c[0] is valid and c[1] == drops and (c[2] or keep_global):
+                gone[key] = ()            # every entry still valid: nothing to look at
                 continue
             out = gone[key] = []
             d = self._tagged.get(tag)
@@ -156,10 +171,11 @@ class Tlb:
                 for v in bad:
                     del g[v]
                 out += bad
-            tags.add(tag)
+            clean[tag] = (valid, drops, not keep_global)
         for tag, d in self._tagged.items():
             if tag not in tags and (asid is None or tag[0] == asid):
                 d.clear()
+                clean.pop(tag, None)
         kept = {t[0] for t in tags}
         if not keep_global:
             for a, g in self._global.items():

@@ -14,7 +14,11 @@ gives").  Everything else goes as before.
 
 This module builds the checks ``Tlb.flush_keeping`` applies: for a context
 (a walker and the control inputs its walks are keyed by), whether a cached
-translation of page ``vpn`` is such a walk's result under those inputs.
+translation of page ``vpn`` is such a walk's result under those inputs.  A
+check is the same object while its inputs, the walker's memo and the
+watch's generation are: a TLB that found every entry of a tag valid under
+it, and has had no entry added and no kept walk dropped since
+(``PtWatch.drops``), need not look again.
 """
 from .paging import CR4_LA57, EFER_NXE
 
@@ -31,9 +35,16 @@ def walk_check(walker, watch, cr3, cr4, efer):
         return None
     gen = watch.gen
     inputs = (cr3 & walker.addr_mask, 5 if cr4 & CR4_LA57 else 4, bool(efer & EFER_NXE))
+    made = walker.keep_checks
+    if made is None or len(made) >= 8:
+        made = walker.keep_checks = {}
+    last = made.get(inputs)
+    if last is not None and last[0] is memo and last[1] == gen:
+        return last[2]            # the same object while nothing changed (Tlb.flush_keeping)
 
     def valid(vpn, t):
         return t.kept == gen and t.memo is memo and t.mkey == (vpn, *inputs)
+    made[inputs] = (memo, gen, valid)
     return valid
 
 

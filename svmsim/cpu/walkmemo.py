@@ -67,6 +67,7 @@ class PtWatch:
         # stay in the write caches).
         self.off = False
         self.n = 0
+        self.drops = 0                        # moves whenever a kept walk stops being valid (tlbkeep.py)
         self.stats = {"entered": 0, "stale": 0, "dropped": 0, "cleared": 0}
         bus.write_watchers.append(self._on_write)
         bus.layout_listeners.append(self.clear)
@@ -131,6 +132,7 @@ class PtWatch:
             lst = deps.pop(e, None)
             if lst is not None:
                 self.n -= len(lst)
+                self.drops += 1
                 for memo, key, t in lst:
                     t.kept = -1                  # no longer what a walk gives (tlbkeep.py)
                     if memo.pop(key, None) is not None:

@@ -80,6 +80,7 @@ class NestedMmu:
         self.guest = Walker(self._guest_pt_read, self._guest_pt_write, cpu.maxphyaddr)
         self._ncache: dict = {}       # gPA page -> nested Translation (nested_walk)
         self._epoch, self._asid = None, None
+        self._keep_check = None       # (guest check, nested check, combined) of keep_check
         if sev:
             # An SEV guest's page tables carry its C-bit at the same position.
             self.guest.set_maxphyaddr(cpu.maxphyaddr, cpu.c_bit, reduction)
@@ -264,9 +265,13 @@ class NestedMmu:
         nested = tlbkeep.walk_check(self.nested, watch, self.n_cr3, self.host_cr4, self.host_efer)
         if guest is None or nested is None:
             return None
+        last = self._keep_check
+        if last is not None and last[0] is guest and last[1] is nested:
+            return last[2]            # the same object while its parts are (tlbkeep.walk_check)
 
         def valid(vpn, t):
             return t.__class__ is NestedTranslation and guest(vpn, t.gt) and nested(t.gpa >> 12, t.nt)
+        self._keep_check = (guest, nested, valid)
         return valid
 
     def walk_for(self, lin, access):

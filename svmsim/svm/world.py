@@ -436,14 +436,15 @@ def _tlb_control(cpu, value: int, asid: int, host_key=None) -> None:
     if value == 0:
         return
     checks = _keep_checks(cpu, host_key if value not in (3, 7) else None)
+    drops = cpu.machine.pt_watch.drops
     if value == 3:
-        tlb.flush_keeping("tlb_control", checks, asid)
+        tlb.flush_keeping("tlb_control", checks, drops, asid)
     elif value == 7:
-        tlb.flush_keeping("tlb_control", checks, asid, keep_global=True)
+        tlb.flush_keeping("tlb_control", checks, drops, asid, keep_global=True)
     else:
         if value != 1:
             cpu.machine.note(f"VMRUN with reserved TLB_CONTROL {value:#x}: svmsim flushes the whole TLB")
-        tlb.flush_keeping("tlb_control", checks)
+        tlb.flush_keeping("tlb_control", checks, drops)
 
 
 def _keep_checks(cpu, host_key):

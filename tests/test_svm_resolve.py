@@ -1,18 +1,21 @@
 """Intercepts resolved when guest code is translated (svm/guards.py RESOLVED,
 codegen ``t_direct``), with real machine code: tests/guests/svm_resolve.c
-runs the same guest loop under eight VMRUNs' intercept words (CPUID and
-PUSHF intercepts set and cleared between VMRUNs, APM vol 2 15.5.1, 15.7.1,
-clean bit 0 cleared each time, 15.15.3).
+runs the same guest loop under eight VMRUNs' intercept words (CPUID, PUSHF
+and RDTSC intercepts set and cleared between VMRUNs, APM vol 2 15.5.1,
+15.7.1, clean bit 0 cleared each time, 15.15.3).
 
 The guest code is hot (220 iterations per phase, compiled after 200), so
 the compiled tier runs each phase's blocks translated for that phase's
 words; the interpreted tier (compilation off) runs the same blocks as
 handlers.  Both must give the kernel's own checks (exit counts, what the
 guest computed from the hypervisor's emulation) and identical transcripts,
-#VMEXIT events and retired instructions.
+#VMEXIT events and retired instructions.  RDTSC with its intercept clear
+is the handler itself in guest blocks (``guards.CLEAR_RESOLVED``): a run
+with every RDTSC guarded gives the same transcript (the TSC sums included).
 """
 import io
 
+import iced_x86
 import pytest
 
 import guestbuild as gb
@@ -20,20 +23,27 @@ from svmsim.machine import Machine
 from svmsim.svm import guards
 
 
-def _run(hot):
+def _run(hot, resolve_rdtsc=True):
     out, events = io.BytesIO(), []
+    saved = dict(guards.CLEAR_RESOLVED)
+    if not resolve_rdtsc:
+        guards.CLEAR_RESOLVED.clear()
     m = Machine(mem_size="128M", serial_out=out)
     m.listeners.append(events.append)
     if hot is not None:
         m.engine.hot_threshold = hot
     m.load_kernel(str(gb.build_guest("svm_resolve")), "phases=220")
-    r = m.run(max_insns=50_000_000, timeout=300)
+    try:
+        r = m.run(max_insns=50_000_000, timeout=300)
+    finally:
+        guards.CLEAR_RESOLVED.update(saved)
     return m, r, out.getvalue().decode(), events
 
 
 @pytest.fixture(scope="module")
 def tiers():
-    return {"compiled": _run(None), "interpreted": _run(10 ** 9)}
+    return {"compiled": _run(None), "interpreted": _run(10 ** 9),
+            "guarded": _run(None, resolve_rdtsc=False)}
 
 
 @pytest.mark.parametrize("tier", ["compiled", "interpreted"])
@@ -42,14 +52,29 @@ def test_every_phase_exits_as_its_vmrun_says(tiers, tier):
     assert r.status == gb.STATUS_PASS, out
     lines = [l for l in out.splitlines() if " phase " in l]
     assert len(lines) == 8 and all(l.endswith(" ok") for l in lines), out
-    assert "phase 1 cpuid=1 pushf=0: exit 0x81, cpuid exits 220, pushf exits 0" in out
-    assert "phase 4 cpuid=0 pushf=0: exit 0x81, cpuid exits 0, pushf exits 0" in out
+    assert "phase 1 cpuid=1 pushf=0 rdtsc=0: exit 0x81, cpuid exits 220, pushf exits 0, rdtsc exits 0" in out
+    assert "phase 4 cpuid=0 pushf=0 rdtsc=1: exit 0x81, cpuid exits 0, pushf exits 0, rdtsc exits 220" in out
 
 
-def test_tiers_agree(tiers):
-    (_, ra, oa, ea), (_, rb, ob, eb) = tiers["compiled"], tiers["interpreted"]
+@pytest.mark.parametrize("other", ["interpreted", "guarded"])
+def test_tiers_agree(tiers, other):
+    (_, ra, oa, ea), (_, rb, ob, eb) = tiers["compiled"], tiers[other]
     assert oa == ob and ra.instructions == rb.instructions
     assert ea == eb and sum(1 for e in ea if "vmexit" in repr(e)) > 800
+
+
+def test_rdtsc_resolved_when_clear(tiers):
+    """Guest blocks translated with the RDTSC intercept clear hold the RDTSC
+    handler itself (compiled code then goes on after it, as in host mode:
+    codegen ``_stays``); with it set, the guard; the run that guards every
+    RDTSC holds no bare handler in guest blocks."""
+    from svmsim.cpu.ops import system
+
+    def kinds(m):
+        return {ins.fn is system.rdtsc for k, b in m.engine.blocks.items()
+                if k[1][3] is not False for ins in b.insns if ins.mnemonic == iced_x86.Mnemonic.RDTSC}
+    assert kinds(tiers["compiled"][0]) == {True, False}
+    assert kinds(tiers["guarded"][0]) == {False}
 
 
 def test_guest_blocks_keyed_by_intercepts(tiers):

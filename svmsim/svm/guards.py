@@ -18,7 +18,10 @@ decided by them alone (``RESOLVED``: CPUID, PUSHF, POPF, IRET, RSM, ICEBP,
 which exit before any check of their own) is resolved when the block is
 translated (``wrap``): the handler itself when the intercept is clear, the
 exit when it is set (``exit_handler``: compiled code takes it without
-raising, ``direct``).  The other guards test the words at each execution.
+raising, ``direct``).  RDTSC and RDTSCP (``CLEAR_RESOLVED``), whose only
+check before the intercept is their handler's own first one, get the
+handler alone when the intercept is clear.  The other guards test the words
+at each execution.
 """
 import iced_x86
 
@@ -146,7 +149,10 @@ def mov_from_dr(cpu, ins):
 
 
 # ---------------------------------------------------------------- simple word-3/4/5 intercepts
-def _simple(word, bit, code, pre=None):
+def _simple(word, bit, code, pre=None, pre_in_handler=False):
+    """``pre_in_handler``: ``pre`` is the handler's own first check, the
+    same exception from the same state (RDTSC/RDTSCP's CR4.TSD #GP), so
+    with the intercept clear the guard adds nothing (``CLEAR_RESOLVED``)."""
     def guard(cpu, ins):
         if pre is not None:
             pre(cpu, ins)
@@ -155,12 +161,18 @@ def _simple(word, bit, code, pre=None):
     guard.__name__ = f"guard_{code.name.lower()}"
     if pre is None:
         RESOLVED[guard] = (word, bit, code)
+    elif pre_in_handler:
+        CLEAR_RESOLVED[guard] = (word, bit)
     return guard
 
 
 # Guards decided by one intercept bit alone, outside SEV-ES guests: guard ->
 # (word, bit, exit code); ``wrap`` resolves them at translation.
 RESOLVED = {}
+# Guards whose check before the intercept is the handler's own first check:
+# guard -> (word, bit); ``wrap`` gives the handler alone when the bit is clear
+# (the guard would run that check and then the handler, which runs it again).
+CLEAR_RESOLVED = {}
 
 
 def _pre_cpl0(cpu, ins):
@@ -392,7 +404,7 @@ GUARDS = {
     M.STR: _simple(MISC1, 9, ExitCode.TR_READ, _pre_umip),
     M.LLDT: _simple(MISC1, 12, ExitCode.LDTR_WRITE, _pre_protected),
     M.LTR: _simple(MISC1, 13, ExitCode.TR_WRITE, _pre_protected),
-    M.RDTSC: _simple(MISC1, 14, ExitCode.RDTSC, _pre_tsd),
+    M.RDTSC: _simple(MISC1, 14, ExitCode.RDTSC, _pre_tsd, pre_in_handler=True),
     M.RDPMC: _simple(MISC1, 15, ExitCode.RDPMC, _pre_pce),
     M.PUSHF: _simple(MISC1, 16, ExitCode.PUSHF),
     M.PUSHFD: _simple(MISC1, 16, ExitCode.PUSHF),
@@ -423,7 +435,7 @@ GUARDS = {
     M.STGI: _simple(MISC2, 4, ExitCode.STGI, _pre_svm("STGI", rax=False)),
     M.CLGI: _simple(MISC2, 5, ExitCode.CLGI, _pre_svm("CLGI", rax=False)),
     M.SKINIT: _simple(MISC2, 6, ExitCode.SKINIT, _pre_skinit),
-    M.RDTSCP: _simple(MISC2, 7, ExitCode.RDTSCP, _pre_tsd),
+    M.RDTSCP: _simple(MISC2, 7, ExitCode.RDTSCP, _pre_tsd, pre_in_handler=True),
     M.INT1: _simple(MISC2, 8, ExitCode.ICEBP),
     M.WBINVD: _simple(MISC2, 9, ExitCode.WBINVD, _pre_cpl0),
     M.WBNOINVD: _simple(MISC2, 9, ExitCode.WBINVD, _pre_cpl0),
@@ -539,6 +551,10 @@ def wrap(ins, fn, cpu=None):
     if r is not None and post is None and cpu is not None and not cpu.svm.es:
         word, bit, code = r
         return exit_handler(code) if cpu.svm.words[word] >> bit & 1 else fn
+    c = CLEAR_RESOLVED.get(guard)
+    if c is not None and post is None and cpu is not None and not cpu.svm.es \
+            and not cpu.svm.words[c[0]] >> c[1] & 1:
+        return fn            # compiled code then treats it as in host mode (codegen _stays)
     if post is None:
         def guarded(cpu, ins):
             guard(cpu, ins)

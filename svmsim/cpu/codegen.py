@@ -54,7 +54,7 @@ from .decoder import GPR
 from .exceptions import CpuException, gp, PF_W
 from .flags import PARITY, ARITH, carry, CF as F_CF
 from .segments import CS, SS, FS, GS
-from .ops import arith, bits as _bits, data, control
+from .ops import arith, bits as _bits, data, control, system as _system
 from . import ops as _ops
 from . import interrupts as _interrupts
 from .tlb import ADDR_MAX
@@ -2686,6 +2686,23 @@ def _t_gif(value):
 _T_STGI, _T_CLGI = _t_gif(True), _t_gif(False)
 
 
+def t_cli(g, ins, k, is_last):
+    """CLI (APM vol 3 CLI): RFLAGS.IF = 0 where CLI is allowed (CR0.PE = 0,
+    or not virtual-8086 mode and CPL <= IOPL), else the handler (#GP, or
+    virtual-8086 mode's own rules).  The region goes on: clearing IF makes
+    nothing deliverable, and compiled code keeps no copy of IF (as a generic
+    call it would leave the region at the next transition, one more trip
+    through the engine: kvm-unit-tests' svm_vmrun loop runs CLI before STGI
+    at every #VMEXIT)."""
+    g.ns["h%d" % k] = ins.fn
+    g.ns["i%d" % k] = ins
+    g.emit("if not cpu.cr0 & 1 or not cpu.rflags & 0x20000 and cpu.cpl <= (cpu.rflags >> 12) & 3:")
+    g.emit("cpu.rflags &= ~0x200", 1)
+    g.emit("else:")
+    g.emit(f"h{k}(cpu, i{k})", 1)                      # #GP, or virtual-8086 mode
+    return True
+
+
 def t_direct(g, ins, k, is_last):
     """A handler that always ends in an event it raises (``fn.direct``: an
     intercept the extension resolved when the block was translated, see
@@ -2736,6 +2753,7 @@ def _gif_template(fn):
 
 
 TEMPLATES[_bits.bt] = t_bt
+TEMPLATES[_system.cli] = t_cli
 
 if _shift is not None:
     TEMPLATES.update({_shift.shl: _shift_t("shl"), _shift.shr: _shift_t("shr"),

@@ -2686,6 +2686,30 @@ def _t_gif(value):
 _T_STGI, _T_CLGI = _t_gif(True), _t_gif(False)
 
 
+def _t_tsc(writes):
+    """RDTSC / RDTSCP: the handler itself (its CR4.TSD #GP, the TSC of
+    ``msr.tsc_value`` at ``ins.idx`` with the instructions the region ran
+    before it, a guest's offset and ratio), called with the registers left
+    in locals: it reads no general register and writes only ``writes``
+    (EDX:EAX, and ECX for RDTSCP), reloaded after it.  A generic call
+    stores and reloads all sixteen registers, the flags and the segment
+    bases around it (kvm-unit-tests' latency subtests run 4 to 8 RDTSCs
+    per round trip or loop)."""
+    def t(g, ins, k, is_last):
+        g.ns["h%d" % k] = ins.fn
+        g.ns["i%d" % k] = ins
+        g.emit("@QEXEC@")
+        g.emit(f"h{k}(cpu, i{k})")
+        for r in writes:
+            g.used.add(r)
+            g.dirty.add(r)
+            g.ever_dirty.add(r)
+            g.set_narrow(r, 4)
+            g.emit(f"g{r} = regs[{r}]")
+        return True
+    return t
+
+
 def t_cli(g, ins, k, is_last):
     """CLI (APM vol 3 CLI): RFLAGS.IF = 0 where CLI is allowed (CR0.PE = 0,
     or not virtual-8086 mode and CPL <= IOPL), else the handler (#GP, or
@@ -2727,7 +2751,8 @@ def t_direct(g, ins, k, is_last):
 
 def _stays(fn, long64):
     """Whether a compiled region may go on after calling handler ``fn``:
-    RDTSC and RDTSCP (EDX:EAX, ECX), VMSAVE (memory: a write to code still
+    RDTSC and RDTSCP (EDX:EAX, ECX; templated by ``_t_tsc`` where the
+    region compiles them), VMSAVE (memory: a write to code still
     ends the region) and, in 64-bit mode, VMLOAD (FS, GS, TR, LDTR and MSRs
     that compiled code does not read, the FS/GS bases reloaded after the
     call; outside 64-bit mode it also recomputes the mode's segment state):
@@ -2754,6 +2779,8 @@ def _gif_template(fn):
 
 TEMPLATES[_bits.bt] = t_bt
 TEMPLATES[_system.cli] = t_cli
+TEMPLATES[_system.rdtsc] = _t_tsc((0, 2))
+TEMPLATES[_system.rdtscp] = _t_tsc((0, 1, 2))
 
 if _shift is not None:
     TEMPLATES.update({_shift.shl: _shift_t("shl"), _shift.shr: _shift_t("shr"),

@@ -89,7 +89,7 @@ def test_guest_blocks_keyed_by_intercepts(tiers):
     assert direct
     exits = {ins.fn.__name__ for k, b in m.engine.blocks.items() if k[1][3] is not False
              for ins in b.insns if getattr(ins.fn, "direct", None) is not None}
-    assert exits == {"exit_cpuid", "exit_pushf"}
+    assert exits == {"exit_cpuid", "exit_pushf", "exit_vmmcall"}
 
 
 def test_block_key_numbers_are_not_reused(monkeypatch):
@@ -110,3 +110,41 @@ def test_block_key_numbers_are_not_reused(monkeypatch):
     c = guards.block_key(C)                 # the table was full: cleared
     S.words = (1, 2, 3, 4, 5, 6)
     assert len({a, b, c}) == 3 and guards.block_key(C) not in (a, b, c)
+
+
+VMMCALL_GUEST = ("mov ecx, 0xC0000080\nrdmsr\nand eax, {mask:#x}\nwrmsr\n"
+                 "add rbx, 1\nvmmcall\nadd rbx, 0x100\nhlt")
+
+
+def _vmmcall_runs(svme, hot, resolve=True, monkeypatch=None):
+    """A guest that keeps or clears its EFER.SVME (an uninterrupted WRMSR),
+    then VMMCALL with the VMMCALL and #UD intercepts set, entered four
+    times: the #UD (SVME = 0, APM vol 3 VMMCALL) or the VMMCALL exit each
+    time, however hot the code is."""
+    from svmharness import SvmRig
+    from svmsim.svm.exits import ExitCode
+    if not resolve:
+        monkeypatch.setattr(guards, "VMMCALL_EXIT", None)
+        monkeypatch.setattr(guards, "_VMMCALL_BIT", (1, 64))   # never set: the guard
+    r = SvmRig(VMMCALL_GUEST.format(mask=0xFFFFFFFF if svme else ~(1 << 12) & 0xFFFFFFFF),
+               intercepts=[ExitCode.VMMCALL, ExitCode.EXCP_UD])
+    r.m.engine.hot_threshold = hot
+    efer, out = r.vmcb["EFER"], []
+    for _ in range(4):
+        r.vmcb["RIP"], r.vmcb["EFER"] = r.guest_label(0), efer
+        r.run()
+        out.append((r.exitcode, r.vmcb["RIP"], r.vmcb["NRIP"], r.cpu.regs[3], r.cpu.retired, r.vmcb["EFER"]))
+    blocks = {ins.fn.__name__ for k, b in r.m.engine.blocks.items() if k[1][3] is not False
+              for ins in b.insns if ins.mnemonic == iced_x86.Mnemonic.VMMCALL}
+    return out, blocks
+
+
+@pytest.mark.parametrize("svme", [True, False])
+def test_vmmcall_resolved_exit_keeps_the_svme_ud_first(monkeypatch, svme):
+    from svmsim.svm.exits import ExitCode
+    hot, hot_names = _vmmcall_runs(svme, 1)
+    cold, _ = _vmmcall_runs(svme, 10 ** 9)
+    guarded, guarded_names = _vmmcall_runs(svme, 1, resolve=False, monkeypatch=monkeypatch)
+    assert hot == cold == guarded
+    assert {e[0] for e in hot} == {ExitCode.VMMCALL if svme else ExitCode.EXCP_UD}
+    assert hot_names == {"exit_vmmcall"} and guarded_names == {"guarded"}

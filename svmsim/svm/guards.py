@@ -25,6 +25,7 @@ at each execution.
 """
 import iced_x86
 
+from ..cpu import interrupts as _interrupts
 from ..cpu.exceptions import CpuException, gp, ud
 from ..cpu.flags import VM
 from ..cpu.segments import ES
@@ -535,6 +536,31 @@ def exit_handler(code):
     return h
 
 
+def _vmmcall_exit():
+    """VMMCALL with its intercept set, resolved at translation: the guard's
+    order kept, EFER.SVME = 0's #UD first (it may change within a run: a
+    WRMSR the hypervisor does not intercept), then the exit.  Compiled code
+    calls ``direct`` where the engine would deliver a fault: the #UD
+    delivered as the engine delivers one (``deliver_exception``), or the
+    #VMEXIT, without an exception raised and unwound."""
+    code = ExitCode.VMMCALL
+
+    def exit_vmmcall(cpu, ins):
+        vmmcall(cpu, ins)                    # #UD, or the exit (the bit is set)
+
+    def direct(cpu, ins):
+        if not cpu.efer & (1 << 12):
+            _interrupts.deliver_exception(cpu, ud("VMMCALL with EFER.SVME = 0"))
+            return
+        (_WORLD[0] or _world()).vmexit(cpu, code, 0, 0, cpu.rip, ins.next_ip)
+    exit_vmmcall.direct = direct
+    return exit_vmmcall
+
+
+VMMCALL_EXIT = _vmmcall_exit()
+_VMMCALL_BIT = (MISC2, 1)
+
+
 def wrap(ins, fn, cpu=None):
     """The handler to run for ``ins`` in guest mode: ``fn`` between its guard
     and, for CR/EFER writes, its write-trap check; for a guard in
@@ -551,6 +577,9 @@ def wrap(ins, fn, cpu=None):
     if r is not None and post is None and cpu is not None and not cpu.svm.es:
         word, bit, code = r
         return exit_handler(code) if cpu.svm.words[word] >> bit & 1 else fn
+    if guard is vmmcall and post is None and cpu is not None and not cpu.svm.es \
+            and cpu.svm.words[_VMMCALL_BIT[0]] >> _VMMCALL_BIT[1] & 1:
+        return VMMCALL_EXIT
     c = CLEAR_RESOLVED.get(guard)
     if c is not None and post is None and cpu is not None and not cpu.svm.es \
             and not cpu.svm.words[c[0]] >> c[1] & 1:

@@ -219,12 +219,7 @@ class Tlb:
         for v in vpns:
             glob.pop(v, None)
         for fast in self._all_fast():
-            for per_user in fast:
-                for d in per_user[:A8R]:
-                    for v in vpns:
-                        d.pop(v, None)
-                for i in ADDR:
-                    per_user[i].clear()
+            _forget_pages(fast, vpns)
 
     def drop_fast(self) -> None:
         for per_user in self.fast:

@@ -2789,7 +2789,14 @@ if _shift is not None:
 
 
 # ---------------------------------------------------------------- entry point
-MAX_REGION_BLOCKS = 16
+# A region's size: MAX_REGION_INSNS bounds the compile cost (~100-250 us an
+# instruction); the block count only bounds the dispatch (one ``pc <= k``
+# test per four members).  64 blocks, not 16: kvm-unit-tests' page allocator
+# (alloc_pages -> page_memalign_order_flags -> split/memset, ~500
+# instructions in short blocks) lost its loop tails and return sites to the
+# limit and left its regions ~14 times an allocation (docs/PERFORMANCE.md,
+# "Counted store loops").
+MAX_REGION_BLOCKS = 64
 MAX_REGION_INSNS = 256
 
 

@@ -29,7 +29,7 @@ def _go(hot):
 def test_a_loop_of_40_blocks_is_one_region_and_runs_as_the_interpreter():
     m, cpu, n = _go(5)
     _, ref, ref_n = _go(10 ** 9)
-    assert (n, list(cpu.regs), cpu.rip, cpu.rflags) == (ref_n, list(ref.regs), ref.rip, ref.rflags)
+    assert (n, list(cpu.regs), cpu.rip, cpu.get_rflags()) == (ref_n, list(ref.regs), ref.rip, ref.get_rflags())
     assert cpu.regs[0] == 400 * BLOCKS and cpu.rip == CODE_ADDR + len(_loop())
     fn = m.engine.blocks[(CODE_ADDR, cpu.mode_key)].compiled
     assert fn is not None and len(fn.members) == BLOCKS + 1      # the chain and the loop tail

@@ -1727,6 +1727,22 @@ def t_movsx(g, ins, k, is_last):
     return True
 
 
+def t_cbw(g, ins, k, is_last):
+    """CBW / CWDE / CDQE (APM vol 3): AX, EAX or RAX = the sign extension of
+    the lower half of itself; no flags.  Templated so a region goes on after
+    it (a generic call leaves at the next transition: kvm-unit-tests'
+    page_memalign_order_flags widens its area mask with CDQE on every
+    allocation)."""
+    bits = ins.osize * 8
+    src, dst = Opnd(), Opnd()
+    for o, size in ((src, ins.osize // 2), (dst, ins.osize)):
+        o.kind, o.idx, o.size, o.high = "reg", 0, size, False
+    sign = 1 << (bits // 2 - 1)
+    g.emit(f"v{k} = ({g.reg_read(src)} ^ {sign:#x}) - {sign:#x}")
+    g.write(dst, k, f"v{k}")
+    return True
+
+
 def t_lea(g, ins, k, is_last):
     d = g.operand(ins, 0)
     if d.kind != "reg" or ins.iced.op_kind(1) != OpKind.MEMORY:
@@ -2052,7 +2068,7 @@ def _flags_effect(ins):
 
 _FLAG_WRITERS = {arith.add, arith.sub, arith.cmp, arith.and_, arith.or_, arith.xor, arith.test, arith.neg,
                  arith.imul}
-_FLAG_NEUTRAL = {data.mov, data.movzx, data.movsx, data.lea, data.nop, arith.not_}
+_FLAG_NEUTRAL = {data.mov, data.movzx, data.movsx, data.lea, data.nop, arith.not_, arith.cbw}
 _SHIFTS = set() if _shift is None else {_shift.shl, _shift.shr, _shift.sar}
 _STACK_NEUTRAL = set(_FLAG_WRITERS | _FLAG_NEUTRAL | _SHIFTS
                       | {arith.adc, arith.sbb, arith.inc, arith.dec, data.setcc, data.cmovcc})
@@ -2638,7 +2654,7 @@ TEMPLATES = {
     arith.xor: _alu2(OP_LOGIC, logic="^"), arith.test: _alu2(OP_LOGIC, write=False, logic="&"),
     arith.inc: _incdec(OP_INC), arith.dec: _incdec(OP_DEC),
     arith.neg: _unary(True), arith.not_: _unary(False),
-    data.mov: t_mov, data.movzx: t_movzx, data.movsx: t_movsx, data.lea: t_lea,
+    data.mov: t_mov, data.movzx: t_movzx, data.movsx: t_movsx, data.lea: t_lea, arith.cbw: t_cbw,
     data.nop: t_nop, data.push: t_push, data.pop: t_pop,
     data.setcc: t_setcc, data.cmovcc: t_cmovcc,
     data.xchg: t_xchg,

@@ -129,3 +129,46 @@ def test_own_page_blocks_come_before_a_long_callee_on_another_page():
             assert CODE_ADDR + 5 in keys and CALLEE in keys
             assert keys.index(CODE_ADDR + 5) < keys.index(CALLEE)
     assert out[0] == out[1] == (30 * (MAX_REGION_BLOCKS + 4), CODE_ADDR + 14)
+
+
+def _nested(m, at, value):
+    """At ``at``: F = call G; inc eax; ret.  At ``at + 0x40``: G = mov eax,
+    ``value``; ret (G's RET returns into F, on F's page)."""
+    g = at + 0x40
+    call = b"\xe8" + ((g - (at + 5)) & 0xFFFFFFFF).to_bytes(4, "little")
+    m.bus.write_bytes(at, call + asm("inc eax\nret"))
+    m.bus.write_bytes(g, asm(f"mov eax, {value}\nret"))
+
+
+def test_ret_to_a_return_site_on_the_callees_page_stays_in_the_region():
+    """A RET whose return site is a member on another page than the region's
+    first (a callee's callee returning into it: kvm-unit-tests' memset into
+    page_memalign_order_flags) continues in the region, checked as its
+    static transitions are (``xc``: the page still mapped as decoded); the
+    hot loop is then one region call.  After the callee's page is remapped
+    the results follow the new code.  Compiled against interpreted."""
+    out = []
+    for hot in (5, 10 ** 9):
+        m = make_machine("long64")
+        m.engine.hot_threshold = hot
+        _caller(m)
+        _nested(m, CALLEE, 1)
+        _nested(m, OTHER + 0x100, 100)
+        cpu = m.cpus[0]
+        _run(m, 20)                                  # warm
+        calls = []
+        for b in list(m.engine.blocks.values()):
+            f = b.compiled
+            if f is not None:
+                def counted(c, budget, entry, f=f):
+                    calls.append(entry)
+                    return f(c, budget, entry)
+                b.compiled = counted
+        first = _run(m, 50)
+        if hot == 5:
+            assert len(calls) == 1
+        m.bus.write(PD + 8, 8, OTHER | 0x83)
+        cpu.tlb.flush_all("test")
+        second = _run(m, 50)
+        out.append((first, second))
+    assert out[0] == out[1] == ((100, CODE_ADDR + 14), (5050, CODE_ADDR + 14))

@@ -393,12 +393,17 @@ class Gen:
         self.lpage = [b.key[0] >> 12 for b in self.members]
         self.dindex = {ip: i for ip, i in self.index.items() if self.lpage[i] == self.lpage[0]}
         # Members a RET may continue at: those starting where a member's CALL
-        # returns (a RET elsewhere leaves the region).
+        # returns (a RET elsewhere leaves the region).  One on another page
+        # (a callee's RET from a function it called: kvm-unit-tests' memset
+        # returning into page_memalign_order_flags, called from the test on
+        # another page) is checked at the RET as the static transitions to
+        # it are: its page still mapped as when it was decoded (XC).
         calls = {b.insns[-1].next_ip for b in self.members if b.insns[-1].fn is control.call}
-        self.ret_sites = {ip: i for ip, i in self.dindex.items() if ip in calls}
+        self.ret_sites = {ip: i for ip, i in self.index.items() if ip in calls}
+        self.xc = {i: (self.lpage[i], self.members[i].page) for i in self.ret_sites.values()
+                   if self.lpage[i] != self.lpage[0]}
         # The head's predicted return site (compile_block): it may be on
         # another page, so a RET there checks that page's mapping (XC).
-        self.xc = {}
         if rsite is not None and rsite in self.index:
             i = self.index[rsite]
             self.ret_sites[rsite] = i

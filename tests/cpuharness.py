@@ -100,6 +100,20 @@ def start_like_bsp(m, i=1):
     return c
 
 
+
+def count_region_calls(m) -> list:
+    """Wrap every compiled region of ``m``'s engine so that each call appends
+    its entry to the returned list (tests that count region calls)."""
+    calls = []
+    for b in list(m.engine.blocks.values()):
+        f = b.compiled
+        if f is not None:
+            def counted(c, budget, entry, f=f):
+                calls.append(entry)
+                return f(c, budget, entry)
+            b.compiled = counted
+    return calls
+
 def run_code(code: bytes, mode="long64", regs=None, rflags=None, mem=None, max_insns=100_000,
              setup=None, mem_size="16M", addr=None):
     """Run ``code`` (then HLT) and return a Result.  ``regs`` maps index or

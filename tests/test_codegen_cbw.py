@@ -2,7 +2,7 @@
 flags and instruction counts as the interpreter, and a loop holding them
 stays in one region call (as a generic handler call it left its region at
 every iteration's backward jump).  Real machine code through the engine."""
-from cpuharness import make_machine, asm, CODE_ADDR
+from cpuharness import make_machine, asm, CODE_ADDR, count_region_calls
 
 # rcx times: sign-extend values whose sign bits vary with rcx, summing them
 # (CBW keeps EAX's bits 31..16, CWDE and CDQE clear or set the upper half).
@@ -43,25 +43,13 @@ def _machine(hot):
     return m, m.cpus[0]
 
 
-def _count_calls(m):
-    calls = []
-    for b in list(m.engine.blocks.values()):
-        f = b.compiled
-        if f is not None:
-            def counted(c, budget, entry, f=f):
-                calls.append(entry)
-                return f(c, budget, entry)
-            b.compiled = counted
-    return calls
-
-
 def test_sign_extensions_compiled_as_interpreted_in_one_region_call():
     out = []
     for hot in (5, 10 ** 9):
         m, cpu = _machine(hot)
         _start(cpu, 30)
         m.engine.run(cpu, 10 ** 6)                  # warm
-        calls = _count_calls(m)
+        calls = count_region_calls(m)
         _start(cpu, 700)
         n = m.engine.run(cpu, 10 ** 6)
         out.append((n, list(cpu.regs), cpu.rip, cpu.get_rflags()))

@@ -5,7 +5,7 @@ linear page is mapped as it was when the callee was decoded (the engine
 checks the page of each block it enters; the region checks the callee's at
 the call).  Real machine code through the real engine, compiled against
 interpreted."""
-from cpuharness import make_machine, asm, CODE_ADDR, DATA_ADDR, PD
+from cpuharness import make_machine, asm, CODE_ADDR, DATA_ADDR, PD, count_region_calls
 
 CALLEE = DATA_ADDR + 0x100         # in the 2-4 MiB mapping (PD entry 1)
 OTHER = 0x600000                   # where that mapping moves: another callee
@@ -156,14 +156,7 @@ def test_ret_to_a_return_site_on_the_callees_page_stays_in_the_region():
         _nested(m, OTHER + 0x100, 100)
         cpu = m.cpus[0]
         _run(m, 20)                                  # warm
-        calls = []
-        for b in list(m.engine.blocks.values()):
-            f = b.compiled
-            if f is not None:
-                def counted(c, budget, entry, f=f):
-                    calls.append(entry)
-                    return f(c, budget, entry)
-                b.compiled = counted
+        calls = count_region_calls(m)
         first = _run(m, 50)
         if hot == 5:
             assert len(calls) == 1

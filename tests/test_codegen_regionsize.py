@@ -3,7 +3,7 @@ loop of many short blocks -- kvm-unit-tests' page allocator, a chain of
 compares and branches around its calls -- runs in one region call instead
 of leaving at the blocks the limit cut off.  Real machine code through the
 real engine, compiled against interpreted."""
-from cpuharness import make_machine, asm, CODE_ADDR
+from cpuharness import make_machine, asm, CODE_ADDR, count_region_calls
 
 BLOCKS = 40        # more than the old limit (16), fewer than the new one
 
@@ -51,14 +51,7 @@ def test_the_hot_loop_takes_one_region_call():
     start(20)
     m.engine.run(cpu, 10 ** 6)                       # warm: translated and compiled
     blk = m.engine.blocks[(CODE_ADDR, cpu.mode_key)]
-    calls = []
-    for b in list(m.engine.blocks.values()):
-        f = b.compiled
-        if f is not None:
-            def counted(c, budget, entry, f=f):
-                calls.append(entry)
-                return f(c, budget, entry)
-            b.compiled = counted
+    calls = count_region_calls(m)
     start(300)
     n = m.engine.run(cpu, 10 ** 6)
     assert blk.compiled is not None

@@ -221,3 +221,59 @@ def test_quiet_round_trips_then_a_change(npt, how, monkeypatch):
     r.vmcb["RIP"] = r.guest_label(0)
     r.run()
     assert r.vmcb["RAX"] == before - 2 * 0x1111 + 2 * 0x5555
+
+
+def _count_calls(monkeypatch, owner, name):
+    """Count the calls of ``owner.name`` (a function or method) from now on."""
+    calls = []
+    real = getattr(owner, name)
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("npt", [False, True])
+def test_quiet_flushes_redo_nothing(npt, monkeypatch):
+    """A TLB_CONTROL = 1 flush with the same inputs as the last one and
+    nothing added, dropped or set aside since (a hypervisor's quiet loop)
+    makes no check again (world._keep_checks: the same list) and goes over
+    no tag and no fast set (Tlb._settled): it only counts.  A host page
+    walked afresh (an entry added), a guest CR3 change (other checks) or a
+    written table entry (a walk dropped) makes the next flush do its work,
+    and the guest still reads what the tables give."""
+    from svmsim.svm import world
+    from svmsim.cpu.tlb import Tlb
+    monkeypatch.setattr(tlbkeep, "ENABLED", True)
+    r = _rig(npt)
+    r.vmcb["TLB_CONTROL"] = 1
+
+    def trip():
+        r.cpu.regs[9] = 0
+        r.vmcb["RIP"] = r.guest_label(0)
+        r.run()
+        assert r.exitcode == ExitCode.VMMCALL
+        return r.vmcb["RAX"]
+    for _ in range(4):
+        first = trip()
+    made = _count_calls(monkeypatch, world, "_make_keep_checks")
+    kept = _count_calls(monkeypatch, Tlb, "_keep_fast")
+    flushes = r.cpu.tlb.stats["flushes"]["tlb_control"]
+    for _ in range(4):
+        assert trip() == first
+    assert made == [] and kept == []
+    assert r.cpu.tlb.stats["flushes"]["tlb_control"] == flushes + 4
+    r.cpu.read(DS, 0x900000, 8)                # the host walks a page it never used: an insert
+    trip()
+    assert made == [] and kept == [1]          # the same checks; this flush looked again
+    trip()
+    assert kept == [1]
+    r.vmcb["CR3"] = ROOT2                      # the same tables under another CR3: other checks
+    assert trip() == first
+    assert made == [1] and len(kept) == 2
+    value = r.m.bus.read(PT, 8) ^ (FRAMES ^ (FRAMES + 0x4000))
+    r.m.bus.write(PT, 8, value)                # a kept walk dropped
+    assert trip() == first - 2 * 0x1111 + 2 * 0x5555
+    assert len(kept) == 3

@@ -47,6 +47,10 @@ class Tlb:
         # flush_keeping that found every entry of the tag valid; emptied by
         # any insert.
         self._clean: dict = {}
+        # (checks, drops, asid, keep_global, fast-set keys) of the last
+        # flush_keeping, when the same call again would change nothing while
+        # ``_clean`` is not emptied (see flush_keeping); else None.
+        self._settled = None
         # Counts every flush of any kind: translations cached elsewhere (the
         # nested ones of svm/npt.py) are dropped when it moves.
         self.epoch = 0
@@ -149,6 +153,10 @@ class Tlb:
         were all valid under the same check, with no entry added and no walk
         dropped since, is not looked at again."""
         self._count(cause)
+        st = self._settled
+        if (st is not None and self._clean and st[0] == checks and st[1] == drops and st[2] == asid
+                and st[3] == keep_global and st[4] == tuple(self._fast_sets)):
+            return
         gone, tags = {}, set()
         clean = self._clean
         for key, tag, valid in checks:
@@ -185,6 +193,17 @@ class Tlb:
             for k in [k for k in self._large if k[0] not in kept]:
                 del self._large[k]
         self._keep_fast(gone, asid)
+        # Settled: the same call again, with no entry added since (an insert
+        # empties ``_clean``, which every check's tag is now in) and no kept
+        # walk dropped, finds each tag clean (nothing to look at), the tags
+        # and globals outside the checks and the sets not named by them
+        # already emptied (new ones come only by an insert or select_fast:
+        # the keys are compared), and forgets no page: a flush that counts
+        # and changes nothing.  Not when the current fast set is not among
+        # the checks (it would be emptied again) or two checks share a tag.
+        in_scope = sum(1 for c in checks if asid is None or c[1][0] == asid)
+        self._settled = ((list(checks), drops, asid, keep_global, tuple(self._fast_sets))
+                         if None in gone and len(tags) == in_scope and clean else None)
 
     def _keep_fast(self, gone, asid) -> None:
         """The fast sets of ``flush_keeping``: those named in ``gone``

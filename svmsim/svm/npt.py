@@ -368,18 +368,26 @@ def setup(cpu, v, host_cr4, host_efer) -> None:
     """At VMRUN with NP_ENABLE (APM 15.25.3): the nested tables are walked in
     the host's paging mode as it is at VMRUN."""
     from . import features
+    setup_values(cpu, v["N_CR3"], v["G_PAT"], bool(v["GMET_ENABLE"]) and features.enabled(cpu, "gmet"),
+                 host_cr4, host_efer)
+
+
+def setup_values(cpu, n_cr3: int, g_pat: int, gmet: bool, host_cr4: int, host_efer: int) -> None:
+    """``setup`` from the VMCB's N_CR3 and G_PAT and whether GMET is on
+    (GMET_ENABLE with the feature present): svm/switch.py has them from the
+    VMCB bytes its delta compares."""
     # "The guest PAT register is loaded from G_PAT field in the VMCB" (15.25.4):
     # PAT is replicated for host and guest (15.25.2); #VMEXIT saves the guest's
     # to G_PAT and gives the host its own back (world.vmexit).
     s = cpu.svm
-    s.host_pat = cpu.msr.get(PAT_MSR, PAT_RESET)
-    cpu.msr[PAT_MSR] = v["G_PAT"]
-    gmet = bool(v["GMET_ENABLE"]) and features.enabled(cpu, "gmet")
+    msr = cpu.msr
+    s.host_pat = msr.get(PAT_MSR, PAT_RESET)
+    msr[PAT_MSR] = g_pat
     # A NestedMmu holds only what it was made from: the last one is reused
     # when all of that is the same (it caches no translation, see translate).
-    key = (v["N_CR3"], host_cr4, host_efer, gmet, s.sev, cpu.maxphyaddr, cpu.c_bit, cpu.enc_mask)
+    key = (n_cr3, host_cr4, host_efer, gmet, s.sev, cpu.maxphyaddr, cpu.c_bit, cpu.enc_mask)
     last = s.npt_last
     if last is None or last.key != key:
-        last = s.npt_last = NestedMmu(cpu, v["N_CR3"], host_cr4, host_efer, gmet, s.sev)
+        last = s.npt_last = NestedMmu(cpu, n_cr3, host_cr4, host_efer, gmet, s.sev)
         last.key = key
     cpu.npt = last

@@ -97,6 +97,7 @@ class SvmState:
     cache_pa: object = None                   # the VMCB the cache belongs to
     delta: object = None                      # switch.vmrun's values of the last VMCB it ran
     hsave_seen: object = None                 # (RAM offset, bytes, values) of the host save area as last seen
+    keep_memo: object = None                  # world._keep_checks' inputs and result, last time
     exits: dict = field(default_factory=dict)         # exit code -> count (the run's summary)
     vmruns: int = 0
     invalid: list = field(default_factory=list)   # InvalidReason of each VMEXIT_INVALID

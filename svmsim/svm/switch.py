@@ -187,7 +187,8 @@ def vmrun(cpu, ins) -> None:
                    (cpu.bits, s.feats, world._control_state(cpu, *args)),
                    _GUEST(save), _SEGS(save), save[_DR7], save[_DR6], save[_CPL], ctrl[_GHCB],
                    ctrl[_INT_CTL] >> _AVIC_BIT & 1, bool(ctrl[_INT_STATE] >> _SHADOW_BIT & 1),
-                   ctrl[_TLB_CONTROL], ctrl[_EVENTINJ], ctrl, save, _guest_values(cpu, save))
+                   ctrl[_TLB_CONTROL], ctrl[_EVENTINJ], ctrl, save, _guest_values(cpu, save),
+                   _nested_values(ctrl, save))
     _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, ctrl[_NRIP], save[_RFLAGS], save[_RIP],
            save[_RSP], save[_RAX], ctrl, save)
 
@@ -208,6 +209,13 @@ def _guest_values(cpu, save) -> tuple:
             (segs[16], canonical(segs[17], bits), segs[18], canonical(segs[19], bits)),
             (save[_DR7] & 0xFFFFFFFF) | 0x400, save[_DR6] & 0xFFFFFFFF,
             save[_CPL] & 3 if pe else 0, pe)
+
+
+def _nested_values(ctrl, save) -> tuple:
+    """N_CR3, G_PAT and GMET_ENABLE as nested paging's setup reads them
+    (d[19] of the delta: npt.setup_values)."""
+    view = Fields(ctrl, save)
+    return view["N_CR3"], view["G_PAT"], view["GMET_ENABLE"]
 
 
 def _load_guest(cpu, s, d, rflags, rip, rsp, rax) -> None:
@@ -263,12 +271,13 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
     if s.caps_es:
         cpu.msr[world.GHCB_MSR] = d[11]                   # 15.35.7
     view = None
-    if s.np_enable or d[12] or s.lbr_virt:
+    if d[12] or s.lbr_virt:
         # The areas as read now, or those the delta's bytes are of (without
         # the volatile fields: a read of one of those is a KeyError).
         view = Fields(ctrl, save) if ctrl is not None else Fields(d[16], d[17], _WHERE_STABLE)
     if s.np_enable:
-        npt.setup(cpu, view, host_cr4, host_efer)
+        n_cr3, g_pat, gmet = d[19]              # npt.setup's fields, read with the delta's bytes
+        npt.setup_values(cpu, n_cr3, g_pat, bool(gmet) and "gmet" in s.feats, host_cr4, host_efer)
     if d[12]:
         avic.load(cpu, view)
     else:
@@ -281,9 +290,10 @@ def _enter(cpu, s, bus, ins, vmcb_pa, hsave_pa, hoff, d, nrip, rflags, rip, rsp,
     cpu.halted = False
     tlb = cpu.tlb
     tlb.switch(s.asid, cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0, True)     # keep_fast
-    tlb.select_fast(host_key, world.fast_key(cpu))
+    guest_key = world.fast_key(cpu)
+    tlb.select_fast(host_key, guest_key)
     if d[14]:
-        world._tlb_control(cpu, d[14], s.asid, host_key)
+        world._tlb_control(cpu, d[14], s.asid, host_key, guest_key)
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True

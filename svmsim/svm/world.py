@@ -288,6 +288,7 @@ def _save_guest(cpu, v, rip: int) -> None:
 
 _SEG_NAMES = HOST_FIELDS[:20]
 _G_PAT_OFFSET = field("G_PAT").offset
+_CLEAN_G_PAT = clean.CLEAN_INDEX["G_PAT"]      # clean.refresh's index of G_PAT
 _GUEST_NAMES = ("EFER", "CR0", "CR2", "CR3", "CR4", "RFLAGS", "RIP", "RSP", "RAX", "DR7", "DR6", "CPL")
 _GUEST_MASKS = tuple((n, field(n).mask) for n in _SEG_NAMES + _GUEST_NAMES)
 _WORDS = itemgetter(*WORD_NAMES)
@@ -426,16 +427,17 @@ def _lbr_switch(cpu, load, store) -> None:
 
 # Control bits whose features svmsim does not implement yet: a guest that
 # needs them must not silently run without them.
-def _tlb_control(cpu, value: int, asid: int, host_key=None) -> None:
+def _tlb_control(cpu, value: int, asid: int, host_key=None, guest_key=None) -> None:
     """TLB_CONTROL (APM 15.16.1): 0 nothing, 1 flush every ASID, 3 this
     guest's ASID, 7 this guest's non-global entries; other values are
     reserved (svmsim flushes everything for them, the safe reading).  The
-    translations a walk made now would give again are kept, the guest's and
-    (``host_key``: the host's fast-set key) the host's (cpu/tlbkeep.py)."""
+    translations a walk made now would give again are kept, the guest's
+    (``guest_key``: fast_key of the guest just loaded) and (``host_key``:
+    the host's fast-set key) the host's (cpu/tlbkeep.py)."""
     tlb = cpu.tlb
     if value == 0:
         return
-    checks = _keep_checks(cpu, host_key if value not in (3, 7) else None)
+    checks = _keep_checks(cpu, guest_key, host_key if value not in (3, 7) else None)
     drops = cpu.machine.pt_watch.drops
     if value == 3:
         tlb.flush_keeping("tlb_control", checks, drops, asid)
@@ -447,12 +449,41 @@ def _tlb_control(cpu, value: int, asid: int, host_key=None) -> None:
         tlb.flush_keeping("tlb_control", checks, drops)
 
 
-def _keep_checks(cpu, host_key):
+def _keep_checks(cpu, guest_key, host_key):
     """The contexts whose translations a TLB_CONTROL flush may keep: the
-    guest being entered (its current fast set), the host (its fast set put
-    aside under ``host_key``)."""
+    guest being entered (its current fast set, whose key is ``guest_key``),
+    the host (its fast set put aside under ``host_key``).
+
+    The same list as last time when everything it is made from is the same
+    (a hypervisor's loop: TLB_CONTROL = 1 at every VMRUN): the two keys
+    (the TLB tags, CR3, CR4, EFER of both worlds, nested paging's inputs;
+    a key is None for SEV, AVIC, the RMP and watchpoints), the walk memos
+    the checks read (their identity: set_maxphyaddr makes a new one), the
+    NestedMmu (its sev flag and walkers), the watch's generation, the
+    paging flag of the last mode update, the RMP's state and tlbkeep.ENABLED -- every input
+    of tlbkeep.walk_check, NestedMmu.keep_check and tlbkeep.host_check."""
+    s = cpu.svm
+    npt = cpu.npt
+    machine = cpu.machine
+    gen = machine.pt_watch.gen
+    wmemo = cpu.walker.memo
+    m = s.keep_memo
+    if (m is not None and m[0] == guest_key and m[1] == host_key and m[2] == gen and m[3] is npt
+            and m[4] is wmemo and m[5] == cpu.paging and m[6] == tlbkeep.ENABLED
+            and m[7] == machine.rmp.enabled
+            and (npt is None or m[8] is npt.guest.memo and m[9] is npt.nested.memo)):
+        return m[10]
+    out = _make_keep_checks(cpu, guest_key, host_key)
+    s.keep_memo = (guest_key, host_key, gen, npt, wmemo, cpu.paging, tlbkeep.ENABLED, machine.rmp.enabled,
+                   None if npt is None else npt.guest.memo, None if npt is None else npt.nested.memo,
+                   out)
+    return out
+
+
+def _make_keep_checks(cpu, guest_key, host_key):
+    """_keep_checks' list, made."""
     out = []
-    if tlbkeep.ENABLED and fast_key(cpu) is not None:
+    if tlbkeep.ENABLED and guest_key is not None:
         npt = cpu.npt
         valid = (npt.keep_check() if npt is not None else
                  tlbkeep.walk_check(cpu.walker, cpu.machine.pt_watch, cpu.cr3, cpu.cr4, cpu.efer))
@@ -540,8 +571,9 @@ def vmrun(cpu, ins) -> None:
     tlb = cpu.tlb
     pcid = cpu.cr3 & 0xFFF if cpu.cr4 & (1 << 17) else 0
     tlb.switch(s.asid, pcid, keep_fast=True)
-    tlb.select_fast(host_key, fast_key(cpu))
-    _tlb_control(cpu, v["TLB_CONTROL"], s.asid, host_key)
+    guest_key = fast_key(cpu)
+    tlb.select_fast(host_key, guest_key)
+    _tlb_control(cpu, v["TLB_CONTROL"], s.asid, host_key, guest_key)
     cpu.update_mode()
     cpu.gif = True
     cpu.pending = True
@@ -686,8 +718,18 @@ def vmexit(cpu, code: int, info1: int = 0, info2: int = 0, rip=None, nrip: int =
                   exitintinfo & MASK64, nrip & MASK64 if nrips else None, insn if decode else None,
                   msr[GHCB_MSR] if GHCB_MSR in msr else None)
         if gpat is not None:
-            bus.write(s.vmcb_pa + _G_PAT_OFFSET, 8, gpat)
-            clean.refresh(s.clean_cache, "G_PAT", gpat)
+            # G_PAT, written only where it changed (usually not: the guest's
+            # PAT is what VMRUN loaded); unchanged bytes need no notice (_exit_ram).
+            raw = (gpat & MASK64).to_bytes(8, "little")
+            at = off + _G_PAT_OFFSET                # the VMCB is one 4 KiB page of RAM
+            buf = bus.ram.buf
+            if buf[at:at + 8] != raw:
+                buf[at:at + 8] = raw
+                for watch in bus.write_watchers:
+                    watch(at, 8)
+            cache = s.clean_cache
+            if cache:
+                cache[_CLEAN_G_PAT] = gpat
     else:
         info = {"EXITCODE": code & MASK64, "EXITINFO1": info1 & MASK64, "EXITINFO2": info2 & MASK64,
                 "EXITINTINFO": exitintinfo & MASK64}

@@ -52,3 +52,31 @@ def test_vmload_in_64_bit_mode_moves_the_fs_base_at_once():
                   mem={VMCB + 0x448: v_fs_base.to_bytes(8, "little"),
                        v_fs_base + 8: data.to_bytes(4, "little")})
     assert r.regs[0] & 0xFFFFFFFF == data
+
+
+def _vmsave_notices(code):
+    """Run ``code`` on an SVM host; the write notices (RAM offset, length)
+    that reached the VMLOAD/VMSAVE fields of the VMCB (400h-63Fh)."""
+    notices = []
+
+    def setup(m, cpu):
+        cpu.efer |= 1 << 12
+        cpu.update_mode()
+        m.bus.write_watchers.append(lambda off, n: notices.append((off, n)))
+    r = run_code(asm(code), setup=setup)
+    lo, hi = VMCB + 0x400, VMCB + 0x640
+    return r, [(off, n) for off, n in notices if off < hi and lo < off + n]
+
+
+def test_vmsave_of_the_state_already_saved_writes_nothing():
+    """VMSAVE stores its state into the VMCB (APM vol 3 VMSAVE); where the
+    VMCB holds that state already (a hypervisor's loop saving what it
+    loaded) no byte changes and no write is noticed (self-modifying code,
+    walk memo and SEV line watchers see nothing).  A changed MSR is
+    written and noticed again."""
+    r, notices = _vmsave_notices(
+        f"mov rax, {VMCB}\nvmsave\nvmload\nvmsave\n"
+        "mov ecx, 0xC0000081\nmov eax, 0x11\nmov edx, 0x22\nwrmsr\n"      # STAR
+        f"mov rax, {VMCB}\nvmsave\nvmsave")
+    assert len(notices) == 2                   # the first VMSAVE and the one after WRMSR
+    assert VmcbView(r.machine.bus, VMCB)["STAR"] == 0x22_00000011

@@ -2,9 +2,12 @@
 and LDTR with their hidden parts, KernelGSBase, the SYSCALL and SYSENTER
 MSRs.  SEV-ES's world switch moves the same state between the CPU, the
 VMSA and the host save area (APM vol 2, 15.35.8-15.35.9)."""
+import struct
+
 from ..cpu.segments import Segment, FS, GS
 
 MASK64 = (1 << 64) - 1
+_ZEROS = (0,) * 16             # msr.get's default for each MSR VMSAVE stores
 
 
 def canonical(value: int, lin_bits: int) -> int:
@@ -63,7 +66,6 @@ class StateSpan:
     SEGS = ("FS", "GS", "TR", "LDTR")
 
     def __init__(self, lookup):
-        import struct
         segs = [[lookup[f"{s}.{p}"] for p in _SEG_PARTS] for s in self.SEGS]
         msrs = sorted(((lookup[n], idx, n == "KERNEL_GS_BASE") for n, idx in MSR_STATE),
                       key=lambda t: t[0].offset)
@@ -79,27 +81,42 @@ class StateSpan:
 
     def _run(self, fields):
         """One little-endian struct for fields that follow each other without gaps."""
-        import struct
         for a, b in zip(fields, fields[1:]):
             if a.end != b.offset:
                 raise AssertionError(f"VMLOAD state fields {a.name}, {b.name} are not contiguous")
         return struct.Struct("<" + "".join(_FMT[f.end - f.offset] for f in fields))
 
+    def _ram(self, bus, pa):
+        """The RAM offset of the span of the VMCB at ``pa``, with a dirty
+        decrypted line of its page written back first (as Bus.read_bytes
+        does), or None when the page is not RAM (the bus's general path)."""
+        if pa & 0xFFF:
+            return None
+        off = bus.ram_offset(pa)
+        if off is None:
+            return None
+        if bus.dirty and off >> 12 in bus.dirty:
+            bus.write_back(off >> 12)
+        return off + self.lo
+
     def load(self, cpu, bus, pa) -> None:
         """VMLOAD from the VMCB at system-physical ``pa`` (as load_state)."""
-        buf = bus.read_bytes(pa + self.lo, self.n)
+        at = self._ram(bus, pa)
+        if at is None:
+            buf, at = bus.read_bytes(pa + self.lo, self.n), 0
+        else:
+            buf = bus.ram.buf                  # read in place: the span lies in one page
         top = 1 << (cpu.machine.profile.lin_bits - 1)
         low = 2 * top - 1
         segs = []
         for st, off in self.seg_structs:
-            sel, attr, limit, base = st.unpack_from(buf, off)
+            sel, attr, limit, base = st.unpack_from(buf, at + off)
             segs.append(Segment(sel, ((base & low) ^ top) - top & MASK64, limit, attr))
         fs, gs = segs[0], segs[1]
         cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr = segs
-        vals = self.msr_struct.unpack_from(buf, self.msr_off)
+        vals = self.msr_struct.unpack_from(buf, at + self.msr_off)
         msr = cpu.msr
-        for idx, v in zip(self.msr_idx, vals):
-            msr[idx] = v
+        msr.update(zip(self.msr_idx, vals))
         k = self.msr_idx[self.kgs]
         msr[k] = ((msr[k] & low) ^ top) - top & MASK64
         if cpu.long64:
@@ -108,12 +125,39 @@ class StateSpan:
         else:
             cpu.update_mode()
 
-    def save(self, cpu, bus, pa) -> None:
-        """VMSAVE into the VMCB at system-physical ``pa`` (as save_state)."""
-        buf = bytearray(bus.read_bytes(pa + self.lo, self.n))
-        for (st, off), seg in zip(self.seg_structs, (cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr)):
-            st.pack_into(buf, off, seg.sel & 0xFFFF, seg.attr & 0xFFFF, seg.limit & 0xFFFFFFFF,
-                         seg.base & MASK64)
+    def _pack(self, cpu, buf) -> None:
+        """The VMSAVE state packed into ``buf`` (the span's bytes), each
+        value cut to its field's width (as a store into the field would)."""
+        ss = self.seg_structs
         get = cpu.msr.get
-        self.msr_struct.pack_into(buf, self.msr_off, *[get(i, 0) & MASK64 for i in self.msr_idx])
-        bus.write_bytes(pa + self.lo, bytes(buf))
+        segs = (cpu.segs[FS], cpu.segs[GS], cpu.tr, cpu.ldtr)
+        try:                                   # values within their fields: no masking
+            for (st, off), seg in zip(ss, segs):
+                st.pack_into(buf, off, seg.sel, seg.attr, seg.limit, seg.base)
+            self.msr_struct.pack_into(buf, self.msr_off, *map(get, self.msr_idx, _ZEROS))
+        except struct.error:
+            for (st, off), seg in zip(ss, segs):
+                st.pack_into(buf, off, seg.sel & 0xFFFF, seg.attr & 0xFFFF, seg.limit & 0xFFFFFFFF,
+                             seg.base & MASK64)
+            self.msr_struct.pack_into(buf, self.msr_off, *[get(i, 0) & MASK64 for i in self.msr_idx])
+
+    def save(self, cpu, bus, pa) -> None:
+        """VMSAVE into the VMCB at system-physical ``pa`` (as save_state).
+        In RAM the span is rewritten, and the write watchers told, only when
+        a byte of it changes (a hypervisor's loop saves the state it loaded;
+        unchanged bytes need no notice, as in world.py's #VMEXIT writes)."""
+        at = self._ram(bus, pa)
+        if at is None:
+            buf = bytearray(bus.read_bytes(pa + self.lo, self.n))
+            self._pack(cpu, buf)
+            bus.write_bytes(pa + self.lo, bytes(buf))
+            return
+        ram = bus.ram.buf
+        end = at + self.n
+        old = ram[at:end]
+        buf = bytearray(old)
+        self._pack(cpu, buf)
+        if buf != old:
+            ram[at:end] = buf
+            for watch in bus.write_watchers:
+                watch(at, self.n)

@@ -413,3 +413,85 @@ def test_written_entry_is_released_and_its_page_is_plain_again():
     assert cpu.tlb.fast[0][W].get(PT >> 12) == PT
     assert [r[1] for r in _walk_twice(m, cpu)] == [P2] * 3
     assert page in m.code_pages and m.code_pages[page].map[0] == 1
+
+
+# ---------------------------------------------------------------- large pages
+LROOT, LPDPT, LPD = TABLES, TABLES + 0x1000, TABLES + 0x2000
+
+
+def _large_tables(m, rng):
+    """PML4E 0 -> PDPT: PDPTE 0 -> a PD of 2 MiB pages with random bits,
+    PDPTE 1 a 1 GiB page."""
+    m.bus.write(LROOT, 8, LPDPT | P | RW | US | A)
+    m.bus.write(LPDPT, 8, LPD | P | RW | US | A)
+    m.bus.write(LPDPT + 8, 8, (1 << 30) | P | RW | US | A | PS)
+    for i in range(8):
+        m.bus.write(LPD + 8 * i, 8, ((8 + i) << 21) | PS | rng.choice(
+            [P | RW | US | A | D, P | RW | US | A, P | RW | US, P | US | A | D, 0]))
+
+
+def _large_lins(rng):
+    return [(rng.randrange(8) << 21) | (rng.randrange(512) << 12) for _ in range(30)] + \
+           [(1 << 30) | (rng.randrange(1 << 18) << 12) for _ in range(10)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_large_page_chunks_match_fresh_walks(seed):
+    """Walks of many 4 KiB pages of a few 2 MiB and 1 GiB pages (a kept
+    chunk serves them, paging.Chunk) interleaved with writes of the large
+    entries by every writer: memo on and off give the same results, A/D
+    bits and tables."""
+    rng = random.Random(2000 + seed)
+    ma, mb = _machines(seed)
+    for m in (ma, mb):
+        _large_tables(m, random.Random(seed))
+    ports = [DmaPort(m, "edu") for m in (ma, mb)]
+    lins = _large_lins(rng)
+    entries = [LPD + 8 * i for i in range(8)] + [LPDPT, LPDPT + 8, LROOT]
+    for step in range(3000):
+        r = rng.random()
+        if r < 0.8:
+            lin, access = rng.choice(lins), rng.choice([0, PF_W, PF_I, PF_U, PF_U | PF_W])
+            got = [_walk(m, m.cpus[step & 1], lin, access, LROOT, True) for m in (ma, mb)]
+            assert got[0] == got[1], f"step {step}: {got}"
+        elif r < 0.9:
+            off = rng.choice(entries)
+            old = ma.bus.read(off, 8)
+            value = rng.choice([old ^ A, old ^ D, old ^ P, old ^ RW, old ^ US, old ^ NX, old ^ (1 << 21)])
+            how = rng.choice(["bus", "dma", "cpu0", "cpu1"])
+            for m, port in zip((ma, mb), ports):
+                if how == "bus":
+                    m.bus.write(off, 8, value)
+                elif how == "dma":
+                    port.write_bytes(off, value.to_bytes(8, "little"))
+                else:
+                    m.cpus[int(how[-1])].write(DS, off, 8, value)
+        if rng.random() < 0.3:
+            ma.pt_watch.commit()
+    assert ma.bus.read_bytes(TABLES, 0x3000) == mb.bus.read_bytes(TABLES, 0x3000)
+    assert ma.pt_watch.stats["entered"] > 4 and ma.pt_watch.stats["dropped"] > 2
+
+
+def test_fresh_page_of_a_kept_large_page_reads_no_entry():
+    """Once a walk of a 2 MiB page is kept (at the walk of a second page of
+    it, as a walk of a page is at its second), a walk of another 4 KiB page of
+    it reads no entry and gives that page's frame; a write to the PDE drops
+    the chunk and its slices (the next walk reads the tables again)."""
+    m = make_machine("long64")
+    cpu = m.cpus[0]
+    _large_tables(m, random.Random(0))
+    m.bus.write(LPD, 8, (8 << 21) | PS | P | RW | US | A | D)
+    reads = []
+    read = cpu.walker.read_pte
+    cpu.walker.read_pte = lambda spa, size: reads.append(spa) or read(spa, size)
+    first = _walk(m, cpu, 0x5000, PF_W, LROOT, True)
+    _walk(m, cpu, 0x6000, 0, LROOT, True)              # a second page of the chunk: kept
+    m.pt_watch.commit()
+    n = len(reads)
+    got = [_walk(m, cpu, lin, PF_W, LROOT, True) for lin in (0x7000, 0x1FF000, 0x5000)]
+    assert len(reads) == n and n > 0
+    assert [g[1] for g in got] == [(8 << 21) + 0x7000, (8 << 21) + 0x1FF000, (8 << 21) + 0x5000]
+    assert first == got[2]
+    m.bus.write(LPD, 8, (9 << 21) | PS | P | RW | US | A | D)
+    assert _walk(m, cpu, 0x7000, 0, LROOT, True)[1] == (9 << 21) + 0x7000
+    assert len(reads) > n

@@ -60,6 +60,34 @@ class Translation:
         self.kept = -1
 
 
+LARGE = "L"          # the last item of a Chunk's memo key (a page's key has four)
+
+
+class Chunk(Translation):
+    """A kept walk that ended at a large page (2 MiB or 1 GiB), for the
+    2 MiB chunk of it that holds the walked address: ``spa`` is the chunk's
+    first frame.  ``slice`` gives the Translation a walk of one 4 KiB page
+    of the chunk gives; the slices are kept with the chunk (PtWatch drops
+    them together: ``slices``)."""
+    __slots__ = ("slices",)
+
+    def __init__(self, t, deps):
+        super().__init__(t.spa & ~0x1FF000, t.rw, t.us, t.nx, t.g, t.d, t.size)
+        self.deps = deps
+        self.slices = {}
+
+    def slice(self, vpn, key):
+        """The translation of page ``vpn`` (memo key ``key``), as kept as the
+        chunk: ``kept``, ``memo`` and ``mkey`` as if that page's own walk
+        had been entered (cpu/tlbkeep.py checks them)."""
+        s = self.slices.get(vpn)
+        if s is None:
+            s = self.slices[vpn] = Translation(self.spa | (vpn & 0x1FF) << 12, self.rw, self.us, self.nx,
+                                               self.g, self.d, self.size)
+            s.deps, s.kept, s.mkey, s.memo = self.deps, self.kept, key, self.memo
+        return s
+
+
 class Walker:
     """Walks the guest-visible page tables of one CPU through physical memory.
 
@@ -137,7 +165,16 @@ class Walker:
         walk sets D, APM 5.4.2).  Faults are never kept.  Only a walk made
         before (``memo_seen``) is recorded for the memo: the first walk of a
         page costs what it cost without the memo, so code that touches many
-        pages once (building page tables, a memset) pays almost nothing for it."""
+        pages once (building page tables, a memset) pays almost nothing for it.
+
+        A walk that ends at a 2 MiB or 1 GiB page is kept for its whole 2 MiB
+        chunk at once (``Chunk``, key (lin >> 21, ..., LARGE); recorded at
+        the walk of a second page of the chunk, or again): the walk of
+        any 4 KiB page of the chunk reads the same entries (APM 5.3.4-5.3.6:
+        the address bits below the leaf only select the byte of the page),
+        so it gives the same permissions and Dirty bit and the frame of the
+        same offset, and writes nothing if the kept walk wrote nothing.  A
+        fresh 4 KiB slice of a large page then costs no walk at all."""
         watch = self.watch
         if self.memo_gen != watch.gen:
             self.memo, self.memo_gen = {}, watch.gen
@@ -146,18 +183,31 @@ class Walker:
         t = memo.get(key)
         if t is not None and (t.d or not access & PF_W):
             return t
+        big = memo.get((lin >> 21, table, levels, nxe, LARGE))
+        if big is not None and (big.d or not access & PF_W):
+            return big.slice(lin >> 12, key)
         seen = self.memo_seen
         if key not in seen or watch.off:
             if len(seen) >= SEEN_MAX:
                 seen.clear()
             seen.add(key)
-            return self._walk_long(lin, table, levels, nxe, access, None)
+            t = self._walk_long(lin, table, levels, nxe, access, None)
+            if t.size == 4096 or watch.off:
+                return t
+            ckey = (lin >> 21, table, levels, nxe, LARGE)
+            if ckey not in seen:
+                seen.add(ckey)
+                return t
+            # A large page whose chunk was walked before: record the chunk (below).
         steps = []
         t = self._walk_long(lin, table, levels, nxe, access, steps)
         t.steps = None
         pairs = t.deps = self.memo_deps(steps)
         if pairs is not None:
-            watch.pend(memo, key, t, pairs)
+            if t.size == 4096:
+                watch.pend(memo, key, t, pairs)
+            else:
+                watch.pend(memo, (lin >> 21, table, levels, nxe, LARGE), Chunk(t, pairs), pairs)
         return t
 
     # -- modes ---------------------------------------------------------------

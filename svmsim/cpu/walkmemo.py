@@ -33,6 +33,8 @@ drops every memo (``clear``).
 """
 import sys
 
+from .paging import Chunk
+
 DEPS_MAX = 1 << 20     # registered (entry, memo entry) pairs before everything is dropped
 MEMO_MAX = 1 << 16     # entries of one walker's memo before it is emptied
 QUEUE_MAX = 1 << 12    # walks waiting for ``commit``
@@ -135,6 +137,9 @@ class PtWatch:
                 self.drops += 1
                 for memo, key, t in lst:
                     t.kept = -1                  # no longer what a walk gives (tlbkeep.py)
+                    if t.__class__ is Chunk:
+                        for s in t.slices.values():
+                            s.kept = -1          # each slice is that chunk's walk
                     if memo.pop(key, None) is not None:
                         self.stats["dropped"] += 1
                 cp = self.code_pages.get(e >> 12)
